@@ -1,0 +1,61 @@
+"""Shared helpers for the configuration dataclasses.
+
+Each concern has its own dataclass next to the code that uses it (``GPTConfig`` in ``model.py``,
+``TrainConfig`` in ``train.py``, ``GenerationConfig`` in ``generate.py``). This module holds the one
+way to build any of them from a dict, a YAML/JSON file, or command-line overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from gptsmith.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML (``.yaml``/``.yml``) or JSON file into a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (pass an existing .yaml or .json file)")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        first_line = str(exc).splitlines()[0]
+        raise ConfigError(f"cannot parse config file {path}: {first_line}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of names to values")
+    return data
+
+
+def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "config") -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys are an error that lists the known ones."""
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown {cls.__name__} field(s) in {source}: {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(known))})"
+        )
+    return cls(**data)
+
+
+def replace(instance: T, *, source: str = "overrides", **overrides: Any) -> T:
+    """Return a copy of dataclass ``instance`` with ``overrides`` applied (``None`` values skipped)."""
+    values = {k: v for k, v in overrides.items() if v is not None}
+    merged = {**dataclasses.asdict(instance), **values}  # type: ignore[call-overload]
+    return from_dict(type(instance), merged, source=source)
+
+
+def to_dict(instance: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass."""
+    return dataclasses.asdict(instance)

@@ -1,0 +1,41 @@
+"""Shared test fixtures.
+
+Tests that read the public data sets in ``../shared/data`` (beside the checkout) use the
+``shared_data`` fixture, which skips with a clear reason on a clone that does not have it.
+``GPTSMITH_SHARED_DATA`` points somewhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("GPTSMITH_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _small_thread_count():
+    # Tests run on 2-core machines; keep torch from oversubscribing when pytest forks helpers.
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """Path to ../shared/data; skips the test when it is absent (a user's clone has none)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA} (set GPTSMITH_SHARED_DATA to use it)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def gpt2_bpe_dir(shared_data: Path) -> Path:
+    """The verified GPT-2 BPE files (encoder.json, vocab.bpe, gpt2.tiktoken)."""
+    path = shared_data / "gpt2-bpe"
+    if not path.is_dir():
+        pytest.skip(f"GPT-2 BPE files not found at {path}")
+    return path
