@@ -277,11 +277,13 @@ class GPTModel(nn.Module):
                 f"sequence of {total} tokens is longer than the model's context_length "
                 f"{self.cfg.context_length} (crop the input to the last {self.cfg.context_length} tokens)"
             )
-        if position_ids is not None and position_ids.numel() and int(position_ids.max()) >= self.cfg.context_length:
-            raise GptsmithError(
-                f"position {int(position_ids.max())} is beyond the model's context_length "
-                f"{self.cfg.context_length}"
-            )
+        if position_ids is not None and position_ids.numel():
+            last_position = int(position_ids.max())
+            if last_position >= self.cfg.context_length:
+                raise GptsmithError(
+                    f"position {last_position} is beyond the model's context_length "
+                    f"{self.cfg.context_length} (crop the input to fit)"
+                )
         if token_ids.numel():
             low, high = int(token_ids.min()), int(token_ids.max())
             if low < 0 or high >= self.cfg.vocab_size:
