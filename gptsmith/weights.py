@@ -1,0 +1,339 @@
+"""Checkpoints: our model directory format, atomic file writes, and loading by name or path.
+
+A *model directory* holds two files::
+
+    config.json        {"format": "gptsmith", "format_version": 1, "model": {GPTConfig fields},
+                        "tokenizer": "gpt2", ...extra keys}
+    model.safetensors  the weights (never pickle: safetensors cannot run code when loaded)
+
+With tied weights the output head *is* the token embedding, so only ``tok_emb.weight`` is
+stored (safetensors refuses to store one tensor twice) and the tie is rebuilt on load.
+
+A *run directory* (written by the trainer) holds a text file ``latest`` whose content is the
+relative path of its newest model directory; every loader here accepts either kind.
+Hugging Face GPT-2 directories and hub names are handled by ``gptsmith.hf_gpt2``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptsmith.config import from_dict
+from gptsmith.errors import CheckpointError, ConfigError
+from gptsmith.model import GPTConfig, GPTModel
+
+FORMAT_NAME = "gptsmith"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+LATEST_FILE = "latest"
+TIED_KEY = "out_head.weight"  # not stored when the head is tied to tok_emb.weight
+
+
+# --- Atomic writes (the one place every module writes files through) -------------------------
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto ``path``.
+
+    Readers therefore see either the old file or the complete new one, never half a file, even
+    if the process is killed mid-write. On an exception the temporary file is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, rename)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, data: Any) -> Path:
+    """Write ``data`` as indented JSON to ``path`` atomically."""
+    return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` atomically (for optimizer state; load it with ``torch.load(weights_only=True)``)."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
+def atomic_save_safetensors(
+    tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None
+) -> Path:
+    """Save a dict of tensors as a safetensors file atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return Path(path)
+
+
+# --- Our format ---------------------------------------------------------------------------------
+
+
+def save_model(
+    model: GPTModel, directory: str | Path, *, tokenizer: str = "gpt2", extra: dict | None = None
+) -> Path:
+    """Save ``model`` as a model directory (config.json + model.safetensors); returns the directory.
+
+    The weights are written first and config.json last, so a directory with a config always has
+    complete weights. ``extra`` keys (e.g. the training step) are merged into config.json.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = dict(model.state_dict())
+    if model.cfg.tie_weights:
+        state.pop(TIED_KEY, None)
+    atomic_save_safetensors(state, directory / WEIGHTS_FILE, metadata={"format": "pt"})
+    config = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "model": model.cfg.to_dict(),
+        "tokenizer": tokenizer,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+    }
+    for key, value in (extra or {}).items():
+        if key in ("format", "format_version", "model"):
+            raise ValueError(f"extra key {key!r} would overwrite a reserved config.json key")
+        config[key] = value
+    atomic_write_json(directory / CONFIG_FILE, config)
+    return directory
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """The model directory that ``path`` names: the directory itself, or a run's ``latest`` one.
+
+    Accepts a model directory (has config.json), a run directory (has a ``latest`` file holding
+    a relative path to a model directory), or a path to the config.json/model.safetensors file.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path} (pass a model directory or a run directory)")
+    if path.is_file() and path.name in (CONFIG_FILE, WEIGHTS_FILE, "pytorch_model.bin"):
+        path = path.parent
+    if not path.is_dir():
+        raise CheckpointError(
+            f"{path} is a file, not a model directory (pass the directory holding config.json)"
+        )
+    if (path / CONFIG_FILE).is_file():
+        return path
+    latest = path / LATEST_FILE
+    if latest.is_file():
+        target_name = latest.read_text(encoding="utf-8").strip()
+        target = (path / target_name).resolve()
+        if not (target / CONFIG_FILE).is_file():
+            raise CheckpointError(
+                f"run directory {path}: its `latest` file points to {target_name!r}, which has no "
+                f"{CONFIG_FILE} (the checkpoint was deleted or is incomplete; edit `latest`)"
+            )
+        return target
+    if (path / WEIGHTS_FILE).is_file():
+        raise CheckpointError(
+            f"{path} has {WEIGHTS_FILE} but no {CONFIG_FILE} (copy the config.json saved with it)"
+        )
+    raise CheckpointError(
+        f"{path} is not a model directory: no {CONFIG_FILE} (expected config.json + model.safetensors, "
+        f"or a run directory with a `{LATEST_FILE}` file)"
+    )
+
+
+def read_model_config(path: str | Path) -> dict:
+    """The parsed config.json of a model/run directory, in our format.
+
+    A Hugging Face GPT-2 directory is translated: ``{"format": "hf-gpt2", "model": {...},
+    "tokenizer": "gpt2", "hf_config": {...}}``.
+    """
+    model_dir = resolve_model_dir(path)
+    config_path = model_dir / CONFIG_FILE
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"cannot parse {config_path}: {exc} (the file is corrupt)") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path} must hold a JSON object")
+    if config.get("format") == FORMAT_NAME:
+        version = config.get("format_version", FORMAT_VERSION)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{config_path} has format_version {version!r}; this gptsmith reads up to "
+                f"{FORMAT_VERSION} (upgrade gptsmith)"
+            )
+        if not isinstance(config.get("model"), dict):
+            raise CheckpointError(f"{config_path} has no \"model\" section (the file is incomplete)")
+        return config
+    if config.get("model_type") == "gpt2":
+        from gptsmith.hf_gpt2 import gpt_config_from_hf
+
+        return {
+            "format": "hf-gpt2",
+            "model": gpt_config_from_hf(config, source=str(config_path)).to_dict(),
+            "tokenizer": "gpt2",
+            "hf_config": config,
+        }
+    raise CheckpointError(
+        f"{config_path} is neither a gptsmith config (\"format\": \"gptsmith\") nor a Hugging Face "
+        f"GPT-2 config (\"model_type\": \"gpt2\")"
+    )
+
+
+def config_from_checkpoint(path: str | Path) -> GPTConfig:
+    """The ``GPTConfig`` stored in a model/run directory (or translated from a HF GPT-2 config)."""
+    config = read_model_config(path)
+    try:
+        return from_dict(GPTConfig, config["model"], source=f"{resolve_model_dir(path) / CONFIG_FILE}")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+def load_model(
+    path: str | Path, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> GPTModel:
+    """Load a model directory (or a run directory's latest checkpoint) as a ``GPTModel`` in eval mode.
+
+    Hugging Face GPT-2 directories are accepted too (converted on the fly). ``dtype`` defaults
+    to the dtype the weights were saved in.
+    """
+    model_dir = resolve_model_dir(path)
+    config = read_model_config(model_dir)
+    if config["format"] == "hf-gpt2":
+        from gptsmith.hf_gpt2 import load_hf_model_dir
+
+        return load_hf_model_dir(model_dir, device=device, dtype=dtype)
+    cfg = config_from_checkpoint(model_dir)
+    weights_path = model_dir / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise CheckpointError(f"{model_dir} has {CONFIG_FILE} but no {WEIGHTS_FILE} (the save was interrupted?)")
+    state = read_safetensors(weights_path)
+    return build_model(cfg, state, source=str(weights_path), device=device, dtype=dtype)
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file on the CPU; a truncated or corrupt file is a CheckpointError."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # safetensors raises SafetensorError/OSError/ValueError for bad files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(
+            f"cannot read {path}: {reason} (the file is truncated or corrupt; save or download it again)"
+        ) from None
+
+
+def build_model(
+    cfg: GPTConfig,
+    state: dict[str, torch.Tensor],
+    *,
+    source: str,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> GPTModel:
+    """A ``GPTModel`` for ``cfg`` holding exactly the tensors in ``state`` (names and shapes checked).
+
+    The model is built on the meta device (no time spent on a random init that would be
+    overwritten) and then takes the loaded tensors as its parameters.
+    """
+    with torch.device("meta"):
+        model = GPTModel(cfg)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    if cfg.tie_weights:
+        expected.pop(TIED_KEY)
+        state = {k: v for k, v in state.items() if k != TIED_KEY}  # the tie is rebuilt below
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensor(s), e.g. {', '.join(missing[:3])}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} tensor(s), e.g. {', '.join(unexpected[:3])}")
+        raise CheckpointError(
+            f"{source} does not match its config: {'; '.join(parts)} (was it saved by another model?)"
+        )
+    for name, shape in expected.items():
+        if tuple(state[name].shape) != shape:
+            raise CheckpointError(
+                f"{source}: tensor {name} has shape {tuple(state[name].shape)} but the config needs "
+                f"{shape} (config.json and the weights do not belong together)"
+            )
+    floating = [t.dtype for t in state.values() if t.is_floating_point()]
+    target_dtype = dtype or (floating[0] if floating else torch.float32)
+    state = {name: t.to(device=device or "cpu", dtype=target_dtype) for name, t in state.items()}
+    model.load_state_dict(state, strict=False, assign=True)
+    if cfg.tie_weights:
+        model.out_head.weight = model.tok_emb.weight  # assign=True replaced tok_emb's Parameter
+    model.eval()
+    return model
+
+
+def load_pretrained(
+    name_or_path: str | Path,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> GPTModel:
+    """Load weights by path or name, in eval mode.
+
+    ``name_or_path`` may be our model directory, a run directory, a Hugging Face GPT-2 directory
+    (config.json + model.safetensors or pytorch_model.bin), or a hub name such as ``gpt2`` or
+    ``gpt2-medium`` (downloaded through ``huggingface_hub`` into its cache; needs the network
+    the first time).
+    """
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return load_model(path, device=device, dtype=dtype)
+    name = str(name_or_path)
+    if name.startswith((".", "/", "~")) or name.endswith("/") or name.count("/") > 1:
+        raise CheckpointError(
+            f"checkpoint not found: {name} (pass a model directory, a run directory or a hub name)"
+        )
+    from gptsmith.hf_gpt2 import download_hf_model
+
+    return load_model(download_hf_model(name), device=device, dtype=dtype)
