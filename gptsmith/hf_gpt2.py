@@ -64,7 +64,8 @@ def gpt_config_from_hf(hf_config: dict, *, source: str = "config.json") -> GPTCo
     n_inner = hf_config.get("n_inner")
     if n_inner is not None and n_inner != 4 * emb_dim:
         raise CheckpointError(
-            f"{source}: n_inner={n_inner} is not 4 * n_embd ({4 * emb_dim}); gptsmith's feed-forward is 4x wide"
+            f"{source}: n_inner={n_inner} is not 4 * n_embd ({4 * emb_dim}); "
+            "gptsmith's feed-forward is 4x wide"
         )
     activation = hf_config.get("activation_function", "gelu_new")
     if activation not in TANH_GELUS:
@@ -187,7 +188,7 @@ def state_dict_to_hf(model: GPTModel) -> dict[str, torch.Tensor]:
 
 
 def read_hf_state(model_dir: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a HF directory: model.safetensors, else pytorch_model.bin (loaded without pickle code)."""
+    """The tensors of a HF directory: model.safetensors, else pytorch_model.bin (no pickle code run)."""
     from gptsmith.weights import read_safetensors
 
     if (model_dir / HF_SAFETENSORS).is_file():
@@ -205,7 +206,9 @@ def read_hf_state(model_dir: Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{bin_path} does not hold a state dict")
         return state
     if list(model_dir.glob("model-*-of-*.safetensors")):
-        raise CheckpointError(f"{model_dir}: sharded checkpoints are not supported (GPT-2 files are not sharded)")
+        raise CheckpointError(
+            f"{model_dir}: sharded checkpoints are not supported (GPT-2 files are not sharded)"
+        )
     raise CheckpointError(f"{model_dir} has config.json but neither {HF_SAFETENSORS} nor {HF_PYTORCH_BIN}")
 
 

@@ -248,7 +248,9 @@ def load_model(
     cfg = config_from_checkpoint(model_dir)
     weights_path = model_dir / WEIGHTS_FILE
     if not weights_path.is_file():
-        raise CheckpointError(f"{model_dir} has {CONFIG_FILE} but no {WEIGHTS_FILE} (the save was interrupted?)")
+        raise CheckpointError(
+            f"{model_dir} has {CONFIG_FILE} but no {WEIGHTS_FILE} (the save was interrupted?)"
+        )
     state = read_safetensors(weights_path)
     return build_model(cfg, state, source=str(weights_path), device=device, dtype=dtype)
 
