@@ -39,3 +39,25 @@ def gpt2_bpe_dir(shared_data: Path) -> Path:
     if not path.is_dir():
         pytest.skip(f"GPT-2 BPE files not found at {path}")
     return path
+
+
+@pytest.fixture
+def gpt2_tokenizer(monkeypatch: pytest.MonkeyPatch):
+    """GPT-2 BPE tokenizer built offline from ../shared/data/gpt2-bpe (or the user cache).
+
+    Also sets GPTSMITH_GPT2_BPE for the test, so code under test that calls
+    ``get_tokenizer("gpt2")`` finds the same files. Skips when neither source is available.
+    """
+    from gptsmith.errors import DataError
+    from gptsmith.tokenizer import GPT2Tokenizer, get_tokenizer, resolve_gpt2_bpe
+
+    bpe_dir = SHARED_DATA / "gpt2-bpe"
+    if bpe_dir.is_dir():
+        monkeypatch.setenv("GPTSMITH_GPT2_BPE", str(bpe_dir))
+        return GPT2Tokenizer.from_files(bpe_dir)
+    try:
+        resolve_gpt2_bpe(allow_download=False)
+    except DataError as exc:
+        pytest.skip(f"no GPT-2 BPE files: {exc}")
+    monkeypatch.setenv("GPTSMITH_OFFLINE", "1")  # tests never touch the network
+    return get_tokenizer("gpt2")

@@ -1,0 +1,339 @@
+"""Tokenizers: text -> token ids -> text.
+
+Three tokenizers share one interface (``Tokenizer``) so the data pipeline, the model, generation
+and serving never care which one is in use:
+
+- ``SimpleTokenizerV1``: a vocabulary of the words and punctuation seen in a text (regex split);
+  an unknown word is an error. The idea of tokenization in twenty lines.
+- ``SimpleTokenizerV2``: adds ``<|unk|>`` for unknown words and ``<|endoftext|>`` between texts.
+- ``GPT2Tokenizer``: GPT-2's byte-pair encoding (50,257 ids) through tiktoken's fast Rust encoder.
+
+``get_tokenizer(name)`` picks one by name. GPT-2's BPE files are found offline-first, see
+``resolve_gpt2_bpe``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import tiktoken
+from tiktoken.load import data_gym_to_mergeable_bpe_ranks, load_tiktoken_bpe
+
+from gptsmith.download import (
+    GPT2_ENCODER_JSON_URL,
+    GPT2_TIKTOKEN_SHA256,
+    GPT2_TIKTOKEN_URL,
+    GPT2_VOCAB_BPE_URL,
+    download_gpt2_bpe,
+    gpt2_bpe_cache_path,
+    is_offline,
+    sha256_bytes,
+    tiktoken_cache_file,
+)
+from gptsmith.errors import ConfigError, DataError
+
+ENDOFTEXT = "<|endoftext|>"
+UNKNOWN = "<|unk|>"
+DEFAULT_ALLOWED_SPECIAL = frozenset({ENDOFTEXT})
+GPT2_VOCAB_SIZE = 50257
+GPT2_EOT_ID = 50256
+# GPT-2's pre-tokenization pattern in tiktoken's faster but equivalent form (tiktoken_ext.openai_public).
+GPT2_PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What every tokenizer offers; code that only needs ids and text depends on this alone."""
+
+    name: str
+    vocab_size: int
+    eot_id: int
+
+    def encode(self, text: str, allowed_special: Iterable[str] = DEFAULT_ALLOWED_SPECIAL) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def decode_bytes(self, ids: Sequence[int]) -> bytes: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Simple word-level tokenizers
+# ---------------------------------------------------------------------------------------------
+
+# Split on whitespace and the punctuation ,.:;?_!"()' and the double dash; the capture group keeps
+# the punctuation as tokens of its own.
+_SPLIT = re.compile(r'([,.:;?_!"()\']|--|\s)')
+# When decoding, punctuation sticks to the word before it.
+_SPACE_BEFORE_PUNCT = re.compile(r'\s+([,.:;?_!"()\'])')
+
+
+def split_words(text: str) -> list[str]:
+    """The simple tokenizers' pieces of ``text``: words and punctuation, whitespace dropped."""
+    return [piece for piece in (p.strip() for p in _SPLIT.split(text)) if piece]
+
+
+class SimpleTokenizerV1:
+    """Word-level tokenizer over a fixed vocabulary; unknown words are an error."""
+
+    name = "simple-v1"
+
+    def __init__(self, vocab: dict[str, int]):
+        self.str_to_int = dict(vocab)
+        self.int_to_str = {i: s for s, i in self.str_to_int.items()}
+        self.vocab_size = len(self.str_to_int)
+        self.eot_id = self.str_to_int.get(ENDOFTEXT, -1)
+
+    @classmethod
+    def from_text(cls, text: str) -> SimpleTokenizerV1:
+        """Build the vocabulary from every distinct piece of ``text`` (sorted, so ids are deterministic)."""
+        return cls({piece: i for i, piece in enumerate(sorted(set(split_words(text))))})
+
+    def _lookup(self, piece: str) -> int:
+        try:
+            return self.str_to_int[piece]
+        except KeyError:
+            raise DataError(
+                f"word {piece!r} is not in the {self.vocab_size}-entry vocabulary of {type(self).__name__}; "
+                "build the vocabulary from a text that contains it, or use SimpleTokenizerV2 "
+                "(maps it to <|unk|>)"
+            ) from None
+
+    def encode(self, text: str, allowed_special: Iterable[str] = DEFAULT_ALLOWED_SPECIAL) -> list[int]:
+        """Ids of the words and punctuation of ``text``."""
+        return [self._lookup(piece) for piece in split_words(text)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Join the pieces with spaces, then remove the space before punctuation."""
+        try:
+            text = " ".join(self.int_to_str[int(i)] for i in ids)
+        except KeyError as exc:
+            bad = exc.args[0]
+            raise DataError(f"token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})") from None
+        return _SPACE_BEFORE_PUNCT.sub(r"\1", text)
+
+    def decode_bytes(self, ids: Sequence[int]) -> bytes:
+        """``decode`` as UTF-8 bytes (the simple tokenizers never split a character)."""
+        return self.decode(ids).encode("utf-8")
+
+
+class SimpleTokenizerV2(SimpleTokenizerV1):
+    """Like V1, plus ``<|unk|>`` for unknown words and ``<|endoftext|>`` to separate texts."""
+
+    name = "simple"
+
+    def __init__(self, vocab: dict[str, int]):
+        vocab = dict(vocab)
+        for special in (ENDOFTEXT, UNKNOWN):
+            vocab.setdefault(special, len(vocab))
+        super().__init__(vocab)
+        self.unk_id = self.str_to_int[UNKNOWN]
+
+    @classmethod
+    def from_text(cls, text: str) -> SimpleTokenizerV2:
+        """Vocabulary of ``text``'s distinct pieces, then ``<|endoftext|>`` and ``<|unk|>`` at the end."""
+        words = set(split_words(text)) - {ENDOFTEXT, UNKNOWN}
+        return cls({piece: i for i, piece in enumerate(sorted(words))})
+
+    def encode(self, text: str, allowed_special: Iterable[str] = DEFAULT_ALLOWED_SPECIAL) -> list[int]:
+        """Ids of ``text``'s pieces; unknown words become ``<|unk|>``; allowed specials are kept whole."""
+        allowed = set(allowed_special)
+        ids: list[int] = []
+        # Cut out the allowed special tokens first so the regex split never breaks them apart.
+        if allowed:
+            pattern = "(" + "|".join(re.escape(s) for s in sorted(allowed)) + ")"
+            parts = re.split(pattern, text)
+        else:
+            parts = [text]
+        for part in parts:
+            if part in allowed and part in self.str_to_int:
+                ids.append(self.str_to_int[part])
+                continue
+            ids.extend(self.str_to_int.get(piece, self.unk_id) for piece in split_words(part))
+        return ids
+
+
+# ---------------------------------------------------------------------------------------------
+# GPT-2 byte-pair encoding
+# ---------------------------------------------------------------------------------------------
+
+
+def _find_bpe_files(path: Path) -> tuple[str, tuple[Path, ...]]:
+    """("tiktoken", (ranks,)) or ("data_gym", (vocab.bpe, encoder.json)) for a file or directory."""
+    if path.is_dir():
+        tiktoken_files = sorted(path.glob("*.tiktoken"))
+        if tiktoken_files:
+            return "tiktoken", (tiktoken_files[0],)
+        if (path / "vocab.bpe").is_file() and (path / "encoder.json").is_file():
+            return "data_gym", (path / "vocab.bpe", path / "encoder.json")
+        raise DataError(
+            f"no GPT-2 BPE files in {path}: expected a .tiktoken ranks file, or encoder.json and vocab.bpe "
+            "(run `gptsmith download gpt2-bpe` to fetch them)"
+        )
+    if path.is_file():
+        if path.name in {"vocab.bpe", "encoder.json"}:
+            pair = (path.parent / "vocab.bpe", path.parent / "encoder.json")
+            missing = [str(p) for p in pair if not p.is_file()]
+            if missing:
+                raise DataError(f"{path} needs its partner file {missing[0]} (OpenAI's format is a pair)")
+            return "data_gym", pair
+        return "tiktoken", (path,)
+    raise DataError(
+        f"GPT-2 BPE path not found: {path} (point GPTSMITH_GPT2_BPE at a gpt2.tiktoken file or a directory "
+        "with encoder.json + vocab.bpe, or run `gptsmith download gpt2-bpe`)"
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _load_encoding(kind: str, files: tuple[Path, ...]) -> tiktoken.Encoding:
+    """Build tiktoken's Encoding from local files (cached: loading 50k ranks takes a moment)."""
+    try:
+        if kind == "tiktoken":
+            ranks = load_tiktoken_bpe(str(files[0]))
+        else:
+            ranks = data_gym_to_mergeable_bpe_ranks(str(files[0]), str(files[1]))
+    except (ValueError, AssertionError, KeyError, UnicodeDecodeError) as exc:
+        names = " + ".join(str(f) for f in files)
+        raise DataError(f"cannot read GPT-2 BPE files {names}: {exc}") from None
+    if len(ranks) != GPT2_VOCAB_SIZE - 1:
+        names = " + ".join(str(f) for f in files)
+        raise DataError(
+            f"{names} holds {len(ranks)} ranks, not GPT-2's {GPT2_VOCAB_SIZE - 1}; "
+            "use GPT-2's files (`gptsmith download gpt2-bpe`)"
+        )
+    return tiktoken.Encoding(
+        name="gpt2",
+        pat_str=GPT2_PAT_STR,
+        mergeable_ranks=ranks,
+        special_tokens={ENDOFTEXT: GPT2_EOT_ID},
+        explicit_n_vocab=GPT2_VOCAB_SIZE,
+    )
+
+
+def resolve_gpt2_bpe(
+    path: str | Path | None = None, *, allow_download: bool = True
+) -> tuple[str, tuple[Path, ...]]:
+    """Find GPT-2's BPE files, offline first, and say which format they are in.
+
+    Order: an explicit ``path`` or $GPTSMITH_GPT2_BPE (the user said so; errors if broken) ->
+    tiktoken's own download cache -> gptsmith's user cache (``gptsmith download gpt2-bpe``) ->
+    OpenAI's public URL when online (saved to the user cache). Otherwise a ``DataError`` that says
+    exactly what to run.
+    """
+    explicit = path or os.environ.get("GPTSMITH_GPT2_BPE")
+    if explicit:
+        return _find_bpe_files(Path(explicit).expanduser())
+    # tiktoken's cache: either its r50k ranks file or the pair its "gpt2" encoding downloads.
+    cached = tiktoken_cache_file(GPT2_TIKTOKEN_URL)
+    if cached.is_file() and sha256_bytes(cached.read_bytes()) == GPT2_TIKTOKEN_SHA256:
+        return "tiktoken", (cached,)
+    vocab, encoder = tiktoken_cache_file(GPT2_VOCAB_BPE_URL), tiktoken_cache_file(GPT2_ENCODER_JSON_URL)
+    if vocab.is_file() and encoder.is_file():
+        return "data_gym", (vocab, encoder)
+    ours = gpt2_bpe_cache_path()
+    if ours.is_file():
+        return "tiktoken", (ours,)
+    if allow_download and not is_offline():
+        try:
+            # Only the URL here: fetching from PyPI is `gptsmith download gpt2-bpe`'s explicit job.
+            return "tiktoken", (download_gpt2_bpe(),)
+        except DataError:
+            pass
+    raise DataError(
+        "GPT-2 BPE files not found; run `gptsmith download gpt2-bpe` (fetches them from OpenAI or PyPI "
+        f"into {ours.parent}), or set GPTSMITH_GPT2_BPE to a gpt2.tiktoken file or encoder.json/vocab.bpe dir"
+    )
+
+
+class GPT2Tokenizer:
+    """GPT-2's byte-pair encoding (vocabulary 50,257, ``<|endoftext|>`` = 50256) on tiktoken."""
+
+    name = "gpt2"
+    vocab_size = GPT2_VOCAB_SIZE
+    eot_id = GPT2_EOT_ID
+
+    def __init__(self, encoding: tiktoken.Encoding):
+        self.encoding = encoding
+
+    @classmethod
+    def from_files(cls, path: str | Path | None = None) -> GPT2Tokenizer:
+        """Load from a ``.tiktoken`` file, ``vocab.bpe``/``encoder.json``, a dir, or (None) the chain."""
+        kind, files = resolve_gpt2_bpe(path)
+        return cls(_load_encoding(kind, tuple(f.resolve() for f in files)))
+
+    def encode(self, text: str, allowed_special: Iterable[str] = DEFAULT_ALLOWED_SPECIAL) -> list[int]:
+        """Ids of ``text``. Special tokens not in ``allowed_special`` are encoded as plain text."""
+        return self.encoding.encode(text, allowed_special=set(allowed_special), disallowed_special=())
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Ids of ``text`` treating every special token as plain text."""
+        return self.encoding.encode_ordinary(text)
+
+    def encode_batch(
+        self,
+        texts: Sequence[str],
+        allowed_special: Iterable[str] = DEFAULT_ALLOWED_SPECIAL,
+        num_threads: int | None = None,
+    ) -> list[list[int]]:
+        """Encode many texts in parallel on ``num_threads`` threads (default: all cores)."""
+        threads = num_threads or os.cpu_count() or 1
+        return self.encoding.encode_batch(
+            list(texts), num_threads=threads, allowed_special=set(allowed_special), disallowed_special=()
+        )
+
+    def _check_ids(self, ids: Sequence[int]) -> list[int]:
+        ids = [int(i) for i in ids]
+        bad = next((i for i in ids if not 0 <= i < self.vocab_size), None)
+        if bad is not None:
+            raise DataError(f"token id {bad} is outside GPT-2's vocabulary (0..{self.vocab_size - 1})")
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ``ids``; a character split across ids at the end decodes to U+FFFD."""
+        return self.encoding.decode(self._check_ids(ids), errors="replace")
+
+    def decode_bytes(self, ids: Sequence[int]) -> bytes:
+        """Raw bytes of ``ids`` (for streaming: join bytes first, decode when characters are whole)."""
+        return self.encoding.decode_bytes(self._check_ids(ids))
+
+    def __repr__(self) -> str:
+        return f"GPT2Tokenizer(vocab_size={self.vocab_size})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing by name
+# ---------------------------------------------------------------------------------------------
+
+TOKENIZER_NAMES = ("gpt2", "simple")
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_simple_tokenizer() -> SimpleTokenizerV2:
+    from gptsmith.corpus import builtin_documents  # late import: corpus imports this module
+
+    return SimpleTokenizerV2.from_text("\n".join(builtin_documents()))
+
+
+def get_tokenizer(
+    name: str = "gpt2", *, bpe_path: str | Path | None = None, text: str | None = None
+) -> Tokenizer:
+    """The tokenizer called ``name``.
+
+    ``"gpt2"``: GPT-2 BPE (files from ``bpe_path`` or the offline-first chain of ``resolve_gpt2_bpe``).
+    ``"simple"``: ``SimpleTokenizerV2`` over the words of ``text`` (default: the built-in corpus,
+    whose vocabulary depends on the Python version that ships it).
+    """
+    key = name.lower()
+    if key in {"gpt2", "gpt-2", "r50k_base"}:
+        return GPT2Tokenizer.from_files(bpe_path)
+    if key in {"simple", "simple-v2"}:
+        return SimpleTokenizerV2.from_text(text) if text is not None else _builtin_simple_tokenizer()
+    if key == "simple-v1":
+        if text is None:
+            raise ConfigError("tokenizer 'simple-v1' needs text= to build its vocabulary from")
+        return SimpleTokenizerV1.from_text(text)
+    raise ConfigError(f"unknown tokenizer {name!r} (known: {', '.join(TOKENIZER_NAMES)})")
