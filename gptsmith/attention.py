@@ -18,7 +18,148 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# (Rungs 1-4 of the teaching ladder go above this line.)
+# --- Rung 1: no weights at all -------------------------------------------------------------------
+
+
+def simplified_self_attention(
+    inputs: torch.Tensor, *, return_weights: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Self-attention with no trainable weights: the idea in three lines.
+
+    Each token's *context vector* is an average of all token vectors, weighted by how similar
+    they are to it: scores are dot products of the inputs with each other, softmax turns each
+    row of scores into weights that sum to 1, and the weights mix the inputs.
+    ``inputs`` is (n_tokens, d) or (batch, n_tokens, d).
+    """
+    scores = inputs @ inputs.transpose(-2, -1)  # (..., n_tokens, n_tokens)
+    weights = torch.softmax(scores, dim=-1)
+    context = weights @ inputs  # (..., n_tokens, d)
+    return (context, weights) if return_weights else context
+
+
+# --- Rung 2: trainable query, key and value projections ---------------------------------------
+
+
+class SelfAttentionV1(nn.Module):
+    """Self-attention with trainable query/key/value matrices, as raw ``nn.Parameter``s.
+
+    Over rung 1 it adds three learned projections: a token asks with its *query*, is matched by
+    the others' *keys*, and contributes their *values*. Scores are ``Q @ K.T / sqrt(d_k)``: the
+    scaling keeps dot products of large vectors from saturating the softmax.
+    """
+
+    def __init__(self, d_in: int, d_out: int) -> None:
+        super().__init__()
+        # Random uniform init, as a first illustration; rung 2b uses nn.Linear's better init.
+        self.W_query = nn.Parameter(torch.rand(d_in, d_out))
+        self.W_key = nn.Parameter(torch.rand(d_in, d_out))
+        self.W_value = nn.Parameter(torch.rand(d_in, d_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        queries = x @ self.W_query  # (..., n_tokens, d_out)
+        keys = x @ self.W_key
+        values = x @ self.W_value
+        scores = queries @ keys.transpose(-2, -1)  # (..., n_tokens, n_tokens)
+        weights = torch.softmax(scores / keys.shape[-1] ** 0.5, dim=-1)
+        return weights @ values  # (..., n_tokens, d_out)
+
+
+class SelfAttentionV2(nn.Module):
+    """The same computation with ``nn.Linear`` projections (no bias by default).
+
+    Over V1 it changes only the bookkeeping: ``nn.Linear`` stores the matrix transposed (out, in),
+    initialises it with a scale suited to training, and can add a bias. Copy ``linear.weight.T``
+    into V1's parameters and the outputs match exactly.
+    """
+
+    def __init__(self, d_in: int, d_out: int, qkv_bias: bool = False) -> None:
+        super().__init__()
+        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        queries = self.W_query(x)  # (..., n_tokens, d_out)
+        keys = self.W_key(x)
+        values = self.W_value(x)
+        scores = queries @ keys.transpose(-2, -1)  # (..., n_tokens, n_tokens)
+        weights = torch.softmax(scores / keys.shape[-1] ** 0.5, dim=-1)
+        return weights @ values  # (..., n_tokens, d_out)
+
+
+# --- Rung 3: hide the future -------------------------------------------------------------------
+
+
+class CausalAttention(nn.Module):
+    """Causal self-attention over batches: a token may only attend to itself and earlier tokens.
+
+    Over V2 it adds: an upper-triangular mask (a registered buffer, so it follows the module
+    to the GPU) that sets scores of future positions to -inf before the softmax, so their
+    weights are exactly 0; dropout on the attention weights (training only); batched inputs
+    (batch, n_tokens, d_in).
+    """
+
+    def __init__(
+        self, d_in: int, d_out: int, context_length: int, dropout: float, qkv_bias: bool = False
+    ) -> None:
+        super().__init__()
+        self.d_out = d_out
+        self.context_length = context_length
+        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.dropout = nn.Dropout(dropout)
+        # True above the diagonal = "future, hide it". Not persistent: it is derived, not learned.
+        mask = torch.triu(torch.ones(context_length, context_length, dtype=torch.bool), diagonal=1)
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, n_tokens, _ = x.shape
+        if n_tokens > self.context_length:
+            raise ValueError(f"{n_tokens} tokens exceed context_length {self.context_length}")
+        queries = self.W_query(x)  # (batch, n_tokens, d_out)
+        keys = self.W_key(x)
+        values = self.W_value(x)
+        scores = queries @ keys.transpose(1, 2)  # (batch, n_tokens, n_tokens)
+        scores = scores.masked_fill(self.mask[:n_tokens, :n_tokens], float("-inf"))
+        weights = torch.softmax(scores / keys.shape[-1] ** 0.5, dim=-1)
+        weights = self.dropout(weights)
+        return weights @ values  # (batch, n_tokens, d_out)
+
+
+# --- Rung 4: several heads ---------------------------------------------------------------------
+
+
+class MultiHeadAttentionWrapper(nn.Module):
+    """Multi-head attention as ``n_heads`` independent ``CausalAttention`` modules side by side.
+
+    Over rung 3 it adds heads: each head has its own projections of size d_out // n_heads and
+    can learn to look for a different relation; their outputs are concatenated back to d_out.
+    (It runs the heads one after another; rung 5, ``MultiHeadAttention``, computes all of them
+    with one fused matmul and adds an output projection.)
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        context_length: int,
+        dropout: float,
+        n_heads: int,
+        qkv_bias: bool = False,
+    ) -> None:
+        super().__init__()
+        if d_out % n_heads != 0:
+            raise ValueError(f"d_out ({d_out}) must be divisible by n_heads ({n_heads})")
+        self.heads = nn.ModuleList(
+            CausalAttention(d_in, d_out // n_heads, context_length, dropout, qkv_bias) for _ in range(n_heads)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([head(x) for head in self.heads], dim=-1)  # (batch, n_tokens, d_out)
+
+
+# --- Rungs 5 and 6: the fast path the model runs, and its key/value cache ---------------------
 
 
 class KVCache:
@@ -187,3 +328,30 @@ def _matmul_attention(
     if dropout_p > 0:
         weights = F.dropout(weights, p=dropout_p)
     return weights @ values, weights
+
+
+@torch.no_grad()
+def copy_wrapper_to_fused(
+    wrapper: MultiHeadAttentionWrapper, fused: MultiHeadAttention
+) -> MultiHeadAttention:
+    """Copy the wrapper's per-head weights into ``fused`` so both compute the same function.
+
+    The fused ``qkv`` weight is the per-head query matrices stacked, then the keys', then the
+    values' (the order its reshape into heads expects). The wrapper has no output projection,
+    so ``fused.out_proj`` becomes the identity. Returns ``fused``.
+    """
+    heads = wrapper.heads
+    if len(heads) != fused.n_heads or heads[0].d_out != fused.head_dim:
+        raise ValueError(
+            f"wrapper has {len(heads)} heads of size {heads[0].d_out}, fused module has "
+            f"{fused.n_heads} of size {fused.head_dim}"
+        )
+    for part, name in enumerate(("W_query", "W_key", "W_value")):
+        rows = slice(part * fused.d_out, (part + 1) * fused.d_out)
+        fused.qkv.weight[rows] = torch.cat([getattr(h, name).weight for h in heads], dim=0)
+        if fused.qkv.bias is not None:
+            biases = [getattr(h, name).bias for h in heads]
+            fused.qkv.bias[rows] = torch.cat(biases) if biases[0] is not None else 0.0
+    fused.out_proj.weight.copy_(torch.eye(fused.d_out))
+    fused.out_proj.bias.zero_()
+    return fused

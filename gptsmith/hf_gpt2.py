@@ -178,10 +178,11 @@ def state_dict_to_hf(model: GPTModel) -> dict[str, torch.Tensor]:
         for name, (theirs, transpose) in _BLOCK_MAP.items():
             key = f"trf_blocks.{i}.{name}"
             if key not in ours:  # qkv_bias=False: GPT-2 always has the bias, zeros are equivalent
-                tensor = torch.zeros(3 * cfg.emb_dim, dtype=ours[f"trf_blocks.{i}.att.qkv.weight"].dtype)
+                qkv_weight = ours[f"trf_blocks.{i}.att.qkv.weight"]
+                tensor = qkv_weight.new_zeros(3 * cfg.emb_dim)
             else:
                 tensor = ours[key].t() if transpose else ours[key]
-            hf[f"transformer.h.{i}.{theirs}"] = tensor.detach().contiguous().cpu()
+            hf[f"transformer.h.{i}.{theirs}"] = tensor.detach().contiguous()
     if not cfg.tie_weights:
         hf["lm_head.weight"] = ours["out_head.weight"]
     return hf

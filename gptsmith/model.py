@@ -320,3 +320,41 @@ def padding_causal_mask(attention_mask: torch.Tensor, n_queries: int) -> torch.T
     is_self = query_pos.unsqueeze(1) == torch.arange(n_keys, device=attention_mask.device)
     keep = attention_mask.bool()[:, None, None, :] | is_self  # (batch, 1, n_queries, n_keys)
     return causal & keep
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """Sizes of a model for ``gptsmith info``: parameter counts, a layer table and memory needs."""
+
+    cfg: GPTConfig
+    params_tied: int  # output head shares the token embedding (counted once)
+    params_untied: int  # output head as a separate matrix
+    layers: list[tuple[str, str, int]]  # (name, shape, parameters); a block's rows stand for every block
+
+    @property
+    def params(self) -> int:
+        """Parameters this model actually holds (tied or not, per its config)."""
+        return self.params_tied if self.cfg.tie_weights else self.params_untied
+
+    def memory_bytes(self, bytes_per_value: int) -> dict[str, int]:
+        """Bytes for weights, gradients and AdamW's two moment estimates at one precision."""
+        weights = self.params * bytes_per_value
+        return {"weights": weights, "gradients": weights, "adamw_states": 2 * weights, "total": 4 * weights}
+
+
+def summarize(cfg: GPTConfig) -> ModelSummary:
+    """Count parameters and list layers for ``cfg`` without allocating any weights (meta device)."""
+    with torch.device("meta"):
+        model = GPTModel(cfg)
+    layers: list[tuple[str, str, int]] = []
+    for name, param in model.named_parameters():  # a tied head is yielded once, as tok_emb.weight
+        if name.startswith("trf_blocks.") and not name.startswith("trf_blocks.0."):
+            continue
+        label = name.replace("trf_blocks.0.", f"trf_blocks.[0-{cfg.n_layers - 1}].", 1)
+        layers.append((label, " x ".join(map(str, param.shape)), param.numel()))
+    if cfg.tie_weights:
+        layers.append(("out_head.weight (tied to tok_emb.weight)", f"{cfg.vocab_size} x {cfg.emb_dim}", 0))
+    held = sum(p.numel() for p in model.parameters())  # a shared tensor is yielded once
+    head = cfg.vocab_size * cfg.emb_dim
+    tied, untied = (held, held + head) if cfg.tie_weights else (held - head, held)
+    return ModelSummary(cfg=cfg, params_tied=tied, params_untied=untied, layers=layers)
