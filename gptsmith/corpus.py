@@ -1,10 +1,283 @@
-"""Corpora: where training text comes from (filled in below)."""
+"""Corpora: where training text comes from, read as a stream of documents.
+
+``resolve_corpus(name_or_path)`` turns what a user typed into a ``CorpusSource``:
+
+- ``"builtin"``: the English documentation that ships inside CPython (``pydoc_data.topics``, about
+  80 documents, 0.46 M characters, ~100 k GPT-2 tokens). Every Python has it, so the main job runs
+  offline on a fresh machine; it is real English prose about one subject, which a small model
+  learns visibly within minutes.
+- a named corpus (``"the-verdict"``, ``"tinyshakespeare"``, or any ``NAME`` with a ``NAME.txt``)
+  looked up in $GPTSMITH_DATA_DIR, ``../shared/data`` beside the checkout, and the user cache;
+- a ``.txt``/``.md`` file, a directory of them (recursively), or a glob;
+- ``.jsonl`` (one JSON object per line with a ``text`` field) and ``.parquet`` files (a ``text``
+  column, read in record batches so the corpus may be larger than memory);
+- ``"hf:NAME"`` or ``"hf:NAME:SPLIT"``: a Hugging Face hub dataset, streamed through the optional
+  ``datasets`` package.
+
+Text must be UTF-8: other bytes are an error naming the file and the byte offset (a model should
+not silently learn U+FFFD). A text file holding ``<|endoftext|>`` is split there into documents.
+"""
 
 from __future__ import annotations
 
+import glob
+import hashlib
+import json
+import os
+import platform
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from gptsmith.download import cache_dir
+from gptsmith.errors import DataError
+
+ENDOFTEXT = "<|endoftext|>"
+TEXT_SUFFIXES = (".txt", ".md")
+PACKAGE_ROOT = Path(__file__).resolve().parent
+
 
 def builtin_documents() -> list[str]:
-    """The built-in corpus: CPython's own documentation topics (``pydoc_data.topics``), one per document."""
+    """The built-in corpus: CPython's documentation topics (``pydoc_data.topics``), one per document."""
     from pydoc_data.topics import topics
 
     return [topics[name].strip() for name in sorted(topics)]
+
+
+@dataclass(frozen=True)
+class CorpusSource:
+    """A resolved corpus: what kind it is and where its documents come from."""
+
+    name: str  # what the user asked for, for messages and metadata
+    kind: str  # "builtin" | "text" | "jsonl" | "parquet" | "hf"
+    paths: tuple[Path, ...] = ()
+    text_field: str = "text"
+
+    def documents(self) -> Iterator[str]:
+        """Yield the corpus's documents one by one (never the whole corpus at once for big formats)."""
+        if self.kind == "builtin":
+            yield from builtin_documents()
+        elif self.kind == "text":
+            for path in self.paths:
+                yield from _text_documents(path)
+        elif self.kind == "jsonl":
+            for path in self.paths:
+                yield from _jsonl_documents(path, self.text_field)
+        elif self.kind == "parquet":
+            for path in self.paths:
+                yield from _parquet_documents(path, self.text_field)
+        elif self.kind == "hf":
+            yield from _hf_documents(self.name, self.text_field)
+        else:  # pragma: no cover - CorpusSource is built by resolve_corpus
+            raise DataError(f"unknown corpus kind {self.kind!r}")
+
+    def total_bytes(self) -> int | None:
+        """Size on disk (for progress bars); None when unknown (streamed hub datasets)."""
+        if self.kind == "builtin":
+            return sum(len(d.encode("utf-8")) for d in builtin_documents())
+        if self.kind == "hf":
+            return None
+        return sum(p.stat().st_size for p in self.paths)
+
+    def fingerprint(self) -> str:
+        """A short hash that changes when the corpus does (paths, sizes, modification times).
+
+        ``prepare_corpus`` reuses a token shard whose fingerprint matches, without reading the text.
+        """
+        digest = hashlib.sha256(f"{self.kind}|{self.text_field}".encode())
+        if self.kind == "builtin":
+            digest.update(platform.python_version().encode())
+            for doc in builtin_documents():
+                digest.update(doc.encode("utf-8"))
+        elif self.kind == "hf":
+            digest.update(self.name.encode())
+        for path in self.paths:
+            stat = path.stat()
+            digest.update(f"|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        return digest.hexdigest()[:16]
+
+
+def named_corpus_dirs() -> list[Path]:
+    """Where named corpora are looked up, in order."""
+    dirs = []
+    if os.environ.get("GPTSMITH_DATA_DIR"):
+        dirs.append(Path(os.environ["GPTSMITH_DATA_DIR"]).expanduser())
+    if os.environ.get("GPTSMITH_SHARED_DATA"):
+        dirs.append(Path(os.environ["GPTSMITH_SHARED_DATA"]).expanduser())
+    dirs.append(PACKAGE_ROOT.parent.parent / "shared" / "data")  # ../shared/data beside the checkout
+    dirs.append(cache_dir() / "data")  # filled by `gptsmith download NAME`
+    return dirs
+
+
+def _find_named(name: str) -> Path | None:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        return None
+    for directory in named_corpus_dirs():
+        candidate = directory / f"{name}.txt"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def resolve_corpus(name_or_path: str | Path, text_field: str = "text") -> CorpusSource:
+    """Turn a corpus name, path, directory, glob or ``hf:NAME`` into a ``CorpusSource``.
+
+    Raises ``DataError`` for a missing path, a directory without text files, or an unknown format.
+    """
+    if isinstance(name_or_path, CorpusSource):
+        return name_or_path
+    spec = str(name_or_path)
+    if spec == "builtin":
+        return CorpusSource("builtin", "builtin", (), text_field)
+    if spec.startswith("hf:"):
+        if len(spec) <= 3:
+            raise DataError("hf: needs a dataset name, e.g. hf:roneneldan/TinyStories")
+        return CorpusSource(spec, "hf", (), text_field)
+
+    path = Path(spec).expanduser()
+    if any(ch in spec for ch in "*?["):
+        matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
+        files = [p for p in matches if p.is_file()]
+        if not files:
+            raise DataError(f"glob {spec!r} matches no files (check the pattern and the directory)")
+        return _source_from_files(spec, files, text_field)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+        if not files:
+            raise DataError(f"directory {path} holds no .txt or .md files (put the corpus text there)")
+        return _source_from_files(spec, files, text_field)
+    if path.is_file():
+        return _source_from_files(spec, [path], text_field)
+    named = _find_named(spec)
+    if named is not None:
+        return CorpusSource(spec, "text", (named,), text_field)
+    where = ", ".join(str(d) for d in named_corpus_dirs())
+    raise DataError(
+        f"corpus not found: {spec} (pass an existing .txt/.md/.jsonl/.parquet file, a directory, a glob, "
+        f"'builtin', 'hf:NAME', or a named corpus such as the-verdict found in: {where}; "
+        "`gptsmith download the-verdict` fetches one when online)"
+    )
+
+
+def _source_from_files(spec: str, files: list[Path], text_field: str) -> CorpusSource:
+    kinds = set()
+    for path in files:
+        suffix = path.suffix.lower()
+        if suffix in TEXT_SUFFIXES:
+            kinds.add("text")
+        elif suffix == ".jsonl":
+            kinds.add("jsonl")
+        elif suffix == ".parquet":
+            kinds.add("parquet")
+        else:
+            raise DataError(f"{path}: unsupported corpus format {suffix or '(no suffix)'} (use .txt, .md, "
+                            ".jsonl or .parquet)")
+    if len(kinds) > 1:
+        raise DataError(f"{spec} mixes formats ({', '.join(sorted(kinds))}); prepare one format at a time")
+    return CorpusSource(spec, kinds.pop(), tuple(files), text_field)
+
+
+def read_utf8(path: Path) -> str:
+    """The file's text; non-UTF-8 bytes raise a ``DataError`` naming the file and the byte offset."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")  # a leading byte-order mark is dropped
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path} is not UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start} "
+            "(convert the file, e.g. `iconv -f latin1 -t utf-8 IN > OUT`)"
+        ) from None
+
+
+def _text_documents(path: Path) -> Iterator[str]:
+    text = read_utf8(path)
+    if not text.strip():
+        raise DataError(f"corpus file {path} is empty (it has no text to train on)")
+    if ENDOFTEXT in text:
+        for doc in text.split(ENDOFTEXT):
+            if doc.strip():
+                yield doc.strip("\n")
+    else:
+        yield text
+
+
+def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
+    seen = 0
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                message = f"{path}:{line_no}: not valid JSON ({exc}); each line must be one object"
+                raise DataError(message) from None
+            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+                keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
+                raise DataError(f"{path}:{line_no}: no string field {text_field!r} (found: {keys})")
+            seen += 1
+            if record[text_field]:
+                yield record[text_field]
+    if seen == 0:
+        raise DataError(f"corpus file {path} is empty (no JSON lines with a {text_field!r} field)")
+
+
+def _parquet_documents(path: Path, text_field: str) -> Iterator[str]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError("reading .parquet corpora needs pyarrow: pip install pyarrow") from None
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises its own ArrowInvalid for non-parquet bytes
+        raise DataError(f"{path} is not a readable Parquet file ({exc})") from None
+    columns = parquet.schema_arrow.names
+    if text_field not in columns:
+        raise DataError(f"{path} has no {text_field!r} column (columns: {', '.join(columns)})")
+    if parquet.metadata.num_rows == 0:
+        raise DataError(f"corpus file {path} is empty (0 rows)")
+    for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):
+        for text in batch.column(0).to_pylist():
+            if text:
+                yield text
+
+
+def _hf_documents(spec: str, text_field: str) -> Iterator[str]:
+    try:
+        import datasets
+    except ImportError:
+        message = f"{spec} needs the optional `datasets` package: pip install 'gptsmith[datasets]'"
+        raise DataError(message) from None
+    name, _, split = spec[3:].partition(":")
+    try:
+        dataset = datasets.load_dataset(name, split=split or "train", streaming=True)
+    except Exception as exc:  # hub errors (offline, unknown name) come in many types
+        message = f"cannot open Hugging Face dataset {name!r} ({exc}); check the name and the network"
+        raise DataError(message) from None
+    for record in dataset:
+        if text_field not in record:
+            raise DataError(f"{spec} has no {text_field!r} field (fields: {', '.join(record)})")
+        if record[text_field]:
+            yield record[text_field]
+
+
+# Cut long texts only right after a newline that follows a non-space character and precedes one:
+# GPT-2's pre-tokenizer always has a boundary there, so encoding the pieces separately gives the
+# very same ids as encoding the whole text, and the pieces can be encoded in parallel.
+_SAFE_CUT = re.compile(r"(?<=\S\n)(?=\S)")
+
+
+def safe_chunks(text: str, target_chars: int = 1 << 18) -> list[str]:
+    """Split ``text`` into pieces of about ``target_chars`` at tokenizer-safe newline boundaries."""
+    if len(text) <= target_chars:
+        return [text]
+    pieces, start = [], 0
+    while len(text) - start > target_chars:
+        match = _SAFE_CUT.search(text, start + target_chars)
+        if match is None:
+            break
+        pieces.append(text[start : match.start()])
+        start = match.start()
+    pieces.append(text[start:])
+    return pieces

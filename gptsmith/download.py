@@ -75,20 +75,10 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same directory, fsync and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``data`` atomically, through the one atomic-write helper in ``gptsmith.weights``."""
+    from gptsmith.weights import atomic_write_bytes as write  # late: weights imports torch
+
+    return write(path, data)
 
 
 def tiktoken_cache_file(url: str) -> Path:
