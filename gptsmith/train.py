@@ -1,0 +1,196 @@
+"""Pretraining: loss and evaluation, ``TrainConfig`` and the training loop.
+
+The loop knows nothing of the model's internals: it feeds (inputs, targets) windows of token
+ids, minimises next-token cross-entropy, and reports through ``TrainCallbacks`` hooks (the CLI
+draws its progress bar from them). Around that core:
+
+- AdamW with weight decay on matrices only, linear warm-up then cosine decay (``schedule.py``);
+- gradient accumulation up to a target batch in tokens, gradient clipping;
+- bf16 autocast where it is faster, optional ``torch.compile``, seeds, device auto-selection;
+- periodic evaluation, sample text, checkpoints with exact resume (``checkpointing.py``);
+- data parallelism over processes started by ``torchrun`` (``distributed.py``);
+- a clean stop on Ctrl-C / SIGTERM (a checkpoint is written first) and on a non-finite loss.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gptsmith.config import from_dict, replace
+from gptsmith.device import DEVICES, DTYPES, autocast
+from gptsmith.errors import ConfigError, DataError, GptsmithError
+
+
+@dataclass
+class TrainConfig:
+    """Everything about *how* to train (the model's sizes live in ``GPTConfig``)."""
+
+    data: str = "builtin"  # corpus name or path (see gptsmith.data.resolve_corpus)
+    tokenizer: str = "gpt2"
+    val_fraction: float = 0.1  # the last 10% of the corpus is the validation split
+    batch_size: int = 8  # sequences per micro-batch per process
+    context_length: int | None = None  # tokens per sequence; None = the model's context_length
+    target_batch_tokens: int | None = None  # accumulate gradients until a step sees this many tokens
+    max_steps: int = 300  # optimizer steps
+    lr: float = 2e-3  # peak learning rate
+    min_lr: float | None = None  # floor of the cosine decay; None = lr / 10
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
+    eval_every: int = 50  # steps between evaluations (0 = only at the end)
+    eval_batches: int = 10  # batches per split per evaluation
+    checkpoint_every: int | None = None  # None = at every evaluation; 0 = only at the end
+    keep_last: int = 2  # checkpoints kept (plus the best one)
+    sample_every: int | None = None  # None = at every evaluation; 0 = never
+    sample_prompt: str = "The"
+    sample_tokens: int = 40
+    sample_temperature: float = 0.8
+    sample_top_k: int | None = 40
+    log_every: int = 1  # steps between train-loss records in metrics.jsonl
+    seed: int = 123
+    device: str = "auto"  # auto | cpu | cuda | mps
+    dtype: str = "auto"  # auto | bf16 | fp32 (bf16 = autocast; weights and optimizer stay fp32)
+    compile: bool = False  # torch.compile the model (slow start, faster steps on GPU)
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes stored in run.json
+
+    def check(self) -> None:
+        """Raise ``ConfigError`` for values that cannot work, naming the flag to change."""
+        def positive(name: str, value: Any) -> None:
+            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be > 0, got {value!r}")
+
+        positive("--lr", self.lr)
+        positive("--batch-size", self.batch_size)
+        positive("--max-steps", self.max_steps)
+        positive("eval_batches", self.eval_batches)
+        positive("keep_last", self.keep_last)
+        if self.context_length is not None:
+            positive("--context-length", self.context_length)
+        if self.target_batch_tokens is not None:
+            positive("target_batch_tokens", self.target_batch_tokens)
+        if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"min_lr must be between 0 and lr ({self.lr}), got {self.min_lr}")
+        for name in ("warmup_steps", "eval_every", "checkpoint_every", "sample_every", "log_every"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ConfigError(f"{name} must be a whole number >= 0, got {value!r}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError("weight_decay and grad_clip must be >= 0")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        if self.device not in DEVICES and not self.device.startswith("cuda:"):
+            raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+
+    @property
+    def floor_lr(self) -> float:
+        return self.lr / 10 if self.min_lr is None else self.min_lr
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> TrainConfig:
+        data = dict(data)
+        if "betas" in data:
+            data["betas"] = tuple(data["betas"])
+        return from_dict(cls, data, source=source)
+
+    def replace(self, **overrides: Any) -> TrainConfig:
+        cfg = replace(self, **overrides)
+        cfg.betas = tuple(cfg.betas)
+        return cfg
+
+
+# --- Loss and evaluation ------------------------------------------------------------------------
+
+
+def calc_loss_batch(
+    input_batch: torch.Tensor,
+    target_batch: torch.Tensor,
+    model: torch.nn.Module,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Mean next-token cross-entropy of one batch (scalar tensor; its exp is the perplexity).
+
+    ``input_batch`` and ``target_batch`` are (batch, n_tokens) token ids; the targets are the
+    inputs shifted left by one. The logits (batch, n_tokens, vocab) are flattened to
+    (batch·n_tokens, vocab) so every position is one classification over the vocabulary.
+    """
+    if device is not None:
+        input_batch, target_batch = input_batch.to(device), target_batch.to(device)
+    logits = model(input_batch)  # (batch, n_tokens, vocab_size)
+    return F.cross_entropy(logits.flatten(0, 1).float(), target_batch.flatten())
+
+
+def calc_loss_loader(
+    loader,
+    model: torch.nn.Module,
+    device: torch.device | str | None = None,
+    num_batches: int | None = None,
+) -> float:
+    """Average ``calc_loss_batch`` over the first ``num_batches`` batches of ``loader`` (all if None).
+
+    Call it in eval mode under ``torch.no_grad()`` (``evaluate`` does both).
+    """
+    total, count = 0.0, 0
+    for i, (input_batch, target_batch) in enumerate(loader):
+        if num_batches is not None and i >= num_batches:
+            break
+        total += calc_loss_batch(input_batch, target_batch, model, device).item()
+        count += 1
+    if count == 0:
+        raise DataError("the data loader yielded no batches (the split is shorter than one batch)")
+    return total / count
+
+
+def evaluate(
+    model: torch.nn.Module,
+    train_loader,
+    val_loader,
+    eval_iter: int | None = None,
+    *,
+    device: torch.device | str | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[float, float]:
+    """(train loss, val loss) over ``eval_iter`` batches each, in eval mode under ``no_grad``.
+
+    Eval mode turns dropout off, so the numbers measure the model rather than the noise; the
+    model is put back in training mode afterwards if it was in it.
+    """
+    was_training = model.training
+    model.eval()
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    try:
+        with torch.no_grad(), autocast(dev, amp_dtype):
+            train_loss = calc_loss_loader(train_loader, model, device, eval_iter)
+            val_loss = calc_loss_loader(val_loader, model, device, eval_iter)
+    finally:
+        model.train(was_training)
+    return train_loss, val_loss
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss): the effective number of tokens the model hesitates between (inf on overflow)."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return float("inf")
+
+
+class NonFiniteLossError(GptsmithError):
+    """The training loss became NaN or infinite; training stopped before the bad update."""
+
+
+def environment_info() -> dict[str, str]:
+    """Versions recorded in run.json so a result can be traced to its software."""
+    import gptsmith
+
+    return {"gptsmith": gptsmith.__version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}

@@ -1,0 +1,379 @@
+"""The training loop (``Trainer``): one optimizer step at a time, with evaluation, samples,
+checkpoints, exact resume, data parallelism and clean stops. See ``gptsmith.train`` for the
+configuration, the loss and ``evaluate``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gptsmith import checkpointing as ckpt
+from gptsmith.batches import FixedBatches, WindowSampler, count_windows
+from gptsmith.device import autocast, resolve_autocast_dtype, resolve_device
+from gptsmith.distributed import DistContext, all_reduce_mean, any_rank, barrier, init_distributed
+from gptsmith.errors import CheckpointError, ConfigError, DataError
+from gptsmith.schedule import build_optimizer, lr_at_step
+from gptsmith.train import NonFiniteLossError, TrainConfig, environment_info, evaluate, perplexity
+from gptsmith.weights import atomic_write_json
+
+
+class TrainCallbacks:
+    """Hooks the loop calls (all optional; only rank 0 calls them). The CLI subclasses this."""
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        """Before the first step: start_step, max_steps, tokens_per_step, device, dtype, ..."""
+
+    def on_step(self, info: dict[str, Any]) -> None:
+        """After each optimizer step: step, loss, lr, tokens_seen, tokens_per_s, grad_norm."""
+
+    def on_eval(self, info: dict[str, Any]) -> None:
+        """After each evaluation: step, tokens_seen, train_loss, val_loss, val_ppl, best."""
+
+    def on_sample(self, step: int, text: str) -> None:
+        """After each sample continuation of the fixed prompt."""
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        """After a checkpoint is on disk and ``latest`` points to it."""
+
+
+@dataclass
+class TrainResult:
+    step: int  # optimizer steps completed
+    tokens_seen: int
+    stopped: str  # "max_steps" | "interrupted"
+    last_checkpoint: Path | None = None
+    best_val_loss: float | None = None
+    losses: list[float] = field(default_factory=list)  # train loss of each step run in this call
+    evals: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    """Trains ``model`` on windows of ``train_tokens``, scoring ``val_tokens``; writes to ``run_dir``.
+
+    ``tokenizer`` (optional) turns the periodic sample into text; ``run_dir=None`` trains without
+    writing anything (tests, notebooks).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cfg: TrainConfig,
+        train_tokens: np.ndarray,
+        val_tokens: np.ndarray,
+        *,
+        run_dir: str | Path | None = None,
+        tokenizer: Any = None,
+        callbacks: TrainCallbacks | None = None,
+        run_info: dict[str, Any] | None = None,
+    ) -> None:
+        cfg.check()
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.dist: DistContext = init_distributed(self.device)
+        if self.device.type == "cuda" and self.dist.enabled:
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.amp_dtype = resolve_autocast_dtype(cfg.dtype, self.device)
+        self.model = model.to(self.device)
+        self.model.train()
+        self.context_length = cfg.context_length or model.cfg.context_length
+        if self.context_length > model.cfg.context_length:
+            raise ConfigError(
+                f"--context-length {self.context_length} is longer than the model's context_length "
+                f"{model.cfg.context_length} (lower it, or pick a preset with a longer context)"
+            )
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.tokenizer = tokenizer
+        self.callbacks = callbacks or TrainCallbacks()
+        self.run_info = run_info or {}
+
+        world_batch_tokens = cfg.batch_size * self.context_length * self.dist.world_size
+        self.accum_steps = 1
+        if cfg.target_batch_tokens:
+            self.accum_steps = max(1, math.ceil(cfg.target_batch_tokens / world_batch_tokens))
+        self.tokens_per_step = world_batch_tokens * self.accum_steps
+
+        self.sampler = WindowSampler(train_tokens, self.context_length, cfg.batch_size, seed=cfg.seed,
+                                     rank=self.dist.rank, world_size=self.dist.world_size)
+        val_windows = count_windows(len(val_tokens), self.context_length)
+        if val_windows == 0:
+            raise DataError(
+                f"the validation split has {len(val_tokens):,} tokens, fewer than one window of "
+                f"context_length {self.context_length} + 1 (lower --context-length or use more data)"
+            )
+        eval_batch = min(cfg.batch_size, val_windows)
+        self.train_eval = FixedBatches(train_tokens, self.context_length, eval_batch, cfg.eval_batches)
+        self.val_eval = FixedBatches(val_tokens, self.context_length, eval_batch, cfg.eval_batches)
+
+        self.optimizer = build_optimizer(self.model, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                         betas=tuple(cfg.betas))
+        self.train_model: torch.nn.Module = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
+        if cfg.compile:
+            self.train_model = torch.compile(self.train_model)
+
+        self.step = 0
+        self.tokens_seen = 0
+        self.best_val_loss: float | None = None
+        self.best_step: int | None = None
+        self.last_val_loss: float | None = None
+        self.last_checkpoint: Path | None = None
+        self.resumed_from: Path | None = None
+        self._stop_signal: str | None = None
+
+    # --- Resume -----------------------------------------------------------------------------
+
+    def resume(self, *, fallback: bool = False) -> list[str]:
+        """Load the run's latest checkpoint (or, with ``fallback``, its newest good one).
+
+        Returns the problems skipped with ``fallback``. Raises ``CheckpointError`` naming the path
+        of a corrupt/partial checkpoint, or the fields whose model config differs.
+        """
+        if self.run_dir is None:
+            raise ConfigError("resume needs a run directory")
+        loaded, problems = ckpt.find_resume_checkpoint(self.run_dir, fallback=fallback)
+        path = loaded["path"]
+        saved_model = loaded["config"]["model"]
+        ours = self.model.cfg.to_dict()
+        differences = [f"{k}={saved_model.get(k)!r} there vs {ours[k]!r} here" for k in ours
+                       if saved_model.get(k) != ours[k]]
+        if differences:
+            raise CheckpointError(
+                f"{path} was trained with a different model config: {', '.join(differences)} "
+                "(resume with the same preset/config, or start a new run with another --out)"
+            )
+        state = loaded["state"]
+        weights = loaded["weights"]
+        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        if unexpected or [k for k in missing if k != "out_head.weight"]:
+            raise CheckpointError(f"{path}/model.safetensors does not match the model (missing {missing})")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.load_state_dict(state["data"])
+        ckpt.restore_rng_state(state["rng"])
+        self.step = int(state["step"])
+        self.tokens_seen = int(state["tokens_seen"])
+        self.best_val_loss = state.get("best_val_loss")
+        self.best_step = state.get("best_step")
+        self.last_val_loss = state.get("last_val_loss")
+        self.last_checkpoint = self.resumed_from = path
+        if self.dist.is_main:
+            ckpt.write_pointer(self.run_dir, "latest", ckpt.checkpoint_name(self.step))
+            ckpt.truncate_metrics(self.run_dir, self.step)
+        return problems
+
+    def request_stop(self, reason: str = "requested") -> None:
+        """Stop after the current step, with a checkpoint (what Ctrl-C and SIGTERM do)."""
+        self._stop_signal = reason
+
+    # --- The loop ---------------------------------------------------------------------------
+
+    def fit(self) -> TrainResult:
+        """Train until ``max_steps`` (or a stop signal); returns what happened."""
+        cfg = self.cfg
+        result = TrainResult(step=self.step, tokens_seen=self.tokens_seen, stopped="max_steps")
+        is_main = self.dist.is_main
+        if is_main and self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.resumed_from is None:
+                self._write_run_info()
+        if is_main:
+            self.callbacks.on_start({
+                "start_step": self.step, "max_steps": cfg.max_steps, "tokens_per_step": self.tokens_per_step,
+                "accum_steps": self.accum_steps, "device": str(self.device),
+                "world_size": self.dist.world_size,
+                "dtype": "bf16 autocast" if self.amp_dtype else "fp32", "resumed_from": self.resumed_from,
+                "parameters": sum(p.numel() for p in self.model.parameters()),
+            })
+        eval_every = cfg.eval_every or cfg.max_steps
+        checkpoint_every = cfg.checkpoint_every if cfg.checkpoint_every is not None else eval_every
+        checkpoint_every = checkpoint_every or cfg.max_steps
+        sample_every = eval_every if cfg.sample_every is None else cfg.sample_every
+
+        with self._stop_signals():
+            if self.step == 0 and self.resumed_from is None:
+                result.evals.append(self._evaluate())  # the untrained baseline: about ln(vocab_size)
+            while self.step < cfg.max_steps:
+                loss, lr, grad_norm, seconds = self._train_step()
+                result.losses.append(loss)
+                if is_main:
+                    info = {"step": self.step, "loss": loss, "lr": lr, "tokens_seen": self.tokens_seen,
+                            "tokens_per_s": self.tokens_per_step / seconds, "grad_norm": grad_norm}
+                    if self.run_dir is not None and (self.step % max(1, cfg.log_every) == 0):
+                        ckpt.append_metrics(self.run_dir, {"kind": "train", **info})
+                    self.callbacks.on_step(info)
+                stop = any_rank(self._stop_signal is not None, self.dist, self.device)
+                last = self.step == cfg.max_steps
+                if last or self.step % eval_every == 0:
+                    result.evals.append(self._evaluate())
+                if sample_every and is_main and (last or self.step % sample_every == 0):
+                    self._sample()
+                if last or stop or self.step % checkpoint_every == 0:
+                    self._save_checkpoint()
+                if stop:
+                    result.stopped = "interrupted"
+                    break
+        barrier(self.dist)
+        result.step, result.tokens_seen = self.step, self.tokens_seen
+        result.last_checkpoint, result.best_val_loss = self.last_checkpoint, self.best_val_loss
+        return result
+
+    def _train_step(self) -> tuple[float, float, float | None, float]:
+        """One optimizer step over ``accum_steps`` micro-batches; returns (loss, lr, grad norm, seconds)."""
+        cfg = self.cfg
+        started = time.perf_counter()
+        lr = lr_at_step(self.step, peak_lr=cfg.lr, min_lr=cfg.floor_lr, warmup_steps=cfg.warmup_steps,
+                        max_steps=cfg.max_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(self.accum_steps):
+            inputs, targets = self.sampler.next_batch()
+            inputs, targets = inputs.to(self.device), targets.to(self.device)
+            # DDP all-reduces gradients in backward; skip that on all but the last micro-batch.
+            sync = contextlib.nullcontext()
+            if self.dist.enabled and micro < self.accum_steps - 1:
+                sync = self.train_model.no_sync()
+            with sync:
+                with autocast(self.device, self.amp_dtype):
+                    logits = self.train_model(inputs)  # (batch, n_tokens, vocab_size)
+                    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+                (loss / self.accum_steps).backward()
+            loss_sum += loss.detach()
+        mean_loss = all_reduce_mean(loss_sum / self.accum_steps, self.dist).item()
+        if not math.isfinite(mean_loss):
+            self._raise_non_finite("loss", mean_loss, lr)
+        grad_norm = None
+        if cfg.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip).item()
+            if not math.isfinite(grad_norm):
+                self._raise_non_finite("gradient norm", grad_norm, lr)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens_seen += self.tokens_per_step
+        return mean_loss, lr, grad_norm, time.perf_counter() - started
+
+    def _raise_non_finite(self, what: str, value: float, lr: float) -> None:
+        kept = f"the last good checkpoint {self.last_checkpoint} is kept" if self.last_checkpoint \
+            else "no checkpoint was written yet"
+        resume = f", then --resume {self.run_dir}" if self.last_checkpoint else ""
+        raise NonFiniteLossError(
+            f"training {what} became {value} at step {self.step + 1} (lr {lr:.3g}); stopped before "
+            f"updating the weights; {kept} (lower --lr or keep gradient clipping on{resume})"
+        )
+
+    # --- Evaluation, samples, checkpoints ---------------------------------------------------
+
+    def _evaluate(self) -> dict[str, Any]:
+        # Every rank scores the same fixed batches with its own (identical) replica: no collective
+        # needed, and every rank agrees on the best checkpoint.
+        train_loss, val_loss = evaluate(self.model, self.train_eval, self.val_eval, self.cfg.eval_batches,
+                                        device=self.device, amp_dtype=self.amp_dtype)
+        self.last_val_loss = val_loss
+        info = {"step": self.step, "tokens_seen": self.tokens_seen, "train_loss": train_loss,
+                "val_loss": val_loss, "val_ppl": perplexity(val_loss)}
+        is_best = self.best_val_loss is None or val_loss < self.best_val_loss
+        if is_best:
+            self.best_val_loss, self.best_step = val_loss, self.step
+        info["best"] = is_best
+        if self.dist.is_main:
+            if self.run_dir is not None:
+                ckpt.append_metrics(self.run_dir, {"kind": "eval", **info})
+                self._plot()
+            self.callbacks.on_eval(info)
+        return info
+
+    def _plot(self) -> None:
+        from gptsmith.explain import plot_losses
+
+        plot_losses(ckpt.read_metrics(self.run_dir), self.run_dir / "loss.png")
+
+    def _sample(self) -> None:
+        if self.tokenizer is None:
+            return
+        from gptsmith.generate import generate
+
+        cfg = self.cfg
+        ids = self.tokenizer.encode(cfg.sample_prompt)[-self.context_length:] or [self.tokenizer.eot_id]
+        prompt = torch.tensor([ids], device=self.device)
+        max_new = max(0, min(cfg.sample_tokens, self.model.cfg.context_length - prompt.shape[1]))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            # A private seed: sampling must not move the global RNG, or a resumed run would differ.
+            out = generate(self.model, prompt, max_new, temperature=cfg.sample_temperature,
+                           top_k=cfg.sample_top_k, seed=cfg.seed + self.step)
+        finally:
+            self.model.train(was_training)
+        text = self.tokenizer.decode(out[0].tolist())
+        if self.run_dir is not None:
+            with open(self.run_dir / "samples.txt", "a", encoding="utf-8") as f:
+                f.write(f"--- step {self.step} (tokens seen {self.tokens_seen:,})\n{text}\n")
+        self.callbacks.on_sample(self.step, text)
+
+    def _save_checkpoint(self) -> None:
+        if self.run_dir is None or not self.dist.is_main:
+            return
+        state = {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "optimizer": self.optimizer.state_dict(),
+            "data": self.sampler.state_dict(),
+            "rng": ckpt.capture_rng_state(),
+            "best_val_loss": self.best_val_loss,
+            "best_step": self.best_step,
+            "last_val_loss": self.last_val_loss,
+            "train_config": json.dumps(self._train_config_dict()),
+        }
+        path = ckpt.save_checkpoint(self.run_dir, self.model, state, step=self.step,
+                                    tokenizer=getattr(self.tokenizer, "name", self.cfg.tokenizer),
+                                    extra={"tokens_seen": self.tokens_seen, "val_loss": self.last_val_loss})
+        if self.best_step == self.step:
+            ckpt.write_pointer(self.run_dir, "best", ckpt.checkpoint_name(self.step))
+        ckpt.prune_checkpoints(self.run_dir, self.cfg.keep_last)
+        self.last_checkpoint = path
+        self.callbacks.on_checkpoint(self.step, path)
+
+    def _train_config_dict(self) -> dict[str, Any]:
+        from gptsmith.config import to_dict
+
+        return to_dict(self.cfg)
+
+    def _write_run_info(self) -> None:
+        info = {"model": self.model.cfg.to_dict(), "train": self._train_config_dict(),
+                "versions": environment_info(), "world_size": self.dist.world_size, **self.run_info}
+        atomic_write_json(self.run_dir / ckpt.RUN_FILE, info)
+
+    @contextlib.contextmanager
+    def _stop_signals(self):
+        """On SIGINT/SIGTERM finish the current step, checkpoint, and stop; a second Ctrl-C aborts."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._stop_signal = signal.Signals(signum).name
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
