@@ -1,9 +1,181 @@
-"""Sub-commands: (filled in by its issue)."""
+"""Sub-commands about models themselves: ``info`` (sizes and memory) and ``convert`` (GPT-2 weights)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from gptsmith.errors import ConfigError, GptsmithError
+from gptsmith.model import PRESETS, GPTConfig, summarize
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this module's sub-commands to ``subparsers``."""
+    """Add ``info`` and ``convert``."""
+    info = subparsers.add_parser(
+        "info",
+        help="parameter count, layer table and memory needs of a preset or checkpoint",
+        description=(
+            "Show a model's parameter count (output head tied and untied), its layers, and the memory "
+            "that training it needs (weights, gradients, AdamW's two moments) at fp32 and bf16. Nothing "
+            "is allocated, so even gpt2-xl is instant."
+        ),
+        epilog=(
+            "examples:\n"
+            "  gptsmith info gpt2-small\n"
+            "  gptsmith info runs/tiny-verdict     # a run directory: its latest checkpoint\n"
+            "  gptsmith info ~/hf/gpt2             # a Hugging Face GPT-2 directory"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    info.add_argument(
+        "model",
+        metavar="MODEL_OR_CHECKPOINT",
+        help=f"a preset ({', '.join(PRESETS)}), a model/run directory, or a Hugging Face GPT-2 directory",
+    )
+    info.add_argument("--json", action="store_true", help="print the numbers as JSON instead of tables")
+    info.set_defaults(func=run_info)
+
+    convert = subparsers.add_parser(
+        "convert",
+        help="convert GPT-2 weights between Hugging Face format and gptsmith checkpoints",
+        description=(
+            "Convert a model to gptsmith's checkpoint format (config.json + model.safetensors) or to a "
+            "Hugging Face GPT-2 directory that transformers.GPT2LMHeadModel.from_pretrained() loads. "
+            "SOURCE may be a gptsmith model or run directory, a Hugging Face GPT-2 directory "
+            "(model.safetensors or pytorch_model.bin), or a hub name such as gpt2 or gpt2-medium "
+            "(downloaded into the Hugging Face cache; needs the network once)."
+        ),
+        epilog=(
+            "examples:\n"
+            "  gptsmith convert gpt2 --to gptsmith --out models/gpt2-small\n"
+            "  gptsmith convert ~/hf/gpt2-medium --to gptsmith --out models/gpt2-medium\n"
+            "  gptsmith convert runs/tiny-verdict --to hf --out exported/tiny"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    convert.add_argument("source", metavar="SOURCE", help="checkpoint directory, run directory or hub name")
+    convert.add_argument(
+        "--to", required=True, choices=["gptsmith", "hf"], help="output format: gptsmith checkpoint or hf"
+    )
+    convert.add_argument("--out", required=True, type=Path, help="output directory (created if missing)")
+    convert.add_argument(
+        "--dtype", choices=list(DTYPES), default=None, help="store weights in this dtype (default: as loaded)"
+    )
+    convert.add_argument("--force", action="store_true", help="write into --out even if it holds files")
+    convert.set_defaults(func=run_convert)
+
+
+def _describe_source(name: str) -> tuple[GPTConfig, str, dict]:
+    """(config, one-line description, extra checkpoint keys) for a preset name or checkpoint path."""
+    if name in PRESETS:
+        return PRESETS[name], f"{name} (preset)", {}
+    path = Path(name).expanduser()
+    if not path.exists():
+        hint = " (the 124M GPT-2 preset is gpt2-small)" if name == "gpt2" else ""
+        raise ConfigError(
+            f"{name!r} is neither a preset ({', '.join(PRESETS)}) nor an existing checkpoint path{hint}"
+        )
+    from gptsmith.weights import config_from_checkpoint, read_model_config, resolve_model_dir
+
+    model_dir = resolve_model_dir(path)
+    config = read_model_config(model_dir)
+    cfg = config_from_checkpoint(model_dir)
+    kind = "Hugging Face GPT-2 directory" if config["format"] == "hf-gpt2" else "gptsmith checkpoint"
+    reserved = {"format", "format_version", "model", "hf_config"}
+    extra = {k: v for k, v in config.items() if k not in reserved}
+    return cfg, f"{model_dir} ({kind})", extra
+
+
+def _mib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:,.2f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:,.1f} MiB"
+
+
+def run_info(args: argparse.Namespace) -> int:
+    cfg, description, extra = _describe_source(args.model)
+    summary = summarize(cfg)
+    memory = {"fp32": summary.memory_bytes(4), "bf16": summary.memory_bytes(2)}
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "model": description,
+                    "config": cfg.to_dict(),
+                    "params_tied": summary.params_tied,
+                    "params_untied": summary.params_untied,
+                    "params": summary.params,
+                    "layers": [{"name": n, "shape": s, "params": p} for n, s, p in summary.layers],
+                    "memory_bytes": memory,
+                    "checkpoint": extra,
+                },
+                indent=2,
+            )
+        )
+        return 0
+
+    tied_note, untied_note = ("  <- this model", "") if cfg.tie_weights else ("", "  <- this model")
+    lines = [
+        f"model:      {description}",
+        "config:     " + " ".join(f"{k}={v}" for k, v in cfg.to_dict().items()),
+    ]
+    if extra:
+        shown = (f"{k}={v}" for k, v in extra.items() if not isinstance(v, dict))
+        lines.append("checkpoint: " + " ".join(shown))
+    lines += [
+        f"parameters: {summary.params_tied:>15,} with the output head tied to tok_emb{tied_note}",
+        f"            {summary.params_untied:>15,} with a separate output head{untied_note}",
+        "",
+    ]
+    name_width = max(len(n) for n, _, _ in summary.layers) + 2
+    lines.append(f"{'layer':<{name_width}}{'shape':<16}{'parameters':>14}")
+    block_total = 0
+    for name, shape, n in summary.layers:
+        lines.append(f"{name:<{name_width}}{shape:<16}{n:>14,}")
+        if name.startswith("trf_blocks."):
+            block_total += n
+    lines.append(
+        f"(trf_blocks.[...] rows are one block: {block_total:,} parameters, "
+        f"x {cfg.n_layers} blocks = {block_total * cfg.n_layers:,})"
+    )
+    lines += ["", f"memory for training ({summary.params:,} parameters, AdamW keeps 2 values per parameter):"]
+    lines.append(f"{'':<6}{'weights':>13}{'gradients':>13}{'AdamW states':>14}{'total':>13}")
+    for precision, sizes in memory.items():
+        lines.append(
+            f"{precision:<6}{_mib(sizes['weights']):>13}{_mib(sizes['gradients']):>13}"
+            f"{_mib(sizes['adamw_states']):>14}{_mib(sizes['total']):>13}"
+        )
+    lines.append(
+        "(activations come on top and grow with batch size x context length. bf16 autocast keeps "
+        "weights, gradients and AdamW states in fp32: budget the fp32 row; the bf16 row is pure bf16.)"
+    )
+    print("\n".join(lines))
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from gptsmith.hf_gpt2 import export_hf
+    from gptsmith.weights import load_pretrained, read_model_config, save_model
+
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise GptsmithError(f"--out {out} is a file; pass a directory")
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        raise GptsmithError(f"--out {out} is not empty (pass --force to write into it anyway)")
+    model = load_pretrained(args.source, dtype=DTYPES[args.dtype] if args.dtype else None)
+    if args.to == "hf":
+        export_hf(model, out)
+        kind = "Hugging Face GPT-2 directory (load it with GPT2LMHeadModel.from_pretrained)"
+    else:
+        tokenizer = "gpt2"
+        source_path = Path(args.source).expanduser()
+        if source_path.exists():
+            tokenizer = read_model_config(source_path).get("tokenizer", "gpt2")
+        save_model(model, out, tokenizer=tokenizer, extra={"converted_from": str(args.source)})
+        kind = "gptsmith checkpoint"
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    print(f"wrote {out} as a {kind}: {model.num_parameters():,} parameters, {dtype}")
+    return 0

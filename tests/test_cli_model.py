@@ -1,0 +1,75 @@
+"""`gptsmith info` and `gptsmith convert` end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gptsmith.cli import main
+from gptsmith.model import GPTConfig, GPTModel
+from gptsmith.weights import atomic_write_text, load_model, save_model
+
+TINY = GPTConfig(vocab_size=101, context_length=20, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
+
+
+def test_info_preset_prints_gpt2_counts_and_memory(capsys):
+    assert main(["info", "gpt2-small"]) == 0
+    out = capsys.readouterr().out
+    assert "124,439,808 with the output head tied" in out
+    assert "163,037,184 with a separate output head" in out
+    assert "trf_blocks.[0-11].att.qkv.weight" in out and "2304 x 768" in out
+    assert "fp32" in out and "bf16" in out and "474.7 MiB" in out  # 124.4M x 4 bytes
+
+
+def test_info_json_for_run_directory(tmp_path, capsys):
+    save_model(GPTModel(TINY), tmp_path / "checkpoints" / "step-000005", extra={"step": 5})
+    atomic_write_text(tmp_path / "latest", "checkpoints/step-000005")
+    assert main(["info", str(tmp_path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["config"] == TINY.to_dict()
+    assert data["params"] == GPTModel(TINY).num_parameters()
+    assert data["checkpoint"]["step"] == 5
+    assert data["memory_bytes"]["bf16"]["weights"] == 2 * data["params"]
+
+
+def test_info_unknown_name_lists_presets(capsys):
+    assert main(["info", "gpt-9000"]) == 2
+    err = capsys.readouterr().err
+    assert "gptsmith info: error:" in err and "gpt2-small" in err and "tiny" in err
+
+
+def test_info_directory_without_config(tmp_path, capsys):
+    assert main(["info", str(tmp_path)]) == 2
+    assert "no config.json" in capsys.readouterr().err
+
+
+def test_convert_round_trip_through_hf(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    model = GPTModel(TINY).eval()
+    save_model(model, tmp_path / "ours")
+    assert main(["convert", str(tmp_path / "ours"), "--to", "hf", "--out", str(tmp_path / "hf")]) == 0
+    assert "Hugging Face GPT-2 directory" in capsys.readouterr().out
+    hf_model = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    ids = torch.randint(0, TINY.vocab_size, (1, 10))
+    with torch.no_grad():
+        expected = model(ids)
+        torch.testing.assert_close(hf_model(ids).logits, expected, atol=1e-5, rtol=1e-5)
+
+    assert main(["convert", str(tmp_path / "hf"), "--to", "gptsmith", "--out", str(tmp_path / "back")]) == 0
+    back = load_model(tmp_path / "back")
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids), expected, atol=1e-5, rtol=1e-5)
+
+    # A non-empty --out is refused unless --force.
+    args = ["convert", str(tmp_path / "ours"), "--to", "gptsmith", "--out", str(tmp_path / "back")]
+    assert main(args) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert main([*args, "--force", "--dtype", "bfloat16"]) == 0
+    assert load_model(tmp_path / "back").tok_emb.weight.dtype == torch.bfloat16
+
+
+def test_convert_missing_source(tmp_path, capsys):
+    assert main(["convert", str(tmp_path / "nope"), "--to", "hf", "--out", str(tmp_path / "out")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
