@@ -1,9 +1,128 @@
-"""Sub-commands: (filled in by its issue)."""
+"""Sub-commands about data: ``prepare`` (corpus -> token shard) and ``download`` (BPE files, corpora)."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+
+from gptsmith.download import CORPUS_URLS
+
+DOWNLOADABLE = ["gpt2-bpe", *sorted(CORPUS_URLS)]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this module's sub-commands to ``subparsers``."""
+    """Add ``prepare`` and ``download``."""
+    prepare = subparsers.add_parser(
+        "prepare",
+        help="tokenize a corpus into a token shard on disk (reused when the corpus is unchanged)",
+        description=(
+            "Tokenize a corpus once into a token shard: tokens.bin (uint16, or uint32 for vocabularies "
+            "over 65,536 ids) + docs.npy (document starts) + meta.json (tokenizer, counts, source, "
+            "checksum). Documents are joined with <|endoftext|>; GPT-2 BPE encodes in batches on all "
+            "cores. Running it again on an unchanged corpus reuses the shard."
+        ),
+        epilog=(
+            "CORPUS is one of: builtin (CPython's documentation, no download), a named corpus\n"
+            "(the-verdict, tinyshakespeare, ... looked up in $GPTSMITH_DATA_DIR, ../shared/data and\n"
+            "the cache), a .txt/.md file, a directory or glob of them, a .jsonl (text field) or\n"
+            ".parquet (text column) file, or hf:NAME[:SPLIT] (needs the `datasets` package).\n\n"
+            "examples:\n"
+            "  gptsmith prepare                          # the built-in corpus, into the user cache\n"
+            "  gptsmith prepare the-verdict --out data/verdict\n"
+            "  gptsmith prepare 'notes/**/*.md' --tokenizer gpt2"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    prepare.add_argument("corpus", nargs="?", default="builtin", metavar="CORPUS",
+                         help="what to tokenize (default: builtin)")
+    prepare.add_argument("--tokenizer", default="gpt2", choices=["gpt2", "simple"],
+                         help="tokenizer name (default: gpt2)")
+    prepare.add_argument("--out", default=None, metavar="DIR",
+                         help="shard directory (default: a directory in the user cache, printed at the end)")
+    prepare.add_argument("--text-field", default="text", help="JSONL field / Parquet column holding the text")
+    prepare.add_argument("--threads", type=int, default=None, help="encoder threads (default: all cores)")
+    prepare.add_argument("--split", default="0.8,0.1,0.1", metavar="TRAIN,VAL,TEST",
+                         help="fractions to report the split sizes for (default: 0.8,0.1,0.1)")
+    prepare.add_argument("--force", action="store_true", help="tokenize again even if the shard is current")
+    prepare.add_argument("--no-progress", action="store_true", help="no progress bar")
+    prepare.set_defaults(func=run_prepare)
+
+    download = subparsers.add_parser(
+        "download",
+        help="fetch GPT-2's BPE files (works with only PyPI reachable) or a toy corpus into the cache",
+        description=(
+            "gpt2-bpe: GPT-2's byte-pair ranks, from tiktoken's cache, OpenAI's public URL, or (when only "
+            "PyPI is reachable) the openai-whisper source package, which ships the same file; the "
+            "sha256 is checked. the-verdict / tinyshakespeare: the toy corpora (needs internet). "
+            "Files go to $GPTSMITH_CACHE_DIR (default ~/.cache/gptsmith)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    download.add_argument("what", choices=DOWNLOADABLE, metavar="WHAT", help=", ".join(DOWNLOADABLE))
+    download.add_argument("--force", action="store_true", help="fetch again even if cached")
+    download.set_defaults(func=run_download)
+
+
+def _parse_fractions(text: str) -> tuple[float, ...]:
+    from gptsmith.errors import ConfigError
+
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--split {text!r}: expected fractions like 0.8,0.1,0.1") from None
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    """Tokenize (or reuse) the shard and print where it is and what it holds."""
+    from tqdm import tqdm
+
+    from gptsmith.data import prepare_corpus, resolve_corpus, split_tokens
+    from gptsmith.errors import ConfigError
+
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    fractions = _parse_fractions(args.split)
+    source = resolve_corpus(args.corpus, text_field=args.text_field)
+    bar = None
+
+    def progress(done: int, total: int | None) -> None:
+        nonlocal bar
+        if args.no_progress:
+            return
+        if bar is None:
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"tokenizing {source.name}",
+                       file=sys.stderr, leave=False)
+        bar.update(done - bar.n)
+
+    try:
+        shard = prepare_corpus(source, args.tokenizer, args.out, progress, num_threads=args.threads,
+                               force=args.force)
+    finally:
+        if bar is not None:
+            bar.close()
+    meta = shard.meta
+    parts = split_tokens(shard, fractions)
+    how = "reused (corpus unchanged)" if shard.reused else "written"
+    print(f"shard {how}: {shard.path}")
+    print(f"  {meta['n_tokens']:,} tokens ({meta['dtype']}), {meta['n_documents']:,} document(s), "
+          f"tokenizer {meta['tokenizer']}, source {meta['source']}")
+    print("  split: " + ", ".join(f"{name} {len(part):,}" for name, part in parts.items()) + " tokens")
+    return 0
+
+
+def run_download(args: argparse.Namespace) -> int:
+    """Fetch into the cache and print the resulting path."""
+    from gptsmith.download import download_corpus, download_gpt2_bpe
+
+    def report(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    if args.what == "gpt2-bpe":
+        path = download_gpt2_bpe(force=args.force, report=report)
+        if os.environ.get("GPTSMITH_GPT2_BPE"):
+            report("note: GPTSMITH_GPT2_BPE is set, so it still takes precedence over the cache")
+    else:
+        path = download_corpus(args.what, force=args.force, report=report)
+    print(path)
+    return 0
