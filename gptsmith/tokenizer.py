@@ -189,16 +189,31 @@ def _find_bpe_files(path: Path) -> tuple[str, tuple[Path, ...]]:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_encoding(kind: str, files: tuple[Path, ...]) -> tiktoken.Encoding:
-    """Build tiktoken's Encoding from local files (cached: loading 50k ranks takes a moment)."""
+def _load_encoding(
+    kind: str, files: tuple[Path, ...], stamps: tuple[tuple[int, int], ...]
+) -> tiktoken.Encoding:
+    """Build tiktoken's Encoding from local files.
+
+    Cached, because parsing 50k ranks takes a moment; ``stamps`` (size, mtime) of the files are
+    part of the key so an edited file is read again.
+    """
+    # tiktoken's loaders copy even local files into its download cache unless TIKTOKEN_CACHE_DIR is
+    # "" (and would then serve the stale copy after the file changes), so switch that off here.
+    saved = os.environ.get("TIKTOKEN_CACHE_DIR")
+    os.environ["TIKTOKEN_CACHE_DIR"] = ""
     try:
         if kind == "tiktoken":
             ranks = load_tiktoken_bpe(str(files[0]))
         else:
             ranks = data_gym_to_mergeable_bpe_ranks(str(files[0]), str(files[1]))
-    except (ValueError, AssertionError, KeyError, UnicodeDecodeError) as exc:
+    except (ValueError, AssertionError, KeyError, UnicodeDecodeError, OSError) as exc:
         names = " + ".join(str(f) for f in files)
         raise DataError(f"cannot read GPT-2 BPE files {names}: {exc}") from None
+    finally:
+        if saved is None:
+            os.environ.pop("TIKTOKEN_CACHE_DIR", None)
+        else:
+            os.environ["TIKTOKEN_CACHE_DIR"] = saved
     if len(ranks) != GPT2_VOCAB_SIZE - 1:
         names = " + ".join(str(f) for f in files)
         raise DataError(
@@ -263,7 +278,9 @@ class GPT2Tokenizer:
     def from_files(cls, path: str | Path | None = None) -> GPT2Tokenizer:
         """Load from a ``.tiktoken`` file, ``vocab.bpe``/``encoder.json``, a dir, or (None) the chain."""
         kind, files = resolve_gpt2_bpe(path)
-        return cls(_load_encoding(kind, tuple(f.resolve() for f in files)))
+        files = tuple(f.resolve() for f in files)
+        stamps = tuple((f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+        return cls(_load_encoding(kind, files, stamps))
 
     def encode(self, text: str, allowed_special: Iterable[str] = DEFAULT_ALLOWED_SPECIAL) -> list[int]:
         """Ids of ``text``. Special tokens not in ``allowed_special`` are encoded as plain text."""
