@@ -260,18 +260,28 @@ def split_tokens(
         tokens = shard_or_tokens.numpy() if isinstance(shard_or_tokens, torch.Tensor) else shard_or_tokens
         tokens, doc_starts = np.asarray(tokens), np.zeros(1, dtype=np.int64)
     n = len(tokens)
-    targets = np.cumsum(fractions)[:-1] * n  # where each cut would ideally fall
-    n_parts = sum(1 for f in fractions if f > 0)
-    cuts = [int(round(t)) for t in targets]
-    if len(doc_starts) >= n_parts > 1:
-        starts = np.asarray(doc_starts[1:], dtype=np.int64)  # cut candidates: document starts
-        snapped = [int(starts[np.abs(starts - t).argmin()]) for t in targets]
-        bounds = [0, *snapped, n]
-        # Snapping must not empty a part that was asked for (two cuts on one start); else by position.
-        if all(bounds[i + 1] > bounds[i] or fractions[i] == 0 for i in range(len(fractions))):
-            cuts = snapped
-    bounds = [0, *cuts, n]
-    return {SPLIT_NAMES[i]: tokens[bounds[i] : bounds[i + 1]] for i in range(len(fractions))}
+    positive = [i for i, f in enumerate(fractions) if f > 0]
+    # Ideal cut positions between the parts that were asked for (zero-fraction parts stay empty).
+    targets = np.cumsum([fractions[i] for i in positive])[:-1] * n
+    starts = np.asarray(doc_starts[1:], dtype=np.int64)  # where a cut keeps documents whole
+    if len(starts) >= len(targets) > 0:
+        cuts, lo = [], 0
+        for k, target in enumerate(targets):
+            # Nearest document start, leaving one later start for each cut still to make, so no
+            # part that was asked for comes out empty.
+            hi = len(starts) - (len(targets) - 1 - k)
+            j = lo + int(np.abs(starts[lo:hi] - target).argmin())
+            cuts.append(int(starts[j]))
+            lo = j + 1
+    else:
+        cuts = [int(round(t)) for t in targets]
+    ends = iter([*cuts, n])
+    parts, begin = {}, 0
+    for i in range(len(fractions)):
+        end = next(ends) if fractions[i] > 0 else begin
+        parts[SPLIT_NAMES[i]] = tokens[begin:end]
+        begin = end
+    return parts
 
 
 class SlidingWindowDataset(Dataset):
