@@ -1,0 +1,355 @@
+"""Turn a model into text: greedy decoding, sampling, beam search, batches and streaming.
+
+``generate(model, token_ids, max_new_tokens)`` decodes greedily by default and returns the prompt
+followed by the new ids, shape (batch, n). Options:
+
+- ``temperature`` (0 = greedy), ``top_k``, ``top_p``: sampling, reproducible with ``seed``;
+- ``repetition_penalty``: make tokens already in the text less likely;
+- ``eos_id`` and ``stop_sequences`` (token-id lists, or strings with ``tokenizer=``): stop early;
+- ``num_beams`` > 1: beam search (``length_penalty``, stops on ``eos_id``), see ``beam_search.py``;
+- a batch of prompts of different lengths (a list of id lists, or left-padded ids with
+  ``attention_mask``) — every row gets what it would get alone;
+- ``use_cache`` (default): prefill the prompt once, then feed one token per step.
+
+Prompts longer than the model's context are cropped to their most recent tokens (with a warning),
+and the window keeps sliding as text is generated. ``stream_text`` yields text as it is produced.
+"""
+
+from __future__ import annotations
+
+import codecs
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from gptsmith.decoding import DecodeState, TokenPicker
+from gptsmith.errors import ConfigError, GptsmithError
+from gptsmith.stopping import StopChecker, StopSequence, find_stop, normalise_stops
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How to decode. Field names are ``generate``'s keywords: ``generate(model, ids, **asdict(cfg))``."""
+
+    max_new_tokens: int = 50
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float = 1.0
+    eos_id: int | None = None
+    stop_sequences: Sequence[StopSequence] | None = None
+    seed: int | None = None
+    use_cache: bool = True
+    num_beams: int = 1
+    length_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_int("max_new_tokens", self.max_new_tokens, 0, "use 0 or more new tokens")
+        _check_number("temperature", self.temperature)
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k is not None:
+            _check_int("top_k", self.top_k, 1, "use top_k >= 1, or leave it unset to sample from all tokens")
+        if self.top_p is not None:
+            _check_number("top_p", self.top_p)
+            if not 0 < self.top_p <= 1:
+                raise ConfigError(f"top_p must be in (0, 1], got {self.top_p} (1 keeps every token)")
+        _check_number("repetition_penalty", self.repetition_penalty)
+        if self.repetition_penalty <= 0:
+            raise ConfigError(
+                f"repetition_penalty must be > 0, got {self.repetition_penalty} (1 = none, 1.2 is typical)"
+            )
+        _check_int("num_beams", self.num_beams, 1, "use 1 for greedy/sampling, more for beam search")
+        _check_number("length_penalty", self.length_penalty)
+        if self.eos_id is not None:
+            _check_int("eos_id", self.eos_id, 0, "pass a token id of the vocabulary")
+        if self.seed is not None:
+            _check_int("seed", self.seed, 0, "use a non-negative integer")
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """The checks that need the model: ids and top_k must fit its vocabulary."""
+        if self.top_k is not None and self.top_k > vocab_size:
+            raise ConfigError(f"top_k must be at most the vocabulary size {vocab_size}, got {self.top_k}")
+        if self.eos_id is not None and self.eos_id >= vocab_size:
+            raise ConfigError(f"eos_id {self.eos_id} is outside the model's vocabulary of {vocab_size}")
+
+
+def _check_number(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+
+
+def _check_int(name: str, value: Any, minimum: int, fix: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r} ({fix})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts
+# ---------------------------------------------------------------------------------------------
+
+
+def text_to_token_ids(text: str, tokenizer: Any) -> torch.Tensor:
+    """Encode ``text`` as a (1, n) batch; empty text starts from ``<|endoftext|>``."""
+    ids = tokenizer.encode(text) if text else [tokenizer.eot_id]
+    return torch.tensor(ids, dtype=torch.long).unsqueeze(0)  # (1, n_tokens)
+
+
+def token_ids_to_text(token_ids: torch.Tensor | Sequence[int], tokenizer: Any) -> str:
+    """Decode one sequence of ids, (n,) or (1, n), to text."""
+    if isinstance(token_ids, torch.Tensor):
+        if token_ids.dim() == 2:
+            if token_ids.shape[0] != 1:
+                raise GptsmithError(
+                    f"token_ids_to_text decodes one sequence, got a batch of {token_ids.shape[0]} "
+                    "(decode each row: token_ids_to_text(ids[i], tokenizer))"
+                )
+            token_ids = token_ids[0]
+        token_ids = token_ids.tolist()
+    return tokenizer.decode(list(token_ids))
+
+
+def _prepare_prompt(
+    model: torch.nn.Module,
+    token_ids: torch.Tensor | Sequence[int] | Sequence[Sequence[int]],
+    attention_mask: torch.Tensor | None,
+    start_id: int | None,
+    pad_id: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Ids (batch, n) on the model's device and a left-padding mask (or None when nothing is padded)."""
+    device = next(model.parameters()).device
+    if not isinstance(token_ids, torch.Tensor):
+        first = token_ids[0] if len(token_ids) else 0
+        one_row = isinstance(first, int) or getattr(first, "ndim", 1) == 0
+        rows = [[int(t) for t in row] for row in ([token_ids] if one_row else token_ids)]
+        rows = [row or _start_ids(start_id) for row in rows]
+        width = max(len(row) for row in rows)
+        ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
+        attention_mask = mask if width > min(len(r) for r in rows) else None  # None: nothing padded
+    else:
+        if token_ids.dim() == 1:
+            token_ids = token_ids.unsqueeze(0)
+            attention_mask = None if attention_mask is None else attention_mask.reshape(1, -1)
+        if token_ids.dim() != 2 or token_ids.dtype not in (torch.int64, torch.int32):
+            raise GptsmithError(
+                f"token_ids must be integer ids of shape (batch, n_tokens), got {tuple(token_ids.shape)} "
+                f"{token_ids.dtype} (encode text with text_to_token_ids)"
+            )
+        ids = token_ids.long()
+        if ids.shape[1] == 0:
+            ids = torch.tensor(_start_ids(start_id), dtype=torch.long).expand(ids.shape[0], 1)
+            attention_mask = None
+    longest = ids.shape[1]
+    if attention_mask is not None:
+        attention_mask = _check_mask(attention_mask, ids)
+        longest = int(attention_mask.sum(dim=1).max())
+    context_length = model.cfg.context_length
+    if longest > context_length:
+        warnings.warn(
+            f"prompt of {longest} tokens is longer than the model's context of {context_length}; "
+            f"the model sees only the last {context_length}",
+            stacklevel=3,
+        )
+    return ids.to(device), None if attention_mask is None else attention_mask.to(device)
+
+
+def _start_ids(start_id: int | None) -> list[int]:
+    if start_id is None:
+        raise GptsmithError(
+            "empty prompt: give at least one token id, or eos_id= (or tokenizer=) to start from <|endoftext|>"
+        )
+    return [start_id]
+
+
+def _check_mask(mask: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    if tuple(mask.shape) != tuple(ids.shape):
+        raise GptsmithError(
+            f"attention_mask shape {tuple(mask.shape)} != token_ids shape {tuple(ids.shape)} (match them)"
+        )
+    mask = mask.long()
+    if bool(((mask != 0) & (mask != 1)).any()):
+        raise GptsmithError("attention_mask must hold only 1 (token) and 0 (padding)")
+    if bool((mask[:, 1:] < mask[:, :-1]).any()):
+        raise GptsmithError("attention_mask must describe left padding (zeros before the tokens of each row)")
+    if bool((mask.sum(dim=1) == 0).any()):
+        raise GptsmithError("a row of attention_mask has no tokens (give every prompt at least one token)")
+    return mask
+
+
+# ---------------------------------------------------------------------------------------------
+# generate
+# ---------------------------------------------------------------------------------------------
+
+
+def generate(
+    model: torch.nn.Module,
+    token_ids: torch.Tensor | Sequence[int] | Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    eos_id: int | None = None,
+    stop_sequences: Sequence[StopSequence] | None = None,
+    seed: int | None = None,
+    use_cache: bool = True,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
+    attention_mask: torch.Tensor | None = None,
+    tokenizer: Any = None,
+    pad_id: int | None = None,
+) -> torch.Tensor:
+    """Extend each prompt by up to ``max_new_tokens`` tokens; returns prompt + new ids (batch, n).
+
+    ``token_ids``: (batch, n) or (n,) ids, or a list of id lists of different lengths (left-padded
+    here). ``attention_mask`` (batch, n) marks real tokens (1) of prompts that are already
+    left-padded. Generation stops at ``eos_id`` or a stop sequence, neither of which is returned
+    (for a text stop sequence, the token where it begins is dropped); rows of a batch that stop
+    early are padded on the right with ``pad_id`` (default: ``eos_id``, else 0). An empty prompt
+    starts from ``eos_id`` (or the tokenizer's ``<|endoftext|>``). The model runs in eval mode
+    (restored afterwards).
+    """
+    cfg = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        eos_id=eos_id,
+        stop_sequences=stop_sequences,
+        seed=seed,
+        use_cache=use_cache,
+        num_beams=num_beams,
+        length_penalty=length_penalty,
+    )
+    cfg.check_vocab(model.cfg.vocab_size)
+    token_stops, byte_stops = normalise_stops(stop_sequences, tokenizer)
+    start_id = eos_id if eos_id is not None else getattr(tokenizer, "eot_id", None)
+    pad = pad_id if pad_id is not None else (eos_id or 0)
+    ids, mask = _prepare_prompt(model, token_ids, attention_mask, start_id, pad)
+
+    was_training = model.training
+    model.eval()
+    try:
+        if cfg.num_beams > 1:
+            from gptsmith.beam_search import beam_search_batch
+
+            # Beam search matches text stop sequences by their token ids.
+            token_stops += [tokenizer.encode(stop.decode("utf-8")) for stop in byte_stops]
+            return beam_search_batch(model, ids, mask, cfg, token_stops, pad)
+        stopper = StopChecker(ids.shape[0], eos_id, token_stops, byte_stops, tokenizer)
+        steps = []
+        for next_ids in _sample_steps(model, ids, mask, cfg):
+            steps.append(next_ids)
+            if stopper.active and stopper.update(next_ids.tolist()):
+                break
+        new_ids = torch.stack(steps, dim=1) if steps else ids.new_zeros((ids.shape[0], 0))
+        return stopper.finish(ids, new_ids, pad)
+    finally:
+        model.train(was_training)
+
+
+def _sample_steps(
+    model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor | None, cfg: GenerationConfig
+) -> Iterator[torch.Tensor]:
+    """Yield the next token of every row (batch,), one step at a time (greedy or sampled).
+
+    Inference mode is entered for each step only, so the caller's code between steps runs normally.
+    """
+    generator = None
+    if cfg.seed is not None:
+        generator = torch.Generator(device=ids.device).manual_seed(cfg.seed)
+    with torch.inference_mode():
+        state = DecodeState(model, ids, mask, cfg.max_new_tokens, use_cache=cfg.use_cache)
+        picker = TokenPicker(
+            ids,
+            mask,
+            model.cfg.vocab_size,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+            repetition_penalty=cfg.repetition_penalty,
+            generator=generator,
+        )
+    for _ in range(cfg.max_new_tokens):
+        with torch.inference_mode():
+            next_ids = picker(state.next_logits())  # (batch,)
+            state.append(next_ids)
+        yield next_ids
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming
+# ---------------------------------------------------------------------------------------------
+
+
+def stream_text(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompt: str | torch.Tensor | Sequence[int],
+    max_new_tokens: int,
+    **options: Any,
+) -> Iterator[str]:
+    """Yield the generated text (not the prompt) piece by piece as tokens arrive.
+
+    ``options`` are ``generate``'s (``temperature``, ``top_k``, ``eos_id``, ``stop_sequences``...),
+    for one prompt. A BPE token can hold part of a multi-byte UTF-8 character, so bytes go through
+    an incremental UTF-8 decoder and a chunk never ends inside a character. Text that could be the
+    start of a stop sequence is held back until it is clear that it is not; stop sequences (token
+    ids too) are matched on the text here. With ``num_beams`` > 1 the text comes in one piece.
+    """
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, **options)
+    cfg.check_vocab(model.cfg.vocab_size)
+    ids = text_to_token_ids(prompt, tokenizer) if isinstance(prompt, str) else prompt
+    ids, mask = _prepare_prompt(model, ids, None, tokenizer.eot_id, 0)
+    if ids.shape[0] != 1:
+        raise GptsmithError(f"stream_text streams one prompt, got a batch of {ids.shape[0]} (use generate)")
+    if cfg.num_beams > 1:
+        out = generate(model, ids, tokenizer=tokenizer, **vars(cfg))
+        text = tokenizer.decode_bytes(out[0, ids.shape[1] :].tolist()).decode("utf-8", errors="replace")
+        if text:
+            yield text
+        return
+    token_stops, byte_stops = normalise_stops(cfg.stop_sequences, tokenizer)
+    byte_stops += [tokenizer.decode_bytes(stop) for stop in token_stops]
+
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pending = bytearray()  # bytes not yet passed to the decoder
+    was_training = model.training
+    model.eval()
+    try:
+        for next_ids in _sample_steps(model, ids, mask, cfg):
+            token = int(next_ids[0])
+            if token == cfg.eos_id:
+                break
+            pending += tokenizer.decode_bytes([token])
+            hit = find_stop(pending, byte_stops)
+            if hit is not None:
+                del pending[hit:]
+                break
+            ready = len(pending) - _partial_stop_length(pending, byte_stops)
+            text = decoder.decode(bytes(pending[:ready]))
+            del pending[:ready]
+            if text:
+                yield text
+        text = decoder.decode(bytes(pending), final=True)
+        if text:
+            yield text
+    finally:
+        model.train(was_training)
+
+
+def _partial_stop_length(buffer: bytearray, stops: Sequence[bytes]) -> int:
+    """Length of the longest end of ``buffer`` that is the beginning of a stop sequence."""
+    longest = 0
+    for stop in stops:
+        for k in range(min(len(buffer), len(stop) - 1), longest, -1):
+            if buffer.endswith(stop[:k]):
+                longest = k
+                break
+    return longest
