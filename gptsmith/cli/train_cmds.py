@@ -1,9 +1,315 @@
-"""Sub-commands: (filled in by its issue)."""
+"""Sub-commands: ``gptsmith train`` (pretraining, resume) and ``gptsmith eval`` (loss and perplexity)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gptsmith.errors import CheckpointError, ConfigError
+
+# Flags that map one-to-one onto TrainConfig fields (flag dest -> field).
+TRAIN_FLAGS = {
+    "data": "data", "tokenizer": "tokenizer", "max_steps": "max_steps", "batch_size": "batch_size",
+    "lr": "lr", "min_lr": "min_lr", "warmup_steps": "warmup_steps", "weight_decay": "weight_decay",
+    "grad_clip": "grad_clip", "target_batch_tokens": "target_batch_tokens", "eval_every": "eval_every",
+    "eval_batches": "eval_batches", "checkpoint_every": "checkpoint_every", "keep_last": "keep_last",
+    "sample_every": "sample_every", "prompt": "sample_prompt", "seed": "seed", "device": "device",
+    "dtype": "dtype", "compile": "compile", "val_fraction": "val_fraction",
+}
+# What may change when resuming (anything else would make the continuation a different run).
+RESUME_FLAGS = {"max_steps", "device", "eval_every", "checkpoint_every", "sample_every", "keep_last"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this module's sub-commands to ``subparsers``."""
+    """Add ``train`` and ``eval`` to ``subparsers``."""
+    p = subparsers.add_parser(
+        "train", help="pretrain a GPT on a corpus (or --resume a run)",
+        description="Train a GPT from scratch. With no arguments: the tiny preset on the built-in corpus "
+        "for a few minutes on a CPU. Precedence: --recipe < --config file < flags.",
+    )
+    p.add_argument("--data", help="corpus name or path (builtin, the-verdict, tinyshakespeare, a file, dir, "
+                   "glob, .jsonl, .parquet, hf:NAME); default: builtin")
+    p.add_argument("--preset", help="model preset (tiny, small, gpt2-small, ...); default: tiny")
+    p.add_argument("--recipe", help="ready-made settings: default, the-verdict, tinyshakespeare, "
+                   "shakespeare_complete")
+    p.add_argument("--config", help="YAML/JSON file with `model:` (GPTConfig fields, or preset:) and "
+                   "`train:` (TrainConfig fields) sections")
+    p.add_argument("--out", help="run directory (default: runs/<date-time>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly from its latest checkpoint")
+    p.add_argument("--fallback", action="store_true",
+                   help="with --resume: if the latest checkpoint is corrupt, use the newest good one")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--batch-size", type=int, help="sequences per micro-batch (per process)")
+    p.add_argument("--context-length", type=int, help="tokens per sequence (sets the model's context)")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--min-lr", type=float, help="floor of the cosine decay (default lr/10)")
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--grad-clip", type=float, help="max gradient norm (0 = off)")
+    p.add_argument("--target-batch-tokens", type=int, help="accumulate gradients to this many tokens/step")
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--eval-batches", type=int)
+    p.add_argument("--checkpoint-every", type=int, help="default: at every evaluation")
+    p.add_argument("--keep-last", type=int, help="checkpoints kept besides the best one")
+    p.add_argument("--sample-every", type=int, help="default: at every evaluation; 0 = never")
+    p.add_argument("--prompt", help="prompt of the periodic sample")
+    p.add_argument("--tokenizer", help="gpt2 (default) or simple")
+    p.add_argument("--val-fraction", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], help="auto = bf16 autocast where faster")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    p.set_defaults(func=run_train)
+
+    e = subparsers.add_parser("eval", help="loss and perplexity per split of a checkpoint")
+    source = e.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="model or run directory")
+    source.add_argument("--preset", help="score an untrained model of this preset (about ln(vocab_size))")
+    e.add_argument("--data", help="corpus (default: the run's training data, else builtin)")
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--context-length", type=int, help="default: the model's (capped at 256 for --preset)")
+    e.add_argument("--max-batches", type=int, default=50, help="batches per split (default 50)")
+    e.add_argument("--val-fraction", type=float, help="default: the run's, else 0.1")
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    e.add_argument("--seed", type=int, default=123)
+    e.set_defaults(func=run_eval)
+
+
+# --- train ----------------------------------------------------------------------------------------
+
+
+def build_configs(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(GPTConfig, TrainConfig) from recipe < config file < flags."""
+    from gptsmith.config import load_config_file
+    from gptsmith.model import GPTConfig
+    from gptsmith.recipes import get_recipe
+    from gptsmith.train import TrainConfig
+
+    recipe = get_recipe(args.recipe or "default")
+    preset, model_over, train_over = recipe["preset"], recipe["model"], recipe["train"]
+    if args.config:
+        data = load_config_file(args.config)
+        unknown = sorted(set(data) - {"model", "train"})
+        if unknown:
+            raise ConfigError(
+                f"{args.config}: unknown section(s) {', '.join(unknown)} (use `model:` and `train:`)"
+            )
+        model_section = dict(data.get("model") or {})
+        preset = model_section.pop("preset", preset)
+        model_over = {**model_over, **model_section}
+        train_over = {**train_over, **(data.get("train") or {})}
+    if args.preset:
+        preset = args.preset
+        model_over = {k: v for k, v in model_over.items() if args.config or k != "context_length"}
+    if args.context_length is not None:
+        model_over["context_length"] = args.context_length
+    flags = {field: getattr(args, dest) for dest, field in TRAIN_FLAGS.items()
+             if getattr(args, dest) is not None}
+    train_cfg = TrainConfig.from_dict({**train_over, **flags}, source=args.config or "flags")
+    train_cfg.check()
+    if args.context_length is not None and args.context_length < 1:
+        raise ConfigError(f"--context-length must be > 0, got {args.context_length}")
+    model_cfg = GPTConfig.from_preset(preset, **model_over)
+    return model_cfg, train_cfg
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from gptsmith.device import set_seed
+    from gptsmith.model import GPTConfig, GPTModel
+    from gptsmith.tokenizer import get_tokenizer
+    from gptsmith.train import TrainConfig, prepare_splits
+    from gptsmith.trainer import Trainer
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        run_info = _read_run_info(run_dir)
+        given = [dest for dest in TRAIN_FLAGS if getattr(args, dest) is not None and dest not in RESUME_FLAGS]
+        given += [f for f in ("preset", "recipe", "config", "context_length", "out") if getattr(args, f)]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise ConfigError(f"{flag} cannot change when resuming (it is fixed in {run_dir / 'run.json'}); "
+                              "only --max-steps, --device, --eval-every, --checkpoint-every, --sample-every "
+                              "and --keep-last can")
+        model_cfg = GPTConfig(**run_info["model"])
+        overrides = {dest: getattr(args, dest) for dest in RESUME_FLAGS if getattr(args, dest) is not None}
+        train_cfg = TrainConfig.from_dict(run_info["train"], source=str(run_dir / "run.json"))
+        train_cfg = train_cfg.replace(**overrides)
+    else:
+        model_cfg, train_cfg = build_configs(args)
+        run_dir = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+        _claim_run_dir(run_dir, overwrite=args.overwrite)
+
+    tokenizer = get_tokenizer(train_cfg.tokenizer)
+    if not args.resume and model_cfg.vocab_size != tokenizer.vocab_size:
+        model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
+    _say(f"data: {train_cfg.data} (tokenizing once, then cached)")
+    train_tokens, val_tokens, data_info = prepare_splits(train_cfg.data, tokenizer, train_cfg.val_fraction)
+    if args.resume and run_info.get("data_info", {}).get("checksum") not in (None, data_info["checksum"]):
+        raise ConfigError(f"the corpus {train_cfg.data!r} changed since {run_dir} started (its token "
+                          "checksum differs); resume needs the same data, or start a new run")
+
+    set_seed(train_cfg.seed)
+    model = GPTModel(model_cfg)
+    progress = ProgressPrinter(show_bar=not args.no_progress)
+    trainer = Trainer(model, train_cfg, train_tokens, val_tokens, run_dir=run_dir, tokenizer=tokenizer,
+                      callbacks=progress, run_info={"data_info": data_info})
+    if args.resume:
+        for problem in trainer.resume(fallback=args.fallback):
+            _say(f"skipped a bad checkpoint: {problem}")
+        _say(f"resuming {run_dir} from step {trainer.step} ({trainer.last_checkpoint})")
+    _say(f"corpus: {data_info['n_train_tokens']:,} train + {data_info['n_val_tokens']:,} val tokens")
+    try:
+        result = trainer.fit()
+    finally:
+        progress.close()
+        from gptsmith.distributed import shutdown
+
+        shutdown(trainer.dist)
+    if not trainer.dist.is_main:
+        return 0
+    if result.stopped == "interrupted":
+        _say(f"stopped at step {result.step} after a stop signal; checkpoint {result.last_checkpoint}")
+        _say(f"continue with: gptsmith train --resume {run_dir}")
+        return 130
+    best = f", best val loss {result.best_val_loss:.3f}" if result.best_val_loss is not None else ""
+    _say(f"done: {result.step} steps, {result.tokens_seen:,} tokens{best}; run directory {run_dir}")
+    _say(f"generate with: gptsmith generate --checkpoint {run_dir} \"{train_cfg.sample_prompt}\"")
+    return 0
+
+
+def _read_run_info(run_dir: Path) -> dict:
+    path = run_dir / "run.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found ({run_dir} is not a gptsmith run directory; "
+                              "pass the --out of a `gptsmith train`)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"cannot parse {path}: {exc} (the file is corrupt)") from None
+
+
+def _claim_run_dir(run_dir: Path, *, overwrite: bool) -> None:
+    """Refuse to mix a new run into an old one unless --overwrite."""
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} is a file (pass a directory)")
+    if (run_dir / "run.json").exists() or (run_dir / "checkpoints").exists():
+        if not overwrite:
+            raise ConfigError(f"{run_dir} already holds a run (continue it with --resume {run_dir}, "
+                              "replace it with --overwrite, or choose another --out)")
+        for name in ("checkpoints", "run.json", "latest", "best", "metrics.jsonl", "loss.png", "samples.txt"):
+            path = run_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def _say(message: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stdout)
+
+
+class ProgressPrinter:
+    """Draws the progress bar (step, loss, lr, tokens seen, tokens/s) and prints evals and samples."""
+
+    # Implements every hook of gptsmith.trainer.TrainCallbacks (not imported here: keeps `--help` fast).
+
+    def __init__(self, show_bar: bool = True) -> None:
+        self.show_bar = show_bar
+        self.bar = None
+
+    def on_start(self, info: dict) -> None:
+        from tqdm import tqdm
+
+        _say(f"model: {info['parameters'] / 1e6:.1f}M parameters on {info['device']} ({info['dtype']}, "
+             f"{info['world_size']} process(es)); {info['tokens_per_step']:,} tokens per step "
+             f"({info['accum_steps']} micro-batch(es))")
+        if self.show_bar:
+            self.bar = tqdm(total=info["max_steps"], initial=info["start_step"], unit="step", file=sys.stdout,
+                            dynamic_ncols=True, leave=True)
+
+    def on_step(self, info: dict) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix_str(f"loss {info['loss']:.3f} lr {info['lr']:.2e} "
+                                     f"tokens {info['tokens_seen']:,} {info['tokens_per_s']:,.0f} tok/s",
+                                     refresh=False)
+
+    def on_eval(self, info: dict) -> None:
+        ppl = f"{info['val_ppl']:,.1f}" if math.isfinite(info["val_ppl"]) else "inf"
+        _say(f"step {info['step']:>5} | train loss {info['train_loss']:.3f} | "
+             f"val loss {info['val_loss']:.3f} (ppl {ppl}) | tokens seen {info['tokens_seen']:,}")
+
+    def on_sample(self, step: int, text: str) -> None:
+        _say(f"sample: {text!r}")
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+# --- eval -----------------------------------------------------------------------------------------
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from gptsmith.batches import FixedBatches, count_windows
+    from gptsmith.device import resolve_device, set_seed
+    from gptsmith.errors import DataError
+    from gptsmith.model import GPTConfig, GPTModel
+    from gptsmith.tokenizer import get_tokenizer
+    from gptsmith.train import calc_loss_loader, perplexity, prepare_splits
+    from gptsmith.weights import load_model, read_model_config, resolve_model_dir
+
+    device = resolve_device(args.device)
+    run_train_cfg: dict = {}
+    if args.checkpoint:
+        model_dir = resolve_model_dir(args.checkpoint)
+        tokenizer_name = read_model_config(model_dir).get("tokenizer", "gpt2")
+        for candidate in (Path(args.checkpoint), model_dir.parent.parent):
+            if (candidate / "run.json").is_file():
+                run_train_cfg = _read_run_info(candidate).get("train", {})
+                break
+        model = load_model(model_dir, device=device)
+        label = str(model_dir)
+    else:
+        set_seed(args.seed)
+        cfg = GPTConfig.from_preset(args.preset)
+        cfg = GPTConfig.from_preset(args.preset, context_length=min(cfg.context_length, 256))
+        tokenizer_name, model, label = "gpt2", GPTModel(cfg).to(device).eval(), f"untrained {args.preset}"
+    tokenizer = get_tokenizer(tokenizer_name)
+    data = args.data or run_train_cfg.get("data", "builtin")
+    val_fraction = args.val_fraction or run_train_cfg.get("val_fraction", 0.1)
+    train_tokens, val_tokens, _ = prepare_splits(data, tokenizer, val_fraction)
+    context_length = args.context_length or model.cfg.context_length
+    if context_length > model.cfg.context_length:
+        raise ConfigError(f"--context-length {context_length} exceeds the model's {model.cfg.context_length}")
+    print(f"model: {label} ({model.num_parameters() / 1e6:.1f}M parameters); data: {data}")
+    for split, tokens in (("train", train_tokens), ("val", val_tokens)):
+        n_windows = count_windows(len(tokens), context_length)
+        if n_windows == 0:
+            raise DataError(f"the {split} split of {data} has {len(tokens)} tokens, fewer than one window of "
+                            f"{context_length} + 1 (lower --context-length)")
+        batches = FixedBatches(tokens, context_length, min(args.batch_size, n_windows), args.max_batches)
+        with torch.no_grad():
+            loss = calc_loss_loader(batches, model, device)
+        print(f"{split:>5}: loss {loss:.4f}  perplexity {perplexity(loss):,.2f}  "
+              f"({len(batches)} batches of {batches.batch_size}x{context_length} tokens)")
+    print(f"(an untrained model scores about ln(vocab_size) = ln({model.cfg.vocab_size}) = "
+          f"{math.log(model.cfg.vocab_size):.2f})")
+    return 0
