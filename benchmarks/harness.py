@@ -91,8 +91,10 @@ def summarize(values: list[float]) -> tuple[float, float, float]:
 
 
 def _fmt(value: float) -> str:
-    if value == 0 or 0.01 <= abs(value) < 1e6:
-        return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"  # 1,234,567 reads better than 1.23e+06 in a table
+    if value == 0 or abs(value) >= 0.01:
+        return f"{value:.3g}"
     return f"{value:.3e}"
 
 

@@ -268,7 +268,7 @@ def _hf_documents(spec: str, text_field: str) -> Iterator[str]:
 _SAFE_CUT = re.compile(r"(?<=\S\n)(?=\S)")
 
 
-def safe_chunks(text: str, target_chars: int = 1 << 18) -> list[str]:
+def safe_chunks(text: str, target_chars: int = 1 << 16) -> list[str]:
     """Split ``text`` into pieces of about ``target_chars`` at tokenizer-safe newline boundaries."""
     if len(text) <= target_chars:
         return [text]

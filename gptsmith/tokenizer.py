@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks, load_tiktoken_bpe
 
@@ -301,6 +302,16 @@ class GPT2Tokenizer:
         return self.encoding.encode_batch(
             list(texts), num_threads=threads, allowed_special=set(allowed_special), disallowed_special=()
         )
+
+    def encode_to_numpy(
+        self, text: str, allowed_special: Iterable[str] = DEFAULT_ALLOWED_SPECIAL
+    ) -> np.ndarray:
+        """Like ``encode`` but a ``uint32`` array straight from tiktoken's buffer (no Python ints).
+
+        tiktoken releases the GIL while encoding, so threads calling this run in parallel.
+        """
+        allowed = set(allowed_special)
+        return self.encoding.encode_to_numpy(text, allowed_special=allowed, disallowed_special=())
 
     def _check_ids(self, ids: Sequence[int]) -> list[int]:
         ids = [int(i) for i in ids]

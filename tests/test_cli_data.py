@@ -1,0 +1,76 @@
+"""The data verbs of the ``gptsmith`` command: prepare, download, bench."""
+
+from __future__ import annotations
+
+import pytest
+
+from gptsmith import download
+from gptsmith.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPTSMITH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("GPTSMITH_OFFLINE", "1")
+
+
+def test_prepare_writes_then_reuses(tmp_path, capsys, gpt2_tokenizer):
+    corpus = tmp_path / "story.txt"
+    corpus.write_text("Once upon a time there was a tiny model.\n" * 50)
+    args = ["prepare", str(corpus), "--out", str(tmp_path / "shard"), "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "shard written" in out and "tokenizer gpt2" in out and "split: train" in out
+    assert main(args) == 0
+    assert "reused (corpus unchanged)" in capsys.readouterr().out
+    assert (tmp_path / "shard" / "tokens.bin").is_file()
+
+
+def test_prepare_with_the_simple_tokenizer_and_custom_split(tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the module is imported. " * 40)
+    assert main(["prepare", str(corpus), "--tokenizer", "simple", "--out", str(tmp_path / "s"),
+                 "--split", "0.5,0.5", "--no-progress"]) == 0
+    assert "split: train 100, val 100 tokens" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["prepare", "no/such/file.txt"], "corpus not found: no/such/file.txt"),
+    (["prepare", "builtin", "--split", "0.8;0.2"], "--split '0.8;0.2'"),
+    (["prepare", "builtin", "--threads", "0"], "--threads must be >= 1"),
+])
+def test_prepare_bad_input_is_one_line_and_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gptsmith prepare: error:") and message in err and "Traceback" not in err
+
+
+def test_prepare_without_bpe_files_says_what_to_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("GPTSMITH_GPT2_BPE", raising=False)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "tiktoken"))
+    assert main(["prepare", "builtin", "--out", str(tmp_path / "s")]) == 2
+    assert "run `gptsmith download gpt2-bpe`" in capsys.readouterr().err
+
+
+def test_download_gpt2_bpe_prints_the_cached_path(tmp_path, capsys, gpt2_bpe_dir, monkeypatch):
+    ranks = (gpt2_bpe_dir / "gpt2.tiktoken").read_bytes()
+    monkeypatch.setattr(download, "fetch_url", lambda url, timeout=20.0: ranks)
+    monkeypatch.delenv("GPTSMITH_OFFLINE")
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "tiktoken"))
+    assert main(["download", "gpt2-bpe"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(download.gpt2_bpe_cache_path())
+    assert "saved" in captured.err
+
+
+def test_download_corpus_offline_is_a_clear_error(capsys):
+    assert main(["download", "the-verdict"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot download the-verdict" in err and "needs internet" in err
+
+
+def test_bench_lists_benchmarks(capsys):
+    assert main(["bench", "--list"]) == 0
+    assert "prepare" in capsys.readouterr().out
+    assert main(["bench", "no-such-benchmark"]) == 2
+    assert "unknown benchmark 'no-such-benchmark'" in capsys.readouterr().err
