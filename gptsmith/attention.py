@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gptsmith.errors import GptsmithError
+
 # --- Rung 1: no weights at all -------------------------------------------------------------------
 
 
@@ -207,7 +209,7 @@ class KVCache:
         n_new = keys.shape[2]  # keys: (batch, n_heads, n_new, head_dim)
         end = self.length + n_new
         if end > self.max_length:
-            raise ValueError(
+            raise GptsmithError(
                 f"KV cache is full: {self.length} stored + {n_new} new > {self.max_length} "
                 "positions (reset it or crop the context)"
             )

@@ -125,6 +125,7 @@ def save_model(
     The weights are written first and config.json last, so a directory with a config always has
     complete weights. ``extra`` keys (e.g. the training step) are merged into config.json.
     """
+    model = unwrap_model(model)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = dict(model.state_dict())
@@ -144,6 +145,17 @@ def save_model(
         config[key] = value
     atomic_write_json(directory / CONFIG_FILE, config)
     return directory
+
+
+def unwrap_model(model: torch.nn.Module) -> GPTModel:
+    """The ``GPTModel`` inside a ``torch.compile`` or DistributedDataParallel wrapper (or ``model``)."""
+    while True:
+        if hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
 
 
 def resolve_model_dir(path: str | Path) -> Path:
