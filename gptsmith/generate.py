@@ -27,7 +27,7 @@ import torch
 
 from gptsmith.decoding import DecodeState, TokenPicker
 from gptsmith.errors import ConfigError, GptsmithError
-from gptsmith.stopping import StopChecker, StopSequence, find_stop, normalise_stops
+from gptsmith.stopping import StopChecker, StopSequence, find_stop, normalise_stops, token_bytes
 
 
 @dataclass(frozen=True)
@@ -294,45 +294,77 @@ def stream_text(
     prompt: str | torch.Tensor | Sequence[int],
     max_new_tokens: int,
     **options: Any,
-) -> Iterator[str]:
-    """Yield the generated text (not the prompt) piece by piece as tokens arrive.
+) -> TextStream:
+    """Iterate over the generated text (not the prompt) piece by piece as tokens arrive.
 
     ``options`` are ``generate``'s (``temperature``, ``top_k``, ``eos_id``, ``stop_sequences``...),
     for one prompt. A BPE token can hold part of a multi-byte UTF-8 character, so bytes go through
     an incremental UTF-8 decoder and a chunk never ends inside a character. Text that could be the
     start of a stop sequence is held back until it is clear that it is not; stop sequences (token
     ids too) are matched on the text here. With ``num_beams`` > 1 the text comes in one piece.
+    After the loop, the stream's ``token_ids`` and ``stop_reason`` say what was generated and why
+    it ended (``"eos"``, ``"stop_sequence"`` or ``"max_new_tokens"``).
     """
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, **options)
     cfg.check_vocab(model.cfg.vocab_size)
     ids = text_to_token_ids(prompt, tokenizer) if isinstance(prompt, str) else prompt
-    ids, mask = _prepare_prompt(model, ids, None, tokenizer.eot_id, 0)
+    ids, _ = _prepare_prompt(model, ids, None, tokenizer.eot_id, 0)
     if ids.shape[0] != 1:
         raise GptsmithError(f"stream_text streams one prompt, got a batch of {ids.shape[0]} (use generate)")
-    if cfg.num_beams > 1:
-        out = generate(model, ids, tokenizer=tokenizer, **vars(cfg))
-        text = tokenizer.decode_bytes(out[0, ids.shape[1] :].tolist()).decode("utf-8", errors="replace")
+    token_stops, byte_stops = normalise_stops(cfg.stop_sequences, tokenizer)
+    return TextStream(
+        model, tokenizer, ids, cfg, byte_stops + [tokenizer.decode_bytes(s) for s in token_stops]
+    )
+
+
+class TextStream:
+    """The iterator ``stream_text`` returns: yields str chunks; then ``token_ids`` and ``stop_reason``."""
+
+    def __init__(
+        self, model, tokenizer, ids: torch.Tensor, cfg: GenerationConfig, stops: list[bytes]
+    ) -> None:
+        self.model, self.tokenizer, self.ids, self.cfg, self.stops = model, tokenizer, ids, cfg, stops
+        self.prompt_ids: list[int] = ids[0].tolist()
+        self.token_ids: list[int] = []  # new tokens so far (eos excluded)
+        self.stop_reason: str | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            if self.cfg.num_beams > 1:
+                yield from self._beam_text()
+            else:
+                yield from self._sampled_text()
+        finally:
+            self.model.train(was_training)
+
+    def _beam_text(self) -> Iterator[str]:
+        out = generate(self.model, self.ids, tokenizer=self.tokenizer, **vars(self.cfg))
+        self.token_ids = out[0, self.ids.shape[1] :].tolist()
+        self.stop_reason = "max_new_tokens" if len(self.token_ids) == self.cfg.max_new_tokens else "eos"
+        text = self.tokenizer.decode_bytes(self.token_ids).decode("utf-8", errors="replace")
         if text:
             yield text
-        return
-    token_stops, byte_stops = normalise_stops(cfg.stop_sequences, tokenizer)
-    byte_stops += [tokenizer.decode_bytes(stop) for stop in token_stops]
 
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    pending = bytearray()  # bytes not yet passed to the decoder
-    was_training = model.training
-    model.eval()
-    try:
-        for next_ids in _sample_steps(model, ids, mask, cfg):
+    def _sampled_text(self) -> Iterator[str]:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pending = bytearray()  # bytes not yet passed to the decoder
+        self.stop_reason = "max_new_tokens"
+        for next_ids in _sample_steps(self.model, self.ids, None, self.cfg):
             token = int(next_ids[0])
-            if token == cfg.eos_id:
+            if token == self.cfg.eos_id:
+                self.stop_reason = "eos"
                 break
-            pending += tokenizer.decode_bytes([token])
-            hit = find_stop(pending, byte_stops)
+            previous = self.token_ids[-1] if self.token_ids else self.prompt_ids[-1]
+            self.token_ids.append(token)
+            pending += token_bytes(self.tokenizer, previous, token)
+            hit = find_stop(pending, self.stops)
             if hit is not None:
                 del pending[hit:]
+                self.stop_reason = "stop_sequence"
                 break
-            ready = len(pending) - _partial_stop_length(pending, byte_stops)
+            ready = len(pending) - _partial_stop_length(pending, self.stops)
             text = decoder.decode(bytes(pending[:ready]))
             del pending[:ready]
             if text:
@@ -340,8 +372,6 @@ def stream_text(
         text = decoder.decode(bytes(pending), final=True)
         if text:
             yield text
-    finally:
-        model.train(was_training)
 
 
 def _partial_stop_length(buffer: bytearray, stops: Sequence[bytes]) -> int:

@@ -44,6 +44,19 @@ def normalise_stops(
     return token_stops, byte_stops
 
 
+def token_bytes(tokenizer: Any, previous: int | None, token: int) -> bytes:
+    """The bytes ``token`` adds to the text after ``previous``.
+
+    For byte-level BPE that is just the token's own bytes; a word-level tokenizer puts a space
+    between words when decoding, which only shows when the previous token is decoded with it.
+    """
+    if previous is None:
+        return tokenizer.decode_bytes([token])
+    before = tokenizer.decode_bytes([previous])
+    both = tokenizer.decode_bytes([previous, token])
+    return both[len(before) :] if both.startswith(before) else tokenizer.decode_bytes([token])
+
+
 def find_stop(buffer: bytes | bytearray, stops: Sequence[bytes], search_from: int = 0) -> int | None:
     """Byte offset of the earliest stop string in ``buffer[search_from:]``, or None."""
     hits = [i for i in (buffer.find(stop, search_from) for stop in stops) if i >= 0]
@@ -82,7 +95,8 @@ class StopChecker:
         if self.byte_stops:
             text, offsets = self.text[row], self.offsets[row]
             offsets.append(len(text))
-            text += self.tokenizer.decode_bytes([token])
+            previous = new[-2] if len(new) > 1 else None
+            text += token_bytes(self.tokenizer, previous, token)
             longest = max(len(s) for s in self.byte_stops)
             hit = find_stop(text, self.byte_stops, max(0, offsets[-1] - longest + 1))
             if hit is not None:
@@ -97,5 +111,3 @@ class StopChecker:
         for row, k in enumerate(kept):
             new_ids[row, k:] = pad_id
         return torch.cat([prompt, new_ids[:, : max(kept, default=0)]], dim=1)
-
-

@@ -342,3 +342,23 @@ def test_generation_config_from_dict_and_kwargs():
 def test_out_of_vocabulary_prompt(model):
     with pytest.raises(GptsmithError, match="outside the model's vocabulary"):
         generate(model, [5, 200], 3)
+
+
+def test_stream_reports_tokens_and_stop_reason():
+    tok = ByteTokenizer()
+    model = scripted_model(tok.encode("ab") + [tok.eot_id], prompt_length=1, vocab_size=257)
+    stream = stream_text(model, tok, [tok.eot_id], 10, eos_id=tok.eot_id)
+    assert "".join(stream) == "ab"
+    assert stream.token_ids == tok.encode("ab") and stream.stop_reason == "eos"
+    stream = stream_text(model, tok, [tok.eot_id], 1)
+    assert "".join(stream) == "a" and stream.stop_reason == "max_new_tokens"
+
+
+def test_stream_keeps_the_spaces_of_a_word_level_tokenizer():
+    from gptsmith.tokenizer import SimpleTokenizerV2
+
+    tok = SimpleTokenizerV2.from_text("the cat sat on a mat .")
+    ids = tok.encode("the cat sat on a mat.")
+    model = scripted_model(ids[1:] + [tok.eot_id], prompt_length=1, vocab_size=tok.vocab_size)
+    text = "".join(stream_text(model, tok, ids[:1], 20, eos_id=tok.eot_id))
+    assert "the" + text == tok.decode(ids) == "the cat sat on a mat."

@@ -1,9 +1,264 @@
-"""Sub-commands: (filled in by its issue)."""
+"""Sub-commands that run a model: ``generate`` (text from a prompt) and ``chat`` (an interactive loop)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptsmith.errors import ConfigError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this module's sub-commands to ``subparsers``."""
+    """Add ``generate`` and ``chat``."""
+    gen = subparsers.add_parser(
+        "generate",
+        help="continue a prompt with a trained or imported model (streams to the terminal)",
+        description=(
+            "Generate text from a checkpoint (a model directory or a run directory: its latest checkpoint) "
+            "or a GPT-2 model by name. Decoding is greedy unless --temperature > 0; the KV cache is on "
+            "unless --no-cache. Generation stops at <|endoftext|>, at a --stop text, or after "
+            "--max-new-tokens."
+        ),
+        epilog=(
+            "examples:\n"
+            '  gptsmith generate --checkpoint runs/main "The module"\n'
+            '  gptsmith generate --model gpt2 --temperature 0.8 --top-k 40 --seed 1 "Every effort"\n'
+            '  gptsmith generate --checkpoint runs/main --num-beams 4 --json "Question: "\n'
+            "  echo 'Once upon a time' | gptsmith generate --checkpoint runs/main -"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_model_args(gen)
+    gen.add_argument(
+        "prompt", nargs="?", default="", help="prompt text ('-' reads stdin; empty: <|endoftext|>)"
+    )
+    _add_decoding_args(gen, max_new_tokens=100, temperature=0.0)
+    gen.add_argument(
+        "--num-beams", type=int, default=1, help="beam search with this many beams (default 1: off)"
+    )
+    gen.add_argument(
+        "--length-penalty", type=float, default=1.0, help="beam score / length**this (default 1)"
+    )
+    gen.add_argument("--no-cache", action="store_true", help="recompute the whole context every step (slow)")
+    gen.add_argument("--num-samples", type=int, default=1, help="how many continuations (default 1)")
+    gen.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    gen.set_defaults(func=run_generate)
+
+    chat = subparsers.add_parser(
+        "chat",
+        help="talk to a model interactively (/reset, /exit, Ctrl-D)",
+        description=(
+            "An interactive loop that keeps the conversation in the model's context, dropping the oldest "
+            'turns when it fills. A checkpoint whose config.json has "instruction_template": "alpaca" '
+            "(instruction-tuned) is asked with the Alpaca template; any other model just continues the "
+            "text. Type /reset to start over, /exit or Ctrl-D to leave."
+        ),
+        epilog="example:\n  gptsmith chat --checkpoint runs/instruct --temperature 0.7",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_model_args(chat)
+    _add_decoding_args(chat, max_new_tokens=200, temperature=0.7)
+    chat.set_defaults(func=run_chat)
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--checkpoint", type=Path, help="model directory, or run directory (its latest checkpoint)"
+    )
+    source.add_argument(
+        "--model", help="GPT-2 by hub name (gpt2, gpt2-medium, ...) or a Hugging Face directory"
+    )
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    parser.add_argument(
+        "--dtype", choices=list(DTYPES), default=None, help="weights dtype (default: as saved)"
+    )
+
+
+def _add_decoding_args(parser: argparse.ArgumentParser, *, max_new_tokens: int, temperature: float) -> None:
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=max_new_tokens, help=f"default {max_new_tokens}"
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=temperature, help=f"0 = greedy (default {temperature})"
+    )
+    parser.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
+    parser.add_argument(
+        "--top-p", type=float, default=None, help="nucleus sampling: keep this probability mass"
+    )
+    parser.add_argument(
+        "--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeating tokens (default 1)"
+    )
+    parser.add_argument("--seed", type=int, default=None, help="seed for sampling (reproducible output)")
+    parser.add_argument(
+        "--stop",
+        action="append",
+        default=None,
+        metavar="TEXT",
+        help="stop at this text (repeatable; '\\n' ok)",
+    )
+
+
+def load_for_generation(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, dict[str, Any], str]:
+    """(model, tokenizer, checkpoint config, display name) from --checkpoint/--model/--device/--dtype."""
+    from gptsmith.device import resolve_device
+    from gptsmith.tokenizer import get_tokenizer
+    from gptsmith.weights import load_model, load_pretrained, read_model_config
+
+    device = resolve_device(args.device)
+    dtype = DTYPES[args.dtype] if args.dtype else None
+    if args.checkpoint is not None:
+        config = read_model_config(args.checkpoint)
+        model = load_model(args.checkpoint, device=device, dtype=dtype)
+        name = str(args.checkpoint)
+    else:
+        path = Path(args.model).expanduser()
+        config = read_model_config(path) if path.exists() else {"tokenizer": "gpt2"}
+        model = load_pretrained(args.model, device=device, dtype=dtype)
+        name = args.model
+    tokenizer = get_tokenizer(config.get("tokenizer") or "gpt2")
+    if tokenizer.vocab_size > model.cfg.vocab_size:
+        raise ConfigError(
+            f"{name}: tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} ids but the model only "
+            f'{model.cfg.vocab_size} (fix "tokenizer" in its config.json)'
+        )
+    return model, tokenizer, config, name
+
+
+def _decoding_options(args: argparse.Namespace, **more: Any) -> dict[str, Any]:
+    """Keyword options for ``stream_text`` from the flags, checked now (before a slow model load)."""
+    from gptsmith.generate import GenerationConfig
+
+    options = {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "repetition_penalty": args.repetition_penalty,
+        "stop_sequences": [_unescape(s) for s in args.stop or []] or None,
+        "seed": args.seed,
+        **more,
+    }
+    GenerationConfig(**options)
+    return options
+
+
+def _unescape(text: str) -> str:
+    """Let users type --stop '\\n' for a newline (and \\t, \\\\)."""
+    return text.replace("\\\\", "\0").replace("\\n", "\n").replace("\\t", "\t").replace("\0", "\\")
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from gptsmith.generate import stream_text
+
+    if args.num_samples < 1:
+        raise ConfigError(f"--num-samples must be at least 1, got {args.num_samples}")
+    if args.num_samples > 1 and args.temperature == 0 and args.num_beams == 1:
+        raise ConfigError(
+            f"--num-samples {args.num_samples} with greedy decoding gives identical texts "
+            "(add --temperature 0.8, say)"
+        )
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    options = _decoding_options(
+        args, num_beams=args.num_beams, length_penalty=args.length_penalty, use_cache=not args.no_cache
+    )
+    model, tokenizer, _, name = load_for_generation(args)
+    options["eos_id"] = tokenizer.eot_id
+    max_new_tokens = options.pop("max_new_tokens")
+    samples = []
+    for index in range(args.num_samples):
+        if args.seed is not None:
+            options["seed"] = args.seed + index
+        if not args.json:
+            if args.num_samples > 1:
+                print(f"--- sample {index + 1} ---", flush=True)
+            print(prompt, end="", flush=True)
+        start = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            stream = stream_text(model, tokenizer, prompt, max_new_tokens, **options)
+            pieces = []
+            for piece in stream:
+                pieces.append(piece)
+                if not args.json:
+                    print(piece, end="", flush=True)
+        seconds = time.perf_counter() - start
+        for warning in caught:
+            print(f"gptsmith generate: warning: {warning.message}", file=sys.stderr)
+        if not args.json:
+            print(flush=True)
+        samples.append(
+            {
+                "text": "".join(pieces),
+                "seed": options["seed"],
+                "token_ids": stream.token_ids,
+                "new_tokens": len(stream.token_ids),
+                "stop_reason": stream.stop_reason,
+                "seconds": round(seconds, 4),
+            }
+        )
+    if args.json:
+        settings = {k: v for k, v in options.items() if k not in ("eos_id", "seed")}
+        settings.update(max_new_tokens=max_new_tokens, seed=args.seed)
+        print(json.dumps({"model": name, "prompt": prompt, "settings": settings, "samples": samples}))
+    return 0
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    from gptsmith.chat import Conversation, template_from_config
+    from gptsmith.generate import stream_text
+
+    options = _decoding_options(args)
+    max_new_tokens = options.pop("max_new_tokens")
+    model, tokenizer, config, name = load_for_generation(args)
+    template = template_from_config(config)
+    reply_room = min(max_new_tokens, model.cfg.context_length // 2)
+    conversation = Conversation(tokenizer, model.cfg.context_length, reply_room, template)
+    options["eos_id"] = tokenizer.eot_id
+    options["stop_sequences"] = (options["stop_sequences"] or []) + conversation.stop_sequences or None
+    seed = options.pop("seed")
+    interactive = sys.stdin.isatty()
+    mode = f"instruction template {template}" if template else "plain continuation"
+    print(f"chatting with {name} ({mode}); /reset starts over, /exit or Ctrl-D leaves", file=sys.stderr)
+    turn = 0
+    while True:
+        try:
+            message = input("> " if interactive else "")
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        command = message.strip()
+        if not command:
+            continue
+        if command in ("/exit", "/quit"):
+            return 0
+        if command == "/reset":
+            conversation.reset()
+            print("(conversation reset)", file=sys.stderr)
+            continue
+        if command.startswith("/") and " " not in command:
+            print(f"unknown command {command} (commands: /reset, /exit)", file=sys.stderr)
+            continue
+        ids, dropped = conversation.prompt_ids(message)
+        if dropped:
+            print(f"(context full: dropped the {dropped} oldest turn(s))", file=sys.stderr)
+        pieces = []
+        try:
+            turn_seed = None if seed is None else seed + turn
+            for piece in stream_text(model, tokenizer, ids, max_new_tokens, seed=turn_seed, **options):
+                pieces.append(piece)
+                print(piece, end="", flush=True)
+        except KeyboardInterrupt:
+            print(" [interrupted]", end="", file=sys.stderr)
+        print(flush=True)
+        conversation.add(message, "".join(pieces).rstrip())
+        turn += 1

@@ -1,0 +1,240 @@
+"""Tests for `gptsmith generate` and `gptsmith chat` (tiny checkpoints written in tmp dirs)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from generation_helpers import tiny_model
+
+from gptsmith.chat import Conversation, format_instruction, template_from_config
+from gptsmith.cli import main
+from gptsmith.errors import ConfigError
+from gptsmith.generate import stream_text
+from gptsmith.tokenizer import get_tokenizer
+from gptsmith.weights import save_model
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def simple_tokenizer():
+    return get_tokenizer("simple")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, simple_tokenizer) -> Path:
+    """A tiny random model using the built-in word-level tokenizer (no BPE files needed)."""
+    model = tiny_model(vocab_size=simple_tokenizer.vocab_size, context_length=48)
+    return save_model(model, tmp_path_factory.mktemp("ckpt") / "model", tokenizer="simple")
+
+
+@pytest.fixture(scope="module")
+def instruct_checkpoint(tmp_path_factory, simple_tokenizer) -> Path:
+    model = tiny_model(vocab_size=simple_tokenizer.vocab_size, context_length=128)  # fits 2 Alpaca turns
+    directory = tmp_path_factory.mktemp("ckpt") / "instruct"
+    return save_model(model, directory, tokenizer="simple", extra={"instruction_template": "alpaca"})
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _library_text(checkpoint: Path, tokenizer, prompt: str, n: int, **options) -> str:
+    from gptsmith.weights import load_model
+
+    model = load_model(checkpoint)
+    return "".join(stream_text(model, tokenizer, prompt, n, eos_id=tokenizer.eot_id, **options))
+
+
+# --- generate ------------------------------------------------------------------------------------
+
+
+def test_generate_streams_the_greedy_continuation(capsys, checkpoint, simple_tokenizer):
+    code, out, _ = _run(
+        capsys, "generate", "--checkpoint", str(checkpoint), "--max-new-tokens", "8", "The module"
+    )
+    assert code == 0
+    expected = _library_text(checkpoint, simple_tokenizer, "The module", 8)
+    assert expected.strip()
+    assert out == "The module" + expected + "\n"
+
+
+def test_generate_json_seeds_and_cache(capsys, checkpoint):
+    args = ["generate", "--checkpoint", str(checkpoint), "--max-new-tokens", "6", "--json"]
+    sampled = [*args, "--temperature", "1.0", "--seed", "7", "--num-samples", "2", "The module"]
+    code, out, _ = _run(capsys, *sampled)
+    assert code == 0
+    result = json.loads(out)
+    assert [s["new_tokens"] for s in result["samples"]] == [6, 6]
+    assert [s["seed"] for s in result["samples"]] == [7, 8]
+    assert result["samples"][0]["text"] != result["samples"][1]["text"]
+    assert json.loads(_run(capsys, *sampled)[1])["samples"][0]["text"] == result["samples"][0]["text"]
+
+    cached = json.loads(_run(capsys, *args, "The module")[1])["samples"][0]
+    uncached = json.loads(_run(capsys, *args, "--no-cache", "The module")[1])["samples"][0]
+    assert cached["token_ids"] == uncached["token_ids"]
+    beams = json.loads(_run(capsys, *args, "--num-beams", "3", "The module")[1])["samples"][0]
+    assert beams["new_tokens"] <= 6
+
+
+def test_generate_from_a_run_directory_and_stdin(capsys, checkpoint, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "latest").write_text(os.path.relpath(checkpoint, run_dir))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("The module"))
+    code, out, _ = _run(capsys, "generate", "--checkpoint", str(run_dir), "--max-new-tokens", "4", "-")
+    code2, out2, _ = _run(
+        capsys, "generate", "--checkpoint", str(checkpoint), "--max-new-tokens", "4", "The module"
+    )
+    assert code == code2 == 0 and out == out2
+
+
+def test_generate_stop_text(capsys, checkpoint, simple_tokenizer):
+    full = _library_text(checkpoint, simple_tokenizer, "The module", 10)
+    stop = full.split()[3]
+    code, out, _ = _run(
+        capsys,
+        "generate",
+        "--checkpoint",
+        str(checkpoint),
+        "--max-new-tokens",
+        "10",
+        "--stop",
+        stop,
+        "The module",
+    )
+    assert code == 0
+    assert out == "The module" + full[: full.index(stop)] + "\n"
+
+
+def test_generate_long_prompt_warns(capsys, checkpoint):
+    code, out, err = _run(
+        capsys, "generate", "--checkpoint", str(checkpoint), "--max-new-tokens", "2", "word " * 60
+    )
+    assert code == 0
+    assert "warning: prompt of 60 tokens is longer than the model's context of 48" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--temperature", "-1"], "temperature must be >= 0"),
+        (["--top-k", "0"], "top_k must be an integer >= 1"),
+        (["--top-k", "100000"], "top_k must be at most the vocabulary size"),
+        (["--top-p", "0"], r"top_p must be in (0, 1]"),
+        (["--top-p", "1.5"], r"top_p must be in (0, 1]"),
+        (["--max-new-tokens", "-1"], "max_new_tokens must be an integer >= 0"),
+        (["--num-beams", "0"], "num_beams must be an integer >= 1"),
+        (["--repetition-penalty", "0"], "repetition_penalty must be > 0"),
+        (["--num-samples", "3"], "identical texts"),
+    ],
+)
+def test_generate_bad_flags(capsys, checkpoint, flags, message):
+    code, out, err = _run(capsys, "generate", "--checkpoint", str(checkpoint), *flags, "The module")
+    assert code == 2
+    assert err.startswith("gptsmith generate: error: ") and message in err
+    assert "Traceback" not in err
+
+
+def test_generate_missing_checkpoint(capsys, tmp_path):
+    code, _, err = _run(capsys, "generate", "--checkpoint", str(tmp_path / "nope"), "hi")
+    assert code == 2
+    assert "checkpoint not found" in err
+
+
+def test_generate_with_gpt2_tokenizer(capsys, tmp_path, gpt2_tokenizer):
+    model = tiny_model(vocab_size=gpt2_tokenizer.vocab_size, context_length=32)
+    directory = save_model(model, tmp_path / "gpt2-tiny", tokenizer="gpt2")
+    code, out, _ = _run(
+        capsys, "generate", "--checkpoint", str(directory), "--max-new-tokens", "12", "--json", "héllo 日本"
+    )
+    assert code == 0
+    sample = json.loads(out)["samples"][0]
+    assert sample["text"] == gpt2_tokenizer.decode(sample["token_ids"])
+
+
+# --- chat ----------------------------------------------------------------------------------------
+
+
+def test_chat_through_piped_stdin(capsys, checkpoint, monkeypatch):
+    monkeypatch.setattr(
+        sys, "stdin", io.StringIO("The module\n/reset\nThe module\n/nonsense\n/exit\nignored\n")
+    )
+    code, out, err = _run(
+        capsys, "chat", "--checkpoint", str(checkpoint), "--temperature", "0", "--max-new-tokens", "5"
+    )
+    assert code == 0
+    replies = out.splitlines()
+    assert len(replies) == 2 and replies[0] == replies[1]  # after /reset the same prompt, same reply
+    assert "plain continuation" in err and "(conversation reset)" in err and "unknown command" in err
+
+
+def test_chat_ends_on_ctrl_d_and_keeps_the_conversation(capsys, instruct_checkpoint, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("The module\nThe module\n"))  # EOF after two turns
+    code, out, err = _run(
+        capsys,
+        "chat",
+        "--checkpoint",
+        str(instruct_checkpoint),
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "4",
+    )
+    assert code == 0
+    assert "instruction template alpaca" in err
+    first, second = out.splitlines()
+    assert first != second  # the second turn sees the first one in its context
+
+
+@pytest.mark.slow
+def test_chat_in_a_subprocess(checkpoint):
+    result = subprocess.run(
+        [sys.executable, "-m", "gptsmith", "chat", "--checkpoint", str(checkpoint), "--max-new-tokens", "3"],
+        input="The module\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 1
+
+
+def test_chat_missing_checkpoint(capsys, tmp_path):
+    code, _, err = _run(capsys, "chat", "--checkpoint", str(tmp_path / "nope"))
+    assert code == 2 and "checkpoint not found" in err
+
+
+# --- the conversation itself ---------------------------------------------------------------------
+
+
+def test_conversation_drops_the_oldest_turns_when_full(simple_tokenizer):
+    conv = Conversation(simple_tokenizer, context_length=20, reply_room=5)
+    for i in range(6):
+        conv.add(f"turn {i} text", "reply here")
+    ids, dropped = conv.prompt_ids("new message")
+    assert len(ids) <= 15 and dropped > 0
+    assert simple_tokenizer.decode(ids).endswith("new message")
+    assert conv.turns[-1] == ("turn 5 text", "reply here") and len(conv.turns) == 6 - dropped
+    long_ids, _ = conv.prompt_ids("word " * 40)  # a message longer than the room: its end is kept
+    assert len(long_ids) == 15
+
+
+def test_alpaca_template(simple_tokenizer):
+    prompt = format_instruction("Name a colour.")
+    assert prompt.startswith("Below is an instruction that describes a task.")
+    assert prompt.endswith("### Instruction:\nName a colour.\n\n### Response:\n")
+    assert "### Input:\nred" in format_instruction("Rhyme.", "red")
+    assert template_from_config({"instruction_template": "alpaca"}) == "alpaca"
+    assert template_from_config({}) is None
+    with pytest.raises(ConfigError, match="does not know"):
+        template_from_config({"instruction_template": "chatml"})
