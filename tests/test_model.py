@@ -207,3 +207,9 @@ def test_a_few_training_steps_lower_the_loss():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 1.0
+
+
+def test_small_cache_overflow_is_a_clear_error(tiny_model):
+    cache = tiny_model.new_cache(batch_size=1, max_length=4)
+    with pytest.raises(GptsmithError, match="KV cache is full: 0 stored \\+ 5 new > 4"):
+        tiny_model(torch.zeros(1, 5, dtype=torch.long), cache=cache)

@@ -236,3 +236,15 @@ def test_hub_name_offline_is_a_clear_error(monkeypatch):
         load_pretrained("gpt2")
     with pytest.raises(CheckpointError, match="checkpoint not found: ./missing-dir"):
         load_pretrained("./missing-dir")
+
+
+def test_save_model_unwraps_compiled_models(tmp_path):
+    class Compiled(torch.nn.Module):  # what torch.compile returns: the model as ._orig_mod
+        def __init__(self, model):
+            super().__init__()
+            self._orig_mod = model
+
+    model = GPTModel(TINY)
+    save_model(Compiled(model), tmp_path)
+    loaded = load_model(tmp_path)
+    torch.testing.assert_close(loaded.tok_emb.weight, model.tok_emb.weight)
