@@ -248,3 +248,21 @@ def test_save_model_unwraps_compiled_models(tmp_path):
     save_model(Compiled(model), tmp_path)
     loaded = load_model(tmp_path)
     torch.testing.assert_close(loaded.tok_emb.weight, model.tok_emb.weight)
+
+
+def test_greedy_tokens_equal_transformers_generate(tmp_path):
+    _, hf_model = _hf_model("tied-2x4")
+    hf_model.save_pretrained(tmp_path)
+    ours = load_pretrained(tmp_path)
+    prompt = torch.tensor([[5, 17, 42, 3]])
+    expected = hf_model.generate(
+        prompt, max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=None, min_length=0
+    )
+    ids, cache = prompt, ours.new_cache(batch_size=1)
+    with torch.no_grad():
+        logits = ours(ids, cache=cache, last_token_only=True)
+        for _ in range(12):  # greedy decoding with the KV cache, one token at a time
+            next_id = logits[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, next_id], dim=1)
+            logits = ours(next_id, cache=cache)
+    assert ids.tolist() == expected.tolist()
