@@ -124,11 +124,11 @@ def ranks_from_whisper_sdist(dest: Path | None = None) -> bytes:
         raise OSError(f"{archives[0].name} has no {WHISPER_RANKS_MEMBER}")
 
 
-def download_gpt2_bpe(*, force: bool = False, report: Report | None = None) -> Path:
+def download_gpt2_bpe(*, force: bool = False, use_pypi: bool = True, report: Report | None = None) -> Path:
     """Make sure GPT-2's ranks file is in the user cache and return its path.
 
-    Tries tiktoken's cache, OpenAI's URL, then the openai-whisper sdist on PyPI; each candidate must
-    match the known sha256. Raises ``DataError`` listing what failed when none works.
+    Tries tiktoken's cache, OpenAI's URL, then (``use_pypi``) the openai-whisper sdist on PyPI; each
+    candidate must match the known sha256. Raises ``DataError`` listing what failed when none works.
     """
     say = report or (lambda _line: None)
     target = gpt2_bpe_cache_path()
@@ -147,8 +147,9 @@ def download_gpt2_bpe(*, force: bool = False, report: Report | None = None) -> P
     sources: list[tuple[str, Callable[[], bytes]]] = [
         ("tiktoken cache", from_tiktoken_cache),
         (GPT2_TIKTOKEN_URL, lambda: fetch_url(GPT2_TIKTOKEN_URL)),
-        (f"PyPI sdist {WHISPER_SDIST}", ranks_from_whisper_sdist),
     ]
+    if use_pypi:
+        sources.append((f"PyPI sdist {WHISPER_SDIST}", ranks_from_whisper_sdist))
     failures = []
     for label, fetch in sources:
         say(f"trying {label} ...")

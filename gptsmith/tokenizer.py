@@ -256,7 +256,7 @@ def resolve_gpt2_bpe(
     if allow_download and not is_offline():
         try:
             # Only the URL here: fetching from PyPI is `gptsmith download gpt2-bpe`'s explicit job.
-            return "tiktoken", (download_gpt2_bpe(),)
+            return "tiktoken", (download_gpt2_bpe(use_pypi=False),)
         except DataError:
             pass
     raise DataError(
