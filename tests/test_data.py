@@ -151,6 +151,19 @@ def test_safe_chunks_give_the_same_ids_as_the_whole_text(gpt2_tokenizer, shared_
     assert sum(gpt2_tokenizer.encode_batch(pieces), []) == gpt2_tokenizer.encode(text)
 
 
+def test_safe_chunks_on_awkward_whitespace(gpt2_tokenizer):
+    import random
+
+    alphabet = ["a", "Hello", " ", "  ", "\n", "\n\n", "\r\n", "\t", "\u00a0", "\u3000", "\x1c", "\u0085",
+                "'s", "'ll", "<|endoftext|>", "12", "345", ".", "!?", "é", "😀", " \n"]
+    for seed in range(300):
+        rng = random.Random(seed)
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 120)))
+        pieces = safe_chunks(text, target_chars=rng.randint(1, 30))
+        assert "".join(pieces) == text
+        assert sum((gpt2_tokenizer.encode(p) for p in pieces), []) == gpt2_tokenizer.encode(text), repr(text)
+
+
 # --- token shards ----------------------------------------------------------------------------------
 
 def test_prepare_joins_documents_and_reuses_the_shard(tmp_path, word_tokenizer):
