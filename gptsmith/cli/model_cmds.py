@@ -166,14 +166,14 @@ def run_convert(args: argparse.Namespace) -> int:
     if out.is_dir() and any(out.iterdir()) and not args.force:
         raise GptsmithError(f"--out {out} is not empty (pass --force to write into it anyway)")
     model = load_pretrained(args.source, dtype=DTYPES[args.dtype] if args.dtype else None)
+    source_path = Path(args.source).expanduser()
+    tokenizer = read_model_config(source_path).get("tokenizer", "gpt2") if source_path.exists() else "gpt2"
     if args.to == "hf":
         export_hf(model, out)
         kind = "Hugging Face GPT-2 directory (load it with GPT2LMHeadModel.from_pretrained)"
+        if tokenizer != "gpt2":
+            kind += f"; note: its tokenizer {tokenizer!r} has no Hugging Face equivalent, ids will not match"
     else:
-        tokenizer = "gpt2"
-        source_path = Path(args.source).expanduser()
-        if source_path.exists():
-            tokenizer = read_model_config(source_path).get("tokenizer", "gpt2")
         save_model(model, out, tokenizer=tokenizer, extra={"converted_from": str(args.source)})
         kind = "gptsmith checkpoint"
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
