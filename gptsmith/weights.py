@@ -28,13 +28,20 @@ import torch
 
 from gptsmith.config import from_dict
 from gptsmith.errors import CheckpointError, ConfigError
-from gptsmith.model import GPTConfig, GPTModel
+from gptsmith.model import PRESETS, GPTConfig, GPTModel
 
 FORMAT_NAME = "gptsmith"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 LATEST_FILE = "latest"
+# Our GPT-2 preset names -> the Hugging Face hub repositories of OpenAI's released weights.
+PRESET_HUB_NAMES = {
+    "gpt2-small": "gpt2",
+    "gpt2-medium": "gpt2-medium",
+    "gpt2-large": "gpt2-large",
+    "gpt2-xl": "gpt2-xl",
+}
 TIED_KEY = "out_head.weight"  # not stored when the head is tied to tok_emb.weight
 
 
@@ -336,14 +343,21 @@ def load_pretrained(
     """Load weights by path or name, in eval mode.
 
     ``name_or_path`` may be our model directory, a run directory, a Hugging Face GPT-2 directory
-    (config.json + model.safetensors or pytorch_model.bin), or a hub name such as ``gpt2`` or
-    ``gpt2-medium`` (downloaded through ``huggingface_hub`` into its cache; needs the network
-    the first time).
+    (config.json + model.safetensors or pytorch_model.bin), a hub name such as ``gpt2`` or
+    ``gpt2-medium``, or a GPT-2 preset name (``gpt2-small`` means hub ``gpt2``). Hub models are
+    downloaded through ``huggingface_hub`` into its cache (the network is needed the first time).
     """
     path = Path(name_or_path).expanduser()
     if path.exists():
         return load_model(path, device=device, dtype=dtype)
     name = str(name_or_path)
+    if name in PRESETS:  # our GPT-2 preset names mean OpenAI's released weights
+        if name not in PRESET_HUB_NAMES:
+            raise CheckpointError(
+                f"preset {name!r} has no pretrained weights; build it untrained with "
+                f"GPTModel(GPTConfig.from_preset({name!r})) or train it with `gptsmith train`"
+            )
+        name = PRESET_HUB_NAMES[name]
     if name.startswith((".", "/", "~")) or name.endswith("/") or name.count("/") > 1:
         raise CheckpointError(
             f"checkpoint not found: {name} (pass a model directory, a run directory or a hub name)"

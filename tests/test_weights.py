@@ -238,6 +238,22 @@ def test_hub_name_offline_is_a_clear_error(monkeypatch):
         load_pretrained("./missing-dir")
 
 
+def test_preset_names_map_to_openai_weights(monkeypatch):
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    asked = []
+
+    def record(repo_id, **kwargs):
+        asked.append(repo_id)
+        raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", record)
+    with pytest.raises(CheckpointError, match="cannot get 'gpt2'"):
+        load_pretrained("gpt2-small")
+    assert set(asked) == {"gpt2"}
+    with pytest.raises(CheckpointError, match="preset 'tiny' has no pretrained weights"):
+        load_pretrained("tiny")
+
+
 def test_save_model_unwraps_compiled_models(tmp_path):
     class Compiled(torch.nn.Module):  # what torch.compile returns: the model as ._orig_mod
         def __init__(self, model):
