@@ -27,6 +27,7 @@ setup-dev: $(VENV)/.torch
 	$(BIN)/pip install -q -e ".[dev]"
 
 run: setup
+	$(BIN)/gptsmith download gpt2-bpe
 	$(BIN)/gptsmith train --out $(RUN_DIR)
 	$(BIN)/gptsmith generate --checkpoint $(RUN_DIR) --max-new-tokens 60 "The module"
 
