@@ -1,0 +1,169 @@
+"""Exact resume: a stopped, killed or corrupted run continues with bit-identical losses on CPU.
+
+Bit-identical (not merely close) because everything a step depends on is restored: weights,
+AdamW moments and step counts, the data sampler's (epoch, position), and the torch/numpy/python
+RNG states (dropout is on in these tests); CPU kernels are deterministic for a fixed thread count.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptsmith import checkpointing as ckpt
+from gptsmith.cli import main
+from gptsmith.errors import CheckpointError
+from gptsmith.model import GPTConfig
+from gptsmith.trainer import TrainCallbacks
+from gptsmith.weights import load_model
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train import TINY, make_trainer, tiny_config  # noqa: E402
+
+DROPOUT = GPTConfig(**{**TINY.to_dict(), "drop_rate": 0.1})
+
+
+def resume_config(**overrides):
+    base = dict(max_steps=12, eval_every=4, checkpoint_every=4, target_batch_tokens=256)
+    return tiny_config(**{**base, **overrides})
+
+
+class StopAt(TrainCallbacks):
+    def __init__(self, trainer, step, how="request"):
+        self.trainer, self.step, self.how = trainer, step, how
+
+    def on_step(self, info):
+        if info["step"] == self.step:
+            if self.how == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)  # handled: finish the step, checkpoint, stop
+            else:
+                self.trainer.request_stop()
+
+
+def uninterrupted(tmp_path):
+    return make_trainer(tmp_path / "full", resume_config(), model_cfg=DROPOUT).fit()
+
+
+@pytest.mark.parametrize("how", ["request", "sigterm"])
+def test_stopped_run_resumes_bit_identically(tmp_path, how):
+    full = uninterrupted(tmp_path)
+    trainer = make_trainer(tmp_path / "run", resume_config(), model_cfg=DROPOUT)
+    trainer.callbacks = StopAt(trainer, 6, how)  # between checkpoints 4 and 8: a checkpoint at 6 is written
+    stopped = trainer.fit()
+    assert stopped.stopped == "interrupted" and stopped.step == 6
+    assert (tmp_path / "run" / "latest").read_text().strip() == "checkpoints/step-000006"
+    resumed = make_trainer(tmp_path / "run", resume_config(), model_cfg=DROPOUT)
+    resumed.resume()
+    rest = resumed.fit()
+    assert stopped.losses + rest.losses == full.losses  # exact equality of floats
+    assert rest.evals[-1]["val_loss"] == full.evals[-1]["val_loss"]
+    train_records = [r["loss"] for r in ckpt.read_metrics(tmp_path / "run") if r["kind"] == "train"]
+    assert train_records == full.losses
+
+
+def test_corrupt_checkpoint_is_refused_and_fallback_uses_the_previous_one(tmp_path):
+    full = uninterrupted(tmp_path)
+    run = tmp_path / "run"
+    trainer = make_trainer(run, resume_config(), model_cfg=DROPOUT)
+    trainer.callbacks = StopAt(trainer, 8)
+    trainer.fit()
+    weights = run / "checkpoints" / "step-000008" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a torn write from another tool
+    with pytest.raises(CheckpointError, match=r"step-000008/model.safetensors.*truncated or corrupt"):
+        make_trainer(run, resume_config(), model_cfg=DROPOUT).resume()
+    resumed = make_trainer(run, resume_config(), model_cfg=DROPOUT)
+    problems = resumed.resume(fallback=True)
+    assert resumed.step == 4 and "step-000008" in problems[0]
+    assert resumed.fit().losses == full.losses[4:]
+
+
+def test_partial_checkpoints_are_refused_with_their_path(tmp_path):
+    run = tmp_path / "run"
+    make_trainer(run, resume_config(max_steps=8)).fit()
+    latest = run / "checkpoints" / "step-000008"
+    (latest / "training_state.pt").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(CheckpointError, match=r"cannot load .*step-000008/training_state.pt"):
+        make_trainer(run, resume_config()).resume()
+    (latest / "config.json").unlink()
+    with pytest.raises(CheckpointError, match=r"step-000008 has no config.json .*--fallback"):
+        make_trainer(run, resume_config()).resume()
+
+
+def test_resume_with_a_different_model_config_names_the_difference(tmp_path):
+    run = tmp_path / "run"
+    make_trainer(run, resume_config(max_steps=4)).fit()
+    wider = GPTConfig(**{**TINY.to_dict(), "emb_dim": 64})
+    with pytest.raises(CheckpointError, match=r"different model config: emb_dim=32 there vs 64 here"):
+        make_trainer(run, resume_config(), model_cfg=wider).resume()
+
+
+# --- through the command line, with a real SIGKILL ----------------------------------------------
+
+MODEL_YAML = """model:
+  preset: tiny
+  context_length: 32
+  emb_dim: 32
+  n_heads: 2
+  n_layers: 2
+  drop_rate: 0.1
+train:
+  batch_size: 4
+  lr: 0.005
+  warmup_steps: 4
+  eval_batches: 2
+  sample_tokens: 8
+"""
+
+
+def write_cli_inputs(tmp_path: Path) -> tuple[Path, Path]:
+    from gptsmith.corpus import builtin_documents
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(builtin_documents()[:6]), encoding="utf-8")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(MODEL_YAML, encoding="utf-8")
+    return corpus, config
+
+
+def cli_args(corpus, config, out, steps=60):
+    return ["train", "--data", str(corpus), "--tokenizer", "simple", "--config", str(config),
+            "--out", str(out), "--max-steps", str(steps), "--eval-every", "20", "--checkpoint-every", "10",
+            "--device", "cpu", "--dtype", "fp32", "--no-progress"]
+
+
+def train_losses(run_dir: Path) -> list[float]:
+    return [r["loss"] for r in ckpt.read_metrics(run_dir) if r["kind"] == "train"]
+
+
+@pytest.mark.slow
+def test_run_killed_between_checkpoints_resumes_and_matches(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPTSMITH_CACHE_DIR", str(tmp_path / "cache"))
+    corpus, config = write_cli_inputs(tmp_path)
+    assert main(cli_args(corpus, config, tmp_path / "full")) == 0
+    expected = train_losses(tmp_path / "full")
+    assert len(expected) == 60
+
+    run = tmp_path / "killed"
+    env = {**os.environ, "GPTSMITH_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "gptsmith", *cli_args(corpus, config, run)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (run / "latest").is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)  # no handler can run: whatever is on disk is all there is
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    killed_at = ckpt.read_pointer(run, "latest")
+    assert killed_at is not None and int(killed_at[-6:]) < 60
+
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert train_losses(run) == expected  # bit-identical, steps before and after the kill
+    final, reference = load_model(run).state_dict(), load_model(tmp_path / "full").state_dict()
+    assert all(torch.equal(final[name], reference[name]) for name in reference)
