@@ -112,7 +112,8 @@ class Trainer:
                 f"the validation split has {len(val_tokens):,} tokens, fewer than one window of "
                 f"context_length {self.context_length} + 1 (lower --context-length or use more data)"
             )
-        eval_batch = min(cfg.batch_size, val_windows)
+        # Scored with the global batch size, so the numbers do not depend on the number of processes.
+        eval_batch = min(cfg.batch_size * self.dist.world_size, val_windows)
         self.train_eval = FixedBatches(train_tokens, self.context_length, eval_batch, cfg.eval_batches)
         self.val_eval = FixedBatches(val_tokens, self.context_length, eval_batch, cfg.eval_batches)
 
