@@ -1,0 +1,96 @@
+"""`gptsmith train` and `gptsmith eval` end to end (tiny model, simple tokenizer, small corpus)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from gptsmith.cli import main
+from gptsmith.weights import load_model
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_resume import write_cli_inputs  # noqa: E402
+
+
+@pytest.fixture
+def inputs(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPTSMITH_CACHE_DIR", str(tmp_path / "cache"))
+    return write_cli_inputs(tmp_path)
+
+
+def train_args(corpus, config, out, *extra):
+    return ["train", "--data", str(corpus), "--tokenizer", "simple", "--config", str(config),
+            "--out", str(out), "--device", "cpu", "--no-progress", *extra]
+
+
+def test_train_eval_and_resume_from_the_command_line(inputs, tmp_path, capsys):
+    corpus, config = inputs
+    run = tmp_path / "run"
+    assert main(train_args(corpus, config, run, "--max-steps", "20", "--eval-every", "10")) == 0
+    out = capsys.readouterr().out
+    assert "step     0 | train loss" in out and "step    20 | train loss" in out
+    assert "sample: " in out and f"gptsmith generate --checkpoint {run}" in out
+    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    val = [r["val_loss"] for r in evals if r["kind"] == "eval"]
+    assert val[-1] < val[0] - 1.0  # validation loss falls
+    for name in ("run.json", "latest", "best", "loss.png", "samples.txt", "checkpoints/step-000020"):
+        assert (run / name).exists(), name
+    assert load_model(run).cfg.vocab_size == 4997  # the simple tokenizer's vocabulary
+
+    assert main(["eval", "--checkpoint", str(run), "--max-batches", "2"]) == 0
+    out = capsys.readouterr().out
+    val_line = next(line for line in out.splitlines() if line.strip().startswith("val:"))
+    loss = float(val_line.split("loss")[1].split()[0])
+    assert loss < math.log(4997) - 1.0 and "perplexity" in val_line
+
+    assert main(["train", "--resume", str(run), "--max-steps", "25", "--no-progress"]) == 0
+    assert "resuming" in capsys.readouterr().out
+    assert (run / "latest").read_text().strip() == "checkpoints/step-000025"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--lr", "0"], "--lr must be > 0, got 0.0"),
+        (["--lr", "-0.1"], "--lr must be > 0"),
+        (["--batch-size", "5000"], "fewer than one batch of 5000"),
+        (["--context-length", "100000"], "context_length 100000"),
+        (["--preset", "nope"], "unknown model preset 'nope'"),
+        (["--recipe", "nope"], "unknown recipe 'nope'"),
+    ],
+)
+def test_bad_train_flags_are_one_line_errors(inputs, tmp_path, capsys, extra, message):
+    corpus, config = inputs
+    assert main(train_args(corpus, config, tmp_path / "bad", "--max-steps", "2", *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gptsmith train: error: ") and message in err and "Traceback" not in err
+
+
+def test_existing_run_and_resume_flags_are_checked(inputs, tmp_path, capsys):
+    corpus, config = inputs
+    run = tmp_path / "run"
+    assert main(train_args(corpus, config, run, "--max-steps", "2", "--eval-every", "2")) == 0
+    assert main(train_args(corpus, config, run, "--max-steps", "2")) == 2
+    assert "already holds a run (continue it with --resume" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--lr", "0.1"]) == 2
+    assert "--lr cannot change when resuming" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "missing")]) == 2
+    assert "run.json not found" in capsys.readouterr().err
+    assert main(train_args(corpus, config, run, "--max-steps", "2", "--eval-every", "2", "--overwrite")) == 0
+
+
+@pytest.mark.slow
+def test_eval_of_an_untrained_gpt2_small_is_about_ln_vocab(shared_data, gpt2_bpe_dir, monkeypatch, capsys):
+    monkeypatch.setenv("GPTSMITH_GPT2_BPE", str(gpt2_bpe_dir))
+    monkeypatch.setenv("GPTSMITH_DATA_DIR", str(shared_data))
+    args = ["eval", "--preset", "gpt2-small", "--data", str(shared_data / "the-verdict.txt"),
+            "--max-batches", "1", "--batch-size", "2", "--context-length", "64", "--device", "cpu"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    val_line = next(line for line in out.splitlines() if line.strip().startswith("val:"))
+    assert 10.7 < float(val_line.split("loss")[1].split()[0]) < 11.5
+    assert "ln(50257) = 10.82" in out
