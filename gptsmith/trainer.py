@@ -84,7 +84,7 @@ class Trainer:
         self.dist: DistContext = init_distributed(self.device)
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
-        self.amp_dtype = resolve_autocast_dtype(cfg.dtype, self.device)
+        self.amp_dtype = resolve_autocast_dtype(cfg.dtype, self.device, model.cfg.emb_dim)
         self.model = model.to(self.device)
         self.model.train()
         self.context_length = cfg.context_length or model.cfg.context_length
