@@ -11,6 +11,8 @@ followed by the new ids, shape (batch, n). Options:
   ``attention_mask``) — every row gets what it would get alone;
 - ``use_cache`` (default): prefill the prompt once, then feed one token per step.
 
+``optimize_for_decoding(model)`` re-lays out the weights for faster CPU decoding (the CLI does it).
+
 Prompts longer than the model's context are cropped to their most recent tokens (with a warning),
 and the window keeps sliding as text is generated. ``stream_text`` yields text as it is produced.
 """
@@ -25,7 +27,7 @@ from typing import Any
 
 import torch
 
-from gptsmith.decoding import DecodeState, TokenPicker
+from gptsmith.decoding import DecodeState, TokenPicker, optimize_for_decoding  # noqa: F401 (public API)
 from gptsmith.errors import ConfigError, GptsmithError
 from gptsmith.stopping import StopChecker, StopSequence, find_stop, normalise_stops, token_bytes
 

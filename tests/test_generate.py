@@ -362,3 +362,16 @@ def test_stream_keeps_the_spaces_of_a_word_level_tokenizer():
     model = scripted_model(ids[1:] + [tok.eot_id], prompt_length=1, vocab_size=tok.vocab_size)
     text = "".join(stream_text(model, tok, ids[:1], 20, eos_id=tok.eot_id))
     assert "the" + text == tok.decode(ids) == "the cat sat on a mat."
+
+
+def test_optimize_for_decoding_keeps_outputs_and_checkpoints(tmp_path, prompt):
+    from gptsmith.generate import optimize_for_decoding
+    from gptsmith.weights import load_model, save_model
+
+    net = tiny_model()
+    before = generate(net, prompt, 20)
+    optimize_for_decoding(net)
+    assert net.trf_blocks[0].att.qkv.weight.stride() == (1, net.trf_blocks[0].att.qkv.weight.shape[0])
+    assert torch.equal(generate(net, prompt, 20), before)
+    reloaded = load_model(save_model(net, tmp_path / "m"))
+    assert torch.equal(generate(reloaded, prompt, 20), before)
