@@ -259,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     notes += [
         f"copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write); weights read per token: fp32 "
         f"{fp32_bytes / 1e6:.0f} MB -> bound {bandwidth / fp32_bytes:.1f} tokens/s "
-        f"(bf16: x2, int8: x4 fewer bytes); read-only bandwidth (tensor.sum) {read_bandwidth() / 1e9:.1f} GB/s",
+        f"(bf16: x2, int8: x4 fewer bytes)",
+        f"read-only bandwidth (tensor.sum) {read_bandwidth() / 1e9:.1f} GB/s, for comparison",
         "decode tokens/s = (n - 1) / (t(n tokens) - t(1 token)); same weights; greedy tokens checked equal",
     ]
     text = print_report(
