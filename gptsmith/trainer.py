@@ -190,8 +190,7 @@ class Trainer:
         is_main = self.dist.is_main
         if is_main and self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            if self.resumed_from is None:
-                self._write_run_info()
+            self._write_run_info()  # on resume too: a new --max-steps must stick for the next resume
         if is_main:
             self.callbacks.on_start({
                 "start_step": self.step, "max_steps": cfg.max_steps, "tokens_per_step": self.tokens_per_step,
@@ -356,7 +355,7 @@ class Trainer:
         return to_dict(self.cfg)
 
     def _write_run_info(self) -> None:
-        info = {"model": self.model.cfg.to_dict(), "train": self._train_config_dict(),
+        info = {"model": self.model.cfg.to_dict(), "train": self._train_config_dict(), "seed": self.cfg.seed,
                 "versions": environment_info(), "world_size": self.dist.world_size, **self.run_info}
         atomic_write_json(self.run_dir / ckpt.RUN_FILE, info)
 
