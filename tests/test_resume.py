@@ -47,13 +47,14 @@ class StopAt(TrainCallbacks):
                 self.trainer.request_stop()
 
 
-def uninterrupted(tmp_path):
-    return make_trainer(tmp_path / "full", resume_config(), model_cfg=DROPOUT).fit()
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    """The uninterrupted run every interrupted one must reproduce (computed once)."""
+    return make_trainer(tmp_path_factory.mktemp("full") / "run", resume_config(), model_cfg=DROPOUT).fit()
 
 
 @pytest.mark.parametrize("how", ["request", "sigterm"])
-def test_stopped_run_resumes_bit_identically(tmp_path, how):
-    full = uninterrupted(tmp_path)
+def test_stopped_run_resumes_bit_identically(tmp_path, how, full):
     trainer = make_trainer(tmp_path / "run", resume_config(), model_cfg=DROPOUT)
     trainer.callbacks = StopAt(trainer, 6, how)  # between checkpoints 4 and 8: a checkpoint at 6 is written
     stopped = trainer.fit()
@@ -68,8 +69,7 @@ def test_stopped_run_resumes_bit_identically(tmp_path, how):
     assert train_records == full.losses
 
 
-def test_corrupt_checkpoint_is_refused_and_fallback_uses_the_previous_one(tmp_path):
-    full = uninterrupted(tmp_path)
+def test_corrupt_checkpoint_is_refused_and_fallback_uses_the_previous_one(tmp_path, full):
     run = tmp_path / "run"
     trainer = make_trainer(run, resume_config(), model_cfg=DROPOUT)
     trainer.callbacks = StopAt(trainer, 8)

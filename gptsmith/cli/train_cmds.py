@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -147,7 +148,8 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         model_cfg, train_cfg = build_configs(args)
         run_dir = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-        _claim_run_dir(run_dir, overwrite=args.overwrite)
+        if _rank() == 0:  # under torchrun, one process decides (the others would race with it)
+            _claim_run_dir(run_dir, overwrite=args.overwrite)
 
     tokenizer = get_tokenizer(train_cfg.tokenizer)
     if not args.resume and model_cfg.vocab_size != tokenizer.vocab_size:
@@ -213,10 +215,17 @@ def _claim_run_dir(run_dir: Path, *, overwrite: bool) -> None:
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (0 when run alone)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def _say(message: str) -> None:
+    """Print one line above the progress bar (rank 0 only)."""
     from tqdm import tqdm
 
-    tqdm.write(message, file=sys.stdout)
+    if _rank() == 0:
+        tqdm.write(message, file=sys.stdout)
 
 
 class ProgressPrinter:
