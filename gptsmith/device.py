@@ -82,3 +82,35 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+
+
+_ALLOCATOR_TUNED = False
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed memory for reuse instead of returning it to the OS (Linux/glibc only).
+
+    A training step allocates and frees the same large buffers every time (the logits alone are
+    batch × context × vocab floats: 200 MB for the tiny preset). glibc serves blocks that large
+    with a fresh ``mmap`` and unmaps them on free, so every step pays ~250k page faults, zeroing
+    every page again — on a 2-core EPYC that made a tiny-preset step 3-4x slower (measured:
+    ~0.55 s of system time per step before, 0.015 s after). Raising the mmap and trim thresholds
+    makes glibc keep the memory in its heap and hand it back on the next step. The price: the
+    process's resident memory does not shrink after a peak. Returns True when applied.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED:
+        return True
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
+        ok = libc.mallopt(m_mmap_threshold, 1 << 30) == 1 and libc.mallopt(m_trim_threshold, 2**31 - 1) == 1
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
+        return False
+    _ALLOCATOR_TUNED = ok
+    return ok

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from gptsmith import checkpointing as ckpt
 from gptsmith.batches import FixedBatches, WindowSampler, count_windows
-from gptsmith.device import autocast, resolve_autocast_dtype, resolve_device
+from gptsmith.device import autocast, resolve_autocast_dtype, resolve_device, tune_cpu_allocator
 from gptsmith.distributed import DistContext, all_reduce_mean, any_rank, barrier, init_distributed
 from gptsmith.errors import CheckpointError, ConfigError, DataError
 from gptsmith.schedule import build_optimizer, lr_at_step
@@ -85,6 +85,8 @@ class Trainer:
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
         self.amp_dtype = resolve_autocast_dtype(cfg.dtype, self.device, model.cfg.emb_dim)
+        if self.device.type == "cpu":
+            tune_cpu_allocator()  # 3-4x faster steps on Linux: no page faults for the big buffers
         self.model = model.to(self.device)
         self.model.train()
         self.context_length = cfg.context_length or model.cfg.context_length
