@@ -17,8 +17,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "default": {
         "preset": "tiny",
         "model": {},
-        "train": {"data": "builtin", "batch_size": 8, "max_steps": 300, "lr": 2e-3, "warmup_steps": 20,
-                  "eval_every": 50, "eval_batches": 10, "sample_prompt": "The module"},
+        "train": {"data": "builtin", "batch_size": 8, "max_steps": 500, "lr": 2e-3, "warmup_steps": 20,
+                  "eval_every": 100, "eval_batches": 10, "sample_prompt": "The module"},
         "notes": "builtin corpus (Python's pydoc topics, ~0.46 MB of text)",
     },
     # The seeds' corpus: one short story (~5k GPT-2 tokens). It overfits quickly; the point is to

@@ -31,7 +31,7 @@ DROPOUT = GPTConfig(**{**TINY.to_dict(), "drop_rate": 0.1})
 
 
 def resume_config(**overrides):
-    base = dict(max_steps=12, eval_every=4, checkpoint_every=4, target_batch_tokens=256)
+    base = dict(max_steps=12, eval_every=12, checkpoint_every=4, target_batch_tokens=256)
     return tiny_config(**{**base, **overrides})
 
 
@@ -132,9 +132,9 @@ def write_cli_inputs(tmp_path: Path) -> tuple[Path, Path]:
     return corpus, config
 
 
-def cli_args(corpus, config, out, steps=60):
+def cli_args(corpus, config, out, steps=30):
     return ["train", "--data", str(corpus), "--tokenizer", "simple", "--config", str(config),
-            "--out", str(out), "--max-steps", str(steps), "--eval-every", "20", "--checkpoint-every", "10",
+            "--out", str(out), "--max-steps", str(steps), "--eval-every", "15", "--checkpoint-every", "5",
             "--device", "cpu", "--dtype", "fp32", "--no-progress"]
 
 
@@ -148,7 +148,7 @@ def test_run_killed_between_checkpoints_resumes_and_matches(tmp_path, monkeypatc
     corpus, config = write_cli_inputs(tmp_path)
     assert main(cli_args(corpus, config, tmp_path / "full")) == 0
     expected = train_losses(tmp_path / "full")
-    assert len(expected) == 60
+    assert len(expected) == 30
 
     run = tmp_path / "killed"
     env = {**os.environ, "GPTSMITH_CACHE_DIR": str(tmp_path / "cache")}
@@ -161,7 +161,7 @@ def test_run_killed_between_checkpoints_resumes_and_matches(tmp_path, monkeypatc
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
     killed_at = ckpt.read_pointer(run, "latest")
-    assert killed_at is not None and int(killed_at[-6:]) < 60
+    assert killed_at is not None and int(killed_at[-6:]) < 30
 
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     assert train_losses(run) == expected  # bit-identical, steps before and after the kill
