@@ -278,7 +278,7 @@ def run_eval(args: argparse.Namespace) -> int:
     import torch
 
     from gptsmith.batches import FixedBatches, count_windows
-    from gptsmith.device import resolve_device, set_seed
+    from gptsmith.device import resolve_device, set_seed, tune_cpu_allocator
     from gptsmith.errors import DataError
     from gptsmith.model import GPTConfig, GPTModel
     from gptsmith.tokenizer import get_tokenizer
@@ -286,6 +286,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from gptsmith.weights import load_model, read_model_config, resolve_model_dir
 
     device = resolve_device(args.device)
+    if device.type == "cpu":
+        tune_cpu_allocator()  # the logits of every batch are big buffers: avoid re-faulting them
     run_train_cfg: dict = {}
     if args.checkpoint:
         model_dir = resolve_model_dir(args.checkpoint)
