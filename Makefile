@@ -28,7 +28,7 @@ setup-dev: $(VENV)/.torch
 
 run: setup
 	$(BIN)/gptsmith download gpt2-bpe
-	$(BIN)/gptsmith train --out $(RUN_DIR)
+	$(BIN)/gptsmith train --out $(RUN_DIR) --overwrite
 	$(BIN)/gptsmith generate --checkpoint $(RUN_DIR) --max-new-tokens 60 "The module"
 
 test: setup-dev
