@@ -20,20 +20,13 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from gptsmith.data import SlidingWindowDataset, count_windows
 from gptsmith.errors import DataError
 
 
-def count_windows(n_tokens: int, context_length: int) -> int:
-    """How many non-overlapping (input, target) windows of ``context_length`` fit in ``n_tokens``."""
-    return max(0, (n_tokens - 1) // context_length)
-
-
-def window_batch(tokens: np.ndarray, starts: np.ndarray, context_length: int) -> tuple[torch.Tensor, ...]:
-    """Gather windows beginning at ``starts`` into (inputs, targets), each (len(starts), context_length)."""
-    offsets = np.arange(context_length + 1)
-    rows = np.asarray(tokens[starts[:, None] + offsets[None, :]], dtype=np.int64)  # (batch, ctx + 1)
-    rows = torch.from_numpy(rows)
-    return rows[:, :-1], rows[:, 1:]
+def training_windows(tokens: np.ndarray, context_length: int) -> SlidingWindowDataset:
+    """The non-overlapping windows of ``tokens`` (stride = context_length) the trainer draws from."""
+    return SlidingWindowDataset(tokens, context_length, stride=context_length)
 
 
 class WindowSampler:
@@ -56,7 +49,7 @@ class WindowSampler:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
-        self.n_windows = count_windows(len(tokens), context_length)
+        self.n_windows = count_windows(len(tokens), context_length, context_length)
         global_batch = batch_size * world_size
         if self.n_windows < global_batch:
             raise DataError(
@@ -65,6 +58,7 @@ class WindowSampler:
                 f"(batch_size {batch_size} x {world_size} process(es)); lower --batch-size or "
                 "--context-length, or use a larger corpus"
             )
+        self.windows = training_windows(tokens, context_length)
         self.epoch = 0
         self.position = 0
         self._order = self._epoch_order(0)
@@ -101,20 +95,19 @@ class WindowSampler:
             needed -= take
         windows = np.concatenate(picked)
         mine = windows[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
-        return window_batch(self.tokens, mine * self.context_length, self.context_length)
+        return self.windows.batch(mine)
 
 
 def fixed_batches(
     tokens: np.ndarray, context_length: int, batch_size: int, max_batches: int | None = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The first ``max_batches`` batches of windows in order (the fixed set evaluation scores)."""
-    n_windows = count_windows(len(tokens), context_length)
-    n_batches = n_windows // batch_size
+    windows = training_windows(tokens, context_length)
+    n_batches = len(windows) // batch_size
     if max_batches is not None:
         n_batches = min(n_batches, max_batches)
     for b in range(n_batches):
-        starts = np.arange(b * batch_size, (b + 1) * batch_size) * context_length
-        yield window_batch(tokens, starts, context_length)
+        yield windows.batch(np.arange(b * batch_size, (b + 1) * batch_size))
 
 
 class FixedBatches:
@@ -128,5 +121,5 @@ class FixedBatches:
         return fixed_batches(self.tokens, self.context_length, self.batch_size, self.max_batches)
 
     def __len__(self) -> int:
-        n = count_windows(len(self.tokens), self.context_length) // self.batch_size
+        n = count_windows(len(self.tokens), self.context_length, self.context_length) // self.batch_size
         return n if self.max_batches is None else min(n, self.max_batches)

@@ -30,6 +30,7 @@ from gptsmith.tokenizer import Tokenizer, get_tokenizer
 __all__ = [
     "CorpusSource",
     "SlidingWindowDataset",
+    "count_windows",
     "TokenShard",
     "create_dataloader",
     "input_embeddings",
@@ -85,6 +86,11 @@ def split_tokens(
     return parts
 
 
+def count_windows(n_tokens: int, max_length: int, stride: int) -> int:
+    """How many (input, target) windows of ``max_length`` tokens, ``stride`` apart, fit in ``n_tokens``."""
+    return max(0, (n_tokens - max_length - 1) // stride + 1)
+
+
 class SlidingWindowDataset(Dataset):
     """(input_ids, target_ids) windows of ``max_length`` tokens every ``stride`` tokens.
 
@@ -110,7 +116,7 @@ class SlidingWindowDataset(Dataset):
                 f"corpus has {n} tokens, fewer than max_length + 1 = {max_length + 1} needed for one "
                 "window; use a smaller max_length (context length) or a longer corpus"
             )
-        self._length = (n - max_length - 1) // stride + 1
+        self._length = count_windows(n, max_length, stride)
 
     def __len__(self) -> int:
         return self._length
@@ -123,6 +129,18 @@ class SlidingWindowDataset(Dataset):
         start = index * self.stride
         chunk = torch.from_numpy(np.asarray(self.tokens[start : start + self.max_length + 1], dtype=np.int64))
         return chunk[:-1], chunk[1:]  # (max_length,), (max_length,)
+
+    def batch(self, indices: np.ndarray | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Windows ``indices`` stacked in one gather: (inputs, targets), each (len(indices), max_length).
+
+        The same windows as ``__getitem__`` (the trainer draws its batches this way, without a
+        DataLoader, so that its data position is two integers it can checkpoint).
+        """
+        starts = np.asarray(indices, dtype=np.int64) * self.stride
+        offsets = np.arange(self.max_length + 1)
+        rows = np.asarray(self.tokens[starts[:, None] + offsets[None, :]], dtype=np.int64)  # (batch, L + 1)
+        rows = torch.from_numpy(rows)
+        return rows[:, :-1], rows[:, 1:]
 
     def __getstate__(self) -> dict[str, Any]:
         # A memmap would pickle as a full in-memory copy; worker processes reopen the file instead.

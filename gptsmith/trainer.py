@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from gptsmith import checkpointing as ckpt
-from gptsmith.batches import FixedBatches, WindowSampler, count_windows
+from gptsmith.batches import FixedBatches, WindowSampler
+from gptsmith.data import count_windows
 from gptsmith.device import autocast, resolve_autocast_dtype, resolve_device, tune_cpu_allocator
 from gptsmith.distributed import DistContext, all_reduce_mean, any_rank, barrier, init_distributed
 from gptsmith.errors import CheckpointError, ConfigError, DataError
@@ -108,7 +109,7 @@ class Trainer:
 
         self.sampler = WindowSampler(train_tokens, self.context_length, cfg.batch_size, seed=cfg.seed,
                                      rank=self.dist.rank, world_size=self.dist.world_size)
-        val_windows = count_windows(len(val_tokens), self.context_length)
+        val_windows = count_windows(len(val_tokens), self.context_length, self.context_length)
         if val_windows == 0:
             raise DataError(
                 f"the validation split has {len(val_tokens):,} tokens, fewer than one window of "

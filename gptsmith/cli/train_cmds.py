@@ -277,7 +277,8 @@ class ProgressPrinter:
 def run_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from gptsmith.batches import FixedBatches, count_windows
+    from gptsmith.batches import FixedBatches
+    from gptsmith.data import count_windows
     from gptsmith.device import resolve_device, set_seed, tune_cpu_allocator
     from gptsmith.errors import DataError
     from gptsmith.model import GPTConfig, GPTModel
@@ -312,7 +313,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"--context-length {context_length} exceeds the model's {model.cfg.context_length}")
     print(f"model: {label} ({model.num_parameters() / 1e6:.1f}M parameters); data: {data}")
     for split, tokens in (("train", train_tokens), ("val", val_tokens)):
-        n_windows = count_windows(len(tokens), context_length)
+        n_windows = count_windows(len(tokens), context_length, context_length)
         if n_windows == 0:
             raise DataError(f"the {split} split of {data} has {len(tokens)} tokens, fewer than one window of "
                             f"{context_length} + 1 (lower --context-length)")
