@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,9 +71,13 @@ def test_help_of_each_readme_verb_works(verb, capsys):
     assert "usage: gptsmith" in capsys.readouterr().out
 
 
-def test_console_script_runs():
-    result = subprocess.run(
-        ["python", "-m", "gptsmith", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120
-    )
-    assert result.returncode == 0
+@pytest.mark.parametrize("how", ["console-script", "python-m"])
+def test_console_script_runs(how):
+    # The interpreter running the tests (the venv's), never whatever `python` is first on PATH.
+    script = Path(sys.executable).with_name("gptsmith")
+    if how == "console-script" and not script.exists():
+        pytest.skip(f"no console script beside {sys.executable} (package not installed with pip)")
+    command = [str(script)] if how == "console-script" else [sys.executable, "-m", "gptsmith"]
+    result = subprocess.run(command + ["--help"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
     assert "train" in result.stdout and "generate" in result.stdout
