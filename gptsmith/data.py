@@ -15,6 +15,7 @@ The path of the data, step by step:
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -99,10 +100,8 @@ class SlidingWindowDataset(Dataset):
     """
 
     def __init__(self, tokens: np.ndarray | Sequence[int] | torch.Tensor, max_length: int, stride: int):
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
-            raise ConfigError(f"max_length must be a whole number >= 1, got {max_length!r}")
-        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-            raise ConfigError(f"stride must be a whole number >= 1, got {stride!r}")
+        max_length = whole_number("max_length", max_length)
+        stride = whole_number("stride", stride)
         if isinstance(tokens, torch.Tensor):
             tokens = tokens.detach().cpu().numpy()
         self.tokens = tokens if isinstance(tokens, np.ndarray) else np.asarray(tokens, dtype=np.int64)
@@ -145,9 +144,9 @@ class SlidingWindowDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         # A memmap would pickle as a full in-memory copy; worker processes reopen the file instead.
         state = dict(self.__dict__)
-        base = self.tokens
-        if isinstance(base, np.memmap) and getattr(base, "filename", None):
-            state["tokens"] = ("memmap", base.filename, base.dtype.str, base.offset, base.shape)
+        location = _memmap_location(self.tokens)
+        if location is not None:
+            state["tokens"] = ("memmap", *location)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -156,6 +155,34 @@ class SlidingWindowDataset(Dataset):
             _, filename, dtype, offset, shape = tokens
             state["tokens"] = np.memmap(filename, dtype=np.dtype(dtype), mode="r", offset=offset, shape=shape)
         self.__dict__.update(state)
+
+
+def whole_number(name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as an int (numpy integers too) if it is a whole number >= ``minimum``, else a ConfigError."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        raise ConfigError(f"{name} must be a whole number >= {minimum}, got {value!r}") from None
+    if number < minimum:
+        raise ConfigError(f"{name} must be a whole number >= {minimum}, got {number}")
+    return number
+
+
+def _memmap_location(tokens: np.ndarray) -> tuple[str, str, int, tuple[int, ...]] | None:
+    """(filename, dtype, byte offset in the file, shape) of a contiguous view of a file memmap, else None.
+
+    A slice of a memmap (a split) keeps its parent's ``offset`` attribute, so the view's own start
+    in the file is worked out from how far its data lies past the mapped file's.
+    """
+    root = tokens
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    if not isinstance(root, np.memmap) or not getattr(root, "filename", None) or not tokens.flags.c_contiguous:
+        return None
+    past_root = tokens.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+    return root.filename, tokens.dtype.str, root.offset + past_root, tokens.shape
 
 
 def create_dataloader(
@@ -175,8 +202,7 @@ def create_dataloader(
     are wrapped in a ``SlidingWindowDataset``; a dataset is used as is. ``seed`` makes the
     shuffle order reproducible.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    batch_size = whole_number("batch_size", batch_size)
     data = tokens_or_text_or_dataset
     if isinstance(data, str):
         data = (tokenizer or get_tokenizer("gpt2")).encode(data)

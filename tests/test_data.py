@@ -283,6 +283,45 @@ def test_memmap_dataset_pickles_without_copying_the_tokens(tmp_path, word_tokeni
     assert isinstance(clone.tokens, np.memmap) and clone[5][0].tolist() == dataset[5][0].tolist()
 
 
+def test_a_split_of_a_memmap_pickles_to_the_same_windows(tmp_path, word_tokenizer):
+    # A slice of a memmap keeps its parent's offset attribute: a worker process (spawned, as on
+    # macOS/Windows) must still read the split's own tokens, not the start of the file.
+    words = "alpha beta gamma delta epsilon zeta eta theta".split()
+    (tmp_path / "c.txt").write_text(" ".join(words[i % 7] for i in range(3000)))
+    shard = prepare_corpus(tmp_path / "c.txt", tokenizer=word_tokenizer, out_dir=tmp_path / "s")
+    val = split_tokens(shard)["val"]
+    dataset = SlidingWindowDataset(val, max_length=8, stride=1)
+    clone = pickle.loads(pickle.dumps(dataset))
+    assert isinstance(clone.tokens, np.memmap)
+    for i in (0, 3, len(dataset) - 1):
+        assert clone[i][0].tolist() == dataset[i][0].tolist() == val[i : i + 8].tolist()
+    assert dataset[0][0].tolist() != SlidingWindowDataset(shard.tokens, 8, 1)[0][0].tolist()
+
+
+def test_windows_are_never_materialised(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "tokens.bin"
+    np.arange(1_000_000, dtype=np.uint32).astype(np.uint16).tofile(path)
+    tokens = np.memmap(path, dtype=np.uint16, mode="r")
+    tracemalloc.start()
+    try:
+        dataset = SlidingWindowDataset(tokens, max_length=256, stride=1)
+        batch = dataset.batch(np.arange(0, 999_000, 100_000))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(dataset) == 1_000_000 - 256
+    assert batch[0].shape == (10, 256) and batch[1][3, 0].item() == (300_000 + 1) % 65536
+    # Storing the windows would take len * 256 * 2 bytes (~0.5 GB); the dataset takes a few KB.
+    assert peak < 1_000_000
+
+
+def test_window_sizes_accept_numpy_integers():
+    dataset = SlidingWindowDataset(np.arange(100), np.int64(4), np.int32(2))
+    assert len(dataset) == 48 and isinstance(dataset.max_length, int)
+
+
 def test_dataloader_matches_the_book_on_the_verdict(gpt2_tokenizer, shared_data):
     text = (shared_data / "the-verdict.txt").read_text(encoding="utf-8")
     options = {"shuffle": False, "tokenizer": gpt2_tokenizer}
