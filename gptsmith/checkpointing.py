@@ -89,7 +89,7 @@ def save_checkpoint(
     training_state: dict[str, Any],
     *,
     step: int,
-    tokenizer: str,
+    tokenizer: Any,
     extra: dict | None = None,
 ) -> Path:
     """Write checkpoint ``step`` (weights, config, training state), then move ``latest`` to it.

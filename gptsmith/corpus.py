@@ -73,10 +73,14 @@ class CorpusSource:
             raise DataError(f"unknown corpus kind {self.kind!r}")
 
     def total_bytes(self) -> int | None:
-        """Size on disk (for progress bars); None when unknown (streamed hub datasets)."""
+        """Bytes of text (for progress bars); None when unknown without reading it all.
+
+        Text files hold just their text; JSONL and Parquet files hold more (keys, escapes,
+        compression), and hub datasets are streamed, so those have no known total.
+        """
         if self.kind == "builtin":
             return sum(len(d.encode("utf-8")) for d in builtin_documents())
-        if self.kind == "hf":
+        if self.kind in ("jsonl", "parquet", "hf"):
             return None
         return sum(p.stat().st_size for p in self.paths)
 

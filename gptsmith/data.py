@@ -179,7 +179,9 @@ def _memmap_location(tokens: np.ndarray) -> tuple[str, str, int, tuple[int, ...]
     root = tokens
     while isinstance(root.base, np.ndarray):
         root = root.base
-    if not isinstance(root, np.memmap) or not getattr(root, "filename", None) or not tokens.flags.c_contiguous:
+    if not isinstance(root, np.memmap) or not getattr(root, "filename", None):
+        return None
+    if not tokens.flags.c_contiguous:
         return None
     past_root = tokens.__array_interface__["data"][0] - root.__array_interface__["data"][0]
     return root.filename, tokens.dtype.str, root.offset + past_root, tokens.shape

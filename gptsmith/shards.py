@@ -24,9 +24,9 @@ import numpy as np
 from gptsmith.corpus import CorpusSource, resolve_corpus, safe_chunks
 from gptsmith.download import cache_dir
 from gptsmith.errors import DataError
-from gptsmith.tokenizer import Tokenizer, get_tokenizer
+from gptsmith.tokenizer import SimpleTokenizerV2, Tokenizer, get_tokenizer, load_tokenizer, save_tokenizer
 
-SHARD_FORMAT_VERSION = 1
+SHARD_FORMAT_VERSION = 2  # 2: meta.json records the tokenizer's fingerprint
 Progress = Callable[[int, "int | None"], None]  # (bytes of text done, total bytes or None)
 
 
@@ -76,6 +76,10 @@ class TokenShard:
     def __len__(self) -> int:
         return len(self.tokens)
 
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer the shard was made with (a word-level one from the shard's vocab.json)."""
+        return load_tokenizer(self.meta.get("tokenizer", "gpt2"), self.path)
+
     @property
     def n_documents(self) -> int:
         return len(self.doc_starts)
@@ -87,6 +91,19 @@ def _sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
+    """What must match for a shard's ids to mean the same words: the name, or a vocabulary hash."""
+    return getattr(tokenizer, "fingerprint", tokenizer.name)
+
+
+def corpus_tokenizer(name: str, source: str | Path | CorpusSource) -> Tokenizer:
+    """The tokenizer ``name`` for training on ``source``: GPT-2's BPE, or for "simple" a word-level
+    vocabulary built from the corpus itself (every word of it, so none is ``<|unk|>``)."""
+    if name.lower() in {"simple", "simple-v2"}:
+        return SimpleTokenizerV2.from_documents(resolve_corpus(source).documents())
+    return get_tokenizer(name)
 
 
 def default_shard_dir(source: CorpusSource, tokenizer_name: str) -> Path:
@@ -107,13 +124,15 @@ def prepare_corpus(
 ) -> TokenShard:
     """Tokenize ``source`` into a token shard in ``out_dir`` (default: the user cache) and open it.
 
-    Documents are joined with ``<|endoftext|>``. A shard already in ``out_dir`` for the same corpus
-    fingerprint and tokenizer is reused (``shard.reused`` is True) unless ``force``. ``progress`` is
-    called with (bytes of text done, total bytes or None).
+    Documents are joined with ``<|endoftext|>``. Without ``tokenizer``, ``tokenizer_name`` picks one
+    (see ``corpus_tokenizer``: "simple" learns its words from this corpus). A shard already in
+    ``out_dir`` for the same corpus fingerprint and tokenizer (name, and vocabulary for word-level
+    ones) is reused (``shard.reused`` is True) unless ``force``; ``shard.tokenizer()`` rebuilds
+    the tokenizer. ``progress`` is called with (bytes of text done, total bytes or None).
     """
     source = resolve_corpus(source)
-    tokenizer = tokenizer or get_tokenizer(tokenizer_name)
-    out = Path(out_dir) if out_dir is not None else default_shard_dir(source, tokenizer.name)
+    name = tokenizer.name if tokenizer is not None else tokenizer_name
+    out = Path(out_dir) if out_dir is not None else default_shard_dir(source, name)
     fingerprint = source.fingerprint()
     if not force and (out / "meta.json").is_file():
         try:
@@ -123,11 +142,14 @@ def prepare_corpus(
         if (
             shard is not None
             and shard.meta.get("source_fingerprint") == fingerprint
-            and shard.meta.get("tokenizer") == tokenizer.name
+            and shard.meta.get("tokenizer") == name
             and shard.meta.get("format_version") == SHARD_FORMAT_VERSION
+            and (tokenizer is None
+                 or shard.meta.get("tokenizer_fingerprint") == tokenizer_fingerprint(tokenizer))
         ):
             shard.reused = True
             return shard
+    tokenizer = tokenizer or corpus_tokenizer(tokenizer_name, source)
 
     dtype = token_dtype(tokenizer.vocab_size)
     total = source.total_bytes()
@@ -170,10 +192,12 @@ def prepare_corpus(
 
     with atomic_path(out / "docs.npy") as tmp, tmp.open("wb") as handle:
         np.save(handle, np.asarray(doc_starts, dtype=np.int64))
+    save_tokenizer(tokenizer, out)  # a word-level vocabulary; nothing for GPT-2
     meta = {
         "format": "gptsmith-token-shard",
         "format_version": SHARD_FORMAT_VERSION,
         "tokenizer": tokenizer.name,
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
         "vocab_size": tokenizer.vocab_size,
         "eot_id": tokenizer.eot_id,
         "dtype": dtype.name,

@@ -15,6 +15,8 @@ and serving never care which one is in use:
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -94,6 +96,12 @@ class SimpleTokenizerV1:
         """Build the vocabulary from every distinct piece of ``text`` (sorted, so ids are deterministic)."""
         return cls({piece: i for i, piece in enumerate(sorted(set(split_words(text))))})
 
+    @property
+    def fingerprint(self) -> str:
+        """A hash of the vocabulary: two tokenizers with the same fingerprint give the same ids."""
+        items = json.dumps(sorted(self.str_to_int.items()), ensure_ascii=False)
+        return f"{self.name}-{hashlib.sha256(items.encode('utf-8')).hexdigest()[:16]}"
+
     def _lookup(self, piece: str) -> int:
         try:
             return self.str_to_int[piece]
@@ -137,12 +145,25 @@ class SimpleTokenizerV2(SimpleTokenizerV1):
     @classmethod
     def from_text(cls, text: str) -> SimpleTokenizerV2:
         """Vocabulary of ``text``'s distinct pieces, then ``<|endoftext|>`` and ``<|unk|>`` at the end."""
-        words = set(split_words(text)) - {ENDOFTEXT, UNKNOWN}
+        return cls.from_documents([text])
+
+    @classmethod
+    def from_documents(cls, documents: Iterable[str]) -> SimpleTokenizerV2:
+        """Like ``from_text`` over several texts, read one at a time (a corpus need not fit in memory)."""
+        words: set[str] = set()
+        for document in documents:
+            words.update(split_words(document))
+        words -= {ENDOFTEXT, UNKNOWN}
         return cls({piece: i for i, piece in enumerate(sorted(words))})
 
     def encode(self, text: str, allowed_special: Iterable[str] = DEFAULT_ALLOWED_SPECIAL) -> list[int]:
-        """Ids of ``text``'s pieces; unknown words become ``<|unk|>``; allowed specials are kept whole."""
+        """Ids of ``text``'s pieces; unknown words become ``<|unk|>``; allowed specials are kept whole.
+
+        A special token that is not allowed is plain text, which is not a word of the vocabulary:
+        it becomes ``<|unk|>``, never the special id.
+        """
         allowed = set(allowed_special)
+        specials = {ENDOFTEXT, UNKNOWN} - allowed
         ids: list[int] = []
         # Cut out the allowed special tokens first so the regex split never breaks them apart.
         if allowed:
@@ -154,7 +175,10 @@ class SimpleTokenizerV2(SimpleTokenizerV1):
             if part in allowed and part in self.str_to_int:
                 ids.append(self.str_to_int[part])
                 continue
-            ids.extend(self.str_to_int.get(piece, self.unk_id) for piece in split_words(part))
+            ids.extend(
+                self.unk_id if piece in specials else self.str_to_int.get(piece, self.unk_id)
+                for piece in split_words(part)
+            )
         return ids
 
 
@@ -272,6 +296,8 @@ class GPT2Tokenizer:
     vocab_size = GPT2_VOCAB_SIZE
     eot_id = GPT2_EOT_ID
 
+    fingerprint = "gpt2"  # the ranks are checked to be GPT-2's when they are loaded
+
     def __init__(self, encoding: tiktoken.Encoding):
         self.encoding = encoding
 
@@ -337,6 +363,7 @@ class GPT2Tokenizer:
 # ---------------------------------------------------------------------------------------------
 
 TOKENIZER_NAMES = ("gpt2", "simple")
+VOCAB_FILE = "vocab.json"  # a word-level tokenizer's vocabulary, saved beside a shard or a model
 
 
 @functools.lru_cache(maxsize=1)
@@ -365,3 +392,31 @@ def get_tokenizer(
             raise ConfigError("tokenizer 'simple-v1' needs text= to build its vocabulary from")
         return SimpleTokenizerV1.from_text(text)
     raise ConfigError(f"unknown tokenizer {name!r} (known: {', '.join(TOKENIZER_NAMES)})")
+
+
+def save_tokenizer(tokenizer: Tokenizer, directory: str | Path) -> Path | None:
+    """Save what it takes to rebuild ``tokenizer`` into ``directory``: a simple tokenizer's
+    vocabulary as ``vocab.json``. GPT-2's BPE is found by name, so nothing is written for it."""
+    if not isinstance(tokenizer, SimpleTokenizerV1):
+        return None
+    from gptsmith.weights import atomic_write_json  # late import: weights imports torch and the model
+
+    vocab = {"tokenizer": tokenizer.name, "vocab": tokenizer.str_to_int}
+    return atomic_write_json(Path(directory) / VOCAB_FILE, vocab)
+
+
+def load_tokenizer(name: str, directory: str | Path | None = None) -> Tokenizer:
+    """The tokenizer called ``name`` that a shard or model in ``directory`` was made with.
+
+    A simple tokenizer's vocabulary comes from ``directory/vocab.json`` (``save_tokenizer``);
+    without one, ``get_tokenizer(name)`` decides (for "simple": the built-in corpus's words).
+    """
+    path = Path(directory) / VOCAB_FILE if directory is not None else None
+    if name.lower() in {"simple", "simple-v2", "simple-v1"} and path is not None and path.is_file():
+        try:
+            vocab = json.loads(path.read_text(encoding="utf-8"))["vocab"]
+            vocab = {str(word): int(i) for word, i in vocab.items()}
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DataError(f"{path} is not a gptsmith vocabulary ({exc}); create it again") from None
+        return SimpleTokenizerV1(vocab) if name.lower() == "simple-v1" else SimpleTokenizerV2(vocab)
+    return get_tokenizer(name)

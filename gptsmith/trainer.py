@@ -344,7 +344,7 @@ class Trainer:
             "train_config": json.dumps(self._train_config_dict()),
         }
         path = ckpt.save_checkpoint(self.run_dir, self.model, state, step=self.step,
-                                    tokenizer=getattr(self.tokenizer, "name", self.cfg.tokenizer),
+                                    tokenizer=self.tokenizer or self.cfg.tokenizer,
                                     extra={"tokens_seen": self.tokens_seen, "val_loss": self.last_val_loss})
         if self.best_step == self.step:
             ckpt.write_pointer(self.run_dir, "best", ckpt.checkpoint_name(self.step))

@@ -29,6 +29,7 @@ import torch
 from gptsmith.config import from_dict
 from gptsmith.errors import CheckpointError, ConfigError
 from gptsmith.model import PRESETS, GPTConfig, GPTModel
+from gptsmith.tokenizer import Tokenizer, save_tokenizer
 
 FORMAT_NAME = "gptsmith"
 FORMAT_VERSION = 1
@@ -125,12 +126,14 @@ def atomic_save_safetensors(
 
 
 def save_model(
-    model: GPTModel, directory: str | Path, *, tokenizer: str = "gpt2", extra: dict | None = None
+    model: GPTModel, directory: str | Path, *, tokenizer: str | Tokenizer = "gpt2", extra: dict | None = None
 ) -> Path:
     """Save ``model`` as a model directory (config.json + model.safetensors); returns the directory.
 
     The weights are written first and config.json last, so a directory with a config always has
-    complete weights. ``extra`` keys (e.g. the training step) are merged into config.json.
+    complete weights. ``tokenizer`` is a name, or a tokenizer whose vocabulary (if it has its own,
+    see ``save_tokenizer``) is saved too. ``extra`` keys (e.g. the training step) are merged into
+    config.json.
     """
     model = unwrap_model(model)
     directory = Path(directory)
@@ -139,11 +142,13 @@ def save_model(
     if model.cfg.tie_weights:
         state.pop(TIED_KEY, None)
     atomic_save_safetensors(state, directory / WEIGHTS_FILE, metadata={"format": "pt"})
+    if not isinstance(tokenizer, str):
+        save_tokenizer(tokenizer, directory)
     config = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "model": model.cfg.to_dict(),
-        "tokenizer": tokenizer,
+        "tokenizer": tokenizer if isinstance(tokenizer, str) else tokenizer.name,
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
     }
     for key, value in (extra or {}).items():

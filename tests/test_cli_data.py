@@ -6,6 +6,7 @@ import pytest
 
 from gptsmith import download
 from gptsmith.cli import main
+from gptsmith.shards import TokenShard
 
 
 @pytest.fixture(autouse=True)
@@ -32,6 +33,20 @@ def test_prepare_with_the_simple_tokenizer_and_custom_split(tmp_path, capsys):
     assert main(["prepare", str(corpus), "--tokenizer", "simple", "--out", str(tmp_path / "s"),
                  "--split", "0.5,0.5", "--no-progress"]) == 0
     assert "split: train 100, val 100 tokens" in capsys.readouterr().out
+
+
+def test_prepare_simple_learns_the_corpus_words_and_saves_them(tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("Quixotic zephyrs vex the jabberwock. " * 30)  # no such words in the built-in corpus
+    argv = ["prepare", str(corpus), "--tokenizer", "simple", "--out", str(tmp_path / "s"), "--no-progress"]
+    assert main(argv) == 0
+    assert "tokenizer simple (8 ids)" in capsys.readouterr().out  # 6 pieces + <|endoftext|> + <|unk|>
+    shard = TokenShard.open(tmp_path / "s")
+    tokenizer = shard.tokenizer()
+    assert tokenizer.unk_id not in shard.tokens.tolist()
+    assert tokenizer.decode(shard.tokens[:6].tolist()) == "Quixotic zephyrs vex the jabberwock."
+    assert main(argv) == 0
+    assert "reused" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, message", [

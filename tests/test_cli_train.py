@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gptsmith.cli import main
+from gptsmith.tokenizer import SimpleTokenizerV2
 from gptsmith.weights import load_model
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -39,13 +40,20 @@ def test_train_eval_and_resume_from_the_command_line(inputs, tmp_path, capsys):
     assert val[-1] < val[0] - 1.0  # validation loss falls
     for name in ("run.json", "latest", "best", "loss.png", "samples.txt", "checkpoints/step-000020"):
         assert (run / name).exists(), name
-    assert load_model(run).cfg.vocab_size == 4997  # the simple tokenizer's vocabulary
+    vocab_size = load_model(run).cfg.vocab_size
+    assert vocab_size == SimpleTokenizerV2.from_text(corpus.read_text()).vocab_size  # the corpus's words
+    assert (run / "latest").read_text().strip() in {"checkpoints/step-000020"}
+    assert json.loads((run / "checkpoints/step-000020/vocab.json").read_text())["tokenizer"] == "simple"
+    # generate rebuilds the run's own vocabulary (the built-in corpus's would not fit the model)
+    assert main(["generate", "--checkpoint", str(run), "--max-new-tokens", "4", "--json", "The module"]) == 0
+    sample = json.loads(capsys.readouterr().out)["samples"][0]
+    assert sample["new_tokens"] == 4 or sample["stop_reason"] == "eos"
 
     assert main(["eval", "--checkpoint", str(run), "--max-batches", "2"]) == 0
     out = capsys.readouterr().out
     val_line = next(line for line in out.splitlines() if line.strip().startswith("val:"))
     loss = float(val_line.split("loss")[1].split()[0])
-    assert loss < math.log(4997) - 1.0 and "perplexity" in val_line
+    assert loss < math.log(vocab_size) - 1.0 and "perplexity" in val_line
 
     assert main(["train", "--resume", str(run), "--max-steps", "25", "--no-progress"]) == 0
     assert "resuming" in capsys.readouterr().out

@@ -239,6 +239,20 @@ def test_split_by_whole_documents(tmp_path, word_tokenizer):
     assert [len(p) for p in split_tokens(shard, (0.6, 0.4, 0.0)).values()] == [62, 42, 0]
 
 
+def test_progress_counts_text_bytes_against_a_matching_total(tmp_path, word_tokenizer):
+    calls = []
+    (tmp_path / "c.txt").write_text("alpha beta. " * 500)
+    prepare_corpus(tmp_path / "c.txt", tokenizer=word_tokenizer, out_dir=tmp_path / "a",
+                   progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (6000, 6000)
+    lines = [json.dumps({"text": "alpha beta.", "id": i, "padding": "x" * 50}) + "\n" for i in range(50)]
+    (tmp_path / "c.jsonl").write_text("".join(lines))
+    calls.clear()
+    prepare_corpus(tmp_path / "c.jsonl", tokenizer=word_tokenizer, out_dir=tmp_path / "b",
+                   progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (550, None)  # the file's size would overstate the text 7-fold
+
+
 def test_split_fractions_are_validated():
     with pytest.raises(ConfigError, match="summing to 1"):
         split_tokens(np.arange(10), (0.8, 0.3))

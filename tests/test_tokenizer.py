@@ -18,7 +18,9 @@ from gptsmith.tokenizer import (
     SimpleTokenizerV2,
     Tokenizer,
     get_tokenizer,
+    load_tokenizer,
     resolve_gpt2_bpe,
+    save_tokenizer,
 )
 
 HELLO = "Hello, do you like tea? <|endoftext|> In the sunlit terraces of someunknownPlace."
@@ -62,6 +64,25 @@ def test_simple_v2_maps_unknown_words_and_keeps_endoftext():
     assert isinstance(tokenizer, Tokenizer)
     with pytest.raises(DataError, match="token id 99"):
         tokenizer.decode([99])
+
+
+def test_simple_v2_special_text_that_is_not_allowed_is_unknown():
+    tok = SimpleTokenizerV2.from_text("the cat")
+    the, cat = tok.str_to_int["the"], tok.str_to_int["cat"]
+    assert tok.encode("the <|endoftext|> cat") == [the, tok.eot_id, cat]
+    assert tok.encode("the <|endoftext|> cat", allowed_special=()) == [the, tok.unk_id, cat]
+
+
+def test_simple_vocabulary_saves_and_loads(tmp_path):
+    tok = SimpleTokenizerV2.from_documents(["the cat sat.", "a dog ran!"])
+    assert save_tokenizer(tok, tmp_path) == tmp_path / "vocab.json"
+    again = load_tokenizer("simple", tmp_path)
+    assert again.str_to_int == tok.str_to_int and again.fingerprint == tok.fingerprint
+    assert again.encode("a cat ran.") == tok.encode("a cat ran.")
+    assert SimpleTokenizerV2.from_text("the cat").fingerprint != tok.fingerprint
+    (tmp_path / "vocab.json").write_text("[1, 2]")
+    with pytest.raises(DataError, match="vocab.json is not a gptsmith vocabulary"):
+        load_tokenizer("simple", tmp_path)
 
 
 def test_simple_tokenizers_match_the_book_on_the_verdict(shared_data):

@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prepare.add_argument("corpus", nargs="?", default="builtin", metavar="CORPUS",
                          help="what to tokenize (default: builtin)")
     prepare.add_argument("--tokenizer", default="gpt2", choices=["gpt2", "simple"],
-                         help="tokenizer name (default: gpt2)")
+                         help="gpt2 (default: GPT-2's BPE) or simple (word-level; its vocabulary is "
+                              "every word of this corpus, saved as vocab.json in the shard)")
     prepare.add_argument("--out", default=None, metavar="DIR",
                          help="shard directory (default: a directory in the user cache, printed at the end)")
     prepare.add_argument("--text-field", default="text", help="JSONL field / Parquet column holding the text")
@@ -106,7 +107,7 @@ def run_prepare(args: argparse.Namespace) -> int:
     how = "reused (corpus unchanged)" if shard.reused else "written"
     print(f"shard {how}: {shard.path}")
     print(f"  {meta['n_tokens']:,} tokens ({meta['dtype']}), {meta['n_documents']:,} document(s), "
-          f"tokenizer {meta['tokenizer']}, source {meta['source']}")
+          f"tokenizer {meta['tokenizer']} ({meta['vocab_size']:,} ids), source {meta['source']}")
     print("  split: " + ", ".join(f"{name} {len(part):,}" for name, part in parts.items()) + " tokens")
     return 0
 

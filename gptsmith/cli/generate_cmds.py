@@ -112,22 +112,25 @@ def load_for_generation(args: argparse.Namespace) -> tuple[torch.nn.Module, Any,
     """(model, tokenizer, checkpoint config, display name) from --checkpoint/--model/--device/--dtype."""
     from gptsmith.decoding import optimize_for_decoding
     from gptsmith.device import resolve_device
-    from gptsmith.tokenizer import get_tokenizer
-    from gptsmith.weights import load_model, load_pretrained, read_model_config
+    from gptsmith.tokenizer import load_tokenizer
+    from gptsmith.weights import load_model, load_pretrained, read_model_config, resolve_model_dir
 
     device = resolve_device(args.device)
     dtype = DTYPES[args.dtype] if args.dtype else None
+    model_dir = None
     if args.checkpoint is not None:
-        config = read_model_config(args.checkpoint)
-        model = load_model(args.checkpoint, device=device, dtype=dtype)
+        model_dir = resolve_model_dir(args.checkpoint)
+        config = read_model_config(model_dir)
+        model = load_model(model_dir, device=device, dtype=dtype)
         name = str(args.checkpoint)
     else:
         path = Path(args.model).expanduser()
-        config = read_model_config(path) if path.exists() else {"tokenizer": "gpt2"}
+        model_dir = resolve_model_dir(path) if path.exists() else None
+        config = read_model_config(model_dir) if model_dir else {"tokenizer": "gpt2"}
         model = load_pretrained(args.model, device=device, dtype=dtype)
         name = args.model
     optimize_for_decoding(model)
-    tokenizer = get_tokenizer(config.get("tokenizer") or "gpt2")
+    tokenizer = load_tokenizer(config.get("tokenizer") or "gpt2", model_dir)
     if tokenizer.vocab_size > model.cfg.vocab_size:
         raise ConfigError(
             f"{name}: tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} ids but the model only "

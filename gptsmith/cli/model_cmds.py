@@ -158,7 +158,8 @@ def run_info(args: argparse.Namespace) -> int:
 
 def run_convert(args: argparse.Namespace) -> int:
     from gptsmith.hf_gpt2 import export_hf
-    from gptsmith.weights import load_pretrained, read_model_config, save_model
+    from gptsmith.tokenizer import load_tokenizer
+    from gptsmith.weights import load_pretrained, read_model_config, resolve_model_dir, save_model
 
     out: Path = args.out
     if out.exists() and not out.is_dir():
@@ -168,11 +169,14 @@ def run_convert(args: argparse.Namespace) -> int:
     model = load_pretrained(args.source, dtype=DTYPES[args.dtype] if args.dtype else None)
     source_path = Path(args.source).expanduser()
     tokenizer = read_model_config(source_path).get("tokenizer", "gpt2") if source_path.exists() else "gpt2"
+    if tokenizer != "gpt2":  # carry a word-level vocabulary over (GPT-2's BPE is found by name)
+        tokenizer = load_tokenizer(tokenizer, resolve_model_dir(source_path))
     if args.to == "hf":
         export_hf(model, out)
         kind = "Hugging Face GPT-2 directory (load it with GPT2LMHeadModel.from_pretrained)"
         if tokenizer != "gpt2":
-            kind += f"; note: its tokenizer {tokenizer!r} has no Hugging Face equivalent, ids will not match"
+            kind += (f"; note: its tokenizer {tokenizer.name!r} has no Hugging Face equivalent, "
+                     "ids will not match")
     else:
         save_model(model, out, tokenizer=tokenizer, extra={"converted_from": str(args.source)})
         kind = "gptsmith checkpoint"

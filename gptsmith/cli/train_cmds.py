@@ -127,9 +127,11 @@ def run_train(args: argparse.Namespace) -> int:
 
     from gptsmith.device import set_seed
     from gptsmith.model import GPTConfig, GPTModel
-    from gptsmith.tokenizer import get_tokenizer
+    from gptsmith.shards import corpus_tokenizer
+    from gptsmith.tokenizer import load_tokenizer
     from gptsmith.train import TrainConfig, prepare_splits
     from gptsmith.trainer import Trainer
+    from gptsmith.weights import resolve_model_dir
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -151,7 +153,10 @@ def run_train(args: argparse.Namespace) -> int:
         if _rank() == 0:  # under torchrun, one process decides (the others would race with it)
             _claim_run_dir(run_dir, overwrite=args.overwrite)
 
-    tokenizer = get_tokenizer(train_cfg.tokenizer)
+    if args.resume:  # the vocabulary the run started with (a word-level one is saved with each checkpoint)
+        tokenizer = load_tokenizer(train_cfg.tokenizer, resolve_model_dir(run_dir))
+    else:
+        tokenizer = corpus_tokenizer(train_cfg.tokenizer, train_cfg.data)
     if not args.resume and model_cfg.vocab_size != tokenizer.vocab_size:
         model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
     _say(f"data: {train_cfg.data} (tokenizing once, then cached)")
@@ -282,7 +287,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from gptsmith.device import resolve_device, set_seed, tune_cpu_allocator
     from gptsmith.errors import DataError
     from gptsmith.model import GPTConfig, GPTModel
-    from gptsmith.tokenizer import get_tokenizer
+    from gptsmith.tokenizer import load_tokenizer
     from gptsmith.train import calc_loss_loader, perplexity, prepare_splits
     from gptsmith.weights import load_model, read_model_config, resolve_model_dir
 
@@ -292,7 +297,7 @@ def run_eval(args: argparse.Namespace) -> int:
     run_train_cfg: dict = {}
     if args.checkpoint:
         model_dir = resolve_model_dir(args.checkpoint)
-        tokenizer_name = read_model_config(model_dir).get("tokenizer", "gpt2")
+        tokenizer = load_tokenizer(read_model_config(model_dir).get("tokenizer", "gpt2"), model_dir)
         for candidate in (Path(args.checkpoint), model_dir.parent.parent):
             if (candidate / "run.json").is_file():
                 run_train_cfg = _read_run_info(candidate).get("train", {})
@@ -303,8 +308,8 @@ def run_eval(args: argparse.Namespace) -> int:
         set_seed(args.seed)
         cfg = GPTConfig.from_preset(args.preset)
         cfg = GPTConfig.from_preset(args.preset, context_length=min(cfg.context_length, 256))
-        tokenizer_name, model, label = "gpt2", GPTModel(cfg).to(device).eval(), f"untrained {args.preset}"
-    tokenizer = get_tokenizer(tokenizer_name)
+        tokenizer, model = load_tokenizer("gpt2"), GPTModel(cfg).to(device).eval()
+        label = f"untrained {args.preset}"
     data = args.data or run_train_cfg.get("data", "builtin")
     val_fraction = args.val_fraction or run_train_cfg.get("val_fraction", 0.1)
     train_tokens, val_tokens, _ = prepare_splits(data, tokenizer, val_fraction)
