@@ -60,6 +60,20 @@ def test_prepare_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert err.startswith("gptsmith prepare: error:") and message in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("make, message", [
+    (lambda d: (d / "empty.txt").write_text("  \n"), "is empty"),
+    (lambda d: (d / "nodocs").mkdir() or (d / "nodocs" / "x.csv").write_text("a,b"), "holds no .txt or .md files"),
+    (lambda d: (d / "latin.txt").write_bytes(b"caf\xe9 au lait"), "is not UTF-8: byte 0xe9 at offset 3"),
+])
+def test_prepare_bad_corpus_files_are_one_line_and_exit_2(make, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make(tmp_path)
+    target = next(p.name for p in tmp_path.iterdir())
+    assert main(["prepare", target, "--tokenizer", "simple", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gptsmith prepare: error:") and message in err and "\n" not in err
+
+
 def test_prepare_without_bpe_files_says_what_to_run(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("GPTSMITH_GPT2_BPE", raising=False)
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "tiktoken"))
