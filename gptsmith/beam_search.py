@@ -30,17 +30,18 @@ def beam_search(
     token_stops: list[list[int]] | None = None,
     repetition_penalty: float = 1.0,
     use_cache: bool = True,
-) -> tuple[list[int], float]:
-    """The best continuation of one prompt (1, n_prompt) and its length-normalised log-probability.
+) -> tuple[list[int], float, str]:
+    """The best continuation of one prompt (1, n_prompt), its length-normalised log-probability,
+    and why it ended: ``"eos"``, ``"stop_sequence"`` or ``"max_new_tokens"``.
 
     The returned ids exclude the eos token or stop sequence that ended the hypothesis.
     """
     if max_new_tokens == 0:
-        return [], 0.0
+        return [], 0.0, "max_new_tokens"
     n_prompt = prompt.shape[1]
     vocab_size = model.cfg.vocab_size
     beams = prompt.expand(num_beams, n_prompt)  # every beam starts as the prompt
-    finished: list[tuple[float, list[int]]] = []
+    finished: list[tuple[float, list[int], str]] = []
     with torch.inference_mode():
         state = DecodeState(model, beams, None, max_new_tokens, use_cache=use_cache)
         picker = TokenPicker(beams, None, vocab_size, repetition_penalty=repetition_penalty)
@@ -61,7 +62,8 @@ def beam_search(
                 kept = _stopped_length(sequence, eos_id, token_stops or [])
                 if kept is not None:
                     if rank < num_beams:  # only a candidate that would have made the cut finishes
-                        finished.append((score / n_new**length_penalty, sequence[:kept]))
+                        reason = "eos" if kept == len(sequence) - 1 and token == eos_id else "stop_sequence"
+                        finished.append((score / n_new**length_penalty, sequence[:kept], reason))
                     continue
                 rows.append(row)
                 tokens.append(token)
@@ -83,16 +85,16 @@ def beam_search(
             state.append(next_ids)
             scores = torch.tensor(new_scores, device=prompt.device)
             if len(finished) >= num_beams:
-                worst_kept = sorted(s for s, _ in finished)[-num_beams]
+                worst_kept = sorted(s for s, _, _ in finished)[-num_beams]
                 if float(scores.max()) / n_new**length_penalty <= worst_kept:
                     break
         # Beams still running at the end compete with the finished hypotheses.
         generated = state.tokens()[:, n_prompt:].tolist()
         for score, sequence in zip(scores.tolist(), generated, strict=True):
             if score > -math.inf:
-                finished.append((score / max(1, len(sequence)) ** length_penalty, sequence))
-    best_score, best = max(finished, key=lambda item: item[0])
-    return best, best_score
+                finished.append((score / max(1, len(sequence)) ** length_penalty, sequence, "max_new_tokens"))
+    best_score, best, reason = max(finished, key=lambda item: item[0])
+    return best, best_score, reason
 
 
 def _stopped_length(sequence: list[int], eos_id: int | None, token_stops: list[list[int]]) -> int | None:
@@ -117,7 +119,7 @@ def beam_search_batch(
     results = []
     for row in range(ids.shape[0]):
         prompt = ids[row] if mask is None else ids[row][mask[row].bool()]
-        best, _ = beam_search(
+        best, _, _ = beam_search(
             model,
             prompt.unsqueeze(0),
             cfg.max_new_tokens,

@@ -12,13 +12,14 @@ after another. An instruction-tuned model was trained on the Alpaca template (Ta
     {response}
 
 and answers best when asked the same way. A checkpoint says it was instruction-tuned with
-``"instruction_template": "alpaca"`` in its config.json.
+``"instruction_template": "alpaca"`` in its config.json. In a conversation the preamble comes
+once, then every turn as an ``### Instruction:`` / ``### Response:`` pair.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from gptsmith.errors import ConfigError
 
@@ -50,6 +51,14 @@ def template_from_config(config: dict[str, Any]) -> str | None:
     return name
 
 
+class ConversationPrompt(NamedTuple):
+    """What ``Conversation.prompt_ids`` built: the ids, and what had to go to make them fit."""
+
+    ids: list[int]
+    dropped_turns: int  # oldest turns forgotten for good
+    cropped_tokens: int  # tokens cut from the start because the newest message alone is too long
+
+
 @dataclass
 class Conversation:
     """The turns so far, rendered as one prompt that fits the context with room for the reply.
@@ -71,28 +80,28 @@ class Conversation:
         return ["\n\n### "] if self.template == "alpaca" else []
 
     def _render(self, user: str, reply: str) -> str:
-        if self.template == "alpaca":
-            return format_instruction(user) + reply
+        if self.template == "alpaca":  # one turn without the preamble, which the whole text starts with
+            return format_instruction(user).removeprefix(ALPACA_PREAMBLE + "\n\n") + reply
         return user + reply
 
-    def _separator(self) -> str:
-        return "\n\n" if self.template == "alpaca" else "\n"
+    def _text(self, turns: list[tuple[str, str]], message: str) -> str:
+        rendered = [self._render(u, r) for u, r in turns] + [self._render(message, "")]
+        if self.template == "alpaca":
+            return "\n\n".join([ALPACA_PREAMBLE, *rendered])
+        return "\n".join(rendered)
 
-    def prompt_ids(self, message: str) -> tuple[list[int], int]:
-        """Token ids of the conversation followed by ``message``, and how many old turns were dropped."""
+    def prompt_ids(self, message: str) -> ConversationPrompt:
+        """Token ids of the conversation followed by ``message``, dropping the oldest turns to fit."""
         budget = max(1, self.context_length - self.reply_room)
-        new_turn = self._render(message, "")
         dropped = 0
         while True:
-            kept = self.turns[dropped:]
-            text = self._separator().join([self._render(u, r) for u, r in kept] + [new_turn])
-            ids = self.tokenizer.encode(text)
+            ids = self.tokenizer.encode(self._text(self.turns[dropped:], message))
             if len(ids) <= budget or dropped == len(self.turns):
                 break
             dropped += 1
         if dropped:
             self.turns = self.turns[dropped:]
-        return ids[-budget:], dropped
+        return ConversationPrompt(ids[-budget:], dropped, max(0, len(ids) - budget))
 
     def add(self, message: str, reply: str) -> None:
         """Record a finished turn."""

@@ -47,6 +47,7 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     # A token is dropped when the tokens ranked above it already reach top_p on their own.
     mass_above = torch.cumsum(probs, dim=-1) - probs
     drop_sorted = mass_above >= top_p
+    drop_sorted[..., 0] = False  # even a top_p that rounds to 0 in float32 keeps the best token
     drop = drop_sorted.scatter(-1, sorted_idx, drop_sorted)  # back to vocabulary order
     return logits.masked_fill(drop, float("-inf"))
 

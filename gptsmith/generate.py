@@ -20,6 +20,7 @@ and the window keeps sliding as text is generated. ``stream_text`` yields text a
 from __future__ import annotations
 
 import codecs
+import math
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -66,6 +67,11 @@ class GenerationConfig:
             )
         _check_int("num_beams", self.num_beams, 1, "use 1 for greedy/sampling, more for beam search")
         _check_number("length_penalty", self.length_penalty)
+        if self.num_beams > 1 and (self.temperature > 0 or self.top_k is not None or self.top_p is not None):
+            raise ConfigError(
+                "beam search (num_beams > 1) is deterministic: temperature, top_k and top_p apply to "
+                "sampling only (drop them, or use num_beams=1 to sample)"
+            )
         if self.eos_id is not None:
             _check_int("eos_id", self.eos_id, 0, "pass a token id of the vocabulary")
         if self.seed is not None:
@@ -80,8 +86,8 @@ class GenerationConfig:
 
 
 def _check_number(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
 
 
 def _check_int(name: str, value: Any, minimum: int, fix: str) -> None:
@@ -212,9 +218,11 @@ def generate(
     here). ``attention_mask`` (batch, n) marks real tokens (1) of prompts that are already
     left-padded. Generation stops at ``eos_id`` or a stop sequence, neither of which is returned
     (for a text stop sequence, the token where it begins is dropped); rows of a batch that stop
-    early are padded on the right with ``pad_id`` (default: ``eos_id``, else 0). An empty prompt
-    starts from ``eos_id`` (or the tokenizer's ``<|endoftext|>``). The model runs in eval mode
-    (restored afterwards).
+    early are padded on the right with ``pad_id`` (default: ``eos_id``, else 0). Without ``eos_id``
+    nothing ends generation but ``max_new_tokens`` and the stop sequences (pass
+    ``eos_id=tokenizer.eot_id`` to stop at ``<|endoftext|>``). An empty prompt starts from
+    ``eos_id`` (or the tokenizer's ``<|endoftext|>``). The model runs in eval mode (restored
+    afterwards).
     """
     cfg = GenerationConfig(
         max_new_tokens=max_new_tokens,
@@ -305,7 +313,8 @@ def stream_text(
     start of a stop sequence is held back until it is clear that it is not; stop sequences (token
     ids too) are matched on the text here. With ``num_beams`` > 1 the text comes in one piece.
     After the loop, the stream's ``token_ids`` and ``stop_reason`` say what was generated and why
-    it ended (``"eos"``, ``"stop_sequence"`` or ``"max_new_tokens"``).
+    it ended (``"eos"``, ``"stop_sequence"`` or ``"max_new_tokens"``). A character left incomplete
+    by the last token (``max_new_tokens`` cut it) is not emitted.
     """
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, **options)
     cfg.check_vocab(model.cfg.vocab_size)
@@ -342,9 +351,20 @@ class TextStream:
             self.model.train(was_training)
 
     def _beam_text(self) -> Iterator[str]:
-        out = generate(self.model, self.ids, tokenizer=self.tokenizer, **vars(self.cfg))
-        self.token_ids = out[0, self.ids.shape[1] :].tolist()
-        self.stop_reason = "max_new_tokens" if len(self.token_ids) == self.cfg.max_new_tokens else "eos"
+        from gptsmith.beam_search import beam_search
+
+        best, _, self.stop_reason = beam_search(
+            self.model,
+            self.ids,
+            self.cfg.max_new_tokens,
+            num_beams=self.cfg.num_beams,
+            length_penalty=self.cfg.length_penalty,
+            eos_id=self.cfg.eos_id,
+            token_stops=[self.tokenizer.encode(stop.decode("utf-8")) for stop in self.stops],
+            repetition_penalty=self.cfg.repetition_penalty,
+            use_cache=self.cfg.use_cache,
+        )
+        self.token_ids = best
         text = self.tokenizer.decode_bytes(self.token_ids).decode("utf-8", errors="replace")
         if text:
             yield text
@@ -371,7 +391,8 @@ class TextStream:
             del pending[:ready]
             if text:
                 yield text
-        text = decoder.decode(bytes(pending), final=True)
+        # Not final: bytes of a character the last token left incomplete stay in the decoder, unsaid.
+        text = decoder.decode(bytes(pending))
         if text:
             yield text
 

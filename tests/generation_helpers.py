@@ -43,12 +43,14 @@ class TableModel(nn.Module):
         self.cfg = GPTConfig(vocab_size=vocab_size, context_length=context_length, emb_dim=4, n_heads=1)
         self.table = nn.Parameter(table.float(), requires_grad=False)  # (vocab, vocab) logits
         self.calls = 0
+        self.fed: list[int] = []  # how many tokens each call was given
 
     def new_cache(self, batch_size: int, max_length: int | None = None, *, dtype=None) -> KVCache:
         return KVCache(1, batch_size, 1, 1, max_length or self.cfg.context_length)
 
     def forward(self, token_ids, *, cache=None, last_token_only=False, **_):
         self.calls += 1
+        self.fed.append(token_ids.shape[1])
         if cache is not None:
             cache.advance(token_ids.shape[1])
         if last_token_only:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from generation_helpers import tiny_model
+from generation_helpers import ByteTokenizer, tiny_model
 
 from gptsmith.chat import Conversation, format_instruction, template_from_config
 from gptsmith.cli import main
@@ -135,6 +135,10 @@ def test_generate_long_prompt_warns(capsys, checkpoint):
         (["--num-beams", "0"], "num_beams must be an integer >= 1"),
         (["--repetition-penalty", "0"], "repetition_penalty must be > 0"),
         (["--num-samples", "3"], "identical texts"),
+        (["--num-samples", "2", "--num-beams", "3"], "with beam search gives identical texts"),
+        (["--num-beams", "3", "--temperature", "0.8"], "beam search (num_beams > 1) is deterministic"),
+        (["--temperature", "nan"], "temperature must be a finite number"),
+        (["--stop", ""], "stop"),
     ],
 )
 def test_generate_bad_flags(capsys, checkpoint, flags, message):
@@ -142,6 +146,14 @@ def test_generate_bad_flags(capsys, checkpoint, flags, message):
     assert code == 2
     assert err.startswith("gptsmith generate: error: ") and message in err
     assert "Traceback" not in err
+    assert out == ""  # refused before anything is printed, not after the prompt
+
+
+def test_chat_checks_flags_against_the_model_before_the_first_message(capsys, checkpoint, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("The module\n"))
+    code, out, err = _run(capsys, "chat", "--checkpoint", str(checkpoint), "--top-k", "100000")
+    assert code == 2 and out == "" and "top_k must be at most the vocabulary size" in err
+    assert "chatting with" not in err
 
 
 def test_generate_missing_checkpoint(capsys, tmp_path):
@@ -221,12 +233,31 @@ def test_conversation_drops_the_oldest_turns_when_full(simple_tokenizer):
     conv = Conversation(simple_tokenizer, context_length=20, reply_room=5)
     for i in range(6):
         conv.add(f"turn {i} text", "reply here")
-    ids, dropped = conv.prompt_ids("new message")
-    assert len(ids) <= 15 and dropped > 0
+    ids, dropped, cropped = conv.prompt_ids("new message")
+    assert len(ids) <= 15 and dropped > 0 and cropped == 0
     assert simple_tokenizer.decode(ids).endswith("new message")
     assert conv.turns[-1] == ("turn 5 text", "reply here") and len(conv.turns) == 6 - dropped
-    long_ids, _ = conv.prompt_ids("word " * 40)  # a message longer than the room: its end is kept
-    assert len(long_ids) == 15
+    long_ids, _, cropped = conv.prompt_ids("word " * 40)  # a message longer than the room: its end is kept
+    assert len(long_ids) == 15 and cropped == 40 - 15
+
+
+def test_alpaca_conversation_states_the_preamble_once():
+    tok = ByteTokenizer()  # decodes back to the exact text
+    conv = Conversation(tok, context_length=1000, reply_room=10, template="alpaca")
+    assert tok.decode(conv.prompt_ids("Name a colour.").ids) == format_instruction("Name a colour.")
+    conv.add("Name a colour.", "Red.")
+    text = tok.decode(conv.prompt_ids("Another?").ids)
+    assert text == format_instruction("Name a colour.") + "Red.\n\n### Instruction:\nAnother?\n\n### Response:\n"
+
+
+def test_chat_drops_old_turns_and_warns_about_a_long_message(capsys, checkpoint, monkeypatch):
+    # context 48, reply room 10: three short turns do not fit together, a 60-word message alone does not
+    lines = ["The module imports the class and the function"] * 3 + ["the " * 60]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(lines) + "\n"))
+    code, out, err = _run(capsys, "chat", "--checkpoint", str(checkpoint), "--max-new-tokens", "10")
+    assert code == 0 and len(out.splitlines()) == 4
+    assert "(context full: dropped the 1 oldest turn(s))" in err
+    assert "message too long for the context of 48 tokens" in err and "22 token(s) cut" in err
 
 
 def test_alpaca_template(simple_tokenizer):

@@ -52,10 +52,13 @@ def test_greedy_matches_step_by_step_argmax_of_the_cropped_window(model, prompt)
             assert int(model(window)[0, -1].argmax()) == out[i]
 
 
-def test_cache_is_used(prompt):
+def test_cache_is_used_by_default(prompt):
     table = TableModel(torch.randn(97, 97))
     generate(table, prompt, 5)
-    assert table.calls == 5  # prefill + one call per later step (no repeated prefix passes)
+    assert table.fed == [10, 1, 1, 1, 1]  # prefill, then only the newest token per step
+    table.fed.clear()
+    generate(table, prompt, 5, use_cache=False)
+    assert table.fed == [10, 11, 12, 13, 14]  # without the cache every step re-reads the text
 
 
 def test_max_new_tokens_zero_returns_the_prompt(model, prompt):
@@ -153,6 +156,8 @@ def test_top_p_filter_keeps_the_smallest_nucleus():
     kept = top_p_filter(probs.log(), 0.75) > -float("inf")
     assert kept.tolist() == [[True, True, False, False]]  # 0.5 < 0.75 <= 0.5 + 0.3
     assert (top_p_filter(probs.log(), 1.0) > -float("inf")).all()
+    # A top_p that is 0 in float32 still keeps the most likely token (never an empty nucleus).
+    assert (top_p_filter(probs.log(), 1e-300) > -float("inf")).tolist() == [[True, False, False, False]]
 
 
 def test_repetition_penalty_processor():
@@ -210,7 +215,7 @@ def test_batch_rows_stop_independently_and_are_padded():
 
 def test_beam_search_with_one_beam_is_greedy(model, prompt):
     greedy = generate(model, prompt, 40)
-    best, _ = beam_search(model, prompt, 40, num_beams=1)
+    best, _, reason = beam_search(model, prompt, 40, num_beams=1)
     assert best == greedy[0, 10:].tolist()
 
 
@@ -323,6 +328,12 @@ def test_text_round_trip(gpt2_tokenizer):
         ({"num_beams": 0}, "num_beams must be an integer >= 1"),
         ({"repetition_penalty": 0.0}, "repetition_penalty must be > 0"),
         ({"eos_id": 500}, "eos_id 500 is outside"),
+        ({"temperature": float("nan")}, "temperature must be a finite number, got nan"),
+        ({"temperature": float("inf")}, "temperature must be a finite number"),
+        ({"repetition_penalty": float("nan")}, "repetition_penalty must be a finite number"),
+        ({"num_beams": 2, "length_penalty": float("nan")}, "length_penalty must be a finite number"),
+        ({"num_beams": 2, "temperature": 0.8}, "beam search .* is deterministic"),
+        ({"num_beams": 2, "top_k": 5}, "beam search .* is deterministic"),
     ],
 )
 def test_bad_options_raise_clear_errors(model, prompt, options, message):
@@ -352,6 +363,25 @@ def test_stream_reports_tokens_and_stop_reason():
     assert stream.token_ids == tok.encode("ab") and stream.stop_reason == "eos"
     stream = stream_text(model, tok, [tok.eot_id], 1)
     assert "".join(stream) == "a" and stream.stop_reason == "max_new_tokens"
+
+
+def test_stream_leaves_out_a_character_cut_by_max_new_tokens():
+    tok = ByteTokenizer()
+    model = scripted_model(tok.encode("aé") + [tok.eot_id], prompt_length=1, vocab_size=257)
+    stream = stream_text(model, tok, [tok.eot_id], 2)  # "a" and the first byte of "é"
+    assert list(stream) == ["a"] and len(stream.token_ids) == 2
+    assert "".join(stream_text(model, tok, [tok.eot_id], 3)) == "aé"
+
+
+def test_beam_stream_says_why_it_stopped():
+    tok = ByteTokenizer()
+    model = scripted_model(tok.encode("hello world") + [tok.eot_id], prompt_length=1, vocab_size=257)
+    stream = stream_text(model, tok, [tok.eot_id], 20, num_beams=2, stop_sequences=["wor"], eos_id=tok.eot_id)
+    assert "".join(stream) == "hello " and stream.stop_reason == "stop_sequence"
+    stream = stream_text(model, tok, [tok.eot_id], 20, num_beams=2, eos_id=tok.eot_id)
+    assert "".join(stream) == "hello world" and stream.stop_reason == "eos"
+    stream = stream_text(model, tok, [tok.eot_id], 3, num_beams=2, eos_id=tok.eot_id)
+    assert "".join(stream) == "hel" and stream.stop_reason == "max_new_tokens"
 
 
 def test_stream_keeps_the_spaces_of_a_word_level_tokenizer():

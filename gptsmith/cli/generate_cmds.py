@@ -157,6 +157,16 @@ def _decoding_options(args: argparse.Namespace, **more: Any) -> dict[str, Any]:
     return options
 
 
+def _check_for_model(options: dict[str, Any], model: torch.nn.Module, tokenizer: Any) -> None:
+    """The checks that need the model and tokenizer (top_k vs the vocabulary, stop texts), done
+    before anything is printed rather than at the first generated token."""
+    from gptsmith.generate import GenerationConfig
+    from gptsmith.stopping import normalise_stops
+
+    GenerationConfig(**options).check_vocab(model.cfg.vocab_size)
+    normalise_stops(options.get("stop_sequences"), tokenizer)
+
+
 def _unescape(text: str) -> str:
     """Let users type --stop '\\n' for a newline (and \\t, \\\\)."""
     return text.replace("\\\\", "\0").replace("\\n", "\n").replace("\\t", "\t").replace("\0", "\\")
@@ -167,10 +177,11 @@ def run_generate(args: argparse.Namespace) -> int:
 
     if args.num_samples < 1:
         raise ConfigError(f"--num-samples must be at least 1, got {args.num_samples}")
-    if args.num_samples > 1 and args.temperature == 0 and args.num_beams == 1:
+    if args.num_samples > 1 and args.temperature == 0:
+        how = "beam search" if args.num_beams > 1 else "greedy decoding"
         raise ConfigError(
-            f"--num-samples {args.num_samples} with greedy decoding gives identical texts "
-            "(add --temperature 0.8, say)"
+            f"--num-samples {args.num_samples} with {how} gives identical texts "
+            "(sample instead: --temperature 0.8, say, without --num-beams)"
         )
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     options = _decoding_options(
@@ -178,6 +189,7 @@ def run_generate(args: argparse.Namespace) -> int:
     )
     model, tokenizer, _, name = load_for_generation(args)
     options["eos_id"] = tokenizer.eot_id
+    _check_for_model(options, model, tokenizer)
     max_new_tokens = options.pop("max_new_tokens")
     samples = []
     for index in range(args.num_samples):
@@ -223,8 +235,9 @@ def run_chat(args: argparse.Namespace) -> int:
     from gptsmith.generate import stream_text
 
     options = _decoding_options(args)
-    max_new_tokens = options.pop("max_new_tokens")
     model, tokenizer, config, name = load_for_generation(args)
+    _check_for_model(options, model, tokenizer)
+    max_new_tokens = options.pop("max_new_tokens")
     template = template_from_config(config)
     reply_room = min(max_new_tokens, model.cfg.context_length // 2)
     conversation = Conversation(tokenizer, model.cfg.context_length, reply_room, template)
@@ -253,9 +266,12 @@ def run_chat(args: argparse.Namespace) -> int:
         if command.startswith("/") and " " not in command:
             print(f"unknown command {command} (commands: /reset, /exit)", file=sys.stderr)
             continue
-        ids, dropped = conversation.prompt_ids(message)
+        ids, dropped, cropped = conversation.prompt_ids(message)
         if dropped:
             print(f"(context full: dropped the {dropped} oldest turn(s))", file=sys.stderr)
+        if cropped:
+            print(f"(message too long for the context of {model.cfg.context_length} tokens with room for "
+                  f"the reply: the model sees only its last part, {cropped} token(s) cut)", file=sys.stderr)
         pieces = []
         try:
             turn_seed = None if seed is None else seed + turn
