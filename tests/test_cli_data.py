@@ -62,7 +62,8 @@ def test_prepare_bad_input_is_one_line_and_exit_2(argv, message, capsys):
 
 @pytest.mark.parametrize("make, message", [
     (lambda d: (d / "empty.txt").write_text("  \n"), "is empty"),
-    (lambda d: (d / "nodocs").mkdir() or (d / "nodocs" / "x.csv").write_text("a,b"), "holds no .txt or .md files"),
+    (lambda d: (d / "nodocs").mkdir() or (d / "nodocs" / "x.csv").write_text("a,b"),
+     "holds no .txt or .md files"),
     (lambda d: (d / "latin.txt").write_bytes(b"caf\xe9 au lait"), "is not UTF-8: byte 0xe9 at offset 3"),
 ])
 def test_prepare_bad_corpus_files_are_one_line_and_exit_2(make, message, tmp_path, capsys, monkeypatch):

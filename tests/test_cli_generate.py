@@ -247,7 +247,8 @@ def test_alpaca_conversation_states_the_preamble_once():
     assert tok.decode(conv.prompt_ids("Name a colour.").ids) == format_instruction("Name a colour.")
     conv.add("Name a colour.", "Red.")
     text = tok.decode(conv.prompt_ids("Another?").ids)
-    assert text == format_instruction("Name a colour.") + "Red.\n\n### Instruction:\nAnother?\n\n### Response:\n"
+    second_turn = "### Instruction:\nAnother?\n\n### Response:\n"
+    assert text == format_instruction("Name a colour.") + "Red.\n\n" + second_turn
 
 
 def test_chat_drops_old_turns_and_warns_about_a_long_message(capsys, checkpoint, monkeypatch):
