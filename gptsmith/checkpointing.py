@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -179,19 +180,26 @@ def check_checkpoint(checkpoint_dir: Path) -> dict[str, Any]:
             f"{checkpoint_dir} has no {CONFIG_FILE} (the save was interrupted; resume with --fallback)"
         )
     config = read_model_config(checkpoint_dir)
-    weights = read_safetensors(checkpoint_dir / WEIGHTS_FILE) if (checkpoint_dir / WEIGHTS_FILE).is_file() \
-        else None
+    weights_path = checkpoint_dir / WEIGHTS_FILE
+    try:
+        weights = read_safetensors(weights_path) if weights_path.is_file() else None
+    except CheckpointError as exc:
+        message = str(exc).split(" (")[0]
+        raise CheckpointError(f"{message} (the checkpoint is corrupt or partial; resume with --fallback to "
+                              "use the previous good one)") from None
     if weights is None:
         raise CheckpointError(f"{checkpoint_dir / WEIGHTS_FILE} is missing (resume with --fallback)")
     state = load_training_state(checkpoint_dir)
     return {"config": config, "weights": weights, "state": state, "path": checkpoint_dir}
 
 
-def find_resume_checkpoint(run_dir: Path, *, fallback: bool = False) -> tuple[dict[str, Any], list[str]]:
+def find_resume_checkpoint(
+    run_dir: Path, *, fallback: bool = False
+) -> tuple[dict[str, Any], list[tuple[Path, str]]]:
     """The checkpoint to resume ``run_dir`` from: ``latest``, or with ``fallback`` the newest good one.
 
-    Returns (loaded checkpoint, list of problems skipped on the way). Without ``fallback`` a bad
-    ``latest`` checkpoint raises its ``CheckpointError`` (which names the path).
+    Returns (loaded checkpoint, [(bad checkpoint, problem)] skipped on the way). Without
+    ``fallback`` a bad ``latest`` checkpoint raises its ``CheckpointError`` (which names the path).
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -211,8 +219,20 @@ def find_resume_checkpoint(run_dir: Path, *, fallback: bool = False) -> tuple[di
         except CheckpointError as exc:
             if not fallback:
                 raise
-            problems.append(str(exc))
-    raise CheckpointError(f"no loadable checkpoint in {run_dir}: " + "; ".join(problems))
+            problems.append((candidate, str(exc)))
+    raise CheckpointError(f"no loadable checkpoint in {run_dir}: " + "; ".join(m for _, m in problems))
+
+
+def quarantine_checkpoint(checkpoint_dir: Path) -> Path:
+    """Rename a bad checkpoint to ``corrupt-step-N`` (kept for inspection, never loaded or counted
+    among the last K again, so pruning cannot delete a good checkpoint in its favour)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    target = checkpoint_dir.with_name(f"corrupt-{checkpoint_dir.name}")
+    if target.exists():
+        shutil.rmtree(target, ignore_errors=True)
+    if checkpoint_dir.exists():
+        os.replace(checkpoint_dir, target)
+    return target
 
 
 # --- Metrics ------------------------------------------------------------------------------------

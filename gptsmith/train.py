@@ -63,29 +63,40 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise ``ConfigError`` for values that cannot work, naming the flag to change."""
-        def positive(name: str, value: Any) -> None:
-            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name} must be > 0, got {value!r}")
+        def number(name: str, value: Any, *, whole: bool = False) -> None:
+            kinds = int if whole else int | float
+            if not isinstance(value, kinds) or isinstance(value, bool) or not math.isfinite(value):
+                kind = "whole" if whole else "finite"
+                raise ConfigError(f"{flag(name)} must be a {kind} number, got {value!r}")
 
-        positive("--lr", self.lr)
-        positive("--batch-size", self.batch_size)
-        positive("--max-steps", self.max_steps)
-        positive("eval_batches", self.eval_batches)
-        positive("keep_last", self.keep_last)
-        if self.context_length is not None:
-            positive("--context-length", self.context_length)
-        if self.target_batch_tokens is not None:
-            positive("target_batch_tokens", self.target_batch_tokens)
-        if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
-            raise ConfigError(f"min_lr must be between 0 and lr ({self.lr}), got {self.min_lr}")
+        def positive(name: str, value: Any, *, whole: bool = False) -> None:
+            number(name, value, whole=whole)
+            if value <= 0:
+                raise ConfigError(f"{flag(name)} must be > 0, got {value!r}")
+
+        positive("lr", self.lr)
+        for name in ("batch_size", "max_steps", "eval_batches", "keep_last"):
+            positive(name, getattr(self, name), whole=True)
+        for name in ("context_length", "target_batch_tokens"):
+            if getattr(self, name) is not None:
+                positive(name, getattr(self, name), whole=True)
+        if self.min_lr is not None:
+            number("min_lr", self.min_lr)
+            if not 0 <= self.min_lr <= self.lr:
+                raise ConfigError(f"--min-lr must be between 0 and --lr ({self.lr}), got {self.min_lr}")
         for name in ("warmup_steps", "eval_every", "checkpoint_every", "sample_every", "log_every"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise ConfigError(f"{name} must be a whole number >= 0, got {value!r}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ConfigError("weight_decay and grad_clip must be >= 0")
+            if value is not None:
+                number(name, value, whole=True)
+                if value < 0:
+                    raise ConfigError(f"{flag(name)} must be a whole number >= 0, got {value!r}")
+        for name in ("weight_decay", "grad_clip"):
+            number(name, getattr(self, name))
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")
+        number("val_fraction", self.val_fraction)
         if not 0 < self.val_fraction < 1:
-            raise ConfigError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+            raise ConfigError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.dtype not in DTYPES:
@@ -106,6 +117,11 @@ class TrainConfig:
         cfg = replace(self, **overrides)
         cfg.betas = tuple(cfg.betas)
         return cfg
+
+
+def flag(field_name: str) -> str:
+    """The command-line flag of a ``TrainConfig`` field (``keep_last`` -> ``--keep-last``)."""
+    return "--" + field_name.replace("_", "-")
 
 
 # --- Loss and evaluation ------------------------------------------------------------------------

@@ -145,12 +145,17 @@ class Trainer:
     def resume(self, *, fallback: bool = False) -> list[str]:
         """Load the run's latest checkpoint (or, with ``fallback``, its newest good one).
 
-        Returns the problems skipped with ``fallback``. Raises ``CheckpointError`` naming the path
-        of a corrupt/partial checkpoint, or the fields whose model config differs.
+        Returns the problems skipped with ``fallback`` (those checkpoints are renamed
+        ``corrupt-step-N``). Raises ``CheckpointError`` naming the path of a corrupt/partial
+        checkpoint, or the fields whose model config differs.
         """
         if self.run_dir is None:
             raise ConfigError("resume needs a run directory")
-        loaded, problems = ckpt.find_resume_checkpoint(self.run_dir, fallback=fallback)
+        loaded, skipped = ckpt.find_resume_checkpoint(self.run_dir, fallback=fallback)
+        problems = [message for _, message in skipped]
+        if self.dist.is_main:
+            for bad, _ in skipped:
+                ckpt.quarantine_checkpoint(bad)
         path = loaded["path"]
         saved_model = loaded["config"]["model"]
         ours = self.model.cfg.to_dict()
@@ -221,11 +226,14 @@ class Trainer:
                     self.callbacks.on_step(info)
                 stop = any_rank(self._stop_signal is not None, self.dist, self.device)
                 last = self.step == cfg.max_steps
+                new_best = False
                 if last or self.step % eval_every == 0:
                     result.evals.append(self._evaluate())
+                    new_best = result.evals[-1]["best"]
                 if sample_every and is_main and (last or self.step % sample_every == 0):
                     self._sample()
-                if last or stop or self.step % checkpoint_every == 0:
+                # A new best validation loss is always saved, so `best` names a checkpoint that exists.
+                if last or stop or new_best or self.step % checkpoint_every == 0:
                     self._save_checkpoint()
                 if stop:
                     result.stopped = "interrupted"
@@ -259,26 +267,31 @@ class Trainer:
             loss_sum += loss.detach()
         mean_loss = all_reduce_mean(loss_sum / self.accum_steps, self.dist).item()
         if not math.isfinite(mean_loss):
-            self._raise_non_finite("loss", mean_loss, lr)
+            self._raise_non_finite("training loss", mean_loss, lr)
         grad_norm = None
         if cfg.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip).item()
             if not math.isfinite(grad_norm):
-                self._raise_non_finite("gradient norm", grad_norm, lr)
+                self._raise_non_finite("training gradient norm", grad_norm, lr)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.tokens_seen += self.tokens_per_step
         return mean_loss, lr, grad_norm, time.perf_counter() - started
 
-    def _raise_non_finite(self, what: str, value: float, lr: float) -> None:
+    def _raise_non_finite(self, what: str, value: float, lr: float, *, updated: bool = False) -> None:
         kept = f"the last good checkpoint {self.last_checkpoint} is kept" if self.last_checkpoint \
             else "no checkpoint was written yet"
         resume = f", then --resume {self.run_dir}" if self.last_checkpoint else ""
+        when = (f"after the update of step {self.step}; stopped without saving" if updated
+                else f"at step {self.step + 1}; stopped before updating the weights")
         raise NonFiniteLossError(
-            f"training {what} became {value} at step {self.step + 1} (lr {lr:.3g}); stopped before "
-            f"updating the weights; {kept} (lower --lr or keep gradient clipping on{resume})"
+            f"{what} became {value} {when} (lr {lr:.3g}); {kept} (lower --lr or keep gradient "
+            f"clipping on{resume})"
         )
+
+    def _current_lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
 
     # --- Evaluation, samples, checkpoints ---------------------------------------------------
 
@@ -287,6 +300,9 @@ class Trainer:
         # needed, and every rank agrees on the best checkpoint.
         train_loss, val_loss = evaluate(self.model, self.train_eval, self.val_eval, self.cfg.eval_batches,
                                         device=self.device, amp_dtype=self.amp_dtype)
+        for what, value in (("validation loss", val_loss), ("train loss (eval)", train_loss)):
+            if not math.isfinite(value):  # the last update broke the weights: never save or sample them
+                self._raise_non_finite(what, value, self._current_lr(), updated=self.step > 0)
         self.last_val_loss = val_loss
         info = {"step": self.step, "tokens_seen": self.tokens_seen, "train_loss": train_loss,
                 "val_loss": val_loss, "val_ppl": perplexity(val_loss)}
@@ -332,6 +348,8 @@ class Trainer:
     def _save_checkpoint(self) -> None:
         if self.run_dir is None or not self.dist.is_main:
             return
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            self._raise_non_finite("a weight", float("nan"), self._current_lr(), updated=True)
         state = {
             "step": self.step,
             "tokens_seen": self.tokens_seen,

@@ -69,6 +69,13 @@ def test_train_eval_and_resume_from_the_command_line(inputs, tmp_path, capsys):
         (["--context-length", "100000"], "context_length 100000"),
         (["--preset", "nope"], "unknown model preset 'nope'"),
         (["--recipe", "nope"], "unknown recipe 'nope'"),
+        (["--lr", "nan"], "--lr must be a finite number, got nan"),
+        (["--lr", "inf"], "--lr must be a finite number, got inf"),
+        (["--min-lr", "nan"], "--min-lr must be a finite number"),
+        (["--grad-clip", "-1"], "--grad-clip must be >= 0"),
+        (["--keep-last", "0"], "--keep-last must be > 0"),
+        (["--eval-batches", "0"], "--eval-batches must be > 0"),
+        (["--val-fraction", "1.5"], "--val-fraction must be between 0 and 1"),
     ],
 )
 def test_bad_train_flags_are_one_line_errors(inputs, tmp_path, capsys, extra, message):
@@ -89,6 +96,20 @@ def test_existing_run_and_resume_flags_are_checked(inputs, tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path / "missing")]) == 2
     assert "run.json not found" in capsys.readouterr().err
     assert main(train_args(corpus, config, run, "--max-steps", "2", "--eval-every", "2", "--overwrite")) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--max-steps", "1", "--no-progress"]) == 0
+    assert "already at step 2, not below --max-steps 1: nothing to train" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["--max-batches", "0"], "--max-batches must be >= 1, got 0"),
+    (["--val-fraction", "0"], "--val-fraction must be between 0 and 1, got 0.0"),
+])
+def test_bad_eval_flags_are_one_line_errors(tmp_path, capsys, extra, message):
+    assert main(["eval", "--preset", "tiny", "--data", "builtin", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gptsmith eval: error: ") and message in err and "Traceback" not in err
 
 
 @pytest.mark.slow

@@ -76,11 +76,15 @@ def test_corrupt_checkpoint_is_refused_and_fallback_uses_the_previous_one(tmp_pa
     trainer.fit()
     weights = run / "checkpoints" / "step-000008" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # a torn write from another tool
-    with pytest.raises(CheckpointError, match=r"step-000008/model.safetensors.*truncated or corrupt"):
+    message = r"step-000008/model.safetensors.*corrupt or partial.*--fallback"
+    with pytest.raises(CheckpointError, match=message):
         make_trainer(run, resume_config(), model_cfg=DROPOUT).resume()
     resumed = make_trainer(run, resume_config(), model_cfg=DROPOUT)
     problems = resumed.resume(fallback=True)
     assert resumed.step == 4 and "step-000008" in problems[0]
+    # The bad checkpoint is moved aside, so it never counts among the last K kept instead of a good one.
+    assert (run / "checkpoints" / "corrupt-step-000008").is_dir()
+    assert not (run / "checkpoints" / "step-000008").exists()
     assert resumed.fit().losses == full.losses[4:]
 
 

@@ -215,10 +215,38 @@ class Poison(TrainCallbacks):
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     trainer = make_trainer(tmp_path / "run", tiny_config(checkpoint_every=3))
     trainer.callbacks = Poison(trainer.model, at=7)
-    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 8 .*step-000006"):
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 8; .*step-000006"):
         trainer.fit()
     assert (tmp_path / "run" / "latest").read_text().strip() == "checkpoints/step-000006"
     assert torch.isfinite(load_model(tmp_path / "run").tok_emb.weight).all()
+
+
+@pytest.mark.parametrize(("poisoned_step", "message", "kept"), [
+    (6, r"validation loss became nan after the update of step 6; stopped without saving", 3),  # eval step
+    (9, r"a weight became nan after the update of step 9; stopped without saving", 6),  # checkpoint only
+])
+def test_weights_broken_by_an_update_are_never_saved(tmp_path, poisoned_step, message, kept):
+    trainer = make_trainer(tmp_path / "run", tiny_config(checkpoint_every=3, sample_every=0))
+    trainer.callbacks = Poison(trainer.model, at=poisoned_step)
+    with pytest.raises(NonFiniteLossError, match=message):
+        trainer.fit()
+    assert (tmp_path / "run" / "latest").read_text().strip() == f"checkpoints/step-{kept:06d}"
+    assert not (tmp_path / "run" / "checkpoints" / f"step-{poisoned_step:06d}").exists()
+    assert torch.isfinite(load_model(tmp_path / "run").tok_emb.weight).all()
+
+
+def test_a_new_best_is_always_checkpointed_and_kept(tmp_path, monkeypatch):
+    import gptsmith.trainer as trainer_module
+
+    val_losses = iter([9.0, 5.0, 6.0, 4.0, 4.5, 7.0, 8.0])  # at steps 0, 2, 4, ..., 12: best at step 6
+    monkeypatch.setattr(trainer_module, "evaluate", lambda *a, **k: (1.0, next(val_losses)))
+    run = tmp_path / "run"
+    trainer = make_trainer(run, tiny_config(eval_every=2, checkpoint_every=4, keep_last=1, sample_every=0))
+    result = trainer.fit()
+    assert result.best_val_loss == 4.0
+    assert (run / "best").read_text().strip() == "checkpoints/step-000006"  # 6 is not a checkpoint step
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000006", "step-000012"]
+    assert load_model(run / "checkpoints" / "step-000006").cfg == TINY
 
 
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -27,16 +27,46 @@ TRAIN_FLAGS = {
 RESUME_FLAGS = {"max_steps", "device", "eval_every", "checkpoint_every", "sample_every", "keep_last"}
 
 
+TRAIN_EPILOG = """\
+examples:
+  gptsmith train                    # the main job: tiny preset, built-in corpus, minutes on a CPU
+  gptsmith train --recipe tinyshakespeare --out runs/shakespeare
+  gptsmith train --data notes/ --preset small --context-length 256 --lr 1e-3 --out runs/notes
+  gptsmith train --resume runs/notes --max-steps 2000     # continue exactly where it stopped
+  torchrun --standalone --nproc_per_node=2 -m gptsmith train --out runs/ddp   # data-parallel processes
+
+On --resume only --max-steps, --device, --eval-every, --checkpoint-every, --sample-every and
+--keep-last may change; everything else is read from RUN_DIR/run.json. Ctrl-C or SIGTERM stops
+after the current step with a checkpoint (exit status 130). A new best validation loss is always
+checkpointed; RUN_DIR/best names it.
+"""
+
+
+def _train_defaults() -> dict[str, Any]:
+    """What a flag defaults to: the default recipe's value, else TrainConfig's field default."""
+    import dataclasses
+
+    from gptsmith.recipes import get_recipe
+    from gptsmith.train import TrainConfig
+
+    recipe = get_recipe("default")
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    return {**defaults, **recipe["train"], "preset": recipe["preset"]}
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train`` and ``eval`` to ``subparsers``."""
+    d = _train_defaults()
     p = subparsers.add_parser(
         "train", help="pretrain a GPT on a corpus (or --resume a run)",
         description="Train a GPT from scratch. With no arguments: the tiny preset on the built-in corpus "
-        "for a few minutes on a CPU. Precedence: --recipe < --config file < flags.",
+        "for a few minutes on a CPU. Precedence: --recipe < --config file < flags. Defaults below are "
+        "the default recipe's.",
+        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--data", help="corpus name or path (builtin, the-verdict, tinyshakespeare, a file, dir, "
-                   "glob, .jsonl, .parquet, hf:NAME); default: builtin")
-    p.add_argument("--preset", help="model preset (tiny, small, gpt2-small, ...); default: tiny")
+                   f"glob, .jsonl, .parquet, hf:NAME); default: {d['data']}")
+    p.add_argument("--preset", help=f"model preset (tiny, small, gpt2-small, ...); default: {d['preset']}")
     p.add_argument("--recipe", help="ready-made settings: default, the-verdict, tinyshakespeare, "
                    "shakespeare_complete")
     p.add_argument("--config", help="YAML/JSON file with `model:` (GPTConfig fields, or preset:) and "
@@ -46,24 +76,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly from its latest checkpoint")
     p.add_argument("--fallback", action="store_true",
                    help="with --resume: if the latest checkpoint is corrupt, use the newest good one")
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--batch-size", type=int, help="sequences per micro-batch (per process)")
-    p.add_argument("--context-length", type=int, help="tokens per sequence (sets the model's context)")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--min-lr", type=float, help="floor of the cosine decay (default lr/10)")
-    p.add_argument("--warmup-steps", type=int)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--grad-clip", type=float, help="max gradient norm (0 = off)")
-    p.add_argument("--target-batch-tokens", type=int, help="accumulate gradients to this many tokens/step")
-    p.add_argument("--eval-every", type=int)
-    p.add_argument("--eval-batches", type=int)
-    p.add_argument("--checkpoint-every", type=int, help="default: at every evaluation")
-    p.add_argument("--keep-last", type=int, help="checkpoints kept besides the best one")
-    p.add_argument("--sample-every", type=int, help="default: at every evaluation; 0 = never")
-    p.add_argument("--prompt", help="prompt of the periodic sample")
-    p.add_argument("--tokenizer", help="gpt2 (default) or simple")
-    p.add_argument("--val-fraction", type=float)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--max-steps", type=int, help=f"optimizer steps (default: {d['max_steps']})")
+    p.add_argument("--batch-size", type=int,
+                   help=f"sequences per micro-batch, per process (default: {d['batch_size']})")
+    p.add_argument("--context-length", type=int,
+                   help="tokens per sequence (sets the model's context; default: the preset's)")
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default: {d['lr']})")
+    p.add_argument("--min-lr", type=float, help="floor of the cosine decay (default: lr/10)")
+    p.add_argument("--warmup-steps", type=int, help=f"linear warm-up steps (default: {d['warmup_steps']})")
+    p.add_argument("--weight-decay", type=float,
+                   help=f"AdamW weight decay on weight matrices (default: {d['weight_decay']})")
+    p.add_argument("--grad-clip", type=float, help=f"max gradient norm, 0 = off (default: {d['grad_clip']})")
+    p.add_argument("--target-batch-tokens", type=int,
+                   help="accumulate gradients until a step sees this many tokens (default: no accumulation)")
+    p.add_argument("--eval-every", type=int,
+                   help=f"steps between evaluations, 0 = only at the end (default: {d['eval_every']})")
+    p.add_argument("--eval-batches", type=int,
+                   help=f"batches per split per evaluation (default: {d['eval_batches']})")
+    p.add_argument("--checkpoint-every", type=int,
+                   help="steps between checkpoints (default: at every evaluation)")
+    p.add_argument("--keep-last", type=int,
+                   help=f"checkpoints kept besides the best one (default: {d['keep_last']})")
+    p.add_argument("--sample-every", type=int,
+                   help="steps between samples (default: at every evaluation; 0 = never)")
+    p.add_argument("--prompt", help=f"prompt of the periodic sample (default: {d['sample_prompt']!r})")
+    p.add_argument("--tokenizer", help="gpt2 (default) or simple (word-level, learnt from the corpus)")
+    p.add_argument("--val-fraction", type=float,
+                   help=f"last part of the corpus held out for validation (default: {d['val_fraction']})")
+    p.add_argument("--seed", type=int, help=f"seed of weights, data order and dropout (default: {d['seed']})")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], help="auto = bf16 autocast where faster")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
@@ -172,8 +212,14 @@ def run_train(args: argparse.Namespace) -> int:
                       callbacks=progress, run_info={"data_info": data_info})
     if args.resume:
         for problem in trainer.resume(fallback=args.fallback):
-            _say(f"skipped a bad checkpoint: {problem}")
+            _say(f"skipped a bad checkpoint (renamed corrupt-step-N): {problem}")
         _say(f"resuming {run_dir} from step {trainer.step} ({trainer.last_checkpoint})")
+        if trainer.step >= train_cfg.max_steps:
+            _say(f"note: the run is already at step {trainer.step}, not below --max-steps "
+                 f"{train_cfg.max_steps}: nothing to train (pass a larger --max-steps to continue)")
+    if train_cfg.warmup_steps >= train_cfg.max_steps:
+        _say(f"note: --warmup-steps {train_cfg.warmup_steps} >= --max-steps {train_cfg.max_steps}: the "
+             f"learning rate never reaches its peak {train_cfg.lr:g} (lower --warmup-steps)")
     _say(f"corpus: {data_info['n_train_tokens']:,} train + {data_info['n_val_tokens']:,} val tokens")
     try:
         result = trainer.fit()
@@ -254,10 +300,11 @@ class ProgressPrinter:
 
     def on_step(self, info: dict) -> None:
         if self.bar is not None:
-            self.bar.update(1)
+            # The numbers first, then the step, so the bar redraws with this step's numbers.
             self.bar.set_postfix_str(f"loss {info['loss']:.3f} lr {info['lr']:.2e} "
                                      f"tokens {info['tokens_seen']:,} {info['tokens_per_s']:,.0f} tok/s",
                                      refresh=False)
+            self.bar.update(1)
 
     def on_eval(self, info: dict) -> None:
         ppl = f"{info['val_ppl']:,.1f}" if math.isfinite(info["val_ppl"]) else "inf"
@@ -291,6 +338,12 @@ def run_eval(args: argparse.Namespace) -> int:
     from gptsmith.train import calc_loss_loader, perplexity, prepare_splits
     from gptsmith.weights import load_model, read_model_config, resolve_model_dir
 
+    for flag_name, value in (("--batch-size", args.batch_size), ("--max-batches", args.max_batches),
+                             ("--context-length", args.context_length)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag_name} must be >= 1, got {value}")
+    if args.val_fraction is not None and not 0 < args.val_fraction < 1:
+        raise ConfigError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
     device = resolve_device(args.device)
     if device.type == "cpu":
         tune_cpu_allocator()  # the logits of every batch are big buffers: avoid re-faulting them
@@ -311,7 +364,9 @@ def run_eval(args: argparse.Namespace) -> int:
         tokenizer, model = load_tokenizer("gpt2"), GPTModel(cfg).to(device).eval()
         label = f"untrained {args.preset}"
     data = args.data or run_train_cfg.get("data", "builtin")
-    val_fraction = args.val_fraction or run_train_cfg.get("val_fraction", 0.1)
+    val_fraction = args.val_fraction
+    if val_fraction is None:
+        val_fraction = run_train_cfg.get("val_fraction", 0.1)
     train_tokens, val_tokens, _ = prepare_splits(data, tokenizer, val_fraction)
     context_length = args.context_length or model.cfg.context_length
     if context_length > model.cfg.context_length:
