@@ -245,7 +245,12 @@ def export_hf(model: GPTModel, directory: str | Path) -> Path:
 
 
 def download_hf_model(name: str) -> Path:
-    """Local directory of hub model ``name`` (e.g. ``gpt2``), from the HF cache or downloaded into it."""
+    """Local directory of hub model ``name`` (e.g. ``gpt2``), from the HF cache or downloaded into it.
+
+    Only config.json and one weights file are fetched: ``model.safetensors``, or for repositories
+    that have none, ``pytorch_model.bin``. A cached snapshot without weights (an interrupted
+    download) is completed online rather than used.
+    """
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
@@ -253,16 +258,31 @@ def download_hf_model(name: str) -> Path:
             f"{name!r} is not a local path; downloading it needs huggingface_hub "
             "(pip install 'gptsmith[hub]')"
         ) from None
-    patterns = ["config.json", HF_SAFETENSORS]
-    try:
-        return Path(snapshot_download(repo_id=name, allow_patterns=patterns, local_files_only=True))
-    except Exception:
-        pass  # not cached yet
-    try:
-        return Path(snapshot_download(repo_id=name, allow_patterns=patterns))
-    except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(
-            f"cannot get {name!r} from the Hugging Face hub ({type(exc).__name__}: {reason[:160]}); "
-            "check the name and your network, or pass a local directory"
-        ) from None
+
+    def complete(directory: str | Path) -> Path | None:
+        directory = Path(directory)
+        has_weights = (directory / HF_SAFETENSORS).is_file() or (directory / HF_PYTORCH_BIN).is_file()
+        return directory if (directory / "config.json").is_file() and has_weights else None
+
+    for weights in (HF_SAFETENSORS, HF_PYTORCH_BIN):
+        try:
+            found = complete(snapshot_download(repo_id=name, allow_patterns=["config.json", weights],
+                                               local_files_only=True))
+            if found:
+                return found
+        except Exception:
+            pass  # not cached (or only partly)
+    error = None
+    for weights in (HF_SAFETENSORS, HF_PYTORCH_BIN):
+        try:
+            found = complete(snapshot_download(repo_id=name, allow_patterns=["config.json", weights]))
+            if found:
+                return found
+        except Exception as exc:
+            error = error or exc
+    reason = f"{type(error).__name__}: {str(error).splitlines()[0][:160] if str(error) else ''}" if error \
+        else "the repository has no model.safetensors or pytorch_model.bin"
+    raise CheckpointError(
+        f"cannot get {name!r} from the Hugging Face hub ({reason}); "
+        "check the name and your network, or pass a local directory"
+    ) from None

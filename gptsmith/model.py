@@ -46,8 +46,12 @@ class GPTConfig:
                 f"GPTConfig.emb_dim ({self.emb_dim}) must be divisible by n_heads ({self.n_heads}); "
                 f"try n_heads={_nearest_divisor(self.emb_dim, self.n_heads)}"
             )
-        if not 0.0 <= self.drop_rate < 1.0:
-            raise ConfigError(f"GPTConfig.drop_rate must be in [0, 1), got {self.drop_rate}")
+        if isinstance(self.drop_rate, bool) or not isinstance(self.drop_rate, int | float) \
+                or not 0.0 <= self.drop_rate < 1.0:
+            raise ConfigError(f"GPTConfig.drop_rate must be a number in [0, 1), got {self.drop_rate!r}")
+        for name in ("qkv_bias", "tie_weights"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"GPTConfig.{name} must be true or false, got {getattr(self, name)!r}")
 
     @property
     def head_dim(self) -> int:
@@ -58,7 +62,9 @@ class GPTConfig:
         """A named preset (see ``PRESETS``) with optional field overrides."""
         if name not in PRESETS:
             raise ConfigError(f"unknown model preset {name!r} (known: {', '.join(PRESETS)})")
-        return dataclasses.replace(PRESETS[name], **overrides)
+        from gptsmith.config import replace  # the one way to apply overrides (unknown fields listed)
+
+        return replace(PRESETS[name], source=f"overrides of preset {name!r}", **overrides)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -271,6 +277,11 @@ class GPTModel(nn.Module):
         if token_ids.dtype not in (torch.int64, torch.int32):
             raise GptsmithError(f"token_ids must be integers (torch.long), got {token_ids.dtype}")
         n_past = cache.length if cache is not None else 0
+        if cache is not None and cache.batch_size != token_ids.shape[0]:
+            raise GptsmithError(
+                f"the KV cache holds {cache.batch_size} sequence(s) but token_ids has a batch of "
+                f"{token_ids.shape[0]} (make the cache with model.new_cache({token_ids.shape[0]}))"
+            )
         total = n_past + token_ids.shape[1]
         if position_ids is None and total > self.cfg.context_length:
             raise GptsmithError(
@@ -278,7 +289,9 @@ class GPTModel(nn.Module):
                 f"{self.cfg.context_length} (crop the input to the last {self.cfg.context_length} tokens)"
             )
         if position_ids is not None and position_ids.numel():
-            last_position = int(position_ids.max())
+            first_position, last_position = int(position_ids.min()), int(position_ids.max())
+            if first_position < 0:
+                raise GptsmithError(f"position ids must be >= 0, got {first_position}")
             if last_position >= self.cfg.context_length:
                 raise GptsmithError(
                     f"position {last_position} is beyond the model's context_length "

@@ -40,6 +40,29 @@ def test_info_unknown_name_lists_presets(capsys):
     assert "gptsmith info: error:" in err and "gpt2-small" in err and "tiny" in err
 
 
+def test_info_set_overrides_a_preset(capsys):
+    assert main(["info", "gpt2-small", "--set", "qkv_bias=false"]) == 0
+    assert "163,009,536 with a separate output head" in capsys.readouterr().out
+    assert main(["info", "gpt2-small", "--set", "n_head=8"]) == 2
+    assert "unknown GPTConfig field(s)" in capsys.readouterr().err
+    assert main(["info", "gpt2-small", "--set", "qkv_bias"]) == 2
+    assert "expected FIELD=VALUE" in capsys.readouterr().err
+
+
+def test_info_checks_a_checkpoints_weights(tmp_path, capsys):
+    directory = save_model(GPTModel(TINY), tmp_path / "model")
+    weights = directory / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])  # truncated
+    assert main(["info", str(directory)]) == 2
+    assert "model.safetensors" in capsys.readouterr().err
+    save_model(GPTModel(GPTConfig(**{**TINY.to_dict(), "emb_dim": 64})), tmp_path / "other")
+    weights.write_bytes((tmp_path / "other" / "model.safetensors").read_bytes())  # weights of another model
+    assert main(["info", str(directory)]) == 2
+    err = capsys.readouterr().err
+    assert "tensor " in err and "(101, 64)" in err and "(101, 32)" in err and err.count("\n") == 1
+
+
 def test_info_directory_without_config(tmp_path, capsys):
     assert main(["info", str(tmp_path)]) == 2
     assert "no config.json" in capsys.readouterr().err

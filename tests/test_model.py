@@ -58,6 +58,9 @@ def test_gelu_equals_tanh_formula():
         ({"context_length": 1.5}, "context_length must be a positive integer"),
         ({"n_heads": True}, "n_heads must be a positive integer"),
         ({"drop_rate": 1.0}, "drop_rate"),
+        ({"drop_rate": "0.1"}, "drop_rate must be a number"),
+        ({"qkv_bias": "no"}, "qkv_bias must be true or false, got 'no'"),
+        ({"n_head": 8}, r"unknown GPTConfig field\(s\) in overrides of preset 'tiny': n_head \(known:"),
     ],
 )
 def test_invalid_config_fails_at_construction(overrides, message):
@@ -184,6 +187,14 @@ def test_left_padded_batch_matches_unpadded_sequences(tiny_model):
 def test_bad_token_ids_give_clear_errors(tiny_model, ids, message):
     with pytest.raises(GptsmithError, match=message):
         tiny_model(ids)
+
+
+def test_bad_positions_and_cache_batch_give_clear_errors(tiny_model):
+    ids = torch.tensor([[1, 2]])
+    with pytest.raises(GptsmithError, match="position ids must be >= 0, got -1"):
+        tiny_model(ids, position_ids=torch.tensor([[-1, 0]]))
+    with pytest.raises(GptsmithError, match="the KV cache holds 2 sequence.* batch of 1"):
+        tiny_model(ids, cache=tiny_model.new_cache(batch_size=2))
 
 
 def test_cache_overflow_is_a_clear_error(tiny_model):

@@ -238,6 +238,32 @@ def test_hub_name_offline_is_a_clear_error(monkeypatch):
         load_pretrained("./missing-dir")
 
 
+def test_hub_download_fetches_config_and_weights_and_completes_a_partial_cache(tmp_path, monkeypatch):
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    _, hf_model = _hf_model("tied-2x4")
+    hf_model.save_pretrained(tmp_path / "repo")  # what the hub serves
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "config.json").write_bytes((tmp_path / "repo" / "config.json").read_bytes())  # interrupted
+    calls = []
+
+    def fake_snapshot(repo_id, allow_patterns, local_files_only=False):
+        calls.append((repo_id, tuple(allow_patterns), local_files_only))
+        if not local_files_only:
+            for pattern in allow_patterns:
+                if (tmp_path / "repo" / pattern).is_file():
+                    (cache / pattern).write_bytes((tmp_path / "repo" / pattern).read_bytes())
+        return str(cache)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    model = load_pretrained("some-user/gpt2-like")
+    assert (cache / "model.safetensors").is_file()
+    assert ("some-user/gpt2-like", ("config.json", "model.safetensors"), False) in calls
+    ids = torch.randint(0, model.cfg.vocab_size, (1, 6))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), hf_model(ids).logits, atol=1e-5, rtol=0)
+
+
 def test_preset_names_map_to_openai_weights(monkeypatch):
     huggingface_hub = pytest.importorskip("huggingface_hub")
     asked = []

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from gptsmith.errors import ConfigError, GptsmithError
+from gptsmith.errors import CheckpointError, ConfigError, GptsmithError
 from gptsmith.model import PRESETS, GPTConfig, summarize
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -27,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=(
             "examples:\n"
             "  gptsmith info gpt2-small\n"
+            "  gptsmith info gpt2-small --set qkv_bias=false --set context_length=256\n"
             "  gptsmith info runs/tiny-verdict     # a run directory: its latest checkpoint\n"
             "  gptsmith info ~/hf/gpt2             # a Hugging Face GPT-2 directory"
         ),
@@ -37,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="MODEL_OR_CHECKPOINT",
         help=f"a preset ({', '.join(PRESETS)}), a model/run directory, or a Hugging Face GPT-2 directory",
     )
+    info.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="overrides",
+                      help="change a field of a preset (repeatable): vocab_size, context_length, emb_dim, "
+                      "n_heads, n_layers, drop_rate, qkv_bias, tie_weights")
     info.add_argument("--json", action="store_true", help="print the numbers as JSON instead of tables")
     info.set_defaults(func=run_info)
 
@@ -70,21 +74,60 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert.set_defaults(func=run_convert)
 
 
-def _describe_source(name: str) -> tuple[GPTConfig, str, dict]:
-    """(config, one-line description, extra checkpoint keys) for a preset name or checkpoint path."""
+def _parse_overrides(pairs: list[str]) -> dict:
+    """``["qkv_bias=false", "n_layers=6"]`` -> ``{"qkv_bias": False, "n_layers": 6}`` (YAML values)."""
+    import yaml
+
+    overrides = {}
+    for pair in pairs:
+        field, sep, value = pair.partition("=")
+        if not sep or not field.strip():
+            raise ConfigError(f"--set {pair!r}: expected FIELD=VALUE, e.g. --set qkv_bias=false")
+        try:
+            overrides[field.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {pair!r}: cannot read the value {value!r}") from None
+    return overrides
+
+
+def _describe_source(name: str, overrides: dict | None = None) -> tuple[GPTConfig, str, dict]:
+    """(config, one-line description, extra checkpoint keys) for a preset name or checkpoint path.
+
+    A checkpoint's weights are checked against its config (shapes from the safetensors header,
+    and the file's length), so a broken checkpoint is reported here too, not only when loaded.
+    """
     if name in PRESETS:
+        if overrides:
+            changed = " ".join(f"{k}={v}" for k, v in overrides.items())
+            return GPTConfig.from_preset(name, **overrides), f"{name} (preset, with {changed})", {}
         return PRESETS[name], f"{name} (preset)", {}
+    if overrides:
+        raise ConfigError("--set changes a preset; a checkpoint's sizes are fixed by its weights")
     path = Path(name).expanduser()
     if not path.exists():
         hint = " (the 124M GPT-2 preset is gpt2-small)" if name == "gpt2" else ""
         raise ConfigError(
             f"{name!r} is neither a preset ({', '.join(PRESETS)}) nor an existing checkpoint path{hint}"
         )
-    from gptsmith.weights import config_from_checkpoint, read_model_config, resolve_model_dir
+    from gptsmith.weights import (
+        WEIGHTS_FILE,
+        check_state_shapes,
+        config_from_checkpoint,
+        read_model_config,
+        resolve_model_dir,
+        safetensors_shapes,
+    )
 
     model_dir = resolve_model_dir(path)
     config = read_model_config(model_dir)
     cfg = config_from_checkpoint(model_dir)
+    weights = model_dir / WEIGHTS_FILE
+    if config["format"] != "hf-gpt2":
+        if not weights.is_file():
+            raise CheckpointError(f"{weights} is missing (the checkpoint is incomplete)")
+        check_state_shapes(cfg, safetensors_shapes(weights), source=str(weights))
+    elif weights.is_file():
+        safetensors_shapes(weights)  # at least catch a truncated file (its names are Hugging Face's)
     kind = "Hugging Face GPT-2 directory" if config["format"] == "hf-gpt2" else "gptsmith checkpoint"
     reserved = {"format", "format_version", "model", "hf_config"}
     extra = {k: v for k, v in config.items() if k not in reserved}
@@ -96,7 +139,7 @@ def _mib(n_bytes: int) -> str:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    cfg, description, extra = _describe_source(args.model)
+    cfg, description, extra = _describe_source(args.model, _parse_overrides(args.overrides))
     summary = summarize(cfg)
     memory = {"fp32": summary.memory_bytes(4), "bf16": summary.memory_bytes(2)}
     if args.json:
