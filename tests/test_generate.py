@@ -394,6 +394,35 @@ def test_stream_keeps_the_spaces_of_a_word_level_tokenizer():
     assert "the" + text == tok.decode(ids) == "the cat sat on a mat."
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize(("in_features", "out_features", "bias", "transposed"), [
+    (16, 50, True, True), (16, 50, False, True), (40, 16, True, False), (8, 97, False, True),
+    (8, 5, True, False),
+])
+def test_decode_linear_equals_linear(threads, in_features, out_features, bias, transposed):
+    from gptsmith.decoding import DecodeLinear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(in_features, out_features, bias=bias)
+    fast = torch.nn.Linear(in_features, out_features, bias=bias)
+    fast.load_state_dict(linear.state_dict())
+    fast.__class__ = DecodeLinear
+    if transposed:
+        fast.weight.data = fast.weight.data.t().contiguous().t()
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for shape in [(1, 1, in_features), (1, in_features), (3, 2, in_features)]:  # one row, then a batch
+            x = torch.randn(shape)
+            with torch.inference_mode():
+                torch.testing.assert_close(fast(x), linear(x), atol=1e-5, rtol=1e-5)
+        x = torch.randn(1, 1, in_features, requires_grad=True)
+        fast(x).sum().backward()  # with autograd on it is nn.Linear's own path
+        assert fast.weight.grad.shape == (out_features, in_features)
+    finally:
+        torch.set_num_threads(saved)
+
+
 def test_optimize_for_decoding_keeps_outputs_and_checkpoints(tmp_path, prompt):
     from gptsmith.generate import optimize_for_decoding
     from gptsmith.weights import load_model, save_model
@@ -402,6 +431,7 @@ def test_optimize_for_decoding_keeps_outputs_and_checkpoints(tmp_path, prompt):
     before = generate(net, prompt, 20)
     optimize_for_decoding(net)
     assert net.trf_blocks[0].att.qkv.weight.stride() == (1, net.trf_blocks[0].att.qkv.weight.shape[0])
+    assert net.trf_blocks[0].ff.layers[2].weight.is_contiguous()  # fewer outputs than inputs: row-major
     assert torch.equal(generate(net, prompt, 20), before)
     reloaded = load_model(save_model(net, tmp_path / "m"))
     assert torch.equal(generate(reloaded, prompt, 20), before)
