@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.harness import base_parser, compare, optional_import, print_report, timed, write_report
+from gptsmith.device import tune_cpu_allocator
 from gptsmith.hf_gpt2 import hf_config_from_gpt, state_dict_to_hf
 from gptsmith.model import GPTConfig, GPTModel
 from gptsmith.schedule import build_optimizer
@@ -119,6 +120,8 @@ def prefill_benchmark(repeats: int, warmup: int, n_tokens: int) -> dict:
 
 
 def train_benchmark(repeats: int, warmup: int, batch_size: int, steps: int) -> dict:
+    # As gptsmith's trainer does. It is process-wide, so every candidate here gets it (see BENCHMARKS.md).
+    tune_cpu_allocator()
     cfg = GPTConfig.from_preset("small")
     candidates = candidates_for(cfg)
     ids = torch.randint(0, cfg.vocab_size, (batch_size, cfg.context_length + 1))
