@@ -152,7 +152,8 @@ def quantize_int8(model: GPTModel, use_torchao: bool = False) -> torch.nn.Module
 
 def generators(model: GPTModel, variants: bool, torchao: bool) -> tuple[dict, list[str]]:
     """{name: fn(ids, n) -> ids (1, n_prompt + n)} for every candidate, and notes about them."""
-    notes = ["gptsmith = generate() after optimize_for_decoding() (column-major weights), as the CLI runs"]
+    notes = ["gptsmith = generate() after optimize_for_decoding() (DecodeLinear: one-row steps on every "
+             "thread, column-major wide matrices), as the CLI runs; gptsmith row-major = plain nn.Linear"]
     fast = optimize_for_decoding(copy.deepcopy(model))
     candidates = {"gptsmith": lambda ids, n: generate(fast, ids, n)}
     hf = make_hf(model)

@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +60,19 @@ class CorpusSource:
         if self.kind == "builtin":
             yield from builtin_documents()
         elif self.kind == "text":
+            # In a directory or glob an empty file is skipped (with a warning); alone it is an error.
+            empty = []
             for path in self.paths:
-                yield from _text_documents(path)
+                text = read_utf8(path)
+                if not text.strip() and len(self.paths) > 1:
+                    empty.append(path)
+                    continue
+                yield from _text_documents(path, text)
+            if empty and len(empty) == len(self.paths):
+                raise DataError(f"every file of {self.name} is empty ({len(empty)} files): no text")
+            if empty:
+                shown = ", ".join(str(p) for p in empty[:3]) + (" ..." if len(empty) > 3 else "")
+                warnings.warn(f"skipped {len(empty)} empty file(s) of {self.name}: {shown}", stacklevel=2)
         elif self.kind == "jsonl":
             for path in self.paths:
                 yield from _jsonl_documents(path, self.text_field)
@@ -194,8 +206,8 @@ def read_utf8(path: Path) -> str:
         ) from None
 
 
-def _text_documents(path: Path) -> Iterator[str]:
-    text = read_utf8(path)
+def _text_documents(path: Path, text: str) -> Iterator[str]:
+    """The documents of one text file: the whole text, or its parts between ``<|endoftext|>``."""
     if not text.strip():
         raise DataError(f"corpus file {path} is empty (it has no text to train on)")
     if ENDOFTEXT in text:
@@ -213,8 +225,15 @@ def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
             if not raw.strip():
                 continue
             try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{path}:{line_no} is not UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start} "
+                    "of the line (convert the file, e.g. `iconv -f latin1 -t utf-8 IN > OUT`)"
+                ) from None
+            try:
                 record = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            except json.JSONDecodeError as exc:
                 message = f"{path}:{line_no}: not valid JSON ({exc}); each line must be one object"
                 raise DataError(message) from None
             if not isinstance(record, dict) or not isinstance(record.get(text_field), str):

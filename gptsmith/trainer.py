@@ -346,10 +346,11 @@ class Trainer:
         self.callbacks.on_sample(self.step, text)
 
     def _save_checkpoint(self) -> None:
-        if self.run_dir is None or not self.dist.is_main:
-            return
+        # Checked on every rank (their weights are identical), so under DDP all of them stop together.
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             self._raise_non_finite("a weight", float("nan"), self._current_lr(), updated=True)
+        if self.run_dir is None or not self.dist.is_main:
+            return
         state = {
             "step": self.step,
             "tokens_seen": self.tokens_seen,

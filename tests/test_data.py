@@ -83,6 +83,17 @@ def test_missing_path_is_a_clear_error(tmp_path):
         resolve_corpus(str(tmp_path / "nothing.txt"))
 
 
+def test_an_empty_file_in_a_directory_is_skipped_with_a_warning(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("hello there")
+    (tmp_path / "d" / "b.txt").write_text(" \n")
+    with pytest.warns(UserWarning, match=r"skipped 1 empty file\(s\) of .*b.txt"):
+        assert list(resolve_corpus(tmp_path / "d").documents()) == ["hello there"]
+    (tmp_path / "d" / "a.txt").write_text("")
+    with pytest.raises(DataError, match=r"every file of .* is empty \(2 files\)"):
+        list(resolve_corpus(tmp_path / "d").documents())
+
+
 def test_empty_file_is_a_clear_error(tmp_path):
     (tmp_path / "empty.txt").write_text("\n  \n")
     with pytest.raises(DataError, match="empty.txt is empty"):
@@ -112,6 +123,9 @@ def test_jsonl_corpus_and_its_errors(tmp_path):
     with pytest.raises(DataError, match=r"field.jsonl:1: no string field 'text' \(found: body\)"):
         list(resolve_corpus(tmp_path / "field.jsonl").documents())
     assert list(resolve_corpus(tmp_path / "field.jsonl", text_field="body").documents()) == ["one"]
+    (tmp_path / "latin.jsonl").write_bytes(b'{"text": "one"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"latin.jsonl:2 is not UTF-8: byte 0xe9 at offset 13 of the line"):
+        list(resolve_corpus(tmp_path / "latin.jsonl").documents())
 
 
 def test_parquet_corpus_streams_the_text_column(tmp_path):

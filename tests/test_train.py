@@ -14,6 +14,7 @@ from gptsmith import checkpointing as ckpt
 from gptsmith.batches import WindowSampler
 from gptsmith.errors import CheckpointError, ConfigError, DataError
 from gptsmith.model import GPTConfig, GPTModel
+from gptsmith.recipes import RECIPES
 from gptsmith.schedule import lr_at_step, param_groups
 from gptsmith.train import (
     NonFiniteLossError,
@@ -267,3 +268,18 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
     assert (run / "latest").read_text().strip() == "checkpoints/step-000003"
     assert not (run / "checkpoints" / "step-000006").exists()
     assert load_model(run).cfg == TINY
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_is_a_valid_configuration(name, request):
+    from gptsmith.corpus import resolve_corpus
+    from gptsmith.recipes import get_recipe
+
+    recipe = get_recipe(name)
+    cfg = TrainConfig.from_dict(recipe["train"], source=f"recipe {name}")
+    cfg.check()
+    model_cfg = GPTConfig.from_preset(recipe["preset"], **recipe["model"])
+    assert cfg.warmup_steps < cfg.max_steps and model_cfg.context_length >= 64
+    if cfg.data != "builtin":
+        request.getfixturevalue("shared_data")  # the named corpora live there; skips when absent
+        assert resolve_corpus(cfg.data).paths  # the named corpus is found

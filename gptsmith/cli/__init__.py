@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 from gptsmith import __version__
 from gptsmith.errors import GptsmithError
@@ -40,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"gptsmith {args.command}: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show_warning  # one line, not the library's file and line number
     try:
         return int(args.func(args) or 0)
     except GptsmithError as exc:
