@@ -171,3 +171,18 @@ def test_run_killed_between_checkpoints_resumes_and_matches(tmp_path, monkeypatc
     assert train_losses(run) == expected  # bit-identical, steps before and after the kill
     final, reference = load_model(run).state_dict(), load_model(tmp_path / "full").state_dict()
     assert all(torch.equal(final[name], reference[name]) for name in reference)
+
+
+def test_resume_is_bit_identical_under_bf16_autocast(tmp_path):
+    from gptsmith.device import cpu_has_fast_bf16
+
+    if not cpu_has_fast_bf16():
+        pytest.skip("this CPU has no native bf16, so `gptsmith train` would not use bf16 autocast")
+    cfg = resume_config(dtype="bf16")
+    full_run = make_trainer(tmp_path / "full", cfg, model_cfg=DROPOUT).fit()
+    trainer = make_trainer(tmp_path / "run", cfg, model_cfg=DROPOUT)
+    trainer.callbacks = StopAt(trainer, 6)
+    stopped = trainer.fit()
+    resumed = make_trainer(tmp_path / "run", cfg, model_cfg=DROPOUT)
+    resumed.resume()
+    assert stopped.losses + resumed.fit().losses == full_run.losses

@@ -283,3 +283,41 @@ def test_every_recipe_is_a_valid_configuration(name, request):
     if cfg.data != "builtin":
         request.getfixturevalue("shared_data")  # the named corpora live there; skips when absent
         assert resolve_corpus(cfg.data).paths  # the named corpus is found
+
+
+def test_gradients_are_clipped_before_the_optimizer_step(tmp_path):
+    trainer = make_trainer(cfg=tiny_config(max_steps=3, grad_clip=0.05, eval_every=0, lr=1e-3))
+    seen = []
+    real_step = trainer.optimizer.step
+
+    def step_and_record(*args, **kwargs):
+        grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
+        per_tensor = torch.stack([torch.linalg.vector_norm(g) for g in grads])
+        seen.append(float(torch.linalg.vector_norm(per_tensor)))
+        return real_step(*args, **kwargs)
+
+    trainer.optimizer.step = step_and_record
+    norms = []
+
+    class Record(TrainCallbacks):
+        def on_step(self, info):
+            norms.append(info["grad_norm"])
+
+    trainer.callbacks = Record()
+    trainer.fit()
+    assert all(norm > 0.05 for norm in norms)  # an untrained model's gradients are larger than that
+    assert seen == pytest.approx([0.05] * 3, rel=1e-3)  # what AdamW saw was clipped to the limit
+
+
+def test_device_auto_selection(monkeypatch):
+    from gptsmith.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(ConfigError, match="PyTorch sees no CUDA GPU"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("auto").type == "mps"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto").type == "cuda"
