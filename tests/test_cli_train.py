@@ -123,3 +123,19 @@ def test_eval_of_an_untrained_gpt2_small_is_about_ln_vocab(shared_data, gpt2_bpe
     val_line = next(line for line in out.splitlines() if line.strip().startswith("val:"))
     assert 10.7 < float(val_line.split("loss")[1].split()[0]) < 11.5
     assert "ln(50257) = 10.82" in out
+
+
+def test_sample_prompt_follows_the_data(tmp_path):
+    from gptsmith.cli import build_parser
+    from gptsmith.cli.train_cmds import build_configs
+
+    def prompt(*argv):
+        return build_configs(build_parser().parse_args(["train", *argv]))[1].sample_prompt
+
+    assert prompt() == "The module"  # the default recipe, on its own corpus
+    assert prompt("--recipe", "the-verdict") == "Every effort moves you"
+    assert prompt("--data", "notes.txt") == ""  # another corpus: an unprompted sample
+    assert prompt("--data", "notes.txt", "--prompt", "Dear diary") == "Dear diary"
+    config = tmp_path / "c.yaml"
+    config.write_text("train:\n  data: notes.txt\n  sample_prompt: Hello\n")
+    assert prompt("--config", str(config)) == "Hello"

@@ -136,6 +136,7 @@ def build_configs(args: argparse.Namespace) -> tuple[Any, Any]:
 
     recipe = get_recipe(args.recipe or "default")
     preset, model_over, train_over = recipe["preset"], recipe["model"], recipe["train"]
+    config_train: dict = {}
     if args.config:
         data = load_config_file(args.config)
         unknown = sorted(set(data) - {"model", "train"})
@@ -146,7 +147,8 @@ def build_configs(args: argparse.Namespace) -> tuple[Any, Any]:
         model_section = dict(data.get("model") or {})
         preset = model_section.pop("preset", preset)
         model_over = {**model_over, **model_section}
-        train_over = {**train_over, **(data.get("train") or {})}
+        config_train = dict(data.get("train") or {})
+        train_over = {**train_over, **config_train}
     if args.preset:
         preset = args.preset
         model_over = {k: v for k, v in model_over.items() if args.config or k != "context_length"}
@@ -154,6 +156,10 @@ def build_configs(args: argparse.Namespace) -> tuple[Any, Any]:
         model_over["context_length"] = args.context_length
     flags = {field: getattr(args, dest) for dest, field in TRAIN_FLAGS.items()
              if getattr(args, dest) is not None}
+    data = flags.get("data", train_over.get("data"))
+    if data != recipe["train"].get("data") and "sample_prompt" not in {**config_train, **flags}:
+        # The recipe's prompt ("The module") suits its own corpus only: sample other data unprompted.
+        train_over = {**train_over, "sample_prompt": ""}
     train_cfg = TrainConfig.from_dict({**train_over, **flags}, source=args.config or "flags")
     train_cfg.check()
     if args.context_length is not None and args.context_length < 1:
@@ -236,7 +242,8 @@ def run_train(args: argparse.Namespace) -> int:
         return 130
     best = f", best val loss {result.best_val_loss:.3f}" if result.best_val_loss is not None else ""
     _say(f"done: {result.step} steps, {result.tokens_seen:,} tokens{best}; run directory {run_dir}")
-    _say(f"generate with: gptsmith generate --checkpoint {run_dir} \"{train_cfg.sample_prompt}\"")
+    prompt = train_cfg.sample_prompt or "Your prompt"
+    _say(f"generate with: gptsmith generate --checkpoint {run_dir} \"{prompt}\"")
     return 0
 
 
