@@ -218,7 +218,7 @@ def check_agreement(candidates: dict, ids: torch.Tensor, n: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = base_parser(__doc__.splitlines()[0], __name__)
     parser.add_argument("--prompt-tokens", type=int, default=32, help="prompt length (default 32)")
     parser.add_argument("--new-tokens", type=int, default=256, help="tokens to generate (default 256)")
     parser.add_argument("--no-variants", action="store_true", help="skip the bf16 and int8 variants")

@@ -142,9 +142,13 @@ def print_report(
     return text
 
 
-def base_parser(description: str) -> argparse.ArgumentParser:
-    """An argument parser with the options every benchmark takes (--repeats, --warmup, --output)."""
-    parser = argparse.ArgumentParser(description=description)
+def base_parser(description: str, module: str) -> argparse.ArgumentParser:
+    """An argument parser with the options every benchmark takes (--repeats, --warmup, --output).
+
+    ``module`` is the benchmark's ``__name__``, so ``--help`` names the command that runs it.
+    """
+    prog = f"python -m benchmarks {module.rsplit('.', 1)[-1]}"
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--repeats", type=int, default=5, help="measured repeats per candidate (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="discarded warm-ups per candidate (default 1)")
     parser.add_argument("--output", type=Path, default=None, help="also append the report to this file")

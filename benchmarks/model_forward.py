@@ -156,7 +156,7 @@ def train_benchmark(repeats: int, warmup: int, batch_size: int, steps: int) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = base_parser(__doc__.splitlines()[0], __name__)
     parser.add_argument("--tokens", type=int, default=1024, help="prefill sequence length (default 1024)")
     parser.add_argument("--batch-size", type=int, default=4, help="training batch size (default 4)")
     parser.add_argument("--steps", type=int, default=2, help="training steps per repeat (default 2)")

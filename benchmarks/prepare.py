@@ -108,7 +108,7 @@ def memory_candidates(path: Path, max_length: int, stride: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Run both measurements and print (and optionally append) the reports."""
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = base_parser(__doc__.splitlines()[0], __name__)
     parser.add_argument("--corpora", default="tinyshakespeare,shakespeare_complete",
                         help="named corpora or paths to time (default: tinyshakespeare,shakespeare_complete)")
     parser.add_argument("--memory-corpus", default="tinyshakespeare", help="corpus for the memory figure")

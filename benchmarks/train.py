@@ -164,7 +164,7 @@ def time_to_loss(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = base_parser(__doc__.splitlines()[0], __name__)
     parser.add_argument("--mode", choices=["throughput", "time-to-loss"], default="throughput")
     parser.add_argument("--presets", nargs="+", default=["small", "gpt2-small"])
     parser.add_argument("--context-length", type=int, default=256)

@@ -20,6 +20,7 @@ not silently learn U+FFFD). A text file holding ``<|endoftext|>`` is split there
 
 from __future__ import annotations
 
+import codecs
 import glob
 import hashlib
 import json
@@ -31,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptsmith.download import cache_dir
+from gptsmith.download import cache_dir, is_offline
 from gptsmith.errors import DataError
 
 ENDOFTEXT = "<|endoftext|>"
@@ -108,6 +109,14 @@ class CorpusSource:
                 digest.update(doc.encode("utf-8"))
         elif self.kind == "hf":
             digest.update(self.name.encode())
+            # A local folder or file of data (hf:./my-parquet) changes on disk; a hub name is
+            # taken as fixed (`gptsmith prepare --force` fetches it again).
+            local = Path(_hf_parts(self.name[3:])[0]).expanduser()
+            if local.exists():
+                files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else [local]
+                for path in files:
+                    stat = path.stat()
+                    digest.update(f"|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
         for path in self.paths:
             stat = path.stat()
             digest.update(f"|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
@@ -197,11 +206,13 @@ def _source_from_files(spec: str, files: list[Path], text_field: str) -> CorpusS
 def read_utf8(path: Path) -> str:
     """The file's text; non-UTF-8 bytes raise a ``DataError`` naming the file and the byte offset."""
     data = path.read_bytes()
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0  # a leading BOM is dropped
     try:
-        return data.decode("utf-8-sig")  # a leading byte-order mark is dropped
+        return data[bom:].decode("utf-8")
     except UnicodeDecodeError as exc:
+        offset = bom + exc.start  # an offset into the file, BOM included
         raise DataError(
-            f"{path} is not UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start} "
+            f"{path} is not UTF-8: byte 0x{data[offset]:02x} at offset {offset} "
             "(convert the file, e.g. `iconv -f latin1 -t utf-8 IN > OUT`)"
         ) from None
 
@@ -236,9 +247,10 @@ def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
             except json.JSONDecodeError as exc:
                 message = f"{path}:{line_no}: not valid JSON ({exc}); each line must be one object"
                 raise DataError(message) from None
-            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+            if not isinstance(record, dict) or text_field not in record:
                 keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
-                raise DataError(f"{path}:{line_no}: no string field {text_field!r} (found: {keys})")
+                raise DataError(f"{path}:{line_no}: no field {text_field!r} (found: {keys})")
+            _check_text(record[text_field], f"{path}:{line_no}: field {text_field!r}")
             seen += 1
             if record[text_field]:
                 yield record[text_field]
@@ -263,7 +275,7 @@ def _parquet_documents(path: Path, text_field: str) -> Iterator[str]:
     for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):
         for text in batch.column(0).to_pylist():
             if text:
-                yield text
+                yield _check_text(text, f"{path}: column {text_field!r}")
 
 
 def _hf_documents(spec: str, text_field: str) -> Iterator[str]:
@@ -272,9 +284,12 @@ def _hf_documents(spec: str, text_field: str) -> Iterator[str]:
     except ImportError:
         message = f"{spec} needs the optional `datasets` package: pip install 'gptsmith[datasets]'"
         raise DataError(message) from None
-    name, _, split = spec[3:].partition(":")
+    name, config, split = _hf_parts(spec[3:])
+    if is_offline():  # GPTSMITH_OFFLINE: local data sets and the hub cache only
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     try:
-        dataset = datasets.load_dataset(name, split=split or "train", streaming=True)
+        dataset = datasets.load_dataset(name, config, split=split, streaming=True)
     except Exception as exc:  # hub errors (offline, unknown name) come in many types
         message = f"cannot open Hugging Face dataset {name!r} ({exc}); check the name and the network"
         raise DataError(message) from None
@@ -282,7 +297,23 @@ def _hf_documents(spec: str, text_field: str) -> Iterator[str]:
         if text_field not in record:
             raise DataError(f"{spec} has no {text_field!r} field (fields: {', '.join(record)})")
         if record[text_field]:
-            yield record[text_field]
+            yield _check_text(record[text_field], f"{spec}: field {text_field!r}")
+
+
+def _hf_parts(spec: str) -> tuple[str, str | None, str]:
+    """``NAME``, ``NAME:SPLIT`` or ``NAME:CONFIG:SPLIT`` as (name, config, split)."""
+    parts = spec.split(":")
+    if len(parts) > 3 or not all(parts):
+        raise DataError(f"hf:{spec}: expected hf:NAME, hf:NAME:SPLIT or hf:NAME:CONFIG:SPLIT")
+    if len(parts) == 3:
+        return parts[0], parts[1], parts[2]
+    return parts[0], None, parts[1] if len(parts) == 2 else "train"
+
+
+def _check_text(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise DataError(f"{where} holds {type(value).__name__} values, not text")
+    return value
 
 
 # Cut long texts only right after a newline that follows a non-space character and precedes one:

@@ -44,6 +44,14 @@ __all__ = [
 SPLIT_NAMES = ("train", "val", "test")
 
 
+def check_split_fractions(fractions: Sequence[float]) -> list[float]:
+    """``fractions`` as floats; a ``ConfigError`` unless they are 1-3 non-negative numbers summing to 1."""
+    fractions = [float(f) for f in fractions]
+    if not 1 <= len(fractions) <= 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ConfigError(f"split fractions {fractions} must be 1-3 non-negative numbers summing to 1")
+    return fractions
+
+
 def split_tokens(
     shard_or_tokens: TokenShard | np.ndarray | Sequence[int] | torch.Tensor,
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
@@ -54,9 +62,7 @@ def split_tokens(
     document is split across two parts; otherwise they fall at the exact positions. The parts are
     contiguous views of the same array (no copies), in corpus order.
     """
-    fractions = [float(f) for f in fractions]
-    if not 1 <= len(fractions) <= 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
-        raise ConfigError(f"split fractions {fractions} must be 1-3 non-negative numbers summing to 1")
+    fractions = check_split_fractions(fractions)
     if isinstance(shard_or_tokens, TokenShard):
         tokens, doc_starts = shard_or_tokens.tokens, shard_or_tokens.doc_starts
     else:

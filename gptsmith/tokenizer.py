@@ -71,8 +71,43 @@ class Tokenizer(Protocol):
 # Split on whitespace and the punctuation ,.:;?_!"()' and the double dash; the capture group keeps
 # the punctuation as tokens of its own.
 _SPLIT = re.compile(r'([,.:;?_!"()\']|--|\s)')
-# When decoding, punctuation sticks to the word before it.
-_SPACE_BEFORE_PUNCT = re.compile(r'\s+([,.:;?_!"()\'])')
+# When decoding, closing punctuation sticks to the word before it, an opening parenthesis to the
+# word after it, and a double dash to both; quotes alternate between opening and closing.
+_CLOSING = frozenset(",.:;?!)")
+_QUOTES = ('"', "_", "'")
+
+
+def join_words(pieces: Sequence[str]) -> str:
+    """Undo ``split_words`` as well as the lost whitespace allows: words separated by one space.
+
+    ``'`` between two words is an apostrophe (``it's``); otherwise it, ``"`` and ``_`` (the
+    italics of plain-text books) alternate between opening and closing quote.
+    """
+    out: list[str] = []
+    is_open = dict.fromkeys(_QUOTES, False)
+    glue_next = False  # no space after the previous piece
+    for i, piece in enumerate(pieces):
+        space = bool(out) and not glue_next
+        glue_next = False
+        if piece in _CLOSING:
+            space = False
+        elif piece == "(":
+            glue_next = True
+        elif piece == "--":
+            space, glue_next = False, True
+        elif (piece == "'" and not is_open["'"] and i + 1 < len(pieces)
+              and out and out[-1][-1:].isalnum() and pieces[i + 1][:1].isalnum()):
+            space, glue_next = False, True  # an apostrophe
+        elif piece in is_open:
+            if is_open[piece]:
+                space = False  # a closing quote sticks to what it closes
+            else:
+                glue_next = True  # an opening quote sticks to what it opens
+            is_open[piece] = not is_open[piece]
+        if space:
+            out.append(" ")
+        out.append(piece)
+    return "".join(out)
 
 
 def split_words(text: str) -> list[str]:
@@ -117,13 +152,13 @@ class SimpleTokenizerV1:
         return [self._lookup(piece) for piece in split_words(text)]
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Join the pieces with spaces, then remove the space before punctuation."""
+        """The pieces joined back into text (``join_words``: no space before closing punctuation)."""
         try:
-            text = " ".join(self.int_to_str[int(i)] for i in ids)
+            pieces = [self.int_to_str[int(i)] for i in ids]
         except KeyError as exc:
             bad = exc.args[0]
             raise DataError(f"token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})") from None
-        return _SPACE_BEFORE_PUNCT.sub(r"\1", text)
+        return join_words(pieces)
 
     def decode_bytes(self, ids: Sequence[int]) -> bytes:
         """``decode`` as UTF-8 bytes (the simple tokenizers never split a character)."""

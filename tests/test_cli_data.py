@@ -53,11 +53,13 @@ def test_prepare_simple_learns_the_corpus_words_and_saves_them(tmp_path, capsys)
     (["prepare", "no/such/file.txt"], "corpus not found: no/such/file.txt"),
     (["prepare", "builtin", "--split", "0.8;0.2"], "--split '0.8;0.2'"),
     (["prepare", "builtin", "--threads", "0"], "--threads must be >= 1"),
+    (["prepare", "builtin", "--split", "0.8,0.1"], "--split '0.8,0.1': split fractions [0.8, 0.1] must"),
 ])
-def test_prepare_bad_input_is_one_line_and_exit_2(argv, message, capsys):
-    assert main(argv) == 2
+def test_prepare_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
+    assert main(argv + ["--out", str(tmp_path / "shard")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("gptsmith prepare: error:") and message in err and "Traceback" not in err
+    assert not (tmp_path / "shard").exists()  # checked before any tokenizing
 
 
 @pytest.mark.parametrize("make, message", [
@@ -91,6 +93,30 @@ def test_download_gpt2_bpe_prints_the_cached_path(tmp_path, capsys, gpt2_bpe_dir
     captured = capsys.readouterr()
     assert captured.out.strip() == str(download.gpt2_bpe_cache_path())
     assert "saved" in captured.err
+
+
+def test_download_gpt2_bpe_accepts_the_files_the_user_gave(tmp_path, capsys, gpt2_bpe_dir, monkeypatch):
+    # Offline, with GPTSMITH_GPT2_BPE already pointing at good files, there is nothing to fetch.
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "tiktoken"))
+    monkeypatch.setenv("GPTSMITH_GPT2_BPE", str(gpt2_bpe_dir / "gpt2.tiktoken"))
+    assert main(["download", "gpt2-bpe"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(gpt2_bpe_dir / "gpt2.tiktoken") and "nothing to fetch" in captured.err
+    (tmp_path / "broken.tiktoken").write_text("not ranks\n")
+    monkeypatch.setenv("GPTSMITH_GPT2_BPE", str(tmp_path / "broken.tiktoken"))
+    assert main(["download", "gpt2-bpe"]) == 2
+    assert "broken.tiktoken" in capsys.readouterr().err
+
+
+def test_download_gpt2_bpe_offline_names_where_to_copy(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("GPTSMITH_GPT2_BPE", raising=False)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "tiktoken"))
+    assert main(["download", "gpt2-bpe"]) == 2
+    err = capsys.readouterr().err
+    *progress, error = err.strip().splitlines()
+    assert all(line.startswith("trying ") for line in progress)  # one line per source tried
+    assert error.startswith("gptsmith download: error: could not fetch GPT-2's BPE ranks")
+    assert f"copy gpt2.tiktoken to {download.gpt2_bpe_cache_path()}" in error
 
 
 def test_download_corpus_offline_is_a_clear_error(capsys):

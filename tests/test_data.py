@@ -110,6 +110,12 @@ def test_non_utf8_bytes_name_file_and_offset(tmp_path):
     (tmp_path / "latin1.txt").write_bytes("café au lait".encode("latin-1"))
     with pytest.raises(DataError, match=r"latin1.txt is not UTF-8: byte 0xe9 at offset 3"):
         list(resolve_corpus(tmp_path / "latin1.txt").documents())
+    # A byte-order mark is dropped, and offsets still count from the start of the file.
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfhi caf\xe9")
+    with pytest.raises(DataError, match=r"bom.txt is not UTF-8: byte 0xe9 at offset 9"):
+        list(resolve_corpus(tmp_path / "bom.txt").documents())
+    (tmp_path / "bom-ok.txt").write_bytes(b"\xef\xbb\xbfhello")
+    assert list(resolve_corpus(tmp_path / "bom-ok.txt").documents()) == ["hello"]
 
 
 def test_jsonl_corpus_and_its_errors(tmp_path):
@@ -120,7 +126,7 @@ def test_jsonl_corpus_and_its_errors(tmp_path):
     with pytest.raises(DataError, match=r"bad.jsonl:2: not valid JSON"):
         list(resolve_corpus(tmp_path / "bad.jsonl").documents())
     (tmp_path / "field.jsonl").write_text('{"body": "one"}\n')
-    with pytest.raises(DataError, match=r"field.jsonl:1: no string field 'text' \(found: body\)"):
+    with pytest.raises(DataError, match=r"field.jsonl:1: no field 'text' \(found: body\)"):
         list(resolve_corpus(tmp_path / "field.jsonl").documents())
     assert list(resolve_corpus(tmp_path / "field.jsonl", text_field="body").documents()) == ["one"]
     (tmp_path / "latin.jsonl").write_bytes(b'{"text": "one"}\n{"text": "caf\xe9"}\n')
@@ -146,16 +152,55 @@ def test_parquet_corpus_streams_the_text_column(tmp_path):
 def test_hf_datasets_through_the_optional_package(monkeypatch):
     calls = {}
 
-    def load_dataset(name, split, streaming):
-        calls.update(name=name, split=split, streaming=streaming)
+    def load_dataset(name, config, split, streaming):
+        calls.update(name=name, config=config, split=split, streaming=streaming)
         return iter([{"text": "a"}, {"text": ""}, {"text": "b"}])
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     assert list(resolve_corpus("hf:someone/stories:validation").documents()) == ["a", "b"]
-    assert calls == {"name": "someone/stories", "split": "validation", "streaming": True}
+    assert calls == {"name": "someone/stories", "config": None, "split": "validation", "streaming": True}
+    list(resolve_corpus("hf:wikitext:wikitext-2-raw-v1:test").documents())
+    assert calls["name"] == "wikitext" and calls["config"] == "wikitext-2-raw-v1" and calls["split"] == "test"
+    list(resolve_corpus("hf:someone/stories").documents())
+    assert calls["split"] == "train" and calls["config"] is None
+    with pytest.raises(DataError, match="expected hf:NAME, hf:NAME:SPLIT or hf:NAME:CONFIG:SPLIT"):
+        list(resolve_corpus("hf:a:b:c:d").documents())
     monkeypatch.setitem(sys.modules, "datasets", None)  # import now fails
     with pytest.raises(DataError, match=r"needs the optional `datasets` package"):
         list(resolve_corpus("hf:someone/stories").documents())
+
+
+def test_hf_dataset_from_local_parquet_files(tmp_path, word_tokenizer):
+    # The real `datasets` package streaming a folder of Parquet files, as it streams a hub dataset.
+    pytest.importorskip("datasets")
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "pq"
+    folder.mkdir()
+    pq.write_table(pa.table({"text": ["alpha beta.", "gamma, delta"]}), folder / "part-0.parquet")
+    pq.write_table(pa.table({"text": ["epsilon zeta"]}), folder / "part-1.parquet")
+    spec = f"hf:{folder}"
+    assert sorted(resolve_corpus(spec).documents()) == ["alpha beta.", "epsilon zeta", "gamma, delta"]
+    shard = prepare_corpus(spec, tokenizer=word_tokenizer, out_dir=tmp_path / "shard")
+    assert shard.n_documents == 3 and not shard.reused
+    assert prepare_corpus(spec, tokenizer=word_tokenizer, out_dir=tmp_path / "shard").reused
+    # Changing the files behind a local hf: path makes a new shard, never a stale one.
+    pq.write_table(pa.table({"text": ["theta eta", "alpha"]}), folder / "part-1.parquet")
+    changed = prepare_corpus(spec, tokenizer=word_tokenizer, out_dir=tmp_path / "shard")
+    assert not changed.reused and changed.n_documents == 4
+
+
+def test_text_fields_must_hold_text(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "ints.parquet")
+    with pytest.raises(DataError, match=r"ints.parquet: column 'text' holds int values, not text"):
+        list(resolve_corpus(tmp_path / "ints.parquet").documents())
+    (tmp_path / "num.jsonl").write_text('{"text": 5}\n')
+    with pytest.raises(DataError, match=r"num.jsonl:1: field 'text' holds int values, not text"):
+        list(resolve_corpus(tmp_path / "num.jsonl").documents())
 
 
 def test_safe_chunks_give_the_same_ids_as_the_whole_text(gpt2_tokenizer, shared_data):
@@ -220,6 +265,21 @@ def test_large_vocabulary_switches_to_uint32(tmp_path):
     assert shard.tokens.dtype == np.uint32 and shard.tokens.tolist() == [65_600 + ord(c) for c in "abc"]
     with pytest.raises(DataError, match="token id 65699 does not fit the shard's uint16"):
         prepare_corpus(tmp_path / "c.txt", tokenizer=CountingTokenizer(1000), out_dir=tmp_path / "t")
+    # Negative ids would wrap around to 65535 just as silently.
+    with pytest.raises(DataError, match="token id -3 does not fit the shard's uint16"):
+        prepare_corpus(tmp_path / "c.txt", tokenizer=CountingTokenizer(1000, offset=-100),
+                       out_dir=tmp_path / "n")
+
+
+def test_documents_need_an_end_of_text_token(tmp_path):
+    from gptsmith.tokenizer import SimpleTokenizerV1
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "1.txt").write_text("alpha beta")
+    (tmp_path / "docs" / "2.txt").write_text("beta alpha")
+    with pytest.raises(DataError, match="no <\\|endoftext\\|> token to join the documents"):
+        prepare_corpus(tmp_path / "docs", tokenizer=SimpleTokenizerV1.from_text("alpha beta"),
+                       out_dir=tmp_path / "s")
 
 
 def test_broken_shard_is_a_clear_error(tmp_path, word_tokenizer):
@@ -343,6 +403,29 @@ def test_windows_are_never_materialised(tmp_path):
     assert batch[0].shape == (10, 256) and batch[1][3, 0].item() == (300_000 + 1) % 65536
     # Storing the windows would take len * 256 * 2 bytes (~0.5 GB); the dataset takes a few KB.
     assert peak < 1_000_000
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_windows_at_stride_one_cost_no_resident_memory(tmp_path):
+    # tracemalloc does not see torch's allocator; the resident set size sees everything.
+    path = tmp_path / "tokens.bin"
+    np.arange(1_000_000, dtype=np.uint32).astype(np.uint16).tofile(path)
+    tokens = np.memmap(path, dtype=np.uint16, mode="r")
+    before = _rss_bytes()
+    dataset = SlidingWindowDataset(tokens, max_length=256, stride=1)
+    total = 0
+    for index in range(0, len(dataset), 997):  # windows from the whole file
+        inputs, targets = dataset[index]
+        total += int(targets[-1])
+    growth = _rss_bytes() - before
+    assert total > 0
+    # ~1M windows x 256 tokens would be 0.5 GB as uint16 (4 GB as int64); the file itself is 2 MB.
+    assert growth < 64 * 2**20, f"resident memory grew by {growth / 2**20:.0f} MiB"
 
 
 def test_window_sizes_accept_numpy_integers():

@@ -49,6 +49,17 @@ def test_simple_v1_round_trip_and_sorted_vocabulary():
     assert "--" in tokenizer.str_to_int and "?" in tokenizer.str_to_int
 
 
+@pytest.mark.parametrize("text", [
+    'He said "yes" (quietly), then: "no!"',
+    "It's Jack's -- no, it's Gisburn's--portrait; _really_?",
+    "(See below.) Done; \"fine\": _yes_.",
+])
+def test_simple_decode_puts_quotes_and_parentheses_back(text):
+    tokenizer = SimpleTokenizerV1.from_text(text)
+    expected = text.replace(" -- ", "--")  # the lost spaces around a double dash stay lost
+    assert tokenizer.decode(tokenizer.encode(text)) == expected
+
+
 def test_simple_v1_unknown_word_is_a_clear_error():
     tokenizer = SimpleTokenizerV1.from_text("the cat sat")
     with pytest.raises(DataError, match="'dog'.*SimpleTokenizerV2"):
@@ -92,8 +103,11 @@ def test_simple_tokenizers_match_the_book_on_the_verdict(shared_data):
     sample = '"It\'s the last he painted, you know," Mrs. Gisburn said with pardonable pride.'
     ids = v1.encode(sample)
     assert ids == [1, 56, 2, 850, 988, 602, 533, 746, 5, 1126, 596, 5, 1, 67, 7, 38, 851, 1108, 754, 793, 7]
-    decoded = '" It\' s the last he painted, you know," Mrs. Gisburn said with pardonable pride.'
-    assert v1.decode(ids) == decoded
+    # The book's decoder gives '" It\' s the last ...'; ours puts quotes and apostrophes back too.
+    assert v1.decode(ids) == sample
+    paragraphs = [" ".join(p.split()) for p in text.split("\n") if p.strip()]
+    exact = sum(v1.decode(v1.encode(p)) == p for p in paragraphs)
+    assert exact >= 70, f"only {exact} of {len(paragraphs)} paragraphs round-trip"  # 73 of 83
     v2 = SimpleTokenizerV2.from_text(text)
     assert v2.vocab_size == 1132
     joined = " <|endoftext|> ".join(["Hello, do you like tea?", "In the sunlit terraces of the palace."])

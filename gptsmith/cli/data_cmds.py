@@ -65,13 +65,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     download.set_defaults(func=run_download)
 
 
-def _parse_fractions(text: str) -> tuple[float, ...]:
+def _parse_fractions(text: str) -> list[float]:
+    """``--split``'s fractions, checked before any work is done."""
+    from gptsmith.data import check_split_fractions
     from gptsmith.errors import ConfigError
 
     try:
-        return tuple(float(part) for part in text.split(","))
+        fractions = [float(part) for part in text.split(",")]
     except ValueError:
         raise ConfigError(f"--split {text!r}: expected fractions like 0.8,0.1,0.1") from None
+    try:
+        return check_split_fractions(fractions)
+    except ConfigError as exc:
+        raise ConfigError(f"--split {text!r}: {exc}") from None
 
 
 def run_prepare(args: argparse.Namespace) -> int:
@@ -120,8 +126,16 @@ def run_download(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr, flush=True)
 
     if args.what == "gpt2-bpe":
+        given = os.environ.get("GPTSMITH_GPT2_BPE")
+        if given and not args.force:
+            from gptsmith.tokenizer import GPT2Tokenizer
+
+            GPT2Tokenizer.from_files(given)  # a broken path is an error here, not a silent fetch
+            report(f"GPTSMITH_GPT2_BPE already gives GPT-2's BPE files ({given}); nothing to fetch")
+            print(given)
+            return 0
         path = download_gpt2_bpe(force=args.force, report=report)
-        if os.environ.get("GPTSMITH_GPT2_BPE"):
+        if given:
             report("note: GPTSMITH_GPT2_BPE is set, so it still takes precedence over the cache")
     else:
         path = download_corpus(args.what, force=args.force, report=report)
