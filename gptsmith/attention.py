@@ -232,8 +232,8 @@ class MultiHeadAttention(nn.Module):
     Over the wrapper it adds: one fused ``qkv`` projection (one matmul instead of 3 × n_heads),
     heads split by reshaping, PyTorch's fused ``scaled_dot_product_attention`` (flash or
     memory-efficient kernels where available) and an optional ``KVCache`` for generation.
-    ``use_sdpa=False`` (or ``return_weights=True``) takes a plain-matmul path that computes the
-    same result step by step and can return the attention weights.
+    Setting the attribute ``use_sdpa = False`` (or calling with ``return_weights=True``) takes a
+    plain-matmul path that computes the same result step by step and can return the weights.
     """
 
     def __init__(
@@ -272,6 +272,8 @@ class MultiHeadAttention(nn.Module):
         True = may attend) replaces the default causal mask, e.g. to hide left padding.
         """
         batch, n_tokens, _ = x.shape
+        if cache is None and n_tokens > self.context_length:  # a cache checks its own capacity
+            raise ValueError(f"{n_tokens} tokens exceed context_length {self.context_length}")
         qkv = self.qkv(x)  # (batch, n_tokens, 3 * d_out)
         qkv = qkv.view(batch, n_tokens, 3, self.n_heads, self.head_dim)
         queries, keys, values = qkv.permute(2, 0, 3, 1, 4)  # each (batch, n_heads, n_tokens, head_dim)
@@ -348,6 +350,8 @@ def copy_wrapper_to_fused(
             f"wrapper has {len(heads)} heads of size {heads[0].d_out}, fused module has "
             f"{fused.n_heads} of size {fused.head_dim}"
         )
+    if heads[0].W_query.bias is not None and fused.qkv.bias is None:
+        raise ValueError("wrapper has qkv biases but the fused module has none (build it with qkv_bias=True)")
     for part, name in enumerate(("W_query", "W_key", "W_value")):
         rows = slice(part * fused.d_out, (part + 1) * fused.d_out)
         fused.qkv.weight[rows] = torch.cat([getattr(h, name).weight for h in heads], dim=0)

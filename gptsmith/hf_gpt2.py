@@ -73,6 +73,13 @@ def gpt_config_from_hf(hf_config: dict, *, source: str = "config.json") -> GPTCo
             f"{source}: activation_function {activation!r} is not supported (gptsmith uses GPT-2's "
             f"tanh GELU: {', '.join(TANH_GELUS)})"
         )
+    for field in ("layer_norm_epsilon", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        value = hf_config.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise CheckpointError(f"{source}: {field} must be a number, got {value!r}")
+    tie = hf_config.get("tie_word_embeddings", True)
+    if not isinstance(tie, bool):
+        raise CheckpointError(f"{source}: tie_word_embeddings must be true or false, got {tie!r}")
     eps = hf_config.get("layer_norm_epsilon", 1e-5)
     if abs(eps - 1e-5) > 1e-12:
         raise CheckpointError(f"{source}: layer_norm_epsilon {eps} is not supported (gptsmith uses 1e-5)")
@@ -90,9 +97,11 @@ def gpt_config_from_hf(hf_config: dict, *, source: str = "config.json") -> GPTCo
             emb_dim=emb_dim,
             n_heads=hf_config.get("n_head", 12),
             n_layers=hf_config.get("n_layer", 12),
-            drop_rate=float(hf_config.get("resid_pdrop", 0.1)),
+            # GPT-2 has three dropout rates (embeddings, attention, residual); gptsmith has one,
+            # and GPT-2's files give all three the same value. The residual one is taken.
+            drop_rate=float(0.1 if hf_config.get("resid_pdrop") is None else hf_config["resid_pdrop"]),
             qkv_bias=True,
-            tie_weights=bool(hf_config.get("tie_word_embeddings", True)),
+            tie_weights=tie,
         )
     except ValueError as exc:
         raise CheckpointError(f"{source}: {exc}") from None
@@ -211,6 +220,24 @@ def read_hf_state(model_dir: Path) -> dict[str, torch.Tensor]:
             f"{model_dir}: sharded checkpoints are not supported (GPT-2 files are not sharded)"
         )
     raise CheckpointError(f"{model_dir} has config.json but neither {HF_SAFETENSORS} nor {HF_PYTORCH_BIN}")
+
+
+def check_hf_weights(model_dir: str | Path, cfg: GPTConfig) -> None:
+    """Check a HF directory's tensor names and shapes against ``cfg`` without building the model.
+
+    The names go through the same mapping as an import (on shape-only ``meta`` tensors), so a
+    config.json that does not fit its weights is reported here exactly as a load would report it.
+    """
+    from gptsmith.weights import check_state_shapes, safetensors_shapes
+
+    model_dir = Path(model_dir)
+    if (model_dir / HF_SAFETENSORS).is_file():
+        source, shapes = model_dir / HF_SAFETENSORS, safetensors_shapes(model_dir / HF_SAFETENSORS)
+    else:
+        source, shapes = model_dir / HF_PYTORCH_BIN, {k: v.shape for k, v in read_hf_state(model_dir).items()}
+    hf = {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}
+    ours = state_dict_from_hf(hf, cfg)
+    check_state_shapes(cfg, {name: tuple(t.shape) for name, t in ours.items()}, source=str(source))
 
 
 def load_hf_model_dir(

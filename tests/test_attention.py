@@ -95,6 +95,16 @@ def test_copy_refuses_mismatched_heads():
     fused = MultiHeadAttention(8, 12, 10, 0.0, 4)
     with pytest.raises(ValueError, match="heads"):
         copy_wrapper_to_fused(wrapper, fused)
+    biased = MultiHeadAttentionWrapper(8, 12, 10, 0.0, 3, qkv_bias=True)
+    with pytest.raises(ValueError, match="wrapper has qkv biases but the fused module has none"):
+        copy_wrapper_to_fused(biased, MultiHeadAttention(8, 12, 10, 0.0, 3, qkv_bias=False))
+
+
+def test_fused_attention_refuses_more_tokens_than_its_context():
+    attention = MultiHeadAttention(8, 8, 6, 0.0, 2)
+    assert attention(torch.randn(1, 6, 8)).shape == (1, 6, 8)
+    with pytest.raises(ValueError, match="7 tokens exceed context_length 6"):
+        attention(torch.randn(1, 7, 8))
 
 
 def _fused(qkv_bias=True, d=32, n_heads=4):

@@ -63,6 +63,51 @@ def test_info_checks_a_checkpoints_weights(tmp_path, capsys):
     assert "tensor " in err and "(101, 64)" in err and "(101, 32)" in err and err.count("\n") == 1
 
 
+def _one_line_error(capsys, verb: str) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith(f"gptsmith {verb}: error:") and err.count("\n") == 1, err
+    return err
+
+
+def test_info_checks_a_hugging_face_directorys_weights(tmp_path, capsys):
+    from gptsmith.hf_gpt2 import export_hf
+
+    directory = export_hf(GPTModel(TINY), tmp_path / "hf")
+    assert main(["info", str(directory)]) == 0
+    assert "Hugging Face GPT-2 directory" in capsys.readouterr().out
+    config = json.loads((directory / "config.json").read_text())
+    atomic_write_text(directory / "config.json", json.dumps({**config, "n_embd": 64, "n_head": 4}))
+    assert main(["info", str(directory)]) == 2  # config.json no longer fits the weights
+    err = _one_line_error(capsys, "info")
+    assert "tok_emb.weight has shape (101, 32) but the config needs (101, 64)" in err
+    atomic_write_text(directory / "config.json", json.dumps(config))
+    weights = directory / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    assert main(["info", str(directory)]) == 2
+    assert "truncated" in _one_line_error(capsys, "info")
+    weights.unlink()
+    assert main(["info", str(directory)]) == 2
+    assert "neither model.safetensors nor pytorch_model.bin" in _one_line_error(capsys, "info")
+
+
+def test_convert_bad_checkpoints_are_one_line_errors(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    assert main(["convert", str(tmp_path / "empty"), "--to", "hf", "--out", out]) == 2
+    assert "no config.json" in _one_line_error(capsys, "convert")
+    directory = save_model(GPTModel(TINY), tmp_path / "model")
+    weights = directory / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])
+    assert main(["convert", str(directory), "--to", "hf", "--out", out]) == 2
+    assert "model.safetensors" in _one_line_error(capsys, "convert")
+    save_model(GPTModel(GPTConfig(**{**TINY.to_dict(), "emb_dim": 64})), tmp_path / "other")
+    weights.write_bytes((tmp_path / "other" / "model.safetensors").read_bytes())
+    assert main(["convert", str(directory), "--to", "gptsmith", "--out", out]) == 2
+    assert "(101, 64)" in _one_line_error(capsys, "convert")
+    assert not (tmp_path / "out").exists()  # nothing written for a model that did not load
+
+
 def test_info_directory_without_config(tmp_path, capsys):
     assert main(["info", str(tmp_path)]) == 2
     assert "no config.json" in capsys.readouterr().err

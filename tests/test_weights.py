@@ -141,6 +141,10 @@ HF_CONFIGS = {
     "n_inner-1x8-dropout": dict(
         n_layer=1, n_head=8, n_embd=64, n_inner=256, vocab_size=80, n_positions=32, resid_pdrop=0.3
     ),
+    "no-dropout-2x2": dict(
+        n_layer=2, n_head=2, n_embd=16, vocab_size=90, n_positions=12,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    ),
 }
 
 
@@ -211,6 +215,9 @@ def test_unsupported_hf_configs_are_refused(tmp_path):
     for change, message in [
         ({"n_inner": 100}, "n_inner=100 is not 4 \\* n_embd"),
         ({"activation_function": "relu"}, "activation_function 'relu' is not supported"),
+        ({"layer_norm_epsilon": "x"}, "layer_norm_epsilon must be a number, got 'x'"),
+        ({"resid_pdrop": None, "attn_pdrop": "0.1"}, "attn_pdrop must be a number"),
+        ({"tie_word_embeddings": "false"}, "tie_word_embeddings must be true or false, got 'false'"),
     ]:
         atomic_write_json(tmp_path / "config.json", {**config, **change})
         with pytest.raises(CheckpointError, match=message):

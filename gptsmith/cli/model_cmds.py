@@ -126,8 +126,10 @@ def _describe_source(name: str, overrides: dict | None = None) -> tuple[GPTConfi
         if not weights.is_file():
             raise CheckpointError(f"{weights} is missing (the checkpoint is incomplete)")
         check_state_shapes(cfg, safetensors_shapes(weights), source=str(weights))
-    elif weights.is_file():
-        safetensors_shapes(weights)  # at least catch a truncated file (its names are Hugging Face's)
+    else:
+        from gptsmith.hf_gpt2 import check_hf_weights
+
+        check_hf_weights(model_dir, cfg)  # names mapped as an import maps them; truncation caught
     kind = "Hugging Face GPT-2 directory" if config["format"] == "hf-gpt2" else "gptsmith checkpoint"
     reserved = {"format", "format_version", "model", "hf_config"}
     extra = {k: v for k, v in config.items() if k not in reserved}
