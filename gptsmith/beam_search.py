@@ -4,7 +4,7 @@ Greedy decoding commits to the most likely next token at every step, and can mis
 whose first token is less likely but whose continuation is much more likely. Beam search keeps
 ``num_beams`` partial sequences (beams); each step it extends every beam by every token, scores
 each candidate by its total log-probability, and keeps the best ``num_beams``. A beam that reaches
-``eos_id`` (or a stop sequence) is set aside as a finished hypothesis, scored by
+``eos_id`` (or a stop sequence, see ``stopping.py``) is set aside as a finished hypothesis, scored by
 ``sum of log-probabilities / n_new_tokens ** length_penalty`` (length_penalty > 0 favours longer
 answers, < 0 shorter ones). The search stops early once ``num_beams`` hypotheses are finished and
 no running beam scores better than the worst of them (the rule Hugging Face uses by default).
@@ -13,10 +13,15 @@ no running beam scores better than the worst of them (the rule Hugging Face uses
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
 from gptsmith.decoding import DecodeState, TokenPicker
+from gptsmith.stopping import StopRules
+
+if TYPE_CHECKING:
+    from gptsmith.generate import GenerationConfig
 
 
 def beam_search(
@@ -26,21 +31,26 @@ def beam_search(
     *,
     num_beams: int,
     length_penalty: float = 1.0,
-    eos_id: int | None = None,
-    token_stops: list[list[int]] | None = None,
+    stops: StopRules | None = None,
     repetition_penalty: float = 1.0,
     use_cache: bool = True,
 ) -> tuple[list[int], float, str]:
     """The best continuation of one prompt (1, n_prompt), its length-normalised log-probability,
     and why it ended: ``"eos"``, ``"stop_sequence"`` or ``"max_new_tokens"``.
 
-    The returned ids exclude the eos token or stop sequence that ended the hypothesis.
+    ``stops`` (eos id, token-id and text stop sequences) ends a hypothesis exactly as it ends a
+    greedy row: text stops are matched on each candidate's decoded bytes, however it is tokenized.
+    The returned ids exclude the eos token or stop sequence that ended the hypothesis (for a text
+    stop, from the token where it begins).
     """
     if max_new_tokens == 0:
         return [], 0.0, "max_new_tokens"
+    rules = stops or StopRules()
     n_prompt = prompt.shape[1]
     vocab_size = model.cfg.vocab_size
     beams = prompt.expand(num_beams, n_prompt)  # every beam starts as the prompt
+    # One matcher per beam. Never changed in place (a chosen beam gets a fork), so sharing is safe.
+    matchers = [rules.start(int(prompt[0, -1]))] * num_beams if rules.active else []
     finished: list[tuple[float, list[int], str]] = []
     with torch.inference_mode():
         state = DecodeState(model, beams, None, max_new_tokens, use_cache=use_cache)
@@ -58,12 +68,11 @@ def beam_search(
                 if score == -math.inf:
                     break
                 row, token = divmod(index, vocab_size)
-                sequence = generated[row] + [token]
-                kept = _stopped_length(sequence, eos_id, token_stops or [])
-                if kept is not None:
+                stop = matchers[row].check(token) if matchers else None
+                if stop is not None:
                     if rank < num_beams:  # only a candidate that would have made the cut finishes
-                        reason = "eos" if kept == len(sequence) - 1 and token == eos_id else "stop_sequence"
-                        finished.append((score / n_new**length_penalty, sequence[:kept], reason))
+                        kept = generated[row][: stop.kept]
+                        finished.append((score / n_new**length_penalty, kept, stop.reason))
                     continue
                 rows.append(row)
                 tokens.append(token)
@@ -79,6 +88,8 @@ def beam_search(
             row_index = torch.tensor(rows, device=prompt.device)
             next_ids = torch.tensor(tokens, device=prompt.device)
             state.reorder(row_index)
+            if matchers:  # each chosen beam's matcher follows it, with the token it was extended by
+                matchers = [matchers[row].fork(token) for row, token in zip(rows, tokens, strict=True)]
             if picker.seen is not None:
                 picker.seen = picker.seen[row_index]
             picker.mark_seen(next_ids)
@@ -97,22 +108,12 @@ def beam_search(
     return best, best_score, reason
 
 
-def _stopped_length(sequence: list[int], eos_id: int | None, token_stops: list[list[int]]) -> int | None:
-    """How many tokens to keep if ``sequence`` has just hit eos or a stop sequence, else None."""
-    if sequence[-1] == eos_id:
-        return len(sequence) - 1
-    for stop in token_stops:
-        if sequence[-len(stop) :] == stop:
-            return len(sequence) - len(stop)
-    return None
-
-
 def beam_search_batch(
     model: torch.nn.Module,
     ids: torch.Tensor,
     mask: torch.Tensor | None,
-    cfg,
-    token_stops: list[list[int]],
+    cfg: GenerationConfig,
+    stops: StopRules,
     pad_id: int,
 ) -> torch.Tensor:
     """Beam search for each row of a (possibly left-padded) batch; returns prompt + new ids (batch, n)."""
@@ -125,8 +126,7 @@ def beam_search_batch(
             cfg.max_new_tokens,
             num_beams=cfg.num_beams,
             length_penalty=cfg.length_penalty,
-            eos_id=cfg.eos_id,
-            token_stops=token_stops,
+            stops=stops,
             repetition_penalty=cfg.repetition_penalty,
             use_cache=cfg.use_cache,
         )

@@ -1,6 +1,7 @@
 """The pieces of the decoding loop: the growing batch with its KV cache, and the logits processors.
 
-``generate.py`` puts them together; ``beam_search.py`` reuses ``DecodeState``. One step::
+``sample_steps`` puts them together for greedy decoding and sampling (``generate.py`` and
+``streaming.py`` drive it); ``beam_search.py`` reuses ``DecodeState``. One step::
 
     DecodeState.next_logits()         logits of the next position            (batch, vocab_size)
       -> apply_repetition_penalty     tokens already in the sequence made less likely
@@ -10,8 +11,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from gptsmith.generate import GenerationConfig
 
 # ---------------------------------------------------------------------------------------------
 # Logits processors: each takes logits (batch, vocab_size) and returns new logits of that shape.
@@ -209,6 +216,35 @@ class DecodeState:
             stored = self.cache.length
             self.cache.keys[:, :, :, :stored] = self.cache.keys[:, rows, :, :stored]
             self.cache.values[:, :, :, :stored] = self.cache.values[:, rows, :, :stored]
+
+
+def sample_steps(
+    model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor | None, cfg: GenerationConfig
+) -> Iterator[torch.Tensor]:
+    """Yield the next token of every row (batch,), one step at a time (greedy or sampled).
+
+    Inference mode is entered for each step only, so the caller's code between steps runs normally.
+    """
+    generator = None
+    if cfg.seed is not None:
+        generator = torch.Generator(device=ids.device).manual_seed(cfg.seed)
+    with torch.inference_mode():
+        state = DecodeState(model, ids, mask, cfg.max_new_tokens, use_cache=cfg.use_cache)
+        picker = TokenPicker(
+            ids,
+            mask,
+            model.cfg.vocab_size,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+            repetition_penalty=cfg.repetition_penalty,
+            generator=generator,
+        )
+    for _ in range(cfg.max_new_tokens):
+        with torch.inference_mode():
+            next_ids = picker(state.next_logits())  # (batch,)
+            state.append(next_ids)
+        yield next_ids
 
 
 # ---------------------------------------------------------------------------------------------

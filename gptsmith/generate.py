@@ -3,9 +3,11 @@
 ``generate(model, token_ids, max_new_tokens)`` decodes greedily by default and returns the prompt
 followed by the new ids, shape (batch, n). Options:
 
-- ``temperature`` (0 = greedy), ``top_k``, ``top_p``: sampling, reproducible with ``seed``;
+- ``temperature`` (0 = greedy), ``top_k``, ``top_p``: sampling, reproducible with ``seed``
+  (``top_k`` and ``top_p`` shape sampling only: with temperature 0 they have no effect);
 - ``repetition_penalty``: make tokens already in the text less likely;
-- ``eos_id`` and ``stop_sequences`` (token-id lists, or strings with ``tokenizer=``): stop early;
+- ``eos_id`` (default: the ``tokenizer``'s ``<|endoftext|>`` when one is given; ``NO_EOS`` for
+  none) and ``stop_sequences`` (token-id lists, or strings with ``tokenizer=``): stop early;
 - ``num_beams`` > 1: beam search (``length_penalty``, stops on ``eos_id``), see ``beam_search.py``;
 - a batch of prompts of different lengths (a list of id lists, or left-padded ids with
   ``attention_mask``) — every row gets what it would get alone;
@@ -14,23 +16,37 @@ followed by the new ids, shape (batch, n). Options:
 ``optimize_for_decoding(model)`` re-lays out the weights for faster CPU decoding (the CLI does it).
 
 Prompts longer than the model's context are cropped to their most recent tokens (with a warning),
-and the window keeps sliding as text is generated. ``stream_text`` yields text as it is produced.
+and the window keeps sliding as text is generated. ``stream_text`` yields text as it is produced
+(``streaming.py``); when to stop is decided in ``stopping.py``, for every decoder alike.
 """
 
 from __future__ import annotations
 
-import codecs
+import dataclasses
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from gptsmith.decoding import DecodeState, TokenPicker, optimize_for_decoding  # noqa: F401 (public API)
+from gptsmith.decoding import (  # noqa: F401 (DecodeState, TokenPicker, optimize_for_decoding: public API)
+    DecodeState,
+    TokenPicker,
+    optimize_for_decoding,
+    sample_steps,
+)
 from gptsmith.errors import ConfigError, GptsmithError
-from gptsmith.stopping import StopChecker, StopSequence, find_stop, normalise_stops, token_bytes
+from gptsmith.stopping import (  # noqa: F401 (NO_EOS: public API)
+    NO_EOS,
+    StopChecker,
+    StopRules,
+    StopSequence,
+    normalise_stops,
+    resolve_eos_id,
+)
+from gptsmith.streaming import TextStream
 
 
 @dataclass(frozen=True)
@@ -42,7 +58,7 @@ class GenerationConfig:
     top_k: int | None = None
     top_p: float | None = None
     repetition_penalty: float = 1.0
-    eos_id: int | None = None
+    eos_id: int | None = None  # None: the tokenizer's <|endoftext|> if one is given; NO_EOS: never
     stop_sequences: Sequence[StopSequence] | None = None
     seed: int | None = None
     use_cache: bool = True
@@ -72,8 +88,8 @@ class GenerationConfig:
                 "beam search (num_beams > 1) is deterministic: temperature, top_k and top_p apply to "
                 "sampling only (drop them, or use num_beams=1 to sample)"
             )
-        if self.eos_id is not None:
-            _check_int("eos_id", self.eos_id, 0, "pass a token id of the vocabulary")
+        if self.eos_id is not None and self.eos_id != NO_EOS:
+            _check_int("eos_id", self.eos_id, 0, "pass a token id of the vocabulary, or NO_EOS (-1) for none")
         if self.seed is not None:
             _check_int("seed", self.seed, 0, "use a non-negative integer")
 
@@ -81,7 +97,7 @@ class GenerationConfig:
         """The checks that need the model: ids and top_k must fit its vocabulary."""
         if self.top_k is not None and self.top_k > vocab_size:
             raise ConfigError(f"top_k must be at most the vocabulary size {vocab_size}, got {self.top_k}")
-        if self.eos_id is not None and self.eos_id >= vocab_size:
+        if self.eos_id is not None and self.eos_id != NO_EOS and self.eos_id >= vocab_size:
             raise ConfigError(f"eos_id {self.eos_id} is outside the model's vocabulary of {vocab_size}")
 
 
@@ -93,6 +109,20 @@ def _check_number(name: str, value: Any) -> None:
 def _check_int(name: str, value: Any, minimum: int, fix: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r} ({fix})")
+
+
+def _checked_config(model: torch.nn.Module, tokenizer: Any, **fields: Any) -> GenerationConfig:
+    """The config of one call, checked against the model, with ``eos_id`` resolved (see
+    ``resolve_eos_id``: the tokenizer's ``<|endoftext|>`` by default, None for ``NO_EOS``)."""
+    cfg = GenerationConfig(**fields)
+    cfg = dataclasses.replace(cfg, eos_id=resolve_eos_id(cfg.eos_id, tokenizer))
+    cfg.check_vocab(model.cfg.vocab_size)
+    return cfg
+
+
+def _stop_rules(cfg: GenerationConfig, tokenizer: Any) -> StopRules:
+    token_stops, byte_stops = normalise_stops(cfg.stop_sequences, tokenizer)
+    return StopRules(cfg.eos_id, token_stops, byte_stops, tokenizer)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,6 +158,7 @@ def _prepare_prompt(
     pad_id: int,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Ids (batch, n) on the model's device and a left-padding mask (or None when nothing is padded)."""
+    _reject_text(token_ids)
     device = next(model.parameters()).device
     if not isinstance(token_ids, torch.Tensor):
         first = token_ids[0] if len(token_ids) else 0
@@ -163,6 +194,18 @@ def _prepare_prompt(
             stacklevel=3,
         )
     return ids.to(device), None if attention_mask is None else attention_mask.to(device)
+
+
+def _reject_text(token_ids: Any) -> None:
+    """Text where ids belong would otherwise fail deep inside as "invalid literal for int()"."""
+    is_text = isinstance(token_ids, str | bytes)
+    if not is_text and isinstance(token_ids, Sequence) and len(token_ids):
+        is_text = isinstance(token_ids[0], str | bytes)
+    if is_text:
+        raise GptsmithError(
+            f"token_ids must be token ids, got text {token_ids!r:.60} "
+            "(encode it first: text_to_token_ids(text, tokenizer))"
+        )
 
 
 def _start_ids(start_id: int | None) -> list[int]:
@@ -215,16 +258,19 @@ def generate(
     """Extend each prompt by up to ``max_new_tokens`` tokens; returns prompt + new ids (batch, n).
 
     ``token_ids``: (batch, n) or (n,) ids, or a list of id lists of different lengths (left-padded
-    here). ``attention_mask`` (batch, n) marks real tokens (1) of prompts that are already
-    left-padded. Generation stops at ``eos_id`` or a stop sequence, neither of which is returned
-    (for a text stop sequence, the token where it begins is dropped); rows of a batch that stop
-    early are padded on the right with ``pad_id`` (default: ``eos_id``, else 0). Without ``eos_id``
-    nothing ends generation but ``max_new_tokens`` and the stop sequences (pass
-    ``eos_id=tokenizer.eot_id`` to stop at ``<|endoftext|>``). An empty prompt starts from
-    ``eos_id`` (or the tokenizer's ``<|endoftext|>``). The model runs in eval mode (restored
-    afterwards).
+    here); encode text first with ``text_to_token_ids``. ``attention_mask`` (batch, n) marks real
+    tokens (1) of prompts that are already left-padded. Generation stops at ``eos_id`` or a stop
+    sequence, neither of which is returned (for a text stop sequence, the token where it begins is
+    dropped); rows of a batch that stop early are padded on the right with ``pad_id`` (default:
+    ``eos_id``, else 0). ``eos_id`` defaults to the tokenizer's ``<|endoftext|>`` when
+    ``tokenizer`` is given; ``eos_id=NO_EOS`` (-1) disables it, and without a tokenizer nothing
+    but ``max_new_tokens`` and the stop sequences ends generation. ``top_k`` and ``top_p`` apply
+    to sampling (``temperature`` > 0) only. An empty prompt starts from ``eos_id`` (or the
+    tokenizer's ``<|endoftext|>``). The model runs in eval mode (restored afterwards).
     """
-    cfg = GenerationConfig(
+    cfg = _checked_config(
+        model,
+        tokenizer,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         top_k=top_k,
@@ -237,10 +283,9 @@ def generate(
         num_beams=num_beams,
         length_penalty=length_penalty,
     )
-    cfg.check_vocab(model.cfg.vocab_size)
-    token_stops, byte_stops = normalise_stops(stop_sequences, tokenizer)
-    start_id = eos_id if eos_id is not None else getattr(tokenizer, "eot_id", None)
-    pad = pad_id if pad_id is not None else (eos_id or 0)
+    stops = _stop_rules(cfg, tokenizer)
+    start_id = cfg.eos_id if cfg.eos_id is not None else getattr(tokenizer, "eot_id", None)
+    pad = pad_id if pad_id is not None else (cfg.eos_id or 0)
     ids, mask = _prepare_prompt(model, token_ids, attention_mask, start_id, pad)
 
     was_training = model.training
@@ -249,12 +294,10 @@ def generate(
         if cfg.num_beams > 1:
             from gptsmith.beam_search import beam_search_batch
 
-            # Beam search matches text stop sequences by their token ids.
-            token_stops += [tokenizer.encode(stop.decode("utf-8")) for stop in byte_stops]
-            return beam_search_batch(model, ids, mask, cfg, token_stops, pad)
-        stopper = StopChecker(ids.shape[0], eos_id, token_stops, byte_stops, tokenizer)
+            return beam_search_batch(model, ids, mask, cfg, stops, pad)
+        stopper = StopChecker(ids, stops)
         steps = []
-        for next_ids in _sample_steps(model, ids, mask, cfg):
+        for next_ids in sample_steps(model, ids, mask, cfg):
             steps.append(next_ids)
             if stopper.active and stopper.update(next_ids.tolist()):
                 break
@@ -262,35 +305,6 @@ def generate(
         return stopper.finish(ids, new_ids, pad)
     finally:
         model.train(was_training)
-
-
-def _sample_steps(
-    model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor | None, cfg: GenerationConfig
-) -> Iterator[torch.Tensor]:
-    """Yield the next token of every row (batch,), one step at a time (greedy or sampled).
-
-    Inference mode is entered for each step only, so the caller's code between steps runs normally.
-    """
-    generator = None
-    if cfg.seed is not None:
-        generator = torch.Generator(device=ids.device).manual_seed(cfg.seed)
-    with torch.inference_mode():
-        state = DecodeState(model, ids, mask, cfg.max_new_tokens, use_cache=cfg.use_cache)
-        picker = TokenPicker(
-            ids,
-            mask,
-            model.cfg.vocab_size,
-            temperature=cfg.temperature,
-            top_k=cfg.top_k,
-            top_p=cfg.top_p,
-            repetition_penalty=cfg.repetition_penalty,
-            generator=generator,
-        )
-    for _ in range(cfg.max_new_tokens):
-        with torch.inference_mode():
-            next_ids = picker(state.next_logits())  # (batch,)
-            state.append(next_ids)
-        yield next_ids
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,101 +322,19 @@ def stream_text(
     """Iterate over the generated text (not the prompt) piece by piece as tokens arrive.
 
     ``options`` are ``generate``'s (``temperature``, ``top_k``, ``eos_id``, ``stop_sequences``...),
-    for one prompt. A BPE token can hold part of a multi-byte UTF-8 character, so bytes go through
-    an incremental UTF-8 decoder and a chunk never ends inside a character. Text that could be the
-    start of a stop sequence is held back until it is clear that it is not; stop sequences (token
-    ids too) are matched on the text here. With ``num_beams`` > 1 the text comes in one piece.
-    After the loop, the stream's ``token_ids`` and ``stop_reason`` say what was generated and why
-    it ended (``"eos"``, ``"stop_sequence"`` or ``"max_new_tokens"``). A character left incomplete
-    by the last token (``max_new_tokens`` cut it) is not emitted.
+    for one prompt; as there, generation stops at the tokenizer's ``<|endoftext|>`` unless
+    ``eos_id`` says otherwise (``NO_EOS``: never). A chunk never ends inside a UTF-8 character,
+    and text that could be the start of a stop sequence is held back until it is clear that it is
+    not (see ``streaming.py``). With ``num_beams`` > 1 the text comes in one piece. After the
+    loop, the stream's ``token_ids`` and ``stop_reason`` say what was generated and why it ended
+    (``"eos"``, ``"stop_sequence"`` or ``"max_new_tokens"``); the text is the decoding of
+    ``token_ids``, except that a character left incomplete by the last token (``max_new_tokens``
+    cut it) is not emitted. A prompt longer than the context is cropped with a warning, issued
+    here rather than during the iteration.
     """
-    cfg = GenerationConfig(max_new_tokens=max_new_tokens, **options)
-    cfg.check_vocab(model.cfg.vocab_size)
+    cfg = _checked_config(model, tokenizer, max_new_tokens=max_new_tokens, **options)
     ids = text_to_token_ids(prompt, tokenizer) if isinstance(prompt, str) else prompt
     ids, _ = _prepare_prompt(model, ids, None, tokenizer.eot_id, 0)
     if ids.shape[0] != 1:
         raise GptsmithError(f"stream_text streams one prompt, got a batch of {ids.shape[0]} (use generate)")
-    token_stops, byte_stops = normalise_stops(cfg.stop_sequences, tokenizer)
-    return TextStream(
-        model, tokenizer, ids, cfg, byte_stops + [tokenizer.decode_bytes(s) for s in token_stops]
-    )
-
-
-class TextStream:
-    """The iterator ``stream_text`` returns: yields str chunks; then ``token_ids`` and ``stop_reason``."""
-
-    def __init__(
-        self, model, tokenizer, ids: torch.Tensor, cfg: GenerationConfig, stops: list[bytes]
-    ) -> None:
-        self.model, self.tokenizer, self.ids, self.cfg, self.stops = model, tokenizer, ids, cfg, stops
-        self.prompt_ids: list[int] = ids[0].tolist()
-        self.token_ids: list[int] = []  # new tokens so far (eos excluded)
-        self.stop_reason: str | None = None
-
-    def __iter__(self) -> Iterator[str]:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            if self.cfg.num_beams > 1:
-                yield from self._beam_text()
-            else:
-                yield from self._sampled_text()
-        finally:
-            self.model.train(was_training)
-
-    def _beam_text(self) -> Iterator[str]:
-        from gptsmith.beam_search import beam_search
-
-        best, _, self.stop_reason = beam_search(
-            self.model,
-            self.ids,
-            self.cfg.max_new_tokens,
-            num_beams=self.cfg.num_beams,
-            length_penalty=self.cfg.length_penalty,
-            eos_id=self.cfg.eos_id,
-            token_stops=[self.tokenizer.encode(stop.decode("utf-8")) for stop in self.stops],
-            repetition_penalty=self.cfg.repetition_penalty,
-            use_cache=self.cfg.use_cache,
-        )
-        self.token_ids = best
-        text = self.tokenizer.decode_bytes(self.token_ids).decode("utf-8", errors="replace")
-        if text:
-            yield text
-
-    def _sampled_text(self) -> Iterator[str]:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        pending = bytearray()  # bytes not yet passed to the decoder
-        self.stop_reason = "max_new_tokens"
-        for next_ids in _sample_steps(self.model, self.ids, None, self.cfg):
-            token = int(next_ids[0])
-            if token == self.cfg.eos_id:
-                self.stop_reason = "eos"
-                break
-            previous = self.token_ids[-1] if self.token_ids else self.prompt_ids[-1]
-            self.token_ids.append(token)
-            pending += token_bytes(self.tokenizer, previous, token)
-            hit = find_stop(pending, self.stops)
-            if hit is not None:
-                del pending[hit:]
-                self.stop_reason = "stop_sequence"
-                break
-            ready = len(pending) - _partial_stop_length(pending, self.stops)
-            text = decoder.decode(bytes(pending[:ready]))
-            del pending[:ready]
-            if text:
-                yield text
-        # Not final: bytes of a character the last token left incomplete stay in the decoder, unsaid.
-        text = decoder.decode(bytes(pending))
-        if text:
-            yield text
-
-
-def _partial_stop_length(buffer: bytearray, stops: Sequence[bytes]) -> int:
-    """Length of the longest end of ``buffer`` that is the beginning of a stop sequence."""
-    longest = 0
-    for stop in stops:
-        for k in range(min(len(buffer), len(stop) - 1), longest, -1):
-            if buffer.endswith(stop[:k]):
-                longest = k
-                break
-    return longest
+    return TextStream(model, tokenizer, ids, cfg, _stop_rules(cfg, tokenizer))

@@ -97,3 +97,28 @@ def sequence_logprob(model: nn.Module, prompt: list[int], continuation: list[int
     with torch.no_grad():
         logprobs = torch.log_softmax(model(ids).float(), dim=-1)[0]
     return sum(float(logprobs[len(prompt) - 1 + i, tok]) for i, tok in enumerate(continuation))
+
+
+class MergedTokenizer(ByteTokenizer):
+    """A ByteTokenizer with a few multi-byte tokens (ids 257...), so one text has several tokenizations.
+
+    ``encode`` prefers the merged tokens, as BPE does: ``"\\n\\n"`` is one token, though a model may
+    emit two ``"\\n"`` tokens instead.
+    """
+
+    name = "merged"
+
+    def __init__(self, merges: Sequence[str] = ("\n\n", "yes\n")) -> None:
+        self.merges = {257 + i: text.encode("utf-8") for i, text in enumerate(merges)}
+        self.vocab_size = 257 + len(self.merges)
+
+    def encode(self, text: str, allowed_special=frozenset({"<|endoftext|>"})) -> list[int]:
+        data, ids, i = text.encode("utf-8"), [], 0
+        while i < len(data):
+            merged = [t for t, piece in self.merges.items() if data.startswith(piece, i)]
+            ids.append(merged[0] if merged else data[i])
+            i += len(self.merges[merged[0]]) if merged else 1
+        return ids
+
+    def decode_bytes(self, ids: Sequence[int]) -> bytes:
+        return b"".join(self.merges.get(i, bytes([i]) if i < 256 else b"") for i in ids)

@@ -112,15 +112,76 @@ def test_generate_stop_text(capsys, checkpoint, simple_tokenizer):
         "The module",
     )
     assert code == 0
-    assert out == "The module" + full[: full.index(stop)] + "\n"
+    # The token where the stop begins is dropped; for this word-level tokenizer it carries the space.
+    assert out == "The module" + full[: full.index(" " + stop)] + "\n"
 
 
-def test_generate_long_prompt_warns(capsys, checkpoint):
-    code, out, err = _run(
-        capsys, "generate", "--checkpoint", str(checkpoint), "--max-new-tokens", "2", "word " * 60
+def test_generate_long_prompt_warns_before_the_text(checkpoint, monkeypatch):
+    terminal = io.StringIO()  # stdout and stderr interleaved, as on a terminal
+    monkeypatch.setattr(sys, "stdout", terminal)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    code = main(["generate", "--checkpoint", str(checkpoint), "--max-new-tokens", "2", "word " * 60])
+    assert code == 0
+    warning, text = terminal.getvalue().split("\n", 1)
+    assert warning == (
+        "gptsmith generate: warning: prompt of 60 tokens is longer than the model's context of 48; "
+        "the model sees only the last 48"
+    )
+    assert text.startswith("word " * 60) and text.endswith("\n") and "warning" not in text
+
+
+def test_generate_empty_prompt_starts_from_end_of_text(capsys, checkpoint, simple_tokenizer):
+    from gptsmith.generate import generate
+    from gptsmith.weights import load_model
+
+    expected = generate(load_model(checkpoint), [simple_tokenizer.eot_id], 6, tokenizer=simple_tokenizer)
+    expected_ids = expected[0, 1:].tolist()
+    args = ["generate", "--checkpoint", str(checkpoint), "--max-new-tokens", "6"]
+    code, out, err = _run(capsys, *args, "--json", "")
+    assert code == 0 and err == ""
+    assert json.loads(out)["samples"][0]["token_ids"] == expected_ids
+    code, out, _ = _run(capsys, *args)  # no prompt at all: the same
+    assert code == 0 and out.strip() == simple_tokenizer.decode(expected_ids).strip()
+
+
+@pytest.mark.parametrize(("flags", "warned"), [
+    (["--top-k", "5"], "--top-k"),
+    (["--top-k", "5", "--top-p", "0.9"], "--top-k and --top-p"),
+    (["--top-p", "0.9", "--temperature", "0.8"], None),
+])
+def test_generate_warns_that_greedy_decoding_ignores_top_k_and_top_p(capsys, checkpoint, flags, warned):
+    args = ["generate", "--checkpoint", str(checkpoint), "--max-new-tokens", "2", *flags, "a"]
+    code, _, err = _run(capsys, *args)
+    assert code == 0
+    if warned:
+        assert err == (
+            f"gptsmith generate: warning: {warned} shape sampling only and --temperature 0 decodes "
+            "greedily, so they have no effect (add --temperature 0.8, say)\n"
+        )
+    else:
+        assert err == ""
+
+
+@pytest.mark.parametrize("num_beams", ["1", "2"])
+def test_generate_stop_text_tokenized_otherwise_json(capsys, monkeypatch, gpt2_tokenizer, num_beams):
+    """`--stop '..'` is found when the model emits "." twice (the tokenizer encodes ".." as one token),
+    and the ids reported are those of the text: the stop's tokens are not among them."""
+    from generation_helpers import scripted_model
+
+    from gptsmith.cli import generate_cmds
+
+    tok = gpt2_tokenizer
+    assert tok.encode("..") == [492] and tok.encode(".") == [13]
+    model = scripted_model(tok.encode(" Yes") + [13, 13] + tok.encode(" more"), 1, tok.vocab_size)
+    monkeypatch.setattr(generate_cmds, "load_for_generation", lambda args: (model, tok, {}, "scripted"))
+    code, out, _ = _run(
+        capsys, "generate", "--model", "x", "--stop", "..", "--num-beams", num_beams, "--json", "Hi"
     )
     assert code == 0
-    assert "warning: prompt of 60 tokens is longer than the model's context of 48" in err
+    sample = json.loads(out)["samples"][0]
+    assert sample["text"] == " Yes" == tok.decode(sample["token_ids"])
+    assert sample["token_ids"] == tok.encode(" Yes") and sample["new_tokens"] == 1
+    assert sample["stop_reason"] == "stop_sequence"
 
 
 @pytest.mark.parametrize(

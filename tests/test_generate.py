@@ -1,4 +1,7 @@
-"""Tests for gptsmith.generate: decoding strategies, KV cache, batches, stopping, beams, streaming."""
+"""Tests for gptsmith.generate: decoding strategies, KV cache, batches, beams, bad input.
+
+Stopping is tested in test_stopping.py, streaming in test_streaming.py.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +9,15 @@ import dataclasses
 
 import pytest
 import torch
-from generation_helpers import ByteTokenizer, TableModel, scripted_model, sequence_logprob, tiny_model
+from generation_helpers import ByteTokenizer, TableModel, sequence_logprob, tiny_model
 
 from gptsmith.beam_search import beam_search
 from gptsmith.config import from_dict
-from gptsmith.decoding import apply_repetition_penalty, top_k_filter, top_p_filter
+from gptsmith.decoding import apply_repetition_penalty, optimize_for_decoding, top_k_filter, top_p_filter
 from gptsmith.errors import ConfigError, GptsmithError
 from gptsmith.generate import (
     GenerationConfig,
     generate,
-    stream_text,
     text_to_token_ids,
     token_ids_to_text,
 )
@@ -42,6 +44,23 @@ def test_greedy_with_and_without_cache_identical_past_the_context(model, prompt)
     assert torch.equal(with_cache[:, :10], prompt)
     assert torch.equal(with_cache, without_cache)
     assert len(set(with_cache[0, 10:].tolist())) > 5  # a varied sequence, not one repeated token
+
+
+@pytest.mark.parametrize("optimized", [False, True])
+def test_greedy_with_and_without_cache_identical_within_the_context(prompt, optimized):
+    # context 256 > 10 + 200: every one of the 200 tokens is decoded from the cache (fed one at a time)
+    net = tiny_model(vocab_size=97, context_length=256)
+    if optimized:
+        optimize_for_decoding(net)
+    fed = []
+    hook = net.register_forward_pre_hook(lambda module, args: fed.append(args[0].shape[1]))
+    try:
+        with_cache = generate(net, prompt, 200)
+    finally:
+        hook.remove()
+    assert fed == [10] + [1] * 199  # prefill, then one token per step
+    assert torch.equal(with_cache, generate(net, prompt, 200, use_cache=False))
+    assert len(set(with_cache[0, 10:].tolist())) > 5
 
 
 def test_greedy_matches_step_by_step_argmax_of_the_cropped_window(model, prompt):
@@ -176,40 +195,6 @@ def test_repetition_penalty_breaks_a_loop():
     assert generate(model, [4], 4, repetition_penalty=10.0)[0, 1:].tolist() == [0, 1, 2, 3]
 
 
-# --- stopping ------------------------------------------------------------------------------------
-
-
-def test_stop_on_eos_is_not_returned():
-    model = scripted_model([5, 6, 9, 7], prompt_length=2, vocab_size=10)
-    assert generate(model, [1, 2], 10, eos_id=9)[0].tolist() == [1, 2, 5, 6]
-    assert generate(model, [1, 2], 4)[0].tolist() == [1, 2, 5, 6, 9, 7]
-
-
-def test_stop_on_token_sequence():
-    model = scripted_model([5, 6, 7, 8], prompt_length=2, vocab_size=10)
-    assert generate(model, [1, 2], 10, stop_sequences=[[6, 7]])[0].tolist() == [1, 2, 5]
-    assert generate(model, [1, 2], 10, stop_sequences=[[6, 8]])[0].tolist() == [1, 2, 5, 6, 7, 8] + [8] * 6
-
-
-def test_stop_on_text_sequence():
-    tok = ByteTokenizer()
-    text = "hello world\nbye"
-    model = scripted_model(tok.encode(text), prompt_length=1, vocab_size=257)
-    out = generate(model, [tok.eot_id], 30, stop_sequences=["\nb"], tokenizer=tok)
-    assert tok.decode(out[0, 1:].tolist()) == "hello world"
-    with pytest.raises(GptsmithError, match="tokenizer="):
-        generate(model, [1], 3, stop_sequences=["\n"])
-    with pytest.raises(GptsmithError, match="empty"):
-        generate(model, [1], 3, stop_sequences=[[]])
-
-
-def test_batch_rows_stop_independently_and_are_padded():
-    table = torch.full((6, 6), -5.0)
-    table[1, 2] = table[2, 5] = table[3, 4] = table[4, 4] = 0.0  # 1 -> 2 -> eos(5); 3 -> 4 -> 4 ...
-    out = generate(TableModel(table), [[1], [3]], 4, eos_id=5, pad_id=0)
-    assert out.tolist() == [[1, 2, 0, 0, 0], [3, 4, 4, 4, 4]]
-
-
 # --- beam search ---------------------------------------------------------------------------------
 
 
@@ -249,59 +234,7 @@ def test_beam_search_equals_across_cache_and_window(model, prompt):
     assert torch.equal(with_cache, generate(model, prompt, 30, num_beams=3, use_cache=False))
 
 
-# --- streaming -----------------------------------------------------------------------------------
-
-TEXT = "héllo 日本語 🎉"
-
-
-def _check_stream(model, tok, prompt, expected_text, **options):
-    chunks = list(stream_text(model, tok, prompt, 40, **options))
-    for chunk in chunks:
-        assert "\ufffd" not in chunk  # never half a character
-        chunk.encode("utf-8")
-    assert "".join(chunks) == expected_text
-    return chunks
-
-
-def test_stream_never_splits_a_character_byte_tokens():
-    tok = ByteTokenizer()
-    ids = tok.encode(TEXT) + [tok.eot_id]
-    model = scripted_model(ids, prompt_length=1, vocab_size=257)
-    chunks = _check_stream(model, tok, [tok.eot_id], TEXT, eos_id=tok.eot_id)
-    assert len(chunks) > 5  # streamed, not all at the end
-
-
-def test_stream_never_splits_a_character_gpt2(gpt2_tokenizer):
-    tok = gpt2_tokenizer
-    ids = tok.encode(TEXT)
-    split = [i for i in ids if _invalid_utf8(tok.decode_bytes([i]))]
-    assert split, "the test text should contain tokens that split a character"
-    model = scripted_model(ids + [tok.eot_id], prompt_length=1, vocab_size=tok.vocab_size)
-    _check_stream(model, tok, [tok.eot_id], tok.decode(ids), eos_id=tok.eot_id)
-
-
-def _invalid_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return True
-    return False
-
-
-def test_stream_holds_back_a_possible_stop_sequence():
-    tok = ByteTokenizer()
-    model = scripted_model(tok.encode("abc wox world ok") + [tok.eot_id], prompt_length=1, vocab_size=257)
-    chunks = _check_stream(model, tok, [tok.eot_id], "abc wox ", stop_sequences=["world"], eos_id=tok.eot_id)
-    assert "w" in "".join(chunks)
-    chunks = _check_stream(model, tok, [tok.eot_id], "abc wox world ok", eos_id=tok.eot_id)
-
-
-def test_stream_equals_generate(model, prompt):
-    tok = ByteTokenizer()
-    tok.vocab_size = 97
-    out = generate(model, prompt, 20)
-    text = "".join(stream_text(model, tok, prompt, 20))
-    assert text == tok.decode_bytes(out[0, 10:].tolist()).decode("utf-8", errors="replace")
+# --- prompts and text ----------------------------------------------------------------------------
 
 
 def test_text_round_trip(gpt2_tokenizer):
@@ -350,48 +283,15 @@ def test_generation_config_from_dict_and_kwargs():
         from_dict(GenerationConfig, {"temprature": 1.0})
 
 
+def test_text_instead_of_ids_is_refused(model):
+    for text in ("hello", ["hello", "world"]):
+        with pytest.raises(GptsmithError, match=r"encode it first: text_to_token_ids\(text, tokenizer\)"):
+            generate(model, text, 3)
+
+
 def test_out_of_vocabulary_prompt(model):
     with pytest.raises(GptsmithError, match="outside the model's vocabulary"):
         generate(model, [5, 200], 3)
-
-
-def test_stream_reports_tokens_and_stop_reason():
-    tok = ByteTokenizer()
-    model = scripted_model(tok.encode("ab") + [tok.eot_id], prompt_length=1, vocab_size=257)
-    stream = stream_text(model, tok, [tok.eot_id], 10, eos_id=tok.eot_id)
-    assert "".join(stream) == "ab"
-    assert stream.token_ids == tok.encode("ab") and stream.stop_reason == "eos"
-    stream = stream_text(model, tok, [tok.eot_id], 1)
-    assert "".join(stream) == "a" and stream.stop_reason == "max_new_tokens"
-
-
-def test_stream_leaves_out_a_character_cut_by_max_new_tokens():
-    tok = ByteTokenizer()
-    model = scripted_model(tok.encode("aé") + [tok.eot_id], prompt_length=1, vocab_size=257)
-    stream = stream_text(model, tok, [tok.eot_id], 2)  # "a" and the first byte of "é"
-    assert list(stream) == ["a"] and len(stream.token_ids) == 2
-    assert "".join(stream_text(model, tok, [tok.eot_id], 3)) == "aé"
-
-
-def test_beam_stream_says_why_it_stopped():
-    tok = ByteTokenizer()
-    model = scripted_model(tok.encode("hello world") + [tok.eot_id], prompt_length=1, vocab_size=257)
-    stream = stream_text(model, tok, [tok.eot_id], 20, num_beams=2, stop_sequences=["wor"], eos_id=tok.eot_id)
-    assert "".join(stream) == "hello " and stream.stop_reason == "stop_sequence"
-    stream = stream_text(model, tok, [tok.eot_id], 20, num_beams=2, eos_id=tok.eot_id)
-    assert "".join(stream) == "hello world" and stream.stop_reason == "eos"
-    stream = stream_text(model, tok, [tok.eot_id], 3, num_beams=2, eos_id=tok.eot_id)
-    assert "".join(stream) == "hel" and stream.stop_reason == "max_new_tokens"
-
-
-def test_stream_keeps_the_spaces_of_a_word_level_tokenizer():
-    from gptsmith.tokenizer import SimpleTokenizerV2
-
-    tok = SimpleTokenizerV2.from_text("the cat sat on a mat .")
-    ids = tok.encode("the cat sat on a mat.")
-    model = scripted_model(ids[1:] + [tok.eot_id], prompt_length=1, vocab_size=tok.vocab_size)
-    text = "".join(stream_text(model, tok, ids[:1], 20, eos_id=tok.eot_id))
-    assert "the" + text == tok.decode(ids) == "the cat sat on a mat."
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])

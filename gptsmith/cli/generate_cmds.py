@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +159,22 @@ def _decoding_options(args: argparse.Namespace, **more: Any) -> dict[str, Any]:
     return options
 
 
+def _warn_of_unused_sampling_flags(args: argparse.Namespace) -> None:
+    """--top-k/--top-p filter what is *sampled*; greedy decoding would silently ignore them.
+
+    (With --num-beams they are refused outright, by GenerationConfig.)
+    """
+    if args.temperature != 0 or getattr(args, "num_beams", 1) > 1:
+        return
+    unused = [flag for flag, value in (("--top-k", args.top_k), ("--top-p", args.top_p)) if value is not None]
+    if unused:
+        print(
+            f"gptsmith {args.command}: warning: {' and '.join(unused)} shape sampling only and "
+            "--temperature 0 decodes greedily, so they have no effect (add --temperature 0.8, say)",
+            file=sys.stderr,
+        )
+
+
 def _check_for_model(options: dict[str, Any], model: torch.nn.Module, tokenizer: Any) -> None:
     """The checks that need the model and tokenizer (top_k vs the vocabulary, stop texts), done
     before anything is printed rather than at the first generated token."""
@@ -190,29 +208,30 @@ def run_generate(args: argparse.Namespace) -> int:
     model, tokenizer, _, name = load_for_generation(args)
     options["eos_id"] = tokenizer.eot_id
     _check_for_model(options, model, tokenizer)
+    _warn_of_unused_sampling_flags(args)
     max_new_tokens = options.pop("max_new_tokens")
     samples = []
     for index in range(args.num_samples):
         if args.seed is not None:
             options["seed"] = args.seed + index
+        start = time.perf_counter()
+        # A prompt too long for the context is reported when the stream is made: say so before the
+        # text, not after it on the same terminal line.
+        with _warnings_printed():
+            stream = stream_text(model, tokenizer, prompt, max_new_tokens, **options)
         if not args.json:
             if args.num_samples > 1:
                 print(f"--- sample {index + 1} ---", flush=True)
             print(prompt, end="", flush=True)
-        start = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            stream = stream_text(model, tokenizer, prompt, max_new_tokens, **options)
+        with _warnings_printed():  # any raised while decoding come after the line of text
             pieces = []
             for piece in stream:
                 pieces.append(piece)
                 if not args.json:
                     print(piece, end="", flush=True)
+            if not args.json:
+                print(flush=True)
         seconds = time.perf_counter() - start
-        for warning in caught:
-            print(f"gptsmith generate: warning: {warning.message}", file=sys.stderr)
-        if not args.json:
-            print(flush=True)
         samples.append(
             {
                 "text": "".join(pieces),
@@ -230,6 +249,20 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _warnings_printed() -> Iterator[None]:
+    """Print the library's warnings raised inside the block as one line each, once it ends.
+
+    Recorded rather than left to ``warnings.showwarning`` so each is said every time (not once per
+    process) and at a known place in the output.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        print(f"gptsmith generate: warning: {warning.message}", file=sys.stderr, flush=True)
+
+
 def run_chat(args: argparse.Namespace) -> int:
     from gptsmith.chat import Conversation, template_from_config
     from gptsmith.generate import stream_text
@@ -237,6 +270,7 @@ def run_chat(args: argparse.Namespace) -> int:
     options = _decoding_options(args)
     model, tokenizer, config, name = load_for_generation(args)
     _check_for_model(options, model, tokenizer)
+    _warn_of_unused_sampling_flags(args)
     max_new_tokens = options.pop("max_new_tokens")
     template = template_from_config(config)
     reply_room = min(max_new_tokens, model.cfg.context_length // 2)
