@@ -8,28 +8,34 @@ Layout::
     RUN_DIR/checkpoints/step-000300/      config.json + model.safetensors (a model directory, so every
                                           loader accepts it) + training_state.pt
     RUN_DIR/metrics.jsonl                 one JSON record per logged step / evaluation
-    RUN_DIR/loss.png, RUN_DIR/samples.txt
+    RUN_DIR/samples.txt                   "--- step N (tokens seen T)" and the sample, per sample
+    RUN_DIR/loss.png
 
 Every file is written atomically (``gptsmith.weights.atomic_path``), and ``latest`` moves only
 after a checkpoint's files are all on disk, so killing the process at any moment leaves
-``latest`` on a checkpoint that loads. ``training_state.pt`` holds only tensors, numbers, strings
-and lists, so it loads with ``torch.load(weights_only=True)`` (no pickled code).
+``latest`` on a checkpoint that loads. A write that fails (disk full, read-only directory)
+raises ``CheckpointError`` for a checkpoint and ``StorageError`` for any other run file, with one
+line that names the file and the reason. ``training_state.pt`` holds only tensors, numbers,
+strings and lists, so it loads with ``torch.load(weights_only=True)`` (no pickled code).
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import random
+import re
 import shutil
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from gptsmith.errors import CheckpointError
+from gptsmith.errors import CheckpointError, ConfigError, StorageError
+from gptsmith.storage import write_failure_reason
 from gptsmith.weights import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -44,6 +50,7 @@ STATE_FILE = "training_state.pt"
 CHECKPOINTS = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 RUN_FILE = "run.json"
+SAMPLES_FILE = "samples.txt"
 
 
 def checkpoint_name(step: int) -> str:
@@ -84,6 +91,21 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 # --- Saving -------------------------------------------------------------------------------------
 
 
+@contextmanager
+def storage_errors(path: Path) -> Iterator[None]:
+    """Turn a failed write of run file ``path`` (RUN_DIR/<file>) into a one-line ``StorageError``."""
+    try:
+        yield
+    except OSError as exc:
+        run_dir = Path(path).parent
+        reason, full = write_failure_reason(exc, run_dir)
+        latest = read_pointer(run_dir, "latest")
+        kept = f"the last checkpoint {run_dir / latest} is intact" if latest else "no checkpoint was written"
+        fix = "free some space" if full else "fix that"
+        resume = f", then resume with --resume {run_dir}" if latest else ", then start again"
+        raise StorageError(f"cannot write {path}: {reason}; {kept} ({fix}{resume})") from exc
+
+
 def save_checkpoint(
     run_dir: Path,
     model: torch.nn.Module,
@@ -95,8 +117,9 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoint ``step`` (weights, config, training state), then move ``latest`` to it.
 
-    On any ``OSError`` (e.g. the disk is full) the half-written checkpoint directory is removed,
-    ``latest`` still names the previous checkpoint, and a ``CheckpointError`` says so.
+    On any failure (a full disk makes torch.save raise RuntimeError and safetensors raise
+    SafetensorError, not OSError) the half-written checkpoint directory is removed, ``latest``
+    still names the previous checkpoint, and a ``CheckpointError`` says why.
     """
     run_dir = Path(run_dir)
     name = checkpoint_name(step)
@@ -110,20 +133,25 @@ def save_checkpoint(
         # save_model writes the weights first and config.json last: config.json marks completeness.
         save_model(model, directory, tokenizer=tokenizer, extra={"step": step, **(extra or {})})
         write_pointer(run_dir, "latest", name)
-    except OSError as exc:
-        shutil.rmtree(directory, ignore_errors=True)
-        reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+    except BaseException as exc:
+        reason, full = write_failure_reason(exc, run_dir)  # before cleaning up frees the space
+        if read_pointer(run_dir, "latest") != name:  # (a Ctrl-C after the pointer moved keeps it)
+            shutil.rmtree(directory, ignore_errors=True)
+        if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: not a save problem
+            raise
         kept = f"the previous checkpoint {run_dir / previous} is intact" if previous else "no checkpoint kept"
+        fix = "free some space, then resume" if full else "resume"
         raise CheckpointError(
-            f"cannot save checkpoint {directory}: {reason}; {kept} (free some space, then resume with "
-            f"--resume {run_dir})"
+            f"cannot save checkpoint {directory}: {reason}; {kept} ({fix} with --resume {run_dir})"
         ) from exc
     return directory
 
 
 def write_pointer(run_dir: Path, name: str, target: str) -> None:
     """Atomically point ``RUN_DIR/name`` (``latest`` or ``best``) at a checkpoint directory."""
-    atomic_write_text(Path(run_dir) / name, target + "\n")
+    path = Path(run_dir) / name
+    with storage_errors(path):
+        atomic_write_text(path, target + "\n")
 
 
 def read_pointer(run_dir: Path, name: str) -> str | None:
@@ -131,23 +159,80 @@ def read_pointer(run_dir: Path, name: str) -> str | None:
     return path.read_text(encoding="utf-8").strip() if path.is_file() else None
 
 
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoint directories of a run, oldest first (complete or not)."""
+def is_complete(checkpoint_dir: Path) -> bool:
+    """Whether a checkpoint's save finished (config.json is written last; see ``save_checkpoint``)."""
+    return (Path(checkpoint_dir) / CONFIG_FILE).is_file()
+
+
+def _step_dirs(run_dir: Path) -> list[Path]:
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
 
 
-def prune_checkpoints(run_dir: Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest ``keep_last`` checkpoints, never ``latest`` or ``best``; returns deleted."""
-    protected = {read_pointer(run_dir, "latest"), read_pointer(run_dir, "best")}
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """The complete checkpoint directories of a run, oldest first.
+
+    A directory whose save was interrupted is left out: it can never be resumed from, so it must
+    not count among the last ``keep_last`` in place of a good one.
+    """
+    return [p for p in _step_dirs(run_dir) if is_complete(p)]
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int, *, keep: Iterable[str] = ()) -> list[Path]:
+    """Delete all but the newest ``keep_last`` checkpoints; returns what was deleted.
+
+    Never deletes what ``latest`` or ``best`` names, nor the checkpoints named in ``keep``
+    (``checkpoints/step-N``). Leftovers of interrupted saves older than the newest checkpoint go
+    too: nothing will ever complete or load them.
+    """
+    protected = {read_pointer(run_dir, "latest"), read_pointer(run_dir, "best"), *keep}
     checkpoints = list_checkpoints(run_dir)
-    doomed = [p for p in checkpoints[: max(0, len(checkpoints) - keep_last)]
-              if f"{CHECKPOINTS}/{p.name}" not in protected]
+    newest = checkpoints[-1].name if checkpoints else ""
+    doomed = checkpoints[: max(0, len(checkpoints) - keep_last)]
+    doomed += [p for p in _step_dirs(run_dir) if not is_complete(p) and p.name < newest]
+    doomed = [p for p in sorted(doomed) if f"{CHECKPOINTS}/{p.name}" not in protected]
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
     return doomed
+
+
+def restore_best_pointer(run_dir: Path, best_step: int | None) -> None:
+    """Point ``best`` at checkpoint ``best_step`` (the resumed state's), or remove it if that is gone.
+
+    After a fallback resume ``best`` may name a checkpoint that was skipped, or one that the
+    resumed run will write again with other weights; the training state knows the real best.
+    """
+    name = checkpoint_name(best_step) if best_step is not None else None
+    if name is not None and is_complete(Path(run_dir) / name):
+        if read_pointer(run_dir, "best") != name:
+            write_pointer(run_dir, "best", name)
+    else:
+        (Path(run_dir) / "best").unlink(missing_ok=True)
+
+
+def divergence_advice(run_dir: Path | None, failed_step: int | None, *, lr: float, grad_clip: float) -> str:
+    """What is left after training diverged, and how to go on (the tail of the NaN error).
+
+    Every checkpoint passed the finite-weights check, but the newest may be the one that diverged:
+    when it is checkpoint ``failed_step`` (whose weights gave the non-finite value) resuming from
+    it fails again whatever the flags, so the older checkpoints are named too.
+    """
+    fix = f"a lower --lr than {lr:g}" + (" and --grad-clip 1" if grad_clip == 0 else "")
+    kept = [f"{CHECKPOINTS}/{p.name}" for p in reversed(list_checkpoints(run_dir))] if run_dir else []
+    if not kept:
+        nothing = "no checkpoint was written yet" if run_dir else "nothing was saved"
+        return f"{nothing} (start again with {fix})"
+    newest, older = kept[0], kept[1:]
+    others = f"older: {', '.join(older)}" if older else "no older one"
+    restart = (f"delete {Path(run_dir) / newest} and resume from {older[0]} with --resume {run_dir} "
+               f"--fallback and {fix}" if older else f"start a new run with {fix}")
+    if failed_step is not None and newest == checkpoint_name(failed_step):
+        return (f"the newest checkpoint {newest} holds the weights that gave it, so resuming from it "
+                f"fails again ({others}): {restart}")
+    return (f"the newest checkpoint {newest} may already be diverging ({others}): resume with --resume "
+            f"{run_dir} and {fix}; if it diverges again, {restart}")
 
 
 # --- Loading and validating ----------------------------------------------------------------------
@@ -193,6 +278,24 @@ def check_checkpoint(checkpoint_dir: Path) -> dict[str, Any]:
     return {"config": config, "weights": weights, "state": state, "path": checkpoint_dir}
 
 
+def check_global_batch(state: dict[str, Any], path: Path, tokens_per_step: int, world_size: int) -> None:
+    """Refuse to resume with a global batch other than the run's (from another process count).
+
+    With ``target_batch_tokens`` the accumulation adapts, so the same global batch from another
+    number of processes is fine (equal up to float rounding, as in tests/test_ddp.py).
+    """
+    step = int(state["step"])
+    saved = state.get("tokens_per_step") or (int(state["tokens_seen"]) // step if step else None)
+    if saved is None or saved == tokens_per_step:
+        return
+    processes = f" from {state['world_size']} process(es)" if "world_size" in state else ""
+    raise ConfigError(
+        f"{path} was trained with {saved:,} tokens per step{processes}; {world_size} process(es) now "
+        f"make {tokens_per_step:,} (resume with the run's number of processes, e.g. torchrun "
+        "--nproc_per_node=N, so the global batch stays the same)"
+    )
+
+
 def find_resume_checkpoint(
     run_dir: Path, *, fallback: bool = False
 ) -> tuple[dict[str, Any], list[tuple[Path, str]]]:
@@ -206,8 +309,8 @@ def find_resume_checkpoint(
         raise CheckpointError(f"run directory not found: {run_dir} (pass the --out of an earlier run)")
     latest = read_pointer(run_dir, "latest")
     candidates = [run_dir / latest] if latest else []
-    if fallback:
-        candidates += [p for p in reversed(list_checkpoints(run_dir)) if p not in candidates]
+    if fallback:  # every step-N directory, so the incomplete ones are quarantined too
+        candidates += [p for p in reversed(_step_dirs(run_dir)) if p not in candidates]
     if not candidates:
         raise CheckpointError(
             f"{run_dir} has no checkpoint to resume from (no `latest` file and no {CHECKPOINTS}/step-*)"
@@ -240,7 +343,8 @@ def quarantine_checkpoint(checkpoint_dir: Path) -> Path:
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
     """Append one JSON record to metrics.jsonl (a line written in one call, flushed)."""
-    with open(Path(run_dir) / METRICS_FILE, "a", encoding="utf-8") as f:
+    path = Path(run_dir) / METRICS_FILE
+    with storage_errors(path), open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
         f.flush()
 
@@ -262,4 +366,35 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 def truncate_metrics(run_dir: Path, step: int) -> None:
     """Drop records after ``step`` (logged by a run killed after its last checkpoint) before resuming."""
     kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
-    atomic_write_text(Path(run_dir) / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
+    path = Path(run_dir) / METRICS_FILE
+    with storage_errors(path):
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+# --- Samples ------------------------------------------------------------------------------------
+
+SAMPLE_HEADER = re.compile(r"^--- step (\d+) \(tokens seen [\d,]+\)$")
+
+
+def append_sample(run_dir: Path, step: int, tokens_seen: int, text: str) -> None:
+    """Append one sample, under a ``--- step N (tokens seen T)`` header, to samples.txt."""
+    path = Path(run_dir) / SAMPLES_FILE
+    with storage_errors(path), open(path, "a", encoding="utf-8") as f:
+        f.write(f"--- step {step} (tokens seen {tokens_seen:,})\n{text}\n")
+
+
+def truncate_samples(run_dir: Path, step: int) -> None:
+    """Drop the samples taken after ``step`` (by a run stopped after its last checkpoint), as
+    ``truncate_metrics`` drops their metrics, so the resumed run's samples follow in order."""
+    path = Path(run_dir) / SAMPLES_FILE
+    if not path.is_file():
+        return
+    kept, keeping = [], True
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        header = SAMPLE_HEADER.match(line.rstrip("\n"))
+        if header:
+            keeping = int(header.group(1)) <= step
+        if keeping:
+            kept.append(line)
+    with storage_errors(path):
+        atomic_write_text(path, "".join(kept))

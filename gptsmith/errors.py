@@ -21,3 +21,7 @@ class DataError(GptsmithError):
 
 class CheckpointError(GptsmithError):
     """A checkpoint or weights file that is missing, incomplete or does not match its config."""
+
+
+class StorageError(GptsmithError):
+    """A file could not be written: the disk is full, or the directory is not writable."""

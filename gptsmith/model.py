@@ -288,6 +288,10 @@ class GPTModel(nn.Module):
                 f"sequence of {total} tokens is longer than the model's context_length "
                 f"{self.cfg.context_length} (crop the input to the last {self.cfg.context_length} tokens)"
             )
+        if torch.compiler.is_compiling():
+            # Reading values back (int(...)) syncs with the device and breaks the compiled graph on
+            # every forward; the shape checks above stay (they are free), the value checks go.
+            return
         if position_ids is not None and position_ids.numel():
             first_position, last_position = int(position_ids.min()), int(position_ids.max())
             if first_position < 0:

@@ -1,6 +1,7 @@
 """The training loop (``Trainer``): one optimizer step at a time, with evaluation, samples,
 checkpoints, exact resume, data parallelism and clean stops. See ``gptsmith.train`` for the
-configuration, the loss and ``evaluate``.
+configuration, the callback hooks and result, the loss and ``evaluate``; ``gptsmith.checkpointing``
+for the run directory.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import math
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,42 +22,20 @@ import torch.nn.functional as F
 from gptsmith import checkpointing as ckpt
 from gptsmith.batches import FixedBatches, WindowSampler
 from gptsmith.data import count_windows
-from gptsmith.device import autocast, resolve_autocast_dtype, resolve_device, tune_cpu_allocator
+from gptsmith.device import autocast, resolve_autocast_dtype, resolve_device, set_seed, tune_cpu_allocator
 from gptsmith.distributed import DistContext, all_reduce_mean, any_rank, barrier, init_distributed
 from gptsmith.errors import CheckpointError, ConfigError, DataError
 from gptsmith.schedule import build_optimizer, lr_at_step
-from gptsmith.train import NonFiniteLossError, TrainConfig, environment_info, evaluate, perplexity
+from gptsmith.train import (  # TrainCallbacks and TrainResult are part of this module's API too
+    NonFiniteLossError,
+    TrainCallbacks,
+    TrainConfig,
+    TrainResult,
+    environment_info,
+    evaluate,
+    perplexity,
+)
 from gptsmith.weights import atomic_write_json
-
-
-class TrainCallbacks:
-    """Hooks the loop calls (all optional; only rank 0 calls them). The CLI subclasses this."""
-
-    def on_start(self, info: dict[str, Any]) -> None:
-        """Before the first step: start_step, max_steps, tokens_per_step, device, dtype, ..."""
-
-    def on_step(self, info: dict[str, Any]) -> None:
-        """After each optimizer step: step, loss, lr, tokens_seen, tokens_per_s, grad_norm."""
-
-    def on_eval(self, info: dict[str, Any]) -> None:
-        """After each evaluation: step, tokens_seen, train_loss, val_loss, val_ppl, best."""
-
-    def on_sample(self, step: int, text: str) -> None:
-        """After each sample continuation of the fixed prompt."""
-
-    def on_checkpoint(self, step: int, path: Path) -> None:
-        """After a checkpoint is on disk and ``latest`` points to it."""
-
-
-@dataclass
-class TrainResult:
-    step: int  # optimizer steps completed
-    tokens_seen: int
-    stopped: str  # "max_steps" | "interrupted"
-    last_checkpoint: Path | None = None
-    best_val_loss: float | None = None
-    losses: list[float] = field(default_factory=list)  # train loss of each step run in this call
-    evals: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Trainer:
@@ -107,6 +85,10 @@ class Trainer:
             self.accum_steps = max(1, math.ceil(cfg.target_batch_tokens / world_batch_tokens))
         self.tokens_per_step = world_batch_tokens * self.accum_steps
 
+        # The one place the library seeds the training RNG (dropout draws from torch's global
+        # generator); resume() then replaces it with the checkpoint's. The weights were drawn
+        # before the model came here: seed before building it (the CLI does) to fix them too.
+        set_seed(cfg.seed)
         self.sampler = WindowSampler(train_tokens, self.context_length, cfg.batch_size, seed=cfg.seed,
                                      rank=self.dist.rank, world_size=self.dist.world_size)
         val_windows = count_windows(len(val_tokens), self.context_length, self.context_length)
@@ -167,6 +149,7 @@ class Trainer:
                 "(resume with the same preset/config, or start a new run with another --out)"
             )
         state = loaded["state"]
+        ckpt.check_global_batch(state, path, self.tokens_per_step, self.dist.world_size)
         weights = loaded["weights"]
         missing, unexpected = self.model.load_state_dict(weights, strict=False)
         if unexpected or [k for k in missing if k != "out_head.weight"]:
@@ -180,9 +163,11 @@ class Trainer:
         self.best_step = state.get("best_step")
         self.last_val_loss = state.get("last_val_loss")
         self.last_checkpoint = self.resumed_from = path
-        if self.dist.is_main:
+        if self.dist.is_main:  # the run directory as it was when this checkpoint was written
             ckpt.write_pointer(self.run_dir, "latest", ckpt.checkpoint_name(self.step))
+            ckpt.restore_best_pointer(self.run_dir, self.best_step)
             ckpt.truncate_metrics(self.run_dir, self.step)
+            ckpt.truncate_samples(self.run_dir, self.step)
         return problems
 
     def request_stop(self, reason: str = "requested") -> None:
@@ -280,15 +265,12 @@ class Trainer:
         return mean_loss, lr, grad_norm, time.perf_counter() - started
 
     def _raise_non_finite(self, what: str, value: float, lr: float, *, updated: bool = False) -> None:
-        kept = f"the last good checkpoint {self.last_checkpoint} is kept" if self.last_checkpoint \
-            else "no checkpoint was written yet"
-        resume = f", then --resume {self.run_dir}" if self.last_checkpoint else ""
         when = (f"after the update of step {self.step}; stopped without saving" if updated
                 else f"at step {self.step + 1}; stopped before updating the weights")
-        raise NonFiniteLossError(
-            f"{what} became {value} {when} (lr {lr:.3g}); {kept} (lower --lr or keep gradient "
-            f"clipping on{resume})"
-        )
+        # Before an update, the weights that failed are step `self.step`'s (maybe checkpointed).
+        advice = ckpt.divergence_advice(self.run_dir, None if updated else self.step,
+                                        lr=self.cfg.lr, grad_clip=self.cfg.grad_clip)
+        raise NonFiniteLossError(f"{what} became {value} {when} (lr {lr:.3g}); {advice}")
 
     def _current_lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
@@ -320,7 +302,9 @@ class Trainer:
     def _plot(self) -> None:
         from gptsmith.explain import plot_losses
 
-        plot_losses(ckpt.read_metrics(self.run_dir), self.run_dir / "loss.png")
+        path = self.run_dir / "loss.png"
+        with ckpt.storage_errors(path):
+            plot_losses(ckpt.read_metrics(self.run_dir), path)
 
     def _sample(self) -> None:
         if self.tokenizer is None:
@@ -341,8 +325,7 @@ class Trainer:
             self.model.train(was_training)
         text = self.tokenizer.decode(out[0].tolist())
         if self.run_dir is not None:
-            with open(self.run_dir / "samples.txt", "a", encoding="utf-8") as f:
-                f.write(f"--- step {self.step} (tokens seen {self.tokens_seen:,})\n{text}\n")
+            ckpt.append_sample(self.run_dir, self.step, self.tokens_seen, text)
         self.callbacks.on_sample(self.step, text)
 
     def _save_checkpoint(self) -> None:
@@ -360,14 +343,17 @@ class Trainer:
             "best_val_loss": self.best_val_loss,
             "best_step": self.best_step,
             "last_val_loss": self.last_val_loss,
+            "world_size": self.dist.world_size,
+            "tokens_per_step": self.tokens_per_step,  # the global batch, checked on resume
             "train_config": json.dumps(self._train_config_dict()),
         }
         path = ckpt.save_checkpoint(self.run_dir, self.model, state, step=self.step,
                                     tokenizer=self.tokenizer or self.cfg.tokenizer,
                                     extra={"tokens_seen": self.tokens_seen, "val_loss": self.last_val_loss})
+        best = ckpt.checkpoint_name(self.best_step) if self.best_step is not None else None
         if self.best_step == self.step:
-            ckpt.write_pointer(self.run_dir, "best", ckpt.checkpoint_name(self.step))
-        ckpt.prune_checkpoints(self.run_dir, self.cfg.keep_last)
+            ckpt.write_pointer(self.run_dir, "best", best)
+        ckpt.prune_checkpoints(self.run_dir, self.cfg.keep_last, keep=[best] if best else [])
         self.last_checkpoint = path
         self.callbacks.on_checkpoint(self.step, path)
 
@@ -379,7 +365,9 @@ class Trainer:
     def _write_run_info(self) -> None:
         info = {"model": self.model.cfg.to_dict(), "train": self._train_config_dict(), "seed": self.cfg.seed,
                 "versions": environment_info(), "world_size": self.dist.world_size, **self.run_info}
-        atomic_write_json(self.run_dir / ckpt.RUN_FILE, info)
+        path = self.run_dir / ckpt.RUN_FILE
+        with ckpt.storage_errors(path):
+            atomic_write_json(path, info)
 
     @contextlib.contextmanager
     def _stop_signals(self):

@@ -29,6 +29,7 @@ import torch
 from gptsmith.config import from_dict
 from gptsmith.errors import CheckpointError, ConfigError
 from gptsmith.model import PRESETS, GPTConfig, GPTModel
+from gptsmith.storage import current_umask
 from gptsmith.tokenizer import Tokenizer, save_tokenizer
 
 FORMAT_NAME = "gptsmith"
@@ -65,6 +66,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        # mkstemp makes the file 0600 (private while half-written); give the finished file the
+        # mode any newly created file gets (0666 less the umask), as a plain open() would.
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -105,8 +109,10 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` atomically (for optimizer state; load it with ``torch.load(weights_only=True)``)."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        # Through a Python file object, so a failed write (disk full) surfaces as the OSError with
+        # its errno (as the RuntimeError's __context__); given a path, torch reports no cause.
+        torch.save(obj, f)
     return Path(path)
 
 

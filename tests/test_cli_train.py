@@ -76,6 +76,7 @@ def test_train_eval_and_resume_from_the_command_line(inputs, tmp_path, capsys):
         (["--keep-last", "0"], "--keep-last must be > 0"),
         (["--eval-batches", "0"], "--eval-batches must be > 0"),
         (["--val-fraction", "1.5"], "--val-fraction must be between 0 and 1"),
+        (["--fallback"], "--fallback only applies with --resume RUN_DIR"),
     ],
 )
 def test_bad_train_flags_are_one_line_errors(inputs, tmp_path, capsys, extra, message):
@@ -91,8 +92,10 @@ def test_existing_run_and_resume_flags_are_checked(inputs, tmp_path, capsys):
     assert main(train_args(corpus, config, run, "--max-steps", "2", "--eval-every", "2")) == 0
     assert main(train_args(corpus, config, run, "--max-steps", "2")) == 2
     assert "already holds a run (continue it with --resume" in capsys.readouterr().err
-    assert main(["train", "--resume", str(run), "--lr", "0.1"]) == 2
-    assert "--lr cannot change when resuming" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--batch-size", "8"]) == 2
+    assert "batch_size=4 in the run vs 8 asked for" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--overwrite"]) == 2
+    assert "--overwrite cannot be used with --resume" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "missing")]) == 2
     assert "run.json not found" in capsys.readouterr().err
     assert main(train_args(corpus, config, run, "--max-steps", "2", "--eval-every", "2", "--overwrite")) == 0
@@ -127,7 +130,7 @@ def test_eval_of_an_untrained_gpt2_small_is_about_ln_vocab(shared_data, gpt2_bpe
 
 def test_sample_prompt_follows_the_data(tmp_path):
     from gptsmith.cli import build_parser
-    from gptsmith.cli.train_cmds import build_configs
+    from gptsmith.cli.train_configs import build_configs
 
     def prompt(*argv):
         return build_configs(build_parser().parse_args(["train", *argv]))[1].sample_prompt

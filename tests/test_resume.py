@@ -19,7 +19,7 @@ import torch
 
 from gptsmith import checkpointing as ckpt
 from gptsmith.cli import main
-from gptsmith.errors import CheckpointError
+from gptsmith.errors import CheckpointError, ConfigError
 from gptsmith.model import GPTConfig
 from gptsmith.trainer import TrainCallbacks
 from gptsmith.weights import load_model
@@ -108,6 +108,19 @@ def test_resume_with_a_different_model_config_names_the_difference(tmp_path):
         make_trainer(run, resume_config(), model_cfg=wider).resume()
 
 
+def test_resuming_with_another_global_batch_is_an_error(tmp_path):
+    run = tmp_path / "run"
+    make_trainer(run, tiny_config(max_steps=2, eval_every=2)).fit()
+    state_path = run / "checkpoints" / "step-000002" / ckpt.STATE_FILE
+    state = torch.load(state_path, weights_only=True)
+    assert (state["world_size"], state["tokens_per_step"]) == (1, 128)
+    state.update(world_size=2, tokens_per_step=256)  # as if saved by `torchrun --nproc_per_node=2`
+    torch.save(state, state_path)
+    with pytest.raises(ConfigError, match=r"trained with 256 tokens per step from 2 process\(es\); 1 "
+                       r"process\(es\) now make 128 \(resume with the run's number of processes"):
+        make_trainer(run, tiny_config(max_steps=4)).resume()
+
+
 # --- through the command line, with a real SIGKILL ----------------------------------------------
 
 MODEL_YAML = """model:
@@ -146,6 +159,13 @@ def train_losses(run_dir: Path) -> list[float]:
     return [r["loss"] for r in ckpt.read_metrics(run_dir) if r["kind"] == "train"]
 
 
+def steps_past_checkpoint(run_dir: Path) -> int:
+    """How many steps metrics.jsonl has logged beyond the `latest` checkpoint (-1: none yet)."""
+    latest = ckpt.read_pointer(run_dir, "latest")
+    logged = [r["step"] for r in ckpt.read_metrics(run_dir) if r["kind"] == "train"]
+    return logged[-1] - int(latest[-6:]) if latest and logged else -1
+
+
 @pytest.mark.slow
 def test_run_killed_between_checkpoints_resumes_and_matches(tmp_path, monkeypatch):
     monkeypatch.setenv("GPTSMITH_CACHE_DIR", str(tmp_path / "cache"))
@@ -159,15 +179,24 @@ def test_run_killed_between_checkpoints_resumes_and_matches(tmp_path, monkeypatc
     proc = subprocess.Popen([sys.executable, "-m", "gptsmith", *cli_args(corpus, config, run)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while not (run / "latest").is_file() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
+    while proc.poll() is None and time.time() < deadline:
+        if steps_past_checkpoint(run) >= 2:
+            # Freeze it, then look again: it may have reached the next checkpoint meanwhile.
+            os.kill(proc.pid, signal.SIGSTOP)
+            os.waitpid(proc.pid, os.WUNTRACED)
+            if steps_past_checkpoint(run) >= 2:
+                break
+            os.kill(proc.pid, signal.SIGCONT)
+        time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)  # no handler can run: whatever is on disk is all there is
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
     killed_at = ckpt.read_pointer(run, "latest")
     assert killed_at is not None and int(killed_at[-6:]) < 30
+    assert steps_past_checkpoint(run) >= 2  # killed between checkpoints, with steps logged after one
 
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    # The steps logged after the checkpoint were dropped and run again: each step appears once.
     assert train_losses(run) == expected  # bit-identical, steps before and after the kill
     final, reference = load_model(run).state_dict(), load_model(tmp_path / "full").state_dict()
     assert all(torch.equal(final[name], reference[name]) for name in reference)

@@ -214,12 +214,55 @@ class Poison(TrainCallbacks):
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-    trainer = make_trainer(tmp_path / "run", tiny_config(checkpoint_every=3))
+    run = tmp_path / "run"
+    trainer = make_trainer(run, tiny_config(checkpoint_every=3))
     trainer.callbacks = Poison(trainer.model, at=7)
-    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 8; .*step-000006"):
+    with pytest.raises(NonFiniteLossError) as info:
         trainer.fit()
-    assert (tmp_path / "run" / "latest").read_text().strip() == "checkpoints/step-000006"
-    assert torch.isfinite(load_model(tmp_path / "run").tok_emb.weight).all()
+    assert str(info.value) == (
+        "training loss became nan at step 8; stopped before updating the weights (lr 0.00275); the newest "
+        "checkpoint checkpoints/step-000006 may already be diverging (older: checkpoints/step-000003): "
+        f"resume with --resume {run} and a lower --lr than 0.005; if it diverges again, delete "
+        f"{run}/checkpoints/step-000006 and resume from checkpoints/step-000003 with --resume {run} "
+        "--fallback and a lower --lr than 0.005")
+    assert (run / "latest").read_text().strip() == "checkpoints/step-000006"
+    assert torch.isfinite(load_model(run).tok_emb.weight).all()
+
+
+class Blowup(TrainCallbacks):
+    """Makes the weights huge but finite after step ``at``: they pass the check before a save,
+    and the next forward overflows (what --lr 1e30 --grad-clip 0 does)."""
+
+    def __init__(self, model, at):
+        self.model, self.at = model, at
+
+    def on_step(self, info):
+        if info["step"] == self.at:
+            with torch.no_grad():
+                self.model.tok_emb.weight.fill_(1e30)
+
+
+def test_a_checkpoint_that_diverges_is_named_and_the_advice_works(tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_config(checkpoint_every=3, eval_every=0, sample_every=0)
+    trainer = make_trainer(run, cfg)
+    trainer.callbacks = Blowup(trainer.model, at=6)
+    with pytest.raises(NonFiniteLossError, match=(
+            r"loss became nan at step 7; .* the newest checkpoint checkpoints/step-000006 holds the "
+            r"weights that gave it, so resuming from it fails again \(older: checkpoints/step-000003\): "
+            r"delete .*/checkpoints/step-000006 and resume from checkpoints/step-000003 with --resume "
+            r".* --fallback")):
+        trainer.fit()
+    with pytest.raises(NonFiniteLossError, match="at step 7"):  # resuming from step 6 fails again
+        resumed = make_trainer(run, cfg.replace(lr=1e-3))
+        resumed.resume()
+        resumed.fit()
+    import shutil
+
+    shutil.rmtree(run / "checkpoints" / "step-000006")  # what the message says to do
+    resumed = make_trainer(run, cfg.replace(lr=1e-3))
+    resumed.resume(fallback=True)
+    assert resumed.step == 3 and resumed.fit().step == 12
 
 
 @pytest.mark.parametrize(("poisoned_step", "message", "kept"), [
@@ -262,7 +305,8 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
         return real_save(tensors, path, metadata)
 
     monkeypatch.setattr(weights, "atomic_save_safetensors", full_disk)
-    with pytest.raises(CheckpointError, match=r"disk full; the previous checkpoint .*step-000003 is intact"):
+    with pytest.raises(CheckpointError, match=r"disk full \(No space left on device\); the previous "
+                       r"checkpoint .*step-000003 is intact"):
         trainer.fit()
     run = tmp_path / "run"
     assert (run / "latest").read_text().strip() == "checkpoints/step-000003"
@@ -307,6 +351,34 @@ def test_gradients_are_clipped_before_the_optimizer_step(tmp_path):
     trainer.fit()
     assert all(norm > 0.05 for norm in norms)  # an untrained model's gradients are larger than that
     assert seen == pytest.approx([0.05] * 3, rel=1e-3)  # what AdamW saw was clipped to the limit
+
+
+def test_the_trainer_seeds_dropout_from_cfg_seed():
+    dropout = GPTConfig(**{**TINY.to_dict(), "drop_rate": 0.2})
+
+    def losses(seed: int, noise: int) -> list[float]:
+        torch.manual_seed(0)
+        model = GPTModel(dropout)  # the same weights every time
+        torch.manual_seed(noise)  # whatever the global RNG was left at
+        tokens = pattern_tokens()
+        cfg = tiny_config(max_steps=3, eval_every=0, seed=seed)
+        return Trainer(model, cfg, tokens[:10000], tokens[10000:]).fit().losses
+
+    assert losses(seed=1, noise=5) == losses(seed=1, noise=99)
+    assert losses(seed=1, noise=5) != losses(seed=2, noise=5)
+
+
+def test_compiled_model_trains_without_graph_breaks(monkeypatch):
+    if not hasattr(torch, "compile"):
+        pytest.skip("this torch has no torch.compile")
+    import functools
+
+    # fullgraph=True makes any graph break an error; the eager backend skips code generation
+    # (seconds, not the minute inductor needs on a CPU) but traces exactly what inductor would get.
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager", fullgraph=True))
+    torch._dynamo.reset()
+    result = make_trainer(cfg=tiny_config(max_steps=2, eval_every=0, compile=True)).fit()
+    assert len(result.losses) == 2 and all(math.isfinite(loss) for loss in result.losses)
 
 
 def test_device_auto_selection(monkeypatch):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -12,20 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gptsmith.errors import CheckpointError, ConfigError
-
-# Flags that map one-to-one onto TrainConfig fields (flag dest -> field).
-TRAIN_FLAGS = {
-    "data": "data", "tokenizer": "tokenizer", "max_steps": "max_steps", "batch_size": "batch_size",
-    "lr": "lr", "min_lr": "min_lr", "warmup_steps": "warmup_steps", "weight_decay": "weight_decay",
-    "grad_clip": "grad_clip", "target_batch_tokens": "target_batch_tokens", "eval_every": "eval_every",
-    "eval_batches": "eval_batches", "checkpoint_every": "checkpoint_every", "keep_last": "keep_last",
-    "sample_every": "sample_every", "prompt": "sample_prompt", "seed": "seed", "device": "device",
-    "dtype": "dtype", "compile": "compile", "val_fraction": "val_fraction",
-}
-# What may change when resuming (anything else would make the continuation a different run).
-RESUME_FLAGS = {"max_steps", "device", "eval_every", "checkpoint_every", "sample_every", "keep_last"}
-
+from gptsmith.cli.train_configs import build_configs, read_run_info, resume_configs
+from gptsmith.errors import ConfigError
 
 TRAIN_EPILOG = """\
 examples:
@@ -35,8 +22,10 @@ examples:
   gptsmith train --resume runs/notes --max-steps 2000     # continue exactly where it stopped
   torchrun --standalone --nproc_per_node=2 -m gptsmith train --out runs/ddp   # data-parallel processes
 
-On --resume only --max-steps, --device, --eval-every, --checkpoint-every, --sample-every and
---keep-last may change; everything else is read from RUN_DIR/run.json. Ctrl-C or SIGTERM stops
+On --resume only --max-steps, --device, --eval-every, --checkpoint-every, --sample-every,
+--keep-last, --lr, --min-lr and --grad-clip may change (the last three apply from the resumed
+step on, the schedule rebuilt with them: no longer an exact continuation); everything else is
+read from RUN_DIR/run.json, and other flags must ask for the run's own values. Ctrl-C or SIGTERM stops
 after the current step with a checkpoint (exit status 130). A new best validation loss is always
 checkpointed; RUN_DIR/best names it.
 """
@@ -127,72 +116,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # --- train ----------------------------------------------------------------------------------------
 
 
-def build_configs(args: argparse.Namespace) -> tuple[Any, Any]:
-    """(GPTConfig, TrainConfig) from recipe < config file < flags."""
-    from gptsmith.config import load_config_file
-    from gptsmith.model import GPTConfig
-    from gptsmith.recipes import get_recipe
-    from gptsmith.train import TrainConfig
-
-    recipe = get_recipe(args.recipe or "default")
-    preset, model_over, train_over = recipe["preset"], recipe["model"], recipe["train"]
-    config_train: dict = {}
-    if args.config:
-        data = load_config_file(args.config)
-        unknown = sorted(set(data) - {"model", "train"})
-        if unknown:
-            raise ConfigError(
-                f"{args.config}: unknown section(s) {', '.join(unknown)} (use `model:` and `train:`)"
-            )
-        model_section = dict(data.get("model") or {})
-        preset = model_section.pop("preset", preset)
-        model_over = {**model_over, **model_section}
-        config_train = dict(data.get("train") or {})
-        train_over = {**train_over, **config_train}
-    if args.preset:
-        preset = args.preset
-        model_over = {k: v for k, v in model_over.items() if args.config or k != "context_length"}
-    if args.context_length is not None:
-        model_over["context_length"] = args.context_length
-    flags = {field: getattr(args, dest) for dest, field in TRAIN_FLAGS.items()
-             if getattr(args, dest) is not None}
-    data = flags.get("data", train_over.get("data"))
-    if data != recipe["train"].get("data") and "sample_prompt" not in {**config_train, **flags}:
-        # The recipe's prompt ("The module") suits its own corpus only: sample other data unprompted.
-        train_over = {**train_over, "sample_prompt": ""}
-    train_cfg = TrainConfig.from_dict({**train_over, **flags}, source=args.config or "flags")
-    train_cfg.check()
-    if args.context_length is not None and args.context_length < 1:
-        raise ConfigError(f"--context-length must be > 0, got {args.context_length}")
-    model_cfg = GPTConfig.from_preset(preset, **model_over)
-    return model_cfg, train_cfg
-
-
 def run_train(args: argparse.Namespace) -> int:
     import dataclasses
 
     from gptsmith.device import set_seed
-    from gptsmith.model import GPTConfig, GPTModel
+    from gptsmith.model import GPTModel
     from gptsmith.shards import corpus_tokenizer
     from gptsmith.tokenizer import load_tokenizer
-    from gptsmith.train import TrainConfig, prepare_splits
+    from gptsmith.train import prepare_splits
     from gptsmith.trainer import Trainer
     from gptsmith.weights import resolve_model_dir
 
+    if args.fallback and not args.resume:
+        raise ConfigError("--fallback only applies with --resume RUN_DIR (it picks the checkpoint to resume)")
     if args.resume:
         run_dir = Path(args.resume)
-        run_info = _read_run_info(run_dir)
-        given = [dest for dest in TRAIN_FLAGS if getattr(args, dest) is not None and dest not in RESUME_FLAGS]
-        given += [f for f in ("preset", "recipe", "config", "context_length", "out") if getattr(args, f)]
-        if given:
-            flag = "--" + given[0].replace("_", "-")
-            raise ConfigError(f"{flag} cannot change when resuming (it is fixed in {run_dir / 'run.json'}); "
-                              "only --max-steps, --device, --eval-every, --checkpoint-every, --sample-every "
-                              "and --keep-last can")
-        model_cfg = GPTConfig(**run_info["model"])
-        overrides = {dest: getattr(args, dest) for dest in RESUME_FLAGS if getattr(args, dest) is not None}
-        train_cfg = TrainConfig.from_dict(run_info["train"], source=str(run_dir / "run.json"))
-        train_cfg = train_cfg.replace(**overrides)
+        run_info = read_run_info(run_dir)
+        model_cfg, train_cfg, notes = resume_configs(args, run_dir, run_info)
     else:
         model_cfg, train_cfg = build_configs(args)
         run_dir = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
@@ -211,7 +151,7 @@ def run_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"the corpus {train_cfg.data!r} changed since {run_dir} started (its token "
                           "checksum differs); resume needs the same data, or start a new run")
 
-    set_seed(train_cfg.seed)
+    set_seed(train_cfg.seed)  # the initial weights' seed (the Trainer seeds dropout and the rest itself)
     model = GPTModel(model_cfg)
     progress = ProgressPrinter(show_bar=not args.no_progress)
     trainer = Trainer(model, train_cfg, train_tokens, val_tokens, run_dir=run_dir, tokenizer=tokenizer,
@@ -220,6 +160,8 @@ def run_train(args: argparse.Namespace) -> int:
         for problem in trainer.resume(fallback=args.fallback):
             _say(f"skipped a bad checkpoint (renamed corrupt-step-N): {problem}")
         _say(f"resuming {run_dir} from step {trainer.step} ({trainer.last_checkpoint})")
+        for note in notes:
+            _say(note)
         if trainer.step >= train_cfg.max_steps:
             _say(f"note: the run is already at step {trainer.step}, not below --max-steps "
                  f"{train_cfg.max_steps}: nothing to train (pass a larger --max-steps to continue)")
@@ -245,17 +187,6 @@ def run_train(args: argparse.Namespace) -> int:
     prompt = train_cfg.sample_prompt or "Your prompt"
     _say(f"generate with: gptsmith generate --checkpoint {run_dir} \"{prompt}\"")
     return 0
-
-
-def _read_run_info(run_dir: Path) -> dict:
-    path = run_dir / "run.json"
-    if not path.is_file():
-        raise CheckpointError(f"{path} not found ({run_dir} is not a gptsmith run directory; "
-                              "pass the --out of a `gptsmith train`)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"cannot parse {path}: {exc} (the file is corrupt)") from None
 
 
 def _claim_run_dir(run_dir: Path, *, overwrite: bool) -> None:
@@ -360,7 +291,7 @@ def run_eval(args: argparse.Namespace) -> int:
         tokenizer = load_tokenizer(read_model_config(model_dir).get("tokenizer", "gpt2"), model_dir)
         for candidate in (Path(args.checkpoint), model_dir.parent.parent):
             if (candidate / "run.json").is_file():
-                run_train_cfg = _read_run_info(candidate).get("train", {})
+                run_train_cfg = read_run_info(candidate).get("train", {})
                 break
         model = load_model(model_dir, device=device)
         label = str(model_dir)

@@ -1,0 +1,195 @@
+"""How ``gptsmith train`` turns its flags into (GPTConfig, TrainConfig).
+
+A new run: recipe < --config file < flags (``build_configs``). A resumed run
+(``resume_configs``): RUN_DIR/run.json fixes the model and the training settings, and anything
+else the command line gives (a flag, or a value from --preset, --recipe, --config or
+--context-length) must ask for the run's own value; a different one is a one-line error listing
+every field that differs, e.g. ``n_layers=4 in the run vs 6 asked for``. Only ``RESUME_FIELDS``
+may change. Three of them (``CHANGES_TRAINING``) change the optimisation itself: the schedule is
+rebuilt from the resumed step on with the new values, so the run is no longer an exact
+continuation, and a note says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from gptsmith.errors import CheckpointError, ConfigError
+
+# Flags that map one-to-one onto TrainConfig fields (flag dest -> field).
+TRAIN_FLAGS = {
+    "data": "data", "tokenizer": "tokenizer", "max_steps": "max_steps", "batch_size": "batch_size",
+    "lr": "lr", "min_lr": "min_lr", "warmup_steps": "warmup_steps", "weight_decay": "weight_decay",
+    "grad_clip": "grad_clip", "target_batch_tokens": "target_batch_tokens", "eval_every": "eval_every",
+    "eval_batches": "eval_batches", "checkpoint_every": "checkpoint_every", "keep_last": "keep_last",
+    "sample_every": "sample_every", "prompt": "sample_prompt", "seed": "seed", "device": "device",
+    "dtype": "dtype", "compile": "compile", "val_fraction": "val_fraction",
+}
+
+# What may change on resume: when and where the run reports, how long it runs, and the
+# learning rate and clipping (the escape from a diverging run).
+RESUME_FIELDS = ("max_steps", "device", "eval_every", "checkpoint_every", "sample_every", "keep_last",
+                 "lr", "min_lr", "grad_clip")
+CHANGES_TRAINING = ("lr", "min_lr", "grad_clip")
+
+
+def read_config_file(path: str | None) -> tuple[dict, dict]:
+    """The (``model:``, ``train:``) sections of a --config file (empty without one)."""
+    from gptsmith.config import load_config_file
+
+    if not path:
+        return {}, {}
+    data = load_config_file(path)
+    unknown = sorted(set(data) - {"model", "train"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)} (use `model:` and `train:`)")
+    return dict(data.get("model") or {}), dict(data.get("train") or {})
+
+
+def flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields given as flags."""
+    return {field: getattr(args, dest) for dest, field in TRAIN_FLAGS.items()
+            if getattr(args, dest) is not None}
+
+
+def model_config(args: argparse.Namespace) -> Any:
+    """The GPTConfig of recipe < config file < --preset < --context-length."""
+    from gptsmith.model import GPTConfig
+    from gptsmith.recipes import get_recipe
+
+    recipe = get_recipe(args.recipe or "default")
+    model_section, _ = read_config_file(args.config)
+    preset = model_section.pop("preset", recipe["preset"])
+    model_over = {**recipe["model"], **model_section}
+    if args.preset:
+        preset = args.preset
+        model_over = {k: v for k, v in model_over.items() if args.config or k != "context_length"}
+    if args.context_length is not None:
+        if args.context_length < 1:
+            raise ConfigError(f"--context-length must be > 0, got {args.context_length}")
+        model_over["context_length"] = args.context_length
+    return GPTConfig.from_preset(preset, **model_over)
+
+
+def build_configs(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(GPTConfig, TrainConfig) from recipe < config file < flags."""
+    from gptsmith.recipes import get_recipe
+    from gptsmith.train import TrainConfig
+
+    recipe = get_recipe(args.recipe or "default")
+    _, config_train = read_config_file(args.config)
+    train_over = {**recipe["train"], **config_train}
+    flags = flag_values(args)
+    data = flags.get("data", train_over.get("data"))
+    if data != recipe["train"].get("data") and "sample_prompt" not in {**config_train, **flags}:
+        # The recipe's prompt ("The module") suits its own corpus only: sample other data unprompted.
+        train_over = {**train_over, "sample_prompt": ""}
+    train_cfg = TrainConfig.from_dict({**train_over, **flags}, source=args.config or "flags")
+    train_cfg.check()
+    return model_config(args), train_cfg
+
+
+# --- resume -----------------------------------------------------------------------------------
+
+
+def read_run_info(run_dir: Path) -> dict:
+    """RUN_DIR/run.json, or a CheckpointError saying why it cannot be read."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found ({run_dir} is not a gptsmith run directory; "
+                              "pass the --out of a `gptsmith train`)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"cannot parse {path}: {exc} (the file is corrupt)") from None
+
+
+def resume_configs(args: argparse.Namespace, run_dir: Path, run_info: dict) -> tuple[Any, Any, list[str]]:
+    """(GPTConfig, TrainConfig, notes to print) for resuming ``run_dir`` as ``args`` ask."""
+    from gptsmith.model import GPTConfig
+    from gptsmith.train import TrainConfig
+
+    if args.out and Path(args.out).resolve() != Path(run_dir).resolve():
+        raise ConfigError(f"--out {args.out} differs from --resume {run_dir} (a resumed run stays in its "
+                          "own directory; drop --out)")
+    if args.overwrite:
+        raise ConfigError("--overwrite cannot be used with --resume (it would delete the run being resumed)")
+    model_cfg = GPTConfig(**run_info["model"])
+    asked_model = _asked_model(args, model_cfg)
+    if asked_model is not None:
+        _refuse_differences("the model config", model_cfg.to_dict(), asked_model.to_dict(), run_dir,
+                            "drop --preset/--recipe/--config/--context-length, or start a new run with "
+                            "another --out")
+    saved = TrainConfig.from_dict(run_info["train"], source=str(run_dir / "run.json"))
+    checked, changes = _asked_train_values(args)
+    asked = TrainConfig.from_dict({**run_info["train"], **checked}, source=args.config or "flags")
+    fixed = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in RESUME_FIELDS]
+    _refuse_differences("training settings", {k: getattr(saved, k) for k in fixed},
+                        {k: getattr(asked, k) for k in fixed}, run_dir,
+                        "only " + ", ".join(_flag(k) for k in RESUME_FIELDS) + " can change")
+    train_cfg = saved.replace(**{k: v for k, v in changes.items() if k in RESUME_FIELDS})
+    train_cfg.check()
+    return model_cfg, train_cfg, _change_notes(saved, train_cfg)
+
+
+def _change_notes(saved: Any, resumed: Any) -> list[str]:
+    """A note, if the resumed run trains differently from here on (``CHANGES_TRAINING``)."""
+    def shown(cfg: Any, name: str) -> str:
+        value = getattr(cfg, name)
+        return "lr/10" if value is None else f"{value:g}"  # min_lr None follows --lr
+
+    changed = [f"{_flag(k)} {shown(saved, k)} -> {shown(resumed, k)}" for k in CHANGES_TRAINING
+               if getattr(saved, k) != getattr(resumed, k)]
+    if not changed:
+        return []
+    return [f"note: {', '.join(changed)} from here on: the learning-rate schedule and clipping follow the "
+            "new values from this step, so the run is no longer an exact continuation"]
+
+
+def _asked_model(args: argparse.Namespace, run_model: Any) -> Any | None:
+    """The model config the command line asks for (None when it asks for none).
+
+    A preset (from --preset, --recipe or the config file) builds it as a new run would; without
+    one, the given fields (config file, --context-length) apply to the run's own config.
+    """
+    from gptsmith.config import replace
+
+    if not (args.preset or args.recipe or args.config or args.context_length is not None):
+        return None
+    model_section, _ = read_config_file(args.config)
+    if args.preset or args.recipe or "preset" in model_section:
+        asked = model_config(args)
+    else:
+        if args.context_length is not None:
+            model_section["context_length"] = args.context_length
+        asked = replace(run_model, source=args.config or "flags", **model_section)
+    # The tokenizer sets the vocabulary size, never a flag (a new run replaces it the same way).
+    return dataclasses.replace(asked, vocab_size=run_model.vocab_size)
+
+
+def _asked_train_values(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(fields to check against the run, fields that may change it) the command line sets.
+
+    Both are recipe < config file < flags, except that a recipe's values only ever get checked:
+    naming the run's recipe must not reset, say, a --max-steps the run was given.
+    """
+    from gptsmith.recipes import get_recipe
+
+    recipe_train = get_recipe(args.recipe)["train"] if args.recipe else {}
+    _, config_train = read_config_file(args.config)
+    explicit = {**config_train, **flag_values(args)}
+    return {**recipe_train, **explicit}, explicit
+
+
+def _refuse_differences(what: str, run: dict, asked: dict, run_dir: Path, fix: str) -> None:
+    differences = [f"{k}={run[k]!r} in the run vs {asked[k]!r} asked for" for k in run if run[k] != asked[k]]
+    if differences:
+        raise ConfigError(f"{what} cannot change when resuming {run_dir}: {', '.join(differences)} ({fix})")
+
+
+def _flag(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
