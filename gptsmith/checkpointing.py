@@ -11,7 +11,7 @@ Layout::
     RUN_DIR/samples.txt                   "--- step N (tokens seen T)" and the sample, per sample
     RUN_DIR/loss.png
 
-Every file is written atomically (``gptsmith.weights.atomic_path``), and ``latest`` moves only
+Every file is written atomically (``gptsmith.storage.atomic_path``), and ``latest`` moves only
 after a checkpoint's files are all on disk, so killing the process at any moment leaves
 ``latest`` on a checkpoint that loads. A write that fails (disk full, read-only directory)
 raises ``CheckpointError`` for a checkpoint and ``StorageError`` for any other run file, with one
@@ -35,12 +35,10 @@ import numpy as np
 import torch
 
 from gptsmith.errors import CheckpointError, ConfigError, StorageError
-from gptsmith.storage import write_failure_reason
+from gptsmith.storage import atomic_torch_save, atomic_write_text, write_failure_reason
 from gptsmith.weights import (
     CONFIG_FILE,
     WEIGHTS_FILE,
-    atomic_torch_save,
-    atomic_write_text,
     read_model_config,
     read_safetensors,
     save_model,

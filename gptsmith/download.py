@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gptsmith.errors import DataError
+from gptsmith.storage import atomic_write_bytes
 
 GPT2_TIKTOKEN_URL = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"
 GPT2_TIKTOKEN_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
@@ -72,13 +73,6 @@ def is_offline() -> bool:
 def sha256_bytes(data: bytes) -> str:
     """Hex sha256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` atomically, through the one atomic-write helper in ``gptsmith.weights``."""
-    from gptsmith.weights import atomic_write_bytes as write  # late: weights imports torch
-
-    return write(path, data)
 
 
 def tiktoken_cache_file(url: str) -> Path:

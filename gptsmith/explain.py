@@ -21,7 +21,7 @@ def plot_losses(records: list[dict[str, Any]], path: str | Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from gptsmith.weights import atomic_path
+    from gptsmith.storage import atomic_path
 
     train = [r for r in records if r.get("kind") == "train"]
     evals = [r for r in records if r.get("kind") == "eval"]

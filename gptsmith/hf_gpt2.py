@@ -260,7 +260,7 @@ def export_hf(model: GPTModel, directory: str | Path) -> Path:
     Tied models store ``wte`` once and say ``tie_word_embeddings: true``; transformers re-ties
     ``lm_head`` on load.
     """
-    from gptsmith.weights import atomic_save_safetensors, atomic_write_json
+    from gptsmith.storage import atomic_save_safetensors, atomic_write_json
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

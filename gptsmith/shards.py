@@ -194,7 +194,7 @@ def prepare_corpus(
     except BaseException:
         tmp_tokens.unlink(missing_ok=True)
         raise
-    from gptsmith.weights import atomic_path, atomic_write_json  # one place for atomic writes
+    from gptsmith.storage import atomic_path, atomic_write_json  # one place for atomic writes
 
     with atomic_path(out / "docs.npy") as tmp, tmp.open("wb") as handle:
         np.save(handle, np.asarray(doc_starts, dtype=np.int64))

@@ -1,5 +1,6 @@
-"""Writing files: the mode a new file gets, and why a write failed, in words ("disk full" or the
-error, whichever library was writing).
+"""Writing files: atomically (the one place every module writes files through), with the mode a
+new file gets, and why a write failed, in words ("disk full" or the error, whichever library was
+writing).
 
 A full disk does not always surface as an ``OSError``: ``torch.save`` raises ``RuntimeError``
 and safetensors ``SafetensorError``. ``write_failure_reason`` finds the OS error number behind
@@ -9,10 +10,15 @@ any of them, and falls back on the free space left where the file was going.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 # Errors that mean "no room": a full disk, a file-size limit (ulimit -f), a full quota.
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
@@ -75,3 +81,86 @@ def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+# --- Atomic writes ----------------------------------------------------------------------------
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto ``path``.
+
+    Readers therefore see either the old file or the complete new one, never half a file, even
+    if the process is killed mid-write. On an exception the temporary file is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        # mkstemp makes the file 0600 (private while half-written); give the finished file the
+        # mode any newly created file gets (0666 less the umask), as a plain open() would.
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, rename)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, data: Any) -> Path:
+    """Write ``data`` as indented JSON to ``path`` atomically."""
+    return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` atomically (for optimizer state; load it with ``torch.load(weights_only=True)``)."""
+    import torch  # late: the tokenizer and download modules write files without needing torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        # Through a Python file object, so a failed write (disk full) surfaces as the OSError with
+        # its errno (as the RuntimeError's __context__); given a path, torch reports no cause.
+        torch.save(obj, f)
+    return Path(path)
+
+
+def atomic_save_safetensors(
+    tensors: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None
+) -> Path:
+    """Save a dict of tensors as a safetensors file atomically."""
+    from safetensors.torch import save_file  # late, as above
+
+    tensors = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return Path(path)

@@ -39,6 +39,7 @@ from gptsmith.download import (
     tiktoken_cache_file,
 )
 from gptsmith.errors import ConfigError, DataError
+from gptsmith.storage import atomic_write_json
 
 ENDOFTEXT = "<|endoftext|>"
 UNKNOWN = "<|unk|>"
@@ -434,8 +435,6 @@ def save_tokenizer(tokenizer: Tokenizer, directory: str | Path) -> Path | None:
     vocabulary as ``vocab.json``. GPT-2's BPE is found by name, so nothing is written for it."""
     if not isinstance(tokenizer, SimpleTokenizerV1):
         return None
-    from gptsmith.weights import atomic_write_json  # late import: weights imports torch and the model
-
     vocab = {"tokenizer": tokenizer.name, "vocab": tokenizer.str_to_int}
     return atomic_write_json(Path(directory) / VOCAB_FILE, vocab)
 

@@ -26,6 +26,7 @@ from gptsmith.device import autocast, resolve_autocast_dtype, resolve_device, se
 from gptsmith.distributed import DistContext, all_reduce_mean, any_rank, barrier, init_distributed
 from gptsmith.errors import CheckpointError, ConfigError, DataError
 from gptsmith.schedule import build_optimizer, lr_at_step
+from gptsmith.storage import atomic_write_json
 from gptsmith.train import (  # TrainCallbacks and TrainResult are part of this module's API too
     NonFiniteLossError,
     TrainCallbacks,
@@ -35,7 +36,6 @@ from gptsmith.train import (  # TrainCallbacks and TrainResult are part of this 
     evaluate,
     perplexity,
 )
-from gptsmith.weights import atomic_write_json
 
 
 class Trainer:

@@ -1,4 +1,4 @@
-"""Checkpoints: our model directory format, atomic file writes, and loading by name or path.
+"""Checkpoints: our model directory format, and loading by name or path.
 
 A *model directory* holds two files::
 
@@ -17,19 +17,14 @@ Hugging Face GPT-2 directories and hub names are handled by ``gptsmith.hf_gpt2``
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from gptsmith.config import from_dict
 from gptsmith.errors import CheckpointError, ConfigError
 from gptsmith.model import PRESETS, GPTConfig, GPTModel
-from gptsmith.storage import current_umask
+from gptsmith.storage import atomic_save_safetensors, atomic_write_json
 from gptsmith.tokenizer import Tokenizer, save_tokenizer
 
 FORMAT_NAME = "gptsmith"
@@ -45,87 +40,6 @@ PRESET_HUB_NAMES = {
     "gpt2-xl": "gpt2-xl",
 }
 TIED_KEY = "out_head.weight"  # not stored when the head is tied to tok_emb.weight
-
-
-# --- Atomic writes (the one place every module writes files through) -------------------------
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto ``path``.
-
-    Readers therefore see either the old file or the complete new one, never half a file, even
-    if the process is killed mid-write. On an exception the temporary file is removed.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        # mkstemp makes the file 0600 (private while half-written); give the finished file the
-        # mode any newly created file gets (0666 less the umask), as a plain open() would.
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable (a no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, rename)."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | Path, data: Any) -> Path:
-    """Write ``data`` as indented JSON to ``path`` atomically."""
-    return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` atomically (for optimizer state; load it with ``torch.load(weights_only=True)``)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        # Through a Python file object, so a failed write (disk full) surfaces as the OSError with
-        # its errno (as the RuntimeError's __context__); given a path, torch reports no cause.
-        torch.save(obj, f)
-    return Path(path)
-
-
-def atomic_save_safetensors(
-    tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None
-) -> Path:
-    """Save a dict of tensors as a safetensors file atomically."""
-    from safetensors.torch import save_file
-
-    tensors = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-    return Path(path)
 
 
 # --- Our format ---------------------------------------------------------------------------------

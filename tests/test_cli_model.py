@@ -9,7 +9,8 @@ import torch
 
 from gptsmith.cli import main
 from gptsmith.model import GPTConfig, GPTModel
-from gptsmith.weights import atomic_write_text, load_model, save_model
+from gptsmith.storage import atomic_write_text
+from gptsmith.weights import load_model, save_model
 
 TINY = GPTConfig(vocab_size=101, context_length=20, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
 

@@ -18,9 +18,14 @@ import torch
 
 from gptsmith import checkpointing as ckpt
 from gptsmith.errors import CheckpointError, StorageError
-from gptsmith.storage import write_failure_reason
+from gptsmith.storage import (
+    atomic_save_safetensors,
+    atomic_torch_save,
+    atomic_write_text,
+    write_failure_reason,
+)
 from gptsmith.tokenizer import SimpleTokenizerV2
-from gptsmith.weights import atomic_save_safetensors, atomic_torch_save, atomic_write_text, load_model
+from gptsmith.weights import load_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import TINY, make_trainer, tiny_config  # noqa: E402

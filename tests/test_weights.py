@@ -11,11 +11,8 @@ import torch
 from gptsmith.errors import CheckpointError
 from gptsmith.hf_gpt2 import export_hf
 from gptsmith.model import GPTConfig, GPTModel
+from gptsmith.storage import atomic_path, atomic_torch_save, atomic_write_json, atomic_write_text
 from gptsmith.weights import (
-    atomic_path,
-    atomic_torch_save,
-    atomic_write_json,
-    atomic_write_text,
     load_model,
     load_pretrained,
     read_model_config,
