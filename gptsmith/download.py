@@ -1,10 +1,13 @@
-"""Fetching the few files gptsmith needs from outside: GPT-2's BPE ranks and two toy corpora.
+"""The few files gptsmith needs from outside: finding GPT-2's BPE files, and fetching them and
+two toy corpora.
 
-Everything lands in one user cache directory (``cache_dir()``), written atomically and checked
-against a sha256 where one is known. The library never prints: callers pass ``report`` (a
-function taking one line of text) to hear what is being tried.
+``resolve_gpt2_bpe`` finds GPT-2's BPE files offline first: a path the user gave, tiktoken's
+cache, our cache, and only then the network. Everything fetched lands in one user cache
+directory (``cache_dir()``), written atomically and checked against a sha256 where one is known.
+The library never prints: callers pass ``report`` (a function taking one line of text) to hear
+what is being tried.
 
-GPT-2's ranks file is tried from three places, in this order, so that a machine whose only
+Fetching GPT-2's ranks file tries three places, in this order, so that a machine whose only
 outside access is PyPI still gets it:
 
 1. tiktoken's own download cache (filled by anything that ever ran ``tiktoken.get_encoding``),
@@ -92,6 +95,74 @@ def fetch_url(url: str, timeout: float = 20.0) -> bytes:
         raise OSError("GPTSMITH_OFFLINE is set")
     with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (fixed https URLs)
         return response.read()
+
+
+# --- Finding GPT-2's BPE files, offline first ------------------------------------------------
+
+
+def find_bpe_files(path: Path) -> tuple[str, tuple[Path, ...]]:
+    """("tiktoken", (ranks,)) or ("data_gym", (vocab.bpe, encoder.json)) for a file or directory."""
+    if path.is_dir():
+        tiktoken_files = sorted(path.glob("*.tiktoken"))
+        if tiktoken_files:
+            return "tiktoken", (tiktoken_files[0],)
+        if (path / "vocab.bpe").is_file() and (path / "encoder.json").is_file():
+            return "data_gym", (path / "vocab.bpe", path / "encoder.json")
+        raise DataError(
+            f"no GPT-2 BPE files in {path}: expected a .tiktoken ranks file, or encoder.json and vocab.bpe "
+            "(run `gptsmith download gpt2-bpe` to fetch them)"
+        )
+    if path.is_file():
+        if path.name in {"vocab.bpe", "encoder.json"}:
+            pair = (path.parent / "vocab.bpe", path.parent / "encoder.json")
+            missing = [str(p) for p in pair if not p.is_file()]
+            if missing:
+                raise DataError(f"{path} needs its partner file {missing[0]} (OpenAI's format is a pair)")
+            return "data_gym", pair
+        return "tiktoken", (path,)
+    raise DataError(
+        f"GPT-2 BPE path not found: {path} (point GPTSMITH_GPT2_BPE at a gpt2.tiktoken file or a directory "
+        "with encoder.json + vocab.bpe, or run `gptsmith download gpt2-bpe`)"
+    )
+
+
+def resolve_gpt2_bpe(
+    path: str | Path | None = None, *, allow_download: bool = True
+) -> tuple[str, tuple[Path, ...]]:
+    """Find GPT-2's BPE files, offline first, and say which format they are in.
+
+    Order: an explicit ``path`` or $GPTSMITH_GPT2_BPE (the user said so; errors if broken) ->
+    tiktoken's own download cache -> gptsmith's user cache (``gptsmith download gpt2-bpe``) ->
+    OpenAI's public URL when online (saved to the user cache). Otherwise a ``DataError`` that says
+    exactly what to run.
+    """
+    explicit = path or os.environ.get("GPTSMITH_GPT2_BPE")
+    if explicit:
+        return find_bpe_files(Path(explicit).expanduser())
+    # tiktoken's cache: either its r50k ranks file or the pair its "gpt2" encoding downloads.
+    cached = tiktoken_cache_file(GPT2_TIKTOKEN_URL)
+    if cached.is_file() and sha256_bytes(cached.read_bytes()) == GPT2_TIKTOKEN_SHA256:
+        return "tiktoken", (cached,)
+    vocab, encoder = tiktoken_cache_file(GPT2_VOCAB_BPE_URL), tiktoken_cache_file(GPT2_ENCODER_JSON_URL)
+    if vocab.is_file() and encoder.is_file():
+        return "data_gym", (vocab, encoder)
+    ours = gpt2_bpe_cache_path()
+    if ours.is_file():
+        return "tiktoken", (ours,)
+    if allow_download and not is_offline():
+        try:
+            # Only the URL here: fetching from PyPI is `gptsmith download gpt2-bpe`'s explicit job.
+            return "tiktoken", (download_gpt2_bpe(use_pypi=False),)
+        except DataError:
+            pass
+    raise DataError(
+        "GPT-2 BPE files not found; run `gptsmith download gpt2-bpe` (fetches them from OpenAI or PyPI "
+        f"into {ours.parent}), or set GPTSMITH_GPT2_BPE to a gpt2.tiktoken file or encoder.json/vocab.bpe dir"
+    )
+
+
+
+# --- Fetching them -----------------------------------------------------------------------------
 
 
 def ranks_from_whisper_sdist(dest: Path | None = None) -> bytes:

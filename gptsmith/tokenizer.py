@@ -9,7 +9,7 @@ and serving never care which one is in use:
 - ``GPT2Tokenizer``: GPT-2's byte-pair encoding (50,257 ids) through tiktoken's fast Rust encoder.
 
 ``get_tokenizer(name)`` picks one by name. GPT-2's BPE files are found offline-first, see
-``resolve_gpt2_bpe``.
+``gptsmith.download.resolve_gpt2_bpe``.
 """
 
 from __future__ import annotations
@@ -27,17 +27,7 @@ import numpy as np
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks, load_tiktoken_bpe
 
-from gptsmith.download import (
-    GPT2_ENCODER_JSON_URL,
-    GPT2_TIKTOKEN_SHA256,
-    GPT2_TIKTOKEN_URL,
-    GPT2_VOCAB_BPE_URL,
-    download_gpt2_bpe,
-    gpt2_bpe_cache_path,
-    is_offline,
-    sha256_bytes,
-    tiktoken_cache_file,
-)
+from gptsmith.download import resolve_gpt2_bpe
 from gptsmith.errors import ConfigError, DataError
 from gptsmith.storage import atomic_write_json
 
@@ -223,32 +213,6 @@ class SimpleTokenizerV2(SimpleTokenizerV1):
 # ---------------------------------------------------------------------------------------------
 
 
-def _find_bpe_files(path: Path) -> tuple[str, tuple[Path, ...]]:
-    """("tiktoken", (ranks,)) or ("data_gym", (vocab.bpe, encoder.json)) for a file or directory."""
-    if path.is_dir():
-        tiktoken_files = sorted(path.glob("*.tiktoken"))
-        if tiktoken_files:
-            return "tiktoken", (tiktoken_files[0],)
-        if (path / "vocab.bpe").is_file() and (path / "encoder.json").is_file():
-            return "data_gym", (path / "vocab.bpe", path / "encoder.json")
-        raise DataError(
-            f"no GPT-2 BPE files in {path}: expected a .tiktoken ranks file, or encoder.json and vocab.bpe "
-            "(run `gptsmith download gpt2-bpe` to fetch them)"
-        )
-    if path.is_file():
-        if path.name in {"vocab.bpe", "encoder.json"}:
-            pair = (path.parent / "vocab.bpe", path.parent / "encoder.json")
-            missing = [str(p) for p in pair if not p.is_file()]
-            if missing:
-                raise DataError(f"{path} needs its partner file {missing[0]} (OpenAI's format is a pair)")
-            return "data_gym", pair
-        return "tiktoken", (path,)
-    raise DataError(
-        f"GPT-2 BPE path not found: {path} (point GPTSMITH_GPT2_BPE at a gpt2.tiktoken file or a directory "
-        "with encoder.json + vocab.bpe, or run `gptsmith download gpt2-bpe`)"
-    )
-
-
 @functools.lru_cache(maxsize=4)
 def _load_encoding(
     kind: str, files: tuple[Path, ...], stamps: tuple[tuple[int, int], ...]
@@ -287,41 +251,6 @@ def _load_encoding(
         mergeable_ranks=ranks,
         special_tokens={ENDOFTEXT: GPT2_EOT_ID},
         explicit_n_vocab=GPT2_VOCAB_SIZE,
-    )
-
-
-def resolve_gpt2_bpe(
-    path: str | Path | None = None, *, allow_download: bool = True
-) -> tuple[str, tuple[Path, ...]]:
-    """Find GPT-2's BPE files, offline first, and say which format they are in.
-
-    Order: an explicit ``path`` or $GPTSMITH_GPT2_BPE (the user said so; errors if broken) ->
-    tiktoken's own download cache -> gptsmith's user cache (``gptsmith download gpt2-bpe``) ->
-    OpenAI's public URL when online (saved to the user cache). Otherwise a ``DataError`` that says
-    exactly what to run.
-    """
-    explicit = path or os.environ.get("GPTSMITH_GPT2_BPE")
-    if explicit:
-        return _find_bpe_files(Path(explicit).expanduser())
-    # tiktoken's cache: either its r50k ranks file or the pair its "gpt2" encoding downloads.
-    cached = tiktoken_cache_file(GPT2_TIKTOKEN_URL)
-    if cached.is_file() and sha256_bytes(cached.read_bytes()) == GPT2_TIKTOKEN_SHA256:
-        return "tiktoken", (cached,)
-    vocab, encoder = tiktoken_cache_file(GPT2_VOCAB_BPE_URL), tiktoken_cache_file(GPT2_ENCODER_JSON_URL)
-    if vocab.is_file() and encoder.is_file():
-        return "data_gym", (vocab, encoder)
-    ours = gpt2_bpe_cache_path()
-    if ours.is_file():
-        return "tiktoken", (ours,)
-    if allow_download and not is_offline():
-        try:
-            # Only the URL here: fetching from PyPI is `gptsmith download gpt2-bpe`'s explicit job.
-            return "tiktoken", (download_gpt2_bpe(use_pypi=False),)
-        except DataError:
-            pass
-    raise DataError(
-        "GPT-2 BPE files not found; run `gptsmith download gpt2-bpe` (fetches them from OpenAI or PyPI "
-        f"into {ours.parent}), or set GPTSMITH_GPT2_BPE to a gpt2.tiktoken file or encoder.json/vocab.bpe dir"
     )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from gptsmith import download
+from gptsmith.download import resolve_gpt2_bpe
 from gptsmith.errors import ConfigError, DataError
 from gptsmith.tokenizer import (
     GPT2Tokenizer,
@@ -19,7 +20,6 @@ from gptsmith.tokenizer import (
     Tokenizer,
     get_tokenizer,
     load_tokenizer,
-    resolve_gpt2_bpe,
     save_tokenizer,
 )
 
