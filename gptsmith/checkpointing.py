@@ -97,11 +97,17 @@ def storage_errors(path: Path) -> Iterator[None]:
     except OSError as exc:
         run_dir = Path(path).parent
         reason, full = write_failure_reason(exc, run_dir)
-        latest = read_pointer(run_dir, "latest")
-        kept = f"the last checkpoint {run_dir / latest} is intact" if latest else "no checkpoint was written"
-        fix = "free some space" if full else "fix that"
-        resume = f", then resume with --resume {run_dir}" if latest else ", then start again"
-        raise StorageError(f"cannot write {path}: {reason}; {kept} ({fix}{resume})") from exc
+        raise StorageError(f"cannot write {path}: {reason}; "
+                           f"{_what_is_left(run_dir, read_pointer(run_dir, 'latest'), full)}") from exc
+
+
+def _what_is_left(run_dir: Path, latest: str | None, full: bool) -> str:
+    """The tail of a failed write's message: the checkpoint kept, and how to go on from it."""
+    fix = "free some space" if full else "fix that"
+    if latest:
+        return (f"the previous checkpoint {run_dir / latest} is intact ({fix}, then resume with "
+                f"--resume {run_dir})")
+    return f"no checkpoint was written ({fix}, then start again with --out {run_dir} --overwrite)"
 
 
 def save_checkpoint(
@@ -137,12 +143,26 @@ def save_checkpoint(
             shutil.rmtree(directory, ignore_errors=True)
         if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: not a save problem
             raise
-        kept = f"the previous checkpoint {run_dir / previous} is intact" if previous else "no checkpoint kept"
-        fix = "free some space, then resume" if full else "resume"
-        raise CheckpointError(
-            f"cannot save checkpoint {directory}: {reason}; {kept} ({fix} with --resume {run_dir})"
-        ) from exc
+        if _interrupted(exc):  # a Ctrl-C inside torch.save's writes comes out as its RuntimeError
+            raise KeyboardInterrupt from None
+        raise CheckpointError(f"cannot save checkpoint {directory}: {reason}; "
+                              f"{_what_is_left(run_dir, previous, full)}") from exc
     return directory
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` was caused by a KeyboardInterrupt (raised in a callback of C++ code)."""
+    while exc is not None:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def no_checkpoint_message(run_dir: Path) -> str:
+    """What to do with a run that stopped before its first checkpoint (it has nothing to resume)."""
+    return (f"{run_dir} has no checkpoint (the run stopped before its first one was saved): start it again "
+            f"with `gptsmith train --out {run_dir} --overwrite` and the same settings")
 
 
 def write_pointer(run_dir: Path, name: str, target: str) -> None:
@@ -210,29 +230,6 @@ def restore_best_pointer(run_dir: Path, best_step: int | None) -> None:
         (Path(run_dir) / "best").unlink(missing_ok=True)
 
 
-def divergence_advice(run_dir: Path | None, failed_step: int | None, *, lr: float, grad_clip: float) -> str:
-    """What is left after training diverged, and how to go on (the tail of the NaN error).
-
-    Every checkpoint passed the finite-weights check, but the newest may be the one that diverged:
-    when it is checkpoint ``failed_step`` (whose weights gave the non-finite value) resuming from
-    it fails again whatever the flags, so the older checkpoints are named too.
-    """
-    fix = f"a lower --lr than {lr:g}" + (" and --grad-clip 1" if grad_clip == 0 else "")
-    kept = [f"{CHECKPOINTS}/{p.name}" for p in reversed(list_checkpoints(run_dir))] if run_dir else []
-    if not kept:
-        nothing = "no checkpoint was written yet" if run_dir else "nothing was saved"
-        return f"{nothing} (start again with {fix})"
-    newest, older = kept[0], kept[1:]
-    others = f"older: {', '.join(older)}" if older else "no older one"
-    restart = (f"delete {Path(run_dir) / newest} and resume from {older[0]} with --resume {run_dir} "
-               f"--fallback and {fix}" if older else f"start a new run with {fix}")
-    if failed_step is not None and newest == checkpoint_name(failed_step):
-        return (f"the newest checkpoint {newest} holds the weights that gave it, so resuming from it "
-                f"fails again ({others}): {restart}")
-    return (f"the newest checkpoint {newest} may already be diverging ({others}): resume with --resume "
-            f"{run_dir} and {fix}; if it diverges again, {restart}")
-
-
 # --- Loading and validating ----------------------------------------------------------------------
 
 
@@ -258,6 +255,9 @@ def check_checkpoint(checkpoint_dir: Path) -> dict[str, Any]:
     that would load wrong.
     """
     checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        raise CheckpointError(f"{checkpoint_dir} does not exist (resume with --fallback to use the newest "
+                              "good checkpoint)")
     if not (checkpoint_dir / CONFIG_FILE).is_file():
         raise CheckpointError(
             f"{checkpoint_dir} has no {CONFIG_FILE} (the save was interrupted; resume with --fallback)"
@@ -310,9 +310,7 @@ def find_resume_checkpoint(
     if fallback:  # every step-N directory, so the incomplete ones are quarantined too
         candidates += [p for p in reversed(_step_dirs(run_dir)) if p not in candidates]
     if not candidates:
-        raise CheckpointError(
-            f"{run_dir} has no checkpoint to resume from (no `latest` file and no {CHECKPOINTS}/step-*)"
-        )
+        raise CheckpointError(no_checkpoint_message(run_dir))
     problems = []
     for candidate in candidates:
         try:

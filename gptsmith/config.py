@@ -22,14 +22,17 @@ T = TypeVar("T")
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML (``.yaml``/``.yml``) or JSON file into a dict."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory (pass a .yaml or .json file)")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path} (pass an existing .yaml or .json file)")
-    text = path.read_text(encoding="utf-8")
     try:
+        text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        first_line = str(exc).splitlines()[0]
-        raise ConfigError(f"cannot parse config file {path}: {first_line}") from None
+        raise ConfigError(f"cannot parse config file {path}{_parse_error_place(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -37,15 +40,32 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "config") -> T:
-    """Build dataclass ``cls`` from ``data``; unknown keys are an error that lists the known ones."""
-    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+def _parse_error_place(exc: Exception) -> str:
+    """' at line L, column C: problem' of a JSON or YAML parse error (1-based, as editors count)."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f" at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+    mark = getattr(exc, "problem_mark", None)  # yaml's MarkedYAMLError; 0-based
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if mark is None:
+        return f": {problem}"
+    return f" at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
+def check_fields(cls: type, data: dict[str, Any], *, source: str = "config") -> None:
+    """Raise ``ConfigError`` for keys of ``data`` that are not fields of dataclass ``cls``, listing
+    the known ones."""
+    known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(
             f"unknown {cls.__name__} field(s) in {source}: {', '.join(unknown)} "
             f"(known: {', '.join(sorted(known))})"
         )
+
+
+def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "config") -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys are an error that lists the known ones."""
+    check_fields(cls, data, source=source)
     return cls(**data)
 
 

@@ -153,6 +153,9 @@ def resolve_corpus(name_or_path: str | Path, text_field: str = "text") -> Corpus
     if isinstance(name_or_path, CorpusSource):
         return name_or_path
     spec = str(name_or_path)
+    if not spec.strip():  # Path("") is the current directory: never read that by accident
+        raise DataError("the corpus name is empty (pass a corpus name or path, e.g. builtin, the-verdict "
+                        "or notes.txt)")
     if spec == "builtin":
         return CorpusSource("builtin", "builtin", (), text_field)
     if spec.startswith("hf:"):
@@ -183,6 +186,26 @@ def resolve_corpus(name_or_path: str | Path, text_field: str = "text") -> Corpus
         f"'builtin', 'hf:NAME', or a named corpus such as the-verdict found in: {where}; "
         "`gptsmith download the-verdict` fetches one when online)"
     )
+
+
+def same_corpus(a: str, b: str) -> bool:
+    """Whether corpus specs ``a`` and ``b`` name the same corpus: the same file, directory or glob
+    however it is spelt (``notes`` and ``./notes/``), else the same name (``builtin``, ``hf:NAME``,
+    a named corpus such as ``the-verdict``)."""
+    return _corpus_identity(a) == _corpus_identity(b)
+
+
+def _corpus_identity(spec: str) -> tuple[str, str]:
+    """What ``resolve_corpus`` would read for ``spec``, as a comparable key (no files are read)."""
+    spec = str(spec)
+    if spec == "builtin" or spec.startswith("hf:"):
+        return ("name", spec)
+    path = Path(spec).expanduser()
+    if any(ch in spec for ch in "*?["):
+        return ("glob", os.path.abspath(path))
+    if path.exists():  # an existing path wins over a named corpus, as in resolve_corpus
+        return ("path", str(path.resolve()))
+    return ("name", spec)
 
 
 def _source_from_files(spec: str, files: list[Path], text_field: str) -> CorpusSource:

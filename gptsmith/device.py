@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import random
+import re
 
 import numpy as np
 import torch
@@ -11,22 +13,55 @@ import torch
 from gptsmith.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+DEVICE_HELP = "auto (default: CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps"
 DTYPES = ("auto", "bf16", "fp32")
+
+
+def parse_device(name: str) -> str:
+    """Check the spelling of a device name (auto, cpu, cuda, cuda:N, mps) and return it normalised.
+
+    Every verb's ``--device`` goes through this (as argparse ``type=device_arg``), and so does
+    ``resolve_device``: a typo such as ``gpu`` is one clear error, not torch's list of twenty
+    backends in a traceback. Whether the device is actually present is ``resolve_device``'s job.
+    """
+    normalised = str(name).strip().lower()
+    if normalised in DEVICES or re.fullmatch(r"cuda:\d+", normalised):
+        return normalised
+    raise ConfigError(f"unknown device {name!r} (choose from auto, cpu, cuda, cuda:N, mps)")
+
+
+def device_arg(value: str) -> str:
+    """``parse_device`` as an argparse ``type=``: a bad value is a usage error naming the flag."""
+    try:
+        return parse_device(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA, then Apple's MPS, then the CPU; an unavailable explicit choice is an error."""
+    name = parse_device(name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but PyTorch sees no CUDA GPU (use --device cpu or auto)")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name} asked for, but PyTorch sees no CUDA GPU "
+                              "(use --device cpu or auto)")
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():  # else a late "invalid device ordinal" from CUDA
+            raise ConfigError(f"--device {name} asked for, but PyTorch sees only {torch.cuda.device_count()} "
+                              f"CUDA GPU(s): cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if name == "mps" and not _mps_available():
         raise ConfigError("--device mps asked for, but MPS is not available (use --device cpu or auto)")
     return torch.device(name)
+
+
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -80,8 +115,6 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
 
 
 _ALLOCATOR_TUNED = False

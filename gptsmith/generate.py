@@ -261,12 +261,23 @@ def generate(
     here); encode text first with ``text_to_token_ids``. ``attention_mask`` (batch, n) marks real
     tokens (1) of prompts that are already left-padded. Generation stops at ``eos_id`` or a stop
     sequence, neither of which is returned (for a text stop sequence, the token where it begins is
-    dropped); rows of a batch that stop early are padded on the right with ``pad_id`` (default:
-    ``eos_id``, else 0). ``eos_id`` defaults to the tokenizer's ``<|endoftext|>`` when
-    ``tokenizer`` is given; ``eos_id=NO_EOS`` (-1) disables it, and without a tokenizer nothing
-    but ``max_new_tokens`` and the stop sequences ends generation. ``top_k`` and ``top_p`` apply
-    to sampling (``temperature`` > 0) only. An empty prompt starts from ``eos_id`` (or the
-    tokenizer's ``<|endoftext|>``). The model runs in eval mode (restored afterwards).
+    dropped).
+
+    Padding: prompts of different lengths are padded on the left with ``pad_id`` (default:
+    ``eos_id``, which is ``<|endoftext|>`` when ``tokenizer`` is given, else id 0, an ordinary
+    token), and rows that stop early are padded on the right with it. The padding stays in the
+    result: with ``width`` the longest prompt's length (``token_ids.shape[1]`` for a tensor),
+    ``out[:, width:]`` holds every row's new tokens, and row ``i`` of a list of prompts is
+    ``width - len(prompts[i])`` pad ids, then the prompt, then its new tokens, so
+    ``out[i, width - len(prompts[i]):]`` is prompt and continuation without the left padding (with
+    ``attention_mask``, row ``i`` has ``int((attention_mask[i] == 0).sum())`` pad ids). Right
+    padding by the default ``eos_id`` is never a generated token: drop the trailing ones.
+
+    ``eos_id`` defaults to the tokenizer's ``<|endoftext|>`` when ``tokenizer`` is given;
+    ``eos_id=NO_EOS`` (-1) disables it, and without a tokenizer nothing but ``max_new_tokens`` and
+    the stop sequences ends generation. ``top_k`` and ``top_p`` apply to sampling
+    (``temperature`` > 0) only. An empty prompt starts from ``eos_id`` (or the tokenizer's
+    ``<|endoftext|>``). The model runs in eval mode (restored afterwards).
     """
     cfg = _checked_config(
         model,

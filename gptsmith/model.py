@@ -360,18 +360,23 @@ class ModelSummary:
 
 
 def summarize(cfg: GPTConfig) -> ModelSummary:
-    """Count parameters and list layers for ``cfg`` without allocating any weights (meta device)."""
+    """Count parameters and list layers for ``cfg`` without allocating any weights.
+
+    Only a one-block model is built, on the meta device (shapes, no storage); the blocks are all
+    alike, so the block's count times ``n_layers`` is the total. Building all of them would cost
+    seconds per thousand layers and memory for their Python objects, even on the meta device.
+    """
     with torch.device("meta"):
-        model = GPTModel(cfg)
+        model = GPTModel(dataclasses.replace(cfg, n_layers=1))
     layers: list[tuple[str, str, int]] = []
+    held = 0
     for name, param in model.named_parameters():  # a tied head is yielded once, as tok_emb.weight
-        if name.startswith("trf_blocks.") and not name.startswith("trf_blocks.0."):
-            continue
+        in_block = name.startswith("trf_blocks.0.")
+        held += param.numel() * (cfg.n_layers if in_block else 1)
         label = name.replace("trf_blocks.0.", f"trf_blocks.[0-{cfg.n_layers - 1}].", 1)
         layers.append((label, " x ".join(map(str, param.shape)), param.numel()))
     if cfg.tie_weights:
         layers.append(("out_head.weight (tied to tok_emb.weight)", f"{cfg.vocab_size} x {cfg.emb_dim}", 0))
-    held = sum(p.numel() for p in model.parameters())  # a shared tensor is yielded once
     head = cfg.vocab_size * cfg.emb_dim
     tied, untied = (held, held + head) if cfg.tie_weights else (held - head, held)
     return ModelSummary(cfg=cfg, params_tied=tied, params_untied=untied, layers=layers)

@@ -24,6 +24,7 @@ import numpy as np
 from gptsmith.corpus import CorpusSource, resolve_corpus, safe_chunks
 from gptsmith.download import cache_dir
 from gptsmith.errors import DataError
+from gptsmith.storage import atomic_path, atomic_write_json, check_can_be_directory  # one place for writes
 from gptsmith.tokenizer import SimpleTokenizerV2, Tokenizer, get_tokenizer, load_tokenizer, save_tokenizer
 
 SHARD_FORMAT_VERSION = 2  # 2: meta.json records the tokenizer's fingerprint
@@ -128,27 +129,33 @@ def prepare_corpus(
     (see ``corpus_tokenizer``: "simple" learns its words from this corpus). A shard already in
     ``out_dir`` for the same corpus fingerprint and tokenizer (name, and vocabulary for word-level
     ones) is reused (``shard.reused`` is True) unless ``force``; ``shard.tokenizer()`` rebuilds
-    the tokenizer. ``progress`` is called with (bytes of text done, total bytes or None).
+    the tokenizer. A shard of another corpus there is a ``DataError`` unless ``force`` (then it is
+    replaced); an ``out_dir`` that is, or lies under, a file is a ``StorageError``. ``progress``
+    is called with (bytes of text done, total bytes or None).
     """
     source = resolve_corpus(source)
     name = tokenizer.name if tokenizer is not None else tokenizer_name
     out = Path(out_dir) if out_dir is not None else default_shard_dir(source, name)
+    check_can_be_directory(out, "the shard directory")
     fingerprint = source.fingerprint()
-    if not force and (out / "meta.json").is_file():
-        try:
-            shard = TokenShard.open(out)
-        except DataError:
-            shard = None
+    shard = None if force else _open_existing(out)
+    if shard is not None:
+        meta = shard.meta
         if (
-            shard is not None
-            and shard.meta.get("source_fingerprint") == fingerprint
-            and shard.meta.get("tokenizer") == name
-            and shard.meta.get("format_version") == SHARD_FORMAT_VERSION
-            and (tokenizer is None
-                 or shard.meta.get("tokenizer_fingerprint") == tokenizer_fingerprint(tokenizer))
+            meta.get("source_fingerprint") == fingerprint
+            and meta.get("tokenizer") == name
+            and meta.get("format_version") == SHARD_FORMAT_VERSION
+            and (tokenizer is None or meta.get("tokenizer_fingerprint") == tokenizer_fingerprint(tokenizer))
         ):
             shard.reused = True
             return shard
+        # The same corpus (by name, or by fingerprint under another spelling) changed or wants another
+        # tokenizer: tokenize it again. Another corpus's shard is never silently replaced.
+        if meta.get("source") != source.name and meta.get("source_fingerprint") != fingerprint:
+            raise DataError(
+                f"{out} holds a token shard of {meta.get('source')!r}, not of {source.name!r} "
+                "(replace it with --force, or choose another --out)"
+            )
     tokenizer = tokenizer or corpus_tokenizer(tokenizer_name, source)
 
     dtype = token_dtype(tokenizer.vocab_size)
@@ -194,8 +201,6 @@ def prepare_corpus(
     except BaseException:
         tmp_tokens.unlink(missing_ok=True)
         raise
-    from gptsmith.storage import atomic_path, atomic_write_json  # one place for atomic writes
-
     with atomic_path(out / "docs.npy") as tmp, tmp.open("wb") as handle:
         np.save(handle, np.asarray(doc_starts, dtype=np.int64))
     save_tokenizer(tokenizer, out)  # a word-level vocabulary; nothing for GPT-2
@@ -217,6 +222,16 @@ def prepare_corpus(
     }
     atomic_write_json(out / "meta.json", meta)
     return TokenShard.open(out)
+
+
+def _open_existing(out: Path) -> TokenShard | None:
+    """The complete, readable shard in ``out``, or None (none there, or one to tokenize again)."""
+    if not (out / "meta.json").is_file():
+        return None
+    try:
+        return TokenShard.open(out)
+    except DataError:
+        return None
 
 
 def _array_encoder(tokenizer: Tokenizer) -> Callable[[str], np.ndarray]:

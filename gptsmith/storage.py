@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from gptsmith.errors import StorageError
+
 # Errors that mean "no room": a full disk, a file-size limit (ulimit -f), a full quota.
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 LOW_SPACE_BYTES = 1 << 20  # less free space than this counts as a full disk
@@ -81,6 +83,24 @@ def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def check_can_be_directory(path: str | Path, what: str) -> None:
+    """Raise ``StorageError`` when ``path`` cannot be or become a directory: it, or the nearest of
+    its parents that exists, is a file.
+
+    Said up front, in words, instead of mkdir's FileExistsError or NotADirectoryError once the
+    work is done. ``what`` names the path in the message, e.g. "--out".
+    """
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:  # exists() is False under a file
+        existing = existing.parent
+    if not existing.exists() or existing.is_dir():
+        return
+    if existing == path:
+        raise StorageError(f"{what} {path} is a file, not a directory (choose a directory)")
+    raise StorageError(f"{what} {path} cannot be a directory: {existing} is a file (choose another path)")
 
 
 # --- Atomic writes ----------------------------------------------------------------------------

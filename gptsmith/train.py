@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from gptsmith.config import from_dict, replace
-from gptsmith.device import DEVICES, DTYPES, autocast
+from gptsmith.device import DTYPES, autocast, parse_device
 from gptsmith.errors import ConfigError, DataError, GptsmithError
 
 
@@ -98,8 +98,7 @@ class TrainConfig:
         number("val_fraction", self.val_fraction)
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
-        if self.device not in DEVICES and not self.device.startswith("cuda:"):
-            raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        parse_device(self.device)  # a typo is an error here, before any work
         if self.dtype not in DTYPES:
             raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 

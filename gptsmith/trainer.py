@@ -25,6 +25,7 @@ from gptsmith.data import count_windows
 from gptsmith.device import autocast, resolve_autocast_dtype, resolve_device, set_seed, tune_cpu_allocator
 from gptsmith.distributed import DistContext, all_reduce_mean, any_rank, barrier, init_distributed
 from gptsmith.errors import CheckpointError, ConfigError, DataError
+from gptsmith.run_dir import divergence_advice
 from gptsmith.schedule import build_optimizer, lr_at_step
 from gptsmith.storage import atomic_write_json
 from gptsmith.train import (  # TrainCallbacks and TrainResult are part of this module's API too
@@ -124,20 +125,25 @@ class Trainer:
 
     # --- Resume -----------------------------------------------------------------------------
 
-    def resume(self, *, fallback: bool = False) -> list[str]:
+    def resume(self, *, fallback: bool = False, found: tuple[dict, list] | None = None) -> list[str]:
         """Load the run's latest checkpoint (or, with ``fallback``, its newest good one).
 
-        Returns the problems skipped with ``fallback`` (those checkpoints are renamed
-        ``corrupt-step-N``). Raises ``CheckpointError`` naming the path of a corrupt/partial
-        checkpoint, or the fields whose model config differs.
+        ``found`` is what ``checkpointing.find_resume_checkpoint`` returned, when the caller already
+        looked (the CLI does, to load the checkpoint's tokenizer first). Returns the problems
+        skipped with ``fallback`` (those checkpoints are renamed ``corrupt-step-N``). Raises
+        ``CheckpointError`` naming the path of a corrupt/partial checkpoint, or the fields whose
+        model config differs.
         """
         if self.run_dir is None:
             raise ConfigError("resume needs a run directory")
-        loaded, skipped = ckpt.find_resume_checkpoint(self.run_dir, fallback=fallback)
-        problems = [message for _, message in skipped]
-        if self.dist.is_main:
-            for bad, _ in skipped:
-                ckpt.quarantine_checkpoint(bad)
+        loaded, skipped = found or ckpt.find_resume_checkpoint(self.run_dir, fallback=fallback)
+        problems = []
+        for bad, message in skipped:
+            if bad.exists():  # (a `latest` may name a checkpoint that is gone: nothing to rename)
+                message += f" [renamed corrupt-{bad.name}]"
+                if self.dist.is_main:
+                    ckpt.quarantine_checkpoint(bad)
+            problems.append(message)
         path = loaded["path"]
         saved_model = loaded["config"]["model"]
         ours = self.model.cfg.to_dict()
@@ -268,7 +274,7 @@ class Trainer:
         when = (f"after the update of step {self.step}; stopped without saving" if updated
                 else f"at step {self.step + 1}; stopped before updating the weights")
         # Before an update, the weights that failed are step `self.step`'s (maybe checkpointed).
-        advice = ckpt.divergence_advice(self.run_dir, None if updated else self.step,
+        advice = divergence_advice(self.run_dir, None if updated else self.step,
                                         lr=self.cfg.lr, grad_clip=self.cfg.grad_clip)
         raise NonFiniteLossError(f"{what} became {value} {when} (lr {lr:.3g}); {advice}")
 

@@ -130,3 +130,21 @@ def test_bench_lists_benchmarks(capsys):
     assert "prepare" in capsys.readouterr().out
     assert main(["bench", "no-such-benchmark"]) == 2
     assert "unknown benchmark 'no-such-benchmark'" in capsys.readouterr().err
+
+
+def test_prepare_refuses_to_replace_another_corpus_shard_unless_forced(tmp_path, capsys):
+    first, second = tmp_path / "first.txt", tmp_path / "second.txt"
+    first.write_text("the module is imported. " * 40)
+    second.write_text("a name is bound. " * 40)
+    out = tmp_path / "shard"
+    prepare = ["prepare", "--tokenizer", "simple", "--out", str(out), "--no-progress"]
+    assert main([*prepare, str(first)]) == 0
+    assert main([*prepare, str(second)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"holds a token shard of '{first}', not of '{second}'" in err
+    assert "--force" in err and TokenShard.open(out).meta["source"] == str(first)  # left as it was
+
+    first.write_text("the module is imported again. " * 40)  # the same corpus, changed: tokenized again
+    assert main([*prepare, str(first)]) == 0 and "shard written" in capsys.readouterr().out
+    assert main([*prepare, str(second), "--force"]) == 0
+    assert TokenShard.open(out).meta["source"] == str(second)

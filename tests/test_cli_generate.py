@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -187,18 +188,19 @@ def test_generate_stop_text_tokenized_otherwise_json(capsys, monkeypatch, gpt2_t
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--temperature", "-1"], "temperature must be >= 0"),
-        (["--top-k", "0"], "top_k must be an integer >= 1"),
-        (["--top-k", "100000"], "top_k must be at most the vocabulary size"),
-        (["--top-p", "0"], r"top_p must be in (0, 1]"),
-        (["--top-p", "1.5"], r"top_p must be in (0, 1]"),
-        (["--max-new-tokens", "-1"], "max_new_tokens must be an integer >= 0"),
-        (["--num-beams", "0"], "num_beams must be an integer >= 1"),
-        (["--repetition-penalty", "0"], "repetition_penalty must be > 0"),
+        (["--temperature", "-1"], "--temperature must be >= 0"),
+        (["--top-k", "0"], "--top-k must be an integer >= 1"),
+        (["--top-k", "100000"], "--top-k must be at most the vocabulary size"),
+        (["--top-p", "0"], r"--top-p must be in (0, 1]"),
+        (["--top-p", "1.5"], r"--top-p must be in (0, 1]"),
+        (["--max-new-tokens", "-1"], "--max-new-tokens must be an integer >= 0"),
+        (["--num-beams", "0"], "--num-beams must be an integer >= 1"),
+        (["--repetition-penalty", "0"], "--repetition-penalty must be > 0"),
         (["--num-samples", "3"], "identical texts"),
         (["--num-samples", "2", "--num-beams", "3"], "with beam search gives identical texts"),
-        (["--num-beams", "3", "--temperature", "0.8"], "beam search (num_beams > 1) is deterministic"),
-        (["--temperature", "nan"], "temperature must be a finite number"),
+        (["--num-beams", "3", "--temperature", "0.8"], "beam search (--num-beams > 1) is deterministic"),
+        (["--num-beams", "3", "--top-k", "5"], "drop them, or use --num-beams 1 to sample"),
+        (["--temperature", "nan"], "--temperature must be a finite number"),
         (["--stop", ""], "stop"),
     ],
 )
@@ -207,13 +209,46 @@ def test_generate_bad_flags(capsys, checkpoint, flags, message):
     assert code == 2
     assert err.startswith("gptsmith generate: error: ") and message in err
     assert "Traceback" not in err
+    assert not re.search(r"\b(num_beams|top_k|top_p|max_new_tokens|repetition_penalty)\b", err)  # flags
     assert out == ""  # refused before anything is printed, not after the prompt
+
+
+@pytest.mark.parametrize("verb, device", [("generate", "tpu"), ("chat", "gpu"), ("generate", "cuda:x")])
+def test_a_bad_device_is_one_usage_error(capsys, checkpoint, verb, device):
+    with pytest.raises(SystemExit) as exit_info:  # refused by the parser, before any model is loaded
+        main([verb, "--checkpoint", str(checkpoint), "--device", device])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert f"gptsmith {verb}: error: argument --device: unknown device '{device}' (choose from auto, cpu, " \
+        "cuda, cuda:N, mps)" in err
+
+
+def _stdin_bytes(monkeypatch, data: bytes) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="replace"))
+
+
+@pytest.mark.parametrize("piped, prompt", [
+    (b"The module\n", "The module"), (b"The module\r\n", "The module"), (b"The module\n\n", "The module\n"),
+    (b"The module", "The module"), ("caf\u00e9\n".encode(), "caf\u00e9"),
+])
+def test_stdin_prompt_loses_exactly_one_trailing_newline(capsys, checkpoint, monkeypatch, piped, prompt):
+    _stdin_bytes(monkeypatch, piped)
+    argv = ["generate", "--checkpoint", str(checkpoint), "--max-new-tokens", "2", "--json", "-"]
+    code, out, _ = _run(capsys, *argv)
+    assert code == 0 and json.loads(out)["prompt"] == prompt
+
+
+def test_stdin_prompt_that_is_not_utf8_is_one_line_error(capsys, checkpoint, monkeypatch):
+    _stdin_bytes(monkeypatch, b"caf\xe9 au lait\n")  # Latin-1; a text read would give U+FFFD silently
+    code, out, err = _run(capsys, "generate", "--checkpoint", str(checkpoint), "--json", "-")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith("gptsmith generate: error: the prompt on stdin is not UTF-8: byte 0xe9 at offset 3")
 
 
 def test_chat_checks_flags_against_the_model_before_the_first_message(capsys, checkpoint, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO("The module\n"))
     code, out, err = _run(capsys, "chat", "--checkpoint", str(checkpoint), "--top-k", "100000")
-    assert code == 2 and out == "" and "top_k must be at most the vocabulary size" in err
+    assert code == 2 and out == "" and "--top-k must be at most the vocabulary size" in err
     assert "chatting with" not in err
 
 
@@ -331,3 +366,13 @@ def test_alpaca_template(simple_tokenizer):
     assert template_from_config({}) is None
     with pytest.raises(ConfigError, match="does not know"):
         template_from_config({"instruction_template": "chatml"})
+
+
+def test_chat_skips_a_line_that_is_not_utf8_and_goes_on(capsys, checkpoint, monkeypatch):
+    # Strict decoding, as in a UTF-8 locale, where input() would raise UnicodeDecodeError.
+    piped = io.TextIOWrapper(io.BytesIO(b"caf\xe9\nThe module\n"), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdin", piped)
+    code, out, err = _run(capsys, "chat", "--checkpoint", str(checkpoint), "--max-new-tokens", "3")
+    assert code == 0 and "Traceback" not in err
+    assert "gptsmith chat: warning: that line is not UTF-8 (byte 0xe9 at character 3), skipped" in err
+    assert out.count("\n") == 1  # one reply: to "The module"

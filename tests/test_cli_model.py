@@ -50,6 +50,14 @@ def test_info_set_overrides_a_preset(capsys):
     assert "expected FIELD=VALUE" in capsys.readouterr().err
 
 
+def test_info_of_a_very_deep_preset_is_instant(capsys):
+    # gpt2-small's 124,439,808 plus 7,087,872 per extra block; once built all 100,000 blocks (minutes).
+    assert main(["info", "gpt2-small", "--set", "n_layers=100000", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["params_tied"] == 124_439_808 + (100_000 - 12) * 7_087_872
+    assert data["memory_bytes"]["fp32"]["weights"] == 4 * data["params_tied"]
+
+
 def test_info_checks_a_checkpoints_weights(tmp_path, capsys):
     directory = save_model(GPTModel(TINY), tmp_path / "model")
     weights = directory / "model.safetensors"

@@ -4,6 +4,7 @@ a diverging run, a corrupt checkpoint, a full disk (tiny model, simple tokenizer
 from __future__ import annotations
 
 import json
+import os
 import resource
 import signal
 import subprocess
@@ -42,10 +43,12 @@ def test_resume_accepts_the_runs_own_model_and_lists_what_differs(inputs, tmp_pa
     assert main(train_args(corpus, config, run, "--max-steps", "2", "--eval-every", "2")) == 0
     resume = ["train", "--resume", str(run), "--max-steps", "2", "--no-progress"]
     capsys.readouterr()
-    # The same config, context length, data and --out as the run's: accepted.
-    assert main([*resume, "--config", str(config), "--context-length", "32", "--data", str(corpus),
-                 "--out", str(run)]) == 0
-    assert "nothing to train" in capsys.readouterr().out
+    # The same config, context length, data (spelt another way) and --out as the run's: accepted.
+    assert main([*resume, "--config", str(config), "--context-length", "32", "--data",
+                 f"{corpus.parent}/./{corpus.name}", "--out", str(run)]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert main([*resume, "--data", "builtin"]) == 2
+    assert f"data={str(corpus)!r} in the run vs 'builtin' asked for" in one_error_line(capsys)
 
     deeper = tmp_path / "deeper.yaml"
     deeper.write_text(config.read_text().replace("n_layers: 2", "n_layers: 3"))
@@ -124,6 +127,56 @@ def test_fallback_from_the_command_line_trims_metrics_and_samples(inputs, tmp_pa
     assert [r["step"] for r in ckpt.read_metrics(run) if r["kind"] == "train"] == [1, 2, 3, 4]
     headers = [line for line in (run / "samples.txt").read_text().splitlines() if line.startswith("--- step")]
     assert [int(h.split()[2]) for h in headers] == [1, 2, 3, 4]
+
+    (run / "latest").write_text("checkpoints/step-999999\n")  # names a checkpoint that is gone
+    assert main(["train", "--resume", str(run), "--max-steps", "5", "--no-progress"]) == 2
+    assert one_error_line(capsys).endswith(f"{run}/checkpoints/step-999999 does not exist (resume with "
+                                           "--fallback to use the newest good checkpoint)")
+    assert main(["train", "--resume", str(run), "--max-steps", "5", "--fallback", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped a bad checkpoint: " in out and "step-999999 does not exist" in out
+    assert "from step 4" in out
+    assert ckpt.read_pointer(run, "latest") == "checkpoints/step-000005"
+
+
+class CtrlCWhileSaving:
+    """A file for torch.save whose first write brings a Ctrl-C (stop after this step) and whose
+    second brings another (abort): torch reports the KeyboardInterrupt as its own RuntimeError."""
+
+    def __init__(self, file):
+        self.file, self.writes = file, 0
+
+    def write(self, data):
+        self.writes += 1
+        if self.writes <= 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+
+def test_a_second_ctrl_c_while_saving_aborts_and_says_how_to_start_again(inputs, tmp_path, capsys,
+                                                                          monkeypatch):
+    corpus, config = inputs
+    run = tmp_path / "run"
+    save = torch.save
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "save", lambda obj, f, *a, **k: save(obj, CtrlCWhileSaving(f), *a, **k))
+        assert main(train_args(corpus, config, run, "--max-steps", "2")) == 130  # the first save, at step 2
+    no_checkpoint = (f"{run} has no checkpoint (the run stopped before its first one was saved): start it "
+                     f"again with `gptsmith train --out {run} --overwrite` and the same settings")
+    assert capsys.readouterr().err.splitlines() == [f"gptsmith train: {no_checkpoint}",
+                                                    "gptsmith train: interrupted"]
+    assert list((run / "checkpoints").iterdir()) == []  # the partial checkpoint is gone
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    assert one_error_line(capsys) == f"gptsmith train: error: {no_checkpoint}"
+    assert main(train_args(corpus, config, run, "--max-steps", "2")) == 2
+    assert one_error_line(capsys).endswith("already holds a run, with no checkpoint (it stopped before its "
+                                           "first one was saved): replace it with --overwrite, or choose "
+                                           "another --out")
+    assert main(train_args(corpus, config, run, "--max-steps", "2", "--overwrite")) == 0
+    assert ckpt.read_pointer(run, "latest") == "checkpoints/step-000002"
 
 
 def test_a_full_disk_is_one_line_and_the_previous_checkpoint_resumes(inputs, tmp_path, capsys):

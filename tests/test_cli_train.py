@@ -33,6 +33,7 @@ def test_train_eval_and_resume_from_the_command_line(inputs, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(train_args(corpus, config, run, "--max-steps", "20", "--eval-every", "10")) == 0
     out = capsys.readouterr().out
+    assert f"data: {corpus} (tokenizing with simple; cached for the next runs)" in out
     assert "step     0 | train loss" in out and "step    20 | train loss" in out
     assert "sample: " in out and f"gptsmith generate --checkpoint {run}" in out
     evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -53,10 +54,13 @@ def test_train_eval_and_resume_from_the_command_line(inputs, tmp_path, capsys):
     out = capsys.readouterr().out
     val_line = next(line for line in out.splitlines() if line.strip().startswith("val:"))
     loss = float(val_line.split("loss")[1].split()[0])
-    assert loss < math.log(vocab_size) - 1.0 and "perplexity" in val_line
+    assert loss < math.log(vocab_size) - 1.0 and "perplexity" in val_line and "(2 batches of " in val_line
+    assert main(["eval", "--checkpoint", str(run), "--max-batches", "1"]) == 0
+    assert "(1 batch of " in capsys.readouterr().out
 
     assert main(["train", "--resume", str(run), "--max-steps", "25", "--no-progress"]) == 0
-    assert "resuming" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "resuming" in out and f"data: {corpus} (cached tokens)" in out and "tokenizing" not in out
     assert (run / "latest").read_text().strip() == "checkpoints/step-000025"
 
 
@@ -77,13 +81,20 @@ def test_train_eval_and_resume_from_the_command_line(inputs, tmp_path, capsys):
         (["--eval-batches", "0"], "--eval-batches must be > 0"),
         (["--val-fraction", "1.5"], "--val-fraction must be between 0 and 1"),
         (["--fallback"], "--fallback only applies with --resume RUN_DIR"),
+        (["--data", ""], "the corpus name is empty (pass a corpus name or path"),
+        (["--data", "nonexist.txt"], "corpus not found: nonexist.txt"),
+        (["--out", ""], "--out is empty (pass a run directory"),
+        (["--resume", ""], "--resume is empty (pass a run directory"),
     ],
 )
 def test_bad_train_flags_are_one_line_errors(inputs, tmp_path, capsys, extra, message):
     corpus, config = inputs
     assert main(train_args(corpus, config, tmp_path / "bad", "--max-steps", "2", *extra)) == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert err.startswith("gptsmith train: error: ") and message in err and "Traceback" not in err
+    if extra[0] == "--data":
+        assert "data:" not in out  # said only once the corpus resolved
+    assert not (tmp_path / "bad").exists()
 
 
 def test_existing_run_and_resume_flags_are_checked(inputs, tmp_path, capsys):
@@ -100,8 +111,103 @@ def test_existing_run_and_resume_flags_are_checked(inputs, tmp_path, capsys):
     assert "run.json not found" in capsys.readouterr().err
     assert main(train_args(corpus, config, run, "--max-steps", "2", "--eval-every", "2", "--overwrite")) == 0
     capsys.readouterr()
+    run_json = (run / "run.json").read_bytes()
     assert main(["train", "--resume", str(run), "--max-steps", "1", "--no-progress"]) == 0
-    assert "already at step 2, not below --max-steps 1: nothing to train" in capsys.readouterr().out
+    assert capsys.readouterr().out == (f"nothing to do: {run} is already at step 2 >= --max-steps 1 (pass a "
+                                       "larger --max-steps to train it further)\n")
+    assert (run / "run.json").read_bytes() == run_json  # its max_steps stays 2
+
+
+def fake_run(run_dir: Path) -> dict[str, bytes]:
+    """A run directory's files (as bytes by name): enough to count as a run, and to see any deletion."""
+    (run_dir / "checkpoints" / "step-000002").mkdir(parents=True)
+    files = {"run.json": b"{}", "latest": b"checkpoints/step-000002\n", "metrics.jsonl": b"{}\n",
+             "checkpoints/step-000002/config.json": b"{}"}
+    for name, data in files.items():
+        (run_dir / name).write_bytes(data)
+    return files
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--data", "nonexist.txt"], "corpus not found: nonexist.txt"),
+    (["--batch-size", "1000"], "fewer than one batch of 1000"),
+    (["--device", "cuda"], "--device cuda asked for, but PyTorch sees no CUDA GPU"),
+])
+def test_overwrite_checks_every_argument_before_deleting_the_old_run(inputs, tmp_path, capsys, monkeypatch,
+                                                                     extra, message):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on a machine with a GPU
+    corpus, config = inputs
+    run = tmp_path / "run"
+    files = fake_run(run)
+    assert main(train_args(corpus, config, run, "--max-steps", "2", "--overwrite", *extra)) == 2
+    assert message in capsys.readouterr().err
+    assert {name: (run / name).read_bytes() for name in files} == files  # the old run is untouched
+
+
+def test_overwrite_replaces_only_the_run_files(inputs, tmp_path, capsys):
+    corpus, config = inputs
+    run = tmp_path / "run"
+    fake_run(run)
+    (run / "notes.txt").write_text("mine")
+    assert main(train_args(corpus, config, run, "--max-steps", "2", "--overwrite")) == 0
+    assert f"--overwrite: deleted the old run's files in {run}" in capsys.readouterr().out
+    assert (run / "notes.txt").read_text() == "mine"  # not a run file: kept
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-000002"]  # the new run's
+    assert json.loads((run / "run.json").read_text())["model"]
+
+
+def test_out_must_be_a_new_or_empty_folder_or_a_run(inputs, tmp_path, capsys):
+    corpus, config = inputs
+    documents = tmp_path / "documents"
+    documents.mkdir()
+    (documents / "letter.txt").write_text("Dear ...")
+    for overwrite in ([], ["--overwrite"]):  # --overwrite never deletes what is not a run
+        assert main(train_args(corpus, config, documents, "--max-steps", "2", *overwrite)) == 2
+        assert capsys.readouterr().err == (
+            f"gptsmith train: error: --out {documents} is a folder that holds files but no run (no "
+            "run.json); pick a new or empty folder (--overwrite only ever replaces a run)\n")
+    assert [p.name for p in documents.iterdir()] == ["letter.txt"]
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-000002"  # a checkpoint is not a run either
+    fake_run(tmp_path / "run")
+    assert main(train_args(corpus, config, checkpoint, "--max-steps", "2", "--overwrite")) == 2
+    assert f"--out {checkpoint} is a folder that holds files but no run" in capsys.readouterr().err
+    assert [p.name for p in checkpoint.iterdir()] == ["config.json"]
+
+
+@pytest.mark.parametrize(("name", "text", "message"), [
+    ("run.yaml", "model:\n  preset: tiny\n n_layers: 2\n", "cannot parse config file {path} at line 3, "
+     "column 2: expected <block end>, but found '<block mapping start>'"),
+    ("run.json", '{"model": {"preset": "tiny",}}', "cannot parse config file {path} at line 1, column 29: "
+     "Expecting property name enclosed in double quotes"),
+    ("run.yaml", "model:\n  n_layer: 2\n", "unknown GPTConfig field(s) in {path} (model:): n_layer (known: "),
+    ("run.yaml", "train:\n  batch: 2\n", "unknown TrainConfig field(s) in {path}: batch (known: "),
+    ("run.yaml", "model: tiny\n", "{path}: `model:` must hold a mapping of field names to values, got "
+     "'tiny'"),
+    ("configs", None, "config file {path} is a directory (pass a .yaml or .json file)"),
+])
+def test_config_file_errors_name_the_file(tmp_path, capsys, name, text, message):
+    path = tmp_path / name
+    path.mkdir() if text is None else path.write_text(text)
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"gptsmith train: error: {message.format(path=path)}") and err.count("\n") == 1
+
+
+def test_train_and_eval_help_describe_every_flag(capsys):
+    for verb in ("train", "eval"):
+        with pytest.raises(SystemExit):
+            main([verb, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    device_help = "auto (default: CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps"
+    assert f"--device DEVICE where to train: {device_help}" in text
+    assert ("(default: 'The module' on the recipe's own corpus; on any other corpus the sample is "
+            "unprompted)") in text
+    assert "Score a checkpoint (or an untrained preset) on the train and validation splits" in text
+    assert "--batch-size BATCH_SIZE sequences per batch (default: 8)" in text
+    assert f"--device DEVICE {device_help}" in text.split("Score a checkpoint")[1]
+    assert "--seed SEED seed of the untrained weights with --preset (default: 123)" in text
 
 
 @pytest.mark.parametrize(("extra", "message"), [

@@ -139,6 +139,22 @@ def test_left_padded_tensor_with_attention_mask_equals_list_input(model):
     assert torch.equal(generate(model, ids, 10, attention_mask=mask), generate(model, rows, 10))
 
 
+def test_batch_padding_is_what_the_docstring_says_and_strips_as_it_says(model):
+    rows = [[3, 4, 5, 6], [7, 8]]
+    width = max(len(row) for row in rows)
+    out = generate(model, rows, 6)  # no tokenizer and no eos_id: the padding is id 0, a real token
+    assert out[1, : width - 2].tolist() == [0, 0]
+    for i, row in enumerate(rows):  # the documented recipes: prompt + continuation, new tokens
+        alone = generate(model, [row], 6)[0]
+        assert out[i, width - len(row) :].tolist() == alone.tolist()
+        assert out[i, width:].tolist() == alone[len(row) :].tolist()
+    with_pad_id = generate(model, rows, 6, pad_id=96)
+    assert with_pad_id[1, :2].tolist() == [96, 96] and torch.equal(with_pad_id[:, width:], out[:, width:])
+    doc = " ".join(generate.__doc__.split())
+    assert "padded on the left with ``pad_id``" in doc and "``out[:, width:]``" in doc
+    assert "``out[i, width - len(prompts[i]):]``" in doc
+
+
 def test_bad_attention_mask(model):
     ids = torch.tensor([[3, 4, 5], [7, 8, 0]])
     with pytest.raises(GptsmithError, match="left padding"):

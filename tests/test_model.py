@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 
 import pytest
 import torch
@@ -224,3 +226,18 @@ def test_small_cache_overflow_is_a_clear_error(tiny_model):
     cache = tiny_model.new_cache(batch_size=1, max_length=4)
     with pytest.raises(GptsmithError, match="KV cache is full: 0 stored \\+ 5 new > 4"):
         tiny_model(torch.zeros(1, 5, dtype=torch.long), cache=cache)
+
+
+def test_summary_is_instant_for_any_depth_and_exact():
+    # Parameters grow linearly with depth: base + n_layers x one block, both read off real models.
+    one, two = (GPTModel(dataclasses.replace(TINY, n_layers=n)) for n in (1, 2))
+    per_block = two.num_parameters() - one.num_parameters()
+    base = one.num_parameters() - per_block
+    summarize(TINY)  # torch's first op on the meta device imports its reference ops (~1 s, once)
+    start = time.perf_counter()
+    summary = summarize(dataclasses.replace(TINY, n_layers=100_000))
+    assert time.perf_counter() - start < 0.5  # building 100,000 blocks, even on meta, took minutes
+    assert summary.params_tied == base + 100_000 * per_block
+    assert summary.params_untied == summary.params_tied + TINY.vocab_size * TINY.emb_dim
+    assert summary.layers[2][0] == "trf_blocks.[0-99999].att.qkv.weight"
+    assert sum(n for name, _, n in summary.layers if name.startswith("trf_blocks.")) == per_block

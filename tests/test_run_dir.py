@@ -182,3 +182,23 @@ def test_samples_after_the_resumed_step_are_dropped(tmp_path):
     text = (tmp_path / "samples.txt").read_text()
     assert text == ("--- step 1 (tokens seen 128)\ntext of step 1\n--- not a header\n"
                     "--- step 2 (tokens seen 256)\ntext of step 2\n--- not a header\n")
+
+
+# --- what a stopped run has to go on from -----------------------------------------------------
+
+
+def test_resume_advice_names_what_a_stopped_run_has(tmp_path):
+    from gptsmith.run_dir import resume_advice
+
+    (tmp_path / "run.json").write_text("{}")
+    assert resume_advice(tmp_path) == (
+        f"{tmp_path} has no checkpoint (the run stopped before its first one was saved): start it again "
+        f"with `gptsmith train --out {tmp_path} --overwrite` and the same settings")
+    (tmp_path / ckpt.checkpoint_name(2)).mkdir(parents=True)
+    (tmp_path / ckpt.checkpoint_name(2) / "config.json").write_text("{}")
+    ckpt.write_pointer(tmp_path, "latest", ckpt.checkpoint_name(2))
+    assert resume_advice(tmp_path) == (f"checkpoint {tmp_path}/checkpoints/step-000002 is kept (continue "
+                                       f"with: gptsmith train --resume {tmp_path})")
+    ckpt.write_pointer(tmp_path, "latest", ckpt.checkpoint_name(4))  # gone: an older one is left
+    assert resume_advice(tmp_path).endswith(f"(continue from the newest good one with: gptsmith train "
+                                            f"--resume {tmp_path} --fallback)")

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+import traceback
 import warnings
 
 from gptsmith import __version__
@@ -18,6 +19,15 @@ from gptsmith.errors import GptsmithError
 
 # Modules that each add one or more sub-commands (in the order `--help` lists them).
 COMMAND_MODULES = ["data_cmds", "model_cmds", "train_cmds", "generate_cmds", "bench_cmds"]
+
+# A failed file operation, in words, by the name of the innermost function that ran it (pathlib's,
+# os's and shutil's Python-level names); anything else "cannot access" the path.
+OS_OPERATIONS = {
+    "mkdir": "cannot create directory", "makedirs": "cannot create directory", "touch": "cannot create file",
+    "open": "cannot open", "write_text": "cannot write", "write_bytes": "cannot write",
+    "read_text": "cannot read", "read_bytes": "cannot read", "unlink": "cannot remove",
+    "rmdir": "cannot remove", "rename": "cannot move", "replace": "cannot move", "iterdir": "cannot list",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +69,26 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+    except OSError as exc:
+        # A path the user gave that cannot be used (a file where a directory must go, a read-only or
+        # missing place): the user's to fix, so one line, not a traceback. Only OSError: any other
+        # exception is a bug in gptsmith and keeps its traceback.
+        print(f"gptsmith {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
+
+
+def describe_os_error(exc: OSError) -> str:
+    """What failed, on which path, and the system's reason, in one line.
+
+    E.g. ``cannot create directory: notes.txt/shard (Not a directory)``.
+    """
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is None:  # not about a path (a network error, say): the error says it all
+        return reason
+    frames = traceback.extract_tb(exc.__traceback__)
+    operation = OS_OPERATIONS.get(frames[-1].name, "cannot access") if frames else "cannot access"
+    path = str(exc.filename) if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+    return f"{operation}: {path} ({reason})"
 
 
 if __name__ == "__main__":  # pragma: no cover

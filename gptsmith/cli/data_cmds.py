@@ -45,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prepare.add_argument("--threads", type=int, default=None, help="encoder threads (default: all cores)")
     prepare.add_argument("--split", default="0.8,0.1,0.1", metavar="TRAIN,VAL,TEST",
                          help="fractions to report the split sizes for (default: 0.8,0.1,0.1)")
-    prepare.add_argument("--force", action="store_true", help="tokenize again even if the shard is current")
+    prepare.add_argument("--force", action="store_true", help="tokenize again even if the shard is current, "
+                         "and replace a shard of another corpus in --out")
     prepare.add_argument("--no-progress", action="store_true", help="no progress bar")
     prepare.set_defaults(func=run_prepare)
 

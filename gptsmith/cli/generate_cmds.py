@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import sys
 import time
 import warnings
@@ -14,9 +15,16 @@ from typing import Any
 
 import torch
 
-from gptsmith.errors import ConfigError
+from gptsmith.device import DEVICE_HELP, device_arg
+from gptsmith.errors import ConfigError, GptsmithError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# GenerationConfig's fields and the flags that set them, so its messages can name the flags.
+FLAG_OF_FIELD = {
+    "max_new_tokens": "--max-new-tokens", "temperature": "--temperature", "top_k": "--top-k",
+    "top_p": "--top-p", "repetition_penalty": "--repetition-penalty", "seed": "--seed",
+    "num_beams": "--num-beams", "length_penalty": "--length-penalty", "stop_sequences": "--stop",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -80,7 +88,7 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--model", help="GPT-2 by hub name (gpt2, gpt2-medium, ...) or a Hugging Face directory"
     )
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    parser.add_argument("--device", default="auto", type=device_arg, help=DEVICE_HELP)
     parser.add_argument(
         "--dtype", choices=list(DTYPES), default=None, help="weights dtype (default: as saved)"
     )
@@ -155,8 +163,30 @@ def _decoding_options(args: argparse.Namespace, **more: Any) -> dict[str, Any]:
         "seed": args.seed,
         **more,
     }
-    GenerationConfig(**options)
+    with _in_flag_terms():
+        GenerationConfig(**options)
     return options
+
+
+def _flag_terms(message: str) -> str:
+    """A library message with ``generate``'s keyword names as this command's flags.
+
+    ``use num_beams=1`` becomes ``use --num-beams 1`` and ``top_k`` becomes ``--top-k``: the
+    library speaks Python, a user of the command types flags.
+    """
+    for field, flag in FLAG_OF_FIELD.items():
+        message = re.sub(rf"\b{field}=(\w+)", rf"{flag} \1", message)
+        message = re.sub(rf"\b{field}\b", flag, message)
+    return message
+
+
+@contextlib.contextmanager
+def _in_flag_terms() -> Iterator[None]:
+    """Re-raise a decoding option's error (same class) with its message in flag terms."""
+    try:
+        yield
+    except GptsmithError as exc:
+        raise type(exc)(_flag_terms(str(exc))) from None
 
 
 def _warn_of_unused_sampling_flags(args: argparse.Namespace) -> None:
@@ -181,8 +211,9 @@ def _check_for_model(options: dict[str, Any], model: torch.nn.Module, tokenizer:
     from gptsmith.generate import GenerationConfig
     from gptsmith.stopping import normalise_stops
 
-    GenerationConfig(**options).check_vocab(model.cfg.vocab_size)
-    normalise_stops(options.get("stop_sequences"), tokenizer)
+    with _in_flag_terms():
+        GenerationConfig(**options).check_vocab(model.cfg.vocab_size)
+        normalise_stops(options.get("stop_sequences"), tokenizer)
 
 
 def _unescape(text: str) -> str:
@@ -201,7 +232,9 @@ def run_generate(args: argparse.Namespace) -> int:
             f"--num-samples {args.num_samples} with {how} gives identical texts "
             "(sample instead: --temperature 0.8, say, without --num-beams)"
         )
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    from gptsmith.cli.stdin_text import read_stdin_prompt
+
+    prompt = read_stdin_prompt() if args.prompt == "-" else args.prompt
     options = _decoding_options(
         args, num_beams=args.num_beams, length_penalty=args.length_penalty, use_cache=not args.no_cache
     )
@@ -265,6 +298,7 @@ def _warnings_printed() -> Iterator[None]:
 
 def run_chat(args: argparse.Namespace) -> int:
     from gptsmith.chat import Conversation, template_from_config
+    from gptsmith.cli.stdin_text import bad_byte, keep_undecodable_bytes
     from gptsmith.generate import stream_text
 
     options = _decoding_options(args)
@@ -279,6 +313,7 @@ def run_chat(args: argparse.Namespace) -> int:
     options["stop_sequences"] = (options["stop_sequences"] or []) + conversation.stop_sequences or None
     seed = options.pop("seed")
     interactive = sys.stdin.isatty()
+    keep_undecodable_bytes()
     mode = f"instruction template {template}" if template else "plain continuation"
     print(f"chatting with {name} ({mode}); /reset starts over, /exit or Ctrl-D leaves", file=sys.stderr)
     turn = 0
@@ -290,6 +325,10 @@ def run_chat(args: argparse.Namespace) -> int:
             return 0
         command = message.strip()
         if not command:
+            continue
+        problem = bad_byte(message)
+        if problem:  # one bad line need not end the conversation
+            print(f"gptsmith chat: warning: {problem}", file=sys.stderr)
             continue
         if command in ("/exit", "/quit"):
             return 0

@@ -137,6 +137,9 @@ def _describe_source(name: str, overrides: dict | None = None) -> tuple[GPTConfi
 
 
 def _mib(n_bytes: int) -> str:
+    """A size for the memory table, short enough for its columns even for huge --set sizes."""
+    if n_bytes >= 2**40:
+        return f"{n_bytes / 2**40:,.2f} TiB"
     return f"{n_bytes / 2**30:,.2f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:,.1f} MiB"
 
 
@@ -203,12 +206,12 @@ def run_info(args: argparse.Namespace) -> int:
 
 def run_convert(args: argparse.Namespace) -> int:
     from gptsmith.hf_gpt2 import export_hf
+    from gptsmith.storage import check_can_be_directory
     from gptsmith.tokenizer import load_tokenizer
     from gptsmith.weights import load_pretrained, read_model_config, resolve_model_dir, save_model
 
     out: Path = args.out
-    if out.exists() and not out.is_dir():
-        raise GptsmithError(f"--out {out} is a file; pass a directory")
+    check_can_be_directory(out, "--out")  # before the (slow) model load
     if out.is_dir() and any(out.iterdir()) and not args.force:
         raise GptsmithError(f"--out {out} is not empty (pass --force to write into it anyway)")
     model = load_pretrained(args.source, dtype=DTYPES[args.dtype] if args.dtype else None)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gptsmith.cli.train_configs import build_configs, read_run_info, resume_configs
+from gptsmith.cli.train_progress import ProgressPrinter, say
+from gptsmith.device import DEVICE_HELP, device_arg
 from gptsmith.errors import ConfigError
 
 TRAIN_EPILOG = """\
@@ -26,8 +27,8 @@ On --resume only --max-steps, --device, --eval-every, --checkpoint-every, --samp
 --keep-last, --lr, --min-lr and --grad-clip may change (the last three apply from the resumed
 step on, the schedule rebuilt with them: no longer an exact continuation); everything else is
 read from RUN_DIR/run.json, and other flags must ask for the run's own values. Ctrl-C or SIGTERM stops
-after the current step with a checkpoint (exit status 130). A new best validation loss is always
-checkpointed; RUN_DIR/best names it.
+after the current step with a checkpoint (exit status 130); a second Ctrl-C aborts at once, dropping
+a checkpoint half written. A new best validation loss is always checkpointed; RUN_DIR/best names it.
 """
 
 
@@ -60,8 +61,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "shakespeare_complete")
     p.add_argument("--config", help="YAML/JSON file with `model:` (GPTConfig fields, or preset:) and "
                    "`train:` (TrainConfig fields) sections")
-    p.add_argument("--out", help="run directory (default: runs/<date-time>)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--out", help="run directory: a new or empty folder, or a run to --overwrite "
+                   "(default: runs/<date-time>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --out, once every other flag checks out; deletes only its run "
+                   "files (run.json, checkpoints/, latest, best, metrics.jsonl, loss.png, samples.txt). "
+                   "A non-empty folder that is not a run is always refused")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly from its latest checkpoint")
     p.add_argument("--fallback", action="store_true",
                    help="with --resume: if the latest checkpoint is corrupt, use the newest good one")
@@ -88,183 +93,187 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"checkpoints kept besides the best one (default: {d['keep_last']})")
     p.add_argument("--sample-every", type=int,
                    help="steps between samples (default: at every evaluation; 0 = never)")
-    p.add_argument("--prompt", help=f"prompt of the periodic sample (default: {d['sample_prompt']!r})")
+    p.add_argument("--prompt", help=f"prompt of the periodic sample (default: {d['sample_prompt']!r} on the "
+                   "recipe's own corpus; on any other corpus the sample is unprompted)")
     p.add_argument("--tokenizer", help="gpt2 (default) or simple (word-level, learnt from the corpus)")
     p.add_argument("--val-fraction", type=float,
                    help=f"last part of the corpus held out for validation (default: {d['val_fraction']})")
     p.add_argument("--seed", type=int, help=f"seed of weights, data order and dropout (default: {d['seed']})")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--device", type=device_arg, help=f"where to train: {DEVICE_HELP}")
     p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], help="auto = bf16 autocast where faster")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     p.set_defaults(func=run_train)
 
-    e = subparsers.add_parser("eval", help="loss and perplexity per split of a checkpoint")
+    e = subparsers.add_parser(
+        "eval", help="loss and perplexity per split of a checkpoint",
+        description="Score a checkpoint (or an untrained preset) on the train and validation splits of a "
+        "corpus: the mean next-token loss over fixed batches, and its perplexity exp(loss).")
     source = e.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="model or run directory")
     source.add_argument("--preset", help="score an untrained model of this preset (about ln(vocab_size))")
     e.add_argument("--data", help="corpus (default: the run's training data, else builtin)")
-    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--batch-size", type=int, default=8, help="sequences per batch (default: 8)")
     e.add_argument("--context-length", type=int, help="default: the model's (capped at 256 for --preset)")
     e.add_argument("--max-batches", type=int, default=50, help="batches per split (default 50)")
     e.add_argument("--val-fraction", type=float, help="default: the run's, else 0.1")
-    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    e.add_argument("--seed", type=int, default=123)
+    e.add_argument("--device", default="auto", type=device_arg, help=DEVICE_HELP)
+    e.add_argument("--seed", type=int, default=123,
+                   help="seed of the untrained weights with --preset (default: 123)")
     e.set_defaults(func=run_eval)
 
 
 # --- train ----------------------------------------------------------------------------------------
 
 
-def run_train(args: argparse.Namespace) -> int:
-    import dataclasses
+@dataclass
+class _Plan:
+    """What ``gptsmith train`` settles before it builds anything: where, what, and from where."""
 
+    run_dir: Path
+    model_cfg: Any
+    train_cfg: Any
+    tokenizer: Any
+    found: tuple | None = None  # the checkpoint to resume (find_resume_checkpoint's answer)
+    run_info: dict = field(default_factory=dict)  # the resumed run's run.json
+    notes: list[str] = field(default_factory=list)  # printed once resumed
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """``gptsmith train``: check every argument, then (and only then) replace an old run and train."""
     from gptsmith.device import set_seed
     from gptsmith.model import GPTModel
-    from gptsmith.shards import corpus_tokenizer
-    from gptsmith.tokenizer import load_tokenizer
-    from gptsmith.train import prepare_splits
+    from gptsmith.run_dir import clear_run_dir
     from gptsmith.trainer import Trainer
-    from gptsmith.weights import resolve_model_dir
 
-    if args.fallback and not args.resume:
-        raise ConfigError("--fallback only applies with --resume RUN_DIR (it picks the checkpoint to resume)")
-    if args.resume:
-        run_dir = Path(args.resume)
-        run_info = read_run_info(run_dir)
-        model_cfg, train_cfg, notes = resume_configs(args, run_dir, run_info)
-    else:
-        model_cfg, train_cfg = build_configs(args)
-        run_dir = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-        if _rank() == 0:  # under torchrun, one process decides (the others would race with it)
-            _claim_run_dir(run_dir, overwrite=args.overwrite)
-
-    if args.resume:  # the vocabulary the run started with (a word-level one is saved with each checkpoint)
-        tokenizer = load_tokenizer(train_cfg.tokenizer, resolve_model_dir(run_dir))
-    else:
-        tokenizer = corpus_tokenizer(train_cfg.tokenizer, train_cfg.data)
-    if not args.resume and model_cfg.vocab_size != tokenizer.vocab_size:
-        model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
-    _say(f"data: {train_cfg.data} (tokenizing once, then cached)")
-    train_tokens, val_tokens, data_info = prepare_splits(train_cfg.data, tokenizer, train_cfg.val_fraction)
-    if args.resume and run_info.get("data_info", {}).get("checksum") not in (None, data_info["checksum"]):
+    _check_path_flags(args)
+    plan = _plan_resume(args) if args.resume else _plan_new_run(args)
+    if plan is None:
+        return 0
+    run_dir, train_cfg = plan.run_dir, plan.train_cfg
+    train_tokens, val_tokens, data_info = _prepare_data(train_cfg, plan.tokenizer)
+    if plan.run_info.get("data_info", {}).get("checksum") not in (None, data_info["checksum"]):
         raise ConfigError(f"the corpus {train_cfg.data!r} changed since {run_dir} started (its token "
                           "checksum differs); resume needs the same data, or start a new run")
 
     set_seed(train_cfg.seed)  # the initial weights' seed (the Trainer seeds dropout and the rest itself)
-    model = GPTModel(model_cfg)
+    model = GPTModel(plan.model_cfg)
     progress = ProgressPrinter(show_bar=not args.no_progress)
-    trainer = Trainer(model, train_cfg, train_tokens, val_tokens, run_dir=run_dir, tokenizer=tokenizer,
+    # The Trainer checks the device, the batch against the data and the context: the last checks.
+    trainer = Trainer(model, train_cfg, train_tokens, val_tokens, run_dir=run_dir, tokenizer=plan.tokenizer,
                       callbacks=progress, run_info={"data_info": data_info})
-    if args.resume:
-        for problem in trainer.resume(fallback=args.fallback):
-            _say(f"skipped a bad checkpoint (renamed corrupt-step-N): {problem}")
-        _say(f"resuming {run_dir} from step {trainer.step} ({trainer.last_checkpoint})")
-        for note in notes:
-            _say(note)
-        if trainer.step >= train_cfg.max_steps:
-            _say(f"note: the run is already at step {trainer.step}, not below --max-steps "
-                 f"{train_cfg.max_steps}: nothing to train (pass a larger --max-steps to continue)")
+    if plan.found is not None:
+        for problem in trainer.resume(found=plan.found):
+            say(f"skipped a bad checkpoint: {problem}")
+        say(f"resuming {run_dir} from step {trainer.step} ({trainer.last_checkpoint})")
+        for note in plan.notes:
+            say(note)
+    elif args.overwrite and trainer.dist.is_main and clear_run_dir(run_dir):
+        say(f"--overwrite: deleted the old run's files in {run_dir}")
     if train_cfg.warmup_steps >= train_cfg.max_steps:
-        _say(f"note: --warmup-steps {train_cfg.warmup_steps} >= --max-steps {train_cfg.max_steps}: the "
-             f"learning rate never reaches its peak {train_cfg.lr:g} (lower --warmup-steps)")
-    _say(f"corpus: {data_info['n_train_tokens']:,} train + {data_info['n_val_tokens']:,} val tokens")
-    try:
-        result = trainer.fit()
-    finally:
-        progress.close()
-        from gptsmith.distributed import shutdown
+        say(f"note: --warmup-steps {train_cfg.warmup_steps} >= --max-steps {train_cfg.max_steps}: the "
+            f"learning rate never reaches its peak {train_cfg.lr:g} (lower --warmup-steps)")
+    say(f"corpus: {data_info['n_train_tokens']:,} train + {data_info['n_val_tokens']:,} val tokens")
+    result = _fit(trainer, progress, run_dir)
+    return _report(result, run_dir, train_cfg) if trainer.dist.is_main else 0
 
-        shutdown(trainer.dist)
-    if not trainer.dist.is_main:
-        return 0
+
+def _plan_resume(args: argparse.Namespace) -> _Plan | None:
+    """The plan for ``--resume RUN_DIR``; None (after a line saying so) when it has nothing to do."""
+    from gptsmith.checkpointing import find_resume_checkpoint
+    from gptsmith.tokenizer import load_tokenizer
+
+    run_dir = Path(args.resume)
+    run_info = read_run_info(run_dir)
+    model_cfg, train_cfg, notes = resume_configs(args, run_dir, run_info)
+    # Found first: its step may leave nothing to do, and a word-level vocabulary is saved with it.
+    found = find_resume_checkpoint(run_dir, fallback=args.fallback)
+    step = int(found[0]["state"]["step"])
+    if step >= train_cfg.max_steps:  # before anything is written: run.json keeps its --max-steps
+        say(f"nothing to do: {run_dir} is already at step {step} >= --max-steps {train_cfg.max_steps} "
+            "(pass a larger --max-steps to train it further)")
+        return None
+    tokenizer = load_tokenizer(train_cfg.tokenizer, found[0]["path"])
+    return _Plan(run_dir, model_cfg, train_cfg, tokenizer, found=found, run_info=run_info, notes=notes)
+
+
+def _plan_new_run(args: argparse.Namespace) -> _Plan:
+    """The plan for a new run: its configs, an --out it may use (nothing deleted yet), its tokenizer."""
+    import dataclasses
+
+    from gptsmith.run_dir import check_new_run_dir
+    from gptsmith.shards import corpus_tokenizer
+
+    model_cfg, train_cfg = build_configs(args)
+    run_dir = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    check_new_run_dir(run_dir, overwrite=args.overwrite)
+    tokenizer = corpus_tokenizer(train_cfg.tokenizer, train_cfg.data)
+    if model_cfg.vocab_size != tokenizer.vocab_size:
+        model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
+    return _Plan(run_dir, model_cfg, train_cfg, tokenizer)
+
+
+def _report(result: Any, run_dir: Path, train_cfg: Any) -> int:
+    """The closing lines of a run, and its exit status (130 after a stop signal)."""
     if result.stopped == "interrupted":
-        _say(f"stopped at step {result.step} after a stop signal; checkpoint {result.last_checkpoint}")
-        _say(f"continue with: gptsmith train --resume {run_dir}")
+        say(f"stopped at step {result.step} after a stop signal; checkpoint {result.last_checkpoint}")
+        say(f"continue with: gptsmith train --resume {run_dir}")
         return 130
     best = f", best val loss {result.best_val_loss:.3f}" if result.best_val_loss is not None else ""
-    _say(f"done: {result.step} steps, {result.tokens_seen:,} tokens{best}; run directory {run_dir}")
+    say(f"done: {result.step} steps, {result.tokens_seen:,} tokens{best}; run directory {run_dir}")
     prompt = train_cfg.sample_prompt or "Your prompt"
-    _say(f"generate with: gptsmith generate --checkpoint {run_dir} \"{prompt}\"")
+    say(f"generate with: gptsmith generate --checkpoint {run_dir} \"{prompt}\"")
     return 0
 
 
-def _claim_run_dir(run_dir: Path, *, overwrite: bool) -> None:
-    """Refuse to mix a new run into an old one unless --overwrite."""
-    if not run_dir.exists():
-        return
-    if not run_dir.is_dir():
-        raise ConfigError(f"--out {run_dir} is a file (pass a directory)")
-    if (run_dir / "run.json").exists() or (run_dir / "checkpoints").exists():
-        if not overwrite:
-            raise ConfigError(f"{run_dir} already holds a run (continue it with --resume {run_dir}, "
-                              "replace it with --overwrite, or choose another --out)")
-        for name in ("checkpoints", "run.json", "latest", "best", "metrics.jsonl", "loss.png", "samples.txt"):
-            path = run_dir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+def _check_path_flags(args: argparse.Namespace) -> None:
+    """Refuse flags that name no run: an empty --out or --resume (Path("") is the current folder)."""
+    if args.fallback and not args.resume:
+        raise ConfigError("--fallback only applies with --resume RUN_DIR (it picks the checkpoint to resume)")
+    for flag_name, value in (("--out", args.out), ("--resume", args.resume)):
+        if value is not None and not value.strip():
+            raise ConfigError(f"{flag_name} is empty (pass a run directory, e.g. runs/notes)")
 
 
-def _rank() -> int:
-    """This process's rank under torchrun (0 when run alone)."""
-    return int(os.environ.get("RANK", "0"))
+def _prepare_data(train_cfg: Any, tokenizer: Any) -> tuple[Any, Any, dict]:
+    """The (train, val, info) splits of the run's corpus, saying whether it is tokenized now or cached."""
+    from gptsmith.train import prepare_splits
+
+    tokenizing = []
+
+    def on_progress(done: int, total: int | None) -> None:  # called only while tokenizing
+        if not tokenizing:
+            tokenizing.append(True)
+            say(f"data: {train_cfg.data} (tokenizing with {tokenizer.name}; cached for the next runs)")
+
+    splits = prepare_splits(train_cfg.data, tokenizer, train_cfg.val_fraction, progress=on_progress)
+    if not tokenizing:
+        say(f"data: {train_cfg.data} (cached tokens)")
+    return splits
 
 
-def _say(message: str) -> None:
-    """Print one line above the progress bar (rank 0 only)."""
-    from tqdm import tqdm
+def _fit(trainer: Any, progress: ProgressPrinter, run_dir: Path) -> Any:
+    """``trainer.fit()``; a second Ctrl-C aborts it at once, after a line on what the run still has."""
+    from gptsmith.distributed import shutdown
+    from gptsmith.run_dir import resume_advice
 
-    if _rank() == 0:
-        tqdm.write(message, file=sys.stdout)
-
-
-class ProgressPrinter:
-    """Draws the progress bar (step, loss, lr, tokens seen, tokens/s) and prints evals and samples."""
-
-    # Implements every hook of gptsmith.trainer.TrainCallbacks (not imported here: keeps `--help` fast).
-
-    def __init__(self, show_bar: bool = True) -> None:
-        self.show_bar = show_bar
-        self.bar = None
-
-    def on_start(self, info: dict) -> None:
-        from tqdm import tqdm
-
-        _say(f"model: {info['parameters'] / 1e6:.1f}M parameters on {info['device']} ({info['dtype']}, "
-             f"{info['world_size']} process(es)); {info['tokens_per_step']:,} tokens per step "
-             f"({info['accum_steps']} micro-batch(es))")
-        if self.show_bar:
-            self.bar = tqdm(total=info["max_steps"], initial=info["start_step"], unit="step", file=sys.stdout,
-                            dynamic_ncols=True, leave=True)
-
-    def on_step(self, info: dict) -> None:
-        if self.bar is not None:
-            # The numbers first, then the step, so the bar redraws with this step's numbers.
-            self.bar.set_postfix_str(f"loss {info['loss']:.3f} lr {info['lr']:.2e} "
-                                     f"tokens {info['tokens_seen']:,} {info['tokens_per_s']:,.0f} tok/s",
-                                     refresh=False)
-            self.bar.update(1)
-
-    def on_eval(self, info: dict) -> None:
-        ppl = f"{info['val_ppl']:,.1f}" if math.isfinite(info["val_ppl"]) else "inf"
-        _say(f"step {info['step']:>5} | train loss {info['train_loss']:.3f} | "
-             f"val loss {info['val_loss']:.3f} (ppl {ppl}) | tokens seen {info['tokens_seen']:,}")
-
-    def on_sample(self, step: int, text: str) -> None:
-        _say(f"sample: {text!r}")
-
-    def on_checkpoint(self, step: int, path: Path) -> None:
-        pass
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+    try:
+        return trainer.fit()
+    except KeyboardInterrupt:
+        progress.close()
+        if trainer.dist.is_main:  # the CLI then prints "interrupted" and exits with status 130
+            print(f"gptsmith train: {resume_advice(run_dir)}", file=sys.stderr)
+        raise
+    finally:
+        progress.close()
+        shutdown(trainer.dist)
 
 
 # --- eval -----------------------------------------------------------------------------------------
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    """``gptsmith eval``: loss and perplexity of a checkpoint (or an untrained preset) per split."""
     import torch
 
     from gptsmith.batches import FixedBatches
@@ -318,8 +327,9 @@ def run_eval(args: argparse.Namespace) -> int:
         batches = FixedBatches(tokens, context_length, min(args.batch_size, n_windows), args.max_batches)
         with torch.no_grad():
             loss = calc_loss_loader(batches, model, device)
+        n_batches = f"{len(batches)} batch{'es' if len(batches) != 1 else ''}"
         print(f"{split:>5}: loss {loss:.4f}  perplexity {perplexity(loss):,.2f}  "
-              f"({len(batches)} batches of {batches.batch_size}x{context_length} tokens)")
+              f"({n_batches} of {batches.batch_size}x{context_length} tokens)")
     print(f"(an untrained model scores about ln(vocab_size) = ln({model.cfg.vocab_size}) = "
           f"{math.log(model.cfg.vocab_size):.2f})")
     return 0

@@ -39,7 +39,8 @@ CHANGES_TRAINING = ("lr", "min_lr", "grad_clip")
 
 def read_config_file(path: str | None) -> tuple[dict, dict]:
     """The (``model:``, ``train:``) sections of a --config file (empty without one)."""
-    from gptsmith.config import load_config_file
+    from gptsmith.config import check_fields, load_config_file
+    from gptsmith.model import GPTConfig
 
     if not path:
         return {}, {}
@@ -47,7 +48,19 @@ def read_config_file(path: str | None) -> tuple[dict, dict]:
     unknown = sorted(set(data) - {"model", "train"})
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)} (use `model:` and `train:`)")
-    return dict(data.get("model") or {}), dict(data.get("train") or {})
+    model, train = (_section(data, name, path) for name in ("model", "train"))
+    # Checked here, so the error names the file (the train: keys are checked by TrainConfig).
+    check_fields(GPTConfig, {k: v for k, v in model.items() if k != "preset"}, source=f"{path} (model:)")
+    return model, train
+
+
+def _section(data: dict, name: str, path: str) -> dict:
+    """Section ``name`` of a config file as a new dict (absent or empty: {})."""
+    section = data.get(name) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: `{name}:` must hold a mapping of field names to values, "
+                          f"got {section!r}")
+    return dict(section)
 
 
 def flag_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -110,6 +123,7 @@ def read_run_info(run_dir: Path) -> dict:
 
 def resume_configs(args: argparse.Namespace, run_dir: Path, run_info: dict) -> tuple[Any, Any, list[str]]:
     """(GPTConfig, TrainConfig, notes to print) for resuming ``run_dir`` as ``args`` ask."""
+    from gptsmith.corpus import same_corpus
     from gptsmith.model import GPTConfig
     from gptsmith.train import TrainConfig
 
@@ -127,6 +141,8 @@ def resume_configs(args: argparse.Namespace, run_dir: Path, run_info: dict) -> t
     saved = TrainConfig.from_dict(run_info["train"], source=str(run_dir / "run.json"))
     checked, changes = _asked_train_values(args)
     asked = TrainConfig.from_dict({**run_info["train"], **checked}, source=args.config or "flags")
+    if same_corpus(saved.data, asked.data):  # `notes` asks for the run's `notes/`: compare what is read
+        asked = asked.replace(data=saved.data)
     fixed = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in RESUME_FIELDS]
     _refuse_differences("training settings", {k: getattr(saved, k) for k in fixed},
                         {k: getattr(asked, k) for k in fixed}, run_dir,

@@ -1,0 +1,66 @@
+"""What ``gptsmith train`` prints while it runs: lines above a progress bar (step, loss, lr,
+tokens seen, tokens/s), evaluations and samples. Only rank 0 prints under torchrun."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+
+
+def rank() -> int:
+    """This process's rank under torchrun (0 when run alone)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def say(message: str) -> None:
+    """Print one line above the progress bar (rank 0 only)."""
+    from tqdm import tqdm
+
+    if rank() == 0:
+        tqdm.write(message, file=sys.stdout)
+
+
+class ProgressPrinter:
+    """Draws the progress bar (step, loss, lr, tokens seen, tokens/s) and prints evals and samples."""
+
+    # Implements every hook of gptsmith.trainer.TrainCallbacks (not imported here: keeps `--help` fast).
+
+    def __init__(self, show_bar: bool = True) -> None:
+        self.show_bar = show_bar
+        self.bar = None
+
+    def on_start(self, info: dict) -> None:
+        from tqdm import tqdm
+
+        say(f"model: {info['parameters'] / 1e6:.1f}M parameters on {info['device']} ({info['dtype']}, "
+            f"{info['world_size']} process(es)); {info['tokens_per_step']:,} tokens per step "
+            f"({info['accum_steps']} micro-batch(es))")
+        if self.show_bar:
+            self.bar = tqdm(total=info["max_steps"], initial=info["start_step"], unit="step", file=sys.stdout,
+                            dynamic_ncols=True, leave=True)
+
+    def on_step(self, info: dict) -> None:
+        if self.bar is not None:
+            # The numbers first, then the step, so the bar redraws with this step's numbers.
+            self.bar.set_postfix_str(f"loss {info['loss']:.3f} lr {info['lr']:.2e} "
+                                     f"tokens {info['tokens_seen']:,} {info['tokens_per_s']:,.0f} tok/s",
+                                     refresh=False)
+            self.bar.update(1)
+
+    def on_eval(self, info: dict) -> None:
+        ppl = f"{info['val_ppl']:,.1f}" if math.isfinite(info["val_ppl"]) else "inf"
+        say(f"step {info['step']:>5} | train loss {info['train_loss']:.3f} | "
+            f"val loss {info['val_loss']:.3f} (ppl {ppl}) | tokens seen {info['tokens_seen']:,}")
+
+    def on_sample(self, step: int, text: str) -> None:
+        say(f"sample: {text!r}")
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

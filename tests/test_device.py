@@ -1,0 +1,38 @@
+"""Device names: one parser for every verb's --device and for the library's resolve_device."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from gptsmith.device import device_arg, parse_device, resolve_device
+from gptsmith.errors import ConfigError
+
+
+@pytest.mark.parametrize("name, parsed", [
+    ("auto", "auto"), ("cpu", "cpu"), ("CPU", "cpu"), ("cuda", "cuda"), ("cuda:1", "cuda:1"), ("mps", "mps"),
+])
+def test_the_device_spellings(name, parsed):
+    assert parse_device(name) == parsed
+
+
+@pytest.mark.parametrize("name", ["tpu", "gpu", "cuda:", "cuda:x", "cpu:0", ""])
+def test_an_unknown_device_is_one_clear_error(name):
+    message = f"unknown device {name!r} (choose from auto, cpu, cuda, cuda:N, mps)"
+    with pytest.raises(ConfigError) as error:
+        resolve_device(name)  # not torch's RuntimeError listing every backend it knows
+    assert str(error.value) == message
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown device"):
+        device_arg(name)
+
+
+def test_resolve_device_checks_what_is_there():
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="--device cuda:3 asked for, but PyTorch sees no CUDA GPU"):
+            resolve_device("cuda:3")
+    else:
+        with pytest.raises(ConfigError, match="sees only"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
