@@ -49,6 +49,7 @@ CHECKPOINTS = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 RUN_FILE = "run.json"
 SAMPLES_FILE = "samples.txt"
+LOSS_PLOT = "loss.png"
 
 
 def checkpoint_name(step: int) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from gptsmith.checkpointing import (
     CHECKPOINTS,
+    LOSS_PLOT,
     METRICS_FILE,
     RUN_FILE,
     SAMPLES_FILE,
@@ -27,7 +28,7 @@ from gptsmith.checkpointing import (
 from gptsmith.errors import ConfigError
 
 # Everything a run writes at its top level; --overwrite deletes these and nothing else.
-RUN_FILES = (CHECKPOINTS, RUN_FILE, "latest", "best", METRICS_FILE, "loss.png", SAMPLES_FILE)
+RUN_FILES = (CHECKPOINTS, RUN_FILE, "latest", "best", METRICS_FILE, LOSS_PLOT, SAMPLES_FILE)
 
 
 def is_run_dir(path: str | Path) -> bool:

@@ -308,7 +308,7 @@ class Trainer:
     def _plot(self) -> None:
         from gptsmith.explain import plot_losses
 
-        path = self.run_dir / "loss.png"
+        path = self.run_dir / ckpt.LOSS_PLOT
         with ckpt.storage_errors(path):
             plot_losses(ckpt.read_metrics(self.run_dir), path)
 
