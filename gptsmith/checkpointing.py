@@ -36,16 +36,19 @@ import torch
 
 from gptsmith.errors import CheckpointError, ConfigError, StorageError
 from gptsmith.storage import atomic_torch_save, atomic_write_text, write_failure_reason
-from gptsmith.weights import (
+from gptsmith.weights import (  # noqa: F401 (CHECKPOINTS, read_pointer: part of this module's API)
+    CHECKPOINTS,
     CONFIG_FILE,
     WEIGHTS_FILE,
+    broken_pointer_note,
+    complete_checkpoints,
     read_model_config,
+    read_pointer,
     read_safetensors,
     save_model,
 )
 
 STATE_FILE = "training_state.pt"
-CHECKPOINTS = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 RUN_FILE = "run.json"
 SAMPLES_FILE = "samples.txt"
@@ -105,6 +108,8 @@ def storage_errors(path: Path) -> Iterator[None]:
 def _what_is_left(run_dir: Path, latest: str | None, full: bool) -> str:
     """The tail of a failed write's message: the checkpoint kept, and how to go on from it."""
     fix = "free some space" if full else "fix that"
+    if not latest and list_checkpoints(run_dir):
+        latest = f"{CHECKPOINTS}/{list_checkpoints(run_dir)[-1].name}"
     if latest:
         return (f"the previous checkpoint {run_dir / latest} is intact ({fix}, then resume with "
                 f"--resume {run_dir})")
@@ -173,9 +178,11 @@ def write_pointer(run_dir: Path, name: str, target: str) -> None:
         atomic_write_text(path, target + "\n")
 
 
-def read_pointer(run_dir: Path, name: str) -> str | None:
-    path = Path(run_dir) / name
-    return path.read_text(encoding="utf-8").strip() if path.is_file() else None
+def pointer_is_broken(run_dir: Path) -> bool:
+    """Whether ``latest`` is missing, unreadable or names a directory that is gone (the run is then
+    resumed from its newest complete checkpoint, see ``find_resume_checkpoint``)."""
+    latest = read_pointer(run_dir, "latest")
+    return latest is None or not (Path(run_dir) / latest).is_dir()
 
 
 def is_complete(checkpoint_dir: Path) -> bool:
@@ -196,7 +203,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     A directory whose save was interrupted is left out: it can never be resumed from, so it must
     not count among the last ``keep_last`` in place of a good one.
     """
-    return [p for p in _step_dirs(run_dir) if is_complete(p)]
+    return complete_checkpoints(run_dir)
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int, *, keep: Iterable[str] = ()) -> list[Path]:
@@ -307,7 +314,13 @@ def find_resume_checkpoint(
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory not found: {run_dir} (pass the --out of an earlier run)")
     latest = read_pointer(run_dir, "latest")
-    candidates = [run_dir / latest] if latest else []
+    candidates = [run_dir / latest] if latest and not pointer_is_broken(run_dir) else []
+    note = None
+    if not candidates and not fallback and list_checkpoints(run_dir):
+        # A missing or broken pointer loses nothing: the newest complete checkpoint is the run's.
+        candidates = [list_checkpoints(run_dir)[-1]]
+        note = f"{broken_pointer_note(run_dir)}; resuming from the newest good one, {CHECKPOINTS}/" \
+               f"{candidates[0].name}"
     if fallback:  # every step-N directory, so the incomplete ones are quarantined too
         candidates += [p for p in reversed(_step_dirs(run_dir)) if p not in candidates]
     if not candidates:
@@ -315,7 +328,9 @@ def find_resume_checkpoint(
     problems = []
     for candidate in candidates:
         try:
-            return check_checkpoint(candidate), problems
+            loaded = check_checkpoint(candidate)
+            loaded["note"] = note if candidate == candidates[0] else None
+            return loaded, problems
         except CheckpointError as exc:
             if not fallback:
                 raise

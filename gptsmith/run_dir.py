@@ -23,6 +23,7 @@ from gptsmith.checkpointing import (
     is_complete,
     list_checkpoints,
     no_checkpoint_message,
+    pointer_is_broken,
     read_pointer,
 )
 from gptsmith.errors import ConfigError
@@ -82,6 +83,9 @@ def resume_advice(run_dir: str | Path) -> str:
     latest = read_pointer(run_dir, "latest")
     if latest and is_complete(run_dir / latest):
         return f"checkpoint {run_dir / latest} is kept (continue with: gptsmith train --resume {run_dir})"
+    if pointer_is_broken(run_dir) and list_checkpoints(run_dir):  # --resume finds the newest one
+        newest = run_dir / CHECKPOINTS / list_checkpoints(run_dir)[-1].name
+        return f"checkpoint {newest} is kept (continue with: gptsmith train --resume {run_dir})"
     if list_checkpoints(run_dir):
         return (f"{run_dir}/latest names no complete checkpoint (continue from the newest good one with: "
                 f"gptsmith train --resume {run_dir} --fallback)")

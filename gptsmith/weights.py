@@ -10,13 +10,16 @@ With tied weights the output head *is* the token embedding, so only ``tok_emb.we
 stored (safetensors refuses to store one tensor twice) and the tie is rebuilt on load.
 
 A *run directory* (written by the trainer) holds a text file ``latest`` whose content is the
-relative path of its newest model directory; every loader here accepts either kind.
+relative path of its newest model directory; every loader here accepts either kind. A run whose
+``latest`` is missing or names no complete checkpoint is read from its newest complete
+``checkpoints/step-N`` instead, with a warning that says so (``resolve_model_dir``).
 Hugging Face GPT-2 directories and hub names are handled by ``gptsmith.hf_gpt2``.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -32,6 +35,7 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 LATEST_FILE = "latest"
+CHECKPOINTS = "checkpoints"  # a run directory's folder of step-N model directories
 # Our GPT-2 preset names -> the Hugging Face hub repositories of OpenAI's released weights.
 PRESET_HUB_NAMES = {
     "gpt2-small": "gpt2",
@@ -107,16 +111,20 @@ def resolve_model_dir(path: str | Path) -> Path:
         )
     if (path / CONFIG_FILE).is_file():
         return path
-    latest = path / LATEST_FILE
-    if latest.is_file():
-        target_name = latest.read_text(encoding="utf-8").strip()
-        target = (path / target_name).resolve()
-        if not (target / CONFIG_FILE).is_file():
+    if (path / LATEST_FILE).exists() or (path / CHECKPOINTS).is_dir():  # a run directory
+        target_name = read_pointer(path, LATEST_FILE)
+        if target_name and (path / target_name / CONFIG_FILE).is_file():
+            return (path / target_name).resolve()
+        newest = newest_complete_checkpoint(path)
+        if newest is None:
             raise CheckpointError(
-                f"run directory {path}: its `latest` file points to {target_name!r}, which has no "
-                f"{CONFIG_FILE} (the checkpoint was deleted or is incomplete; edit `latest`)"
+                f"run directory {path} has no complete checkpoint (its `latest` names "
+                f"{target_name or 'nothing'}, and {CHECKPOINTS}/ holds no step with a {CONFIG_FILE}): "
+                "train it, or pass another checkpoint"
             )
-        return target
+        warnings.warn(f"{broken_pointer_note(path)}; using the newest complete one, "
+                      f"{CHECKPOINTS}/{newest.name}", stacklevel=2)
+        return newest.resolve()
     if (path / WEIGHTS_FILE).is_file():
         raise CheckpointError(
             f"{path} has {WEIGHTS_FILE} but no {CONFIG_FILE} (copy the config.json saved with it)"
@@ -125,6 +133,39 @@ def resolve_model_dir(path: str | Path) -> Path:
         f"{path} is not a model directory: no {CONFIG_FILE} (expected config.json + model.safetensors, "
         f"or a run directory with a `{LATEST_FILE}` file)"
     )
+
+
+def read_pointer(run_dir: str | Path, name: str = LATEST_FILE) -> str | None:
+    """What the pointer file ``RUN_DIR/name`` (``latest`` or ``best``) names, e.g.
+    ``checkpoints/step-000300``; None when it is missing, empty or not text (a broken pointer)."""
+    path = Path(run_dir) / name
+    try:
+        return path.read_text(encoding="utf-8").strip() or None if path.is_file() else None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The ``checkpoints/step-N`` directories of a run whose save finished (config.json is written
+    last), oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir()
+                  if p.is_dir() and p.name.startswith("step-") and (p / CONFIG_FILE).is_file())
+
+
+def newest_complete_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run, or None: what a broken ``latest`` is recovered from."""
+    checkpoints = complete_checkpoints(run_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def broken_pointer_note(run_dir: str | Path) -> str:
+    """How a run's broken ``latest`` is described wherever it is recovered from (train, generate, info)."""
+    target = read_pointer(run_dir, LATEST_FILE)
+    why = "is missing or unreadable" if target is None else f"names {target!r}, which is gone"
+    return f"{Path(run_dir)}/{LATEST_FILE} names no checkpoint (it {why})"
 
 
 def read_model_config(path: str | Path) -> dict:

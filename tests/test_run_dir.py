@@ -199,6 +199,9 @@ def test_resume_advice_names_what_a_stopped_run_has(tmp_path):
     ckpt.write_pointer(tmp_path, "latest", ckpt.checkpoint_name(2))
     assert resume_advice(tmp_path) == (f"checkpoint {tmp_path}/checkpoints/step-000002 is kept (continue "
                                        f"with: gptsmith train --resume {tmp_path})")
-    ckpt.write_pointer(tmp_path, "latest", ckpt.checkpoint_name(4))  # gone: an older one is left
+    ckpt.write_pointer(tmp_path, "latest", ckpt.checkpoint_name(4))  # gone: --resume finds step 2
+    assert resume_advice(tmp_path) == (f"checkpoint {tmp_path}/checkpoints/step-000002 is kept (continue "
+                                       f"with: gptsmith train --resume {tmp_path})")
+    (tmp_path / ckpt.checkpoint_name(4)).mkdir()  # there, but incomplete: --fallback skips it
     assert resume_advice(tmp_path).endswith(f"(continue from the newest good one with: gptsmith train "
                                             f"--resume {tmp_path} --fallback)")

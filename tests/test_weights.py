@@ -61,8 +61,11 @@ def test_run_directory_resolves_through_latest(tmp_path):
     assert resolve_model_dir(tmp_path) == (tmp_path / "checkpoints" / "step-000010").resolve()
     assert load_model(tmp_path).cfg == TINY
     assert resolve_model_dir(tmp_path / "checkpoints" / "step-000010" / "config.json").name == "step-000010"
-    atomic_write_text(tmp_path / "latest", "checkpoints/step-000020")
-    with pytest.raises(CheckpointError, match="points to 'checkpoints/step-000020'"):
+    atomic_write_text(tmp_path / "latest", "checkpoints/step-000020")  # gone: the newest complete one
+    with pytest.warns(UserWarning, match="names 'checkpoints/step-000020', which is gone.*step-000010"):
+        assert resolve_model_dir(tmp_path).name == "step-000010"
+    (tmp_path / "checkpoints" / "step-000010" / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="has no complete checkpoint"):
         resolve_model_dir(tmp_path)
 
 

@@ -188,6 +188,8 @@ def _plan_resume(args: argparse.Namespace) -> _Plan | None:
     model_cfg, train_cfg, notes = resume_configs(args, run_dir, run_info)
     # Found first: its step may leave nothing to do, and a word-level vocabulary is saved with it.
     found = find_resume_checkpoint(run_dir, fallback=args.fallback)
+    if found[0].get("note"):
+        notes = [found[0]["note"], *notes]
     step = int(found[0]["state"]["step"])
     if step >= train_cfg.max_steps:  # before anything is written: run.json keeps its --max-steps
         say(f"nothing to do: {run_dir} is already at step {step} >= --max-steps {train_cfg.max_steps} "

@@ -1,0 +1,93 @@
+"""A run whose `latest` pointer is missing or broken is recovered from its newest good checkpoint,
+by `train --resume`, `generate` and `info` alike; no message ever advises `--overwrite` while a
+loadable checkpoint exists (tiny model, simple tokenizer, small corpus)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from gptsmith import checkpointing as ckpt
+from gptsmith.cli import main
+from gptsmith.run_dir import resume_advice
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_cli_train import train_args  # noqa: E402
+from test_resume import write_cli_inputs  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(corpus, config, run) of a 4-step run with checkpoints at steps 2 and 4 (made once)."""
+    root = tmp_path_factory.mktemp("recovery")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GPTSMITH_CACHE_DIR", str(root / "cache"))
+        corpus, config = write_cli_inputs(root)
+        run = root / "run"
+        assert main(train_args(corpus, config, run, "--max-steps", "4", "--checkpoint-every", "2",
+                               "--eval-every", "4")) == 0
+    return corpus, config, run
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path, monkeypatch) -> Path:
+    """A private copy of the trained run (each test breaks it its own way)."""
+    monkeypatch.setenv("GPTSMITH_CACHE_DIR", str(trained[2].parent / "cache"))
+    run = tmp_path / "run"
+    shutil.copytree(trained[2], run)
+    return run
+
+
+def one_error_line(capsys, verb: str) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith(f"gptsmith {verb}: error: ") and err.count("\n") == 1, err
+    return err.strip()
+
+
+@pytest.mark.parametrize("breakage", ["deleted", "empty", "garbage", "points nowhere"])
+def test_a_run_with_a_broken_latest_resumes_from_its_newest_good_checkpoint(run_copy, capsys, breakage):
+    latest = run_copy / "latest"
+    if breakage == "deleted":
+        latest.unlink()
+    elif breakage == "empty":
+        latest.write_text("")
+    elif breakage == "garbage":
+        latest.write_bytes(b"\xff\xfe\x00junk")
+    else:
+        latest.write_text("checkpoints/step-000099\n")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run_copy), "--max-steps", "6", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"{run_copy}/latest names no checkpoint" in out and "checkpoints/step-000004" in out
+    assert f"resuming {run_copy} from step 4" in out
+    assert ckpt.read_pointer(run_copy, "latest") == "checkpoints/step-000006"
+    assert (run_copy / "checkpoints" / "step-000004").is_dir()  # nothing was deleted
+
+
+def test_generate_and_info_use_the_newest_good_checkpoint_and_say_so(run_copy, capsys):
+    (run_copy / "latest").unlink()
+    (run_copy / "checkpoints" / "step-000004" / "config.json").unlink()  # an interrupted save
+    capsys.readouterr()
+    assert main(["info", str(run_copy)]) == 0
+    captured = capsys.readouterr()
+    assert "checkpoints/step-000002" in captured.out
+    assert f"{run_copy}/latest names no checkpoint (it is missing or unreadable); using the newest " \
+        "complete one, checkpoints/step-000002" in captured.err
+    assert main(["generate", "--checkpoint", str(run_copy), "--max-new-tokens", "3", "--device", "cpu",
+                 "the"]) == 0
+    assert "checkpoints/step-000002" in capsys.readouterr().err
+
+
+def test_no_advice_to_overwrite_while_a_checkpoint_loads(run_copy, capsys):
+    (run_copy / "latest").unlink()
+    capsys.readouterr()
+    # What a stopped run says: resume it (the newest good checkpoint is found), never overwrite it.
+    assert resume_advice(run_copy).endswith(f"(continue with: gptsmith train --resume {run_copy})")
+    # With every checkpoint incomplete there is nothing to load: then (only then) start again.
+    for step in ("step-000002", "step-000004"):
+        (run_copy / "checkpoints" / step / "config.json").unlink()
+    assert main(["train", "--resume", str(run_copy), "--no-progress"]) == 2
+    assert "--overwrite" in one_error_line(capsys, "train")
