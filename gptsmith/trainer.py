@@ -25,6 +25,7 @@ from gptsmith.data import count_windows
 from gptsmith.device import autocast, resolve_autocast_dtype, resolve_device, set_seed, tune_cpu_allocator
 from gptsmith.distributed import DistContext, all_reduce_mean, any_rank, barrier, init_distributed
 from gptsmith.errors import CheckpointError, ConfigError, DataError
+from gptsmith.memory import check_train_memory
 from gptsmith.run_dir import divergence_advice
 from gptsmith.schedule import build_optimizer, lr_at_step
 from gptsmith.storage import atomic_write_json
@@ -65,16 +66,17 @@ class Trainer:
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
         self.amp_dtype = resolve_autocast_dtype(cfg.dtype, self.device, model.cfg.emb_dim)
-        if self.device.type == "cpu":
-            tune_cpu_allocator()  # 3-4x faster steps on Linux: no page faults for the big buffers
-        self.model = model.to(self.device)
-        self.model.train()
         self.context_length = cfg.context_length or model.cfg.context_length
         if self.context_length > model.cfg.context_length:
             raise ConfigError(
                 f"--context-length {self.context_length} is longer than the model's context_length "
                 f"{model.cfg.context_length} (lower it, or pick a preset with a longer context)"
             )
+        check_train_memory(model.cfg, cfg.batch_size, self.context_length, self.device)  # before any step
+        if self.device.type == "cpu":
+            tune_cpu_allocator()  # 3-4x faster steps on Linux: no page faults for the big buffers
+        self.model = model.to(self.device)
+        self.model.train()
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.tokenizer = tokenizer
         self.callbacks = callbacks or TrainCallbacks()

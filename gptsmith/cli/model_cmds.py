@@ -41,6 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="overrides",
                       help="change a field of a preset (repeatable): vocab_size, context_length, emb_dim, "
                       "n_heads, n_layers, drop_rate, qkv_bias, tie_weights")
+    info.add_argument("--batch-size", type=int, default=8,
+                      help="sequences per step, for the estimate of a training step's memory (default 8)")
+    info.add_argument("--context-length", type=int, default=None,
+                      help="tokens per sequence for that estimate (default: the model's context)")
     info.add_argument("--json", action="store_true", help="print the numbers as JSON instead of tables")
     info.set_defaults(func=run_info)
 
@@ -143,8 +147,26 @@ def _mib(n_bytes: int) -> str:
     return f"{n_bytes / 2**30:,.2f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:,.1f} MiB"
 
 
+def _train_step(args: argparse.Namespace, cfg: GPTConfig) -> dict:
+    """--batch-size, --context-length (checked) and the estimated peak bytes of one training step."""
+    from gptsmith.memory import train_step_memory
+
+    context = cfg.context_length if args.context_length is None else args.context_length
+    for flag, value in (("--batch-size", args.batch_size), ("--context-length", context)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
+    if context > cfg.context_length:
+        raise ConfigError(f"--context-length {context} is longer than the model's context of "
+                          f"{cfg.context_length} (lower it, or --set context_length={context} on a preset)")
+    return {"batch_size": args.batch_size, "context_length": context,
+            **train_step_memory(cfg, args.batch_size, context)}
+
+
 def run_info(args: argparse.Namespace) -> int:
+    from gptsmith.memory import available_memory, gib
+
     cfg, description, extra = _describe_source(args.model, _parse_overrides(args.overrides))
+    step = _train_step(args, cfg)
     summary = summarize(cfg)
     memory = {"fp32": summary.memory_bytes(4), "bf16": summary.memory_bytes(2)}
     if args.json:
@@ -158,6 +180,7 @@ def run_info(args: argparse.Namespace) -> int:
                     "params": summary.params,
                     "layers": [{"name": n, "shape": s, "params": p} for n, s, p in summary.layers],
                     "memory_bytes": memory,
+                    "train_step": step,
                     "checkpoint": extra,
                 },
                 indent=2,
@@ -200,6 +223,13 @@ def run_info(args: argparse.Namespace) -> int:
         "(activations come on top and grow with batch size x context length. bf16 autocast keeps "
         "weights, gradients and AdamW states in fp32: budget the fp32 row; the bf16 row is pure bf16.)"
     )
+    available = available_memory("cpu")
+    lines += ["", f"one training step at batch {step['batch_size']:,} x context {step['context_length']:,}: "
+              f"about {gib(step['total'])} (weights and AdamW {gib(step['weights_and_optimizer'])}, "
+              f"activations {gib(step['activations'])}, logits {gib(step['logits'])})",
+              f"(a conservative estimate, checked by `gptsmith train` before it starts; this machine has "
+              f"{gib(available) if available is not None else 'an unknown amount'} available. Lower it with "
+              "--batch-size or --context-length)"]
     print("\n".join(lines))
     return 0
 

@@ -151,6 +151,7 @@ def run_train(args: argparse.Namespace) -> int:
     if plan is None:
         return 0
     run_dir, train_cfg = plan.run_dir, plan.train_cfg
+    _check_memory(plan)  # in a second, before the corpus is tokenized or the model built
     train_tokens, val_tokens, data_info = _prepare_data(train_cfg, plan.tokenizer)
     if plan.run_info.get("data_info", {}).get("checksum") not in (None, data_info["checksum"]):
         raise ConfigError(f"the corpus {train_cfg.data!r} changed since {run_dir} started (its token "
@@ -213,6 +214,17 @@ def _plan_new_run(args: argparse.Namespace) -> _Plan:
     if model_cfg.vocab_size != tokenizer.vocab_size:
         model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
     return _Plan(run_dir, model_cfg, train_cfg, tokenizer)
+
+
+def _check_memory(plan: _Plan) -> None:
+    """Refuse a run whose training step cannot fit in memory (the Trainer checks again, for callers
+    of the library; here it comes before the slow parts)."""
+    from gptsmith.device import resolve_device
+    from gptsmith.memory import check_train_memory
+
+    cfg = plan.train_cfg
+    check_train_memory(plan.model_cfg, cfg.batch_size, cfg.context_length or plan.model_cfg.context_length,
+                       resolve_device(cfg.device))
 
 
 def _report(result: Any, run_dir: Path, train_cfg: Any) -> int:
