@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from gptsmith.errors import NonFiniteError
+
 if TYPE_CHECKING:
     from gptsmith.generate import GenerationConfig
 
@@ -93,8 +95,13 @@ class TokenPicker:
         """Logits after the repetition penalty and (when sampling) temperature, top-k and top-p."""
         if self.seen is not None:
             logits = apply_repetition_penalty(logits, self.seen, self.repetition_penalty)
+            logits = logits.clamp(max=torch.finfo(logits.dtype).max)  # a tiny penalty may overflow to inf
         if self.temperature > 0:
-            logits = logits / self.temperature
+            # Less each row's largest logit (no probability changes), divided in float64 (where even
+            # 5e-324 is not 0), so a tiny temperature sends the others to -inf and the best to 0, not
+            # inf - inf = nan: its limit, greedy, not a crash.
+            shifted = (logits - logits.amax(dim=-1, keepdim=True)).double()
+            logits = (shifted / self.temperature).to(logits.dtype)
             if self.top_k is not None:
                 logits = top_k_filter(logits, self.top_k)
             if self.top_p is not None:
@@ -115,6 +122,14 @@ class TokenPicker:
     def mark_seen(self, next_ids: torch.Tensor) -> None:
         if self.seen is not None:
             self.seen[torch.arange(next_ids.shape[0], device=next_ids.device), next_ids] = True
+
+
+def non_finite_message(logits: torch.Tensor) -> str:
+    """The one line for a model whose logits hold NaN or inf (broken weights, not bad options)."""
+    kind = "nan" if bool(torch.isnan(logits).any()) else "inf"
+    return (f"the model's next-token logits are not finite ({kind}): its weights are broken, e.g. a "
+            "checkpoint of a run that diverged (load an earlier checkpoint, or train again with a "
+            "lower --lr)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,12 +163,14 @@ class DecodeState:
         self.context_length = model.cfg.context_length
         batch, n_prompt = ids.shape
         total = n_prompt + max_new_tokens
-        # Preallocated buffers: columns [0, length) are filled.
-        self.seq = ids.new_zeros((batch, total))
+        # Buffers of room for a context's worth of new tokens, doubled when full (``append``), so
+        # memory follows the tokens generated, never max_new_tokens. Columns [0, length) are filled.
+        room = n_prompt + min(max_new_tokens, self.context_length)
+        self.seq = ids.new_zeros((batch, room))
         self.seq[:, :n_prompt] = ids
         self.mask = None
         if mask is not None and not bool(mask.all()):
-            self.mask = mask.new_ones((batch, total))
+            self.mask = mask.new_ones((batch, room))
             self.mask[:, :n_prompt] = mask
         self.length = n_prompt
         self.cache = None
@@ -200,10 +217,17 @@ class DecodeState:
                 position_ids=positions,
                 last_token_only=True,
             )
-        return logits[:, -1, :].float()  # (batch, vocab_size)
+        logits = logits[:, -1, :].float()  # (batch, vocab_size)
+        if not bool(torch.isfinite(logits).all()):  # every decoder picks from here: one check for all
+            raise NonFiniteError(non_finite_message(logits))
+        return logits
 
     def append(self, next_ids: torch.Tensor) -> None:
-        """Add one token to every row (batch,)."""
+        """Add one token to every row (batch,), doubling the buffers when they are full."""
+        if self.length == self.seq.shape[1]:
+            self.seq = torch.cat([self.seq, torch.zeros_like(self.seq)], dim=1)
+            if self.mask is not None:
+                self.mask = torch.cat([self.mask, torch.ones_like(self.mask)], dim=1)
         self.seq[:, self.length] = next_ids
         self.length += 1
 

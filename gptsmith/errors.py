@@ -25,3 +25,7 @@ class CheckpointError(GptsmithError):
 
 class StorageError(GptsmithError):
     """A file could not be written: the disk is full, or the directory is not writable."""
+
+
+class NonFiniteError(GptsmithError):
+    """A model gave NaN or infinite outputs: its weights are broken (a run that diverged, say)."""

@@ -93,8 +93,27 @@ class GenerationConfig:
         if self.seed is not None:
             _check_int("seed", self.seed, 0, "use a non-negative integer")
 
+    def check_model(self, model: torch.nn.Module) -> None:
+        """The checks that need the model: ids, top_k and beams must fit its vocabulary, and the
+        beams' KV caches its device's memory (see ``gptsmith.memory``)."""
+        from gptsmith import memory
+
+        self.check_vocab(model.cfg.vocab_size)
+        if self.num_beams > 1:
+            weight = next(model.parameters())
+            need = memory.generation_memory(model.cfg, self.num_beams, model.cfg.context_length,
+                                            bytes_per_value=weight.element_size())
+            available = memory.available_memory(weight.device)
+            if available is not None and need > available:
+                raise ConfigError(f"beam search with {self.num_beams} beams needs about "
+                                  f"{memory.gib(need)} but only {memory.gib(available)} of memory is "
+                                  f"available on {weight.device} (lower num_beams)")
+
     def check_vocab(self, vocab_size: int) -> None:
-        """The checks that need the model: ids and top_k must fit its vocabulary."""
+        """The checks that need the vocabulary size: ids, top_k and num_beams must fit it."""
+        if self.num_beams > vocab_size:
+            raise ConfigError(f"num_beams must be at most the vocabulary size {vocab_size}, got "
+                              f"{self.num_beams} (each beam ends in a different token)")
         if self.top_k is not None and self.top_k > vocab_size:
             raise ConfigError(f"top_k must be at most the vocabulary size {vocab_size}, got {self.top_k}")
         if self.eos_id is not None and self.eos_id != NO_EOS and self.eos_id >= vocab_size:
@@ -116,7 +135,7 @@ def _checked_config(model: torch.nn.Module, tokenizer: Any, **fields: Any) -> Ge
     ``resolve_eos_id``: the tokenizer's ``<|endoftext|>`` by default, None for ``NO_EOS``)."""
     cfg = GenerationConfig(**fields)
     cfg = dataclasses.replace(cfg, eos_id=resolve_eos_id(cfg.eos_id, tokenizer))
-    cfg.check_vocab(model.cfg.vocab_size)
+    cfg.check_model(model)
     return cfg
 
 

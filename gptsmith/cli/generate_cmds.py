@@ -212,7 +212,7 @@ def _check_for_model(options: dict[str, Any], model: torch.nn.Module, tokenizer:
     from gptsmith.stopping import normalise_stops
 
     with _in_flag_terms():
-        GenerationConfig(**options).check_vocab(model.cfg.vocab_size)
+        GenerationConfig(**options).check_model(model)
         normalise_stops(options.get("stop_sequences"), tokenizer)
 
 
