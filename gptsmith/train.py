@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from gptsmith.config import from_dict, replace
 from gptsmith.device import DTYPES, autocast, parse_device
-from gptsmith.errors import ConfigError, DataError, GptsmithError
+from gptsmith.errors import ConfigError, DataError, NonFiniteError
 
 
 @dataclass
@@ -192,6 +192,21 @@ def evaluate(
     return train_loss, val_loss
 
 
+def outputs_are_finite(model: torch.nn.Module, batches, *, device: torch.device | str | None = None,
+                       amp_dtype: torch.dtype | None = None) -> bool:
+    """Whether the logits of the first batch of ``batches`` are all finite (eval mode, no dropout,
+    no RNG drawn): weights can be finite and still give NaN, and such a model must not be saved."""
+    was_training = model.training
+    model.eval()
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    try:
+        inputs, _ = next(iter(batches))
+        with torch.no_grad(), autocast(dev, amp_dtype):
+            return bool(torch.isfinite(model(inputs.to(dev))).all())
+    finally:
+        model.train(was_training)
+
+
 def perplexity(loss: float) -> float:
     """exp(loss): the effective number of tokens the model hesitates between (inf on overflow)."""
     try:
@@ -200,7 +215,7 @@ def perplexity(loss: float) -> float:
         return float("inf")
 
 
-class NonFiniteLossError(GptsmithError):
+class NonFiniteLossError(NonFiniteError):
     """The training loss became NaN or infinite; training stopped before the bad update."""
 
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from gptsmith import checkpointing as ckpt
 from gptsmith.batches import FixedBatches, WindowSampler
+from gptsmith.config import to_dict
 from gptsmith.data import count_windows
 from gptsmith.device import autocast, resolve_autocast_dtype, resolve_device, set_seed, tune_cpu_allocator
 from gptsmith.distributed import DistContext, all_reduce_mean, any_rank, barrier, init_distributed
@@ -36,6 +37,7 @@ from gptsmith.train import (  # TrainCallbacks and TrainResult are part of this 
     TrainResult,
     environment_info,
     evaluate,
+    outputs_are_finite,
     perplexity,
 )
 
@@ -340,6 +342,9 @@ class Trainer:
         # Checked on every rank (their weights are identical), so under DDP all of them stop together.
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             self._raise_non_finite("a weight", float("nan"), self._current_lr(), updated=True)
+        # Finite weights may still give NaN logits: `latest` must never name such a checkpoint.
+        if not outputs_are_finite(self.model, self.val_eval, device=self.device, amp_dtype=self.amp_dtype):
+            self._raise_non_finite("the model's output", float("nan"), self._current_lr(), updated=True)
         if self.run_dir is None or not self.dist.is_main:
             return
         state = {
@@ -353,7 +358,7 @@ class Trainer:
             "last_val_loss": self.last_val_loss,
             "world_size": self.dist.world_size,
             "tokens_per_step": self.tokens_per_step,  # the global batch, checked on resume
-            "train_config": json.dumps(self._train_config_dict()),
+            "train_config": json.dumps(to_dict(self.cfg)),
         }
         path = ckpt.save_checkpoint(self.run_dir, self.model, state, step=self.step,
                                     tokenizer=self.tokenizer or self.cfg.tokenizer,
@@ -365,13 +370,8 @@ class Trainer:
         self.last_checkpoint = path
         self.callbacks.on_checkpoint(self.step, path)
 
-    def _train_config_dict(self) -> dict[str, Any]:
-        from gptsmith.config import to_dict
-
-        return to_dict(self.cfg)
-
     def _write_run_info(self) -> None:
-        info = {"model": self.model.cfg.to_dict(), "train": self._train_config_dict(), "seed": self.cfg.seed,
+        info = {"model": self.model.cfg.to_dict(), "train": to_dict(self.cfg), "seed": self.cfg.seed,
                 "versions": environment_info(), "world_size": self.dist.world_size, **self.run_info}
         path = self.run_dir / ckpt.RUN_FILE
         with ckpt.storage_errors(path):

@@ -86,23 +86,22 @@ def test_resume_may_change_the_learning_rate_and_clipping(inputs, tmp_path, caps
     assert lrs[3] == lr_at_step(2, peak_lr=0.001, min_lr=0.0002, warmup_steps=4, max_steps=4)
 
 
-def test_a_diverging_run_stops_with_one_line_and_keeps_its_checkpoint(inputs, tmp_path, capsys):
+def test_a_diverging_run_stops_with_one_line_and_saves_no_checkpoint_that_gives_nan(inputs, tmp_path, capsys):
     corpus, config = inputs
     run = tmp_path / "run"
     args = train_args(corpus, config, run, "--max-steps", "4", "--lr", "1e30", "--grad-clip", "0",
                       "--checkpoint-every", "1")
     assert main(args) == 2
     error = one_error_line(capsys)
-    assert "training loss became nan at step 2; stopped before updating the weights" in error
-    # The weights of step 1 are finite (they pass the check before a save) but give NaN at step 2.
-    assert ("the newest checkpoint checkpoints/step-000001 holds the weights that gave it, so resuming "
-            "from it fails again (no older one): start a new run with a lower --lr than 1e+30 and "
-            "--grad-clip 1") in error
-    assert ckpt.read_pointer(run, "latest") == "checkpoints/step-000001"
-    assert all(torch.isfinite(t).all() for t in load_model(run).state_dict().values())
-    # --lr and --grad-clip are accepted on resume; from this checkpoint the loss is NaN again.
-    assert main(["train", "--resume", str(run), "--lr", "1e-3", "--grad-clip", "1", "--no-progress"]) == 2
-    assert "training loss became nan at step 2" in one_error_line(capsys)
+    # The weights of step 1 are finite but give NaN: they are not saved (latest never names them).
+    assert "the model's output became nan after the update of step 1; stopped without saving" in error
+    assert error.endswith(f"no checkpoint was written yet (start again with --out {run} --overwrite and a "
+                          "lower --lr than 1e+30 and --grad-clip 1)")
+    assert ckpt.read_pointer(run, "latest") is None and not ckpt.list_checkpoints(run)
+    # What the message says to do works.
+    fixed = [*args[:-6], "--lr", "1e-3", "--grad-clip", "1", "--checkpoint-every", "1", "--overwrite"]
+    assert main(fixed) == 0
+    assert ckpt.read_pointer(run, "latest") == "checkpoints/step-000004"
 
 
 def test_fallback_from_the_command_line_trims_metrics_and_samples(inputs, tmp_path, capsys):

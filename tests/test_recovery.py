@@ -9,10 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from gptsmith import checkpointing as ckpt
 from gptsmith.cli import main
 from gptsmith.run_dir import resume_advice
+from gptsmith.tokenizer import load_tokenizer
+from gptsmith.weights import load_model, resolve_model_dir, save_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_cli_train import train_args  # noqa: E402
@@ -91,3 +94,47 @@ def test_no_advice_to_overwrite_while_a_checkpoint_loads(run_copy, capsys):
         (run_copy / "checkpoints" / step / "config.json").unlink()
     assert main(["train", "--resume", str(run_copy), "--no-progress"]) == 2
     assert "--overwrite" in one_error_line(capsys, "train")
+
+
+def test_a_diverged_run_leaves_latest_only_on_a_checkpoint_whose_outputs_are_finite(trained, tmp_path,
+                                                                                    monkeypatch, capsys):
+    corpus, config, _ = trained
+    monkeypatch.setenv("GPTSMITH_CACHE_DIR", str(trained[2].parent / "cache"))
+    run = tmp_path / "diverged"
+    args = train_args(corpus, config, run, "--max-steps", "4", "--lr", "1e30", "--grad-clip", "0",
+                      "--warmup-steps", "0", "--checkpoint-every", "1")
+    assert main(args) == 2
+    error = one_error_line(capsys, "train")
+    assert "became nan" in error or "became inf" in error
+    latest = ckpt.read_pointer(run, "latest")
+    if latest is not None:  # whatever is left loads and gives finite logits
+        model = load_model(run)
+        with torch.no_grad():
+            assert torch.isfinite(model(torch.tensor([[1, 2, 3, 4]]))).all()
+    assert "--overwrite" not in error or not ckpt.list_checkpoints(run)
+
+
+@pytest.fixture
+def nan_checkpoint(run_copy) -> Path:
+    """A model directory whose weights are finite except one NaN: its every output is NaN."""
+    model = load_model(run_copy)
+    with torch.no_grad():
+        model.trf_blocks[0].norm1.scale[0] = float("nan")
+    tokenizer = load_tokenizer("simple", resolve_model_dir(run_copy))
+    return save_model(model, run_copy.parent / "nan-model", tokenizer=tokenizer)
+
+
+@pytest.mark.parametrize("options", [[], ["--temperature", "0.8"], ["--num-beams", "2"]])
+def test_generate_from_a_broken_checkpoint_is_one_line(nan_checkpoint, capsys, options):
+    argv = ["generate", "--checkpoint", str(nan_checkpoint), "--device", "cpu", "--max-new-tokens", "3",
+            *options]
+    assert main([*argv, "the"]) == 2
+    assert "the model's next-token logits are not finite (nan)" in one_error_line(capsys, "generate")
+
+
+def test_eval_of_a_broken_checkpoint_is_one_line_and_exit_2(nan_checkpoint, trained, capsys):
+    argv = ["eval", "--checkpoint", str(nan_checkpoint), "--data", str(trained[0]), "--device", "cpu",
+            "--max-batches", "1", "--batch-size", "1"]
+    assert main(argv) == 2
+    err = one_error_line(capsys, "eval")
+    assert "gives a non-finite loss (nan) on the train split: its weights are broken" in err

@@ -293,7 +293,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from gptsmith.batches import FixedBatches
     from gptsmith.data import count_windows
     from gptsmith.device import resolve_device, set_seed, tune_cpu_allocator
-    from gptsmith.errors import DataError
+    from gptsmith.errors import DataError, NonFiniteError
     from gptsmith.model import GPTConfig, GPTModel
     from gptsmith.tokenizer import load_tokenizer
     from gptsmith.train import calc_loss_loader, perplexity, prepare_splits
@@ -341,6 +341,10 @@ def run_eval(args: argparse.Namespace) -> int:
         batches = FixedBatches(tokens, context_length, min(args.batch_size, n_windows), args.max_batches)
         with torch.no_grad():
             loss = calc_loss_loader(batches, model, device)
+        if not math.isfinite(loss):  # never a `nan` printed with exit status 0
+            raise NonFiniteError(f"{label} gives a non-finite loss ({loss}) on the {split} split: its "
+                                 "weights are broken, e.g. a checkpoint of a run that diverged (evaluate an "
+                                 "earlier checkpoint of the run)")
         n_batches = f"{len(batches)} batch{'es' if len(batches) != 1 else ''}"
         print(f"{split:>5}: loss {loss:.4f}  perplexity {perplexity(loss):,.2f}  "
               f"({n_batches} of {batches.batch_size}x{context_length} tokens)")
