@@ -15,6 +15,15 @@ from gptsmith.errors import ConfigError
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DEVICE_HELP = "auto (default: CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps"
 DTYPES = ("auto", "bf16", "fp32")
+MAX_SEED = 2**32 - 1  # numpy's limit: the narrowest of the generators a seed goes to
+
+
+def check_seed(seed: object, name: str = "seed") -> int:
+    """``seed`` if it is a whole number every generator accepts (0..MAX_SEED), else the one
+    ``ConfigError`` every verb and API gives (``name`` is the flag or keyword, e.g. ``--seed``)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{name} must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
+    return seed
 
 
 def parse_device(name: str) -> str:
@@ -112,6 +121,7 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 def set_seed(seed: int) -> None:
     """Seed python, numpy and torch (all devices), so a run is reproducible."""
+    check_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

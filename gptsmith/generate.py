@@ -37,6 +37,7 @@ from gptsmith.decoding import (  # noqa: F401 (DecodeState, TokenPicker, optimiz
     optimize_for_decoding,
     sample_steps,
 )
+from gptsmith.device import check_seed
 from gptsmith.errors import ConfigError, GptsmithError
 from gptsmith.stopping import (  # noqa: F401 (NO_EOS: public API)
     NO_EOS,
@@ -91,7 +92,7 @@ class GenerationConfig:
         if self.eos_id is not None and self.eos_id != NO_EOS:
             _check_int("eos_id", self.eos_id, 0, "pass a token id of the vocabulary, or NO_EOS (-1) for none")
         if self.seed is not None:
-            _check_int("seed", self.seed, 0, "use a non-negative integer")
+            check_seed(self.seed)
 
     def check_model(self, model: torch.nn.Module) -> None:
         """The checks that need the model: ids, top_k and beams must fit its vocabulary, and the

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from gptsmith.config import from_dict, replace
-from gptsmith.device import DTYPES, autocast, parse_device
+from gptsmith.device import DTYPES, autocast, check_seed, parse_device
 from gptsmith.errors import ConfigError, DataError, NonFiniteError
 
 
@@ -95,6 +95,7 @@ class TrainConfig:
             number(name, getattr(self, name))
             if getattr(self, name) < 0:
                 raise ConfigError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")
+        check_seed(self.seed, flag("seed"))
         number("val_fraction", self.val_fraction)
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")

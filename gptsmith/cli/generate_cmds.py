@@ -233,6 +233,14 @@ def run_generate(args: argparse.Namespace) -> int:
             "(sample instead: --temperature 0.8, say, without --num-beams)"
         )
     from gptsmith.cli.stdin_text import read_stdin_prompt
+    from gptsmith.device import MAX_SEED, check_seed
+
+    if args.seed is not None:
+        check_seed(args.seed, "--seed")
+        if args.seed + args.num_samples - 1 > MAX_SEED:  # sample i is seeded with --seed + i
+            raise ConfigError(f"--seed {args.seed} with --num-samples {args.num_samples} uses seeds up to "
+                              f"{args.seed + args.num_samples - 1}; --seed must be a whole number from 0 to "
+                              f"{MAX_SEED} (lower --seed)")
 
     prompt = read_stdin_prompt() if args.prompt == "-" else args.prompt
     options = _decoding_options(

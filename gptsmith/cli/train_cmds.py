@@ -292,7 +292,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from gptsmith.batches import FixedBatches
     from gptsmith.data import count_windows
-    from gptsmith.device import resolve_device, set_seed, tune_cpu_allocator
+    from gptsmith.device import check_seed, resolve_device, set_seed, tune_cpu_allocator
     from gptsmith.errors import DataError, NonFiniteError
     from gptsmith.model import GPTConfig, GPTModel
     from gptsmith.tokenizer import load_tokenizer
@@ -305,6 +305,7 @@ def run_eval(args: argparse.Namespace) -> int:
             raise ConfigError(f"{flag_name} must be >= 1, got {value}")
     if args.val_fraction is not None and not 0 < args.val_fraction < 1:
         raise ConfigError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
+    check_seed(args.seed, "--seed")
     device = resolve_device(args.device)
     if device.type == "cpu":
         tune_cpu_allocator()  # the logits of every batch are big buffers: avoid re-faulting them
