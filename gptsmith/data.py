@@ -15,6 +15,7 @@ The path of the data, step by step:
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Sequence
 from typing import Any
@@ -47,6 +48,8 @@ SPLIT_NAMES = ("train", "val", "test")
 def check_split_fractions(fractions: Sequence[float]) -> list[float]:
     """``fractions`` as floats; a ``ConfigError`` unless they are 1-3 non-negative numbers summing to 1."""
     fractions = [float(f) for f in fractions]
+    if not all(math.isfinite(f) for f in fractions):  # nan compares false with everything: check first
+        raise ConfigError(f"split fractions {fractions} must be finite numbers (e.g. 0.8,0.1,0.1)")
     if not 1 <= len(fractions) <= 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
         raise ConfigError(f"split fractions {fractions} must be 1-3 non-negative numbers summing to 1")
     return fractions
