@@ -359,22 +359,37 @@ class ModelSummary:
         return {"weights": weights, "gradients": weights, "adamw_states": 2 * weights, "total": 4 * weights}
 
 
+# Sizes of the stand-in model ``summarize`` builds: distinct, and no one a multiple of another's.
+_PROBE_SIZES = {"vocab_size": 7, "context_length": 11, "emb_dim": 13}
+
+
 def summarize(cfg: GPTConfig) -> ModelSummary:
     """Count parameters and list layers for ``cfg`` without allocating any weights.
 
-    Only a one-block model is built, on the meta device (shapes, no storage); the blocks are all
-    alike, so the block's count times ``n_layers`` is the total. Building all of them would cost
-    seconds per thousand layers and memory for their Python objects, even on the meta device.
+    A one-block stand-in with tiny, distinct sizes (``_PROBE_SIZES``) is built on the meta device
+    for the parameters' names and shapes; each of its dimensions (7 = vocabulary, 11 = context,
+    a multiple of 13 = that multiple of emb_dim) is then scaled to ``cfg``'s with Python integers,
+    so any size works, even one whose tensors torch could not describe (more than 2**63 elements).
+    The blocks are all alike, so the block's count times ``n_layers`` is the total.
     """
     with torch.device("meta"):
-        model = GPTModel(dataclasses.replace(cfg, n_layers=1))
+        model = GPTModel(dataclasses.replace(cfg, n_layers=1, n_heads=1, **_PROBE_SIZES))
+
+    def real(dim: int) -> int:
+        if dim == _PROBE_SIZES["vocab_size"]:
+            return cfg.vocab_size
+        if dim == _PROBE_SIZES["context_length"]:
+            return cfg.context_length
+        return dim // _PROBE_SIZES["emb_dim"] * cfg.emb_dim
+
     layers: list[tuple[str, str, int]] = []
     held = 0
     for name, param in model.named_parameters():  # a tied head is yielded once, as tok_emb.weight
-        in_block = name.startswith("trf_blocks.0.")
-        held += param.numel() * (cfg.n_layers if in_block else 1)
+        shape = [real(d) for d in param.shape]
+        count = math.prod(shape)
+        held += count * (cfg.n_layers if name.startswith("trf_blocks.0.") else 1)
         label = name.replace("trf_blocks.0.", f"trf_blocks.[0-{cfg.n_layers - 1}].", 1)
-        layers.append((label, " x ".join(map(str, param.shape)), param.numel()))
+        layers.append((label, " x ".join(map(str, shape)), count))
     if cfg.tie_weights:
         layers.append(("out_head.weight (tied to tok_emb.weight)", f"{cfg.vocab_size} x {cfg.emb_dim}", 0))
     head = cfg.vocab_size * cfg.emb_dim

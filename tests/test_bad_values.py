@@ -63,5 +63,6 @@ def test_info_of_absurd_sizes_is_arithmetic_or_a_line(capsys):
             "n_heads=1"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "parameters: 12,000,000," in out.replace(" ", "").replace("parameters:", "parameters: ")
+    assert "parameters: 12,000,000,013,000,051,283,000,000,000 with the output head tied" in out
+    assert "tok_emb.weight" in out and "50257 x 1000000000" in out
     assert main([*argv, "--json"]) == 0

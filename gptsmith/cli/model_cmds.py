@@ -202,10 +202,12 @@ def run_info(args: argparse.Namespace) -> int:
         "",
     ]
     name_width = max(len(n) for n, _, _ in summary.layers) + 2
-    lines.append(f"{'layer':<{name_width}}{'shape':<16}{'parameters':>14}")
+    shape_width = max(16, *(len(s) + 2 for _, s, _ in summary.layers))  # wide enough for any --set
+    count_width = max(14, *(len(f"{n:,}") + 2 for _, _, n in summary.layers))
+    lines.append(f"{'layer':<{name_width}}{'shape':<{shape_width}}{'parameters':>{count_width}}")
     block_total = 0
     for name, shape, n in summary.layers:
-        lines.append(f"{name:<{name_width}}{shape:<16}{n:>14,}")
+        lines.append(f"{name:<{name_width}}{shape:<{shape_width}}{n:>{count_width},}")
         if name.startswith("trf_blocks."):
             block_total += n
     lines.append(
