@@ -42,6 +42,7 @@ from gptsmith.weights import (  # noqa: F401 (CHECKPOINTS, read_pointer: part of
     WEIGHTS_FILE,
     broken_pointer_note,
     complete_checkpoints,
+    load_torch_file,
     read_model_config,
     read_pointer,
     read_safetensors,
@@ -246,14 +247,9 @@ def load_training_state(checkpoint_dir: Path) -> dict[str, Any]:
     path = Path(checkpoint_dir) / STATE_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} is missing (the checkpoint is incomplete; resume with --fallback)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, bad pickle, disallowed global...
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(
-            f"cannot load {path}: {reason} (the checkpoint is corrupt or partial; resume with --fallback "
-            "to use the previous good one)"
-        ) from None
+    previous = "resume with --fallback to use the previous good one"
+    return load_torch_file(path, damaged=f"the checkpoint is corrupt or partial; {previous}",
+                           code_fix=f"gptsmith never writes code there, so the file was replaced; {previous}")
 
 
 def check_checkpoint(checkpoint_dir: Path) -> dict[str, Any]:

@@ -199,19 +199,16 @@ def state_dict_to_hf(model: GPTModel) -> dict[str, torch.Tensor]:
 
 def read_hf_state(model_dir: Path) -> dict[str, torch.Tensor]:
     """The tensors of a HF directory: model.safetensors, else pytorch_model.bin (no pickle code run)."""
-    from gptsmith.weights import read_safetensors
+    from gptsmith.weights import load_torch_file, read_safetensors
 
     if (model_dir / HF_SAFETENSORS).is_file():
         return read_safetensors(model_dir / HF_SAFETENSORS)
     bin_path = model_dir / HF_PYTORCH_BIN
     if bin_path.is_file():
-        try:
-            state = torch.load(bin_path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # truncated zip, or a pickle that needs arbitrary code
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise CheckpointError(
-                f"cannot read {bin_path}: {reason} (the file is truncated, corrupt or not a plain state dict)"
-            ) from None
+        state = load_torch_file(
+            bin_path, damaged="the file is truncated, corrupt or not a plain state dict",
+            code_fix=f"get the weights as {HF_SAFETENSORS} instead, e.g. from the model's hub page, "
+            "or convert the file on a machine where you trust its source")
         if not isinstance(state, dict):
             raise CheckpointError(f"{bin_path} does not hold a state dict")
         return state

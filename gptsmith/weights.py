@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -238,6 +239,31 @@ def load_model(
         )
     state = read_safetensors(weights_path)
     return build_model(cfg, state, source=str(weights_path), device=device, dtype=dtype)
+
+
+def load_torch_file(path: str | Path, *, damaged: str, code_fix: str) -> Any:
+    """``torch.load(path, weights_only=True)`` (tensors, numbers, strings; no pickled code runs).
+
+    A file that fails is a ``CheckpointError`` naming it: ``damaged`` says what a truncated or corrupt
+    one means, and a pickle that would call code (what ``weights_only`` refuses) is said to be
+    just that, with ``code_fix`` — never torch's own advice to load it with ``weights_only=False``.
+    """
+    import pickle
+    import re
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" not in str(exc):
+            raise CheckpointError(f"cannot read {path}: {str(exc).splitlines()[0]} ({damaged})") from None
+        called = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f" (it calls {called.group(1)})" if called else ""
+        raise CheckpointError(f"{path} holds pickled code{what} that gptsmith will not run "
+                              f"({code_fix})") from None
+    except Exception as exc:  # truncated zip, not a torch file...
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"cannot read {path}: {reason} ({damaged})") from None
 
 
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:

@@ -93,7 +93,7 @@ def test_partial_checkpoints_are_refused_with_their_path(tmp_path):
     make_trainer(run, resume_config(max_steps=8)).fit()
     latest = run / "checkpoints" / "step-000008"
     (latest / "training_state.pt").write_bytes(b"PK\x03\x04 not a zip")
-    with pytest.raises(CheckpointError, match=r"cannot load .*step-000008/training_state.pt"):
+    with pytest.raises(CheckpointError, match=r"cannot read .*step-000008/training_state.pt"):
         make_trainer(run, resume_config()).resume()
     (latest / "config.json").unlink()
     with pytest.raises(CheckpointError, match=r"step-000008 has no config.json .*--fallback"):
