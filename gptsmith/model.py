@@ -307,7 +307,8 @@ class GPTModel(nn.Module):
                 bad = high if high >= self.cfg.vocab_size else low
                 raise GptsmithError(
                     f"token id {bad} is outside the model's vocabulary of {self.cfg.vocab_size} "
-                    "(was the text encoded with a different tokenizer?)"
+                    "(was the text encoded with a different tokenizer? From a token shard: prepare it "
+                    "again with `gptsmith prepare CORPUS --force`)"
                 )
 
     def num_parameters(self, *, count_tied_once: bool = True) -> int:

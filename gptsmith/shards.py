@@ -4,7 +4,9 @@ A shard is a directory with ``tokens.bin`` (the ids of every document, joined by
 ``<|endoftext|>``, as ``uint16``, or ``uint32`` when the vocabulary has more than 65,536 ids),
 ``docs.npy`` (where each document starts, so splits can keep documents whole) and
 ``meta.json`` (tokenizer, counts, source, the corpus fingerprint and the tokens' sha256).
-``meta.json`` is written last: a shard without it is incomplete and is tokenized again.
+``meta.json`` is written last: a shard without it is incomplete and is tokenized again. A shard
+is reused only when its tokens still have the sha256 in ``meta.json`` (a shard changed on disk is
+tokenized again, with a warning), so a run never trains on ids other than its corpus's.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -147,8 +150,11 @@ def prepare_corpus(
             and meta.get("format_version") == SHARD_FORMAT_VERSION
             and (tokenizer is None or meta.get("tokenizer_fingerprint") == tokenizer_fingerprint(tokenizer))
         ):
-            shard.reused = True
-            return shard
+            if _sha256_file(shard.path / "tokens.bin") == meta.get("checksum"):  # ids as prepared
+                shard.reused = True
+                return shard
+            warnings.warn(f"{out}/tokens.bin does not match the checksum in its meta.json (it changed on "
+                          "disk after it was prepared); tokenizing the corpus again", stacklevel=2)
         # The same corpus (by name, or by fingerprint under another spelling) changed or wants another
         # tokenizer: tokenize it again. Another corpus's shard is never silently replaced.
         if meta.get("source") != source.name and meta.get("source_fingerprint") != fingerprint:
