@@ -1,4 +1,10 @@
-"""Where and in which precision training runs: device auto-selection, bf16 autocast, seeds."""
+"""Where and in which precision things run: device and dtype names, device auto-selection, bf16
+autocast, seeds.
+
+The names (``parse_device``, ``parse_dtype``, ``check_seed`` and their argparse forms) need no
+torch, and torch and numpy are imported inside the functions that use them, so every verb's
+``--help`` and argument errors come back without the seconds that importing torch takes.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,21 @@ import argparse
 import contextlib
 import random
 import re
-
-import numpy as np
-import torch
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from gptsmith.errors import ConfigError
 
+if TYPE_CHECKING:
+    import torch
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DEVICE_HELP = "auto (default: CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps"
-DTYPES = ("auto", "bf16", "fp32")
+# Every spelling a --dtype accepts, by its one name (the one help shows): PyTorch's and the short one.
+DTYPE_SPELLINGS = {"auto": "auto", "fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16",
+                   "fp16": "fp16", "float16": "fp16", "half": "fp16"}
+DTYPES = ("auto", "fp32", "bf16", "fp16")  # the names; "auto" means the verb's default
+TRAIN_DTYPES = ("auto", "bf16", "fp32")  # training: bf16 is autocast; fp16 would need a gradient scaler
 MAX_SEED = 2**32 - 1  # numpy's limit: the narrowest of the generators a seed goes to
 
 
@@ -47,8 +59,46 @@ def device_arg(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def parse_dtype(value: str, allowed: tuple[str, ...] = DTYPES) -> str:
+    """The one name (``fp32``, ``bf16``, ``fp16``, ``auto``) of any spelling of a dtype that ``allowed``
+    holds (``float32`` and ``fp32`` alike, any case); a ``ConfigError`` for anything else."""
+    name = DTYPE_SPELLINGS.get(str(value).strip().lower())
+    if name is None:
+        long = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+        others = [long[a] for a in allowed if a in long]
+        also = f"; {', '.join(others[:-1])} and {others[-1]} work too" if len(others) > 1 else ""
+        raise ConfigError(f"unknown dtype {value!r} (choose from {', '.join(allowed)}{also})")
+    if name not in allowed:
+        if name == "fp16":  # (only training leaves it out)
+            raise ConfigError("fp16 is not supported for training (it needs a gradient scaler): "
+                              "use bf16 or fp32")
+        raise ConfigError(f"dtype {value!r} is not available here (choose from {', '.join(allowed)})")
+    return name
+
+
+def dtype_arg(allowed: tuple[str, ...] = DTYPES) -> Callable[[str], str]:
+    """``parse_dtype`` as an argparse ``type=``: a bad value is a usage error naming the flag."""
+    def parse(value: str) -> str:
+        try:
+            return parse_dtype(value, allowed)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def torch_dtype(name: str | None) -> torch.dtype | None:
+    """The torch dtype of a ``--dtype`` name (any spelling); None for ``auto`` or no flag."""
+    import torch
+
+    name = parse_dtype(name) if name is not None else "auto"
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(name)
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA, then Apple's MPS, then the CPU; an unavailable explicit choice is an error."""
+    import torch
+
     name = parse_device(name)
     if name == "auto":
         if torch.cuda.is_available():
@@ -70,6 +120,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def _mps_available() -> bool:
+    import torch
+
     return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
 
@@ -80,6 +132,8 @@ def cpu_has_fast_bf16() -> bool:
     of the tiny preset runs ~1.4-2x faster under bf16 autocast than in fp32 (see BENCHMARKS.md).
     Without these instructions bf16 is emulated and slower than fp32.
     """
+    import torch
+
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -97,6 +151,8 @@ def resolve_autocast_dtype(name: str, device: torch.device, emb_dim: int | None 
     ``auto``: bf16 on CUDA GPUs that support it; on CPUs with native bf16 instructions only for
     models at least ``CPU_BF16_MIN_EMB_DIM`` wide; fp32 everywhere else.
     """
+    import torch
+
     if name == "fp32":
         return None
     if device.type == "cuda":
@@ -116,11 +172,16 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     """An autocast context for ``dtype``, or a no-op context for plain fp32."""
     if dtype is None:
         return contextlib.nullcontext()
+    import torch
+
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def set_seed(seed: int) -> None:
     """Seed python, numpy and torch (all devices), so a run is reproducible."""
+    import numpy as np
+    import torch
+
     check_seed(seed)
     random.seed(seed)
     np.random.seed(seed)

@@ -83,8 +83,7 @@ def _parse_fractions(text: str) -> list[float]:
 
 def run_prepare(args: argparse.Namespace) -> int:
     """Tokenize (or reuse) the shard and print where it is and what it holds."""
-    from tqdm import tqdm
-
+    from gptsmith.cli.progress import Progress
     from gptsmith.data import prepare_corpus, resolve_corpus, split_tokens
     from gptsmith.errors import ConfigError
 
@@ -99,9 +98,9 @@ def run_prepare(args: argparse.Namespace) -> int:
         if args.no_progress:
             return
         if bar is None:
-            bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"tokenizing {source.name}",
-                       file=sys.stderr, leave=False)
-        bar.update(done - bar.n)
+            bar = Progress(total, unit="bytes", unit_scale=True, desc=f"tokenizing {source.name}",
+                           leave=False)
+        bar.update(done)
 
     try:
         shard = prepare_corpus(source, args.tokenizer, args.out, progress, num_threads=args.threads,

@@ -11,14 +11,15 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from gptsmith.device import DEVICE_HELP, device_arg
+from gptsmith.device import DEVICE_HELP, device_arg, dtype_arg
 from gptsmith.errors import ConfigError, GptsmithError
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+if TYPE_CHECKING:
+    import torch
+
+DTYPE_HELP = "weights dtype: fp32, bf16 or fp16 (float32, bfloat16, float16 work too; default: as saved)"
 # GenerationConfig's fields and the flags that set them, so its messages can name the flags.
 FLAG_OF_FIELD = {
     "max_new_tokens": "--max-new-tokens", "temperature": "--temperature", "top_k": "--top-k",
@@ -90,7 +91,7 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", type=device_arg, help=DEVICE_HELP)
     parser.add_argument(
-        "--dtype", choices=list(DTYPES), default=None, help="weights dtype (default: as saved)"
+        "--dtype", type=dtype_arg(), default=None, metavar="{auto,fp32,bf16,fp16}", help=DTYPE_HELP
     )
 
 
@@ -121,12 +122,12 @@ def _add_decoding_args(parser: argparse.ArgumentParser, *, max_new_tokens: int, 
 def load_for_generation(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, dict[str, Any], str]:
     """(model, tokenizer, checkpoint config, display name) from --checkpoint/--model/--device/--dtype."""
     from gptsmith.decoding import optimize_for_decoding
-    from gptsmith.device import resolve_device
+    from gptsmith.device import resolve_device, torch_dtype
     from gptsmith.tokenizer import load_tokenizer
     from gptsmith.weights import load_model, load_pretrained, read_model_config, resolve_model_dir
 
     device = resolve_device(args.device)
-    dtype = DTYPES[args.dtype] if args.dtype else None
+    dtype = torch_dtype(args.dtype)
     model_dir = None
     if args.checkpoint is not None:
         model_dir = resolve_model_dir(args.checkpoint)

@@ -6,12 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
+from gptsmith.device import dtype_arg
 from gptsmith.errors import CheckpointError, ConfigError, GptsmithError
-from gptsmith.model import PRESETS, GPTConfig, summarize
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from gptsmith.model_config import PRESETS, GPTConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -72,7 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     convert.add_argument("--out", required=True, type=Path, help="output directory (created if missing)")
     convert.add_argument(
-        "--dtype", choices=list(DTYPES), default=None, help="store weights in this dtype (default: as loaded)"
+        "--dtype", type=dtype_arg(), default=None, metavar="{auto,fp32,bf16,fp16}",
+        help="store weights in this dtype (float32, bfloat16, float16 work too; default: as loaded)"
     )
     convert.add_argument("--force", action="store_true", help="write into --out even if it holds files")
     convert.set_defaults(func=run_convert)
@@ -164,6 +162,7 @@ def _train_step(args: argparse.Namespace, cfg: GPTConfig) -> dict:
 
 def run_info(args: argparse.Namespace) -> int:
     from gptsmith.memory import available_memory, gib
+    from gptsmith.model import summarize
 
     cfg, description, extra = _describe_source(args.model, _parse_overrides(args.overrides))
     step = _train_step(args, cfg)
@@ -237,6 +236,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from gptsmith.device import torch_dtype
     from gptsmith.hf_gpt2 import export_hf
     from gptsmith.storage import check_can_be_directory
     from gptsmith.tokenizer import load_tokenizer
@@ -246,7 +246,7 @@ def run_convert(args: argparse.Namespace) -> int:
     check_can_be_directory(out, "--out")  # before the (slow) model load
     if out.is_dir() and any(out.iterdir()) and not args.force:
         raise GptsmithError(f"--out {out} is not empty (pass --force to write into it anyway)")
-    model = load_pretrained(args.source, dtype=DTYPES[args.dtype] if args.dtype else None)
+    model = load_pretrained(args.source, dtype=torch_dtype(args.dtype))
     source_path = Path(args.source).expanduser()
     tokenizer = read_model_config(source_path).get("tokenizer", "gpt2") if source_path.exists() else "gpt2"
     if tokenizer != "gpt2":  # carry a word-level vocabulary over (GPT-2's BPE is found by name)

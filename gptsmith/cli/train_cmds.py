@@ -12,7 +12,7 @@ from typing import Any
 
 from gptsmith.cli.train_configs import build_configs, read_run_info, resume_configs
 from gptsmith.cli.train_progress import ProgressPrinter, say
-from gptsmith.device import DEVICE_HELP, device_arg
+from gptsmith.device import DEVICE_HELP, TRAIN_DTYPES, device_arg, dtype_arg
 from gptsmith.errors import ConfigError
 
 TRAIN_EPILOG = """\
@@ -37,7 +37,7 @@ def _train_defaults() -> dict[str, Any]:
     import dataclasses
 
     from gptsmith.recipes import get_recipe
-    from gptsmith.train import TrainConfig
+    from gptsmith.train_config import TrainConfig
 
     recipe = get_recipe("default")
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
@@ -100,7 +100,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"last part of the corpus held out for validation (default: {d['val_fraction']})")
     p.add_argument("--seed", type=int, help=f"seed of weights, data order and dropout (default: {d['seed']})")
     p.add_argument("--device", type=device_arg, help=f"where to train: {DEVICE_HELP}")
-    p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], help="auto = bf16 autocast where faster")
+    p.add_argument("--dtype", type=dtype_arg(TRAIN_DTYPES), metavar="{auto,bf16,fp32}",
+                   help="auto = bf16 autocast where faster (bfloat16 and float32 work too)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     p.set_defaults(func=run_train)

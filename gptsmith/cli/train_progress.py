@@ -1,5 +1,6 @@
-"""What ``gptsmith train`` prints while it runs: lines above a progress bar (step, loss, lr,
-tokens seen, tokens/s), evaluations and samples. Only rank 0 prints under torchrun."""
+"""What ``gptsmith train`` prints while it runs: log lines on stdout (evaluations, samples), and
+the progress (step, loss, lr, tokens seen, tokens/s) on stderr, as ``cli/progress.py`` shows it.
+Only rank 0 prints under torchrun."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def say(message: str) -> None:
 
 
 class ProgressPrinter:
-    """Draws the progress bar (step, loss, lr, tokens seen, tokens/s) and prints evals and samples."""
+    """Shows the progress (step, loss, lr, tokens seen, tokens/s) and prints evals and samples."""
 
     # Implements every hook of gptsmith.trainer.TrainCallbacks (not imported here: keeps `--help` fast).
 
@@ -32,22 +33,18 @@ class ProgressPrinter:
         self.bar = None
 
     def on_start(self, info: dict) -> None:
-        from tqdm import tqdm
+        from gptsmith.cli.progress import Progress
 
         say(f"model: {info['parameters'] / 1e6:.1f}M parameters on {info['device']} ({info['dtype']}, "
             f"{info['world_size']} process(es)); {info['tokens_per_step']:,} tokens per step "
             f"({info['accum_steps']} micro-batch(es))")
-        if self.show_bar:
-            self.bar = tqdm(total=info["max_steps"], initial=info["start_step"], unit="step", file=sys.stdout,
-                            dynamic_ncols=True, leave=True)
+        if self.show_bar and rank() == 0:
+            self.bar = Progress(info["max_steps"], initial=info["start_step"], unit="step")
 
     def on_step(self, info: dict) -> None:
         if self.bar is not None:
-            # The numbers first, then the step, so the bar redraws with this step's numbers.
-            self.bar.set_postfix_str(f"loss {info['loss']:.3f} lr {info['lr']:.2e} "
-                                     f"tokens {info['tokens_seen']:,} {info['tokens_per_s']:,.0f} tok/s",
-                                     refresh=False)
-            self.bar.update(1)
+            self.bar.update(info["step"], f"loss {info['loss']:.3f} lr {info['lr']:.2e} tokens "
+                            f"{info['tokens_seen']:,} {info['tokens_per_s']:,.0f} tok/s")
 
     def on_eval(self, info: dict) -> None:
         ppl = f"{info['val_ppl']:,.1f}" if math.isfinite(info["val_ppl"]) else "inf"

@@ -1,0 +1,76 @@
+"""What every verb shares before it does any work: help, version and usage errors without
+importing torch; one --dtype spelling set for every verb."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gptsmith.cli import main
+
+PROBE = """import sys
+from gptsmith.cli import main
+try:
+    main({argv!r})
+except SystemExit:
+    pass
+print("heavy modules:", sorted(m for m in ("torch", "numpy", "tiktoken") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("argv", [[], ["--help"], ["--version"], ["train", "--help"], ["generate", "--help"],
+                                  ["info", "--help"], ["prepare", "--help"], ["train", "--batch-size", "x"],
+                                  ["generate", "--dtype", "fp64", "--model", "gpt2"], ["nonsense"]])
+def test_help_version_and_usage_errors_do_not_import_torch(argv):
+    proc = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == "heavy modules: []", proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(("spelling", "canonical"), [
+    ("float32", "fp32"), ("fp32", "fp32"), ("bf16", "bf16"), ("bfloat16", "bf16"), ("FP16", "fp16"),
+    ("float16", "fp16")])
+def test_every_verb_accepts_both_dtype_spellings(spelling, canonical):
+    from gptsmith.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["generate", "--model", "gpt2"], ["chat", "--model", "gpt2"],
+                 ["convert", "gpt2", "--to", "hf", "--out", "x"]):
+        assert parser.parse_args([*argv, "--dtype", spelling]).dtype == canonical
+    if canonical != "fp16":
+        assert parser.parse_args(["train", "--dtype", spelling]).dtype == canonical
+
+
+def test_train_refuses_fp16_and_names_the_choices(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--dtype", "fp16"])
+    err = capsys.readouterr().err
+    assert "--dtype: fp16 is not supported for training (it needs a gradient scaler): use bf16 or fp32" in err
+    with pytest.raises(SystemExit):
+        main(["generate", "--model", "gpt2", "--dtype", "fp64"])
+    assert ("--dtype: unknown dtype 'fp64' (choose from auto, fp32, bf16, fp16; float32, bfloat16 and "
+            "float16 work too)") in capsys.readouterr().err
+
+
+def test_progress_goes_to_stderr_as_plain_lines_when_it_is_not_a_terminal(tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_resume import write_cli_inputs
+
+    monkeypatch.setenv("GPTSMITH_CACHE_DIR", str(tmp_path / "cache"))
+    corpus, config = write_cli_inputs(tmp_path)
+    argv = ["train", "--data", str(corpus), "--tokenizer", "simple", "--config", str(config), "--out",
+            str(tmp_path / "run"), "--device", "cpu", "--max-steps", "20", "--eval-every", "20"]
+    assert main(argv) == 0  # with its progress display
+    captured = capsys.readouterr()
+    assert "\r" not in captured.out + captured.err  # no bar frames in a log
+    lines = [line for line in captured.err.splitlines() if line.startswith("step ")]
+    assert [line.split(" |")[0] for line in lines] == [f"step {n}/20" for n in range(2, 21, 2)]
+    assert "loss " in lines[-1] and "tok/s" in lines[-1]
+    assert "done: 20 steps" in captured.out  # the log lines stay on stdout
+    assert main(["prepare", str(corpus), "--tokenizer", "simple", "--out", str(tmp_path / "shard"),
+                 "--force"]) == 0
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err and "shard written" in captured.out
