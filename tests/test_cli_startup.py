@@ -74,3 +74,17 @@ def test_progress_goes_to_stderr_as_plain_lines_when_it_is_not_a_terminal(tmp_pa
                  "--force"]) == 0
     captured = capsys.readouterr()
     assert "\r" not in captured.err and "shard written" in captured.out
+
+
+@pytest.mark.parametrize(("argv", "what"), [
+    (["generate", "--model", "/nonexistent", "caf\udce9"], "the prompt"),
+    (["generate", "--model", "/nonexistent", "--stop", "\udcff", "hi"], "--stop"),
+    (["chat", "--model", "/nonexistent", "--stop", "a\udcffb"], "--stop"),
+    (["train", "--prompt", "\udce9t\udce9", "--data", "/nonexistent", "--out", "/nonexistent/r"], "--prompt"),
+])
+def test_text_in_argv_must_be_utf8_as_on_stdin(argv, what, capsys):
+    """Linux hands undecodable argv bytes to Python as lone surrogates (surrogateescape)."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"error: {what} is not UTF-8: byte 0x" in err
+    assert err.strip().endswith("(convert it, e.g. `iconv -f latin1 -t utf-8`)")

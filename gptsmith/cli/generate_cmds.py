@@ -152,7 +152,11 @@ def load_for_generation(args: argparse.Namespace) -> tuple[torch.nn.Module, Any,
 
 def _decoding_options(args: argparse.Namespace, **more: Any) -> dict[str, Any]:
     """Keyword options for ``stream_text`` from the flags, checked now (before a slow model load)."""
+    from gptsmith.cli.stdin_text import check_utf8_arg
     from gptsmith.generate import GenerationConfig
+
+    for stop in args.stop or []:
+        check_utf8_arg("--stop", stop)
 
     options = {
         "max_new_tokens": args.max_new_tokens,
@@ -233,7 +237,7 @@ def run_generate(args: argparse.Namespace) -> int:
             f"--num-samples {args.num_samples} with {how} gives identical texts "
             "(sample instead: --temperature 0.8, say, without --num-beams)"
         )
-    from gptsmith.cli.stdin_text import read_stdin_prompt
+    from gptsmith.cli.stdin_text import check_utf8_arg, read_stdin_prompt
     from gptsmith.device import MAX_SEED, check_seed
 
     if args.seed is not None:
@@ -243,6 +247,7 @@ def run_generate(args: argparse.Namespace) -> int:
                               f"{args.seed + args.num_samples - 1}; --seed must be a whole number from 0 to "
                               f"{MAX_SEED} (lower --seed)")
 
+    check_utf8_arg("the prompt", args.prompt)
     prompt = read_stdin_prompt() if args.prompt == "-" else args.prompt
     options = _decoding_options(
         args, num_beams=args.num_beams, length_penalty=args.length_penalty, use_cache=not args.no_cache

@@ -1,4 +1,5 @@
-"""Text typed or piped on stdin for ``generate -`` and ``chat``: UTF-8 only, as corpora are.
+"""Text typed or piped on stdin for ``generate -`` and ``chat``, or given in argv (a prompt, a
+``--stop``): UTF-8 only, as corpora are.
 
 Undecodable bytes are an error naming the byte, never silently U+FFFD (a corpus in another
 encoding is an error too, see ``gptsmith.corpus.read_utf8``).
@@ -46,10 +47,23 @@ def keep_undecodable_bytes() -> None:
         reconfigure(encoding="utf-8", errors="surrogateescape")
 
 
+def _first_bad_byte(text: str) -> str | None:
+    """``byte 0xNN at character I`` for the first undecodable byte in ``text``, or None."""
+    for index, char in enumerate(text):
+        if "\udc80" <= char <= "\udcff":  # how surrogateescape carries an undecodable byte
+            return f"byte 0x{ord(char) - 0xDC00:02x} at character {index}"
+    return None
+
+
 def bad_byte(line: str) -> str | None:
     """A one-line complaint about the first non-UTF-8 byte of ``line``, or None if it is clean."""
-    for index, char in enumerate(line):
-        if "\udc80" <= char <= "\udcff":  # how surrogateescape carries an undecodable byte
-            byte = f"byte 0x{ord(char) - 0xDC00:02x} at character {index}"
-            return f"that line is not UTF-8 ({byte}), skipped; {ICONV_HINT}"
-    return None
+    byte = _first_bad_byte(line)
+    return f"that line is not UTF-8 ({byte}), skipped; {ICONV_HINT}" if byte else None
+
+
+def check_utf8_arg(what: str, text: str | None) -> None:
+    """Refuse text from the command line (a prompt, a --stop) with bytes that are not UTF-8, as stdin
+    does: Python hands them over as lone surrogates, which no tokenizer can encode."""
+    byte = _first_bad_byte(text or "")
+    if byte:
+        raise ConfigError(f"{what} is not UTF-8: {byte} ({ICONV_HINT})")

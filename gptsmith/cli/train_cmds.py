@@ -242,7 +242,11 @@ def _report(result: Any, run_dir: Path, train_cfg: Any) -> int:
 
 
 def _check_path_flags(args: argparse.Namespace) -> None:
-    """Refuse flags that name no run: an empty --out or --resume (Path("") is the current folder)."""
+    """Refuse flags that name no run: an empty --out or --resume (Path("") is the current folder);
+    and a --prompt that is not UTF-8."""
+    from gptsmith.cli.stdin_text import check_utf8_arg
+
+    check_utf8_arg("--prompt", args.prompt)
     if args.fallback and not args.resume:
         raise ConfigError("--fallback only applies with --resume RUN_DIR (it picks the checkpoint to resume)")
     for flag_name, value in (("--out", args.out), ("--resume", args.resume)):
