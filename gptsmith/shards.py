@@ -27,11 +27,18 @@ import numpy as np
 from gptsmith.corpus import CorpusSource, resolve_corpus, safe_chunks
 from gptsmith.download import cache_dir
 from gptsmith.errors import DataError
-from gptsmith.storage import atomic_path, atomic_write_json, check_can_be_directory  # one place for writes
+from gptsmith.storage import (  # one place for writes
+    atomic_path,
+    atomic_write_json,
+    check_can_be_directory,
+    created_directory,
+    write_errors,
+)
 from gptsmith.tokenizer import SimpleTokenizerV2, Tokenizer, get_tokenizer, load_tokenizer, save_tokenizer
 
 SHARD_FORMAT_VERSION = 2  # 2: meta.json records the tokenizer's fingerprint
 Progress = Callable[[int, "int | None"], None]  # (bytes of text done, total bytes or None)
+AGAIN = "prepare it again"  # what to do once a failed write's cause is fixed
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -164,9 +171,16 @@ def prepare_corpus(
             )
     tokenizer = tokenizer or corpus_tokenizer(tokenizer_name, source)
 
+    with created_directory(out):  # a failure (a bad file, a full disk) leaves no empty folder behind
+        return _write_shard(out, source, tokenizer, fingerprint, progress, num_threads)
+
+
+def _write_shard(out: Path, source: CorpusSource, tokenizer: Tokenizer, fingerprint: str,
+                 progress: Progress | None, num_threads: int | None) -> TokenShard:
+    """Tokenize ``source`` into the shard files in ``out`` (meta.json last) and open the shard."""
+    tokens_path = out / "tokens.bin"
     dtype = token_dtype(tokenizer.vocab_size)
     total = source.total_bytes()
-    out.mkdir(parents=True, exist_ok=True)
     (out / "meta.json").unlink(missing_ok=True)  # the shard is invalid until the new meta lands
     tmp_tokens = out / f".tokens.bin.{os.getpid()}.tmp"
     digest = hashlib.sha256()
@@ -174,7 +188,7 @@ def prepare_corpus(
     n_tokens = 0
     done_bytes = 0
     try:
-        with tmp_tokens.open("wb") as handle:
+        with write_errors(tokens_path, AGAIN), tmp_tokens.open("wb") as handle:
             for ids, starts_doc, separator, n_bytes in _encode_documents(source, tokenizer, num_threads):
                 if separator:
                     if tokenizer.eot_id < 0:
@@ -193,7 +207,8 @@ def prepare_corpus(
                         f"(tokenizer {tokenizer.name} claims vocab_size {tokenizer.vocab_size})"
                     )
                 data = ids.astype(dtype, copy=False).tobytes()
-                handle.write(data)
+                with write_errors(tokens_path, AGAIN):
+                    handle.write(data)
                 digest.update(data)
                 n_tokens += ids.size
                 done_bytes += n_bytes
@@ -203,13 +218,16 @@ def prepare_corpus(
             os.fsync(handle.fileno())
         if n_tokens == 0:
             raise DataError(f"corpus {source.name} has no text to tokenize")
-        os.replace(tmp_tokens, out / "tokens.bin")
+        with write_errors(tokens_path, AGAIN):
+            os.replace(tmp_tokens, tokens_path)
     except BaseException:
         tmp_tokens.unlink(missing_ok=True)
         raise
-    with atomic_path(out / "docs.npy") as tmp, tmp.open("wb") as handle:
+    docs_path = out / "docs.npy"
+    with write_errors(docs_path, AGAIN), atomic_path(docs_path) as tmp, tmp.open("wb") as handle:
         np.save(handle, np.asarray(doc_starts, dtype=np.int64))
-    save_tokenizer(tokenizer, out)  # a word-level vocabulary; nothing for GPT-2
+    with write_errors(out, AGAIN):
+        save_tokenizer(tokenizer, out)  # a word-level vocabulary; nothing for GPT-2
     meta = {
         "format": "gptsmith-token-shard",
         "format_version": SHARD_FORMAT_VERSION,
@@ -226,7 +244,8 @@ def prepare_corpus(
         "source_fingerprint": fingerprint,
         "checksum": digest.hexdigest(),
     }
-    atomic_write_json(out / "meta.json", meta)
+    with write_errors(out / "meta.json", AGAIN):
+        atomic_write_json(out / "meta.json", meta)
     return TokenShard.open(out)
 
 

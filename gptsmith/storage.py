@@ -103,6 +103,43 @@ def check_can_be_directory(path: str | Path, what: str) -> None:
     raise StorageError(f"{what} {path} cannot be a directory: {existing} is a file (choose another path)")
 
 
+@contextmanager
+def write_errors(path: str | Path, again: str) -> Iterator[None]:
+    """Turn a failed write of ``path`` into a ``StorageError`` that names it and the reason (``disk
+    full``, or the system's), and says to ``again`` once fixed, e.g. ``prepare it again``."""
+    try:
+        yield
+    except OSError as exc:
+        reason, full = write_failure_reason(exc, Path(path).parent)
+        raise StorageError(f"cannot write {path}: {reason}; {'free some space' if full else 'fix that'} "
+                           f"and {again}") from exc
+
+
+@contextmanager
+def created_directory(path: str | Path) -> Iterator[Path]:
+    """Make the directory ``path`` (and missing parents) for the block. If the block raises, what
+    this call created goes again: ``path`` with whatever the block wrote in it, then the parents it
+    made, while empty, so a failed command leaves no empty folders behind (an existing ``path`` is
+    left as it is)."""
+    path = Path(path)
+    missing, probe = [], path.absolute()
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        if missing:
+            shutil.rmtree(missing[0], ignore_errors=True)
+            for parent in missing[1:]:
+                try:
+                    parent.rmdir()
+                except OSError:  # something else put a file there meanwhile: keep it
+                    break
+        raise
+
+
 # --- Atomic writes ----------------------------------------------------------------------------
 
 
