@@ -88,3 +88,26 @@ def test_text_in_argv_must_be_utf8_as_on_stdin(argv, what, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"error: {what} is not UTF-8: byte 0x" in err
     assert err.strip().endswith("(convert it, e.g. `iconv -f latin1 -t utf-8`)")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("train:\n  lr: -1\n",
+     "{path}: train.lr must be > 0, got -1 (fix it in the file, or override it with --lr)"),
+    ("train:\n  dtype: fp64\n",
+     "{path}: train.dtype: unknown dtype 'fp64' (choose from auto, bf16, fp32; bfloat16 and float32 work "
+     "too) (fix it in the file, or override it with --dtype)"),
+    ("model:\n  preset: tiny\n  n_heads: 0\n", "{path}: model.n_heads must be a positive integer, got 0"),
+])
+def test_a_config_files_bad_value_names_the_file_and_key(text, message, tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"gptsmith train: error: {message.format(path=path)}\n"
+
+
+def test_a_flag_over_a_bad_file_value_is_the_flag_that_is_named(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  lr: -1\n  max_steps: 10\n")
+    assert main(["train", "--config", str(path), "--lr", "-2", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == "gptsmith train: error: --lr must be > 0, got -2.0\n"

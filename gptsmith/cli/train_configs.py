@@ -13,8 +13,10 @@ continuation, and a note says so.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +90,38 @@ def model_config(args: argparse.Namespace) -> Any:
     return GPTConfig.from_preset(preset, **model_over)
 
 
+@contextlib.contextmanager
+def _file_values_named(args: argparse.Namespace) -> Iterator[None]:
+    """Re-raise an error about a value that came from the --config file (not overridden by a flag)
+    so that it names the file and the key, e.g. ``run.yaml: train.lr must be > 0, got -1``."""
+    try:
+        yield
+    except ConfigError as exc:
+        if not args.config:
+            raise
+        message, flags = str(exc), flag_values(args)
+        try:
+            model_keys, train_keys = (set(section) for section in read_config_file(args.config))
+        except ConfigError:
+            raise exc from None
+        for key in sorted(train_keys - set(flags)):
+            name = _flag(key)
+            if message.startswith(name) and message[len(name):len(name) + 1] in (" ", ":"):
+                raise ConfigError(f"{args.config}: train.{key}{message[len(name):]} (fix it in the file, "
+                                  f"or override it with {name})") from None
+        for key in sorted(model_keys):
+            if message.startswith(f"GPTConfig.{key} "):
+                raise ConfigError(f"{args.config}: model.{message.removeprefix('GPTConfig.')}") from None
+        raise
+
+
 def build_configs(args: argparse.Namespace) -> tuple[Any, Any]:
     """(GPTConfig, TrainConfig) from recipe < config file < flags."""
+    with _file_values_named(args):
+        return _build_configs(args)
+
+
+def _build_configs(args: argparse.Namespace) -> tuple[Any, Any]:
     from gptsmith.recipes import get_recipe
     from gptsmith.train import TrainConfig
 
@@ -123,6 +155,11 @@ def read_run_info(run_dir: Path) -> dict:
 
 def resume_configs(args: argparse.Namespace, run_dir: Path, run_info: dict) -> tuple[Any, Any, list[str]]:
     """(GPTConfig, TrainConfig, notes to print) for resuming ``run_dir`` as ``args`` ask."""
+    with _file_values_named(args):
+        return _resume_configs(args, run_dir, run_info)
+
+
+def _resume_configs(args: argparse.Namespace, run_dir: Path, run_info: dict) -> tuple[Any, Any, list[str]]:
     from gptsmith.corpus import same_corpus
     from gptsmith.model import GPTConfig
     from gptsmith.train import TrainConfig
