@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import shutil
 from collections.abc import Iterable, Iterator
@@ -31,7 +30,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from gptsmith.errors import CheckpointError, ConfigError, StorageError
@@ -58,37 +56,6 @@ LOSS_PLOT = "loss.png"
 
 def checkpoint_name(step: int) -> str:
     return f"{CHECKPOINTS}/step-{step:06d}"
-
-
-# --- RNG state (as plain tensors and lists, so weights_only loading accepts it) ------------------
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """The state of every random generator training touches: torch (CPU, CUDA), numpy, python."""
-    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    version, internal, gauss = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
-                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
-        "python": {"version": version, "internal": list(internal), "gauss": gauss},
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Put every generator back where ``capture_rng_state`` found it."""
-    torch.set_rng_state(state["torch"])
-    np_state = state["numpy"]
-    keys = np_state["keys"].numpy().astype(np.uint32)
-    np.random.set_state(("MT19937", keys, np_state["pos"], np_state["has_gauss"],
-                         np_state["cached_gaussian"]))
-    py = state["python"]
-    random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # --- Saving -------------------------------------------------------------------------------------
@@ -330,8 +297,17 @@ def find_resume_checkpoint(
         except CheckpointError as exc:
             if not fallback:
                 raise
-            problems.append((candidate, str(exc)))
-    raise CheckpointError(f"no loadable checkpoint in {run_dir}: " + "; ".join(m for _, m in problems))
+            problems.append((candidate, _without_fallback_advice(str(exc))))
+    start_again = f"every checkpoint is damaged: start the run again with --out {run_dir} --overwrite"
+    raise CheckpointError(f"no loadable checkpoint in {run_dir}: " + "; ".join(m for _, m in problems)
+                          + f" ({start_again})")
+
+
+def _without_fallback_advice(message: str) -> str:
+    """A checkpoint's problem without its "resume with --fallback" advice: said to a resume that
+    already has --fallback, it would only repeat itself."""
+    message = re.sub(r"[;:,]? ?resume with --fallback[^)]*", "", message)
+    return message.replace(" ()", "")
 
 
 def quarantine_checkpoint(checkpoint_dir: Path) -> Path:

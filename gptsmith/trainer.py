@@ -27,6 +27,7 @@ from gptsmith.device import autocast, resolve_autocast_dtype, resolve_device, se
 from gptsmith.distributed import DistContext, all_reduce_mean, any_rank, barrier, init_distributed
 from gptsmith.errors import CheckpointError, ConfigError, DataError
 from gptsmith.memory import check_train_memory
+from gptsmith.rng_state import capture_rng_state, restore_rng_state
 from gptsmith.run_dir import divergence_advice
 from gptsmith.schedule import build_optimizer, lr_at_step
 from gptsmith.storage import atomic_write_json
@@ -166,7 +167,7 @@ class Trainer:
             raise CheckpointError(f"{path}/model.safetensors does not match the model (missing {missing})")
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["data"])
-        ckpt.restore_rng_state(state["rng"])
+        restore_rng_state(state["rng"])
         self.step = int(state["step"])
         self.tokens_seen = int(state["tokens_seen"])
         self.best_val_loss = state.get("best_val_loss")
@@ -352,7 +353,7 @@ class Trainer:
             "tokens_seen": self.tokens_seen,
             "optimizer": self.optimizer.state_dict(),
             "data": self.sampler.state_dict(),
-            "rng": ckpt.capture_rng_state(),
+            "rng": capture_rng_state(),
             "best_val_loss": self.best_val_loss,
             "best_step": self.best_step,
             "last_val_loss": self.last_val_loss,

@@ -138,3 +138,19 @@ def test_eval_of_a_broken_checkpoint_is_one_line_and_exit_2(nan_checkpoint, trai
     assert main(argv) == 2
     err = one_error_line(capsys, "eval")
     assert "gives a non-finite loss (nan) on the train split: its weights are broken" in err
+
+
+def test_fallback_advice_is_not_repeated_to_a_fallback_resume(run_copy, capsys):
+    for step in ("step-000002", "step-000004"):
+        weights = run_copy / "checkpoints" / step / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run_copy), "--no-progress"]) == 2
+    assert "resume with --fallback" in one_error_line(capsys, "train")  # the way on, once
+    assert main(["train", "--resume", str(run_copy), "--fallback", "--no-progress"]) == 2
+    error = one_error_line(capsys, "train")
+    assert error.startswith(f"gptsmith train: error: no loadable checkpoint in {run_copy}: ")
+    assert "step-000002/model.safetensors" in error and "step-000004/model.safetensors" in error
+    assert "--fallback" not in error
+    assert error.endswith(f"(every checkpoint is damaged: start the run again with --out {run_copy} "
+                          "--overwrite)")
