@@ -32,8 +32,9 @@ import torch
 
 from benchmarks.harness import base_parser, compare, optional_import, print_report, write_report
 from benchmarks.model_forward import lfs_config, make_hf, make_lfs
-from gptsmith.generate import generate, optimize_for_decoding
-from gptsmith.model import GPTConfig, GPTModel
+from gptsmith.generate.decoding import optimize_for_decoding
+from gptsmith.generate.generation import generate
+from gptsmith.model.gpt import GPTConfig, GPTModel
 
 HIGHER = {"decode tokens/s": True, "time to first token ms": False, "% of bandwidth bound": True}
 

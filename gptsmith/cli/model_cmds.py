@@ -8,7 +8,7 @@ from pathlib import Path
 
 from gptsmith.device import dtype_arg
 from gptsmith.errors import CheckpointError, ConfigError, GptsmithError
-from gptsmith.model_config import PRESETS, GPTConfig
+from gptsmith.model.config import PRESETS, GPTConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -111,14 +111,13 @@ def _describe_source(name: str, overrides: dict | None = None) -> tuple[GPTConfi
         raise ConfigError(
             f"{name!r} is neither a preset ({', '.join(PRESETS)}) nor an existing checkpoint path{hint}"
         )
-    from gptsmith.weights import (
+    from gptsmith.model.checkpoint import (
         WEIGHTS_FILE,
-        check_state_shapes,
         config_from_checkpoint,
         read_model_config,
         resolve_model_dir,
-        safetensors_shapes,
     )
+    from gptsmith.model.weights import check_state_shapes, safetensors_shapes
 
     model_dir = resolve_model_dir(path)
     config = read_model_config(model_dir)
@@ -129,7 +128,7 @@ def _describe_source(name: str, overrides: dict | None = None) -> tuple[GPTConfi
             raise CheckpointError(f"{weights} is missing (the checkpoint is incomplete)")
         check_state_shapes(cfg, safetensors_shapes(weights), source=str(weights))
     else:
-        from gptsmith.hf_gpt2 import check_hf_weights
+        from gptsmith.model.hf_gpt2 import check_hf_weights
 
         check_hf_weights(model_dir, cfg)  # names mapped as an import maps them; truncation caught
     kind = "Hugging Face GPT-2 directory" if config["format"] == "hf-gpt2" else "gptsmith checkpoint"
@@ -147,7 +146,7 @@ def _mib(n_bytes: int) -> str:
 
 def _train_step(args: argparse.Namespace, cfg: GPTConfig) -> dict:
     """--batch-size, --context-length (checked) and the estimated peak bytes of one training step."""
-    from gptsmith.memory import train_step_memory
+    from gptsmith.model.memory import train_step_memory
 
     context = cfg.context_length if args.context_length is None else args.context_length
     for flag, value in (("--batch-size", args.batch_size), ("--context-length", context)):
@@ -161,8 +160,8 @@ def _train_step(args: argparse.Namespace, cfg: GPTConfig) -> dict:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from gptsmith.memory import available_memory, gib
-    from gptsmith.model import summarize
+    from gptsmith.model.gpt import summarize
+    from gptsmith.model.memory import available_memory, gib
 
     cfg, description, extra = _describe_source(args.model, _parse_overrides(args.overrides))
     step = _train_step(args, cfg)
@@ -236,17 +235,17 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from gptsmith.data.tokenizer import load_tokenizer
     from gptsmith.device import torch_dtype
-    from gptsmith.hf_gpt2 import export_hf
+    from gptsmith.model.checkpoint import load_model, read_model_config, resolve_model_dir, save_model
+    from gptsmith.model.hf_gpt2 import export_hf
     from gptsmith.storage import check_can_be_directory
-    from gptsmith.tokenizer import load_tokenizer
-    from gptsmith.weights import load_pretrained, read_model_config, resolve_model_dir, save_model
 
     out: Path = args.out
     check_can_be_directory(out, "--out")  # before the (slow) model load
     if out.is_dir() and any(out.iterdir()) and not args.force:
         raise GptsmithError(f"--out {out} is not empty (pass --force to write into it anyway)")
-    model = load_pretrained(args.source, dtype=torch_dtype(args.dtype))
+    model = load_model(args.source, dtype=torch_dtype(args.dtype))
     source_path = Path(args.source).expanduser()
     tokenizer = read_model_config(source_path).get("tokenizer", "gpt2") if source_path.exists() else "gpt2"
     if tokenizer != "gpt2":  # carry a word-level vocabulary over (GPT-2's BPE is found by name)

@@ -1,0 +1,111 @@
+"""What every verb shares before it does any work: help, version and usage errors without
+importing torch; one --dtype spelling set for every verb."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from gptsmith.cli import main
+
+PROBE = """import sys
+from gptsmith.cli import main
+try:
+    main({argv!r})
+except SystemExit:
+    pass
+print("heavy modules:", sorted(m for m in ("torch", "numpy", "tiktoken") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("argv", [[], ["--help"], ["--version"], ["train", "--help"], ["generate", "--help"],
+                                  ["info", "--help"], ["prepare", "--help"], ["train", "--batch-size", "x"],
+                                  ["generate", "--dtype", "fp64", "--model", "gpt2"], ["nonsense"]])
+def test_help_version_and_usage_errors_do_not_import_torch(argv):
+    proc = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == "heavy modules: []", proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(("spelling", "canonical"), [
+    ("float32", "fp32"), ("fp32", "fp32"), ("bf16", "bf16"), ("bfloat16", "bf16"), ("FP16", "fp16"),
+    ("float16", "fp16")])
+def test_every_verb_accepts_both_dtype_spellings(spelling, canonical):
+    from gptsmith.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["generate", "--model", "gpt2"], ["chat", "--model", "gpt2"],
+                 ["convert", "gpt2", "--to", "hf", "--out", "x"]):
+        assert parser.parse_args([*argv, "--dtype", spelling]).dtype == canonical
+    if canonical != "fp16":
+        assert parser.parse_args(["train", "--dtype", spelling]).dtype == canonical
+
+
+def test_train_refuses_fp16_and_names_the_choices(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--dtype", "fp16"])
+    err = capsys.readouterr().err
+    assert "--dtype: fp16 is not supported for training (it needs a gradient scaler): use bf16 or fp32" in err
+    with pytest.raises(SystemExit):
+        main(["generate", "--model", "gpt2", "--dtype", "fp64"])
+    assert ("--dtype: unknown dtype 'fp64' (choose from auto, fp32, bf16, fp16; float32, bfloat16 and "
+            "float16 work too)") in capsys.readouterr().err
+
+
+def test_progress_goes_to_stderr_as_plain_lines_when_it_is_not_a_terminal(tmp_path, monkeypatch, capsys):
+    from training_helpers import write_cli_inputs
+
+    monkeypatch.setenv("GPTSMITH_CACHE_DIR", str(tmp_path / "cache"))
+    corpus, config = write_cli_inputs(tmp_path)
+    argv = ["train", "--data", str(corpus), "--tokenizer", "simple", "--config", str(config), "--out",
+            str(tmp_path / "run"), "--device", "cpu", "--max-steps", "20", "--eval-every", "20"]
+    assert main(argv) == 0  # with its progress display
+    captured = capsys.readouterr()
+    assert "\r" not in captured.out + captured.err  # no bar frames in a log
+    lines = [line for line in captured.err.splitlines() if line.startswith("step ")]
+    assert [line.split(" |")[0] for line in lines] == [f"step {n}/20" for n in range(2, 21, 2)]
+    assert "loss " in lines[-1] and "tok/s" in lines[-1]
+    assert "done: 20 steps" in captured.out  # the log lines stay on stdout
+    assert main(["prepare", str(corpus), "--tokenizer", "simple", "--out", str(tmp_path / "shard"),
+                 "--force"]) == 0
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err and "shard written" in captured.out
+
+
+@pytest.mark.parametrize(("argv", "what"), [
+    (["generate", "--model", "/nonexistent", "caf\udce9"], "the prompt"),
+    (["generate", "--model", "/nonexistent", "--stop", "\udcff", "hi"], "--stop"),
+    (["chat", "--model", "/nonexistent", "--stop", "a\udcffb"], "--stop"),
+    (["train", "--prompt", "\udce9t\udce9", "--data", "/nonexistent", "--out", "/nonexistent/r"], "--prompt"),
+])
+def test_text_in_argv_must_be_utf8_as_on_stdin(argv, what, capsys):
+    """Linux hands undecodable argv bytes to Python as lone surrogates (surrogateescape)."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"error: {what} is not UTF-8: byte 0x" in err
+    assert err.strip().endswith("(convert it, e.g. `iconv -f latin1 -t utf-8`)")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("train:\n  lr: -1\n",
+     "{path}: train.lr must be > 0, got -1 (fix it in the file, or override it with --lr)"),
+    ("train:\n  dtype: fp64\n",
+     "{path}: train.dtype: unknown dtype 'fp64' (choose from auto, bf16, fp32; bfloat16 and float32 work "
+     "too) (fix it in the file, or override it with --dtype)"),
+    ("model:\n  preset: tiny\n  n_heads: 0\n", "{path}: model.n_heads must be a positive integer, got 0"),
+])
+def test_a_config_files_bad_value_names_the_file_and_key(text, message, tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"gptsmith train: error: {message.format(path=path)}\n"
+
+
+def test_a_flag_over_a_bad_file_value_is_the_flag_that_is_named(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  lr: -1\n  max_steps: 10\n")
+    assert main(["train", "--config", str(path), "--lr", "-2", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == "gptsmith train: error: --lr must be > 0, got -2.0\n"
