@@ -301,6 +301,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from gptsmith.errors import DataError, NonFiniteError
     from gptsmith.model.checkpoint import load_model_dir, read_model_config, resolve_model_dir
     from gptsmith.model.gpt import GPTConfig, GPTModel
+    from gptsmith.model.memory import check_eval_memory
     from gptsmith.train.batches import FixedBatches
     from gptsmith.train.evaluation import calc_loss_loader, perplexity
     from gptsmith.train.run import prepare_splits
@@ -345,6 +346,7 @@ def run_eval(args: argparse.Namespace) -> int:
         if n_windows == 0:
             raise DataError(f"the {split} split of {data} has {len(tokens)} tokens, fewer than one window of "
                             f"{context_length} + 1 (lower --context-length)")
+        check_eval_memory(model.cfg, min(args.batch_size, n_windows), context_length, device)
         batches = FixedBatches(tokens, context_length, min(args.batch_size, n_windows), args.max_batches)
         with torch.no_grad():
             loss = calc_loss_loader(batches, model, device)

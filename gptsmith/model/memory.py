@@ -59,6 +59,15 @@ def train_step_memory(cfg: Any, batch_size: int, context_length: int) -> dict[st
             "total": static + activations + logits}
 
 
+def eval_memory(cfg: Any, batch_size: int, context_length: int) -> int:
+    """Estimated peak bytes of scoring one (batch_size, context_length) batch without gradients:
+    the fp32 weights, one layer's activations at a time, and the logits with their float copy and
+    log-softmax (``gptsmith eval``)."""
+    tokens = batch_size * context_length
+    activations = ACTIVATION_VALUES * FP32 * tokens * cfg.emb_dim
+    return FP32 * parameter_count(cfg) + activations + 3 * FP32 * tokens * cfg.vocab_size
+
+
 def generation_memory(cfg: Any, rows: int, length: int, *, bytes_per_value: int = FP32) -> int:
     """Estimated bytes to decode ``rows`` sequences (samples, or beams) of up to ``length`` tokens:
     the weights, a KV cache per row (at most the context), and a few (rows, vocab) score tables."""
@@ -143,3 +152,12 @@ def train_memory_problem(cfg: Any, batch_size: int, context_length: int, device:
             f"{gib(need['weights_and_optimizer'])}, activations {gib(need['activations'])}, logits "
             f"{gib(need['logits'])} at batch {batch_size:,} x context {context_length:,}) but only "
             f"{gib(available)} of memory is available on {device}: {fix}")
+
+
+def check_eval_memory(cfg: Any, batch_size: int, context_length: int, device: Any) -> None:
+    """Raise ``ConfigError`` when scoring one batch cannot fit in the device's memory."""
+    need, available = eval_memory(cfg, batch_size, context_length), available_memory(device)
+    if available is not None and need > available:
+        fix = "lower --batch-size" if batch_size > 1 else "lower --context-length"
+        raise ConfigError(f"scoring a batch of {batch_size:,} x {context_length:,} tokens needs about "
+                          f"{gib(need)} but only {gib(available)} of memory is available on {device}: {fix}")

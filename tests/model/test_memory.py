@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 from training_helpers import train_args, write_cli_inputs
@@ -84,3 +85,17 @@ def test_info_shows_the_step_memory_for_a_batch_and_context(capsys):
                                   **memory.train_step_memory(PRESETS["tiny"], 8, 128)}
     assert main(["info", "tiny", "--context-length", "129"]) == 2
     assert "--context-length 129 is longer than the model's context of 128" in capsys.readouterr().err
+
+
+def test_eval_of_a_batch_that_cannot_fit_is_refused(gpt2_tokenizer, tmp_path, monkeypatch, capsys):
+    from training_helpers import write_cli_inputs
+
+    monkeypatch.setenv("GPTSMITH_CACHE_DIR", str(tmp_path / "cache"))
+    corpus, _ = write_cli_inputs(tmp_path)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 200 * 2**20)
+    argv = ["eval", "--preset", "tiny", "--data", str(corpus), "--device", "cpu", "--max-batches", "1"]
+    assert main([*argv, "--batch-size", "100000"]) == 2  # as many sequences as the split has
+    err = capsys.readouterr().err
+    assert re.match(r"gptsmith eval: error: scoring a batch of \d+ x 128 tokens needs about [\d.]+ GiB but "
+                    r"only 200.0 MiB of memory is available on cpu: lower --batch-size\n$", err), err
+    assert main([*argv, "--batch-size", "1"]) == 0  # one sequence fits
