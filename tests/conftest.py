@@ -24,6 +24,15 @@ def _small_thread_count():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _plenty_of_memory(monkeypatch):
+    """Memory checks see a machine with 1 TiB free, so no outcome depends on what other processes
+    happen to use; the tests of those checks set their own figure."""
+    from gptsmith.model import memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": 2**40)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """Path to ../shared/data; skips the test when it is absent (a user's clone has none)."""
