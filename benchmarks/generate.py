@@ -3,13 +3,14 @@
 Candidates, all with the same random weights (copied from the gptsmith model; their greedy tokens
 are checked to agree before anything is timed):
 
-- gptsmith: ``generate(model, ids, n)`` (KV cache, ``last_token_only``, inference mode), fp32;
+- gptsmith: ``generate(model, ids, n)`` as any Python caller runs it, no extra call (KV cache,
+  ``last_token_only``, inference mode, the ``FastLinear`` CPU kernels), fp32;
 - transformers: ``GPT2LMHeadModel.generate(use_cache=True, do_sample=False)``, SDPA attention;
 - llms_from_scratch (KV cache): ``llms_from_scratch.kv_cache`` GPTModel + ``generate_text_simple``;
 - llms_from_scratch (no cache): ``ch05.generate`` on ``ch04.GPTModel`` (re-reads the whole context
   every step);
-- gptsmith row-major: ``generate`` without ``optimize_for_decoding`` (PyTorch's usual weight layout);
-- gptsmith bf16: bf16 weights;
+- gptsmith plain nn.Linear: ``generate`` with every ``FastLinear`` turned back into ``nn.Linear``;
+- gptsmith bf16: bf16 weights (``model.to(torch.bfloat16)``);
 - gptsmith int8: ``torch.ao.quantization.quantize_dynamic`` (int8 weights; activations quantized
   on the fly); with ``--torchao`` also torchao's ``Int8WeightOnlyConfig`` (weight-only int8).
 
@@ -32,7 +33,8 @@ import torch
 
 from benchmarks.harness import base_parser, compare, optional_import, print_report, write_report
 from benchmarks.model_forward import lfs_config, make_hf, make_lfs
-from gptsmith.generate import generate, optimize_for_decoding
+from gptsmith.fast_linear import FastLinear
+from gptsmith.generate import generate
 from gptsmith.model import GPTConfig, GPTModel
 
 HIGHER = {"decode tokens/s": True, "time to first token ms": False, "% of bandwidth bound": True}
@@ -135,7 +137,7 @@ def lfs_kv_generate(model, ids: torch.Tensor, n: int) -> torch.Tensor:
 def quantize_int8(model: GPTModel, use_torchao: bool = False) -> torch.nn.Module | None:
     """An int8 copy of ``model``: torch's ``quantize_dynamic`` (int8 weights, activations quantized
     on the fly; fbgemm kernels), or torchao's weight-only int8 (None when torchao is missing)."""
-    quantized = copy.deepcopy(model)
+    quantized = plain_linear(model)  # quantize_dynamic maps nn.Linear itself, not subclasses
     quantized.out_head.weight = torch.nn.Parameter(model.out_head.weight.detach().clone())  # untie
     if use_torchao:
         torchao = optional_import("torchao.quantization")
@@ -150,12 +152,20 @@ def quantize_int8(model: GPTModel, use_torchao: bool = False) -> torch.nn.Module
         return quantize_dynamic(quantized, {torch.nn.Linear}, dtype=torch.qint8)
 
 
+def plain_linear(model: GPTModel) -> GPTModel:
+    """A copy of ``model`` whose ``FastLinear`` layers are plain ``nn.Linear`` (PyTorch's own kernels)."""
+    plain = copy.deepcopy(model)
+    for module in plain.modules():
+        if isinstance(module, FastLinear):
+            module.__class__ = torch.nn.Linear
+    return plain
+
+
 def generators(model: GPTModel, variants: bool, torchao: bool) -> tuple[dict, list[str]]:
     """{name: fn(ids, n) -> ids (1, n_prompt + n)} for every candidate, and notes about them."""
-    notes = ["gptsmith = generate() after optimize_for_decoding() (DecodeLinear: one-row steps on every "
-             "thread, column-major wide matrices), as the CLI runs; gptsmith row-major = plain nn.Linear"]
-    fast = optimize_for_decoding(copy.deepcopy(model))
-    candidates = {"gptsmith": lambda ids, n: generate(fast, ids, n)}
+    notes = ["gptsmith = generate(model, ids, n) with no extra call (FastLinear kernels); gptsmith plain "
+             "= the same model with nn.Linear layers"]
+    candidates = {"gptsmith": lambda ids, n: generate(model, ids, n)}
     hf = make_hf(model)
     if hf is not None:
         hf.eval()
@@ -188,7 +198,8 @@ def generators(model: GPTModel, variants: bool, torchao: bool) -> tuple[dict, li
         context = model.cfg.context_length
         candidates["lfs no-cache"] = lambda ids, n: ch05.generate(lfs, ids, n, context_size=context)
     if variants:
-        candidates["gptsmith row-major"] = lambda ids, n: generate(model, ids, n)
+        plain = plain_linear(model)
+        candidates["gptsmith plain"] = lambda ids, n: generate(plain, ids, n)
         bf16 = copy.deepcopy(model).to(torch.bfloat16)
         candidates["gptsmith bf16"] = lambda ids, n: generate(bf16, ids, n)
         int8 = quantize_int8(model)

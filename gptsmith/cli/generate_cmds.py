@@ -120,7 +120,6 @@ def _add_decoding_args(parser: argparse.ArgumentParser, *, max_new_tokens: int, 
 
 def load_for_generation(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, dict[str, Any], str]:
     """(model, tokenizer, checkpoint config, display name) from --checkpoint/--model/--device/--dtype."""
-    from gptsmith.decoding import optimize_for_decoding
     from gptsmith.device import resolve_device
     from gptsmith.tokenizer import load_tokenizer
     from gptsmith.weights import load_model, load_pretrained, read_model_config, resolve_model_dir
@@ -139,7 +138,6 @@ def load_for_generation(args: argparse.Namespace) -> tuple[torch.nn.Module, Any,
         config = read_model_config(model_dir) if model_dir else {"tokenizer": "gpt2"}
         model = load_pretrained(args.model, device=device, dtype=dtype)
         name = args.model
-    optimize_for_decoding(model)
     tokenizer = load_tokenizer(config.get("tokenizer") or "gpt2", model_dir)
     if tokenizer.vocab_size > model.cfg.vocab_size:
         raise ConfigError(
