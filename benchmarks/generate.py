@@ -228,6 +228,34 @@ def check_agreement(candidates: dict, ids: torch.Tensor, n: int) -> list[str]:
     return notes
 
 
+AGREEMENT_PROMPTS = ("ROMEO:", "First Citizen:\nWe are", "The king", "O, what a", "KING RICHARD III:\n")
+
+
+def agreement(model_dir: str, n: int) -> str:
+    """How far the greedy tokens of bf16 and int8 weights follow fp32's, on a trained checkpoint."""
+    from gptsmith.tokenizer import get_tokenizer
+    from gptsmith.weights import load_model
+
+    model = load_model(model_dir)
+    tokenizer = get_tokenizer("gpt2")
+    variants = {"bf16": copy.deepcopy(model).to(torch.bfloat16), "int8": quantize_int8(model)}
+    lines = [f"greedy-token agreement with fp32 on {model_dir} ({n} new tokens per prompt)"]
+    same = {name: [] for name in variants}
+    for prompt in AGREEMENT_PROMPTS:
+        ids = torch.tensor([tokenizer.encode(prompt)])
+        reference = generate(model, ids, n)[0, ids.shape[1]:].tolist()
+        for name, variant in variants.items():
+            tokens = generate(variant, ids, n)[0, ids.shape[1]:].tolist()
+            first = next((i for i, (a, b) in enumerate(zip(tokens, reference, strict=True)) if a != b), n)
+            same[name].append(first)
+    for name, firsts in same.items():
+        whole = sum(f == n for f in firsts)
+        median = sorted(firsts)[len(firsts) // 2]
+        lines.append(f"  {name}: first difference after {sorted(firsts)} tokens (prompts sorted; median "
+                     f"{median}); {whole} of {len(firsts)} prompts identical throughout")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0], __name__)
     parser.add_argument("--prompt-tokens", type=int, default=32, help="prompt length (default 32)")
@@ -238,7 +266,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip", action="append", default=[], help="leave out a candidate (repeatable)")
     parser.add_argument("--preset", default="gpt2-small", help="model preset (default gpt2-small)")
+    parser.add_argument("--agreement", metavar="MODEL_DIR",
+                        help="instead: greedy-token agreement of bf16/int8 with fp32 on this trained model")
     args = parser.parse_args(argv)
+    if args.agreement:
+        text = agreement(args.agreement, args.new_tokens)
+        print(text)
+        write_report(text, args.output)
+        return 0
 
     torch.manual_seed(0)
     model = GPTModel(GPTConfig.from_preset(args.preset, drop_rate=0.0)).eval()

@@ -14,8 +14,12 @@ draws its progress bar from them). Around that core:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import platform
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,7 @@ import torch.nn.functional as F
 from gptsmith.config import from_dict, replace
 from gptsmith.device import DTYPES, autocast, parse_device
 from gptsmith.errors import ConfigError, DataError, GptsmithError
+from gptsmith.time_budget import parse_duration
 
 
 @dataclass
@@ -39,7 +44,8 @@ class TrainConfig:
     batch_size: int = 8  # sequences per micro-batch per process
     context_length: int | None = None  # tokens per sequence; None = the model's context_length
     target_batch_tokens: int | None = None  # accumulate gradients until a step sees this many tokens
-    max_steps: int = 300  # optimizer steps
+    max_steps: int = 300  # optimizer steps (with time_budget: sized by the trainer instead)
+    time_budget: float | str | None = None  # seconds, or "90s"/"10m"/"1h": size max_steps to end within it
     lr: float = 2e-3  # peak learning rate
     min_lr: float | None = None  # floor of the cosine decay; None = lr / 10
     warmup_steps: int = 20
@@ -98,9 +104,18 @@ class TrainConfig:
         number("val_fraction", self.val_fraction)
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
+        if self.time_budget is not None:
+            parse_duration(self.time_budget)
         parse_device(self.device)  # a typo is an error here, before any work
         if self.dtype not in DTYPES:
             raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+
+    def intervals(self) -> tuple[int, int, int]:
+        """(eval_every, checkpoint_every, sample_every) in steps, defaults resolved; sample 0 = never."""
+        eval_every = self.eval_every or self.max_steps
+        checkpoint_every = eval_every if self.checkpoint_every is None else self.checkpoint_every
+        sample_every = eval_every if self.sample_every is None else self.sample_every
+        return eval_every, checkpoint_every or self.max_steps, sample_every
 
     @property
     def floor_lr(self) -> float:
@@ -221,6 +236,29 @@ class TrainCallbacks:
 
     def on_checkpoint(self, step: int, path: Path) -> None:
         """After a checkpoint is on disk and ``latest`` points to it."""
+
+    def on_schedule(self, info: dict[str, Any]) -> None:
+        """With a time budget, once the schedule is sized: max_steps, warmup_steps, step_s... (BudgetPlan)."""
+
+
+@contextlib.contextmanager
+def stop_signals(trainer: Any) -> Iterator[None]:
+    """On SIGINT/SIGTERM ``trainer.request_stop`` (the step ends, a checkpoint, stop); a 2nd Ctrl-C aborts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if trainer.stop_requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        trainer.request_stop(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @dataclass

@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from gptsmith.errors import CheckpointError, ConfigError, DataError
 from gptsmith.run_dir import divergence_advice
 from gptsmith.schedule import build_optimizer, lr_at_step
 from gptsmith.storage import atomic_write_json
+from gptsmith.time_budget import PROBE_STEPS, checkpoint_seconds, parse_duration, plan_budget, probe_done
 from gptsmith.train import (  # TrainCallbacks and TrainResult are part of this module's API too
     NonFiniteLossError,
     TrainCallbacks,
@@ -36,6 +35,7 @@ from gptsmith.train import (  # TrainCallbacks and TrainResult are part of this 
     environment_info,
     evaluate,
     perplexity,
+    stop_signals,
 )
 
 
@@ -169,6 +169,7 @@ class Trainer:
         self.best_step = state.get("best_step")
         self.last_val_loss = state.get("last_val_loss")
         self.last_checkpoint = self.resumed_from = path
+        self._resume_budget_plan()
         if self.dist.is_main:  # the run directory as it was when this checkpoint was written
             ckpt.write_pointer(self.run_dir, "latest", ckpt.checkpoint_name(self.step))
             ckpt.restore_best_pointer(self.run_dir, self.best_step)
@@ -176,9 +177,21 @@ class Trainer:
             ckpt.truncate_samples(self.run_dir, self.step)
         return problems
 
+    def _resume_budget_plan(self) -> None:
+        """A run sized by its time budget resumes that schedule (run.json's ``time_budget``)."""
+        run_file = self.run_dir / ckpt.RUN_FILE
+        plan = json.loads(run_file.read_text()).get("time_budget") if run_file.is_file() else None
+        if self.cfg.time_budget is not None and plan:
+            self.cfg = self.cfg.replace(max_steps=plan["max_steps"], warmup_steps=plan["warmup_steps"])
+            self.run_info["time_budget"] = plan
+
     def request_stop(self, reason: str = "requested") -> None:
         """Stop after the current step, with a checkpoint (what Ctrl-C and SIGTERM do)."""
         self._stop_signal = reason
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_signal is not None
 
     # --- The loop ---------------------------------------------------------------------------
 
@@ -198,17 +211,26 @@ class Trainer:
                 "dtype": "bf16 autocast" if self.amp_dtype else "fp32", "resumed_from": self.resumed_from,
                 "parameters": sum(p.numel() for p in self.model.parameters()),
             })
-        eval_every = cfg.eval_every or cfg.max_steps
-        checkpoint_every = cfg.checkpoint_every if cfg.checkpoint_every is not None else eval_every
-        checkpoint_every = checkpoint_every or cfg.max_steps
-        sample_every = eval_every if cfg.sample_every is None else cfg.sample_every
+        clock = time.perf_counter()  # a --time-budget counts from here
+        budget = None  # (budget seconds, step times) while the first steps are timed
+        if cfg.time_budget is not None and self.step == 0 and self.resumed_from is None:
+            budget = (parse_duration(cfg.time_budget), [])
+            self.cfg = cfg.replace(max_steps=max(cfg.max_steps, PROBE_STEPS + 1))  # until it is sized
 
-        with self._stop_signals():
+        with stop_signals(self):
             if self.step == 0 and self.resumed_from is None:
                 result.evals.append(self._evaluate())  # the untrained baseline: about ln(vocab_size)
-            while self.step < cfg.max_steps:
+            eval_s = time.perf_counter() - clock
+            while self.step < self.cfg.max_steps:
                 loss, lr, grad_norm, seconds = self._train_step()
                 result.losses.append(loss)
+                if budget is not None:
+                    budget[1].append(seconds)
+                    if probe_done(budget[1], budget[0]):
+                        self._size_schedule(budget[0], time.perf_counter() - clock, budget[1], eval_s)
+                        budget = None
+                cfg = self.cfg
+                eval_every, checkpoint_every, sample_every = cfg.intervals()
                 if is_main:
                     info = {"step": self.step, "loss": loss, "lr": lr, "tokens_seen": self.tokens_seen,
                             "tokens_per_s": self.tokens_per_step / seconds, "grad_norm": grad_norm}
@@ -233,6 +255,27 @@ class Trainer:
         result.step, result.tokens_seen = self.step, self.tokens_seen
         result.last_checkpoint, result.best_val_loss = self.last_checkpoint, self.best_val_loss
         return result
+
+    def _size_schedule(self, budget_s: float, elapsed_s: float, step_times: list, eval_s: float) -> None:
+        """Fix ``max_steps`` (and, if it must shrink, the warm-up) so the run ends within its budget
+        (see ``gptsmith.time_budget``); the plan goes into run.json and the config every checkpoint saves."""
+        started = time.perf_counter()
+        if self.tokenizer is not None and self.cfg.sample_every != 0:
+            self._sample_text()
+        sample_s = time.perf_counter() - started
+        plan = plan_budget(self.cfg, budget_s=budget_s, elapsed_s=elapsed_s + sample_s, step_times=step_times,
+                           done_steps=self.step, eval_s=eval_s, sample_s=sample_s,
+                           checkpoint_s=checkpoint_seconds(self.model, self.optimizer))
+        # Every process takes the same schedule (their timings differ a little).
+        agreed = all_reduce_mean(torch.tensor([plan.max_steps, plan.warmup_steps], dtype=torch.float64,
+                                              device=self.device), self.dist).tolist()
+        plan.max_steps, plan.warmup_steps = int(agreed[0]), int(agreed[1])
+        self.cfg = self.cfg.replace(max_steps=plan.max_steps, warmup_steps=plan.warmup_steps)
+        self.run_info["time_budget"] = plan.to_dict()
+        if self.dist.is_main:
+            if self.run_dir is not None:
+                self._write_run_info()
+            self.callbacks.on_schedule(plan.to_dict())
 
     def _train_step(self) -> tuple[float, float, float | None, float]:
         """One optimizer step over ``accum_steps`` micro-batches; returns (loss, lr, grad norm, seconds)."""
@@ -315,6 +358,13 @@ class Trainer:
     def _sample(self) -> None:
         if self.tokenizer is None:
             return
+        text = self._sample_text()
+        if self.run_dir is not None:
+            ckpt.append_sample(self.run_dir, self.step, self.tokens_seen, text)
+        self.callbacks.on_sample(self.step, text)
+
+    def _sample_text(self) -> str:
+        """The sample continuation of the prompt at this step (nothing written, global RNG untouched)."""
         from gptsmith.generate import generate
 
         cfg = self.cfg
@@ -329,10 +379,7 @@ class Trainer:
                            top_k=cfg.sample_top_k, seed=cfg.seed + self.step)
         finally:
             self.model.train(was_training)
-        text = self.tokenizer.decode(out[0].tolist())
-        if self.run_dir is not None:
-            ckpt.append_sample(self.run_dir, self.step, self.tokens_seen, text)
-        self.callbacks.on_sample(self.step, text)
+        return self.tokenizer.decode(out[0].tolist())
 
     def _save_checkpoint(self) -> None:
         # Checked on every rank (their weights are identical), so under DDP all of them stop together.
@@ -374,22 +421,3 @@ class Trainer:
         path = self.run_dir / ckpt.RUN_FILE
         with ckpt.storage_errors(path):
             atomic_write_json(path, info)
-
-    @contextlib.contextmanager
-    def _stop_signals(self):
-        """On SIGINT/SIGTERM finish the current step, checkpoint, and stop; a second Ctrl-C aborts."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum, frame):
-            if self._stop_signal is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            self._stop_signal = signal.Signals(signum).name
-
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
