@@ -32,8 +32,7 @@ import warnings
 import torch
 
 from benchmarks.harness import base_parser, compare, optional_import, print_report, write_report
-from benchmarks.model_forward import lfs_config, make_hf, make_lfs
-from gptsmith.fast_linear import FastLinear
+from benchmarks.model_forward import lfs_config, make_hf, make_lfs, plain_linear
 from gptsmith.generate import generate
 from gptsmith.model import GPTConfig, GPTModel
 
@@ -150,15 +149,6 @@ def quantize_int8(model: GPTModel, use_torchao: bool = False) -> torch.nn.Module
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
         return quantize_dynamic(quantized, {torch.nn.Linear}, dtype=torch.qint8)
-
-
-def plain_linear(model: GPTModel) -> GPTModel:
-    """A copy of ``model`` whose ``FastLinear`` layers are plain ``nn.Linear`` (PyTorch's own kernels)."""
-    plain = copy.deepcopy(model)
-    for module in plain.modules():
-        if isinstance(module, FastLinear):
-            module.__class__ = torch.nn.Linear
-    return plain
 
 
 def generators(model: GPTModel, variants: bool, torchao: bool) -> tuple[dict, list[str]]:

@@ -19,7 +19,7 @@ TRAIN_EPILOG = """\
 examples:
   gptsmith train                    # the main job: tiny preset, built-in corpus, minutes on a CPU
   gptsmith train --recipe tinyshakespeare --out runs/shakespeare
-  gptsmith train --recipe tinyshakespeare --time-budget 10m     # the schedule sized to end in 10 minutes
+  gptsmith train --data notes/ --time-budget 20m --out runs/n20   # the schedule sized to end in 20 minutes
   gptsmith train --data notes/ --preset small --context-length 256 --lr 1e-3 --out runs/notes
   gptsmith train --resume runs/notes --max-steps 2000     # continue exactly where it stopped
   torchrun --standalone --nproc_per_node=2 -m gptsmith train --out runs/ddp   # data-parallel processes
