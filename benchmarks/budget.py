@@ -35,12 +35,14 @@ import numpy as np
 import torch
 
 from benchmarks.harness import REPO_ROOT, base_parser, write_report
-from gptsmith.batches import FixedBatches
-from gptsmith.model import GPTConfig, GPTModel
-from gptsmith.recipes import get_recipe
-from gptsmith.tokenizer import get_tokenizer
-from gptsmith.train import TrainConfig, calc_loss_loader, prepare_splits
-from gptsmith.trainer import Trainer
+from gptsmith.data.tokenizer import get_tokenizer
+from gptsmith.model.gpt import GPTConfig, GPTModel
+from gptsmith.train.batches import FixedBatches
+from gptsmith.train.config import TrainConfig
+from gptsmith.train.evaluation import calc_loss_loader
+from gptsmith.train.recipes import get_recipe
+from gptsmith.train.run import prepare_splits
+from gptsmith.train.trainer import Trainer
 
 DATA = REPO_ROOT.parent / "shared" / "data"
 UNSEEN = ("the-verdict.txt", "tinystories_val_first1000.txt")
@@ -97,7 +99,7 @@ def run_candidate(name: str, recipe_name: str, seconds: float, tokenizer, splits
     for file_name, tokens in unseen.items():
         figures[file_name] = window_loss(model, tokens)
     if save_dir is not None:
-        from gptsmith.weights import save_model
+        from gptsmith.model.checkpoint import save_model
 
         save_model(model, Path(save_dir) / name, tokenizer=tokenizer)
     return figures

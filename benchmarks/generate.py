@@ -33,8 +33,8 @@ import torch
 
 from benchmarks.harness import base_parser, compare, optional_import, print_report, write_report
 from benchmarks.model_forward import lfs_config, make_hf, make_lfs, plain_linear
-from gptsmith.generate import generate
-from gptsmith.model import GPTConfig, GPTModel
+from gptsmith.generate.generation import generate
+from gptsmith.model.gpt import GPTConfig, GPTModel
 
 HIGHER = {"decode tokens/s": True, "time to first token ms": False, "% of bandwidth bound": True}
 
@@ -223,8 +223,8 @@ AGREEMENT_PROMPTS = ("ROMEO:", "First Citizen:\nWe are", "The king", "O, what a"
 
 def agreement(model_dir: str, n: int) -> str:
     """How far the greedy tokens of bf16 and int8 weights follow fp32's, on a trained checkpoint."""
-    from gptsmith.tokenizer import get_tokenizer
-    from gptsmith.weights import load_model
+    from gptsmith.data.tokenizer import get_tokenizer
+    from gptsmith.model.checkpoint import load_model
 
     model = load_model(model_dir)
     tokenizer = get_tokenizer("gpt2")

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 
 from benchmarks.harness import base_parser, compare, optional_import, print_report, timed, write_report
 from gptsmith.device import tune_cpu_allocator
-from gptsmith.fast_linear import FastLinear
-from gptsmith.hf_gpt2 import hf_config_from_gpt, state_dict_to_hf
-from gptsmith.model import GPTConfig, GPTModel
-from gptsmith.schedule import build_optimizer
+from gptsmith.model.fast_linear import FastLinear
+from gptsmith.model.gpt import GPTConfig, GPTModel
+from gptsmith.model.hf_gpt2 import hf_config_from_gpt, state_dict_to_hf
+from gptsmith.train.schedule import build_optimizer
 
 
 def lfs_config(cfg: GPTConfig) -> dict:

@@ -29,9 +29,9 @@ from benchmarks.harness import (
     run_in_subprocess,
     write_report,
 )
-from gptsmith.corpus import resolve_corpus
-from gptsmith.data import prepare_corpus
-from gptsmith.tokenizer import get_tokenizer
+from gptsmith.data.corpus import resolve_corpus
+from gptsmith.data.shards import prepare_corpus
+from gptsmith.data.tokenizer import get_tokenizer
 
 # Child-process code for the memory measurement; both children import the same modules first
 # so the baseline RSS is comparable.
@@ -39,8 +39,9 @@ _MEMORY_CHILD = """
 import json, tempfile
 import numpy as np, torch
 from benchmarks.harness import peak_rss_mb
-from gptsmith.data import SlidingWindowDataset, prepare_corpus
-from gptsmith.tokenizer import get_tokenizer
+from gptsmith.data.windows import SlidingWindowDataset
+from gptsmith.data.shards import prepare_corpus
+from gptsmith.data.tokenizer import get_tokenizer
 tokenizer = get_tokenizer("gpt2")
 if which == "llms_from_scratch":
     from llms_from_scratch.ch02 import GPTDatasetV1

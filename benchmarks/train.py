@@ -33,9 +33,10 @@ import torch.nn.functional as F
 
 from benchmarks.harness import base_parser, compare, print_report, timed, write_report
 from benchmarks.model_forward import candidates_for
-from gptsmith.model import GPTConfig, GPTModel
-from gptsmith.train import TrainConfig
-from gptsmith.trainer import TrainCallbacks, Trainer
+from gptsmith.model.gpt import GPTConfig, GPTModel
+from gptsmith.train.callbacks import TrainCallbacks
+from gptsmith.train.config import TrainConfig
+from gptsmith.train.trainer import Trainer
 
 
 def matmul_peak_gflops(size: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
@@ -135,9 +136,9 @@ class StopAfter(TrainCallbacks):
 
 
 def time_to_loss(args) -> None:
-    from gptsmith.recipes import get_recipe
-    from gptsmith.tokenizer import get_tokenizer
-    from gptsmith.train import prepare_splits
+    from gptsmith.data.tokenizer import get_tokenizer
+    from gptsmith.train.recipes import get_recipe
+    from gptsmith.train.run import prepare_splits
 
     recipe = get_recipe("tinyshakespeare")
     tokenizer = get_tokenizer("gpt2")

@@ -1,8 +1,8 @@
 """Shared helpers for the configuration dataclasses.
 
-Each concern has its own dataclass next to the code that uses it (``GPTConfig`` in ``model.py``,
-``TrainConfig`` in ``train.py``, ``GenerationConfig`` in ``generate.py``). This module holds the one
-way to build any of them from a dict, a YAML/JSON file, or command-line overrides.
+Each concern has its own dataclass next to the code that uses it (``GPTConfig`` in
+``model/gpt.py``, ``TrainConfig`` in ``train/config.py``, ``GenerationConfig`` in ``generate/config.py``).
+This module holds the one way to build any of them from a dict, a YAML/JSON file, or command-line overrides.
 """
 
 from __future__ import annotations

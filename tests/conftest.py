@@ -48,9 +48,9 @@ def gpt2_tokenizer(monkeypatch: pytest.MonkeyPatch):
     Also sets GPTSMITH_GPT2_BPE for the test, so code under test that calls
     ``get_tokenizer("gpt2")`` finds the same files. Skips when neither source is available.
     """
-    from gptsmith.download import resolve_gpt2_bpe
+    from gptsmith.data.download import resolve_gpt2_bpe
+    from gptsmith.data.tokenizer import GPT2Tokenizer, get_tokenizer
     from gptsmith.errors import DataError
-    from gptsmith.tokenizer import GPT2Tokenizer, get_tokenizer
 
     bpe_dir = SHARED_DATA / "gpt2-bpe"
     if bpe_dir.is_dir():

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from gptsmith.attention import KVCache
-from gptsmith.model import GPTConfig, GPTModel
+from gptsmith.model.attention import KVCache
+from gptsmith.model.gpt import GPTConfig, GPTModel
 
 
 def tiny_model(vocab_size: int = 97, context_length: int = 32, seed: int = 0) -> GPTModel:

@@ -81,3 +81,20 @@ def test_console_script_runs(how):
     result = subprocess.run(command + ["--help"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "train" in result.stdout and "generate" in result.stdout
+
+
+def _python_blocks(text: str) -> list[str]:
+    blocks = re.findall(r"^```(\w*)\n(.*?)^```", text, flags=re.S | re.M)
+    return [body for lang, body in blocks if lang == "python"]
+
+
+def test_readme_python_examples_import_what_exists():
+    """Every ``from gptsmith... import`` in a README Python example names a real module and name."""
+    imports = [line.strip() for block in _python_blocks(README) for line in block.splitlines()
+               if re.match(r"\s*(from gptsmith[\w.]* import|import gptsmith)", line)]
+    assert imports, "the README has Python examples"
+    for statement in imports:
+        statement = statement.split("#")[0].strip()
+        if statement.endswith("("):  # a multi-line import: check its module at least
+            statement = statement[: -len(" import (")].replace("from ", "import ")
+        exec(statement, {})  # raises ImportError if a path or a name is wrong

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from gptsmith.download import CORPUS_URLS
+from gptsmith.data.download import CORPUS_URLS
 
 DOWNLOADABLE = ["gpt2-bpe", *sorted(CORPUS_URLS)]
 
@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _parse_fractions(text: str) -> list[float]:
     """``--split``'s fractions, checked before any work is done."""
-    from gptsmith.data import check_split_fractions
+    from gptsmith.data.windows import check_split_fractions
     from gptsmith.errors import ConfigError
 
     try:
@@ -85,7 +85,9 @@ def run_prepare(args: argparse.Namespace) -> int:
     """Tokenize (or reuse) the shard and print where it is and what it holds."""
     from tqdm import tqdm
 
-    from gptsmith.data import prepare_corpus, resolve_corpus, split_tokens
+    from gptsmith.data.corpus import resolve_corpus
+    from gptsmith.data.shards import prepare_corpus
+    from gptsmith.data.windows import split_tokens
     from gptsmith.errors import ConfigError
 
     if args.threads is not None and args.threads < 1:
@@ -121,7 +123,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 def run_download(args: argparse.Namespace) -> int:
     """Fetch into the cache and print the resulting path."""
-    from gptsmith.download import download_corpus, download_gpt2_bpe
+    from gptsmith.data.download import download_corpus, download_gpt2_bpe
 
     def report(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -129,7 +131,7 @@ def run_download(args: argparse.Namespace) -> int:
     if args.what == "gpt2-bpe":
         given = os.environ.get("GPTSMITH_GPT2_BPE")
         if given and not args.force:
-            from gptsmith.tokenizer import GPT2Tokenizer
+            from gptsmith.data.tokenizer import GPT2Tokenizer
 
             GPT2Tokenizer.from_files(given)  # a broken path is an error here, not a silent fetch
             report(f"GPTSMITH_GPT2_BPE already gives GPT-2's BPE files ({given}); nothing to fetch")

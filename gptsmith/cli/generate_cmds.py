@@ -120,9 +120,9 @@ def _add_decoding_args(parser: argparse.ArgumentParser, *, max_new_tokens: int, 
 
 def load_for_generation(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, dict[str, Any], str]:
     """(model, tokenizer, checkpoint config, display name) from --checkpoint/--model/--device/--dtype."""
+    from gptsmith.data.tokenizer import load_tokenizer
     from gptsmith.device import resolve_device
-    from gptsmith.tokenizer import load_tokenizer
-    from gptsmith.weights import load_model, load_pretrained, read_model_config, resolve_model_dir
+    from gptsmith.model.checkpoint import load_model, load_model_dir, read_model_config, resolve_model_dir
 
     device = resolve_device(args.device)
     dtype = DTYPES[args.dtype] if args.dtype else None
@@ -130,13 +130,13 @@ def load_for_generation(args: argparse.Namespace) -> tuple[torch.nn.Module, Any,
     if args.checkpoint is not None:
         model_dir = resolve_model_dir(args.checkpoint)
         config = read_model_config(model_dir)
-        model = load_model(model_dir, device=device, dtype=dtype)
+        model = load_model_dir(model_dir, device=device, dtype=dtype)
         name = str(args.checkpoint)
     else:
         path = Path(args.model).expanduser()
         model_dir = resolve_model_dir(path) if path.exists() else None
         config = read_model_config(model_dir) if model_dir else {"tokenizer": "gpt2"}
-        model = load_pretrained(args.model, device=device, dtype=dtype)
+        model = load_model(args.model, device=device, dtype=dtype)
         name = args.model
     tokenizer = load_tokenizer(config.get("tokenizer") or "gpt2", model_dir)
     if tokenizer.vocab_size > model.cfg.vocab_size:
@@ -149,7 +149,7 @@ def load_for_generation(args: argparse.Namespace) -> tuple[torch.nn.Module, Any,
 
 def _decoding_options(args: argparse.Namespace, **more: Any) -> dict[str, Any]:
     """Keyword options for ``stream_text`` from the flags, checked now (before a slow model load)."""
-    from gptsmith.generate import GenerationConfig
+    from gptsmith.generate.config import GenerationConfig
 
     options = {
         "max_new_tokens": args.max_new_tokens,
@@ -206,8 +206,8 @@ def _warn_of_unused_sampling_flags(args: argparse.Namespace) -> None:
 def _check_for_model(options: dict[str, Any], model: torch.nn.Module, tokenizer: Any) -> None:
     """The checks that need the model and tokenizer (top_k vs the vocabulary, stop texts), done
     before anything is printed rather than at the first generated token."""
-    from gptsmith.generate import GenerationConfig
-    from gptsmith.stopping import normalise_stops
+    from gptsmith.generate.config import GenerationConfig
+    from gptsmith.generate.stopping import normalise_stops
 
     with _in_flag_terms():
         GenerationConfig(**options).check_vocab(model.cfg.vocab_size)
@@ -220,7 +220,7 @@ def _unescape(text: str) -> str:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from gptsmith.generate import stream_text
+    from gptsmith.generate.generation import stream_text
 
     if args.num_samples < 1:
         raise ConfigError(f"--num-samples must be at least 1, got {args.num_samples}")
@@ -295,9 +295,9 @@ def _warnings_printed() -> Iterator[None]:
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    from gptsmith.chat import Conversation, template_from_config
     from gptsmith.cli.stdin_text import bad_byte, keep_undecodable_bytes
-    from gptsmith.generate import stream_text
+    from gptsmith.generate.chat import Conversation, template_from_config
+    from gptsmith.generate.generation import stream_text
 
     options = _decoding_options(args)
     model, tokenizer, config, name = load_for_generation(args)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from gptsmith.errors import CheckpointError, ConfigError, GptsmithError
-from gptsmith.model import PRESETS, GPTConfig, summarize
+from gptsmith.model.gpt import PRESETS, GPTConfig, summarize
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -109,14 +109,13 @@ def _describe_source(name: str, overrides: dict | None = None) -> tuple[GPTConfi
         raise ConfigError(
             f"{name!r} is neither a preset ({', '.join(PRESETS)}) nor an existing checkpoint path{hint}"
         )
-    from gptsmith.weights import (
+    from gptsmith.model.checkpoint import (
         WEIGHTS_FILE,
-        check_state_shapes,
         config_from_checkpoint,
         read_model_config,
         resolve_model_dir,
-        safetensors_shapes,
     )
+    from gptsmith.model.weights import check_state_shapes, safetensors_shapes
 
     model_dir = resolve_model_dir(path)
     config = read_model_config(model_dir)
@@ -127,7 +126,7 @@ def _describe_source(name: str, overrides: dict | None = None) -> tuple[GPTConfi
             raise CheckpointError(f"{weights} is missing (the checkpoint is incomplete)")
         check_state_shapes(cfg, safetensors_shapes(weights), source=str(weights))
     else:
-        from gptsmith.hf_gpt2 import check_hf_weights
+        from gptsmith.model.hf_gpt2 import check_hf_weights
 
         check_hf_weights(model_dir, cfg)  # names mapped as an import maps them; truncation caught
     kind = "Hugging Face GPT-2 directory" if config["format"] == "hf-gpt2" else "gptsmith checkpoint"
@@ -205,16 +204,16 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from gptsmith.hf_gpt2 import export_hf
+    from gptsmith.data.tokenizer import load_tokenizer
+    from gptsmith.model.checkpoint import load_model, read_model_config, resolve_model_dir, save_model
+    from gptsmith.model.hf_gpt2 import export_hf
     from gptsmith.storage import check_can_be_directory
-    from gptsmith.tokenizer import load_tokenizer
-    from gptsmith.weights import load_pretrained, read_model_config, resolve_model_dir, save_model
 
     out: Path = args.out
     check_can_be_directory(out, "--out")  # before the (slow) model load
     if out.is_dir() and any(out.iterdir()) and not args.force:
         raise GptsmithError(f"--out {out} is not empty (pass --force to write into it anyway)")
-    model = load_pretrained(args.source, dtype=DTYPES[args.dtype] if args.dtype else None)
+    model = load_model(args.source, dtype=DTYPES[args.dtype] if args.dtype else None)
     source_path = Path(args.source).expanduser()
     tokenizer = read_model_config(source_path).get("tokenizer", "gpt2") if source_path.exists() else "gpt2"
     if tokenizer != "gpt2":  # carry a word-level vocabulary over (GPT-2's BPE is found by name)

@@ -37,8 +37,8 @@ def _train_defaults() -> dict[str, Any]:
     """What a flag defaults to: the default recipe's value, else TrainConfig's field default."""
     import dataclasses
 
-    from gptsmith.recipes import get_recipe
-    from gptsmith.train import TrainConfig
+    from gptsmith.train.config import TrainConfig
+    from gptsmith.train.recipes import get_recipe
 
     recipe = get_recipe("default")
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
@@ -147,9 +147,9 @@ class _Plan:
 def run_train(args: argparse.Namespace) -> int:
     """``gptsmith train``: check every argument, then (and only then) replace an old run and train."""
     from gptsmith.device import set_seed
-    from gptsmith.model import GPTModel
-    from gptsmith.run_dir import clear_run_dir
-    from gptsmith.trainer import Trainer
+    from gptsmith.model.gpt import GPTModel
+    from gptsmith.train.run_dir import clear_run_dir
+    from gptsmith.train.trainer import Trainer
 
     _check_path_flags(args)
     plan = _plan_resume(args) if args.resume else _plan_new_run(args)
@@ -185,8 +185,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _plan_resume(args: argparse.Namespace) -> _Plan | None:
     """The plan for ``--resume RUN_DIR``; None (after a line saying so) when it has nothing to do."""
-    from gptsmith.checkpointing import find_resume_checkpoint
-    from gptsmith.tokenizer import load_tokenizer
+    from gptsmith.data.tokenizer import load_tokenizer
+    from gptsmith.train.checkpointing import find_resume_checkpoint
 
     run_dir = Path(args.resume)
     run_info = read_run_info(run_dir)
@@ -206,8 +206,8 @@ def _plan_new_run(args: argparse.Namespace) -> _Plan:
     """The plan for a new run: its configs, an --out it may use (nothing deleted yet), its tokenizer."""
     import dataclasses
 
-    from gptsmith.run_dir import check_new_run_dir
-    from gptsmith.shards import corpus_tokenizer
+    from gptsmith.data.shards import corpus_tokenizer
+    from gptsmith.train.run_dir import check_new_run_dir
 
     model_cfg, train_cfg = build_configs(args)
     run_dir = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
@@ -242,7 +242,7 @@ def _check_path_flags(args: argparse.Namespace) -> None:
 
 def _prepare_data(train_cfg: Any, tokenizer: Any) -> tuple[Any, Any, dict]:
     """The (train, val, info) splits of the run's corpus, saying whether it is tokenized now or cached."""
-    from gptsmith.train import prepare_splits
+    from gptsmith.train.run import prepare_splits
 
     tokenizing = []
 
@@ -259,8 +259,8 @@ def _prepare_data(train_cfg: Any, tokenizer: Any) -> tuple[Any, Any, dict]:
 
 def _fit(trainer: Any, progress: ProgressPrinter, run_dir: Path) -> Any:
     """``trainer.fit()``; a second Ctrl-C aborts it at once, after a line on what the run still has."""
-    from gptsmith.distributed import shutdown
-    from gptsmith.run_dir import resume_advice
+    from gptsmith.train.distributed import shutdown
+    from gptsmith.train.run_dir import resume_advice
 
     try:
         return trainer.fit()
@@ -281,14 +281,15 @@ def run_eval(args: argparse.Namespace) -> int:
     """``gptsmith eval``: loss and perplexity of a checkpoint (or an untrained preset) per split."""
     import torch
 
-    from gptsmith.batches import FixedBatches
-    from gptsmith.data import count_windows
+    from gptsmith.data.tokenizer import load_tokenizer
+    from gptsmith.data.windows import count_windows
     from gptsmith.device import resolve_device, set_seed, tune_cpu_allocator
     from gptsmith.errors import DataError
-    from gptsmith.model import GPTConfig, GPTModel
-    from gptsmith.tokenizer import load_tokenizer
-    from gptsmith.train import calc_loss_loader, perplexity, prepare_splits
-    from gptsmith.weights import load_model, read_model_config, resolve_model_dir
+    from gptsmith.model.checkpoint import load_model_dir, read_model_config, resolve_model_dir
+    from gptsmith.model.gpt import GPTConfig, GPTModel
+    from gptsmith.train.batches import FixedBatches
+    from gptsmith.train.evaluation import calc_loss_loader, perplexity
+    from gptsmith.train.run import prepare_splits
 
     for flag_name, value in (("--batch-size", args.batch_size), ("--max-batches", args.max_batches),
                              ("--context-length", args.context_length)):
@@ -307,7 +308,7 @@ def run_eval(args: argparse.Namespace) -> int:
             if (candidate / "run.json").is_file():
                 run_train_cfg = read_run_info(candidate).get("train", {})
                 break
-        model = load_model(model_dir, device=device)
+        model = load_model_dir(model_dir, device=device)
         label = str(model_dir)
     else:
         set_seed(args.seed)

@@ -40,7 +40,7 @@ CHANGES_TRAINING = ("lr", "min_lr", "grad_clip")
 def read_config_file(path: str | None) -> tuple[dict, dict]:
     """The (``model:``, ``train:``) sections of a --config file (empty without one)."""
     from gptsmith.config import check_fields, load_config_file
-    from gptsmith.model import GPTConfig
+    from gptsmith.model.gpt import GPTConfig
 
     if not path:
         return {}, {}
@@ -71,8 +71,8 @@ def flag_values(args: argparse.Namespace) -> dict[str, Any]:
 
 def model_config(args: argparse.Namespace) -> Any:
     """The GPTConfig of recipe < config file < --preset < --context-length."""
-    from gptsmith.model import GPTConfig
-    from gptsmith.recipes import get_recipe
+    from gptsmith.model.gpt import GPTConfig
+    from gptsmith.train.recipes import get_recipe
 
     recipe = get_recipe(args.recipe or "default")
     model_section, _ = read_config_file(args.config)
@@ -90,8 +90,8 @@ def model_config(args: argparse.Namespace) -> Any:
 
 def build_configs(args: argparse.Namespace) -> tuple[Any, Any]:
     """(GPTConfig, TrainConfig) from recipe < config file < flags."""
-    from gptsmith.recipes import get_recipe
-    from gptsmith.train import TrainConfig
+    from gptsmith.train.config import TrainConfig
+    from gptsmith.train.recipes import get_recipe
 
     recipe = get_recipe(args.recipe or "default")
     _, config_train = read_config_file(args.config)
@@ -128,9 +128,9 @@ def read_run_info(run_dir: Path) -> dict:
 
 def resume_configs(args: argparse.Namespace, run_dir: Path, run_info: dict) -> tuple[Any, Any, list[str]]:
     """(GPTConfig, TrainConfig, notes to print) for resuming ``run_dir`` as ``args`` ask."""
-    from gptsmith.corpus import same_corpus
-    from gptsmith.model import GPTConfig
-    from gptsmith.train import TrainConfig
+    from gptsmith.data.corpus import same_corpus
+    from gptsmith.model.gpt import GPTConfig
+    from gptsmith.train.config import TrainConfig
 
     if args.out and Path(args.out).resolve() != Path(run_dir).resolve():
         raise ConfigError(f"--out {args.out} differs from --resume {run_dir} (a resumed run stays in its "
@@ -203,7 +203,7 @@ def _asked_train_values(args: argparse.Namespace) -> tuple[dict[str, Any], dict[
     Both are recipe < config file < flags, except that a recipe's values only ever get checked:
     naming the run's recipe must not reset, say, a --max-steps the run was given.
     """
-    from gptsmith.recipes import get_recipe
+    from gptsmith.train.recipes import get_recipe
 
     recipe_train = get_recipe(args.recipe)["train"] if args.recipe else {}
     _, config_train = read_config_file(args.config)

@@ -1,0 +1,13 @@
+"""Stage 1, text -> token ids -> training windows.
+
+- ``tokenizer``: the ``Tokenizer`` protocol, GPT-2's BPE (through tiktoken, from files found or
+  fetched by ``download``) and the book's simple word tokenizers; ``get_tokenizer(name)``.
+- ``download``: finding and fetching GPT-2's BPE files and the named corpora, offline-first.
+- ``corpus``: what a ``--data`` argument names (a file, a folder, a built-in corpus, ``hf:`` data
+  sets) as a stream of documents.
+- ``shards``: a corpus tokenized once into a memory-mapped ``tokens.bin`` with its metadata.
+- ``windows``: train/val/test splits of a shard and the sliding-window datasets and loaders
+  that cut it into (inputs, targets) pairs.
+
+May import: the top-level helpers (``errors``, ``config``, ``storage``, ``device``, ``version``).
+"""

@@ -1,0 +1,360 @@
+"""Corpora: where training text comes from, read as a stream of documents.
+
+``resolve_corpus(name_or_path)`` turns what a user typed into a ``CorpusSource``:
+
+- ``"builtin"``: the English documentation that ships inside CPython (``pydoc_data.topics``, about
+  80 documents, 0.46 M characters, ~100 k GPT-2 tokens). Every Python has it, so the main job runs
+  offline on a fresh machine; it is real English prose about one subject, which a small model
+  learns visibly within minutes.
+- a named corpus (``"the-verdict"``, ``"tinyshakespeare"``, or any ``NAME`` with a ``NAME.txt``)
+  looked up in $GPTSMITH_DATA_DIR, ``../shared/data`` beside the checkout, and the user cache;
+- a ``.txt``/``.md`` file, a directory of them (recursively), or a glob;
+- ``.jsonl`` (one JSON object per line with a ``text`` field) and ``.parquet`` files (a ``text``
+  column, read in record batches so the corpus may be larger than memory);
+- ``"hf:NAME"`` or ``"hf:NAME:SPLIT"``: a Hugging Face hub dataset, streamed through the optional
+  ``datasets`` package.
+
+Text must be UTF-8: other bytes are an error naming the file and the byte offset (a model should
+not silently learn U+FFFD). A text file holding ``<|endoftext|>`` is split there into documents.
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob
+import hashlib
+import json
+import os
+import platform
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from gptsmith.data.download import cache_dir, is_offline
+from gptsmith.errors import DataError
+
+ENDOFTEXT = "<|endoftext|>"
+TEXT_SUFFIXES = (".txt", ".md")
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the gptsmith package
+
+
+def builtin_documents() -> list[str]:
+    """The built-in corpus: CPython's documentation topics (``pydoc_data.topics``), one per document."""
+    from pydoc_data.topics import topics
+
+    return [topics[name].strip() for name in sorted(topics)]
+
+
+@dataclass(frozen=True)
+class CorpusSource:
+    """A resolved corpus: what kind it is and where its documents come from."""
+
+    name: str  # what the user asked for, for messages and metadata
+    kind: str  # "builtin" | "text" | "jsonl" | "parquet" | "hf"
+    paths: tuple[Path, ...] = ()
+    text_field: str = "text"
+
+    def documents(self) -> Iterator[str]:
+        """Yield the corpus's documents one by one (never the whole corpus at once for big formats)."""
+        if self.kind == "builtin":
+            yield from builtin_documents()
+        elif self.kind == "text":
+            # In a directory or glob an empty file is skipped (with a warning); alone it is an error.
+            empty = []
+            for path in self.paths:
+                text = read_utf8(path)
+                if not text.strip() and len(self.paths) > 1:
+                    empty.append(path)
+                    continue
+                yield from _text_documents(path, text)
+            if empty and len(empty) == len(self.paths):
+                raise DataError(f"every file of {self.name} is empty ({len(empty)} files): no text")
+            if empty:
+                shown = ", ".join(str(p) for p in empty[:3]) + (" ..." if len(empty) > 3 else "")
+                warnings.warn(f"skipped {len(empty)} empty file(s) of {self.name}: {shown}", stacklevel=2)
+        elif self.kind == "jsonl":
+            for path in self.paths:
+                yield from _jsonl_documents(path, self.text_field)
+        elif self.kind == "parquet":
+            for path in self.paths:
+                yield from _parquet_documents(path, self.text_field)
+        elif self.kind == "hf":
+            yield from _hf_documents(self.name, self.text_field)
+        else:  # pragma: no cover - CorpusSource is built by resolve_corpus
+            raise DataError(f"unknown corpus kind {self.kind!r}")
+
+    def total_bytes(self) -> int | None:
+        """Bytes of text (for progress bars); None when unknown without reading it all.
+
+        Text files hold just their text; JSONL and Parquet files hold more (keys, escapes,
+        compression), and hub datasets are streamed, so those have no known total.
+        """
+        if self.kind == "builtin":
+            return sum(len(d.encode("utf-8")) for d in builtin_documents())
+        if self.kind in ("jsonl", "parquet", "hf"):
+            return None
+        return sum(p.stat().st_size for p in self.paths)
+
+    def fingerprint(self) -> str:
+        """A short hash that changes when the corpus does (paths, sizes, modification times).
+
+        ``prepare_corpus`` reuses a token shard whose fingerprint matches, without reading the text.
+        """
+        digest = hashlib.sha256(f"{self.kind}|{self.text_field}".encode())
+        if self.kind == "builtin":
+            digest.update(platform.python_version().encode())
+            for doc in builtin_documents():
+                digest.update(doc.encode("utf-8"))
+        elif self.kind == "hf":
+            digest.update(self.name.encode())
+            # A local folder or file of data (hf:./my-parquet) changes on disk; a hub name is
+            # taken as fixed (`gptsmith prepare --force` fetches it again).
+            local = Path(_hf_parts(self.name[3:])[0]).expanduser()
+            if local.exists():
+                files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else [local]
+                for path in files:
+                    stat = path.stat()
+                    digest.update(f"|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        for path in self.paths:
+            stat = path.stat()
+            digest.update(f"|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        return digest.hexdigest()[:16]
+
+
+def named_corpus_dirs() -> list[Path]:
+    """Where named corpora are looked up, in order."""
+    dirs = []
+    if os.environ.get("GPTSMITH_DATA_DIR"):
+        dirs.append(Path(os.environ["GPTSMITH_DATA_DIR"]).expanduser())
+    if os.environ.get("GPTSMITH_SHARED_DATA"):
+        dirs.append(Path(os.environ["GPTSMITH_SHARED_DATA"]).expanduser())
+    dirs.append(PACKAGE_ROOT.parent.parent / "shared" / "data")  # ../shared/data beside the checkout
+    dirs.append(cache_dir() / "data")  # filled by `gptsmith download NAME`
+    return dirs
+
+
+def _find_named(name: str) -> Path | None:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        return None
+    for directory in named_corpus_dirs():
+        candidate = directory / f"{name}.txt"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def resolve_corpus(name_or_path: str | Path, text_field: str = "text") -> CorpusSource:
+    """Turn a corpus name, path, directory, glob or ``hf:NAME`` into a ``CorpusSource``.
+
+    Raises ``DataError`` for a missing path, a directory without text files, or an unknown format.
+    """
+    if isinstance(name_or_path, CorpusSource):
+        return name_or_path
+    spec = str(name_or_path)
+    if not spec.strip():  # Path("") is the current directory: never read that by accident
+        raise DataError("the corpus name is empty (pass a corpus name or path, e.g. builtin, the-verdict "
+                        "or notes.txt)")
+    if spec == "builtin":
+        return CorpusSource("builtin", "builtin", (), text_field)
+    if spec.startswith("hf:"):
+        if len(spec) <= 3:
+            raise DataError("hf: needs a dataset name, e.g. hf:roneneldan/TinyStories")
+        return CorpusSource(spec, "hf", (), text_field)
+
+    path = Path(spec).expanduser()
+    if any(ch in spec for ch in "*?["):
+        matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
+        files = [p for p in matches if p.is_file()]
+        if not files:
+            raise DataError(f"glob {spec!r} matches no files (check the pattern and the directory)")
+        return _source_from_files(spec, files, text_field)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+        if not files:
+            raise DataError(f"directory {path} holds no .txt or .md files (put the corpus text there)")
+        return _source_from_files(spec, files, text_field)
+    if path.is_file():
+        return _source_from_files(spec, [path], text_field)
+    named = _find_named(spec)
+    if named is not None:
+        return CorpusSource(spec, "text", (named,), text_field)
+    where = ", ".join(str(d) for d in named_corpus_dirs())
+    raise DataError(
+        f"corpus not found: {spec} (pass an existing .txt/.md/.jsonl/.parquet file, a directory, a glob, "
+        f"'builtin', 'hf:NAME', or a named corpus such as the-verdict found in: {where}; "
+        "`gptsmith download the-verdict` fetches one when online)"
+    )
+
+
+def same_corpus(a: str, b: str) -> bool:
+    """Whether corpus specs ``a`` and ``b`` name the same corpus: the same file, directory or glob
+    however it is spelt (``notes`` and ``./notes/``), else the same name (``builtin``, ``hf:NAME``,
+    a named corpus such as ``the-verdict``)."""
+    return _corpus_identity(a) == _corpus_identity(b)
+
+
+def _corpus_identity(spec: str) -> tuple[str, str]:
+    """What ``resolve_corpus`` would read for ``spec``, as a comparable key (no files are read)."""
+    spec = str(spec)
+    if spec == "builtin" or spec.startswith("hf:"):
+        return ("name", spec)
+    path = Path(spec).expanduser()
+    if any(ch in spec for ch in "*?["):
+        return ("glob", os.path.abspath(path))
+    if path.exists():  # an existing path wins over a named corpus, as in resolve_corpus
+        return ("path", str(path.resolve()))
+    return ("name", spec)
+
+
+def _source_from_files(spec: str, files: list[Path], text_field: str) -> CorpusSource:
+    kinds = set()
+    for path in files:
+        suffix = path.suffix.lower()
+        if suffix in TEXT_SUFFIXES:
+            kinds.add("text")
+        elif suffix == ".jsonl":
+            kinds.add("jsonl")
+        elif suffix == ".parquet":
+            kinds.add("parquet")
+        else:
+            raise DataError(f"{path}: unsupported corpus format {suffix or '(no suffix)'} (use .txt, .md, "
+                            ".jsonl or .parquet)")
+    if len(kinds) > 1:
+        raise DataError(f"{spec} mixes formats ({', '.join(sorted(kinds))}); prepare one format at a time")
+    return CorpusSource(spec, kinds.pop(), tuple(files), text_field)
+
+
+def read_utf8(path: Path) -> str:
+    """The file's text; non-UTF-8 bytes raise a ``DataError`` naming the file and the byte offset."""
+    data = path.read_bytes()
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0  # a leading BOM is dropped
+    try:
+        return data[bom:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        offset = bom + exc.start  # an offset into the file, BOM included
+        raise DataError(
+            f"{path} is not UTF-8: byte 0x{data[offset]:02x} at offset {offset} "
+            "(convert the file, e.g. `iconv -f latin1 -t utf-8 IN > OUT`)"
+        ) from None
+
+
+def _text_documents(path: Path, text: str) -> Iterator[str]:
+    """The documents of one text file: the whole text, or its parts between ``<|endoftext|>``."""
+    if not text.strip():
+        raise DataError(f"corpus file {path} is empty (it has no text to train on)")
+    if ENDOFTEXT in text:
+        for doc in text.split(ENDOFTEXT):
+            if doc.strip():
+                yield doc.strip("\n")
+    else:
+        yield text
+
+
+def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
+    seen = 0
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{path}:{line_no} is not UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start} "
+                    "of the line (convert the file, e.g. `iconv -f latin1 -t utf-8 IN > OUT`)"
+                ) from None
+            try:
+                record = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                message = f"{path}:{line_no}: not valid JSON ({exc}); each line must be one object"
+                raise DataError(message) from None
+            if not isinstance(record, dict) or text_field not in record:
+                keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
+                raise DataError(f"{path}:{line_no}: no field {text_field!r} (found: {keys})")
+            _check_text(record[text_field], f"{path}:{line_no}: field {text_field!r}")
+            seen += 1
+            if record[text_field]:
+                yield record[text_field]
+    if seen == 0:
+        raise DataError(f"corpus file {path} is empty (no JSON lines with a {text_field!r} field)")
+
+
+def _parquet_documents(path: Path, text_field: str) -> Iterator[str]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError("reading .parquet corpora needs pyarrow: pip install pyarrow") from None
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises its own ArrowInvalid for non-parquet bytes
+        raise DataError(f"{path} is not a readable Parquet file ({exc})") from None
+    columns = parquet.schema_arrow.names
+    if text_field not in columns:
+        raise DataError(f"{path} has no {text_field!r} column (columns: {', '.join(columns)})")
+    if parquet.metadata.num_rows == 0:
+        raise DataError(f"corpus file {path} is empty (0 rows)")
+    for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):
+        for text in batch.column(0).to_pylist():
+            if text:
+                yield _check_text(text, f"{path}: column {text_field!r}")
+
+
+def _hf_documents(spec: str, text_field: str) -> Iterator[str]:
+    try:
+        import datasets
+    except ImportError:
+        message = f"{spec} needs the optional `datasets` package: pip install 'gptsmith[datasets]'"
+        raise DataError(message) from None
+    name, config, split = _hf_parts(spec[3:])
+    if is_offline():  # GPTSMITH_OFFLINE: local data sets and the hub cache only
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    try:
+        dataset = datasets.load_dataset(name, config, split=split, streaming=True)
+    except Exception as exc:  # hub errors (offline, unknown name) come in many types
+        message = f"cannot open Hugging Face dataset {name!r} ({exc}); check the name and the network"
+        raise DataError(message) from None
+    for record in dataset:
+        if text_field not in record:
+            raise DataError(f"{spec} has no {text_field!r} field (fields: {', '.join(record)})")
+        if record[text_field]:
+            yield _check_text(record[text_field], f"{spec}: field {text_field!r}")
+
+
+def _hf_parts(spec: str) -> tuple[str, str | None, str]:
+    """``NAME``, ``NAME:SPLIT`` or ``NAME:CONFIG:SPLIT`` as (name, config, split)."""
+    parts = spec.split(":")
+    if len(parts) > 3 or not all(parts):
+        raise DataError(f"hf:{spec}: expected hf:NAME, hf:NAME:SPLIT or hf:NAME:CONFIG:SPLIT")
+    if len(parts) == 3:
+        return parts[0], parts[1], parts[2]
+    return parts[0], None, parts[1] if len(parts) == 2 else "train"
+
+
+def _check_text(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise DataError(f"{where} holds {type(value).__name__} values, not text")
+    return value
+
+
+# Cut long texts only right after a newline that follows a non-space character and precedes one:
+# GPT-2's pre-tokenizer always has a boundary there, so encoding the pieces separately gives the
+# very same ids as encoding the whole text, and the pieces can be encoded in parallel.
+_SAFE_CUT = re.compile(r"(?<=\S\n)(?=\S)")
+
+
+def safe_chunks(text: str, target_chars: int = 1 << 16) -> list[str]:
+    """Split ``text`` into pieces of about ``target_chars`` at tokenizer-safe newline boundaries."""
+    if len(text) <= target_chars:
+        return [text]
+    pieces, start = [], 0
+    while len(text) - start > target_chars:
+        match = _SAFE_CUT.search(text, start + target_chars)
+        if match is None:
+            break
+        pieces.append(text[start : match.start()])
+        start = match.start()
+    pieces.append(text[start:])
+    return pieces

@@ -1,0 +1,385 @@
+"""Tokenizers: text -> token ids -> text.
+
+Three tokenizers share one interface (``Tokenizer``) so the data pipeline, the model, generation
+and serving never care which one is in use:
+
+- ``SimpleTokenizerV1``: a vocabulary of the words and punctuation seen in a text (regex split);
+  an unknown word is an error. The idea of tokenization in twenty lines.
+- ``SimpleTokenizerV2``: adds ``<|unk|>`` for unknown words and ``<|endoftext|>`` between texts.
+- ``GPT2Tokenizer``: GPT-2's byte-pair encoding (50,257 ids) through tiktoken's fast Rust encoder.
+
+``get_tokenizer(name)`` picks one by name. GPT-2's BPE files are found offline-first, see
+``gptsmith.download.resolve_gpt2_bpe``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import tiktoken
+from tiktoken.load import data_gym_to_mergeable_bpe_ranks, load_tiktoken_bpe
+
+from gptsmith.data.download import resolve_gpt2_bpe
+from gptsmith.errors import ConfigError, DataError
+from gptsmith.storage import atomic_write_json
+
+ENDOFTEXT = "<|endoftext|>"
+UNKNOWN = "<|unk|>"
+DEFAULT_ALLOWED_SPECIAL = frozenset({ENDOFTEXT})
+GPT2_VOCAB_SIZE = 50257
+GPT2_EOT_ID = 50256
+# GPT-2's pre-tokenization pattern in tiktoken's faster but equivalent form (tiktoken_ext.openai_public).
+GPT2_PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What every tokenizer offers; code that only needs ids and text depends on this alone."""
+
+    name: str
+    vocab_size: int
+    eot_id: int
+
+    def encode(self, text: str, allowed_special: Iterable[str] = DEFAULT_ALLOWED_SPECIAL) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def decode_bytes(self, ids: Sequence[int]) -> bytes: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Simple word-level tokenizers
+# ---------------------------------------------------------------------------------------------
+
+# Split on whitespace and the punctuation ,.:;?_!"()' and the double dash; the capture group keeps
+# the punctuation as tokens of its own.
+_SPLIT = re.compile(r'([,.:;?_!"()\']|--|\s)')
+# When decoding, closing punctuation sticks to the word before it, an opening parenthesis to the
+# word after it, and a double dash to both; quotes alternate between opening and closing.
+_CLOSING = frozenset(",.:;?!)")
+_QUOTES = ('"', "_", "'")
+
+
+def join_words(pieces: Sequence[str]) -> str:
+    """Undo ``split_words`` as well as the lost whitespace allows: words separated by one space.
+
+    ``'`` between two words is an apostrophe (``it's``); otherwise it, ``"`` and ``_`` (the
+    italics of plain-text books) alternate between opening and closing quote.
+    """
+    out: list[str] = []
+    is_open = dict.fromkeys(_QUOTES, False)
+    glue_next = False  # no space after the previous piece
+    for i, piece in enumerate(pieces):
+        space = bool(out) and not glue_next
+        glue_next = False
+        if piece in _CLOSING:
+            space = False
+        elif piece == "(":
+            glue_next = True
+        elif piece == "--":
+            space, glue_next = False, True
+        elif (piece == "'" and not is_open["'"] and i + 1 < len(pieces)
+              and out and out[-1][-1:].isalnum() and pieces[i + 1][:1].isalnum()):
+            space, glue_next = False, True  # an apostrophe
+        elif piece in is_open:
+            if is_open[piece]:
+                space = False  # a closing quote sticks to what it closes
+            else:
+                glue_next = True  # an opening quote sticks to what it opens
+            is_open[piece] = not is_open[piece]
+        if space:
+            out.append(" ")
+        out.append(piece)
+    return "".join(out)
+
+
+def split_words(text: str) -> list[str]:
+    """The simple tokenizers' pieces of ``text``: words and punctuation, whitespace dropped."""
+    return [piece for piece in (p.strip() for p in _SPLIT.split(text)) if piece]
+
+
+class SimpleTokenizerV1:
+    """Word-level tokenizer over a fixed vocabulary; unknown words are an error."""
+
+    name = "simple-v1"
+
+    def __init__(self, vocab: dict[str, int]):
+        self.str_to_int = dict(vocab)
+        self.int_to_str = {i: s for s, i in self.str_to_int.items()}
+        self.vocab_size = len(self.str_to_int)
+        self.eot_id = self.str_to_int.get(ENDOFTEXT, -1)
+
+    @classmethod
+    def from_text(cls, text: str) -> SimpleTokenizerV1:
+        """Build the vocabulary from every distinct piece of ``text`` (sorted, so ids are deterministic)."""
+        return cls({piece: i for i, piece in enumerate(sorted(set(split_words(text))))})
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of the vocabulary: two tokenizers with the same fingerprint give the same ids."""
+        items = json.dumps(sorted(self.str_to_int.items()), ensure_ascii=False)
+        return f"{self.name}-{hashlib.sha256(items.encode('utf-8')).hexdigest()[:16]}"
+
+    def _lookup(self, piece: str) -> int:
+        try:
+            return self.str_to_int[piece]
+        except KeyError:
+            raise DataError(
+                f"word {piece!r} is not in the {self.vocab_size}-entry vocabulary of {type(self).__name__}; "
+                "build the vocabulary from a text that contains it, or use SimpleTokenizerV2 "
+                "(maps it to <|unk|>)"
+            ) from None
+
+    def encode(self, text: str, allowed_special: Iterable[str] = DEFAULT_ALLOWED_SPECIAL) -> list[int]:
+        """Ids of the words and punctuation of ``text``."""
+        return [self._lookup(piece) for piece in split_words(text)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The pieces joined back into text (``join_words``: no space before closing punctuation)."""
+        try:
+            pieces = [self.int_to_str[int(i)] for i in ids]
+        except KeyError as exc:
+            bad = exc.args[0]
+            raise DataError(f"token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})") from None
+        return join_words(pieces)
+
+    def decode_bytes(self, ids: Sequence[int]) -> bytes:
+        """``decode`` as UTF-8 bytes (the simple tokenizers never split a character)."""
+        return self.decode(ids).encode("utf-8")
+
+
+class SimpleTokenizerV2(SimpleTokenizerV1):
+    """Like V1, plus ``<|unk|>`` for unknown words and ``<|endoftext|>`` to separate texts."""
+
+    name = "simple"
+
+    def __init__(self, vocab: dict[str, int]):
+        vocab = dict(vocab)
+        for special in (ENDOFTEXT, UNKNOWN):
+            vocab.setdefault(special, len(vocab))
+        super().__init__(vocab)
+        self.unk_id = self.str_to_int[UNKNOWN]
+
+    @classmethod
+    def from_text(cls, text: str) -> SimpleTokenizerV2:
+        """Vocabulary of ``text``'s distinct pieces, then ``<|endoftext|>`` and ``<|unk|>`` at the end."""
+        return cls.from_documents([text])
+
+    @classmethod
+    def from_documents(cls, documents: Iterable[str]) -> SimpleTokenizerV2:
+        """Like ``from_text`` over several texts, read one at a time (a corpus need not fit in memory)."""
+        words: set[str] = set()
+        for document in documents:
+            words.update(split_words(document))
+        words -= {ENDOFTEXT, UNKNOWN}
+        return cls({piece: i for i, piece in enumerate(sorted(words))})
+
+    def encode(self, text: str, allowed_special: Iterable[str] = DEFAULT_ALLOWED_SPECIAL) -> list[int]:
+        """Ids of ``text``'s pieces; unknown words become ``<|unk|>``; allowed specials are kept whole.
+
+        A special token that is not allowed is plain text, which is not a word of the vocabulary:
+        it becomes ``<|unk|>``, never the special id.
+        """
+        allowed = set(allowed_special)
+        specials = {ENDOFTEXT, UNKNOWN} - allowed
+        ids: list[int] = []
+        # Cut out the allowed special tokens first so the regex split never breaks them apart.
+        if allowed:
+            pattern = "(" + "|".join(re.escape(s) for s in sorted(allowed)) + ")"
+            parts = re.split(pattern, text)
+        else:
+            parts = [text]
+        for part in parts:
+            if part in allowed and part in self.str_to_int:
+                ids.append(self.str_to_int[part])
+                continue
+            ids.extend(
+                self.unk_id if piece in specials else self.str_to_int.get(piece, self.unk_id)
+                for piece in split_words(part)
+            )
+        return ids
+
+
+# ---------------------------------------------------------------------------------------------
+# GPT-2 byte-pair encoding
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)
+def _load_encoding(
+    kind: str, files: tuple[Path, ...], stamps: tuple[tuple[int, int], ...]
+) -> tiktoken.Encoding:
+    """Build tiktoken's Encoding from local files.
+
+    Cached, because parsing 50k ranks takes a moment; ``stamps`` (size, mtime) of the files are
+    part of the key so an edited file is read again.
+    """
+    # tiktoken's loaders copy even local files into its download cache unless TIKTOKEN_CACHE_DIR is
+    # "" (and would then serve the stale copy after the file changes), so switch that off here.
+    saved = os.environ.get("TIKTOKEN_CACHE_DIR")
+    os.environ["TIKTOKEN_CACHE_DIR"] = ""
+    try:
+        if kind == "tiktoken":
+            ranks = load_tiktoken_bpe(str(files[0]))
+        else:
+            ranks = data_gym_to_mergeable_bpe_ranks(str(files[0]), str(files[1]))
+    except (ValueError, AssertionError, KeyError, UnicodeDecodeError, OSError) as exc:
+        names = " + ".join(str(f) for f in files)
+        raise DataError(f"cannot read GPT-2 BPE files {names}: {exc}") from None
+    finally:
+        if saved is None:
+            os.environ.pop("TIKTOKEN_CACHE_DIR", None)
+        else:
+            os.environ["TIKTOKEN_CACHE_DIR"] = saved
+    if len(ranks) != GPT2_VOCAB_SIZE - 1:
+        names = " + ".join(str(f) for f in files)
+        raise DataError(
+            f"{names} holds {len(ranks)} ranks, not GPT-2's {GPT2_VOCAB_SIZE - 1}; "
+            "use GPT-2's files (`gptsmith download gpt2-bpe`)"
+        )
+    return tiktoken.Encoding(
+        name="gpt2",
+        pat_str=GPT2_PAT_STR,
+        mergeable_ranks=ranks,
+        special_tokens={ENDOFTEXT: GPT2_EOT_ID},
+        explicit_n_vocab=GPT2_VOCAB_SIZE,
+    )
+
+
+class GPT2Tokenizer:
+    """GPT-2's byte-pair encoding (vocabulary 50,257, ``<|endoftext|>`` = 50256) on tiktoken."""
+
+    name = "gpt2"
+    vocab_size = GPT2_VOCAB_SIZE
+    eot_id = GPT2_EOT_ID
+
+    fingerprint = "gpt2"  # the ranks are checked to be GPT-2's when they are loaded
+
+    def __init__(self, encoding: tiktoken.Encoding):
+        self.encoding = encoding
+
+    @classmethod
+    def from_files(cls, path: str | Path | None = None) -> GPT2Tokenizer:
+        """Load from a ``.tiktoken`` file, ``vocab.bpe``/``encoder.json``, a dir, or (None) the chain."""
+        kind, files = resolve_gpt2_bpe(path)
+        files = tuple(f.resolve() for f in files)
+        stamps = tuple((f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+        return cls(_load_encoding(kind, files, stamps))
+
+    def encode(self, text: str, allowed_special: Iterable[str] = DEFAULT_ALLOWED_SPECIAL) -> list[int]:
+        """Ids of ``text``. Special tokens not in ``allowed_special`` are encoded as plain text."""
+        return self.encoding.encode(text, allowed_special=set(allowed_special), disallowed_special=())
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Ids of ``text`` treating every special token as plain text."""
+        return self.encoding.encode_ordinary(text)
+
+    def encode_batch(
+        self,
+        texts: Sequence[str],
+        allowed_special: Iterable[str] = DEFAULT_ALLOWED_SPECIAL,
+        num_threads: int | None = None,
+    ) -> list[list[int]]:
+        """Encode many texts in parallel on ``num_threads`` threads (default: all cores)."""
+        threads = num_threads or os.cpu_count() or 1
+        return self.encoding.encode_batch(
+            list(texts), num_threads=threads, allowed_special=set(allowed_special), disallowed_special=()
+        )
+
+    def encode_to_numpy(
+        self, text: str, allowed_special: Iterable[str] = DEFAULT_ALLOWED_SPECIAL
+    ) -> np.ndarray:
+        """Like ``encode`` but a ``uint32`` array straight from tiktoken's buffer (no Python ints).
+
+        tiktoken releases the GIL while encoding, so threads calling this run in parallel.
+        """
+        allowed = set(allowed_special)
+        return self.encoding.encode_to_numpy(text, allowed_special=allowed, disallowed_special=())
+
+    def _check_ids(self, ids: Sequence[int]) -> list[int]:
+        ids = [int(i) for i in ids]
+        bad = next((i for i in ids if not 0 <= i < self.vocab_size), None)
+        if bad is not None:
+            raise DataError(f"token id {bad} is outside GPT-2's vocabulary (0..{self.vocab_size - 1})")
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ``ids``; a character split across ids at the end decodes to U+FFFD."""
+        return self.encoding.decode(self._check_ids(ids), errors="replace")
+
+    def decode_bytes(self, ids: Sequence[int]) -> bytes:
+        """Raw bytes of ``ids`` (for streaming: join bytes first, decode when characters are whole)."""
+        return self.encoding.decode_bytes(self._check_ids(ids))
+
+    def __repr__(self) -> str:
+        return f"GPT2Tokenizer(vocab_size={self.vocab_size})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing by name
+# ---------------------------------------------------------------------------------------------
+
+TOKENIZER_NAMES = ("gpt2", "simple")
+VOCAB_FILE = "vocab.json"  # a word-level tokenizer's vocabulary, saved beside a shard or a model
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_simple_tokenizer() -> SimpleTokenizerV2:
+    from gptsmith.data.corpus import builtin_documents
+
+    return SimpleTokenizerV2.from_text("\n".join(builtin_documents()))
+
+
+def get_tokenizer(
+    name: str = "gpt2", *, bpe_path: str | Path | None = None, text: str | None = None
+) -> Tokenizer:
+    """The tokenizer called ``name``.
+
+    ``"gpt2"``: GPT-2 BPE (files from ``bpe_path`` or the offline-first chain of ``resolve_gpt2_bpe``).
+    ``"simple"``: ``SimpleTokenizerV2`` over the words of ``text`` (default: the built-in corpus,
+    whose vocabulary depends on the Python version that ships it).
+    """
+    key = name.lower()
+    if key in {"gpt2", "gpt-2", "r50k_base"}:
+        return GPT2Tokenizer.from_files(bpe_path)
+    if key in {"simple", "simple-v2"}:
+        return SimpleTokenizerV2.from_text(text) if text is not None else _builtin_simple_tokenizer()
+    if key == "simple-v1":
+        if text is None:
+            raise ConfigError("tokenizer 'simple-v1' needs text= to build its vocabulary from")
+        return SimpleTokenizerV1.from_text(text)
+    raise ConfigError(f"unknown tokenizer {name!r} (known: {', '.join(TOKENIZER_NAMES)})")
+
+
+def save_tokenizer(tokenizer: Tokenizer, directory: str | Path) -> Path | None:
+    """Save what it takes to rebuild ``tokenizer`` into ``directory``: a simple tokenizer's
+    vocabulary as ``vocab.json``. GPT-2's BPE is found by name, so nothing is written for it."""
+    if not isinstance(tokenizer, SimpleTokenizerV1):
+        return None
+    vocab = {"tokenizer": tokenizer.name, "vocab": tokenizer.str_to_int}
+    return atomic_write_json(Path(directory) / VOCAB_FILE, vocab)
+
+
+def load_tokenizer(name: str, directory: str | Path | None = None) -> Tokenizer:
+    """The tokenizer called ``name`` that a shard or model in ``directory`` was made with.
+
+    A simple tokenizer's vocabulary comes from ``directory/vocab.json`` (``save_tokenizer``);
+    without one, ``get_tokenizer(name)`` decides (for "simple": the built-in corpus's words).
+    """
+    path = Path(directory) / VOCAB_FILE if directory is not None else None
+    if name.lower() in {"simple", "simple-v2", "simple-v1"} and path is not None and path.is_file():
+        try:
+            vocab = json.loads(path.read_text(encoding="utf-8"))["vocab"]
+            vocab = {str(word): int(i) for word, i in vocab.items()}
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DataError(f"{path} is not a gptsmith vocabulary ({exc}); create it again") from None
+        return SimpleTokenizerV1(vocab) if name.lower() == "simple-v1" else SimpleTokenizerV2(vocab)
+    return get_tokenizer(name)

@@ -1,0 +1,288 @@
+"""Turn a model into text: greedy decoding, sampling, beam search, batches and streaming.
+
+``generate(model, token_ids, max_new_tokens)`` decodes greedily by default and returns the prompt
+followed by the new ids, shape (batch, n). Options:
+
+- ``temperature`` (0 = greedy), ``top_k``, ``top_p``: sampling, reproducible with ``seed``
+  (``top_k`` and ``top_p`` shape sampling only: with temperature 0 they have no effect);
+- ``repetition_penalty``: make tokens already in the text less likely;
+- ``eos_id`` (default: the ``tokenizer``'s ``<|endoftext|>`` when one is given; ``NO_EOS`` for
+  none) and ``stop_sequences`` (token-id lists, or strings with ``tokenizer=``): stop early;
+- ``num_beams`` > 1: beam search (``length_penalty``, stops on ``eos_id``), see ``beam_search.py``;
+- a batch of prompts of different lengths (a list of id lists, or left-padded ids with
+  ``attention_mask``) — every row gets what it would get alone;
+- ``use_cache`` (default): prefill the prompt once, then feed one token per step.
+
+Every caller gets the fast CPU decoding kernels with no extra call: the model's linear layers
+are ``FastLinear`` (``fast_linear.py``), which pick them whenever autograd is off.
+
+Prompts longer than the model's context are cropped to their most recent tokens (with a warning),
+and the window keeps sliding as text is generated. ``stream_text`` yields text as it is produced
+(``streaming.py``); when to stop is decided in ``stopping.py``, for every decoder alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from gptsmith.errors import GptsmithError
+from gptsmith.generate.config import GenerationConfig
+from gptsmith.generate.decoding import (  # noqa: F401 (DecodeState, TokenPicker: public API)
+    DecodeState,
+    TokenPicker,
+    sample_steps,
+)
+from gptsmith.generate.stopping import (  # noqa: F401 (NO_EOS: public API)
+    NO_EOS,
+    StopChecker,
+    StopRules,
+    StopSequence,
+    normalise_stops,
+    resolve_eos_id,
+)
+from gptsmith.generate.streaming import TextStream
+
+
+def _checked_config(model: torch.nn.Module, tokenizer: Any, **fields: Any) -> GenerationConfig:
+    """The config of one call, checked against the model, with ``eos_id`` resolved (see
+    ``resolve_eos_id``: the tokenizer's ``<|endoftext|>`` by default, None for ``NO_EOS``)."""
+    cfg = GenerationConfig(**fields)
+    cfg = dataclasses.replace(cfg, eos_id=resolve_eos_id(cfg.eos_id, tokenizer))
+    cfg.check_vocab(model.cfg.vocab_size)
+    return cfg
+
+
+def _stop_rules(cfg: GenerationConfig, tokenizer: Any) -> StopRules:
+    token_stops, byte_stops = normalise_stops(cfg.stop_sequences, tokenizer)
+    return StopRules(cfg.eos_id, token_stops, byte_stops, tokenizer)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts
+# ---------------------------------------------------------------------------------------------
+
+
+def text_to_token_ids(text: str, tokenizer: Any) -> torch.Tensor:
+    """Encode ``text`` as a (1, n) batch; empty text starts from ``<|endoftext|>``."""
+    ids = tokenizer.encode(text) if text else [tokenizer.eot_id]
+    return torch.tensor(ids, dtype=torch.long).unsqueeze(0)  # (1, n_tokens)
+
+
+def token_ids_to_text(token_ids: torch.Tensor | Sequence[int], tokenizer: Any) -> str:
+    """Decode one sequence of ids, (n,) or (1, n), to text."""
+    if isinstance(token_ids, torch.Tensor):
+        if token_ids.dim() == 2:
+            if token_ids.shape[0] != 1:
+                raise GptsmithError(
+                    f"token_ids_to_text decodes one sequence, got a batch of {token_ids.shape[0]} "
+                    "(decode each row: token_ids_to_text(ids[i], tokenizer))"
+                )
+            token_ids = token_ids[0]
+        token_ids = token_ids.tolist()
+    return tokenizer.decode(list(token_ids))
+
+
+def _prepare_prompt(
+    model: torch.nn.Module,
+    token_ids: torch.Tensor | Sequence[int] | Sequence[Sequence[int]],
+    attention_mask: torch.Tensor | None,
+    start_id: int | None,
+    pad_id: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Ids (batch, n) on the model's device and a left-padding mask (or None when nothing is padded)."""
+    _reject_text(token_ids)
+    device = next(model.parameters()).device
+    if not isinstance(token_ids, torch.Tensor):
+        first = token_ids[0] if len(token_ids) else 0
+        one_row = isinstance(first, int) or getattr(first, "ndim", 1) == 0
+        rows = [[int(t) for t in row] for row in ([token_ids] if one_row else token_ids)]
+        rows = [row or _start_ids(start_id) for row in rows]
+        width = max(len(row) for row in rows)
+        ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
+        attention_mask = mask if width > min(len(r) for r in rows) else None  # None: nothing padded
+    else:
+        if token_ids.dim() == 1:
+            token_ids = token_ids.unsqueeze(0)
+            attention_mask = None if attention_mask is None else attention_mask.reshape(1, -1)
+        if token_ids.dim() != 2 or token_ids.dtype not in (torch.int64, torch.int32):
+            raise GptsmithError(
+                f"token_ids must be integer ids of shape (batch, n_tokens), got {tuple(token_ids.shape)} "
+                f"{token_ids.dtype} (encode text with text_to_token_ids)"
+            )
+        ids = token_ids.long()
+        if ids.shape[1] == 0:
+            ids = torch.tensor(_start_ids(start_id), dtype=torch.long).expand(ids.shape[0], 1)
+            attention_mask = None
+    longest = ids.shape[1]
+    if attention_mask is not None:
+        attention_mask = _check_mask(attention_mask, ids)
+        longest = int(attention_mask.sum(dim=1).max())
+    context_length = model.cfg.context_length
+    if longest > context_length:
+        warnings.warn(
+            f"prompt of {longest} tokens is longer than the model's context of {context_length}; "
+            f"the model sees only the last {context_length}",
+            stacklevel=3,
+        )
+    return ids.to(device), None if attention_mask is None else attention_mask.to(device)
+
+
+def _reject_text(token_ids: Any) -> None:
+    """Text where ids belong would otherwise fail deep inside as "invalid literal for int()"."""
+    is_text = isinstance(token_ids, str | bytes)
+    if not is_text and isinstance(token_ids, Sequence) and len(token_ids):
+        is_text = isinstance(token_ids[0], str | bytes)
+    if is_text:
+        raise GptsmithError(
+            f"token_ids must be token ids, got text {token_ids!r:.60} "
+            "(encode it first: text_to_token_ids(text, tokenizer))"
+        )
+
+
+def _start_ids(start_id: int | None) -> list[int]:
+    if start_id is None:
+        raise GptsmithError(
+            "empty prompt: give at least one token id, or eos_id= (or tokenizer=) to start from <|endoftext|>"
+        )
+    return [start_id]
+
+
+def _check_mask(mask: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    if tuple(mask.shape) != tuple(ids.shape):
+        raise GptsmithError(
+            f"attention_mask shape {tuple(mask.shape)} != token_ids shape {tuple(ids.shape)} (match them)"
+        )
+    mask = mask.long()
+    if bool(((mask != 0) & (mask != 1)).any()):
+        raise GptsmithError("attention_mask must hold only 1 (token) and 0 (padding)")
+    if bool((mask[:, 1:] < mask[:, :-1]).any()):
+        raise GptsmithError("attention_mask must describe left padding (zeros before the tokens of each row)")
+    if bool((mask.sum(dim=1) == 0).any()):
+        raise GptsmithError("a row of attention_mask has no tokens (give every prompt at least one token)")
+    return mask
+
+
+# ---------------------------------------------------------------------------------------------
+# generate
+# ---------------------------------------------------------------------------------------------
+
+
+def generate(
+    model: torch.nn.Module,
+    token_ids: torch.Tensor | Sequence[int] | Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    eos_id: int | None = None,
+    stop_sequences: Sequence[StopSequence] | None = None,
+    seed: int | None = None,
+    use_cache: bool = True,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
+    attention_mask: torch.Tensor | None = None,
+    tokenizer: Any = None,
+    pad_id: int | None = None,
+) -> torch.Tensor:
+    """Extend each prompt by up to ``max_new_tokens`` tokens; returns prompt + new ids (batch, n).
+
+    ``token_ids``: (batch, n) or (n,) ids, or a list of id lists of different lengths (left-padded
+    here); encode text first with ``text_to_token_ids``. ``attention_mask`` (batch, n) marks real
+    tokens (1) of prompts that are already left-padded. Generation stops at ``eos_id`` or a stop
+    sequence, neither of which is returned (for a text stop sequence, the token where it begins is
+    dropped).
+
+    Padding: prompts of different lengths are padded on the left with ``pad_id`` (default:
+    ``eos_id``, which is ``<|endoftext|>`` when ``tokenizer`` is given, else id 0, an ordinary
+    token), and rows that stop early are padded on the right with it. The padding stays in the
+    result: with ``width`` the longest prompt's length (``token_ids.shape[1]`` for a tensor),
+    ``out[:, width:]`` holds every row's new tokens, and row ``i`` of a list of prompts is
+    ``width - len(prompts[i])`` pad ids, then the prompt, then its new tokens, so
+    ``out[i, width - len(prompts[i]):]`` is prompt and continuation without the left padding (with
+    ``attention_mask``, row ``i`` has ``int((attention_mask[i] == 0).sum())`` pad ids). Right
+    padding by the default ``eos_id`` is never a generated token: drop the trailing ones.
+
+    ``eos_id`` defaults to the tokenizer's ``<|endoftext|>`` when ``tokenizer`` is given;
+    ``eos_id=NO_EOS`` (-1) disables it, and without a tokenizer nothing but ``max_new_tokens`` and
+    the stop sequences ends generation. ``top_k`` and ``top_p`` apply to sampling
+    (``temperature`` > 0) only. An empty prompt starts from ``eos_id`` (or the tokenizer's
+    ``<|endoftext|>``). The model runs in eval mode (restored afterwards).
+    """
+    cfg = _checked_config(
+        model,
+        tokenizer,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        eos_id=eos_id,
+        stop_sequences=stop_sequences,
+        seed=seed,
+        use_cache=use_cache,
+        num_beams=num_beams,
+        length_penalty=length_penalty,
+    )
+    stops = _stop_rules(cfg, tokenizer)
+    start_id = cfg.eos_id if cfg.eos_id is not None else getattr(tokenizer, "eot_id", None)
+    pad = pad_id if pad_id is not None else (cfg.eos_id or 0)
+    ids, mask = _prepare_prompt(model, token_ids, attention_mask, start_id, pad)
+
+    was_training = model.training
+    model.eval()
+    try:
+        if cfg.num_beams > 1:
+            from gptsmith.generate.beam_search import beam_search_batch
+
+            return beam_search_batch(model, ids, mask, cfg, stops, pad)
+        stopper = StopChecker(ids, stops)
+        steps = []
+        for next_ids in sample_steps(model, ids, mask, cfg):
+            steps.append(next_ids)
+            if stopper.active and stopper.update(next_ids.tolist()):
+                break
+        new_ids = torch.stack(steps, dim=1) if steps else ids.new_zeros((ids.shape[0], 0))
+        return stopper.finish(ids, new_ids, pad)
+    finally:
+        model.train(was_training)
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming
+# ---------------------------------------------------------------------------------------------
+
+
+def stream_text(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompt: str | torch.Tensor | Sequence[int],
+    max_new_tokens: int,
+    **options: Any,
+) -> TextStream:
+    """Iterate over the generated text (not the prompt) piece by piece as tokens arrive.
+
+    ``options`` are ``generate``'s (``temperature``, ``top_k``, ``eos_id``, ``stop_sequences``...),
+    for one prompt; as there, generation stops at the tokenizer's ``<|endoftext|>`` unless
+    ``eos_id`` says otherwise (``NO_EOS``: never). A chunk never ends inside a UTF-8 character,
+    and text that could be the start of a stop sequence is held back until it is clear that it is
+    not (see ``streaming.py``). With ``num_beams`` > 1 the text comes in one piece. After the
+    loop, the stream's ``token_ids`` and ``stop_reason`` say what was generated and why it ended
+    (``"eos"``, ``"stop_sequence"`` or ``"max_new_tokens"``); the text is the decoding of
+    ``token_ids``, except that a character left incomplete by the last token (``max_new_tokens``
+    cut it) is not emitted. A prompt longer than the context is cropped with a warning, issued
+    here rather than during the iteration.
+    """
+    cfg = _checked_config(model, tokenizer, max_new_tokens=max_new_tokens, **options)
+    ids = text_to_token_ids(prompt, tokenizer) if isinstance(prompt, str) else prompt
+    ids, _ = _prepare_prompt(model, ids, None, tokenizer.eot_id, 0)
+    if ids.shape[0] != 1:
+        raise GptsmithError(f"stream_text streams one prompt, got a batch of {ids.shape[0]} (use generate)")
+    return TextStream(model, tokenizer, ids, cfg, _stop_rules(cfg, tokenizer))

@@ -1,0 +1,129 @@
+"""Text as it is generated: the iterator that ``stream_text`` (``generation.py``) returns.
+
+Two things make streaming harder than decoding the finished ids:
+
+- a byte-level BPE token can hold part of a multi-byte UTF-8 character (``"🎉"`` is three GPT-2
+  tokens), so bytes go through an incremental UTF-8 decoder and a chunk never ends inside a
+  character;
+- text that may turn out to be the start of a stop sequence must not be shown yet. It is held
+  back from the start of the *token* in which it begins, because a stop drops that whole token
+  (as ``generate`` does): the text shown is always the decoding of the ids reported.
+
+Stops are found by the same ``StopMatcher`` that ``generate`` and beam search use.
+"""
+
+from __future__ import annotations
+
+import codecs
+from bisect import bisect_right
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from gptsmith.generate.decoding import sample_steps
+from gptsmith.generate.stopping import StopMatcher, StopRules
+
+if TYPE_CHECKING:
+    from gptsmith.generate.config import GenerationConfig
+
+
+class TextStream:
+    """The iterator ``stream_text`` returns: yields str chunks; then ``token_ids`` and ``stop_reason``.
+
+    ``token_ids`` are the new tokens kept (without the eos token or the stop sequence that ended
+    generation); ``stop_reason`` is ``"eos"``, ``"stop_sequence"`` or ``"max_new_tokens"``.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        ids: torch.Tensor,
+        cfg: GenerationConfig,
+        stops: StopRules,
+    ) -> None:
+        self.model, self.tokenizer, self.ids, self.cfg, self.stops = model, tokenizer, ids, cfg, stops
+        self.prompt_ids: list[int] = ids[0].tolist()
+        self.token_ids: list[int] = []  # new tokens so far
+        self.stop_reason: str | None = None
+        # Text that could begin a stop is held back; for a token-id stop, that is its decoded text.
+        self.hold_back = stops.byte_stops + [tokenizer.decode_bytes(stop) for stop in stops.token_stops]
+
+    def __iter__(self) -> Iterator[str]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            if self.cfg.num_beams > 1:
+                yield from self._beam_text()
+            else:
+                yield from self._sampled_text()
+        finally:
+            self.model.train(was_training)
+
+    def _beam_text(self) -> Iterator[str]:
+        """Beam search knows its answer only at the end: the text comes in one piece."""
+        from gptsmith.generate.beam_search import beam_search
+
+        self.token_ids, _, self.stop_reason = beam_search(
+            self.model,
+            self.ids,
+            self.cfg.max_new_tokens,
+            num_beams=self.cfg.num_beams,
+            length_penalty=self.cfg.length_penalty,
+            stops=self.stops,
+            repetition_penalty=self.cfg.repetition_penalty,
+            use_cache=self.cfg.use_cache,
+        )
+        # Not final: a character the last token left incomplete is left out, as when sampling.
+        text = codecs.getincrementaldecoder("utf-8")(errors="replace").decode(
+            self.tokenizer.decode_bytes(self.token_ids)
+        )
+        if text:
+            yield text
+
+    def _sampled_text(self) -> Iterator[str]:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        matcher = self.stops.start(self.prompt_ids[-1], keep_text=True)
+        self.token_ids = matcher.new  # grows as tokens arrive
+        self.stop_reason = "max_new_tokens"
+        shown = 0  # bytes of matcher.text passed to the decoder
+        end = None  # where the text ends, once a stop is met
+        for next_ids in sample_steps(self.model, self.ids, None, self.cfg):
+            stop = matcher.push(int(next_ids[0]))
+            if stop is not None:
+                self.token_ids = matcher.new[: stop.kept]
+                self.stop_reason = stop.reason
+                end = matcher.kept_bytes(stop.kept)
+                break
+            ready = _showable_bytes(matcher, self.hold_back)
+            text = decoder.decode(bytes(matcher.text[shown:ready]))
+            shown = ready
+            if text:
+                yield text
+        # Not final: bytes of a character the last token left incomplete stay in the decoder, unsaid.
+        text = decoder.decode(bytes(matcher.text[shown:end]))
+        if text:
+            yield text
+
+
+def _showable_bytes(matcher: StopMatcher, hold_back: Sequence[bytes]) -> int:
+    """How many bytes of the text are safe to show: all but those from the start of the token
+    in which a possible beginning of a stop sequence lies."""
+    text = matcher.text
+    partial = _partial_stop_length(text, hold_back)
+    if partial == 0:
+        return len(text)
+    token = bisect_right(matcher.offsets, len(text) - partial) - 1
+    return matcher.offsets[token]
+
+
+def _partial_stop_length(buffer: bytearray, stops: Sequence[bytes]) -> int:
+    """Length of the longest end of ``buffer`` that is the beginning of a stop sequence."""
+    longest = 0
+    for stop in stops:
+        for k in range(min(len(buffer), len(stop) - 1), longest, -1):
+            if buffer.endswith(stop[:k]):
+                longest = k
+                break
+    return longest

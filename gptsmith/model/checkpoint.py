@@ -1,0 +1,231 @@
+"""Checkpoints: our model directory format, and loading by name or path.
+
+A *model directory* holds two files::
+
+    config.json        {"format": "gptsmith", "format_version": 1, "model": {GPTConfig fields},
+                        "tokenizer": "gpt2", ...extra keys}
+    model.safetensors  the weights (never pickle: safetensors cannot run code when loaded)
+
+With tied weights the output head *is* the token embedding, so only ``tok_emb.weight`` is
+stored (safetensors refuses to store one tensor twice) and the tie is rebuilt on load.
+
+A *run directory* (written by the trainer) holds a text file ``latest`` whose content is the
+relative path of its newest model directory; every loader here accepts either kind.
+Hugging Face GPT-2 directories and hub names are handled by ``gptsmith.model.hf_gpt2``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from gptsmith.config import from_dict
+from gptsmith.data.tokenizer import Tokenizer, save_tokenizer
+from gptsmith.errors import CheckpointError, ConfigError
+from gptsmith.model.gpt import PRESETS, GPTConfig, GPTModel
+from gptsmith.model.weights import TIED_KEY, build_model, read_safetensors, unwrap_model
+from gptsmith.storage import atomic_save_safetensors, atomic_write_json
+
+FORMAT_NAME = "gptsmith"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+LATEST_FILE = "latest"
+# Our GPT-2 preset names -> the Hugging Face hub repositories of OpenAI's released weights.
+PRESET_HUB_NAMES = {
+    "gpt2-small": "gpt2",
+    "gpt2-medium": "gpt2-medium",
+    "gpt2-large": "gpt2-large",
+    "gpt2-xl": "gpt2-xl",
+}
+
+
+# --- Our format ---------------------------------------------------------------------------------
+
+
+def save_model(
+    model: GPTModel, directory: str | Path, *, tokenizer: str | Tokenizer = "gpt2", extra: dict | None = None
+) -> Path:
+    """Save ``model`` as a model directory (config.json + model.safetensors); returns the directory.
+
+    The weights are written first and config.json last, so a directory with a config always has
+    complete weights. ``tokenizer`` is a name, or a tokenizer whose vocabulary (if it has its own,
+    see ``save_tokenizer``) is saved too. ``extra`` keys (e.g. the training step) are merged into
+    config.json.
+    """
+    model = unwrap_model(model)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = dict(model.state_dict())
+    if model.cfg.tie_weights:
+        state.pop(TIED_KEY, None)
+    atomic_save_safetensors(state, directory / WEIGHTS_FILE, metadata={"format": "pt"})
+    if not isinstance(tokenizer, str):
+        save_tokenizer(tokenizer, directory)
+    config = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "model": model.cfg.to_dict(),
+        "tokenizer": tokenizer if isinstance(tokenizer, str) else tokenizer.name,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+    }
+    for key, value in (extra or {}).items():
+        if key in ("format", "format_version", "model"):
+            raise ValueError(f"extra key {key!r} would overwrite a reserved config.json key")
+        config[key] = value
+    atomic_write_json(directory / CONFIG_FILE, config)
+    return directory
+
+
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """The model directory that ``path`` names: the directory itself, or a run's ``latest`` one.
+
+    Accepts a model directory (has config.json), a run directory (has a ``latest`` file holding
+    a relative path to a model directory), or a path to the config.json/model.safetensors file.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path} (pass a model directory or a run directory)")
+    if path.is_file() and path.name in (CONFIG_FILE, WEIGHTS_FILE, "pytorch_model.bin"):
+        path = path.parent
+    if not path.is_dir():
+        raise CheckpointError(
+            f"{path} is a file, not a model directory (pass the directory holding config.json)"
+        )
+    if (path / CONFIG_FILE).is_file():
+        return path
+    latest = path / LATEST_FILE
+    if latest.is_file():
+        target_name = latest.read_text(encoding="utf-8").strip()
+        target = (path / target_name).resolve()
+        if not (target / CONFIG_FILE).is_file():
+            raise CheckpointError(
+                f"run directory {path}: its `latest` file points to {target_name!r}, which has no "
+                f"{CONFIG_FILE} (the checkpoint was deleted or is incomplete; edit `latest`)"
+            )
+        return target
+    if (path / WEIGHTS_FILE).is_file():
+        raise CheckpointError(
+            f"{path} has {WEIGHTS_FILE} but no {CONFIG_FILE} (copy the config.json saved with it)"
+        )
+    raise CheckpointError(
+        f"{path} is not a model directory: no {CONFIG_FILE} (expected config.json + model.safetensors, "
+        f"or a run directory with a `{LATEST_FILE}` file)"
+    )
+
+
+def read_model_config(path: str | Path) -> dict:
+    """The parsed config.json of a model/run directory, in our format.
+
+    A Hugging Face GPT-2 directory is translated: ``{"format": "hf-gpt2", "model": {...},
+    "tokenizer": "gpt2", "hf_config": {...}}``.
+    """
+    model_dir = resolve_model_dir(path)
+    config_path = model_dir / CONFIG_FILE
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"cannot parse {config_path}: {exc} (the file is corrupt)") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path} must hold a JSON object")
+    if config.get("format") == FORMAT_NAME:
+        version = config.get("format_version", FORMAT_VERSION)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{config_path} has format_version {version!r}; this gptsmith reads up to "
+                f"{FORMAT_VERSION} (upgrade gptsmith)"
+            )
+        if not isinstance(config.get("model"), dict):
+            raise CheckpointError(f"{config_path} has no \"model\" section (the file is incomplete)")
+        return config
+    if config.get("model_type") == "gpt2":
+        from gptsmith.model.hf_gpt2 import gpt_config_from_hf
+
+        return {
+            "format": "hf-gpt2",
+            "model": gpt_config_from_hf(config, source=str(config_path)).to_dict(),
+            "tokenizer": "gpt2",
+            "hf_config": config,
+        }
+    raise CheckpointError(
+        f"{config_path} is neither a gptsmith config (\"format\": \"gptsmith\") nor a Hugging Face "
+        f"GPT-2 config (\"model_type\": \"gpt2\")"
+    )
+
+
+def config_from_checkpoint(path: str | Path) -> GPTConfig:
+    """The ``GPTConfig`` stored in a model/run directory (or translated from a HF GPT-2 config)."""
+    config = read_model_config(path)
+    try:
+        return from_dict(GPTConfig, config["model"], source=f"{resolve_model_dir(path) / CONFIG_FILE}")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+def load_model_dir(
+    path: str | Path, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> GPTModel:
+    """Load a model directory (or a run directory's latest checkpoint) as a ``GPTModel`` in eval mode.
+
+    Hugging Face GPT-2 directories are accepted too (converted on the fly). ``dtype`` defaults
+    to the dtype the weights were saved in.
+    """
+    model_dir = resolve_model_dir(path)
+    config = read_model_config(model_dir)
+    if config["format"] == "hf-gpt2":
+        from gptsmith.model.hf_gpt2 import load_hf_model_dir
+
+        return load_hf_model_dir(model_dir, device=device, dtype=dtype)
+    cfg = config_from_checkpoint(model_dir)
+    weights_path = model_dir / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise CheckpointError(
+            f"{model_dir} has {CONFIG_FILE} but no {WEIGHTS_FILE} (the save was interrupted?)"
+        )
+    state = read_safetensors(weights_path)
+    return build_model(cfg, state, source=str(weights_path), device=device, dtype=dtype)
+
+
+
+
+
+
+
+
+
+
+def load_model(
+    name_or_path: str | Path,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> GPTModel:
+    """Load weights by path or name, in eval mode.
+
+    ``name_or_path`` may be our model directory, a run directory, a Hugging Face GPT-2 directory
+    (config.json + model.safetensors or pytorch_model.bin), a hub name such as ``gpt2`` or
+    ``gpt2-medium``, or a GPT-2 preset name (``gpt2-small`` means hub ``gpt2``). Hub models are
+    downloaded through ``huggingface_hub`` into its cache (the network is needed the first time).
+    """
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return load_model_dir(path, device=device, dtype=dtype)
+    name = str(name_or_path)
+    if name in PRESETS:  # our GPT-2 preset names mean OpenAI's released weights
+        if name not in PRESET_HUB_NAMES:
+            raise CheckpointError(
+                f"preset {name!r} has no pretrained weights; build it untrained with "
+                f"GPTModel(GPTConfig.from_preset({name!r})) or train it with `gptsmith train`"
+            )
+        name = PRESET_HUB_NAMES[name]
+    if name.startswith((".", "/", "~")) or name.endswith("/") or name.count("/") > 1:
+        raise CheckpointError(
+            f"checkpoint not found: {name} (pass a model directory, a run directory or a hub name)"
+        )
+    from gptsmith.model.hf_gpt2 import download_hf_model
+
+    return load_model_dir(download_hf_model(name), device=device, dtype=dtype)

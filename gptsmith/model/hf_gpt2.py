@@ -1,0 +1,309 @@
+"""Hugging Face GPT-2 checkpoints: import into ``GPTModel`` and export back.
+
+How the two layouts map (``i`` is the block index)::
+
+    transformer.wte.weight              tok_emb.weight
+    transformer.wpe.weight              pos_emb.weight
+    transformer.h.i.ln_1.{weight,bias}  trf_blocks.i.norm1.{scale,shift}
+    transformer.h.i.attn.c_attn.*       trf_blocks.i.att.qkv.*        (Conv1D weight: transposed)
+    transformer.h.i.attn.c_proj.*       trf_blocks.i.att.out_proj.*   (transposed)
+    transformer.h.i.ln_2.{weight,bias}  trf_blocks.i.norm2.{scale,shift}
+    transformer.h.i.mlp.c_fc.*          trf_blocks.i.ff.layers.0.*    (transposed)
+    transformer.h.i.mlp.c_proj.*        trf_blocks.i.ff.layers.2.*    (transposed)
+    transformer.ln_f.{weight,bias}      final_norm.{scale,shift}
+    lm_head.weight                      out_head.weight               (absent when tied)
+
+GPT-2's ``Conv1D`` stores weights as (in, out), the transpose of ``nn.Linear``'s (out, in).
+``c_attn`` already holds [queries | keys | values] with heads laid out as our fused ``qkv``
+expects, so a transpose is all it needs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from gptsmith.errors import CheckpointError
+from gptsmith.model.gpt import GPTConfig, GPTModel
+from gptsmith.model.weights import build_model, check_state_shapes, read_safetensors, safetensors_shapes
+from gptsmith.storage import atomic_save_safetensors, atomic_write_json
+
+HF_SAFETENSORS = "model.safetensors"
+HF_PYTORCH_BIN = "pytorch_model.bin"
+TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
+
+# Our names (with {i} for the block) -> HF names, and whether the weight is Conv1D (transposed).
+_BLOCK_MAP = {
+    "norm1.scale": ("ln_1.weight", False),
+    "norm1.shift": ("ln_1.bias", False),
+    "att.qkv.weight": ("attn.c_attn.weight", True),
+    "att.qkv.bias": ("attn.c_attn.bias", False),
+    "att.out_proj.weight": ("attn.c_proj.weight", True),
+    "att.out_proj.bias": ("attn.c_proj.bias", False),
+    "norm2.scale": ("ln_2.weight", False),
+    "norm2.shift": ("ln_2.bias", False),
+    "ff.layers.0.weight": ("mlp.c_fc.weight", True),
+    "ff.layers.0.bias": ("mlp.c_fc.bias", False),
+    "ff.layers.2.weight": ("mlp.c_proj.weight", True),
+    "ff.layers.2.bias": ("mlp.c_proj.bias", False),
+}
+_TOP_MAP = {
+    "tok_emb.weight": "wte.weight",
+    "pos_emb.weight": "wpe.weight",
+    "final_norm.scale": "ln_f.weight",
+    "final_norm.shift": "ln_f.bias",
+}
+# Buffers that old GPT-2 files carry (the causal mask), not weights.
+_IGNORED = re.compile(r"(^|\.)attn\.(bias|masked_bias)$")
+
+
+def gpt_config_from_hf(hf_config: dict, *, source: str = "config.json") -> GPTConfig:
+    """Translate a Hugging Face ``GPT2Config`` dict; refuse variants our architecture cannot run."""
+    emb_dim = hf_config.get("n_embd", 768)
+    n_inner = hf_config.get("n_inner")
+    if n_inner is not None and n_inner != 4 * emb_dim:
+        raise CheckpointError(
+            f"{source}: n_inner={n_inner} is not 4 * n_embd ({4 * emb_dim}); "
+            "gptsmith's feed-forward is 4x wide"
+        )
+    activation = hf_config.get("activation_function", "gelu_new")
+    if activation not in TANH_GELUS:
+        raise CheckpointError(
+            f"{source}: activation_function {activation!r} is not supported (gptsmith uses GPT-2's "
+            f"tanh GELU: {', '.join(TANH_GELUS)})"
+        )
+    for field in ("layer_norm_epsilon", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        value = hf_config.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise CheckpointError(f"{source}: {field} must be a number, got {value!r}")
+    tie = hf_config.get("tie_word_embeddings", True)
+    if not isinstance(tie, bool):
+        raise CheckpointError(f"{source}: tie_word_embeddings must be true or false, got {tie!r}")
+    eps = hf_config.get("layer_norm_epsilon", 1e-5)
+    if abs(eps - 1e-5) > 1e-12:
+        raise CheckpointError(f"{source}: layer_norm_epsilon {eps} is not supported (gptsmith uses 1e-5)")
+    for flag, wanted in (
+        ("scale_attn_weights", True),
+        ("scale_attn_by_inverse_layer_idx", False),
+        ("add_cross_attention", False),
+    ):
+        if hf_config.get(flag, wanted) != wanted:
+            raise CheckpointError(f"{source}: {flag}={hf_config[flag]} is not supported by gptsmith")
+    try:
+        return GPTConfig(
+            vocab_size=hf_config.get("vocab_size", 50257),
+            context_length=hf_config.get("n_positions", 1024),
+            emb_dim=emb_dim,
+            n_heads=hf_config.get("n_head", 12),
+            n_layers=hf_config.get("n_layer", 12),
+            # GPT-2 has three dropout rates (embeddings, attention, residual); gptsmith has one,
+            # and GPT-2's files give all three the same value. The residual one is taken.
+            drop_rate=float(0.1 if hf_config.get("resid_pdrop") is None else hf_config["resid_pdrop"]),
+            qkv_bias=True,
+            tie_weights=tie,
+        )
+    except ValueError as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
+
+
+def hf_config_from_gpt(cfg: GPTConfig) -> dict:
+    """A Hugging Face ``GPT2Config`` dict for ``cfg`` (what ``GPT2LMHeadModel.from_pretrained`` reads)."""
+    eos = min(50256, cfg.vocab_size - 1)
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.context_length,
+        "n_ctx": cfg.context_length,
+        "n_embd": cfg.emb_dim,
+        "n_head": cfg.n_heads,
+        "n_layer": cfg.n_layers,
+        "n_inner": None,
+        "activation_function": "gelu_new",
+        "resid_pdrop": cfg.drop_rate,
+        "embd_pdrop": cfg.drop_rate,
+        "attn_pdrop": cfg.drop_rate,
+        "layer_norm_epsilon": 1e-5,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "tie_word_embeddings": cfg.tie_weights,
+        "bos_token_id": eos,
+        "eos_token_id": eos,
+        "torch_dtype": "float32",
+    }
+
+
+def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: GPTConfig) -> dict[str, torch.Tensor]:
+    """Rename and transpose a HF GPT-2 state dict into ``GPTModel``'s names and layouts."""
+    # Files saved from GPT2Model lack the "transformer." prefix; GPT2LMHeadModel's have it.
+    hf = {k.removeprefix("transformer."): v for k, v in hf_state.items() if not _IGNORED.search(k)}
+    state: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+
+    def take(hf_name: str, transpose: bool = False) -> torch.Tensor:
+        if hf_name not in hf:
+            raise CheckpointError(f"Hugging Face checkpoint has no tensor {hf_name!r} (is it a GPT-2 model?)")
+        used.add(hf_name)
+        tensor = hf[hf_name]
+        return tensor.t().contiguous() if transpose else tensor
+
+    for ours, theirs in _TOP_MAP.items():
+        state[ours] = take(theirs)
+    for i in range(cfg.n_layers):
+        for ours, (theirs, transpose) in _BLOCK_MAP.items():
+            state[f"trf_blocks.{i}.{ours}"] = take(f"h.{i}.{theirs}", transpose)
+    if "lm_head.weight" in hf:
+        used.add("lm_head.weight")
+        head = hf["lm_head.weight"]
+        if not cfg.tie_weights:
+            state["out_head.weight"] = head
+        elif head.data_ptr() != state["tok_emb.weight"].data_ptr() and not torch.equal(
+            head, state["tok_emb.weight"]
+        ):
+            raise CheckpointError(
+                "Hugging Face checkpoint says tie_word_embeddings=true but lm_head.weight differs from "
+                "wte.weight (set tie_word_embeddings to false in its config.json)"
+            )
+    elif not cfg.tie_weights:
+        raise CheckpointError("Hugging Face checkpoint has tie_word_embeddings=false but no lm_head.weight")
+    extra = sorted(set(hf) - used)
+    if extra:
+        raise CheckpointError(
+            f"Hugging Face checkpoint has {len(extra)} tensor(s) gptsmith does not know, e.g. "
+            f"{', '.join(extra[:3])} (n_layer in config.json may be wrong)"
+        )
+    return state
+
+
+def state_dict_to_hf(model: GPTModel) -> dict[str, torch.Tensor]:
+    """``GPTModel``'s weights in HF GPT-2 names and Conv1D layout (lm_head only when untied)."""
+    cfg = model.cfg
+    ours = model.state_dict()
+    hf: dict[str, torch.Tensor] = {}
+    for name, theirs in _TOP_MAP.items():
+        hf[f"transformer.{theirs}"] = ours[name]
+    for i in range(cfg.n_layers):
+        for name, (theirs, transpose) in _BLOCK_MAP.items():
+            key = f"trf_blocks.{i}.{name}"
+            if key not in ours:  # qkv_bias=False: GPT-2 always has the bias, zeros are equivalent
+                qkv_weight = ours[f"trf_blocks.{i}.att.qkv.weight"]
+                tensor = qkv_weight.new_zeros(3 * cfg.emb_dim)
+            else:
+                tensor = ours[key].t() if transpose else ours[key]
+            hf[f"transformer.h.{i}.{theirs}"] = tensor.detach().contiguous()
+    if not cfg.tie_weights:
+        hf["lm_head.weight"] = ours["out_head.weight"]
+    return hf
+
+
+def read_hf_state(model_dir: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a HF directory: model.safetensors, else pytorch_model.bin (no pickle code run)."""
+    if (model_dir / HF_SAFETENSORS).is_file():
+        return read_safetensors(model_dir / HF_SAFETENSORS)
+    bin_path = model_dir / HF_PYTORCH_BIN
+    if bin_path.is_file():
+        try:
+            state = torch.load(bin_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated zip, or a pickle that needs arbitrary code
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CheckpointError(
+                f"cannot read {bin_path}: {reason} (the file is truncated, corrupt or not a plain state dict)"
+            ) from None
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{bin_path} does not hold a state dict")
+        return state
+    if list(model_dir.glob("model-*-of-*.safetensors")):
+        raise CheckpointError(
+            f"{model_dir}: sharded checkpoints are not supported (GPT-2 files are not sharded)"
+        )
+    raise CheckpointError(f"{model_dir} has config.json but neither {HF_SAFETENSORS} nor {HF_PYTORCH_BIN}")
+
+
+def check_hf_weights(model_dir: str | Path, cfg: GPTConfig) -> None:
+    """Check a HF directory's tensor names and shapes against ``cfg`` without building the model.
+
+    The names go through the same mapping as an import (on shape-only ``meta`` tensors), so a
+    config.json that does not fit its weights is reported here exactly as a load would report it.
+    """
+    model_dir = Path(model_dir)
+    if (model_dir / HF_SAFETENSORS).is_file():
+        source, shapes = model_dir / HF_SAFETENSORS, safetensors_shapes(model_dir / HF_SAFETENSORS)
+    else:
+        source, shapes = model_dir / HF_PYTORCH_BIN, {k: v.shape for k, v in read_hf_state(model_dir).items()}
+    hf = {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}
+    ours = state_dict_from_hf(hf, cfg)
+    check_state_shapes(cfg, {name: tuple(t.shape) for name, t in ours.items()}, source=str(source))
+
+
+def load_hf_model_dir(
+    model_dir: str | Path, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> GPTModel:
+    """Load a Hugging Face GPT-2 directory as a ``GPTModel`` (eval mode)."""
+    model_dir = Path(model_dir)
+    config_path = model_dir / "config.json"
+    hf_config = json.loads(config_path.read_text(encoding="utf-8"))
+    cfg = gpt_config_from_hf(hf_config, source=str(config_path))
+    state = state_dict_from_hf(read_hf_state(model_dir), cfg)
+    return build_model(cfg, state, source=str(model_dir), device=device, dtype=dtype)
+
+
+def export_hf(model: GPTModel, directory: str | Path) -> Path:
+    """Write ``model`` as a HF GPT-2 directory that ``GPT2LMHeadModel.from_pretrained`` loads.
+
+    Tied models store ``wte`` once and say ``tie_word_embeddings: true``; transformers re-ties
+    ``lm_head`` on load.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = hf_config_from_gpt(model.cfg)
+    config["torch_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
+    atomic_save_safetensors(state_dict_to_hf(model), directory / HF_SAFETENSORS, metadata={"format": "pt"})
+    atomic_write_json(directory / "config.json", config)
+    return directory
+
+
+def download_hf_model(name: str) -> Path:
+    """Local directory of hub model ``name`` (e.g. ``gpt2``), from the HF cache or downloaded into it.
+
+    Only config.json and one weights file are fetched: ``model.safetensors``, or for repositories
+    that have none, ``pytorch_model.bin``. A cached snapshot without weights (an interrupted
+    download) is completed online rather than used.
+    """
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise CheckpointError(
+            f"{name!r} is not a local path; downloading it needs huggingface_hub "
+            "(pip install 'gptsmith[hub]')"
+        ) from None
+
+    def complete(directory: str | Path) -> Path | None:
+        directory = Path(directory)
+        has_weights = (directory / HF_SAFETENSORS).is_file() or (directory / HF_PYTORCH_BIN).is_file()
+        return directory if (directory / "config.json").is_file() and has_weights else None
+
+    for weights in (HF_SAFETENSORS, HF_PYTORCH_BIN):
+        try:
+            found = complete(snapshot_download(repo_id=name, allow_patterns=["config.json", weights],
+                                               local_files_only=True))
+            if found:
+                return found
+        except Exception:
+            pass  # not cached (or only partly)
+    error = None
+    for weights in (HF_SAFETENSORS, HF_PYTORCH_BIN):
+        try:
+            found = complete(snapshot_download(repo_id=name, allow_patterns=["config.json", weights]))
+            if found:
+                return found
+        except Exception as exc:
+            error = error or exc
+    reason = f"{type(error).__name__}: {str(error).splitlines()[0][:160] if str(error) else ''}" if error \
+        else "the repository has no model.safetensors or pytorch_model.bin"
+    raise CheckpointError(
+        f"cannot get {name!r} from the Hugging Face hub ({reason}); "
+        "check the name and your network, or pass a local directory"
+    ) from None

@@ -1,0 +1,122 @@
+"""Weights in and out of a ``GPTModel``: safetensors files, shape checks, building a model from tensors.
+
+Both our checkpoint format (``checkpoint.py``) and the GPT-2 import (``hf_gpt2.py``) read
+weights through here, so a tensor of the wrong shape is named the same way whichever file it came from.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from gptsmith.errors import CheckpointError
+from gptsmith.model.gpt import GPTConfig, GPTModel
+
+TIED_KEY = "out_head.weight"  # not stored when the head is tied to tok_emb.weight
+
+
+def unwrap_model(model: torch.nn.Module) -> GPTModel:
+    """The ``GPTModel`` inside a ``torch.compile`` or DistributedDataParallel wrapper (or ``model``)."""
+    while True:
+        if hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file on the CPU; a truncated or corrupt file is a CheckpointError."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # safetensors raises SafetensorError/OSError/ValueError for bad files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(
+            f"cannot read {path}: {reason} (the file is truncated or corrupt; save or download it again)"
+        ) from None
+
+
+def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from a safetensors file's header, without reading the tensors.
+
+    Also checks that the file is as long as its header says, so a truncated file is caught here.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            header_size = int.from_bytes(handle.read(8), "little")
+            if not 0 < header_size <= 100_000_000:
+                raise ValueError(f"invalid header length {header_size}")
+            header = json.loads(handle.read(header_size))
+        tensors = {name: info for name, info in header.items() if name != "__metadata__"}
+        data_end = max((int(info["data_offsets"][1]) for info in tensors.values()), default=0)
+        needed, size = 8 + header_size + data_end, path.stat().st_size
+        if needed > size:
+            raise ValueError(f"{size} bytes, but its header describes {needed}")
+        return {name: tuple(int(n) for n in info["shape"]) for name, info in tensors.items()}
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(
+            f"cannot read {path}: {exc} (the file is truncated or corrupt; save or download it again)"
+        ) from None
+
+
+def check_state_shapes(cfg: GPTConfig, shapes: dict[str, tuple[int, ...]], *, source: str) -> None:
+    """Raise a ``CheckpointError`` unless ``shapes`` has exactly the tensors ``cfg`` needs (a tied
+    head may be left out), each of the right shape; the error names the tensor and both shapes."""
+    with torch.device("meta"):
+        model = GPTModel(cfg)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    if cfg.tie_weights:
+        expected.pop(TIED_KEY)
+        shapes = {k: v for k, v in shapes.items() if k != TIED_KEY}  # the tie is rebuilt on load
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensor(s), e.g. {', '.join(missing[:3])}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} tensor(s), e.g. {', '.join(unexpected[:3])}")
+        raise CheckpointError(
+            f"{source} does not match its config: {'; '.join(parts)} (was it saved by another model?)"
+        )
+    for name, shape in expected.items():
+        if tuple(shapes[name]) != shape:
+            raise CheckpointError(
+                f"{source}: tensor {name} has shape {tuple(shapes[name])} but the config needs "
+                f"{shape} (config.json and the weights do not belong together)"
+            )
+
+
+def build_model(
+    cfg: GPTConfig,
+    state: dict[str, torch.Tensor],
+    *,
+    source: str,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> GPTModel:
+    """A ``GPTModel`` for ``cfg`` holding exactly the tensors in ``state`` (names and shapes checked).
+
+    The model is built on the meta device (no time spent on a random init that would be
+    overwritten) and then takes the loaded tensors as its parameters.
+    """
+    check_state_shapes(cfg, {name: tuple(t.shape) for name, t in state.items()}, source=source)
+    with torch.device("meta"):
+        model = GPTModel(cfg)
+    if cfg.tie_weights:
+        state = {k: v for k, v in state.items() if k != TIED_KEY}  # the tie is rebuilt below
+    floating = [t.dtype for t in state.values() if t.is_floating_point()]
+    target_dtype = dtype or (floating[0] if floating else torch.float32)
+    state = {name: t.to(device=device or "cpu", dtype=target_dtype) for name, t in state.items()}
+    model.load_state_dict(state, strict=False, assign=True)
+    if cfg.tie_weights:
+        model.out_head.weight = model.tok_emb.weight  # assign=True replaced tok_emb's Parameter
+    model.eval()
+    return model

@@ -1,0 +1,17 @@
+"""Stage 4, a corpus -> a trained model (pretraining).
+
+The loop knows nothing of the model's internals: it feeds (inputs, targets) windows of token ids,
+minimises next-token cross-entropy and reports through ``TrainCallbacks`` hooks. Lowest first:
+
+- ``config``: ``TrainConfig``; ``evaluation``: the loss, ``evaluate`` and perplexity;
+  ``callbacks``: the hooks and ``TrainResult``; ``schedule``: AdamW groups, warm-up + cosine;
+- ``batches``: resumable batch order over sliding windows; ``distributed``: torchrun/DDP helpers;
+- ``checkpointing`` and ``run_dir``: run directories, checkpoints with exact resume, pruning;
+- ``plots``: loss curves; ``recipes``: named training set-ups;
+- ``trainer``: the ``Trainer`` loop (accumulation, clipping, autocast, evaluation, samples, clean
+  stops on Ctrl-C/SIGTERM and on a non-finite loss);
+- ``run``: ``prepare_splits`` and ``train``, one call from a corpus to a model.
+
+May import: ``gptsmith.generate`` (for samples), ``gptsmith.model``, ``gptsmith.data`` and the
+top-level helpers.
+"""

@@ -1,0 +1,117 @@
+"""``TrainConfig``: everything a pretraining run needs besides the model and the data, checked once."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from gptsmith.config import from_dict, replace
+from gptsmith.device import DTYPES, parse_device
+from gptsmith.errors import ConfigError
+from gptsmith.train.time_budget import parse_duration
+
+
+@dataclass
+class TrainConfig:
+    """Everything about *how* to train (the model's sizes live in ``GPTConfig``)."""
+
+    data: str = "builtin"  # corpus name or path (see gptsmith.data.resolve_corpus)
+    tokenizer: str = "gpt2"
+    val_fraction: float = 0.1  # the last 10% of the corpus is the validation split
+    batch_size: int = 8  # sequences per micro-batch per process
+    context_length: int | None = None  # tokens per sequence; None = the model's context_length
+    target_batch_tokens: int | None = None  # accumulate gradients until a step sees this many tokens
+    max_steps: int = 300  # optimizer steps (with time_budget: sized by the trainer instead)
+    time_budget: float | str | None = None  # seconds, or "90s"/"10m"/"1h": size max_steps to end within it
+    lr: float = 2e-3  # peak learning rate
+    min_lr: float | None = None  # floor of the cosine decay; None = lr / 10
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
+    eval_every: int = 50  # steps between evaluations (0 = only at the end)
+    eval_batches: int = 10  # batches per split per evaluation
+    checkpoint_every: int | None = None  # None = at every evaluation; 0 = only at the end
+    keep_last: int = 2  # checkpoints kept (plus the best one)
+    sample_every: int | None = None  # None = at every evaluation; 0 = never
+    sample_prompt: str = "The"
+    sample_tokens: int = 40
+    sample_temperature: float = 0.8
+    sample_top_k: int | None = 40
+    log_every: int = 1  # steps between train-loss records in metrics.jsonl
+    seed: int = 123
+    device: str = "auto"  # auto | cpu | cuda | mps
+    dtype: str = "auto"  # auto | bf16 | fp32 (bf16 = autocast; weights and optimizer stay fp32)
+    compile: bool = False  # torch.compile the model (slow start, faster steps on GPU)
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes stored in run.json
+
+    def check(self) -> None:
+        """Raise ``ConfigError`` for values that cannot work, naming the flag to change."""
+        def number(name: str, value: Any, *, whole: bool = False) -> None:
+            kinds = int if whole else int | float
+            if not isinstance(value, kinds) or isinstance(value, bool) or not math.isfinite(value):
+                kind = "whole" if whole else "finite"
+                raise ConfigError(f"{flag(name)} must be a {kind} number, got {value!r}")
+
+        def positive(name: str, value: Any, *, whole: bool = False) -> None:
+            number(name, value, whole=whole)
+            if value <= 0:
+                raise ConfigError(f"{flag(name)} must be > 0, got {value!r}")
+
+        positive("lr", self.lr)
+        for name in ("batch_size", "max_steps", "eval_batches", "keep_last"):
+            positive(name, getattr(self, name), whole=True)
+        for name in ("context_length", "target_batch_tokens"):
+            if getattr(self, name) is not None:
+                positive(name, getattr(self, name), whole=True)
+        if self.min_lr is not None:
+            number("min_lr", self.min_lr)
+            if not 0 <= self.min_lr <= self.lr:
+                raise ConfigError(f"--min-lr must be between 0 and --lr ({self.lr}), got {self.min_lr}")
+        for name in ("warmup_steps", "eval_every", "checkpoint_every", "sample_every", "log_every"):
+            value = getattr(self, name)
+            if value is not None:
+                number(name, value, whole=True)
+                if value < 0:
+                    raise ConfigError(f"{flag(name)} must be a whole number >= 0, got {value!r}")
+        for name in ("weight_decay", "grad_clip"):
+            number(name, getattr(self, name))
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")
+        number("val_fraction", self.val_fraction)
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
+        if self.time_budget is not None:
+            parse_duration(self.time_budget)
+        parse_device(self.device)  # a typo is an error here, before any work
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+
+    def intervals(self) -> tuple[int, int, int]:
+        """(eval_every, checkpoint_every, sample_every) in steps, defaults resolved; sample 0 = never."""
+        eval_every = self.eval_every or self.max_steps
+        checkpoint_every = eval_every if self.checkpoint_every is None else self.checkpoint_every
+        sample_every = eval_every if self.sample_every is None else self.sample_every
+        return eval_every, checkpoint_every or self.max_steps, sample_every
+
+    @property
+    def floor_lr(self) -> float:
+        return self.lr / 10 if self.min_lr is None else self.min_lr
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> TrainConfig:
+        data = dict(data)
+        if "betas" in data:
+            data["betas"] = tuple(data["betas"])
+        return from_dict(cls, data, source=source)
+
+    def replace(self, **overrides: Any) -> TrainConfig:
+        cfg = replace(self, **overrides)
+        cfg.betas = tuple(cfg.betas)
+        return cfg
+
+
+def flag(field_name: str) -> str:
+    """The command-line flag of a ``TrainConfig`` field (``keep_last`` -> ``--keep-last``)."""
+    return "--" + field_name.replace("_", "-")

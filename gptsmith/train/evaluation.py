@@ -1,0 +1,88 @@
+"""Loss and evaluation: next-token cross-entropy over a batch or a loader, and perplexity."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from gptsmith.device import autocast
+from gptsmith.errors import DataError, GptsmithError
+
+
+def calc_loss_batch(
+    input_batch: torch.Tensor,
+    target_batch: torch.Tensor,
+    model: torch.nn.Module,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Mean next-token cross-entropy of one batch (scalar tensor; its exp is the perplexity).
+
+    ``input_batch`` and ``target_batch`` are (batch, n_tokens) token ids; the targets are the
+    inputs shifted left by one. The logits (batch, n_tokens, vocab) are flattened to
+    (batch·n_tokens, vocab) so every position is one classification over the vocabulary.
+    """
+    if device is not None:
+        input_batch, target_batch = input_batch.to(device), target_batch.to(device)
+    logits = model(input_batch)  # (batch, n_tokens, vocab_size)
+    return F.cross_entropy(logits.flatten(0, 1).float(), target_batch.flatten())
+
+
+def calc_loss_loader(
+    loader,
+    model: torch.nn.Module,
+    device: torch.device | str | None = None,
+    num_batches: int | None = None,
+) -> float:
+    """Average ``calc_loss_batch`` over the first ``num_batches`` batches of ``loader`` (all if None).
+
+    Call it in eval mode under ``torch.no_grad()`` (``evaluate`` does both).
+    """
+    total, count = 0.0, 0
+    for i, (input_batch, target_batch) in enumerate(loader):
+        if num_batches is not None and i >= num_batches:
+            break
+        total += calc_loss_batch(input_batch, target_batch, model, device).item()
+        count += 1
+    if count == 0:
+        raise DataError("the data loader yielded no batches (the split is shorter than one batch)")
+    return total / count
+
+
+def evaluate(
+    model: torch.nn.Module,
+    train_loader,
+    val_loader,
+    eval_iter: int | None = None,
+    *,
+    device: torch.device | str | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[float, float]:
+    """(train loss, val loss) over ``eval_iter`` batches each, in eval mode under ``no_grad``.
+
+    Eval mode turns dropout off, so the numbers measure the model rather than the noise; the
+    model is put back in training mode afterwards if it was in it.
+    """
+    was_training = model.training
+    model.eval()
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    try:
+        with torch.no_grad(), autocast(dev, amp_dtype):
+            train_loss = calc_loss_loader(train_loader, model, device, eval_iter)
+            val_loss = calc_loss_loader(val_loader, model, device, eval_iter)
+    finally:
+        model.train(was_training)
+    return train_loss, val_loss
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss): the effective number of tokens the model hesitates between (inf on overflow)."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return float("inf")
+
+
+class NonFiniteLossError(GptsmithError):
+    """The training loss became NaN or infinite; training stopped before the bad update."""

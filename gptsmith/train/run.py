@@ -1,0 +1,45 @@
+"""One call from a corpus to a trained model: ``prepare_splits`` tokenizes a corpus (cached as a
+token shard) and cuts it into train/validation tokens; ``train`` runs the ``Trainer`` on them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from gptsmith.train.config import TrainConfig
+from gptsmith.train.trainer import Trainer
+
+
+def prepare_splits(
+    data: str,
+    tokenizer: Any,
+    val_fraction: float = 0.1,
+    *,
+    cache_dir: str | None = None,
+    progress: Any = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Tokenize corpus ``data`` (cached as a token shard) and cut it into (train, val, info).
+
+    The validation split is the last ``val_fraction`` of the corpus (snapped to a document
+    boundary when there are several documents), so it is never trained on.
+    """
+    from gptsmith.data.corpus import resolve_corpus
+    from gptsmith.data.shards import prepare_corpus
+    from gptsmith.data.windows import split_tokens
+
+    source = resolve_corpus(data)
+    shard = prepare_corpus(source, tokenizer.name, out_dir=cache_dir, progress=progress, tokenizer=tokenizer)
+    splits = split_tokens(shard, (1.0 - val_fraction, val_fraction))
+    info = {"data": data, "source": shard.meta.get("source"), "n_tokens": len(shard.tokens),
+            "n_train_tokens": len(splits["train"]), "n_val_tokens": len(splits["val"]),
+            "checksum": shard.meta.get("checksum"), "tokenizer": tokenizer.name}
+    return splits["train"], splits["val"], info
+
+
+def train(model: torch.nn.Module, cfg: TrainConfig, train_tokens: np.ndarray, val_tokens: np.ndarray,
+          **kwargs: Any):
+    """Train ``model`` with ``cfg`` (a shortcut for ``Trainer(...).fit()``)."""
+    return Trainer(model, cfg, train_tokens, val_tokens, **kwargs).fit()

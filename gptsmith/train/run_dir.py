@@ -1,0 +1,123 @@
+"""The run directory as a whole: which folders a new run may use, clearing an old run, and what a
+stopped run leaves to go on from (the advice printed after an interrupt or a divergence).
+
+A folder holds a run when it has ``run.json`` (the Trainer writes it before anything else). A new
+run may go into a folder that does not exist, an empty one, or, with ``overwrite``, an old run,
+of which only the run files (``RUN_FILES``) are deleted. Any other non-empty folder is refused,
+with or without ``overwrite``: a mistyped ``--out`` never writes a run among, or deletes, files
+that are not a run's. See ``gptsmith.train.checkpointing`` for the files themselves.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gptsmith.errors import ConfigError
+from gptsmith.train.checkpointing import (
+    CHECKPOINTS,
+    LOSS_PLOT,
+    METRICS_FILE,
+    RUN_FILE,
+    SAMPLES_FILE,
+    checkpoint_name,
+    is_complete,
+    list_checkpoints,
+    no_checkpoint_message,
+    read_pointer,
+)
+from gptsmith.version import __version__
+
+# Everything a run writes at its top level; --overwrite deletes these and nothing else.
+RUN_FILES = (CHECKPOINTS, RUN_FILE, "latest", "best", METRICS_FILE, LOSS_PLOT, SAMPLES_FILE)
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` holds a gptsmith run (its ``run.json``)."""
+    return (Path(path) / RUN_FILE).is_file()
+
+
+def check_new_run_dir(run_dir: str | Path, *, overwrite: bool = False) -> None:
+    """Raise ``ConfigError`` unless a new run may be written to ``run_dir``.
+
+    Only looks: nothing is deleted until ``clear_run_dir``, which the caller runs once every other
+    argument has been checked, so a bad flag never costs the old run.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} is a file (pass a directory)")
+    if is_run_dir(run_dir):
+        if overwrite:
+            return
+        if not list_checkpoints(run_dir):  # nothing to --resume from
+            raise ConfigError(f"{run_dir} already holds a run, with no checkpoint (it stopped before its "
+                              "first one was saved): replace it with --overwrite, or choose another --out")
+        raise ConfigError(f"{run_dir} already holds a run (continue it with --resume {run_dir}, "
+                          "replace it with --overwrite, or choose another --out)")
+    if any(run_dir.iterdir()):
+        raise ConfigError(f"--out {run_dir} is a folder that holds files but no run (no {RUN_FILE}); pick "
+                          "a new or empty folder (--overwrite only ever replaces a run)")
+
+
+def clear_run_dir(run_dir: str | Path) -> list[Path]:
+    """Delete an old run's files from ``run_dir`` (``RUN_FILES`` only); returns what was deleted."""
+    deleted = []
+    for name in RUN_FILES:
+        path = Path(run_dir) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        deleted.append(path)
+    return deleted
+
+
+def resume_advice(run_dir: str | Path) -> str:
+    """How to go on with a run that just stopped: resume it, resume from an older checkpoint, or
+    (when it has no checkpoint) start it again."""
+    run_dir = Path(run_dir)
+    latest = read_pointer(run_dir, "latest")
+    if latest and is_complete(run_dir / latest):
+        return f"checkpoint {run_dir / latest} is kept (continue with: gptsmith train --resume {run_dir})"
+    if list_checkpoints(run_dir):
+        return (f"{run_dir}/latest names no complete checkpoint (continue from the newest good one with: "
+                f"gptsmith train --resume {run_dir} --fallback)")
+    return no_checkpoint_message(run_dir)
+
+
+def divergence_advice(run_dir: Path | None, failed_step: int | None, *, lr: float, grad_clip: float) -> str:
+    """What is left after training diverged, and how to go on (the tail of the NaN error).
+
+    Every checkpoint passed the finite-weights check, but the newest may be the one that diverged:
+    when it is checkpoint ``failed_step`` (whose weights gave the non-finite value) resuming from
+    it fails again whatever the flags, so the older checkpoints are named too.
+    """
+    fix = f"a lower --lr than {lr:g}" + (" and --grad-clip 1" if grad_clip == 0 else "")
+    kept = [f"{CHECKPOINTS}/{p.name}" for p in reversed(list_checkpoints(run_dir))] if run_dir else []
+    if not kept:
+        if run_dir is None:
+            return f"nothing was saved (start again with {fix})"
+        return f"no checkpoint was written yet (start again with --out {run_dir} --overwrite and {fix})"
+    newest, older = kept[0], kept[1:]
+    others = f"older: {', '.join(older)}" if older else "no older one"
+    restart = (f"delete {Path(run_dir) / newest} and resume from {older[0]} with --resume {run_dir} "
+               f"--fallback and {fix}" if older else f"start a new run with {fix}")
+    if failed_step is not None and newest == checkpoint_name(failed_step):
+        return (f"the newest checkpoint {newest} holds the weights that gave it, so resuming from it "
+                f"fails again ({others}): {restart}")
+    return (f"the newest checkpoint {newest} may already be diverging ({others}): resume with --resume "
+            f"{run_dir} and {fix}; if it diverges again, {restart}")
+
+
+def environment_info() -> dict[str, str]:
+    """Versions recorded in run.json so a result can be traced to its software."""
+    return {"gptsmith": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}

@@ -1,0 +1,318 @@
+"""Checkpoints: our format round-trips, broken files give clear errors, GPT-2 weights load exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptsmith.errors import CheckpointError
+from gptsmith.model.checkpoint import (
+    load_model,
+    read_model_config,
+    resolve_model_dir,
+    save_model,
+)
+from gptsmith.model.gpt import GPTConfig, GPTModel
+from gptsmith.model.hf_gpt2 import export_hf
+from gptsmith.storage import atomic_path, atomic_torch_save, atomic_write_json, atomic_write_text
+
+TINY = GPTConfig(vocab_size=101, context_length=20, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
+
+
+def _logits(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"tie_weights": False}, {"qkv_bias": False, "drop_rate": 0.1}],
+    ids=["tied", "untied", "no-qkv-bias"],
+)
+def test_save_load_round_trip(tmp_path, overrides):
+    model = GPTModel(GPTConfig(**{**TINY.to_dict(), **overrides})).eval()
+    out = save_model(model, tmp_path / "ckpt", extra={"step": 7})
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    loaded = load_model(out)
+    assert loaded.cfg == model.cfg and not loaded.training
+    ids = torch.randint(0, TINY.vocab_size, (2, 9))
+    torch.testing.assert_close(_logits(loaded, ids), _logits(model, ids), atol=0, rtol=0)
+    assert (loaded.out_head.weight is loaded.tok_emb.weight) == model.cfg.tie_weights
+    assert all(p.requires_grad for p in loaded.parameters())
+    config = read_model_config(out)
+    assert config["format"] == "gptsmith" and config["tokenizer"] == "gpt2" and config["step"] == 7
+    assert load_model(out).cfg == model.cfg
+
+
+def test_dtype_is_kept_and_can_be_changed(tmp_path):
+    model = GPTModel(TINY).to(torch.bfloat16)
+    save_model(model, tmp_path)
+    assert load_model(tmp_path).tok_emb.weight.dtype == torch.bfloat16
+    assert load_model(tmp_path, dtype=torch.float32).tok_emb.weight.dtype == torch.float32
+
+
+def test_run_directory_resolves_through_latest(tmp_path):
+    save_model(GPTModel(TINY), tmp_path / "checkpoints" / "step-000010")
+    atomic_write_text(tmp_path / "latest", "checkpoints/step-000010\n")
+    assert resolve_model_dir(tmp_path) == (tmp_path / "checkpoints" / "step-000010").resolve()
+    assert load_model(tmp_path).cfg == TINY
+    assert resolve_model_dir(tmp_path / "checkpoints" / "step-000010" / "config.json").name == "step-000010"
+    atomic_write_text(tmp_path / "latest", "checkpoints/step-000020")
+    with pytest.raises(CheckpointError, match="points to 'checkpoints/step-000020'"):
+        resolve_model_dir(tmp_path)
+
+
+def test_directory_without_config_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="not a model directory: no config.json"):
+        load_model(tmp_path)
+    save_model(GPTModel(TINY), tmp_path)
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="has model.safetensors but no config.json"):
+        load_model(tmp_path)
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        load_model(tmp_path / "nope")
+
+
+def test_shape_mismatch_names_tensor_and_both_shapes(tmp_path):
+    save_model(GPTModel(TINY), tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["model"]["vocab_size"] = 120
+    atomic_write_json(tmp_path / "config.json", config)
+    expected = r"tok_emb\.weight has shape \(101, 32\) but the config needs \(120, 32\)"
+    with pytest.raises(CheckpointError, match=expected):
+        load_model(tmp_path)
+
+
+def test_missing_tensors_are_named(tmp_path):
+    save_model(GPTModel(TINY), tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["model"]["n_layers"] = 3
+    atomic_write_json(tmp_path / "config.json", config)
+    with pytest.raises(CheckpointError, match=r"missing 12 tensor\(s\), e.g. trf_blocks\.2\."):
+        load_model(tmp_path)
+
+
+def test_truncated_safetensors_is_a_clear_error(tmp_path):
+    save_model(GPTModel(TINY), tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_model(tmp_path)
+    weights.write_bytes(b"\x01")
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_model(tmp_path)
+
+
+def test_bad_config_json_is_a_clear_error(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="cannot parse"):
+        load_model(tmp_path)
+    (tmp_path / "config.json").write_text('{"hello": 1}')
+    with pytest.raises(CheckpointError, match="neither a gptsmith config"):
+        load_model(tmp_path)
+
+
+def test_atomic_writes_leave_old_file_on_failure(tmp_path):
+    target = tmp_path / "sub" / "file.txt"
+    atomic_write_text(target, "old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old"
+    assert [p.name for p in target.parent.iterdir()] == ["file.txt"]  # no temp file left behind
+    atomic_torch_save({"step": torch.tensor(3)}, tmp_path / "state.pt")
+    assert torch.load(tmp_path / "state.pt", weights_only=True)["step"].item() == 3
+
+
+# --- Hugging Face GPT-2 --------------------------------------------------------------------------
+
+HF_CONFIGS = {
+    "tied-2x4": dict(n_layer=2, n_head=4, n_embd=32, vocab_size=100, n_positions=24),
+    "untied-3x2": dict(
+        n_layer=3, n_head=2, n_embd=48, vocab_size=64, n_positions=16, tie_word_embeddings=False
+    ),
+    "n_inner-1x8-dropout": dict(
+        n_layer=1, n_head=8, n_embd=64, n_inner=256, vocab_size=80, n_positions=32, resid_pdrop=0.3
+    ),
+    "no-dropout-2x2": dict(
+        n_layer=2, n_head=2, n_embd=16, vocab_size=90, n_positions=12,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    ),
+}
+
+
+def _hf_model(name: str):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(**HF_CONFIGS[name], bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():  # HF initialises biases and LayerNorms to 0/1; randomise them to test mapping
+        for param_name, param in model.named_parameters():
+            if param_name.endswith("bias") or "ln_" in param_name:
+                param.normal_(0, 0.5)
+    return transformers, model
+
+
+def _to_legacy_bin(directory: Path, tied: bool) -> None:
+    """Rewrite a saved HF dir as an old-style pytorch_model.bin (no prefix, mask buffers, head if untied)."""
+    from safetensors.torch import load_file
+
+    state = load_file(directory / "model.safetensors")
+    n_positions = state["transformer.wpe.weight"].shape[0]
+    if tied:
+        state.pop("lm_head.weight", None)
+    legacy = {k.removeprefix("transformer."): v for k, v in state.items()}
+    causal = torch.tril(torch.ones(n_positions, n_positions))[None, None]
+    for key in [k for k in legacy if k.endswith("attn.c_attn.weight")]:
+        legacy[key.replace("c_attn.weight", "bias")] = causal
+    torch.save(legacy, directory / "pytorch_model.bin")
+    (directory / "model.safetensors").unlink()
+
+
+@pytest.mark.parametrize("name", list(HF_CONFIGS))
+@pytest.mark.parametrize("file_format", ["safetensors", "bin"])
+def test_hf_import_and_export_match_transformers(tmp_path, name, file_format):
+    transformers, hf_model = _hf_model(name)
+    hf_model.save_pretrained(tmp_path / "hf")
+    if file_format == "bin":
+        _to_legacy_bin(tmp_path / "hf", tied=hf_model.config.tie_word_embeddings)
+    ids = torch.randint(0, hf_model.config.vocab_size, (2, hf_model.config.n_positions))
+    expected = _logits(hf_model, ids).logits
+
+    ours = load_model(tmp_path / "hf")
+    assert ours.cfg.tie_weights == hf_model.config.tie_word_embeddings
+    torch.testing.assert_close(_logits(ours, ids), expected, atol=1e-5, rtol=1e-5)
+    assert read_model_config(tmp_path / "hf")["format"] == "hf-gpt2"
+
+    export_hf(ours, tmp_path / "exported")
+    reloaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "exported").eval()
+    torch.testing.assert_close(_logits(reloaded, ids).logits, expected, atol=1e-5, rtol=1e-5)
+    tied = reloaded.lm_head.weight.data_ptr() == reloaded.transformer.wte.weight.data_ptr()
+    assert tied == ours.cfg.tie_weights
+
+
+def test_export_without_qkv_bias_loads_in_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    model = GPTModel(GPTConfig(**{**TINY.to_dict(), "qkv_bias": False})).eval()
+    export_hf(model, tmp_path)
+    reloaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    ids = torch.randint(0, TINY.vocab_size, (1, 12))
+    torch.testing.assert_close(_logits(reloaded, ids).logits, _logits(model, ids), atol=1e-5, rtol=1e-5)
+    assert load_model(tmp_path).cfg.qkv_bias  # GPT-2 always has the (here zero) bias
+
+
+def test_unsupported_hf_configs_are_refused(tmp_path):
+    _, hf_model = _hf_model("tied-2x4")
+    hf_model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for change, message in [
+        ({"n_inner": 100}, "n_inner=100 is not 4 \\* n_embd"),
+        ({"activation_function": "relu"}, "activation_function 'relu' is not supported"),
+        ({"layer_norm_epsilon": "x"}, "layer_norm_epsilon must be a number, got 'x'"),
+        ({"resid_pdrop": None, "attn_pdrop": "0.1"}, "attn_pdrop must be a number"),
+        ({"tie_word_embeddings": "false"}, "tie_word_embeddings must be true or false, got 'false'"),
+    ]:
+        atomic_write_json(tmp_path / "config.json", {**config, **change})
+        with pytest.raises(CheckpointError, match=message):
+            load_model(tmp_path)
+
+
+def test_hf_dir_without_weights(tmp_path):
+    _, hf_model = _hf_model("tied-2x4")
+    hf_model.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="neither model.safetensors nor pytorch_model.bin"):
+        load_model(tmp_path)
+
+
+def test_hub_name_offline_is_a_clear_error(monkeypatch):
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+
+    def offline(*args, **kwargs):
+        raise OSError("cannot reach huggingface.co")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(CheckpointError, match="cannot get 'gpt2' from the Hugging Face hub"):
+        load_model("gpt2")
+    with pytest.raises(CheckpointError, match="checkpoint not found: ./missing-dir"):
+        load_model("./missing-dir")
+
+
+def test_hub_download_fetches_config_and_weights_and_completes_a_partial_cache(tmp_path, monkeypatch):
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    _, hf_model = _hf_model("tied-2x4")
+    hf_model.save_pretrained(tmp_path / "repo")  # what the hub serves
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "config.json").write_bytes((tmp_path / "repo" / "config.json").read_bytes())  # interrupted
+    calls = []
+
+    def fake_snapshot(repo_id, allow_patterns, local_files_only=False):
+        calls.append((repo_id, tuple(allow_patterns), local_files_only))
+        if not local_files_only:
+            for pattern in allow_patterns:
+                if (tmp_path / "repo" / pattern).is_file():
+                    (cache / pattern).write_bytes((tmp_path / "repo" / pattern).read_bytes())
+        return str(cache)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    model = load_model("some-user/gpt2-like")
+    assert (cache / "model.safetensors").is_file()
+    assert ("some-user/gpt2-like", ("config.json", "model.safetensors"), False) in calls
+    ids = torch.randint(0, model.cfg.vocab_size, (1, 6))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), hf_model(ids).logits, atol=1e-5, rtol=0)
+
+
+def test_preset_names_map_to_openai_weights(monkeypatch):
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    asked = []
+
+    def record(repo_id, **kwargs):
+        asked.append(repo_id)
+        raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", record)
+    with pytest.raises(CheckpointError, match="cannot get 'gpt2'"):
+        load_model("gpt2-small")
+    assert set(asked) == {"gpt2"}
+    with pytest.raises(CheckpointError, match="preset 'tiny' has no pretrained weights"):
+        load_model("tiny")
+
+
+def test_save_model_unwraps_compiled_models(tmp_path):
+    class Compiled(torch.nn.Module):  # what torch.compile returns: the model as ._orig_mod
+        def __init__(self, model):
+            super().__init__()
+            self._orig_mod = model
+
+    model = GPTModel(TINY)
+    save_model(Compiled(model), tmp_path)
+    loaded = load_model(tmp_path)
+    torch.testing.assert_close(loaded.tok_emb.weight, model.tok_emb.weight)
+
+
+def test_greedy_tokens_equal_transformers_generate(tmp_path):
+    _, hf_model = _hf_model("n_inner-1x8-dropout")
+    with torch.no_grad():  # large random weights, so the greedy path visits several tokens
+        for param in hf_model.parameters():
+            if param.dim() == 2:
+                param.normal_(0, 1.0)
+    hf_model.save_pretrained(tmp_path)
+    ours = load_model(tmp_path)
+    prompt = torch.tensor([[5, 17, 42, 3]])
+    expected = hf_model.generate(
+        prompt, max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=None, min_length=0
+    )
+    ids, cache = prompt, ours.new_cache(batch_size=1)
+    with torch.no_grad():
+        logits = ours(ids, cache=cache, last_token_only=True)
+        for _ in range(12):  # greedy decoding with the KV cache, one token at a time
+            next_id = logits[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, next_id], dim=1)
+            logits = ours(next_id, cache=cache)
+    assert ids.tolist() == expected.tolist()
+    assert len(set(ids[0, 4:].tolist())) >= 3
