@@ -3,13 +3,14 @@
 Candidates, all with the same random weights (copied from the gptsmith model; their greedy tokens
 are checked to agree before anything is timed):
 
-- gptsmith: ``generate(model, ids, n)`` (KV cache, ``last_token_only``, inference mode), fp32;
+- gptsmith: ``generate(model, ids, n)`` as any Python caller runs it, no extra call (KV cache,
+  ``last_token_only``, inference mode, the ``FastLinear`` CPU kernels), fp32;
 - transformers: ``GPT2LMHeadModel.generate(use_cache=True, do_sample=False)``, SDPA attention;
 - llms_from_scratch (KV cache): ``llms_from_scratch.kv_cache`` GPTModel + ``generate_text_simple``;
 - llms_from_scratch (no cache): ``ch05.generate`` on ``ch04.GPTModel`` (re-reads the whole context
   every step);
-- gptsmith row-major: ``generate`` without ``optimize_for_decoding`` (PyTorch's usual weight layout);
-- gptsmith bf16: bf16 weights;
+- gptsmith plain nn.Linear: ``generate`` with every ``FastLinear`` turned back into ``nn.Linear``;
+- gptsmith bf16: bf16 weights (``model.to(torch.bfloat16)``);
 - gptsmith int8: ``torch.ao.quantization.quantize_dynamic`` (int8 weights; activations quantized
   on the fly); with ``--torchao`` also torchao's ``Int8WeightOnlyConfig`` (weight-only int8).
 
@@ -31,8 +32,7 @@ import warnings
 import torch
 
 from benchmarks.harness import base_parser, compare, optional_import, print_report, write_report
-from benchmarks.model_forward import lfs_config, make_hf, make_lfs
-from gptsmith.generate.decoding import optimize_for_decoding
+from benchmarks.model_forward import lfs_config, make_hf, make_lfs, plain_linear
 from gptsmith.generate.generation import generate
 from gptsmith.model.gpt import GPTConfig, GPTModel
 
@@ -136,7 +136,7 @@ def lfs_kv_generate(model, ids: torch.Tensor, n: int) -> torch.Tensor:
 def quantize_int8(model: GPTModel, use_torchao: bool = False) -> torch.nn.Module | None:
     """An int8 copy of ``model``: torch's ``quantize_dynamic`` (int8 weights, activations quantized
     on the fly; fbgemm kernels), or torchao's weight-only int8 (None when torchao is missing)."""
-    quantized = copy.deepcopy(model)
+    quantized = plain_linear(model)  # quantize_dynamic maps nn.Linear itself, not subclasses
     quantized.out_head.weight = torch.nn.Parameter(model.out_head.weight.detach().clone())  # untie
     if use_torchao:
         torchao = optional_import("torchao.quantization")
@@ -153,10 +153,9 @@ def quantize_int8(model: GPTModel, use_torchao: bool = False) -> torch.nn.Module
 
 def generators(model: GPTModel, variants: bool, torchao: bool) -> tuple[dict, list[str]]:
     """{name: fn(ids, n) -> ids (1, n_prompt + n)} for every candidate, and notes about them."""
-    notes = ["gptsmith = generate() after optimize_for_decoding() (DecodeLinear: one-row steps on every "
-             "thread, column-major wide matrices), as the CLI runs; gptsmith row-major = plain nn.Linear"]
-    fast = optimize_for_decoding(copy.deepcopy(model))
-    candidates = {"gptsmith": lambda ids, n: generate(fast, ids, n)}
+    notes = ["gptsmith = generate(model, ids, n) with no extra call (FastLinear kernels); gptsmith plain "
+             "= the same model with nn.Linear layers"]
+    candidates = {"gptsmith": lambda ids, n: generate(model, ids, n)}
     hf = make_hf(model)
     if hf is not None:
         hf.eval()
@@ -189,7 +188,8 @@ def generators(model: GPTModel, variants: bool, torchao: bool) -> tuple[dict, li
         context = model.cfg.context_length
         candidates["lfs no-cache"] = lambda ids, n: ch05.generate(lfs, ids, n, context_size=context)
     if variants:
-        candidates["gptsmith row-major"] = lambda ids, n: generate(model, ids, n)
+        plain = plain_linear(model)
+        candidates["gptsmith plain"] = lambda ids, n: generate(plain, ids, n)
         bf16 = copy.deepcopy(model).to(torch.bfloat16)
         candidates["gptsmith bf16"] = lambda ids, n: generate(bf16, ids, n)
         int8 = quantize_int8(model)
@@ -218,6 +218,34 @@ def check_agreement(candidates: dict, ids: torch.Tensor, n: int) -> list[str]:
     return notes
 
 
+AGREEMENT_PROMPTS = ("ROMEO:", "First Citizen:\nWe are", "The king", "O, what a", "KING RICHARD III:\n")
+
+
+def agreement(model_dir: str, n: int) -> str:
+    """How far the greedy tokens of bf16 and int8 weights follow fp32's, on a trained checkpoint."""
+    from gptsmith.data.tokenizer import get_tokenizer
+    from gptsmith.model.checkpoint import load_model
+
+    model = load_model(model_dir)
+    tokenizer = get_tokenizer("gpt2")
+    variants = {"bf16": copy.deepcopy(model).to(torch.bfloat16), "int8": quantize_int8(model)}
+    lines = [f"greedy-token agreement with fp32 on {model_dir} ({n} new tokens per prompt)"]
+    same = {name: [] for name in variants}
+    for prompt in AGREEMENT_PROMPTS:
+        ids = torch.tensor([tokenizer.encode(prompt)])
+        reference = generate(model, ids, n)[0, ids.shape[1]:].tolist()
+        for name, variant in variants.items():
+            tokens = generate(variant, ids, n)[0, ids.shape[1]:].tolist()
+            first = next((i for i, (a, b) in enumerate(zip(tokens, reference, strict=True)) if a != b), n)
+            same[name].append(first)
+    for name, firsts in same.items():
+        whole = sum(f == n for f in firsts)
+        median = sorted(firsts)[len(firsts) // 2]
+        lines.append(f"  {name}: first difference after {sorted(firsts)} tokens (prompts sorted; median "
+                     f"{median}); {whole} of {len(firsts)} prompts identical throughout")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0], __name__)
     parser.add_argument("--prompt-tokens", type=int, default=32, help="prompt length (default 32)")
@@ -228,7 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip", action="append", default=[], help="leave out a candidate (repeatable)")
     parser.add_argument("--preset", default="gpt2-small", help="model preset (default gpt2-small)")
+    parser.add_argument("--agreement", metavar="MODEL_DIR",
+                        help="instead: greedy-token agreement of bf16/int8 with fp32 on this trained model")
     args = parser.parse_args(argv)
+    if args.agreement:
+        text = agreement(args.agreement, args.new_tokens)
+        print(text)
+        write_report(text, args.output)
+        return 0
 
     torch.manual_seed(0)
     model = GPTModel(GPTConfig.from_preset(args.preset, drop_rate=0.0)).eval()

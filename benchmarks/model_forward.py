@@ -16,11 +16,14 @@ attention; llms_from_scratch's GPTModel computes attention with plain matmuls an
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
 from benchmarks.harness import base_parser, compare, optional_import, print_report, timed, write_report
 from gptsmith.device import tune_cpu_allocator
+from gptsmith.model.fast_linear import FastLinear
 from gptsmith.model.gpt import GPTConfig, GPTModel
 from gptsmith.model.hf_gpt2 import hf_config_from_gpt, state_dict_to_hf
 from gptsmith.train.schedule import build_optimizer
@@ -76,6 +79,15 @@ def make_hf(model: GPTModel):
     return other
 
 
+def plain_linear(model: GPTModel) -> GPTModel:
+    """A copy of ``model`` whose ``FastLinear`` layers are plain ``nn.Linear`` (PyTorch's own kernels)."""
+    plain = copy.deepcopy(model)
+    for module in plain.modules():
+        if isinstance(module, FastLinear):
+            module.__class__ = torch.nn.Linear
+    return plain
+
+
 def logits_fn(name: str, model):
     if name == "transformers":
         return lambda ids: model(ids, use_cache=False).logits
@@ -105,6 +117,8 @@ def check_same_logits(candidates, ids: torch.Tensor) -> None:
 def prefill_benchmark(repeats: int, warmup: int, n_tokens: int) -> dict:
     cfg = GPTConfig.from_preset("gpt2-small", context_length=max(1024, n_tokens))
     candidates = candidates_for(cfg)
+    plain = plain_linear(candidates["gptsmith"][0])  # nn.Linear layers: the head not padded
+    candidates["gptsmith plain"] = (plain, plain)
     ids = torch.randint(0, cfg.vocab_size, (1, n_tokens))
     check_same_logits(candidates, ids[:, :64])
 
@@ -169,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
             f"prefill: gpt2-small, 1 x {args.tokens} tokens, full logits, CPU fp32, inference_mode",
             results,
             higher_is_better=higher,
-            notes=["transformers with attn_implementation='sdpa'; same weights, logits checked equal"],
+            notes=["transformers with attn_implementation='sdpa'; same weights, logits checked equal",
+                   "gptsmith computes the head with the vocabulary padded to 50,304 (FastLinear); "
+                   "gptsmith plain = the same model with nn.Linear layers"],
         )
         write_report(text, args.output)
     if args.only in (None, "train"):

@@ -123,7 +123,6 @@ def load_for_generation(args: argparse.Namespace) -> tuple[torch.nn.Module, Any,
     """(model, tokenizer, checkpoint config, display name) from --checkpoint/--model/--device/--dtype."""
     from gptsmith.data.tokenizer import load_tokenizer
     from gptsmith.device import resolve_device, torch_dtype
-    from gptsmith.generate.decoding import optimize_for_decoding
     from gptsmith.model.checkpoint import load_model, load_model_dir, read_model_config, resolve_model_dir
 
     device = resolve_device(args.device)
@@ -140,7 +139,6 @@ def load_for_generation(args: argparse.Namespace) -> tuple[torch.nn.Module, Any,
         config = read_model_config(model_dir) if model_dir else {"tokenizer": "gpt2"}
         model = load_model(args.model, device=device, dtype=dtype)
         name = args.model
-    optimize_for_decoding(model)
     tokenizer = load_tokenizer(config.get("tokenizer") or "gpt2", model_dir)
     if tokenizer.vocab_size > model.cfg.vocab_size:
         raise ConfigError(

@@ -19,6 +19,7 @@ TRAIN_EPILOG = """\
 examples:
   gptsmith train                    # the main job: tiny preset, built-in corpus, minutes on a CPU
   gptsmith train --recipe tinyshakespeare --out runs/shakespeare
+  gptsmith train --data notes/ --time-budget 20m --out runs/n20   # the schedule sized to end in 20 minutes
   gptsmith train --data notes/ --preset small --context-length 256 --lr 1e-3 --out runs/notes
   gptsmith train --resume runs/notes --max-steps 2000     # continue exactly where it stopped
   torchrun --standalone --nproc_per_node=2 -m gptsmith train --out runs/ddp   # data-parallel processes
@@ -71,6 +72,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fallback", action="store_true",
                    help="with --resume: if the latest checkpoint is corrupt, use the newest good one")
     p.add_argument("--max-steps", type=int, help=f"optimizer steps (default: {d['max_steps']})")
+    p.add_argument("--time-budget", metavar="DURATION",
+                   help="train for this long instead of --max-steps (e.g. 90s, 10m, 1.5h): the first steps "
+                   "are timed and the schedule (warm-up, cosine decay) sized to end, evaluations and "
+                   "checkpoints included, within it; run.json records the steps chosen")
     p.add_argument("--batch-size", type=int,
                    help=f"sequences per micro-batch, per process (default: {d['batch_size']})")
     p.add_argument("--context-length", type=int,
@@ -172,7 +177,7 @@ def run_train(args: argparse.Namespace) -> int:
             say(note)
     elif args.overwrite and trainer.dist.is_main and clear_run_dir(run_dir):
         say(f"--overwrite: deleted the old run's files in {run_dir}")
-    if train_cfg.warmup_steps >= train_cfg.max_steps:
+    if train_cfg.warmup_steps >= train_cfg.max_steps and train_cfg.time_budget is None:
         say(f"note: --warmup-steps {train_cfg.warmup_steps} >= --max-steps {train_cfg.max_steps}: the "
             f"learning rate never reaches its peak {train_cfg.lr:g} (lower --warmup-steps)")
     say(f"corpus: {data_info['n_train_tokens']:,} train + {data_info['n_val_tokens']:,} val tokens")

@@ -29,7 +29,7 @@ TRAIN_FLAGS = {
     "grad_clip": "grad_clip", "target_batch_tokens": "target_batch_tokens", "eval_every": "eval_every",
     "eval_batches": "eval_batches", "checkpoint_every": "checkpoint_every", "keep_last": "keep_last",
     "sample_every": "sample_every", "prompt": "sample_prompt", "seed": "seed", "device": "device",
-    "dtype": "dtype", "compile": "compile", "val_fraction": "val_fraction",
+    "dtype": "dtype", "compile": "compile", "val_fraction": "val_fraction", "time_budget": "time_budget",
 }
 
 # What may change on resume: when and where the run reports, how long it runs, and the
@@ -129,6 +129,11 @@ def _build_configs(args: argparse.Namespace) -> tuple[Any, Any]:
     _, config_train = read_config_file(args.config)
     train_over = {**recipe["train"], **config_train}
     flags = flag_values(args)
+    if "max_steps" in flags and "time_budget" in flags:
+        raise ConfigError("give --max-steps or --time-budget, not both (the budget chooses the steps)")
+    asked = {**config_train, **flags}
+    if "max_steps" in asked and "time_budget" not in asked:  # steps asked for replace a recipe's budget
+        train_over.pop("time_budget", None)
     data = flags.get("data", train_over.get("data"))
     if data != recipe["train"].get("data") and "sample_prompt" not in {**config_train, **flags}:
         # The recipe's prompt ("The module") suits its own corpus only: sample other data unprompted.
@@ -185,8 +190,13 @@ def _resume_configs(args: argparse.Namespace, run_dir: Path, run_info: dict) -> 
                         {k: getattr(asked, k) for k in fixed}, run_dir,
                         "only " + ", ".join(_flag(k) for k in RESUME_FIELDS) + " can change")
     train_cfg = saved.replace(**{k: v for k, v in changes.items() if k in RESUME_FIELDS})
+    notes = _change_notes(saved, train_cfg)
+    if saved.time_budget is not None and train_cfg.max_steps != saved.max_steps:
+        train_cfg = train_cfg.replace(time_budget=None)  # an explicit --max-steps replaces the sized schedule
+        notes.append(f"note: --max-steps {train_cfg.max_steps} replaces the {saved.max_steps} steps that "
+                     f"--time-budget {saved.time_budget} chose; the budget no longer applies")
     train_cfg.check()
-    return model_cfg, train_cfg, _change_notes(saved, train_cfg)
+    return model_cfg, train_cfg, notes
 
 
 def _change_notes(saved: Any, resumed: Any) -> list[str]:

@@ -57,6 +57,15 @@ class ProgressPrinter:
     def on_checkpoint(self, step: int, path: Path) -> None:
         pass
 
+    def on_schedule(self, info: dict) -> None:
+        say(f"time budget {info['budget_s']:,.0f} s: {info['measured_steps']} steps timed at "
+            f"{info['step_s']:.3f} s, evaluation {info['eval_s']:.1f} s, sample {info['sample_s']:.1f} s, "
+            f"checkpoint ~{info['checkpoint_s']:.1f} s -> schedule sized to {info['max_steps']:,} steps "
+            f"(warm-up {info['warmup_steps']}, cosine decay to the floor at the last step)")
+        if self.bar is not None:
+            self.bar.total = info["max_steps"]
+            self.bar.refresh()
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
 from gptsmith.errors import NonFiniteError
 
@@ -269,68 +268,3 @@ def sample_steps(
             next_ids = picker(state.next_logits())  # (batch,)
             state.append(next_ids)
         yield next_ids
-
-
-# ---------------------------------------------------------------------------------------------
-# Matrix-vector products for decoding on the CPU.
-# ---------------------------------------------------------------------------------------------
-
-
-class DecodeLinear(torch.nn.Linear):
-    """An ``nn.Linear`` that computes a single row (one decode step) on every CPU thread.
-
-    Decoding one token multiplies one vector by every weight matrix, so it is bound by how fast
-    the weights stream from memory. PyTorch's CPU matrix-vector product runs on one thread, and
-    one core cannot draw the machine's whole memory bandwidth. Here the output features are cut
-    into ``torch.get_num_threads()`` equal parts and computed as one batched product
-    (``baddbmm``), which PyTorch spreads over its threads. The parts are strided *views* of the
-    weight (nothing is copied), so the parameters, the state dict and every other input shape
-    (prefill, training, batches) are exactly those of ``nn.Linear``.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n_parts = torch.get_num_threads()
-        one_row = x.numel() == self.in_features and x.device.type == "cpu"
-        if not one_row or n_parts < 2 or torch.is_grad_enabled() or self.out_features < 2 * n_parts:
-            return super().forward(x)
-        weight = self.weight  # (out, in), row-major or column-major (see optimize_for_decoding)
-        part = self.out_features // n_parts
-        split = n_parts * part  # features in the equal parts; the rest (< n_parts) is done apart
-        row_stride, col_stride = weight.stride()
-        # parts[p] is the (in, part) matrix W[p*part:(p+1)*part].T, as a view of the same storage.
-        parts = weight.as_strided((n_parts, self.in_features, part),
-                                  (part * row_stride, col_stride, row_stride), weight.storage_offset())
-        vector = x.reshape(1, 1, self.in_features).expand(n_parts, 1, self.in_features)
-        if self.bias is None:
-            out = torch.bmm(vector, parts)  # (n_parts, 1, part)
-        else:
-            out = torch.baddbmm(self.bias[:split].view(n_parts, 1, part), vector, parts)
-        out = out.reshape(1, split)
-        if split < self.out_features:
-            rest = F.linear(x.reshape(1, self.in_features), weight[split:],
-                            None if self.bias is None else self.bias[split:])
-            out = torch.cat([out, rest], dim=1)
-        return out.reshape(*x.shape[:-1], self.out_features)
-
-
-@torch.no_grad()
-def optimize_for_decoding(model: torch.nn.Module) -> torch.nn.Module:
-    """Make every CPU ``nn.Linear`` of ``model`` a ``DecodeLinear`` with the faster weight layout, in place.
-
-    Same shapes, values and state dict: only how a one-token step is computed changes. Layout,
-    measured on an AMD EPYC (Zen 4, see BENCHMARKS.md): a matrix with more outputs than inputs
-    (the QKV projection, the feed-forward's expansion, the output head) is read fastest stored
-    transposed (column-major, strides (1, out)); one with fewer (the attention output and the
-    feed-forward's second projection) in the usual row-major layout. Checkpoints are saved
-    contiguous as always. A no-op off the CPU; bf16 weights keep their layout (transposing was
-    slower for them).
-    """
-    for module in model.modules():
-        if not isinstance(module, torch.nn.Linear) or module.weight.device.type != "cpu":
-            continue
-        module.__class__ = DecodeLinear  # only forward differs (a subclass: isinstance still holds)
-        weight = module.weight
-        wide = module.out_features > module.in_features
-        if wide and weight.dtype == torch.float32 and weight.is_contiguous():
-            weight.data = weight.data.t().contiguous().t()  # (out, in) view of an (in, out) matrix
-    return model

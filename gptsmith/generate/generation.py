@@ -13,7 +13,8 @@ followed by the new ids, shape (batch, n). Options:
   ``attention_mask``) — every row gets what it would get alone;
 - ``use_cache`` (default): prefill the prompt once, then feed one token per step.
 
-``optimize_for_decoding(model)`` re-lays out the weights for faster CPU decoding (the CLI does it).
+Every caller gets the fast CPU decoding kernels with no extra call: the model's linear layers
+are ``FastLinear`` (``fast_linear.py``), which pick them whenever autograd is off.
 
 Prompts longer than the model's context are cropped to their most recent tokens (with a warning),
 and the window keeps sliding as text is generated. ``stream_text`` yields text as it is produced
@@ -31,10 +32,9 @@ import torch
 
 from gptsmith.errors import GptsmithError
 from gptsmith.generate.config import GenerationConfig
-from gptsmith.generate.decoding import (  # noqa: F401 (DecodeState, TokenPicker, optimize_for_decoding: public API)
+from gptsmith.generate.decoding import (  # noqa: F401 (DecodeState, TokenPicker: public API)
     DecodeState,
     TokenPicker,
-    optimize_for_decoding,
     sample_steps,
 )
 from gptsmith.generate.stopping import (  # noqa: F401 (NO_EOS: public API)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptsmith.errors import GptsmithError
+from gptsmith.model.fast_linear import FastLinear
 
 # --- Rung 1: no weights at all -------------------------------------------------------------------
 
@@ -254,8 +255,8 @@ class MultiHeadAttention(nn.Module):
         self.context_length = context_length
         self.dropout = dropout
         self.use_sdpa = True
-        self.qkv = nn.Linear(d_in, 3 * d_out, bias=qkv_bias)  # [queries | keys | values]
-        self.out_proj = nn.Linear(d_out, d_out)
+        self.qkv = FastLinear(d_in, 3 * d_out, bias=qkv_bias)  # [queries | keys | values]
+        self.out_proj = FastLinear(d_out, d_out)
 
     def forward(
         self,

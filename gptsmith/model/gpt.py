@@ -21,6 +21,7 @@ from torch import nn
 from gptsmith.errors import GptsmithError
 from gptsmith.model.attention import KVCache, MultiHeadAttention, causal_mask
 from gptsmith.model.config import PRESETS, GPTConfig  # noqa: F401 (part of this module's API)
+from gptsmith.model.fast_linear import FastLinear
 
 
 class LayerNorm(nn.Module):
@@ -68,9 +69,9 @@ class FeedForward(nn.Module):
     def __init__(self, emb_dim: int) -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Linear(emb_dim, 4 * emb_dim),  # (batch, n_tokens, 4 * emb_dim)
+            FastLinear(emb_dim, 4 * emb_dim),  # (batch, n_tokens, 4 * emb_dim)
             GELU(),
-            nn.Linear(4 * emb_dim, emb_dim),  # (batch, n_tokens, emb_dim)
+            FastLinear(4 * emb_dim, emb_dim),  # (batch, n_tokens, emb_dim)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -121,7 +122,8 @@ class GPTModel(nn.Module):
         self.drop_emb = nn.Dropout(cfg.drop_rate)
         self.trf_blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
         self.final_norm = LayerNorm(cfg.emb_dim)
-        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+        self.out_head = FastLinear(cfg.emb_dim, cfg.vocab_size, bias=False)
+        self.out_head.pad_outputs = True  # inference pads the vocabulary to a multiple of 64 (a cached copy)
         if cfg.tie_weights:
             self.out_head.weight = self.tok_emb.weight
         self.reset_parameters()

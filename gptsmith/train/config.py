@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from gptsmith.config import from_dict, replace
 from gptsmith.device import DTYPE_SPELLINGS, TRAIN_DTYPES, check_seed, parse_device, parse_dtype
 from gptsmith.errors import ConfigError
+
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: Any, *, name: str = "--time-budget") -> float:
+    """Seconds from ``600``, ``"600"``, ``"90s"``, ``"10m"`` or ``"1.5h"`` (must be > 0)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)\s*", str(value).lower())
+        if match is None:
+            raise ConfigError(f"{name} must be a duration like 90s, 10m or 1.5h, got {value!r}")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"{name} must be a positive duration, got {value!r}")
+    return seconds
 
 
 @dataclass
@@ -21,7 +38,8 @@ class TrainConfig:
     batch_size: int = 8  # sequences per micro-batch per process
     context_length: int | None = None  # tokens per sequence; None = the model's context_length
     target_batch_tokens: int | None = None  # accumulate gradients until a step sees this many tokens
-    max_steps: int = 300  # optimizer steps
+    max_steps: int = 300  # optimizer steps (with time_budget: sized by the trainer instead)
+    time_budget: float | str | None = None  # seconds, or "90s"/"10m"/"1h": size max_steps to end within it
     lr: float = 2e-3  # peak learning rate
     min_lr: float | None = None  # floor of the cosine decay; None = lr / 10
     warmup_steps: int = 20
@@ -85,11 +103,20 @@ class TrainConfig:
         number("val_fraction", self.val_fraction)
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
+        if self.time_budget is not None:
+            parse_duration(self.time_budget)
         parse_device(self.device)  # a typo is an error here, before any work
         try:
             self.dtype = parse_dtype(self.dtype, TRAIN_DTYPES)  # bfloat16 in a config file is bf16
         except ConfigError as exc:
             raise ConfigError(f"--dtype: {exc}") from None
+
+    def intervals(self) -> tuple[int, int, int]:
+        """(eval_every, checkpoint_every, sample_every) in steps, defaults resolved; sample 0 = never."""
+        eval_every = self.eval_every or self.max_steps
+        checkpoint_every = eval_every if self.checkpoint_every is None else self.checkpoint_every
+        sample_every = eval_every if self.sample_every is None else self.sample_every
+        return eval_every, checkpoint_every or self.max_steps, sample_every
 
     @property
     def floor_lr(self) -> float:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,13 +25,14 @@ from gptsmith.model.memory import check_train_memory
 from gptsmith.storage import atomic_write_json
 from gptsmith.train import checkpointing as ckpt
 from gptsmith.train.batches import FixedBatches, WindowSampler
-from gptsmith.train.callbacks import TrainCallbacks, TrainResult
-from gptsmith.train.config import TrainConfig
+from gptsmith.train.callbacks import TrainCallbacks, TrainResult, stop_signals
+from gptsmith.train.config import TrainConfig, parse_duration
 from gptsmith.train.distributed import DistContext, all_reduce_mean, any_rank, barrier, init_distributed
 from gptsmith.train.evaluation import NonFiniteLossError, evaluate, outputs_are_finite, perplexity
 from gptsmith.train.rng_state import capture_rng_state, restore_rng_state
 from gptsmith.train.run_dir import divergence_advice, environment_info
 from gptsmith.train.schedule import build_optimizer, lr_at_step
+from gptsmith.train.time_budget import PROBE_STEPS, probe_done, recorded_plan, size_trainer
 
 
 class Trainer:
@@ -167,6 +166,10 @@ class Trainer:
         self.best_step = state.get("best_step")
         self.last_val_loss = state.get("last_val_loss")
         self.last_checkpoint = self.resumed_from = path
+        plan = recorded_plan(self.run_dir / ckpt.RUN_FILE)
+        if self.cfg.time_budget is not None and plan:  # a budgeted run resumes its sized schedule
+            self.cfg = self.cfg.replace(max_steps=plan["max_steps"], warmup_steps=plan["warmup_steps"])
+            self.run_info["time_budget"] = plan
         if self.dist.is_main:  # the run directory as it was when this checkpoint was written
             ckpt.write_pointer(self.run_dir, "latest", ckpt.checkpoint_name(self.step))
             ckpt.restore_best_pointer(self.run_dir, self.best_step)
@@ -177,6 +180,10 @@ class Trainer:
     def request_stop(self, reason: str = "requested") -> None:
         """Stop after the current step, with a checkpoint (what Ctrl-C and SIGTERM do)."""
         self._stop_signal = reason
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_signal is not None
 
     # --- The loop ---------------------------------------------------------------------------
 
@@ -196,17 +203,26 @@ class Trainer:
                 "dtype": "bf16 autocast" if self.amp_dtype else "fp32", "resumed_from": self.resumed_from,
                 "parameters": sum(p.numel() for p in self.model.parameters()),
             })
-        eval_every = cfg.eval_every or cfg.max_steps
-        checkpoint_every = cfg.checkpoint_every if cfg.checkpoint_every is not None else eval_every
-        checkpoint_every = checkpoint_every or cfg.max_steps
-        sample_every = eval_every if cfg.sample_every is None else cfg.sample_every
+        clock = time.perf_counter()  # a --time-budget counts from here
+        budget = None  # (budget seconds, step times) while the first steps are timed
+        if cfg.time_budget is not None and self.step == 0 and self.resumed_from is None:
+            budget = (parse_duration(cfg.time_budget), [])
+            self.cfg = cfg.replace(max_steps=max(cfg.max_steps, PROBE_STEPS + 1))  # until it is sized
 
-        with self._stop_signals():
+        with stop_signals(self):
             if self.step == 0 and self.resumed_from is None:
                 result.evals.append(self._evaluate())  # the untrained baseline: about ln(vocab_size)
-            while self.step < cfg.max_steps:
+            eval_s = time.perf_counter() - clock
+            while self.step < self.cfg.max_steps:
                 loss, lr, grad_norm, seconds = self._train_step()
                 result.losses.append(loss)
+                if budget is not None:
+                    budget[1].append(seconds)
+                    if probe_done(budget[1], budget[0]):
+                        size_trainer(self, budget[0], time.perf_counter() - clock, budget[1], eval_s)
+                        budget = None
+                cfg = self.cfg
+                eval_every, checkpoint_every, sample_every = cfg.intervals()
                 if is_main:
                     info = {"step": self.step, "loss": loss, "lr": lr, "tokens_seen": self.tokens_seen,
                             "tokens_per_s": self.tokens_per_step / seconds, "grad_norm": grad_norm}
@@ -313,6 +329,13 @@ class Trainer:
     def _sample(self) -> None:
         if self.tokenizer is None:
             return
+        text = self._sample_text()
+        if self.run_dir is not None:
+            ckpt.append_sample(self.run_dir, self.step, self.tokens_seen, text)
+        self.callbacks.on_sample(self.step, text)
+
+    def _sample_text(self) -> str:
+        """The sample continuation of the prompt at this step (nothing written, global RNG untouched)."""
         from gptsmith.generate.generation import generate
 
         cfg = self.cfg
@@ -327,10 +350,7 @@ class Trainer:
                            top_k=cfg.sample_top_k, seed=cfg.seed + self.step)
         finally:
             self.model.train(was_training)
-        text = self.tokenizer.decode(out[0].tolist())
-        if self.run_dir is not None:
-            ckpt.append_sample(self.run_dir, self.step, self.tokens_seen, text)
-        self.callbacks.on_sample(self.step, text)
+        return self.tokenizer.decode(out[0].tolist())
 
     def _save_checkpoint(self) -> None:
         # Checked on every rank (their weights are identical), so under DDP all of them stop together.
@@ -370,22 +390,3 @@ class Trainer:
         path = self.run_dir / ckpt.RUN_FILE
         with ckpt.storage_errors(path):
             atomic_write_json(path, info)
-
-    @contextlib.contextmanager
-    def _stop_signals(self):
-        """On SIGINT/SIGTERM finish the current step, checkpoint, and stop; a second Ctrl-C aborts."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum, frame):
-            if self._stop_signal is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            self._stop_signal = signal.Signals(signum).name
-
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)

@@ -17,7 +17,6 @@ from gptsmith.generate.beam_search import beam_search
 from gptsmith.generate.config import GenerationConfig
 from gptsmith.generate.decoding import (
     apply_repetition_penalty,
-    optimize_for_decoding,
     top_k_filter,
     top_p_filter,
 )
@@ -47,12 +46,9 @@ def test_greedy_with_and_without_cache_identical_past_the_context(model, prompt)
     assert len(set(with_cache[0, 10:].tolist())) > 5  # a varied sequence, not one repeated token
 
 
-@pytest.mark.parametrize("optimized", [False, True])
-def test_greedy_with_and_without_cache_identical_within_the_context(prompt, optimized):
+def test_greedy_with_and_without_cache_identical_within_the_context(prompt):
     # context 256 > 10 + 200: every one of the 200 tokens is decoded from the cache (fed one at a time)
     net = tiny_model(vocab_size=97, context_length=256)
-    if optimized:
-        optimize_for_decoding(net)
     fed = []
     hook = net.register_forward_pre_hook(lambda module, args: fed.append(args[0].shape[1]))
     try:
@@ -309,46 +305,3 @@ def test_text_instead_of_ids_is_refused(model):
 def test_out_of_vocabulary_prompt(model):
     with pytest.raises(GptsmithError, match="outside the model's vocabulary"):
         generate(model, [5, 200], 3)
-
-
-@pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize(("in_features", "out_features", "bias", "transposed"), [
-    (16, 50, True, True), (16, 50, False, True), (40, 16, True, False), (8, 97, False, True),
-    (8, 5, True, False),
-])
-def test_decode_linear_equals_linear(threads, in_features, out_features, bias, transposed):
-    from gptsmith.generate.decoding import DecodeLinear
-
-    torch.manual_seed(0)
-    linear = torch.nn.Linear(in_features, out_features, bias=bias)
-    fast = torch.nn.Linear(in_features, out_features, bias=bias)
-    fast.load_state_dict(linear.state_dict())
-    fast.__class__ = DecodeLinear
-    if transposed:
-        fast.weight.data = fast.weight.data.t().contiguous().t()
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for shape in [(1, 1, in_features), (1, in_features), (3, 2, in_features)]:  # one row, then a batch
-            x = torch.randn(shape)
-            with torch.inference_mode():
-                torch.testing.assert_close(fast(x), linear(x), atol=1e-5, rtol=1e-5)
-        x = torch.randn(1, 1, in_features, requires_grad=True)
-        fast(x).sum().backward()  # with autograd on it is nn.Linear's own path
-        assert fast.weight.grad.shape == (out_features, in_features)
-    finally:
-        torch.set_num_threads(saved)
-
-
-def test_optimize_for_decoding_keeps_outputs_and_checkpoints(tmp_path, prompt):
-    from gptsmith.generate.decoding import optimize_for_decoding
-    from gptsmith.model.checkpoint import load_model, save_model
-
-    net = tiny_model()
-    before = generate(net, prompt, 20)
-    optimize_for_decoding(net)
-    assert net.trf_blocks[0].att.qkv.weight.stride() == (1, net.trf_blocks[0].att.qkv.weight.shape[0])
-    assert net.trf_blocks[0].ff.layers[2].weight.is_contiguous()  # fewer outputs than inputs: row-major
-    assert torch.equal(generate(net, prompt, 20), before)
-    reloaded = load_model(save_model(net, tmp_path / "m"))
-    assert torch.equal(generate(reloaded, prompt, 20), before)

@@ -1,0 +1,162 @@
+"""Training for a wall-clock budget: ``TrainConfig(time_budget="10m")``, ``train --time-budget 10m``.
+
+A schedule is sized in steps (warm-up, then a cosine decay that reaches its floor at
+``max_steps``), so "train for ten minutes" means choosing ``max_steps``. The ``Trainer`` does it
+once, at the start of a new run:
+
+1. the clock starts when training starts; the untrained baseline evaluation is timed;
+2. the first steps are timed (``PROBE_STEPS``, fewer when they would take over a tenth of the
+   budget); they run with the configured warm-up, which does not depend on ``max_steps``;
+3. one sample and one checkpoint's serialisation are timed (nothing is written);
+4. ``size_schedule`` picks the largest ``max_steps`` whose remaining steps, evaluations, samples
+   and checkpoints (at the steps the config puts them, the final ones included) fit in what is
+   left of the budget, less a safety margin. The run then trains exactly that schedule, so its
+   decay completes inside the budget.
+
+The chosen figures go into run.json (``time_budget``) and the train config's ``max_steps``; a
+resumed run reads them back and keeps the schedule (it is never sized again).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptsmith.train.distributed import all_reduce_mean
+
+PROBE_STEPS = 10  # steps timed before sizing (the first one, which warms caches up, is not counted)
+MARGIN = 0.05  # fraction of the budget kept in reserve against slower steps later on
+
+
+@dataclass
+class BudgetPlan:
+    """What the budget bought: the measured costs and the schedule sized from them (run.json)."""
+
+    budget_s: float
+    measured_steps: int  # steps timed before sizing
+    step_s: float  # median seconds per optimizer step
+    eval_s: float  # one evaluation (both splits, plus the loss plot)
+    sample_s: float  # one sample continuation
+    checkpoint_s: float  # one checkpoint, estimated from serialising its state
+    spent_s: float  # budget already used when the schedule was sized
+    max_steps: int
+    warmup_steps: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: round(v, 6) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+
+def _events(done: int, total: int, every: int) -> int:
+    """How many of the steps done+1..total are multiples of ``every``, plus the last step if it is not."""
+    if every <= 0:
+        return 1
+    multiples = total // every - done // every
+    return multiples + (0 if total % every == 0 else 1)
+
+
+def size_schedule(
+    *,
+    remaining_s: float,
+    done_steps: int,
+    step_s: float,
+    eval_s: float,
+    sample_s: float,
+    checkpoint_s: float,
+    eval_every: int,
+    sample_every: int | None,
+    checkpoint_every: int | None,
+) -> int:
+    """The largest ``max_steps`` (> ``done_steps``) whose remaining work fits in ``remaining_s``.
+
+    ``eval_every``/``sample_every``/``checkpoint_every`` as in ``TrainConfig`` (0 = only at the
+    end; ``None`` = at every evaluation). Never less than ``done_steps + 1``.
+    """
+    def cost(total: int) -> float:
+        eval_interval = eval_every or total
+        sample_interval = eval_interval if sample_every is None else sample_every
+        ckpt_interval = eval_interval if checkpoint_every is None else (checkpoint_every or total)
+        seconds = (total - done_steps) * step_s + _events(done_steps, total, eval_interval) * eval_s
+        if sample_interval:
+            seconds += _events(done_steps, total, sample_interval) * sample_s
+        return seconds + _events(done_steps, total, ckpt_interval) * checkpoint_s
+
+    low, high = done_steps + 1, done_steps + 2
+    while cost(high) <= remaining_s and high < 10**9:
+        low, high = high, high * 2
+    while high - low > 1:  # cost(low) fits (or low is the minimum), cost(high) does not
+        middle = (low + high) // 2
+        low, high = (middle, high) if cost(middle) <= remaining_s else (low, middle)
+    return low
+
+
+def checkpoint_seconds(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> float:
+    """Seconds to serialise a checkpoint's weights and optimizer state (in memory; nothing written),
+    with room for the disk: x1.5 + 50 ms."""
+    started = time.perf_counter()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, io.BytesIO())
+    return 1.5 * (time.perf_counter() - started) + 0.05
+
+
+def plan_budget(
+    cfg: Any,
+    *,
+    budget_s: float,
+    elapsed_s: float,
+    step_times: list[float],
+    done_steps: int,
+    eval_s: float,
+    sample_s: float,
+    checkpoint_s: float,
+) -> BudgetPlan:
+    """Size the schedule of ``cfg`` (a ``TrainConfig``) from the costs measured so far."""
+    step_s = statistics.median(step_times[1:] or step_times)
+    max_steps = size_schedule(
+        remaining_s=(budget_s - elapsed_s) - MARGIN * budget_s, done_steps=done_steps, step_s=step_s,
+        eval_s=eval_s, sample_s=sample_s, checkpoint_s=checkpoint_s, eval_every=cfg.eval_every,
+        sample_every=cfg.sample_every, checkpoint_every=cfg.checkpoint_every,
+    )
+    warmup = cfg.warmup_steps
+    if warmup >= max_steps:  # keep a decay to complete: warm up over at most a tenth of the run
+        warmup = max(done_steps, max_steps // 10)
+    return BudgetPlan(budget_s=budget_s, measured_steps=len(step_times), step_s=step_s, eval_s=eval_s,
+                      sample_s=sample_s, checkpoint_s=checkpoint_s, spent_s=elapsed_s,
+                      max_steps=max_steps, warmup_steps=warmup)
+
+
+def probe_done(step_times: list[float], budget_s: float) -> bool:
+    """Whether enough steps are timed: ``PROBE_STEPS``, or 3 or more once they took a tenth of the budget."""
+    return len(step_times) >= PROBE_STEPS or (len(step_times) >= 3 and sum(step_times) >= 0.1 * budget_s)
+
+
+def recorded_plan(run_file: Path) -> dict[str, Any] | None:
+    """The plan a budgeted run recorded in its run.json (None without one)."""
+    return json.loads(run_file.read_text()).get("time_budget") if run_file.is_file() else None
+
+
+def size_trainer(trainer: Any, budget_s: float, elapsed_s: float, step_times: list, eval_s: float) -> None:
+    """Fix a ``Trainer``'s ``max_steps`` (and, if it must shrink, its warm-up) so its run ends within
+    the budget; the plan goes into run.json, every later checkpoint and ``on_schedule``."""
+    started = time.perf_counter()
+    if trainer.tokenizer is not None and trainer.cfg.sample_every != 0:
+        trainer._sample_text()
+    sample_s = time.perf_counter() - started
+    plan = plan_budget(trainer.cfg, budget_s=budget_s, elapsed_s=elapsed_s + sample_s, step_times=step_times,
+                       done_steps=trainer.step, eval_s=eval_s, sample_s=sample_s,
+                       checkpoint_s=checkpoint_seconds(trainer.model, trainer.optimizer))
+    # Every process takes the same schedule (their timings differ a little).
+    agreed = all_reduce_mean(torch.tensor([plan.max_steps, plan.warmup_steps], dtype=torch.float64,
+                                          device=trainer.device), trainer.dist).tolist()
+    plan.max_steps, plan.warmup_steps = int(agreed[0]), int(agreed[1])
+    trainer.cfg = trainer.cfg.replace(max_steps=plan.max_steps, warmup_steps=plan.warmup_steps)
+    trainer.run_info["time_budget"] = plan.to_dict()
+    if trainer.dist.is_main:
+        if trainer.run_dir is not None:
+            trainer._write_run_info()
+        trainer.callbacks.on_schedule(plan.to_dict())

@@ -1,0 +1,136 @@
+"""FastLinear: the model's linear layers take faster CPU kernels in inference, with nn.Linear's results,
+parameters and state dict, and rebuild their cached copies whenever the weights change."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from generation_helpers import tiny_model
+
+from gptsmith.generate.generation import generate
+from gptsmith.model.fast_linear import FastLinear, clear_fast_caches
+from gptsmith.model.gpt import GPTConfig, GPTModel
+from gptsmith.train.schedule import build_optimizer
+
+
+def plain_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """The same model with every FastLinear turned back into a plain nn.Linear."""
+    plain = copy.deepcopy(model)
+    for module in plain.modules():
+        if isinstance(module, FastLinear):
+            module.__class__ = torch.nn.Linear
+    return plain
+
+
+def caches(layer: FastLinear) -> dict:
+    return layer.__dict__.get("_fast_caches", {})
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize(("in_features", "out_features", "bias", "pad"), [
+    (16, 50, True, False), (16, 50, False, True), (40, 16, True, False), (8, 97, False, True),
+    (8, 5, True, True),
+])
+def test_fast_linear_equals_linear(threads, in_features, out_features, bias, pad):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(in_features, out_features, bias=bias)
+    fast = FastLinear(in_features, out_features, bias=bias)
+    fast.pad_outputs = pad
+    fast.load_state_dict(linear.state_dict())
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for shape in [(1, 1, in_features), (1, in_features), (3, 2, in_features)]:  # one row, then a batch
+            x = torch.randn(shape)
+            with torch.inference_mode():
+                out = fast(x)
+                assert out.shape == (*shape[:-1], out_features)
+                torch.testing.assert_close(out, linear(x), atol=1e-5, rtol=1e-5)
+        x = torch.randn(1, 1, in_features, requires_grad=True)
+        fast(x).sum().backward()  # with autograd on it is nn.Linear's own path
+        assert fast.weight.grad.shape == (out_features, in_features)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_bf16_one_row_matches_linear():
+    torch.manual_seed(0)
+    fast = FastLinear(64, 200).to(torch.bfloat16)
+    x = torch.randn(1, 1, 64, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        expected = torch.nn.functional.linear(x.float(), fast.weight.float(), fast.bias.float())
+        torch.testing.assert_close(fast(x).float(), expected, atol=0.05, rtol=0.02)
+
+
+def test_greedy_tokens_identical_to_the_plain_path():
+    model = tiny_model(vocab_size=301, context_length=64)  # 301: the head is padded to 320
+    plain = plain_copy(model)
+    prompts = [[5, 17, 42], [7, 7, 8, 9, 200, 3]]
+    assert torch.equal(generate(model, prompts, 40), generate(plain, prompts, 40))
+    beams = [generate(net, [5, 17, 42], 40, num_beams=3) for net in (model, plain)]
+    assert torch.equal(*beams)
+    ids = torch.tensor([[5, 17, 42, 8]])
+    with torch.inference_mode():
+        logits = model(ids)
+        assert logits.shape == (1, 4, 301)
+        torch.testing.assert_close(logits, plain(ids), atol=1e-6, rtol=1e-6)
+    assert caches(model.out_head)  # the padded head was used (and cached)
+
+
+def test_parameters_and_state_dict_unchanged():
+    cfg = GPTConfig(vocab_size=301, context_length=16, emb_dim=32, n_heads=4, n_layers=2)
+    model = GPTModel(cfg)
+    reference = plain_copy(model)
+    with torch.inference_mode():
+        model(torch.tensor([[1, 2, 3]]))  # builds the padded head
+    state = model.state_dict()
+    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in reference.state_dict().items()}
+    assert state["tok_emb.weight"].shape == (301, 32)
+    assert model.num_parameters() == reference.num_parameters()
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in reference.parameters())
+    assert not caches(copy.deepcopy(model).out_head)  # copies rebuild their own
+
+
+def test_caches_follow_an_optimizer_step_and_load_state_dict():
+    model = tiny_model(vocab_size=301, context_length=32)
+    ids = torch.tensor([[3, 1, 4, 1, 5]])
+    with torch.inference_mode():
+        model(ids)
+    key_before = caches(model.out_head)["padded"][0]
+    # A training step changes the weights in place (fused AdamW): the next inference must see it.
+    optimizer = build_optimizer(model, lr=1e-2, weight_decay=0.1)
+    model.train()
+    torch.nn.functional.cross_entropy(model(ids).flatten(0, 1), ids.flatten()).backward()
+    optimizer.step()
+    model.eval()
+    with torch.inference_mode():
+        after_step = model(ids)
+        torch.testing.assert_close(after_step, plain_copy(model)(ids), atol=1e-6, rtol=1e-6)
+    assert caches(model.out_head)["padded"][0] != key_before
+    assert torch.equal(generate(model, [3, 1, 4], 20), generate(plain_copy(model), [3, 1, 4], 20))
+
+    other = tiny_model(vocab_size=301, context_length=32, seed=1)
+    model.load_state_dict(other.state_dict())
+    with torch.inference_mode():
+        torch.testing.assert_close(model(ids), other(ids), atol=1e-6, rtol=1e-6)
+
+
+def test_bf16_packed_weights_follow_changes():
+    model = tiny_model(vocab_size=301, context_length=32).to(torch.bfloat16)
+    layer = model.trf_blocks[0].att.qkv
+    x = torch.randn(1, 1, 32, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        first = layer(x)
+    assert "mkldnn" in caches(layer)
+    with torch.no_grad():
+        layer.weight.mul_(2)  # an in-place change bumps the version counter
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias),
+                                   atol=0.05, rtol=0.02)
+        assert not torch.allclose(layer(x), first)
+    layer.weight.data.mul_(0)  # bypasses the version counter: clear_fast_caches makes it visible
+    clear_fast_caches(model)
+    with torch.inference_mode():
+        assert torch.equal(layer(x), layer.bias.expand(1, 1, -1))
