@@ -37,7 +37,9 @@ def recompute_attention(att: MultiHeadAttention, x: torch.Tensor) -> tuple[torch
     batch, n_tokens, _ = x.shape
     qkv = att.qkv(x).view(batch, n_tokens, 3, att.n_heads, att.head_dim)
     queries, keys, values = qkv.permute(2, 0, 3, 1, 4)  # each (batch, n_heads, n_tokens, head_dim)
-    scores = queries @ keys.transpose(-2, -1) / math.sqrt(att.head_dim)  # (batch, n_heads, n_tokens, n_tokens)
+    scores = (
+        queries @ keys.transpose(-2, -1) / math.sqrt(att.head_dim)
+    )  # (batch, n_heads, n_tokens, n_tokens)
     hidden = ~causal_mask(n_tokens, n_tokens, device=x.device)  # True above the diagonal: the future
     weights = torch.softmax(scores.float().masked_fill(hidden, float("-inf")), dim=-1)
     context = weights.to(values.dtype) @ values  # (batch, n_heads, n_tokens, head_dim)
@@ -84,8 +86,12 @@ class FocusView:
     top: list[list[list[tuple[int, float]]]]
 
     def as_dict(self) -> dict:
-        return {"position": self.position,
-                "top": [[[{"position": p, "weight": w} for p, w in head] for head in layer] for layer in self.top]}
+        return {
+            "position": self.position,
+            "top": [
+                [[{"position": p, "weight": w} for p, w in head] for head in layer] for layer in self.top
+            ],
+        }
 
 
 def focus_view(weights: torch.Tensor, position: int, k: int = 3) -> FocusView:
@@ -93,8 +99,13 @@ def focus_view(weights: torch.Tensor, position: int, k: int = 3) -> FocusView:
     row = weights[:, :, position, : position + 1]  # (n_layers, n_heads, position + 1)
     values, where = row.topk(min(k, position + 1), dim=-1)
     top = [
-        [[(int(p), round(float(w), 4)) for w, p in zip(values[layer, head], where[layer, head])]
-         for head in range(row.shape[1])]
+        [
+            [
+                (int(p), round(float(w), 4))
+                for w, p in zip(values[layer, head], where[layer, head], strict=True)
+            ]
+            for head in range(row.shape[1])
+        ]
         for layer in range(row.shape[0])
     ]
     return FocusView(position, top)

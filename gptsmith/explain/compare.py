@@ -30,8 +30,11 @@ class CompareView:
     seed: int
 
     def as_dict(self) -> dict:
-        return {**self.__dict__, "random_perplexity": _ppl(self.random_loss),
-                "trained_perplexity": _ppl(self.trained_loss)}
+        return {
+            **self.__dict__,
+            "random_perplexity": _ppl(self.random_loss),
+            "trained_perplexity": _ppl(self.trained_loss),
+        }
 
 
 def _ppl(loss: float | None) -> float | None:
@@ -49,7 +52,9 @@ def random_model_like(model: GPTModel, seed: int = 0) -> GPTModel:
 
 
 @torch.no_grad()
-def compare_view(model: GPTModel, ids: torch.Tensor, trained_logits: torch.Tensor, *, seed: int = 0) -> CompareView:
+def compare_view(
+    model: GPTModel, ids: torch.Tensor, trained_logits: torch.Tensor, *, seed: int = 0
+) -> CompareView:
     """Score ``ids`` (n_tokens,) with a fresh model of the same config; ``trained_logits`` (n_tokens, vocab)
     are the trained model's, from the pass that recorded the attention."""
     fresh = random_model_like(model, seed)
@@ -58,7 +63,9 @@ def compare_view(model: GPTModel, ids: torch.Tensor, trained_logits: torch.Tenso
     trained = token_losses(trained_logits, ids)
     return CompareView(
         uniform_loss=math.log(model.cfg.vocab_size),
-        random_losses=[float(x) for x in random], trained_losses=[float(x) for x in trained],
+        random_losses=[float(x) for x in random],
+        trained_losses=[float(x) for x in trained],
         random_loss=float(random.mean()) if len(random) else None,
-        trained_loss=float(trained.mean()) if len(trained) else None, seed=seed,
+        trained_loss=float(trained.mean()) if len(trained) else None,
+        seed=seed,
     )

@@ -41,9 +41,13 @@ class EmbeddingView:
 
     def as_dict(self) -> dict:
         return {
-            "shapes": self.shapes, "source": self.source, "labels": self.labels,
-            "point_ids": self.point_ids, "pca_2d": self.coords,
-            "explained_variance": self.explained_variance, "neighbours_of": self.neighbours_of,
+            "shapes": self.shapes,
+            "source": self.source,
+            "labels": self.labels,
+            "point_ids": self.point_ids,
+            "pca_2d": self.coords,
+            "explained_variance": self.explained_variance,
+            "neighbours_of": self.neighbours_of,
             "neighbours": [n.__dict__ for n in self.neighbours],
         }
 
@@ -79,7 +83,12 @@ def pca_2d(vectors: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
 
 
 def nearest_neighbours(
-    table: torch.Tensor, vector: torch.Tensor, tokenizer: Tokenizer, *, k: int = 8, exclude: Sequence[int] = ()
+    table: torch.Tensor,
+    vector: torch.Tensor,
+    tokenizer: Tokenizer,
+    *,
+    k: int = 8,
+    exclude: Sequence[int] = (),
 ) -> list[Neighbour]:
     """The ``k`` rows of ``table`` (vocab, d) most similar to ``vector`` by cosine, ``exclude`` left out.
 
@@ -89,7 +98,10 @@ def nearest_neighbours(
     cosine = (rows @ vector.float()) / (rows.norm(dim=1) * vector.float().norm()).clamp_min(1e-12)  # (vocab,)
     cosine[list(exclude)] = -2.0
     values, ids = cosine.topk(min(k, rows.shape[0] - len(set(exclude))))
-    return [Neighbour(int(i), piece_text(tokenizer, int(i)), round(float(v), 4)) for v, i in zip(values, ids)]
+    return [
+        Neighbour(int(i), piece_text(tokenizer, int(i)), round(float(v), 4))
+        for v, i in zip(values, ids, strict=True)
+    ]
 
 
 @torch.no_grad()
@@ -128,7 +140,12 @@ def embedding_view(
     target = table[target_ids].float().mean(dim=0)  # (emb_dim,)
     neighbours = nearest_neighbours(table, target, tokenizer, k=n_neighbours, exclude=target_ids)
     return EmbeddingView(
-        shapes=shapes, source=source, labels=labels, point_ids=point_ids,
-        coords=[[round(float(x), 5) for x in row] for row in coords], explained_variance=shares,
-        neighbours_of=target_label, neighbours=neighbours,
+        shapes=shapes,
+        source=source,
+        labels=labels,
+        point_ids=point_ids,
+        coords=[[round(float(x), 5) for x in row] for row in coords],
+        explained_variance=shares,
+        neighbours_of=target_label,
+        neighbours=neighbours,
     )

@@ -45,14 +45,19 @@ class NextTokenView:
     def as_dict(self) -> dict:
         return {
             "top_k": [[c.__dict__ for c in row] for row in self.top_k],
-            "temperatures": self.temperatures, "last_ids": self.last_ids, "last_pieces": self.last_pieces,
-            "last_probabilities": self.last_probabilities, "entropies": self.entropies,
-            "token_losses": self.token_losses, "loss": self.loss, "perplexity": self.perplexity,
+            "temperatures": self.temperatures,
+            "last_ids": self.last_ids,
+            "last_pieces": self.last_pieces,
+            "last_probabilities": self.last_probabilities,
+            "entropies": self.entropies,
+            "token_losses": self.token_losses,
+            "loss": self.loss,
+            "perplexity": self.perplexity,
         }
 
 
 def token_losses(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of each actual next token: logits (n_tokens, vocab), ids (n_tokens,) -> (n_tokens - 1,)."""
+    """Loss of each actual next token: logits (n_tokens, vocab), ids (n_tokens,) -> (n_tokens - 1,)."""
     return F.cross_entropy(logits[:-1].float(), ids[1:], reduction="none")
 
 
@@ -69,8 +74,11 @@ def next_token_view(
     probs = torch.softmax(logits.float(), dim=-1)  # (n_tokens, vocab)
     values, where = probs.topk(min(k, probs.shape[-1]), dim=-1)  # (n_tokens, k)
     top = [
-        [Candidate(int(i), piece_text(tokenizer, int(i)), float(p)) for p, i in zip(row_p, row_i)]
-        for row_p, row_i in zip(values, where)
+        [
+            Candidate(int(i), piece_text(tokenizer, int(i)), float(p))
+            for p, i in zip(row_p, row_i, strict=True)
+        ]
+        for row_p, row_i in zip(values, where, strict=True)
     ]
     last = logits[-1].float()  # (vocab,)
     shown = torch.softmax(last, dim=-1).topk(min(n_shown, last.shape[-1])).indices
@@ -82,8 +90,13 @@ def next_token_view(
     losses = token_losses(logits, ids)
     loss = float(losses.mean()) if len(losses) else None
     return NextTokenView(
-        top_k=top, temperatures=list(temperatures), last_ids=[int(i) for i in shown],
-        last_pieces=[piece_text(tokenizer, int(i)) for i in shown], last_probabilities=by_temperature,
-        entropies=entropies, token_losses=[float(x) for x in losses], loss=loss,
+        top_k=top,
+        temperatures=list(temperatures),
+        last_ids=[int(i) for i in shown],
+        last_pieces=[piece_text(tokenizer, int(i)) for i in shown],
+        last_probabilities=by_temperature,
+        entropies=entropies,
+        token_losses=[float(x) for x in losses],
+        loss=loss,
         perplexity=perplexity(loss) if loss is not None else None,
     )

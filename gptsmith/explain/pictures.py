@@ -67,7 +67,7 @@ def embeddings_picture(view: EmbeddingView) -> Picture:
     def paint(fig: Any) -> None:
         ax = fig.add_subplot()
         ax.scatter(coords[:, 0], coords[:, 1], color="tab:blue", s=18)
-        for (x, y), label in zip(coords, view.labels):
+        for (x, y), label in zip(coords, view.labels, strict=True):
             ax.annotate(label, (x, y), xytext=(3, 3), textcoords="offset points", fontsize=8)
         share = view.explained_variance
         ax.set_xlabel(f"principal component 1 ({share[0]:.0%} of the variance)")
@@ -76,13 +76,18 @@ def embeddings_picture(view: EmbeddingView) -> Picture:
         fig.tight_layout()
 
     what = "the words you chose" if view.source == "words" else "the distinct tokens of the text"
-    return draw("embeddings", "Token embeddings, 2-D PCA",
-                f"Rows of the model's token-embedding table for {what}, projected onto their first two "
-                "principal components: tokens used alike end up close together.", (700, 550), paint)
+    return draw(
+        "embeddings",
+        "Token embeddings, 2-D PCA",
+        f"Rows of the model's token-embedding table for {what}, projected onto their first two "
+        "principal components: tokens used alike end up close together.",
+        (700, 550),
+        paint,
+    )
 
 
 def attention_grid_picture(weights: torch.Tensor) -> Picture:
-    """Every layer (rows) and head (columns) as a small heatmap; the empty upper triangles are the causal mask."""
+    """Every layer (rows) and head (columns) as a small heatmap; empty upper triangles: the causal mask."""
     n_layers, n_heads, n, _ = weights.shape
     gap = max(1, n // 8)
     mosaic = np.full((n_layers * (n + gap) - gap, n_heads * (n + gap) - gap), np.nan)
@@ -100,23 +105,32 @@ def attention_grid_picture(weights: torch.Tensor) -> Picture:
         from matplotlib import colormaps
         from matplotlib.colors import PowerNorm
 
-        cmap = colormaps["viridis"].copy()
-        cmap.set_bad("white")
+        cmap = colormaps["viridis"].with_extremes(bad="white")
         ax = fig.add_subplot()
-        image = ax.imshow(mosaic, cmap=cmap, norm=PowerNorm(0.5, vmin=0, vmax=1), interpolation="nearest",
-                          aspect="auto")
-        ax.set_xticks([h * (n + gap) + n / 2 for h in range(n_heads)], [f"h{h}" for h in range(n_heads)],
-                      fontsize=7)
-        ax.set_yticks([la * (n + gap) + n / 2 for la in range(n_layers)],
-                      [f"layer {la}" for la in range(n_layers)], fontsize=7)
+        image = ax.imshow(
+            mosaic, cmap=cmap, norm=PowerNorm(0.5, vmin=0, vmax=1), interpolation="nearest", aspect="auto"
+        )
+        ax.set_xticks(
+            [h * (n + gap) + n / 2 for h in range(n_heads)], [f"h{h}" for h in range(n_heads)], fontsize=7
+        )
+        ax.set_yticks(
+            [la * (n + gap) + n / 2 for la in range(n_layers)],
+            [f"layer {la}" for la in range(n_layers)],
+            fontsize=7,
+        )
         ax.tick_params(length=0)
         fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01, label="attention weight")
         fig.tight_layout()
 
-    return draw("attention_grid", "Attention weights of every layer and head",
-                f"{n_layers} layers x {n_heads} heads. In each square, row i is the query token i and column j "
-                "the key token j it attends to; each row sums to 1. The empty upper triangles are the causal "
-                "mask: no token sees the future.", (width, height), paint)
+    return draw(
+        "attention_grid",
+        "Attention weights of every layer and head",
+        f"{n_layers} layers x {n_heads} heads. In each square, row i is the query token i and column j "
+        "the key token j it attends to; each row sums to 1. The empty upper triangles are the causal "
+        "mask: no token sees the future.",
+        (width, height),
+        paint,
+    )
 
 
 def attention_layer_picture(weights: torch.Tensor, labels: Sequence[str], layer: int) -> Picture:
@@ -127,8 +141,7 @@ def attention_layer_picture(weights: torch.Tensor, labels: Sequence[str], layer:
     def paint(fig: Any) -> None:
         from matplotlib import colormaps
 
-        cmap = colormaps["viridis"].copy()
-        cmap.set_bad("white")
+        cmap = colormaps["viridis"].with_extremes(bad="white")
         ax = fig.add_subplot()
         image = ax.imshow(mean, cmap=cmap, vmin=0, interpolation="nearest")
         _tick_labels(ax, labels, "x")
@@ -138,8 +151,13 @@ def attention_layer_picture(weights: torch.Tensor, labels: Sequence[str], layer:
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
         fig.tight_layout()
 
-    return draw(f"attention_layer{layer}", f"Layer {layer}, mean over heads",
-                "The same weights with the tokens written out (mean of the layer's heads).", (720, 680), paint)
+    return draw(
+        f"attention_layer{layer}",
+        f"Layer {layer}, mean over heads",
+        "The same weights with the tokens written out (mean of the layer's heads).",
+        (720, 680),
+        paint,
+    )
 
 
 def focus_picture(weights: torch.Tensor, labels: Sequence[str], position: int) -> Picture:
@@ -159,9 +177,13 @@ def focus_picture(weights: torch.Tensor, labels: Sequence[str], position: int) -
         fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02)
         fig.tight_layout()
 
-    return draw("attention_focus", f"What token {position} ({labels[position]}) attends to",
-                "Each row is one head's attention from the chosen token to itself and every earlier token.",
-                (800, height), paint)
+    return draw(
+        "attention_focus",
+        f"What token {position} ({labels[position]}) attends to",
+        "Each row is one head's attention from the chosen token to itself and every earlier token.",
+        (800, height),
+        paint,
+    )
 
 
 def temperature_picture(view: NextTokenView) -> Picture:
@@ -176,16 +198,23 @@ def temperature_picture(view: NextTokenView) -> Picture:
             probs = view.last_probabilities[str(t)][::-1]
             ax.barh(range(len(labels)), probs, color="tab:blue" if t == 1 else colours[t < 1])
             for y, p in enumerate(probs):
-                ax.annotate(f"{p:.2g}", (p, y), xytext=(2, 0), textcoords="offset points", va="center", fontsize=7)
+                ax.annotate(
+                    f"{p:.2g}", (p, y), xytext=(2, 0), textcoords="offset points", va="center", fontsize=7
+                )
             ax.set_yticks(range(len(labels)), labels, fontsize=8)
             ax.set_xlim(0, min(1.0, highest * 1.3))
             ax.set_title(f"T = {t:g}  (entropy {view.entropies[str(t)]:.2f})", fontsize=9)
             ax.set_xlabel("probability")
         fig.tight_layout()
 
-    return draw("temperature", "Next token after the text, at three temperatures",
-                "softmax(logits / T): T < 1 sharpens the distribution, T > 1 flattens it "
-                "(the bars are the tokens most likely at T = 1).", (960, 400), paint)
+    return draw(
+        "temperature",
+        "Next token after the text, at three temperatures",
+        "softmax(logits / T): T < 1 sharpens the distribution, T > 1 flattens it "
+        "(the bars are the tokens most likely at T = 1).",
+        (960, 400),
+        paint,
+    )
 
 
 def compare_picture(view: CompareView, labels: Sequence[str]) -> Picture:
@@ -195,12 +224,31 @@ def compare_picture(view: CompareView, labels: Sequence[str]) -> Picture:
     def paint(fig: Any) -> None:
         ax = fig.add_subplot()
         x = range(len(targets))
-        ax.plot(x, view.random_losses, "o-", color="tab:gray", markersize=3,
-                label=f"random weights (mean {view.random_loss:.2f})" if view.random_loss is not None else "random")
-        ax.plot(x, view.trained_losses, "o-", color="tab:blue", markersize=3,
-                label=f"this model (mean {view.trained_loss:.2f})" if view.trained_loss is not None else "model")
-        ax.axhline(view.uniform_loss, color="tab:red", linestyle="--", linewidth=1,
-                   label=f"ln(vocab size) = {view.uniform_loss:.2f}")
+        ax.plot(
+            x,
+            view.random_losses,
+            "o-",
+            color="tab:gray",
+            markersize=3,
+            label=f"random weights (mean {view.random_loss:.2f})"
+            if view.random_loss is not None
+            else "random",
+        )
+        ax.plot(
+            x,
+            view.trained_losses,
+            "o-",
+            color="tab:blue",
+            markersize=3,
+            label=f"this model (mean {view.trained_loss:.2f})" if view.trained_loss is not None else "model",
+        )
+        ax.axhline(
+            view.uniform_loss,
+            color="tab:red",
+            linestyle="--",
+            linewidth=1,
+            label=f"ln(vocab size) = {view.uniform_loss:.2f}",
+        )
         _tick_labels(ax, targets, "x")
         ax.set_ylabel("loss of the token (-log p)")
         ax.set_ylim(bottom=0)
@@ -208,6 +256,11 @@ def compare_picture(view: CompareView, labels: Sequence[str]) -> Picture:
         ax.grid(alpha=0.3)
         fig.tight_layout()
 
-    return draw("random_vs_trained", "Random versus trained weights",
-                "The loss of each token of the text (x axis: the token being predicted) under freshly initialised "
-                "weights of the same size and under the model's weights.", (900, 420), paint)
+    return draw(
+        "random_vs_trained",
+        "Random versus trained weights",
+        "The loss of each token of the text (x axis: the token being predicted) under freshly initialised "
+        "weights of the same size and under the model's weights.",
+        (900, 420),
+        paint,
+    )

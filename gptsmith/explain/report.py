@@ -76,14 +76,21 @@ class ExplainReport:
     def as_dict(self) -> dict:
         """Every number of the report as plain JSON-able values."""
         return {
-            "model": self.model_name, "config": self.config, "text": self.text, "notes": self.notes,
-            "tokens": self.tokens.as_dict(), "simple_tokens": self.simple.as_dict(),
+            "model": self.model_name,
+            "config": self.config,
+            "text": self.text,
+            "notes": self.notes,
+            "tokens": self.tokens.as_dict(),
+            "simple_tokens": self.simple.as_dict(),
             "embeddings": self.embeddings.as_dict(),
             "attention": {
-                "shape": list(self.attention.shape), "layers_heads_query_key": _rounded(self.attention),
-                "max_error_vs_model": self.attention_max_error, "focus": self.focus.as_dict(),
+                "shape": list(self.attention.shape),
+                "layers_heads_query_key": _rounded(self.attention),
+                "max_error_vs_model": self.attention_max_error,
+                "focus": self.focus.as_dict(),
             },
-            "next_token": self.next_token.as_dict(), "random_vs_trained": self.compare.as_dict(),
+            "next_token": self.next_token.as_dict(),
+            "random_vs_trained": self.compare.as_dict(),
         }
 
     def to_json(self) -> str:
@@ -94,8 +101,10 @@ class ExplainReport:
         """A compact plain-text summary of every stage (what ``gptsmith explain`` prints)."""
         labels = self.tokens.pieces
         cfg = self.config
-        lines = [f"{self.model_name}: {cfg['n_layers']} layers, {cfg['n_heads']} heads, emb_dim {cfg['emb_dim']}, "
-                 f"vocabulary {cfg['vocab_size']:,}, context {cfg['context_length']}"]
+        lines = [
+            f"{self.model_name}: {cfg['n_layers']} layers, {cfg['n_heads']} heads, emb_dim {cfg['emb_dim']}, "
+            f"vocabulary {cfg['vocab_size']:,}, context {cfg['context_length']}"
+        ]
         lines += [f"note: {note}" for note in self.notes]
         lines += text.tokens_text(self.tokens, self.simple)
         lines += text.embeddings_text(self.embeddings)
@@ -110,9 +119,11 @@ class ExplainReport:
         drawn = {p.name: p for p in self.pictures()}
         attention = [drawn["attention_grid"], drawn[f"attention_layer{self.layer}"], drawn["attention_focus"]]
         cfg = self.config
-        facts = [f"model: {self.model_name} ({cfg['n_layers']} layers, {cfg['n_heads']} heads, emb_dim "
-                 f"{cfg['emb_dim']}, vocabulary {cfg['vocab_size']:,}, context {cfg['context_length']})",
-                 f"text: {self.text}"]
+        facts = [
+            f"model: {self.model_name} ({cfg['n_layers']} layers, {cfg['n_heads']} heads, emb_dim "
+            f"{cfg['emb_dim']}, vocabulary {cfg['vocab_size']:,}, context {cfg['context_length']})",
+            f"text: {self.text}",
+        ]
         sections = [
             ("1. Tokens", html.tokens_html(self.tokens, self.simple)),
             ("2. Embeddings", html.embeddings_html(self.embeddings, drawn["embeddings"])),
@@ -137,14 +148,18 @@ def _rounded(weights: torch.Tensor) -> list:
 
 def _check_options(model: GPTModel, top_k: int, max_tokens: int, layer: int) -> None:
     if not isinstance(model, GPTModel):
-        raise GptsmithError(f"explain needs a gptsmith GPTModel, got {type(model).__name__} (load it with load_model)")
+        raise GptsmithError(
+            f"explain needs a gptsmith GPTModel, got {type(model).__name__} (load it with load_model)"
+        )
     if top_k < 1:
         raise GptsmithError(f"top_k must be at least 1, got {top_k}")
     if max_tokens < 1:
         raise GptsmithError(f"max_tokens must be at least 1, got {max_tokens}")
     n_layers = model.cfg.n_layers
     if not -n_layers <= layer < n_layers:
-        raise GptsmithError(f"layer {layer} does not exist: the model has {n_layers} layers (0..{n_layers - 1})")
+        raise GptsmithError(
+            f"layer {layer} does not exist: the model has {n_layers} layers (0..{n_layers - 1})"
+        )
 
 
 def encode_text(tokenizer: Tokenizer, text: str, limit: int) -> tuple[list[int], list[str]]:
@@ -152,11 +167,13 @@ def encode_text(tokenizer: Tokenizer, text: str, limit: int) -> tuple[list[int],
     ids = tokenizer.encode(text)
     if not ids:
         what = "empty" if not text.strip() else "only whitespace the tokenizer drops"
-        raise GptsmithError(f"the text is {what}: give some text to explain, e.g. \"Every effort moves you\"")
+        raise GptsmithError(f'the text is {what}: give some text to explain, e.g. "Every effort moves you"')
     notes = []
     if len(ids) > limit:
-        notes.append(f"the text has {len(ids)} tokens; only the first {limit} are explained "
-                     "(the model's context or max_tokens)")
+        notes.append(
+            f"the text has {len(ids)} tokens; only the first {limit} are explained "
+            "(the model's context or max_tokens)"
+        )
         ids = ids[:limit]
     return ids, notes
 
@@ -210,7 +227,7 @@ def explain(
     return ExplainReport(
         model_name=model_name,
         config=model.cfg.to_dict(),
-        text=tokenizer.decode(id_list),
+        text=tokenizer.decode(id_list) if notes else text,
         notes=notes,
         tokens=token_view(tokenizer, id_list),
         simple=simple_view(tokenizer.decode(id_list)),

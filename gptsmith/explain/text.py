@@ -47,7 +47,9 @@ def embeddings_text(view: EmbeddingView) -> list[str]:
     ]
 
 
-def attention_text(focus: FocusView, labels: Sequence[str], max_error: float, shape: Sequence[int]) -> list[str]:
+def attention_text(
+    focus: FocusView, labels: Sequence[str], max_error: float, shape: Sequence[int]
+) -> list[str]:
     n_layers, n_heads = shape[:2]
     lines = [
         f"3. Attention: {n_layers} layers x {n_heads} heads; the recomputed weights reproduce the model's "
@@ -71,10 +73,14 @@ def _candidates(row: Sequence[Candidate]) -> str:
 
 def next_token_text(view: NextTokenView, labels: Sequence[str]) -> list[str]:
     lines = [f"4. Next token: the top {len(view.top_k[0])} after each position"]
-    lines += _rows([_clip(f"   {i:>3} {labels[i]:<12} → {_candidates(row)}") for i, row in enumerate(view.top_k)])
+    lines += _rows(
+        [_clip(f"   {i:>3} {labels[i]:<12} → {_candidates(row)}") for i, row in enumerate(view.top_k)]
+    )
     for t in view.temperatures:
         probs = view.last_probabilities[str(t)]
-        best = ", ".join(f"{p} {probability(q)}" for p, q in list(zip(view.last_pieces, probs, strict=True))[:4])
+        best = ", ".join(
+            f"{p} {probability(q)}" for p, q in list(zip(view.last_pieces, probs, strict=True))[:4]
+        )
         lines.append(_clip(f"   after the text at T={t:g}: {best} (entropy {view.entropies[str(t)]:.2f})"))
     if view.loss is not None:
         lines.append(f"   cross-entropy of the text {view.loss:.3f}, perplexity {view.perplexity:.1f}")
@@ -86,9 +92,12 @@ def next_token_text(view: NextTokenView, labels: Sequence[str]) -> list[str]:
 def compare_text(view: CompareView, labels: Sequence[str]) -> list[str]:
     if view.random_loss is None or view.trained_loss is None:
         return ["5. Random versus trained: one token, nothing to score"]
-    gains = sorted(range(len(view.trained_losses)),
-                   key=lambda i: view.trained_losses[i] - view.random_losses[i])[:5]
-    learned = ", ".join(f"{labels[i + 1]} {view.random_losses[i]:.1f}→{view.trained_losses[i]:.1f}" for i in gains)
+    gains = sorted(
+        range(len(view.trained_losses)), key=lambda i: view.trained_losses[i] - view.random_losses[i]
+    )[:5]
+    learned = ", ".join(
+        f"{labels[i + 1]} {view.random_losses[i]:.1f}→{view.trained_losses[i]:.1f}" for i in gains
+    )
     return [
         f"5. Random versus trained: loss {view.random_loss:.3f} with random weights "
         f"(ln(vocab) = {view.uniform_loss:.3f}), {view.trained_loss:.3f} with this model's",

@@ -28,13 +28,32 @@ def _draw_losses(ax: Any, records: Records, x: str, colour: str, label: str | No
     train, evals = _split(records)
     prefix = f"{label}: " if label else ""
     if train:
-        ax.plot([r[x] for r in train], [r["loss"] for r in train], color=colour, alpha=0.35, linewidth=1,
-                label=f"{prefix}train loss (each step)")
+        ax.plot(
+            [r[x] for r in train],
+            [r["loss"] for r in train],
+            color=colour,
+            alpha=0.35,
+            linewidth=1,
+            label=f"{prefix}train loss (each step)",
+        )
     if evals:
-        ax.plot([r[x] for r in evals], [r["train_loss"] for r in evals], "o-", color=colour, markersize=4,
-                label=f"{prefix}train loss (eval)")
-        ax.plot([r[x] for r in evals], [r["val_loss"] for r in evals], "s--", color=colour, markersize=4,
-                alpha=0.8 if label else 1.0, label=f"{prefix}validation loss")
+        ax.plot(
+            [r[x] for r in evals],
+            [r["train_loss"] for r in evals],
+            "o-",
+            color=colour,
+            markersize=4,
+            label=f"{prefix}train loss (eval)",
+        )
+        ax.plot(
+            [r[x] for r in evals],
+            [r["val_loss"] for r in evals],
+            "s--",
+            color=colour,
+            markersize=4,
+            alpha=0.8 if label else 1.0,
+            label=f"{prefix}validation loss",
+        )
 
 
 def plot_losses(
@@ -60,14 +79,26 @@ def plot_losses(
     fig = Figure(figsize=(7, 4) if single else (8, 3.2 * len(panels)), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
-    colours = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
-               "tab:gray", "tab:olive", "tab:cyan"]
+    colours = [
+        "tab:blue",
+        "tab:orange",
+        "tab:green",
+        "tab:red",
+        "tab:purple",
+        "tab:brown",
+        "tab:pink",
+        "tab:gray",
+        "tab:olive",
+        "tab:cyan",
+    ]
     for index, (label, run) in enumerate(runs.items()):
         colour = colours[index % len(colours)] if not single else "tab:blue"
         for ax, panel in zip(axes, panels, strict=True):
             if panel == "lr":
                 train = [r for r in _split(run)[0] if "lr" in r]
-                ax.plot([r["step"] for r in train], [r["lr"] for r in train], color=colour, label=label or None)
+                ax.plot(
+                    [r["step"] for r in train], [r["lr"] for r in train], color=colour, label=label or None
+                )
             else:
                 _draw_losses(ax, run, panel, colour, label or None)
     if single:  # the trainer's picture: validation loss in its own colour, tokens seen on top
@@ -99,7 +130,9 @@ def _tokens_axis(ax: Any, records: Records) -> None:
         top.set_xlabel("tokens seen")
 
 
-def plot_runs(run_dirs: Sequence[str | Path], path: str | Path, *, labels: Sequence[str] | None = None) -> Path:
+def plot_runs(
+    run_dirs: Sequence[str | Path], path: str | Path, *, labels: Sequence[str] | None = None
+) -> Path:
     """``gptsmith plot``: the curves of one or more run directories overlaid, with the learning rate.
 
     Each run is labelled with its directory name unless ``labels`` are given (one per run).
@@ -111,12 +144,16 @@ def plot_runs(run_dirs: Sequence[str | Path], path: str | Path, *, labels: Seque
         run_dir = Path(run_dir)
         if not (run_dir / METRICS_FILE).is_file():
             what = "does not exist" if not run_dir.exists() else f"has no {METRICS_FILE}"
-            raise GptsmithError(f"run directory {run_dir} {what} (pass a directory written by `gptsmith train`)")
+            raise GptsmithError(
+                f"run directory {run_dir} {what} (pass a directory written by `gptsmith train`)"
+            )
         label = labels[index] if labels is not None else (run_dir.resolve().name or str(run_dir))
         while label in runs:
             label += "'"
         runs[label] = read_metrics(run_dir)
     written = plot_losses(runs, path, learning_rate=True)
     if written is None:
-        raise GptsmithError(f"{METRICS_FILE} of {', '.join(map(str, run_dirs))} holds no records yet (nothing to plot)")
+        raise GptsmithError(
+            f"{METRICS_FILE} of {', '.join(map(str, run_dirs))} holds no records yet (nothing to plot)"
+        )
     return written
