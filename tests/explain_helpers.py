@@ -17,10 +17,14 @@ def simple_tokenizer() -> SimpleTokenizerV2:
     return SimpleTokenizerV2.from_documents([*builtin_documents(), TEXT, WORDS])
 
 
-def tiny_model(vocab_size: int, *, steps: int = 0, text_ids: list[int] | None = None, seed: int = 3) -> GPTModel:
+def tiny_model(
+    vocab_size: int, *, steps: int = 0, text_ids: list[int] | None = None, seed: int = 3
+) -> GPTModel:
     """A 2-layer GPT; with ``steps`` it is trained for that many AdamW steps on ``text_ids``."""
     torch.manual_seed(seed)
-    cfg = GPTConfig(vocab_size=vocab_size, context_length=24, emb_dim=32, n_heads=2, n_layers=2, drop_rate=0.0)
+    cfg = GPTConfig(
+        vocab_size=vocab_size, context_length=24, emb_dim=32, n_heads=2, n_layers=2, drop_rate=0.0
+    )
     model = GPTModel(cfg)
     if steps:
         ids = torch.tensor([text_ids])

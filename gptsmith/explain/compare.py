@@ -45,10 +45,15 @@ def _ppl(loss: float | None) -> float | None:
 def random_model_like(model: GPTModel, seed: int = 0) -> GPTModel:
     """A freshly initialised model of ``model``'s config, dtype and device (global RNG untouched)."""
     weight = model.tok_emb.weight
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with torch.device("meta"):  # shapes only: skip nn.Linear's own init, which reset_parameters redoes
         fresh = GPTModel(model.cfg)
-    return fresh.to(device=weight.device, dtype=weight.dtype).eval()
+    fresh = fresh.to_empty(device=weight.device)
+    if model.cfg.tie_weights:  # to_empty gives the head its own tensor: tie it again, as GPTModel does
+        fresh.out_head.weight = fresh.tok_emb.weight
+    with torch.random.fork_rng(devices=[weight.device] if weight.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        fresh.reset_parameters()
+    return fresh.to(dtype=weight.dtype).eval()
 
 
 @torch.no_grad()

@@ -31,8 +31,26 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 def test_explain_prints_every_stage_and_writes_html_and_json(checkpoint, tmp_path, capsys):
     html, numbers = tmp_path / "out" / "report.html", tmp_path / "numbers.json"
-    code = main(["explain", "--checkpoint", str(checkpoint), "--device", "cpu", TEXT, "--html", str(html),
-                 "--json", str(numbers), "--words", "king,queen,man,woman", "--focus", "3", "--top-k", "3"])
+    code = main(
+        [
+            "explain",
+            "--checkpoint",
+            str(checkpoint),
+            "--device",
+            "cpu",
+            TEXT,
+            "--html",
+            str(html),
+            "--json",
+            str(numbers),
+            "--words",
+            "king,queen,man,woman",
+            "--focus",
+            "3",
+            "--top-k",
+            "3",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     for stage in ("1. Tokens", "2. Embeddings", "3. Attention", "4. Next token", "5. Random versus trained"):
@@ -64,7 +82,10 @@ def test_a_long_text_is_cropped_with_a_note(checkpoint, capsys):
     [
         (["--checkpoint", "{ckpt}", ""], "the text is empty"),
         (["--checkpoint", "{ckpt}", "   "], "the text is empty"),
-        (["--checkpoint", "{ckpt}", "--focus", "40", TEXT], "focus position 40 is not in the text: it has 13"),
+        (
+            ["--checkpoint", "{ckpt}", "--focus", "40", TEXT],
+            "focus position 40 is not in the text: it has 13",
+        ),
         (["--checkpoint", "{ckpt}", "--focus", "-14", TEXT], "focus position -14 is not in the text"),
         (["--checkpoint", "{ckpt}", "--words", "king,,man", TEXT], "--words 'king,,man' has an empty word"),
         (["--checkpoint", "{ckpt}", "--top-k", "0", TEXT], "top_k must be at least 1"),
@@ -84,11 +105,25 @@ def _write_run(run_dir: Path, steps: int, tokens_per_step: int, lr: float) -> No
     run_dir.mkdir(parents=True)
     records = []
     for step in range(1, steps + 1):
-        records.append({"kind": "train", "step": step, "loss": 5 - step / steps, "lr": lr * min(1, step / 3),
-                        "tokens_seen": step * tokens_per_step})
+        records.append(
+            {
+                "kind": "train",
+                "step": step,
+                "loss": 5 - step / steps,
+                "lr": lr * min(1, step / 3),
+                "tokens_seen": step * tokens_per_step,
+            }
+        )
         if step % 5 == 0:
-            records.append({"kind": "eval", "step": step, "tokens_seen": step * tokens_per_step,
-                            "train_loss": 5 - step / steps, "val_loss": 5.1 - step / steps})
+            records.append(
+                {
+                    "kind": "eval",
+                    "step": step,
+                    "tokens_seen": step * tokens_per_step,
+                    "train_loss": 5 - step / steps,
+                    "val_loss": 5.1 - step / steps,
+                }
+            )
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
 
 
@@ -115,8 +150,11 @@ def test_plot_of_one_run_the_trainer_way_is_unchanged(tmp_path):
 def test_plot_bad_input_is_one_line_and_exit_2(tmp_path, capsys, what):
     _write_run(tmp_path / "run", 10, 256, 1e-3)
     (tmp_path / "empty").mkdir()
-    args = {"missing": [str(tmp_path / "nope")], "not a run": [str(tmp_path / "empty")],
-            "labels": [str(tmp_path / "run"), "--label", "a", "--label", "b"]}[what]
+    args = {
+        "missing": [str(tmp_path / "nope")],
+        "not a run": [str(tmp_path / "empty")],
+        "labels": [str(tmp_path / "run"), "--label", "a", "--label", "b"],
+    }[what]
     assert main(["plot", *args, "--out", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("gptsmith plot: error: ")

@@ -62,8 +62,21 @@ def test_every_picture_is_a_png_of_its_stated_size(report):
 def test_tokens_are_the_tokenizers_and_the_simple_view_is_beside_them(report, tokenizer):
     assert report.tokens.ids == tokenizer.encode(TEXT)
     assert report.tokens.pieces[:3] == ["Every", "effort", "moves"]
-    assert report.simple.pieces == ["Every", "effort", "moves", "you", ",", "and", "the", "next", "effort",
-                                    "moves", "you", "further", "."]
+    assert report.simple.pieces == [
+        "Every",
+        "effort",
+        "moves",
+        "you",
+        ",",
+        "and",
+        "the",
+        "next",
+        "effort",
+        "moves",
+        "you",
+        "further",
+        ".",
+    ]
 
 
 def test_bpe_pieces_show_their_spaces_and_ids(trained, gpt2_tokenizer):
