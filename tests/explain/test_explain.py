@@ -221,3 +221,11 @@ def test_a_text_longer_than_the_context_is_cropped_with_a_note(trained, tokenize
     assert len(report.tokens.ids) == 24 and report.focus.position == 23
     assert report.notes and "39 tokens; only the first 24" in report.notes[0]
     assert report.attention.shape[-1] == 24
+
+
+def test_a_one_token_text_has_every_stage_but_no_loss(trained, tokenizer):
+    report = explain(trained, tokenizer, "Every")
+    assert report.tokens.pieces == ["Every"] and report.attention.shape == (2, 2, 1, 1)
+    assert report.next_token.loss is None and report.compare.random_loss is None
+    assert [p.name for p in report.pictures()] == list(PICTURE_SIZES)[:-1]  # no per-token loss to draw
+    assert "nothing to score" in report.to_text() and "nothing to score" in report.to_html()
