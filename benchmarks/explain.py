@@ -25,7 +25,8 @@ import time
 
 import torch
 
-from benchmarks.harness import REPO_ROOT, base_parser, compare, optional_import, print_report, write_report
+from benchmarks.harness import REPO_ROOT, base_parser, compare, print_report, write_report
+from benchmarks.model_forward import make_hf
 from gptsmith.model.gpt import GPTConfig, GPTModel
 
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -43,22 +44,9 @@ def load_text_and_tokenizer(n_tokens: int):
     verdict = SHARED_DATA / "the-verdict.txt"
     source = verdict.read_text(encoding="utf-8") if verdict.is_file() else "\n".join(builtin_documents())
     text = tokenizer.decode(tokenizer.encode(source)[:n_tokens])
-    assert len(tokenizer.encode(text)) == n_tokens, "the cut text re-encodes to another length"
+    if len(tokenizer.encode(text)) != n_tokens:
+        raise RuntimeError(f"the first {n_tokens} tokens re-encode to another length; try another --tokens")
     return tokenizer, text
-
-
-def hf_with_weights(model: GPTModel):
-    """transformers' GPT2LMHeadModel with eager attention (it returns the weights) and ``model``'s weights."""
-    transformers = optional_import("transformers")
-    if transformers is None:
-        return None
-    from gptsmith.model.hf_gpt2 import hf_config_from_gpt, state_dict_to_hf
-
-    config = transformers.GPT2Config(**hf_config_from_gpt(model.cfg), attn_implementation="eager")
-    other = transformers.GPT2LMHeadModel(config)
-    other.load_state_dict(state_dict_to_hf(model), strict=False)
-    other.tie_weights()
-    return other.eval()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     model = GPTModel(GPTConfig.from_preset("gpt2-small")).eval()
     ids = torch.tensor([tokenizer.encode(text)])
-    hf = hf_with_weights(model)
+    hf = make_hf(model, attn_implementation="eager")  # eager attention returns the weights
+    if hf is not None:
+        hf.eval()
     if hf is not None:  # the reference returns the same attention before anything is timed
         with torch.no_grad():
             theirs = torch.stack(hf(ids, output_attentions=True).attentions)[:, 0]  # (layers, heads, n, n)
