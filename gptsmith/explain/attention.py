@@ -1,9 +1,9 @@
 """Stage 3, attention: the weights every head of every layer gives each earlier token.
 
 The model's fast path runs PyTorch's fused ``scaled_dot_product_attention``, which never builds
-the weight matrix. So this module listens instead of changing it: a forward hook on each
-attention module records the module's input ``x`` and its output during one ordinary forward
-pass; the weights are then recomputed from the module's own projections::
+the weight matrix. So this module listens instead of changing it: forward hooks on each
+attention module record its input ``x``, its fused query/key/value projection ``qkv(x)`` and its
+output during one ordinary forward pass; the weights are then recomputed from those::
 
     q, k, v = split(qkv(x))                                   each (batch, n_heads, n_tokens, head_dim)
     weights = softmax(mask(q @ k^T / sqrt(head_dim)))         (batch, n_heads, n_tokens, n_tokens)
@@ -32,14 +32,18 @@ class AttentionCapture:
     max_error: float  # max |recomputed output - module output| over every layer
 
 
-def recompute_attention(att: MultiHeadAttention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weights, output) of ``att`` on its input ``x`` (batch, n_tokens, d_in), written out step by step."""
+def recompute_attention(
+    att: MultiHeadAttention, x: torch.Tensor, qkv: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights, output) of ``att`` on its input ``x`` (batch, n_tokens, d_in), written out step by step.
+
+    ``qkv``: the module's own ``qkv(x)`` if it was recorded (saves computing the projection again).
+    """
     batch, n_tokens, _ = x.shape
-    qkv = att.qkv(x).view(batch, n_tokens, 3, att.n_heads, att.head_dim)
+    qkv = att.qkv(x) if qkv is None else qkv  # (batch, n_tokens, 3 * d_out)
+    qkv = qkv.view(batch, n_tokens, 3, att.n_heads, att.head_dim)
     queries, keys, values = qkv.permute(2, 0, 3, 1, 4)  # each (batch, n_heads, n_tokens, head_dim)
-    scores = (
-        queries @ keys.transpose(-2, -1) / math.sqrt(att.head_dim)
-    )  # (batch, n_heads, n_tokens, n_tokens)
+    scores = queries @ keys.transpose(-2, -1) / math.sqrt(att.head_dim)  # (batch, heads, n_tokens, n_tokens)
     hidden = ~causal_mask(n_tokens, n_tokens, device=x.device)  # True above the diagonal: the future
     weights = torch.softmax(scores.float().masked_fill(hidden, float("-inf")), dim=-1)
     context = weights.to(values.dtype) @ values  # (batch, n_heads, n_tokens, head_dim)
@@ -52,15 +56,19 @@ def run_with_attention(model: GPTModel, ids: torch.Tensor) -> tuple[torch.Tensor
     """One forward pass of ``model`` on ``ids`` (1, n_tokens): (logits, the attention of every layer).
 
     The model runs exactly as always (fast path, eval mode); hooks only record each attention
-    module's input and output, and are removed afterwards.
+    module's input, its query/key/value projection and its output, and are removed afterwards.
     """
-    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def record(module: torch.nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> None:
-        seen.append((args[0], output))
-
     modules = [block.att for block in model.trf_blocks]
-    handles = [m.register_forward_hook(record, with_kwargs=True) for m in modules]
+    seen: dict[int, dict[str, torch.Tensor]] = {i: {} for i in range(len(modules))}
+    handles = []
+    for i, att in enumerate(modules):
+        def record_qkv(module: torch.nn.Module, args: tuple, output: torch.Tensor, i: int = i) -> None:
+            seen[i]["qkv"] = output
+
+        def record(module: torch.nn.Module, args: tuple, output: torch.Tensor, i: int = i) -> None:
+            seen[i]["x"], seen[i]["output"] = args[0], output
+
+        handles += [att.qkv.register_forward_hook(record_qkv), att.register_forward_hook(record)]
     was_training = model.training
     model.eval()
     try:
@@ -70,9 +78,9 @@ def run_with_attention(model: GPTModel, ids: torch.Tensor) -> tuple[torch.Tensor
         for handle in handles:
             handle.remove()
     layers, max_error = [], 0.0
-    for att, (x, output) in zip(modules, seen, strict=True):
-        weights, recomputed = recompute_attention(att, x)
-        max_error = max(max_error, float((recomputed.float() - output.float()).abs().max()))
+    for i, att in enumerate(modules):
+        weights, recomputed = recompute_attention(att, seen[i]["x"], seen[i]["qkv"])
+        max_error = max(max_error, float((recomputed.float() - seen[i]["output"].float()).abs().max()))
         layers.append(weights[0])  # (n_heads, n_tokens, n_tokens)
     return logits, AttentionCapture(torch.stack(layers), max_error)
 
