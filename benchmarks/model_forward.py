@@ -64,18 +64,18 @@ def make_lfs(model: GPTModel):
 
 
 @torch.no_grad()
-def make_hf(model: GPTModel):
-    """transformers' GPT2LMHeadModel (SDPA attention) with ``model``'s weights."""
+def make_hf(model: GPTModel, attn_implementation: str = "sdpa"):
+    """transformers' GPT2LMHeadModel (SDPA attention unless told) with ``model``'s weights."""
     transformers = optional_import("transformers")
     if transformers is None:
         return None
-    config = transformers.GPT2Config(**hf_config_from_gpt(model.cfg), attn_implementation="sdpa")
+    config = transformers.GPT2Config(**hf_config_from_gpt(model.cfg), attn_implementation=attn_implementation)
     other = transformers.GPT2LMHeadModel(config)
     missing, unexpected = other.load_state_dict(state_dict_to_hf(model), strict=False)
     assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
     other.tie_weights()
     assert other.lm_head.weight.data_ptr() == other.transformer.wte.weight.data_ptr()
-    assert other.config._attn_implementation == "sdpa"
+    assert other.config._attn_implementation == attn_implementation
     return other
 
 

@@ -1,0 +1,66 @@
+"""Stage 1, tokens: the text cut into the model's tokenizer pieces, and the simple word view beside it.
+
+A piece is shown with its boundaries visible: a space becomes ``␣``, a newline ``↵``, a tab ``⇥``,
+and the bytes of a character that BPE split across two tokens are shown as ``<e2 80>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gptsmith.data.tokenizer import Tokenizer, get_tokenizer, split_words
+
+VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
+
+
+def visible(text: str) -> str:
+    """``text`` with whitespace made visible (``" the"`` -> ``"␣the"``)."""
+    return "".join(VISIBLE.get(char, char) for char in text)
+
+
+def piece_text(tokenizer: Tokenizer, token_id: int) -> str:
+    """The text of one token, whitespace visible; bytes of a split character as ``<e2 80>``.
+
+    An id the tokenizer does not have (a model vocabulary padded beyond the tokenizer's) is ``<id N>``.
+    """
+    try:
+        data = tokenizer.decode_bytes([token_id])
+    except (ValueError, KeyError, IndexError):
+        return f"<id {token_id}>"
+    try:
+        return visible(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        return "<" + " ".join(f"{b:02x}" for b in data) + ">"
+
+
+@dataclass(frozen=True)
+class TokenView:
+    """How one tokenizer cuts the text: ``pieces[i]`` (whitespace visible) has id ``ids[i]``."""
+
+    tokenizer: str
+    ids: list[int]
+    pieces: list[str]
+
+    def as_dict(self) -> dict:
+        return {"tokenizer": self.tokenizer, "ids": self.ids, "pieces": self.pieces}
+
+    def line(self) -> str:
+        """``The│␣cat│␣sat`` — the pieces with their boundaries."""
+        return "│".join(self.pieces)
+
+
+def token_view(tokenizer: Tokenizer, ids: Sequence[int]) -> TokenView:
+    """The pieces of ``ids`` under ``tokenizer``."""
+    ids = [int(i) for i in ids]
+    return TokenView(tokenizer.name, ids, [piece_text(tokenizer, i) for i in ids])
+
+
+def simple_view(text: str) -> TokenView:
+    """The simple word tokenizer's view: words and punctuation (whitespace dropped), with their ids
+    in the built-in corpus's vocabulary (a word it never saw is ``<|unk|>``)."""
+    simple = get_tokenizer("simple")
+    pieces = split_words(text)
+    ids = [simple.str_to_int.get(piece, simple.unk_id) for piece in pieces]
+    name = f"{simple.name} ({simple.vocab_size:,} words of the built-in corpus; id {simple.unk_id} = <|unk|>)"
+    return TokenView(name, ids, pieces)

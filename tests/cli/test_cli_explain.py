@@ -1,0 +1,161 @@
+"""`gptsmith explain` and `gptsmith plot` end to end (tiny checkpoints and runs in tmp dirs)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import struct
+from pathlib import Path
+
+import pytest
+from explain_helpers import TEXT, simple_tokenizer, tiny_model
+
+from gptsmith.cli import main
+from gptsmith.model.checkpoint import save_model
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny model with its own word vocabulary saved beside it (vocab.json)."""
+    tokenizer = simple_tokenizer()
+    model = tiny_model(tokenizer.vocab_size)
+    return save_model(model, tmp_path_factory.mktemp("ckpt") / "model", tokenizer=tokenizer)
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_explain_prints_every_stage_and_writes_html_and_json(checkpoint, tmp_path, capsys):
+    html, numbers = tmp_path / "out" / "report.html", tmp_path / "numbers.json"
+    code = main(
+        [
+            "explain",
+            "--checkpoint",
+            str(checkpoint),
+            "--device",
+            "cpu",
+            TEXT,
+            "--html",
+            str(html),
+            "--json",
+            str(numbers),
+            "--words",
+            "king,queen,man,woman",
+            "--focus",
+            "3",
+            "--top-k",
+            "3",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    for stage in ("1. Tokens", "2. Embeddings", "3. Attention", "4. Next token", "5. Random versus trained"):
+        assert stage in out
+    assert "Every│effort│moves│you│," in out
+    assert "token 3 (you) attends most to" in out
+    page = html.read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and not re.search(r"https?://", page)
+    data = json.loads(numbers.read_text(encoding="utf-8"))
+    assert data["embeddings"]["labels"] == ["king", "queen", "man", "woman"]
+    assert data["attention"]["focus"]["position"] == 3
+    assert len(data["next_token"]["top_k"][0]) == 3
+
+
+def test_explain_json_to_stdout_and_text_from_stdin(checkpoint, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO(TEXT + "\n"))
+    assert main(["explain", "--checkpoint", str(checkpoint), "--device", "cpu", "-", "--json", "-"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["text"] == TEXT and data["tokens"]["pieces"][0] == "Every"
+
+
+def test_a_long_text_is_cropped_with_a_note(checkpoint, capsys):
+    assert main(["explain", "--checkpoint", str(checkpoint), "--device", "cpu", " ".join([TEXT] * 3)]) == 0
+    assert "note: the text has 39 tokens; only the first 24 are explained" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--checkpoint", "{ckpt}", ""], "the text is empty"),
+        (["--checkpoint", "{ckpt}", "   "], "the text is empty"),
+        (
+            ["--checkpoint", "{ckpt}", "--focus", "40", TEXT],
+            "focus position 40 is not in the text: it has 13",
+        ),
+        (["--checkpoint", "{ckpt}", "--focus", "-14", TEXT], "focus position -14 is not in the text"),
+        (["--checkpoint", "{ckpt}", "--words", "king,,man", TEXT], "--words 'king,,man' has an empty word"),
+        (["--checkpoint", "{ckpt}", "--top-k", "0", TEXT], "top_k must be at least 1"),
+        (["--checkpoint", "{missing}", TEXT], "checkpoint not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(checkpoint, tmp_path, capsys, args, message):
+    args = [a.format(ckpt=checkpoint, missing=tmp_path / "nope") for a in args]
+    assert main(["explain", "--device", "cpu", *args]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gptsmith explain: error: ") and message in lines[0]
+    assert "Traceback" not in captured.err and captured.out == ""
+
+
+def _write_run(run_dir: Path, steps: int, tokens_per_step: int, lr: float) -> None:
+    run_dir.mkdir(parents=True)
+    records = []
+    for step in range(1, steps + 1):
+        records.append(
+            {
+                "kind": "train",
+                "step": step,
+                "loss": 5 - step / steps,
+                "lr": lr * min(1, step / 3),
+                "tokens_seen": step * tokens_per_step,
+            }
+        )
+        if step % 5 == 0:
+            records.append(
+                {
+                    "kind": "eval",
+                    "step": step,
+                    "tokens_seen": step * tokens_per_step,
+                    "train_loss": 5 - step / steps,
+                    "val_loss": 5.1 - step / steps,
+                }
+            )
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+
+def test_plot_overlays_runs_in_one_png(tmp_path, capsys):
+    _write_run(tmp_path / "small", 20, 256, 1e-3)
+    _write_run(tmp_path / "big", 10, 1024, 3e-3)
+    out = tmp_path / "curves.png"
+    assert main(["plot", str(tmp_path / "small"), str(tmp_path / "big"), "--out", str(out)]) == 0
+    assert _png_size(out) == (800, 960)  # three panels: loss vs steps, loss vs tokens, learning rate
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_plot_of_one_run_the_trainer_way_is_unchanged(tmp_path):
+    from gptsmith.train.checkpointing import read_metrics
+    from gptsmith.train.plots import plot_losses
+
+    _write_run(tmp_path / "run", 20, 256, 1e-3)
+    assert plot_losses(read_metrics(tmp_path / "run"), tmp_path / "loss.png") == tmp_path / "loss.png"
+    assert _png_size(tmp_path / "loss.png") == (700, 400)
+    assert plot_losses([], tmp_path / "empty.png") is None
+
+
+@pytest.mark.parametrize("what", ["missing", "not a run", "labels"])
+def test_plot_bad_input_is_one_line_and_exit_2(tmp_path, capsys, what):
+    _write_run(tmp_path / "run", 10, 256, 1e-3)
+    (tmp_path / "empty").mkdir()
+    args = {
+        "missing": [str(tmp_path / "nope")],
+        "not a run": [str(tmp_path / "empty")],
+        "labels": [str(tmp_path / "run"), "--label", "a", "--label", "b"],
+    }[what]
+    assert main(["plot", *args, "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gptsmith plot: error: ")
+    assert not (tmp_path / "x.png").exists()
