@@ -14,8 +14,9 @@ from gptsmith.errors import ConfigError, DataError
 FINETUNE_EPILOG = """\
 examples:
   gptsmith finetune classify --checkpoint runs/main --data ../shared/data/sms_spam/SMSSpamCollection.tsv \\
-      --no-header --label-column 0 --text-column 1 --balance --trainable all --lr 5e-4 --out models/spam
-  gptsmith finetune classify --model gpt2 --data reviews.csv --lora-rank 8 --out models/reviews
+      --no-header --label-column 0 --text-column 1 --balance --trainable all --lr 1e-3 --epochs 3 \\
+      --out models/spam
+  gptsmith finetune classify --model gpt2 --data reviews.csv --lora-rank 8 --lr 2e-3 --out models/reviews
   gptsmith classify --checkpoint models/spam "You won a free cruise, call now" "See you at 6?"
 
 Data: CSV, TSV or JSONL with a text and a label column (any number of classes; labels are
@@ -54,7 +55,7 @@ def register_finetune(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="70/10/20",
                    help="train/validation/test shares of --data (default: 70/10/20)")
     p.add_argument("--balance", action="store_true", help="down-sample every class to the smallest one")
-    p.add_argument("--trainable", default="last-blocks:1",
+    p.add_argument("--trainable",
                    help="head, last-blocks:N (with the final norm) or all (default: last-blocks:1)")
     p.add_argument("--lora-rank", type=int, default=0,
                    help="train LoRA adapters of this rank (and the head) instead of --trainable")

@@ -47,6 +47,7 @@ from gptsmith.storage import atomic_write_text
 METRICS_FILE = "metrics.jsonl"
 
 PLOT_FILE = "training.png"
+DEFAULT_TRAINABLE = "last-blocks:1"
 
 
 @dataclass
@@ -58,7 +59,7 @@ class ClassifyConfig:
     header: bool = True
     split: str = "70/10/20"
     balance: bool = False
-    trainable: str = "last-blocks:1"  # the book's choice: last block, final norm and the new head
+    trainable: str | None = None  # default last-blocks:1, the book's choice (last block, final norm, head)
     lora_rank: int = 0  # > 0: LoRA adapters (and the head) train instead of --trainable
     lora_alpha: float | None = None  # default: 2 x rank
     lora_dropout: float = 0.0
@@ -86,7 +87,10 @@ class ClassifyConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
         if self.lora_rank < 0 or self.eval_every < 0:
             raise ConfigError("--lora-rank and --eval-every must be >= 0")
-        parse_trainable(self.trainable)
+        if self.trainable is not None and self.lora_rank:
+            raise ConfigError("--trainable and --lora-rank are alternatives: with LoRA the adapters and the "
+                              "new head train (drop one of them)")
+        parse_trainable(self.trainable or DEFAULT_TRAINABLE)
         parse_split(self.split)
         if self.save_adapter_only and not self.lora_rank:
             raise ConfigError("--save-adapter-only needs LoRA: add --lora-rank R (e.g. 8)")
@@ -213,7 +217,7 @@ def finetune_classifier(
         apply_lora(classifier, lora_config)
         classifier.head.requires_grad_(True)
     else:
-        set_trainable(classifier, gpt, config.trainable, new_parts=[classifier.head])
+        set_trainable(classifier, gpt, config.trainable or DEFAULT_TRAINABLE, new_parts=[classifier.head])
     steps_per_epoch = math.ceil(len(parts["train"]) / config.batch_size)
     total_steps = config.max_steps or steps_per_epoch * config.epochs
     runner = StepRunner(classifier, lr=config.lr, max_steps=total_steps, weight_decay=config.weight_decay,

@@ -84,6 +84,8 @@ def test_bad_inputs_are_one_line_errors(base, tmp_path, capsys):
 
     assert _finetune(base, good, out, "--trainable", "some") == 2
     assert "--trainable must be head, last-blocks:N or all" in _error(capsys)
+    assert _finetune(base, good, out, "--trainable", "all", "--lora-rank", "4") == 2
+    assert "--trainable and --lora-rank are alternatives" in _error(capsys)
     assert main(["classify", "--checkpoint", str(base), "hello"]) == 2
     assert "a language model, not a classifier" in _error(capsys)
     assert main(["classify", "--checkpoint", str(base)]) == 2
