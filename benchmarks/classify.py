@@ -1,9 +1,10 @@
 """Classification fine-tuning: examples/s vs llms_from_scratch ch06; memory of full vs LoRA.
 
-``speed`` (default): one pass over the same SMS spam training texts (balanced, 70 % split; the
-first ``--examples`` of them), the same gpt2-small-shaped random model (same weights, same new
-2-class head), the same trainable layers (the last block, the final norm and the head, as the
-book does), batch 8, lr 5e-5, in this process:
+``speed`` (default): an epoch over the same SMS spam training texts (balanced, 70 % split: 1,046
+texts), stopped after ``--examples`` of them (default: the whole epoch), with the same
+gpt2-small-shaped random model (same weights, same new 2-class head), the same trainable layers
+(the last block, the final norm and the head, as the book does), batch 8, lr 5e-5, in this
+process:
 
 - ``gptsmith``: ``gptsmith.finetune.classify.train_epoch`` as ``gptsmith finetune classify``
   runs it: length-bucketed batches padded to their own longest text, the head read at the last
@@ -21,7 +22,7 @@ and runs ``--steps`` training steps, for full fine-tuning (``--trainable all``),
 last block, and LoRA (rank 8 on attention + feed-forward, plus the head); with trainable
 parameter counts.
 
-    python -m benchmarks classify --repeats 3 --examples 256
+    python -m benchmarks classify --repeats 3             # --examples 256: a quarter epoch
     python -m benchmarks classify --mode memory
 """
 
@@ -82,24 +83,28 @@ def make_models(cfg: GPTConfig):
     return ours, book
 
 
-def gptsmith_epoch(model: GPTClassifier, texts, labels, dtype: str):
+def gptsmith_epoch(model: GPTClassifier, texts, labels, dtype: str, examples: int):
     tokenizer = get_tokenizer("gpt2")
     data = encode_texts(texts, tokenizer, model.gpt.cfg.context_length, labels)
-    steps = -(-len(data) // 8)
     runner = StepRunner(model, lr=5e-5, max_steps=10**6, device=torch.device("cpu"), dtype=dtype,
                         emb_dim=model.gpt.cfg.emb_dim, warmup_steps=0)
     seed = [0]
-    assert steps
 
     def one_epoch():
         seed[0] += 1
-        seconds = timed(lambda: train_epoch(model, runner, data, 8, seed=seed[0]))
-        return {"examples/s": len(data) / seconds}
+        seen = [0]
+
+        def enough(step, loss, correct, n):
+            seen[0] += n
+            return seen[0] >= examples
+
+        seconds = timed(lambda: train_epoch(model, runner, data, 8, seed=seed[0], on_step=enough))
+        return {"examples/s": seen[0] / seconds}
 
     return one_epoch
 
 
-def book_epoch(model, texts, labels, workdir: Path):
+def book_epoch(model, texts, labels, workdir: Path, examples: int):
     from llms_from_scratch import ch06
     from torch.utils.data import DataLoader
 
@@ -124,6 +129,8 @@ def book_epoch(model, texts, labels, workdir: Path):
                 loss.backward()
                 optimizer.step()
                 n += input_batch.shape[0]
+                if n >= examples:
+                    break
             return n
 
         result = {}
@@ -136,16 +143,17 @@ def book_epoch(model, texts, labels, workdir: Path):
 def speed(args) -> None:
     tune_cpu_allocator()  # process-wide: every candidate gets it
     texts, labels = sms_train_split()
-    texts, labels = texts[: args.examples], labels[: args.examples]
+    examples = min(args.examples or len(texts), len(texts))
     cfg = GPTConfig.from_preset(args.preset, drop_rate=0.0)
     ours, book = make_models(cfg)
     ours_fp32 = copy.deepcopy(ours)
-    candidates = {"gptsmith": gptsmith_epoch(ours, texts, labels, "auto"),
-                  "gptsmith-fp32": gptsmith_epoch(ours_fp32, texts, labels, "fp32")}
+    candidates = {"gptsmith": gptsmith_epoch(ours, texts, labels, "auto", examples),
+                  "gptsmith-fp32": gptsmith_epoch(ours_fp32, texts, labels, "fp32", examples)}
     notes = []
     with tempfile.TemporaryDirectory() as workdir:
         if book is not None:
-            candidates["llms_from_scratch"], padded_to = book_epoch(book, texts, labels, Path(workdir))
+            candidates["llms_from_scratch"], padded_to = book_epoch(book, texts, labels, Path(workdir),
+                                                                     examples)
             tokenizer = get_tokenizer("gpt2")
             mean_tokens = sum(len(ids) for ids in tokenizer.encode_batch(texts)) / len(texts)
             notes.append(f"book pads every text to {padded_to} tokens; the texts average {mean_tokens:.1f}")
@@ -154,7 +162,8 @@ def speed(args) -> None:
                  "batch 8; lr 5e-5; no evaluation inside the timed epoch")
     text = print_report(
         f"classification fine-tuning epoch: {args.preset}-shaped random model, SMS spam "
-        f"({len(texts)} balanced training texts), {torch.get_num_threads()} threads",
+        f"(the first {examples} of an epoch over {len(texts)} balanced training texts), "
+        f"{torch.get_num_threads()} threads",
         results, higher_is_better={"examples/s": True}, notes=notes)
     write_report(text, args.output)
 
@@ -210,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0], __name__)
     parser.add_argument("--mode", choices=["speed", "memory"], default="speed")
     parser.add_argument("--preset", default="gpt2-small", help="model shape (default gpt2-small)")
-    parser.add_argument("--examples", type=int, default=256,
-                        help="speed: training texts per epoch (default 256 of the 1,046)")
+    parser.add_argument("--examples", type=int, default=0,
+                        help="speed: stop each epoch after this many texts (default: all 1,046)")
     parser.add_argument("--steps", type=int, default=10, help="memory: training steps (default 10)")
     args = parser.parse_args(argv)
     if not SMS.is_file():

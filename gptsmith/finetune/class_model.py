@@ -5,12 +5,15 @@ of the text. Batches are padded on the right, only to their own longest text, so
 tokens sit at positions ``0 .. length-1``; the causal mask already hides the padding after them
 from every real token, so no padding mask is needed and attention keeps its fused causal kernel.
 The final norm and the head run on one vector per text: the vocabulary head is never computed.
+The last block, too, computes only what the last real token needs: keys and values at every
+position, but the query, attention output, out-projection and feed-forward at that one position
+(the outputs of the last block at the other positions would feed nothing).
 
 Data flow::
 
     token ids (batch, n_tokens), lengths (batch,)
-      -> GPT embeddings and blocks                      (batch, n_tokens, emb_dim)
-      -> the vector at position length-1 of each row    (batch, emb_dim)
+      -> GPT embeddings and all blocks but the last     (batch, n_tokens, emb_dim)
+      -> last block, for position length-1 of each row  (batch, emb_dim)
       -> final LayerNorm -> linear head                 (batch, n_classes)
 """
 
@@ -21,9 +24,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from gptsmith.model.gpt import GPTModel
+from gptsmith.model.gpt import GPTModel, TransformerBlock
 
 PAD_ID = 0  # any valid id: padding sits after the last real token, so no real token ever sees it
 
@@ -48,15 +52,39 @@ class GPTClassifier(nn.Module):
         n_tokens = token_ids.shape[1]
         positions = torch.arange(n_tokens, device=token_ids.device)
         x = gpt.drop_emb(gpt.tok_emb(token_ids) + gpt.pos_emb(positions))  # (batch, n_tokens, emb_dim)
-        for block in gpt.trf_blocks:
+        for block in gpt.trf_blocks[:-1]:
             x = block(x)
-        rows = torch.arange(x.shape[0], device=x.device)
-        last = x[rows, lengths.to(x.device) - 1]  # (batch, emb_dim)
+        last = last_token_block(gpt.trf_blocks[-1], x, lengths.to(x.device))  # (batch, emb_dim)
         return gpt.final_norm(last)
 
     def forward(self, token_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Class logits (batch, n_classes) for right-padded ``token_ids`` with real ``lengths``."""
         return self.head(self.features(token_ids, lengths))
+
+
+def last_token_block(block: TransformerBlock, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``block(x)`` at position ``lengths - 1`` of each row only.
+
+    (batch, n_tokens, emb_dim) -> (batch, emb_dim).
+
+    The same computation as ``TransformerBlock.forward`` (and ``MultiHeadAttention``'s fused
+    ``[queries | keys | values]`` layout) restricted to one query per row, which attends to the
+    row's real tokens; the tests check it against the full block.
+    """
+    att = block.att
+    batch, n_tokens, _ = x.shape
+    rows = torch.arange(batch, device=x.device)
+    last = lengths - 1
+    qkv = att.qkv(block.norm1(x)).view(batch, n_tokens, 3, att.n_heads, att.head_dim)
+    queries = qkv[rows, last, 0].unsqueeze(2)  # (batch, n_heads, 1, head_dim)
+    keys = qkv[:, :, 1].transpose(1, 2)  # (batch, n_heads, n_tokens, head_dim)
+    values = qkv[:, :, 2].transpose(1, 2)
+    visible = torch.arange(n_tokens, device=x.device) < lengths[:, None]  # (batch, n_tokens)
+    context = F.scaled_dot_product_attention(
+        queries, keys, values, attn_mask=visible[:, None, None, :],
+        dropout_p=att.dropout if att.training else 0.0)  # (batch, n_heads, 1, head_dim)
+    h = x[rows, last] + block.drop_shortcut(att.out_proj(context.reshape(batch, att.d_out)))  # (batch, emb)
+    return h + block.drop_shortcut(block.ff(block.norm2(h)))
 
 
 @dataclass
