@@ -1,0 +1,199 @@
+"""What every kind of fine-tuning shares: the base model, the trainable part, the step, the output.
+
+- ``load_base``: the pretrained model and its tokenizer from ``--checkpoint DIR`` (our model or
+  run directory, checked to be one) or ``--model NAME_OR_DIR`` (anything ``load_model`` takes).
+- ``parse_trainable`` / ``set_trainable``: which parameters train — ``head`` (only the new
+  parts), ``last-blocks:N`` (the last N transformer blocks, the final norm and the new parts;
+  ``last-blocks:1`` is what the book does), or ``all``.
+- ``StepRunner``: one optimizer step — autocast forward (bf16 where ``resolve_autocast_dtype``
+  says it is faster), backward, gradient clipping, fused AdamW over the trainable parameters
+  (``build_optimizer``), learning rate by ``lr_at_step`` (warm-up, then cosine to lr/10).
+- ``check_output_dir`` / ``save_finetuned``: the output is a model directory (``save_model``)
+  with a ``finetune`` section in config.json; checked before training so no work is lost at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gptsmith.data.tokenizer import Tokenizer, load_tokenizer
+from gptsmith.device import autocast, resolve_autocast_dtype, resolve_device, tune_cpu_allocator
+from gptsmith.errors import CheckpointError, ConfigError, StorageError
+from gptsmith.model.checkpoint import (
+    CONFIG_FILE,
+    load_model,
+    load_model_dir,
+    read_model_config,
+    resolve_model_dir,
+    save_model,
+)
+from gptsmith.model.gpt import GPTModel
+from gptsmith.storage import check_can_be_directory
+from gptsmith.train.schedule import build_optimizer, lr_at_step
+
+TRAINABLE_CHOICES = "head, last-blocks:N or all"
+
+
+@dataclass
+class BaseModel:
+    """A loaded pretrained model, its tokenizer, and where it came from."""
+
+    model: GPTModel
+    tokenizer: Tokenizer
+    name: str  # what the user passed (a path or a hub name), stored with the fine-tuned model
+    model_dir: Path | None
+
+
+def load_base(checkpoint: str | Path | None = None, model: str | Path | None = None, *,
+              device: torch.device | str | None = None) -> BaseModel:
+    """The base model named by ``checkpoint`` (a model or run directory) or ``model`` (a name or dir).
+
+    Weights are loaded in fp32 (training precision; autocast lowers the matmuls). A
+    ``checkpoint`` that is not a model directory is a ``CheckpointError`` saying what it lacks.
+    """
+    if (checkpoint is None) == (model is None):
+        raise ConfigError("give exactly one base model: --checkpoint DIR or --model NAME_OR_DIR")
+    device = resolve_device(str(device)) if isinstance(device, str) or device is None else device
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser()
+        if path.exists() and path.is_dir() and not any(
+                (path / f).is_file() for f in (CONFIG_FILE, "latest", "model.safetensors")):
+            raise CheckpointError(f"--checkpoint {path} is not a model directory: it has no {CONFIG_FILE} "
+                                  "(pass the folder written by `gptsmith train` or a fine-tune)")
+        model_dir = resolve_model_dir(path)
+        gpt = load_model_dir(model_dir, device=device, dtype=torch.float32)
+        name = str(checkpoint)
+    else:
+        path = Path(model).expanduser()
+        model_dir = resolve_model_dir(path) if path.exists() else None
+        gpt = load_model(model, device=device, dtype=torch.float32)
+        name = str(model)
+    config = read_model_config(model_dir) if model_dir is not None else {"tokenizer": "gpt2"}
+    tokenizer = load_tokenizer(config.get("tokenizer") or "gpt2", model_dir)
+    if tokenizer.vocab_size > gpt.cfg.vocab_size:
+        raise CheckpointError(f"{name}: tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} ids but "
+                              f"the model only {gpt.cfg.vocab_size} (fix \"tokenizer\" in its config.json)")
+    return BaseModel(gpt, tokenizer, name, model_dir)
+
+
+def parse_trainable(spec: str) -> int | None:
+    """``head`` -> 0 blocks, ``last-blocks:N`` -> N, ``all`` -> None (everything)."""
+    spec = spec.strip().lower()
+    if spec == "all":
+        return None
+    if spec == "head":
+        return 0
+    prefix, _, number = spec.partition(":")
+    if prefix == "last-blocks" and number.isdigit() and int(number) >= 1:
+        return int(number)
+    raise ConfigError(f"--trainable must be {TRAINABLE_CHOICES}, got {spec!r}")
+
+
+def set_trainable(model: nn.Module, gpt: GPTModel, spec: str, new_parts: Sequence[nn.Module] = ()) -> None:
+    """Freeze ``model`` and unfreeze what ``spec`` names (see ``parse_trainable``) plus ``new_parts``.
+
+    ``last-blocks:N`` with N above the model's depth is an error naming the depth.
+    """
+    n_blocks = parse_trainable(spec)
+    if n_blocks is None:
+        model.requires_grad_(True)
+        return
+    if n_blocks > len(gpt.trf_blocks):
+        raise ConfigError(f"--trainable {spec}: the model has only {len(gpt.trf_blocks)} blocks")
+    model.requires_grad_(False)
+    if n_blocks:
+        for block in gpt.trf_blocks[-n_blocks:]:
+            block.requires_grad_(True)
+        gpt.final_norm.requires_grad_(True)
+    for part in new_parts:
+        part.requires_grad_(True)
+
+
+class StepRunner:
+    """Runs optimizer steps: autocast forward, backward, clip, fused AdamW, scheduled learning rate."""
+
+    def __init__(self, model: nn.Module, *, lr: float, max_steps: int, device: torch.device,
+                 dtype: str = "auto", weight_decay: float = 0.1, warmup_steps: int | None = None,
+                 grad_clip: float = 1.0, emb_dim: int | None = None) -> None:
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ConfigError("nothing to train: every parameter is frozen")
+        if not (lr > 0 and math.isfinite(lr)):
+            raise ConfigError(f"--lr must be a positive number, got {lr!r}")
+        self.model = model
+        self.device = device
+        if device.type == "cpu":
+            tune_cpu_allocator()  # gradients and activations are reused each step, not re-mmapped
+        self.autocast_dtype = resolve_autocast_dtype(dtype, device, emb_dim)
+        self.optimizer = build_optimizer(model, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
+        self.peak_lr = lr
+        self.max_steps = max(1, max_steps)
+        self.warmup_steps = min(self.max_steps // 10, 50) if warmup_steps is None else warmup_steps
+        self.grad_clip = grad_clip
+        self.step = 0
+        self.started = time.perf_counter()
+
+    @property
+    def dtype_name(self) -> str:
+        return "bf16 autocast" if self.autocast_dtype == torch.bfloat16 else "fp32"
+
+    def autocast(self):
+        """The autocast context of this run (also for evaluation)."""
+        return autocast(self.device, self.autocast_dtype)
+
+    def run(self, compute_loss: Callable[[], torch.Tensor]) -> float:
+        """One step on the loss ``compute_loss`` returns (called under autocast); the loss value."""
+        lr = lr_at_step(self.step, peak_lr=self.peak_lr, min_lr=self.peak_lr / 10,
+                        warmup_steps=self.warmup_steps, max_steps=self.max_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        with self.autocast():
+            loss = compute_loss()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip > 0:
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        return float(loss.detach())
+
+
+FINETUNE_FILES = (CONFIG_FILE, "model.safetensors", "metrics.jsonl", "adapter_config.json",
+                  "adapter.safetensors", "classifier.safetensors", "training.png", "vocab.json")
+
+
+def check_output_dir(out: str | Path, *, overwrite: bool = False) -> Path:
+    """``out`` must be a new or empty folder, or (with ``overwrite``) an earlier fine-tune's output.
+
+    Checked before training, so a bad ``--out`` fails in a second, not after the run. With
+    ``overwrite``, only the files a fine-tune writes are deleted.
+    """
+    out = Path(out).expanduser()
+    check_can_be_directory(out, "--out")
+    if out.is_dir() and any(out.iterdir()):
+        ours = all(child.name in FINETUNE_FILES for child in out.iterdir())
+        if not overwrite:
+            hint = "pass --overwrite to replace it" if ours else "choose a new or empty folder"
+            raise StorageError(f"--out {out} is not empty ({hint})")
+        if not ours:
+            raise StorageError(f"--out {out} holds files a fine-tune did not write; choose a new or empty "
+                               "folder (--overwrite only replaces an earlier fine-tune's output)")
+        for child in out.iterdir():
+            child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def save_finetuned(model: GPTModel, out: str | Path, tokenizer: Tokenizer, finetune: dict,
+                   extra: dict | None = None) -> Path:
+    """Save a fine-tuned ``GPTModel`` as a model directory with ``finetune`` info (what, from which
+    base, with which settings) and the ``extra`` keys in config.json."""
+    return save_model(model, out, tokenizer=tokenizer, extra={"finetune": finetune, **(extra or {})})

@@ -1,0 +1,100 @@
+"""`gptsmith finetune classify` and `gptsmith classify` end to end, and every bad input as one line."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from classify_helpers import labelled_rows, tiny_base, write_csv, write_jsonl, write_tsv_label_first
+
+from gptsmith.cli import main
+
+
+@pytest.fixture
+def base(tmp_path):
+    return tiny_base(tmp_path / "base")
+
+
+def _finetune(base, data, out, *more):
+    return main(["finetune", "classify", "--checkpoint", str(base), "--data", str(data), "--out", str(out),
+                 "--no-progress", *more])
+
+
+def test_finetune_then_classify_from_the_command_line(base, tmp_path, capsys):
+    rows = labelled_rows(30) + [("", "ham"), (" ".join(["win"] * 40), "spam")]  # one empty, one too long
+    data = write_tsv_label_first(tmp_path / "sms.tsv", rows)
+    out = tmp_path / "clf"
+    code = _finetune(base, data, out, "--no-header", "--label-column", "0", "--text-column", "1",
+                     "--trainable", "all", "--lr", "3e-3", "--epochs", "3", "--seed", "1")
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "note: skipped 1 row(s) with an empty text" in captured.out
+    assert "note: truncated 1 text(s) longer than 16 tokens" in captured.out
+    assert "trainable parameters:" in captured.out and "epoch 3 step" in captured.out
+    assert re.search(r"^test accuracy \d+\.\d% \(n=\d+\)$", captured.out, re.M), captured.out
+    assert "true \\ predicted" in captured.out
+    texts = ["win cash prize now", "see you at home"]
+    assert main(["classify", "--checkpoint", str(out), "--json", *texts]) == 0
+    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [a["label"] for a in answers] == ["spam", "ham"] and all(a["probability"] > 0.5 for a in answers)
+    texts = tmp_path / "texts.txt"
+    texts.write_text("free cash offer\n\nthanks mum\n", encoding="utf-8")
+    assert main(["classify", "--checkpoint", str(out), "--file", str(texts)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("spam\t") and lines[1].endswith("\tthanks mum")
+    assert _finetune(base, data, out, "--no-header", "--label-column", "0", "--text-column", "1") == 2
+    assert "is not empty (pass --overwrite to replace it)" in capsys.readouterr().err
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_bad_inputs_are_one_line_errors(base, tmp_path, capsys):
+    out = tmp_path / "out"
+    csv_file = write_csv(tmp_path / "a.csv", labelled_rows(4), header=("message", "category"))
+    assert _finetune(base, csv_file, out) == 2
+    assert "no column 'text' (columns: 'message', 'category')" in _error(capsys)
+    assert _finetune(base, csv_file, out, "--text-column", "message", "--label-column", "kind") == 2
+    assert "no column 'kind'" in _error(capsys)
+
+    one_class = write_csv(tmp_path / "one.csv", [("win now", "spam"), ("free cash", "spam")])
+    assert _finetune(base, one_class, out) == 2
+    assert "single class ('spam' in all 2 rows)" in _error(capsys)
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n", encoding="utf-8")
+    assert _finetune(base, empty, out) == 2
+    assert "empty.jsonl is empty" in _error(capsys)
+
+    broken = write_jsonl(tmp_path / "broken.jsonl", labelled_rows(3))
+    broken.write_text(broken.read_text() + '{"text": "oops"\n', encoding="utf-8")
+    assert _finetune(base, broken, out) == 2
+    assert "broken.jsonl, line 7: not valid JSON" in _error(capsys)
+
+    not_a_model = tmp_path / "notes"
+    not_a_model.mkdir()
+    good = write_csv(tmp_path / "good.csv", labelled_rows(4))
+    assert main(["finetune", "classify", "--checkpoint", str(not_a_model), "--data", str(good),
+                 "--out", str(out)]) == 2
+    assert f"--checkpoint {not_a_model} is not a model directory" in _error(capsys)
+
+    assert _finetune(base, good, out, "--trainable", "some") == 2
+    assert "--trainable must be head, last-blocks:N or all" in _error(capsys)
+    assert _finetune(base, good, out, "--trainable", "all", "--lora-rank", "4") == 2
+    assert "--trainable and --lora-rank are alternatives" in _error(capsys)
+    assert main(["classify", "--checkpoint", str(base), "hello"]) == 2
+    assert "a language model, not a classifier" in _error(capsys)
+    assert main(["classify", "--checkpoint", str(base)]) == 2
+    assert "no texts to classify" in _error(capsys)
+    assert not out.exists() or not any(out.iterdir())  # nothing half-written
+
+
+def test_help_has_an_example(capsys):
+    with pytest.raises(SystemExit):
+        main(["finetune", "classify", "--help"])
+    text = capsys.readouterr().out
+    assert "gptsmith finetune classify --checkpoint" in text and "--lora-rank" in text

@@ -1,0 +1,113 @@
+"""The classifier model (last real token, no vocabulary head) and ``finetune_classifier`` end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from classify_helpers import labelled_rows, tiny_base, write_csv
+
+from gptsmith.errors import CheckpointError
+from gptsmith.finetune.base import parse_trainable, set_trainable
+from gptsmith.finetune.class_model import GPTClassifier, batch_order, pad_batch
+from gptsmith.finetune.classifier import Classifier
+from gptsmith.finetune.classify import finetune_classifier
+from gptsmith.model.checkpoint import load_model_dir
+from gptsmith.model.gpt import GPTConfig, GPTModel
+
+
+def _classifier(seed: int = 0) -> GPTClassifier:
+    torch.manual_seed(seed)
+    cfg = GPTConfig(vocab_size=50, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
+    return GPTClassifier(GPTModel(cfg), 3).eval()
+
+
+def test_prediction_reads_the_last_real_token_and_padding_changes_nothing():
+    model = _classifier()
+    rows = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [14]]
+    ids, lengths = pad_batch(rows)
+    assert ids.shape == (3, 6) and lengths.tolist() == [3, 6, 1]
+    with torch.no_grad():
+        batched = model(ids, lengths)  # (3, 3)
+        alone = torch.cat([model(torch.tensor([r]), torch.tensor([len(r)])) for r in rows])
+        # the hidden state at the last real token, computed by the plain GPT forward path
+        gpt = model.gpt
+        gpt.out_head = torch.nn.Identity()
+        expected = torch.stack([gpt(torch.tensor([r]))[0, -1] for r in rows])
+    torch.testing.assert_close(batched, alone, rtol=0, atol=1e-5)
+    torch.testing.assert_close(batched, model.head(expected), rtol=0, atol=1e-5)
+
+
+def test_the_vocabulary_head_is_never_computed():
+    model = _classifier()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the vocabulary head was computed")
+
+    model.gpt.out_head.forward = refuse
+    ids, lengths = pad_batch([[1, 2, 3], [4]])
+    loss = model(ids, lengths).sum()
+    loss.backward()
+
+
+def test_batches_group_similar_lengths_and_cover_every_text_once():
+    lengths = [1 + (i * 7) % 30 for i in range(100)]
+    batches = batch_order(lengths, 8, shuffle=True, seed=3)
+    assert sorted(i for b in batches for i in b) == list(range(100))
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    random_batches = [list(range(i, min(i + 8, 100))) for i in range(0, 100, 8)]
+    assert padded < sum(max(lengths[i] for i in b) * len(b) for b in random_batches)
+
+
+def test_trainable_choices():
+    model = _classifier()
+    set_trainable(model, model.gpt, "last-blocks:1", new_parts=[model.head])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in model.named_parameters()
+                         if n.startswith(("gpt.trf_blocks.1.", "gpt.final_norm.", "head."))}
+    set_trainable(model, model.gpt, "head", new_parts=[model.head])
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {"head.weight", "head.bias"}
+    assert parse_trainable("all") is None
+    with pytest.raises(Exception, match="only 2 blocks"):
+        set_trainable(model, model.gpt, "last-blocks:3")
+
+
+def test_finetune_learns_saves_and_reloads(tmp_path):
+    base = tiny_base(tmp_path / "base")
+    data = write_csv(tmp_path / "data.csv", labelled_rows(30))
+    result = finetune_classifier(data, checkpoint=base, out=tmp_path / "clf", trainable="all", lr=3e-3,
+                                 epochs=4, batch_size=8, seed=1)
+    assert result.test is not None and result.test.n == 12 and result.test.accuracy >= 0.9
+    evals = [r for r in result.metrics if r["kind"] == "eval"]
+    assert len(evals) == 4 and evals[-1]["train_loss"] < evals[0]["train_loss"]
+    out = tmp_path / "clf"
+    for name in ("config.json", "model.safetensors", "classifier.safetensors", "metrics.jsonl",
+                 "training.png"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["classifier"]["labels"] == ["ham", "spam"]
+    assert config["classifier"]["head"]["n_classes"] == 2
+    assert isinstance(load_model_dir(out), GPTModel)  # every command can load it as a language model
+    texts = ["win cash now", "see you at lunch", "free prize claim", "thanks mum"]
+    labels, probs = result.classifier.predict(texts)
+    loaded = Classifier.load(out, device="cpu")
+    assert loaded.predict(texts) == (labels, pytest.approx(probs, abs=1e-5))
+    assert labels == ["spam", "ham", "spam", "ham"] and all(0.5 <= p <= 1 for p in probs)
+    with pytest.raises(CheckpointError, match="a language model, not a classifier"):
+        Classifier.load(base)
+
+
+def test_lora_adapter_only_loads_on_its_base(tmp_path):
+    base = tiny_base(tmp_path / "base")
+    data = write_csv(tmp_path / "data.csv", labelled_rows(30))
+    result = finetune_classifier(data, checkpoint=base, out=tmp_path / "adapter", lora_rank=4, lr=1e-2,
+                                 epochs=3, save_adapter_only=True, seed=2)
+    out = tmp_path / "adapter"
+    assert (out / "adapter_config.json").is_file() and not (out / "model.safetensors").exists()
+    texts = ["win cash now", "see you at lunch"]
+    labels, probs = result.classifier.predict(texts)
+    assert Classifier.load(out, device="cpu").predict(texts) == (labels, pytest.approx(probs, abs=1e-5))
+    trainable = result.metrics  # the LoRA run trained: its loss moved
+    losses = [r["loss"] for r in trainable if r["kind"] == "train"]
+    assert min(losses[-3:]) < losses[0]
