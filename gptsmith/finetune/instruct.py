@@ -127,7 +127,8 @@ def examples_loss(
     model.eval()
     total, count = 0.0, 0
     try:
-        for index, (inputs, targets) in enumerate(batches(examples, batch_size, pad_id, mask_prompt=mask_prompt)):
+        loader = batches(examples, batch_size, pad_id, mask_prompt=mask_prompt)
+        for index, (inputs, targets) in enumerate(loader):
             if max_batches is not None and index >= max_batches:
                 break
             inputs, targets = inputs.to(device), targets.to(device)
@@ -172,7 +173,8 @@ def answer_records(
     answer, new_tokens, stopped}`` (``stopped``: it ended by itself, before ``max_new_tokens``)."""
     chosen = get_template(template)
     prompts = [chosen.prompt(record.prompt_messages) for record in records]
-    answers = answer_batch(model, tokenizer, prompts, chosen, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    answers = answer_batch(model, tokenizer, prompts, chosen, max_new_tokens=max_new_tokens,
+                           batch_size=batch_size)
     return [
         {"instruction": r.instruction, "input": r.input, "reference": r.reference, "answer": a.text,
          "new_tokens": a.new_tokens, "stopped": a.stopped}
@@ -222,7 +224,8 @@ def finetune_instruct(
         from gptsmith.finetune.lora import LoRAConfig, apply_lora
 
         apply_lora(model, LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha))
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trained_params = [p for p in model.parameters() if p.requires_grad]
+    trainable = sum(p.numel() for p in trained_params)
     optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
     per_epoch = math.ceil(len(train_set.examples) / cfg.batch_size)
     total_steps = min(cfg.max_steps or per_epoch * cfg.epochs, per_epoch * cfg.epochs)
@@ -255,8 +258,9 @@ def finetune_instruct(
     model.train()
     evaluate()
     for epoch in range(cfg.epochs):
-        for inputs, targets in batches(train_set.examples, cfg.batch_size, pad_id, mask_prompt=cfg.mask_prompt,
-                                       shuffle=True, seed=cfg.seed + epoch):
+        epoch_batches = batches(train_set.examples, cfg.batch_size, pad_id, mask_prompt=cfg.mask_prompt,
+                                shuffle=True, seed=cfg.seed + epoch)
+        for inputs, targets in epoch_batches:
             if result.steps >= total_steps:
                 break
             step_start = time.perf_counter()
@@ -269,7 +273,7 @@ def finetune_instruct(
                 raise NonFiniteLossError(f"the training loss became {value} at step {result.steps + 1} "
                                          f"(lower --lr, now {cfg.lr:g})")
             if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_(trained_params, cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             result.steps += 1

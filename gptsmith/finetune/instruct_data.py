@@ -93,7 +93,9 @@ def _json_objects(text: str, path: Path) -> Iterator[tuple[Any, str]]:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+            raise DataError(
+                f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+            ) from None
         yield from ((obj, "") for obj in data)
         return
     for number, line in enumerate(text.splitlines(), start=1):
@@ -141,7 +143,9 @@ def _chat_record(messages: Any, where: str) -> InstructionRecord:
         if role not in ROLES:
             raise DataError(f"{where}, message {number}: role {role!r} is not one of {', '.join(ROLES)}")
         if not isinstance(content, str):
-            raise DataError(f'{where}, message {number}: "content" must be a string, got {type(content).__name__}')
+            raise DataError(
+                f'{where}, message {number}: "content" must be a string, got {type(content).__name__}'
+            )
         parsed.append(Message(role, content))
     last_answer = max((i for i, m in enumerate(parsed) if m.role == "assistant"), default=None)
     if last_answer is None:
@@ -196,7 +200,9 @@ class EncodedSet:
     max_length: int = 0
 
 
-def encode_record(record: InstructionRecord, tokenizer: Any, template: str | PromptTemplate) -> EncodedExample:
+def encode_record(
+    record: InstructionRecord, tokenizer: Any, template: str | PromptTemplate
+) -> EncodedExample:
     """``record`` rendered with ``template``, encoded piece by piece, then ``<|endoftext|>``.
 
     The prompt pieces are encoded alone, exactly as ``ask`` encodes a question's prompt.
@@ -219,7 +225,8 @@ def encode_records(
     for record in records:
         example = encode_record(record, tokenizer, template)
         if len(example.ids) > max_length + 1:
-            example = EncodedExample(example.ids[: max_length + 1], example.trained[: max_length + 1], example.chat)
+            keep = max_length + 1
+            example = EncodedExample(example.ids[:keep], example.trained[:keep], example.chat)
             encoded.truncated += 1
         encoded.examples.append(example)
     return encoded
@@ -261,7 +268,9 @@ def batches(
         yield collate(chunk, pad_id, mask_prompt=mask_prompt)
 
 
-def check_tokenizer_matches(model_tokenizer: str | None, tokenizer: Any, source: str = "the checkpoint") -> None:
+def check_tokenizer_matches(
+    model_tokenizer: str | None, tokenizer: Any, source: str = "the checkpoint"
+) -> None:
     """Raise ``DataError`` when the data is encoded with another tokenizer than the model's own."""
     if model_tokenizer and str(model_tokenizer).lower() != str(tokenizer.name).lower():
         raise DataError(

@@ -8,7 +8,8 @@ the one ``PromptTemplate`` here, so training and asking can never disagree.
 
 - ``alpaca`` (Taori et al. 2023; the book's chapter 7)::
 
-      Below is an instruction that describes a task. Write a response that appropriately completes the request.
+      Below is an instruction that describes a task. Write a response that appropriately
+      completes the request.            (one line)
 
       ### Instruction:
       {instruction}
@@ -152,7 +153,9 @@ def get_template(name: str | PromptTemplate) -> PromptTemplate:
     return template
 
 
-def format_instruction(instruction: str, input_text: str = "", template: str | PromptTemplate = "alpaca") -> str:
+def format_instruction(
+    instruction: str, input_text: str = "", template: str | PromptTemplate = "alpaca"
+) -> str:
     """The prompt for ``instruction`` (and optional ``input_text``), up to the response."""
     return get_template(template).prompt([Message("user", instruction, input_text)])
 
