@@ -33,6 +33,7 @@ from gptsmith.finetune.instruct_data import (
     batches,
     encode_records,
 )
+from gptsmith.finetune.lora import LoRAConfig, apply_lora
 from gptsmith.generate.ask import answer_batch
 from gptsmith.generate.chat import get_template
 from gptsmith.train.callbacks import TrainCallbacks
@@ -221,8 +222,6 @@ def finetune_instruct(
     val_set = encode_records(val_records, tokenizer, cfg.template, max_length)
     model.to(device)
     if cfg.lora_rank:
-        from gptsmith.finetune.lora import LoRAConfig, apply_lora
-
         apply_lora(model, LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha))
     trained_params = [p for p in model.parameters() if p.requires_grad]
     trainable = sum(p.numel() for p in trained_params)

@@ -65,8 +65,8 @@ def test_finetuning_learns_the_answers_and_to_stop():
     answers = answer_records(model, tok, RECORDS, "alpaca", max_new_tokens=12)
     assert [a["answer"] for a in answers] == ["hi", "no", "ok", "yes"]
     assert all(a["stopped"] for a in answers)  # learnt <|endoftext|> after each answer
-    assert answers[0] | {"answer": "", "new_tokens": 0} == {
-        "instruction": "Say hi.", "input": "", "reference": "hi", "answer": "", "new_tokens": 0, "stopped": True}
+    assert answers[0] == {"instruction": "Say hi.", "input": "", "reference": "hi", "answer": "hi",
+                          "new_tokens": 2, "stopped": True}
 
 
 def test_max_steps_and_bad_settings():
@@ -167,6 +167,32 @@ def test_judge_errors_are_one_line(judge_url):
         chat_completions_url("localhost:11434")
     assert chat_completions_url("http://h:1/v1/") == "http://h:1/v1/chat/completions"
     assert parse_score("150 is too much; 70") == 70 and parse_score("none") is None
+
+
+def test_lora_trains_only_the_adapters_and_merges_into_a_plain_model():
+    from gptsmith.finetune.lora import lora_layers, merge_lora
+
+    tok = ByteTokenizer()
+    model = tiny_model(vocab_size=tok.vocab_size, context_length=160)
+    frozen = {k: v.clone() for k, v in model.state_dict().items()}
+    before = response_loss(model, tok, RECORDS, "alpaca")
+    cfg = InstructConfig(epochs=15, batch_size=4, lr=1e-2, eval_every=0, sample_tokens=0, lora_rank=4,
+                         device="cpu", dtype="fp32")
+    result = finetune_instruct(model, tok, RECORDS, RECORDS[:1], cfg)
+    layers = lora_layers(model)
+    assert len(layers) == 8  # qkv, out_proj and the two feed-forward layers of 2 blocks
+    assert result.trainable_parameters == sum(l.lora_A.numel() + l.lora_B.numel() for l in layers.values())
+    for name, layer in layers.items():
+        assert torch.equal(layer.base.weight, frozen[f"{name}.weight"])
+    assert torch.equal(model.tok_emb.weight, frozen["tok_emb.weight"])
+    tuned = response_loss(model, tok, RECORDS, "alpaca")
+    assert tuned < before - 1
+    ids = torch.tensor([tok.encode(question_prompt("alpaca", "Say hi."))])
+    with torch.no_grad():
+        expected = model(ids)
+        merge_lora(model)
+        assert not lora_layers(model) and set(model.state_dict()) == set(frozen)
+        torch.testing.assert_close(model(ids), expected, atol=1e-4, rtol=1e-4)  # logits of size ~50
 
 
 def test_bf16_autocast_trains_too():
