@@ -265,6 +265,7 @@ def run_instruct(args: argparse.Namespace) -> int:
     model, tokenizer, _, name = _load_base(args)
     say(f"{name}: {len(train)} train / {len(val)} validation / {len(test)} test records, "
         f"template {cfg.template}{', loss on responses only' if cfg.mask_prompt else ''}")
+    cfg.length_for(model)
     before = response_loss(model, tokenizer, test, cfg.template, max_length=cfg.max_length)
     say(f"test-reference loss before fine-tuning: {before:.3f}")
     progress = InstructProgress(show_bar=not args.no_progress)

@@ -79,6 +79,14 @@ class InstructConfig:
         if self.lora_rank < 0 or self.eval_every < 0 or self.grad_clip < 0:
             raise ConfigError("lora_rank, eval_every and grad_clip must not be negative")
 
+    def length_for(self, model: torch.nn.Module) -> int:
+        """``max_length``, or the model's context when unset; longer than the context is an error."""
+        max_length = self.max_length or model.cfg.context_length
+        if max_length > model.cfg.context_length:
+            raise ConfigError(f"max_length {max_length} is longer than the model's context of "
+                              f"{model.cfg.context_length} tokens (lower it)")
+        return max_length
+
 
 @dataclass
 class InstructResult:
@@ -207,10 +215,7 @@ def finetune_instruct(
     cfg.check()
     check_vocabulary(model, tokenizer)
     callbacks = callbacks or TrainCallbacks()
-    max_length = cfg.max_length or model.cfg.context_length
-    if max_length > model.cfg.context_length:
-        raise ConfigError(f"max_length {max_length} is longer than the model's context of "
-                          f"{model.cfg.context_length} tokens (lower it)")
+    max_length = cfg.length_for(model)
     if not train_records or not val_records:
         raise DataError("fine-tuning needs at least one training and one validation record")
     device = resolve_device(cfg.device)

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
-
 import pytest
 import torch
 from generation_helpers import ByteTokenizer, scripted_model, tiny_model
+from judge_helpers import StubJudge, stub_judge
 
 from gptsmith.errors import ConfigError, DataError
 from gptsmith.finetune.instruct import (
@@ -110,46 +107,12 @@ def test_batched_answers_equal_answers_alone():
 # --- the judge, against a stub OpenAI-compatible server -------------------------------------------
 
 
-class StubJudge(BaseHTTPRequestHandler):
-    replies: list[str] = []
-    requests: list[dict] = []
-
-    def do_POST(self):  # noqa: N802 (http.server's naming)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        StubJudge.requests.append({"path": self.path, **body})
-        if body["model"] != "judge-1":
-            self.send_response(404)
-            self.end_headers()
-            self.wfile.write(b'{"error": "model not found"}')
-            return
-        reply = StubJudge.replies.pop(0)
-        payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def judge_url():
-    server = HTTPServer(("127.0.0.1", 0), StubJudge)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    StubJudge.requests.clear()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-def test_judge_scores_each_answer_and_reports_the_mean(judge_url):
-    StubJudge.replies = ["85", "Score: 40.", "I cannot score this"]
+def test_judge_scores_each_answer_and_reports_the_mean():
     responses = [{"instruction": "Say hi.", "input": "", "reference": "hi", "answer": "hello"},
                  {"instruction": "Fix.", "input": "He go.", "reference": "He goes.", "answer": "He go."},
                  {"instruction": "Say no.", "input": "", "reference": "no", "answer": "yes"}]
-    report = judge_responses(responses, judge_url, "judge-1")
+    with stub_judge(["85", "Score: 40.", "I cannot score this"]) as url:
+        report = judge_responses(responses, url, "judge-1")
     assert report.scores == [85, 40, None] and report.mean == 62.5 and report.scored == 2
     first = StubJudge.requests[0]
     assert first["path"] == "/v1/chat/completions" and first["temperature"] == 0
@@ -158,9 +121,9 @@ def test_judge_scores_each_answer_and_reports_the_mean(judge_url):
     assert "He go." in StubJudge.requests[1]["messages"][0]["content"]
 
 
-def test_judge_errors_are_one_line(judge_url):
-    with pytest.raises(JudgeError, match="answered HTTP 404"):
-        judge_responses([{"instruction": "a", "reference": "b", "answer": "c"}], judge_url, "other")
+def test_judge_errors_are_one_line():
+    with stub_judge([]) as url, pytest.raises(JudgeError, match="answered HTTP 404"):
+        judge_responses([{"instruction": "a", "reference": "b", "answer": "c"}], url, "other")
     with pytest.raises(JudgeError, match="cannot reach the judge"):
         judge_responses([{"instruction": "a", "reference": "b", "answer": "c"}], "http://127.0.0.1:9", "m")
     with pytest.raises(ConfigError, match="not an http"):
