@@ -114,6 +114,34 @@ def batch_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tens
     return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
 
 
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    amp_dtype: torch.dtype | None = None,
+    grad_clip: float = 0.0,
+) -> float:
+    """One optimizer step on a batch (inputs and targets on the model's device); returns its loss.
+
+    Raises ``NonFiniteLossError`` before updating the weights when the loss is NaN or infinite.
+    """
+    with autocast(inputs.device, amp_dtype):
+        loss = batch_loss(model, inputs, targets)
+    loss.backward()
+    value = loss.item()
+    if not math.isfinite(value):
+        optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteLossError(f"the training loss became {value} (lower the learning rate)")
+    if grad_clip > 0:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return value
+
+
 def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -228,8 +256,7 @@ def finetune_instruct(
     model.to(device)
     if cfg.lora_rank:
         apply_lora(model, LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha))
-    trained_params = [p for p in model.parameters() if p.requires_grad]
-    trainable = sum(p.numel() for p in trained_params)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
     per_epoch = math.ceil(len(train_set.examples) / cfg.batch_size)
     total_steps = min(cfg.max_steps or per_epoch * cfg.epochs, per_epoch * cfg.epochs)
@@ -269,17 +296,12 @@ def finetune_instruct(
                 break
             step_start = time.perf_counter()
             inputs, targets = inputs.to(device), targets.to(device)
-            with autocast(device, amp_dtype):
-                loss = batch_loss(model, inputs, targets)
-            loss.backward()
-            value = loss.item()
-            if not math.isfinite(value):
-                raise NonFiniteLossError(f"the training loss became {value} at step {result.steps + 1} "
-                                         f"(lower --lr, now {cfg.lr:g})")
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(trained_params, cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            try:
+                value = train_step(model, optimizer, inputs, targets, amp_dtype=amp_dtype,
+                                   grad_clip=cfg.grad_clip)
+            except NonFiniteLossError:
+                raise NonFiniteLossError(f"the training loss became non-finite at step {result.steps + 1} "
+                                         f"(lower --lr, now {cfg.lr:g})") from None
             result.steps += 1
             result.examples_seen += inputs.shape[0]
             result.losses.append(value)
