@@ -167,3 +167,18 @@ def test_data_encoded_with_another_tokenizer_is_refused():
     check_tokenizer_matches(tok.name, tok)
     with pytest.raises(DataError, match="trained with tokenizer 'gpt2' but the data would be encoded with"):
         check_tokenizer_matches("gpt2", tok, source="runs/base")
+
+
+def test_batches_equal_the_books_on_its_data(shared_data, gpt2_tokenizer):
+    ch07 = pytest.importorskip("llms_from_scratch.ch07", reason="llms-from-scratch not installed")
+    import torch
+
+    path = shared_data / "instruction-data.json"
+    records = load_instruction_file(path)[:16]
+    book = json.loads(path.read_text())[:16]
+    ours = encode_records(records, gpt2_tokenizer, "alpaca", max_length=1024).examples
+    theirs = ch07.InstructionDataset(book, gpt2_tokenizer.encoding)
+    for start in (0, 8):
+        x, y = collate(ours[start : start + 8], gpt2_tokenizer.eot_id)
+        bx, by = ch07.custom_collate_fn([theirs[i] for i in range(start, start + 8)], allowed_max_length=1024)
+        assert torch.equal(x, bx) and torch.equal(y, by)
