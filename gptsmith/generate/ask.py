@@ -98,14 +98,14 @@ def answer_batch(
     """Greedy answers to ``prompts`` (already rendered with ``template``), ``batch_size`` at a time.
 
     Each row gets what it would get alone (``generate`` pads prompts on the left and masks the
-    padding). A prompt too long for the context keeps its most recent tokens, with room for the
-    answer.
+    padding, and slides the context window once prompt and answer outgrow it). A prompt longer
+    than the context keeps its most recent tokens.
     """
     chosen = get_template(template)
-    room = max(1, model.cfg.context_length - max_new_tokens)
+    context = model.cfg.context_length
     answers: list[Answer] = []
     for start in range(0, len(prompts), batch_size):
-        rows = [tokenizer.encode(p)[-room:] for p in prompts[start : start + batch_size]]
+        rows = [tokenizer.encode(p)[-context:] for p in prompts[start : start + batch_size]]
         out = generate(model, rows, max_new_tokens, tokenizer=tokenizer,
                        stop_sequences=list(chosen.stop_sequences))
         width = max(len(r) for r in rows)

@@ -17,6 +17,7 @@ from gptsmith.finetune.instruct import (
 from gptsmith.finetune.instruct_data import parse_record
 from gptsmith.finetune.judge import JudgeError, chat_completions_url, judge_responses, parse_score
 from gptsmith.generate.ask import answer_batch, ask, question_prompt, stream_answer
+from gptsmith.generate.generation import stream_text
 from gptsmith.train.callbacks import TrainCallbacks
 
 RECORDS = [parse_record({"instruction": q, "output": a}, i) for i, (q, a) in enumerate(
@@ -102,6 +103,11 @@ def test_batched_answers_equal_answers_alone():
     alone = [ask(model, tok, q, max_new_tokens=6) for q in ("Hi", "A much longer question here?", "Mid one")]
     assert [a.text for a in together] == alone
     assert all(a.new_tokens <= 6 for a in together)
+    # Answers longer than the room the context leaves: the prompt is kept whole, the window slides.
+    small = tiny_model(vocab_size=tok.vocab_size, context_length=48)
+    long_answers = answer_batch(small, tok, ["Say it: ab"], "alpaca", max_new_tokens=40)
+    alone = stream_text(small, tok, "Say it: ab", 40, stop_sequences=["\n\n### "])
+    assert long_answers[0].text == "".join(alone).strip() and len(alone.token_ids) > 38
 
 
 # --- the judge, against a stub OpenAI-compatible server -------------------------------------------
