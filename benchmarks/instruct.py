@@ -21,6 +21,7 @@ memory is each candidate's peak RSS in a fresh process running ``--memory-steps`
 from __future__ import annotations
 
 import copy
+import gc
 import json
 from pathlib import Path
 
@@ -69,8 +70,9 @@ def book_batches(path: Path, n_batches: int, ch07, encoding) -> list[tuple[torch
     return list(loader)
 
 
-def make_candidates(n_batches: int) -> tuple[dict, dict]:
-    """{name: one-repeat function} and {name: trainable parameters}."""
+def make_candidates(n_batches: int, only: str | None = None) -> tuple[dict, dict]:
+    """{name: one-repeat function} and {name: trainable parameters}; ``only``: build just that one
+    (a fresh process measuring its memory)."""
     from gptsmith.data.tokenizer import get_tokenizer
 
     tune_cpu_allocator()
@@ -79,8 +81,6 @@ def make_candidates(n_batches: int) -> tuple[dict, dict]:
     cfg = GPTConfig.from_preset("gpt2-small", drop_rate=0.0)
     torch.manual_seed(0)
     model = GPTModel(cfg)
-    lora_model = copy.deepcopy(model)
-    apply_lora(lora_model, LoRAConfig(rank=LORA_RANK))
     amp = resolve_autocast_dtype("auto", torch.device("cpu"), cfg.emb_dim)
     steps, trainable = {}, {}
 
@@ -89,11 +89,19 @@ def make_candidates(n_batches: int) -> tuple[dict, dict]:
         module.train()
         return lambda x, y: train_step(module, optimizer, x, y, amp_dtype=amp, grad_clip=1.0)
 
-    for name, module in (("gptsmith", model), ("gptsmith-lora", lora_model)):
-        steps[name], trainable[name] = our_step(module), count_parameters(module).trainable
     batches = {"gptsmith": ours, "gptsmith-lora": ours}
     ch07, ch05 = optional_import("llms_from_scratch.ch07"), optional_import("llms_from_scratch.ch05")
-    lfs = make_lfs(model) if ch07 is not None and ch05 is not None else None
+    lfs = None
+    if ch07 is not None and ch05 is not None and only in (None, "llms_from_scratch"):
+        lfs = make_lfs(model)
+    if only in (None, "gptsmith-lora"):
+        lora_model = model if only else copy.deepcopy(model)
+        apply_lora(lora_model, LoRAConfig(rank=LORA_RANK))
+        steps["gptsmith-lora"] = our_step(lora_model)
+        trainable["gptsmith-lora"] = count_parameters(lora_model).trainable
+    if only in (None, "gptsmith"):
+        steps["gptsmith"], trainable["gptsmith"] = our_step(model), count_parameters(model).trainable
+    del model
     if lfs is not None:
         theirs = book_batches(DATA, n_batches, ch07, tokenizer.encoding)
         for (x, y), (bx, by) in zip(ours, theirs, strict=True):
@@ -119,14 +127,15 @@ def make_candidates(n_batches: int) -> tuple[dict, dict]:
 
         return one_repeat
 
-    return {name: run(name) for name in steps}, trainable
+    order = [n for n in ("gptsmith", "gptsmith-lora", "llms_from_scratch") if n in steps]
+    return {name: run(name) for name in order}, trainable
 
 
 MEMORY_CODE = """
 import json, torch
 from benchmarks.harness import peak_rss_mb
 from benchmarks.instruct import make_candidates
-candidates, _ = make_candidates({n})
+candidates, _ = make_candidates({n}, only={name!r})
 for _ in range({steps}):
     candidates[{name!r}]()
 print(json.dumps({{"peak_rss_mb": peak_rss_mb()}}))
@@ -144,15 +153,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     candidates, trainable = make_candidates(args.batches)
     results = compare(candidates, repeats=args.repeats, warmup=args.warmup)
+    del candidates  # the memory figures come from fresh processes: free this one's models first
+    gc.collect()
+    title = (f"instruction fine-tuning: gpt2-small shape, batches of {BATCH_SIZE} records of "
+             f"instruction-data.json (first {args.batches} batches of the training split per repeat), "
+             f"{torch.get_num_threads()} threads")
+    speed = print_report(title + " (speed)", results, higher_is_better={"examples/s": True})
+    write_report(speed, args.output)
     for name in results:
         results[name]["trainable parameters"] = [float(trainable[name])]
         if args.memory_steps:
             code = MEMORY_CODE.format(n=args.batches, steps=args.memory_steps, name=name)
             results[name]["peak RSS MiB"] = [run_in_subprocess(code)["peak_rss_mb"]]
     text = print_report(
-        f"instruction fine-tuning: gpt2-small shape, batches of {BATCH_SIZE} records of "
-        "instruction-data.json "
-        f"(first {args.batches} batches of the training split per repeat), {torch.get_num_threads()} threads",
+        title,
         results,
         higher_is_better={"examples/s": True, "trainable parameters": False, "peak RSS MiB": False},
         notes=["gptsmith = finetune.instruct.train_step (bf16 autocast if the CPU has native bf16, "
