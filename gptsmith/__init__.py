@@ -32,6 +32,7 @@ _API = {
     "stream_text": "gptsmith.generate.generation",
     "text_to_token_ids": "gptsmith.generate.generation",
     "token_ids_to_text": "gptsmith.generate.generation",
+    "ask": "gptsmith.generate.ask",
     "TrainConfig": "gptsmith.train.config",
     "train": "gptsmith.train.run",
     "prepare_splits": "gptsmith.train.run",

@@ -10,7 +10,7 @@ import argparse
 import importlib
 
 # Modules that each add one `gptsmith finetune KIND` (in the order `--help` lists them).
-FINETUNE_MODULES: list[str] = ["classify_cmds"]
+FINETUNE_MODULES: list[str] = ["classify_cmds", "instruct_cmds"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -35,7 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="continue a prompt with a trained or imported model (streams to the terminal)",
         description=(
             "Generate text from a checkpoint (a model directory or a run directory: its latest checkpoint) "
-            "or a GPT-2 model by name. Decoding is greedy unless --temperature > 0; the KV cache is on "
+            "or a GPT-2 model by name. An instruction-tuned checkpoint (instruction_template in its "
+            "config.json) gets the prompt in its template unless --raw. "
+            "Decoding is greedy unless --temperature > 0; the KV cache is on "
             "unless --no-cache. Generation stops at <|endoftext|>, at a --stop text, or after "
             "--max-new-tokens."
         ),
@@ -62,6 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--no-cache", action="store_true", help="recompute the whole context every step (slow)")
     gen.add_argument("--num-samples", type=int, default=1, help="how many continuations (default 1)")
     gen.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    gen.add_argument("--raw", action="store_true",
+                     help="an instruction-tuned model: continue the prompt as given, not in its template")
     gen.set_defaults(func=run_generate)
 
     chat = subparsers.add_parser(
@@ -69,9 +73,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="talk to a model interactively (/reset, /exit, Ctrl-D)",
         description=(
             "An interactive loop that keeps the conversation in the model's context, dropping the oldest "
-            'turns when it fills. A checkpoint whose config.json has "instruction_template": "alpaca" '
-            "(instruction-tuned) is asked with the Alpaca template; any other model just continues the "
-            "text. Type /reset to start over, /exit or Ctrl-D to leave."
+            'turns when it fills. A checkpoint whose config.json names an "instruction_template" '
+            "(instruction-tuned: alpaca or chatml) is asked in that template; any other model just "
+            "continues the text. Type /reset to start over, /exit or Ctrl-D to leave."
         ),
         epilog="example:\n  gptsmith chat --checkpoint runs/instruct --temperature 0.7",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -250,8 +254,15 @@ def run_generate(args: argparse.Namespace) -> int:
     options = _decoding_options(
         args, num_beams=args.num_beams, length_penalty=args.length_penalty, use_cache=not args.no_cache
     )
-    model, tokenizer, _, name = load_for_generation(args)
+    model, tokenizer, config, name = load_for_generation(args)
     options["eos_id"] = tokenizer.eot_id
+    if config.get("instruction_template") and not args.raw:  # asked the way it was fine-tuned
+        from gptsmith.generate.ask import question_prompt
+        from gptsmith.generate.chat import get_template, template_from_config
+
+        template = get_template(template_from_config(config))
+        prompt = question_prompt(template, prompt)
+        options["stop_sequences"] = (options["stop_sequences"] or []) + list(template.stop_sequences)
     _check_for_model(options, model, tokenizer)
     _warn_of_unused_sampling_flags(args)
     max_new_tokens = options.pop("max_new_tokens")

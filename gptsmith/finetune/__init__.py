@@ -9,7 +9,10 @@ instructions, and LoRA adapters that both can use. Lowest first:
 - ``class_model``: ``GPTClassifier`` (a head on the last real token) and its dynamic batches;
 - ``class_eval``: loss, accuracy, confusion matrix, the loss/accuracy plot;
 - ``classifier``: a classifier directory saved and loaded, ``Classifier.predict``;
-- ``classify``: ``finetune_classifier``, from a data file to a tested classifier.
+- ``classify``: ``finetune_classifier``, from a data file to a tested classifier;
+- ``instruct_data``: Alpaca/chat records, the split, batching with padding the loss ignores;
+- ``instruct``: the instruction-tuning loop, reference loss, test answers;
+- ``judge``: scores from a judge model over an OpenAI-compatible endpoint.
 
 May import: ``gptsmith.train``, ``gptsmith.generate``, ``gptsmith.model``, ``gptsmith.data`` and
 the top-level helpers; never ``gptsmith.explain``, ``gptsmith.serve`` or ``gptsmith.cli``.

@@ -9,7 +9,8 @@ Lowest first (each module imports only those above it in this list):
 - ``beam_search``: beams with length penalty;
 - ``streaming``: text as it is produced, never a half character;
 - ``generation``: ``generate`` and ``stream_text``, the entry points, and text <-> id helpers;
-- ``chat``: prompt templates (Alpaca, ChatML) and multi-turn conversations.
+- ``chat``: prompt templates (Alpaca, ChatML) and multi-turn conversations;
+- ``ask``: a question in the model's template, answered (``ask``, ``stream_answer``, ``answer_batch``).
 
 May import: ``gptsmith.model``, ``gptsmith.data`` and the top-level helpers.
 """

@@ -1,41 +1,163 @@
-"""A conversation that fits in the model's context: prompt templates and trimming of old turns.
+"""Prompt templates, and a conversation that fits in the model's context.
 
 A base (pretrained only) model continues text, so a plain conversation is the turns' text one
-after another. An instruction-tuned model was trained on the Alpaca template (Taori et al. 2023)::
+after another. An instruction-tuned model was trained on one template and answers best when asked
+the same way; its config.json names it (``"instruction_template": "alpaca"``), and fine-tuning
+(``gptsmith.finetune``), ``ask``, ``chat``, ``generate`` and serving all render messages through
+the one ``PromptTemplate`` here, so training and asking can never disagree.
 
-    Below is an instruction that describes a task. Write a response that appropriately completes the request.
+- ``alpaca`` (Taori et al. 2023; the book's chapter 7)::
 
-    ### Instruction:
-    {instruction}
+      Below is an instruction that describes a task. Write a response that appropriately
+      completes the request.            (one line)
 
-    ### Response:
-    {response}
+      ### Instruction:
+      {instruction}
 
-and answers best when asked the same way. A checkpoint says it was instruction-tuned with
-``"instruction_template": "alpaca"`` in its config.json. In a conversation the preamble comes
-once, then every turn as an ``### Instruction:`` / ``### Response:`` pair.
+      ### Input:
+      {input}          (only when there is one)
+
+      ### Response:
+      {response}
+
+  The preamble (or a system message in its place) comes once; every further turn is another
+  ``### Instruction:`` / ``### Response:`` pair after a blank line. A reply ends at
+  ``<|endoftext|>`` or where the model starts a new ``\\n\\n### `` section.
+- ``chatml`` (OpenAI's Chat Markup Language)::
+
+      <|im_start|>system
+      {system}<|im_end|>
+      <|im_start|>user
+      {instruction}
+
+      {input}<|im_end|>
+      <|im_start|>assistant
+      {response}<|im_end|>
+
+  The markers are plain text to GPT-2's tokenizer (a few tokens each). A reply ends at
+  ``<|endoftext|>``, ``<|im_end|>`` or ``<|im_start|>``.
+
+``PromptTemplate.segments`` renders a whole conversation as pieces marked *trained* (an
+assistant's words and the marker that closes them: what instruction tuning learns) or not;
+``PromptTemplate.prompt`` renders the turns so far followed by the assistant's header, which is
+what the model is asked to continue.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from gptsmith.errors import ConfigError
 
+ROLES = ("system", "user", "assistant")
 ALPACA_PREAMBLE = (
     "Below is an instruction that describes a task. "
     "Write a response that appropriately completes the request."
 )
-TEMPLATES = ("alpaca",)
 
 
-def format_instruction(instruction: str, input_text: str = "") -> str:
-    """The Alpaca prompt for ``instruction`` (and optional ``input_text``), up to the response."""
-    text = f"{ALPACA_PREAMBLE}\n\n### Instruction:\n{instruction}"
-    if input_text:
-        text += f"\n\n### Input:\n{input_text}"
-    return text + "\n\n### Response:\n"
+@dataclass(frozen=True)
+class Message:
+    """One turn: ``role`` is system, user or assistant; ``input`` is Alpaca's input field (user turns)."""
+
+    role: str
+    content: str
+    input: str = ""
+
+
+class Segment(NamedTuple):
+    """A piece of rendered text; ``trained``: an assistant's words, which instruction tuning learns."""
+
+    text: str
+    trained: bool
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """How messages become text: what opens and closes each role's turn, and what ends a reply."""
+
+    name: str
+    opens: dict[str, str]  # role -> text before its content
+    closes: dict[str, str]  # role -> text after its content (the assistant's is trained)
+    input_prefix: str  # between a user message and its Alpaca input
+    turn_gap: str  # after an assistant turn that is followed by more
+    stop_sequences: tuple[str, ...]  # text that ends a reply (besides <|endoftext|>)
+    default_system: str | None = None  # the system text when the messages have none
+
+    def segments(self, messages: Sequence[Message]) -> list[Segment]:
+        """``messages`` rendered in order; adjacent untrained pieces are joined."""
+        pieces: list[Segment] = []
+        if self.default_system is not None and (not messages or messages[0].role != "system"):
+            pieces.append(Segment(self._render(Message("system", self.default_system)), False))
+        for index, message in enumerate(messages):
+            if message.role not in ROLES:
+                raise ConfigError(f"message role {message.role!r} is not one of {', '.join(ROLES)}")
+            if message.role == "assistant":
+                pieces.append(Segment(self.opens["assistant"], False))
+                pieces.append(Segment(message.content + self.closes["assistant"], True))
+                if index < len(messages) - 1:
+                    pieces.append(Segment(self.turn_gap, False))
+            else:
+                pieces.append(Segment(self._render(message), False))
+        joined: list[Segment] = []
+        for piece in pieces:
+            if joined and not piece.trained and not joined[-1].trained:
+                joined[-1] = Segment(joined[-1].text + piece.text, False)
+            elif piece.text:
+                joined.append(piece)
+        return joined
+
+    def prompt(self, messages: Sequence[Message]) -> str:
+        """The text the model continues to answer the last (user) message: the turns, then the
+        assistant's header."""
+        return "".join(s.text for s in self.segments(messages)) + self.opens["assistant"]
+
+    def _render(self, message: Message) -> str:
+        content = message.content
+        if message.input:
+            content += self.input_prefix + message.input
+        return self.opens[message.role] + content + self.closes[message.role]
+
+
+TEMPLATES: dict[str, PromptTemplate] = {
+    "alpaca": PromptTemplate(
+        name="alpaca",
+        opens={"system": "", "user": "### Instruction:\n", "assistant": "### Response:\n"},
+        closes={"system": "\n\n", "user": "\n\n", "assistant": ""},
+        input_prefix="\n\n### Input:\n",
+        turn_gap="\n\n",
+        stop_sequences=("\n\n### ",),
+        default_system=ALPACA_PREAMBLE,
+    ),
+    "chatml": PromptTemplate(
+        name="chatml",
+        opens={"system": "<|im_start|>system\n", "user": "<|im_start|>user\n",
+               "assistant": "<|im_start|>assistant\n"},
+        closes={"system": "<|im_end|>\n", "user": "<|im_end|>\n", "assistant": "<|im_end|>"},
+        input_prefix="\n\n",
+        turn_gap="\n",
+        stop_sequences=("<|im_end|>", "<|im_start|>"),
+    ),
+}
+
+
+def get_template(name: str | PromptTemplate) -> PromptTemplate:
+    """The template called ``name`` (a ``PromptTemplate`` is returned as it is)."""
+    if isinstance(name, PromptTemplate):
+        return name
+    template = TEMPLATES.get(str(name).lower())
+    if template is None:
+        raise ConfigError(f"unknown prompt template {name!r} (known: {', '.join(TEMPLATES)})")
+    return template
+
+
+def format_instruction(
+    instruction: str, input_text: str = "", template: str | PromptTemplate = "alpaca"
+) -> str:
+    """The prompt for ``instruction`` (and optional ``input_text``), up to the response."""
+    return get_template(template).prompt([Message("user", instruction, input_text)])
 
 
 def template_from_config(config: dict[str, Any]) -> str | None:
@@ -65,7 +187,7 @@ class Conversation:
 
     ``reply_room`` tokens are kept free for the answer; when the conversation outgrows
     ``context_length - reply_room`` the oldest turns are dropped (and, if the newest message alone
-    is too long, its oldest tokens).
+    is too long, its oldest tokens). ``template`` (a name) renders the turns; None: plain text.
     """
 
     tokenizer: Any
@@ -77,18 +199,13 @@ class Conversation:
     @property
     def stop_sequences(self) -> list[str]:
         """Text that ends a reply: the start of a new template section."""
-        return ["\n\n### "] if self.template == "alpaca" else []
-
-    def _render(self, user: str, reply: str) -> str:
-        if self.template == "alpaca":  # one turn without the preamble, which the whole text starts with
-            return format_instruction(user).removeprefix(ALPACA_PREAMBLE + "\n\n") + reply
-        return user + reply
+        return list(get_template(self.template).stop_sequences) if self.template else []
 
     def _text(self, turns: list[tuple[str, str]], message: str) -> str:
-        rendered = [self._render(u, r) for u, r in turns] + [self._render(message, "")]
-        if self.template == "alpaca":
-            return "\n\n".join([ALPACA_PREAMBLE, *rendered])
-        return "\n".join(rendered)
+        if self.template is None:
+            return "\n".join([u + r for u, r in turns] + [message])
+        messages = [m for u, r in turns for m in (Message("user", u), Message("assistant", r))]
+        return get_template(self.template).prompt([*messages, Message("user", message)])
 
     def prompt_ids(self, message: str) -> ConversationPrompt:
         """Token ids of the conversation followed by ``message``, dropping the oldest turns to fit."""

@@ -213,7 +213,8 @@ def load_model_dir(
     """Load a model directory (or a run directory's latest checkpoint) as a ``GPTModel`` in eval mode.
 
     Hugging Face GPT-2 directories are accepted too (converted on the fly). ``dtype`` defaults
-    to the dtype the weights were saved in.
+    to the dtype the weights were saved in. ``model.instruction_template`` is the config's
+    ``"instruction_template"`` (None for a plain language model).
     """
     model_dir = resolve_model_dir(path)
     config = read_model_config(model_dir)
@@ -228,7 +229,11 @@ def load_model_dir(
             f"{model_dir} has {CONFIG_FILE} but no {WEIGHTS_FILE} (the save was interrupted?)"
         )
     state = read_safetensors(weights_path)
-    return build_model(cfg, state, source=str(weights_path), device=device, dtype=dtype)
+    model = build_model(cfg, state, source=str(weights_path), device=device, dtype=dtype)
+    # The prompt template an instruction-tuned model was trained with (None: a plain language
+    # model), so asking it needs no flag (``gptsmith.generate.ask``).
+    model.instruction_template = config.get("instruction_template")
+    return model
 
 
 

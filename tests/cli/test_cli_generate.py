@@ -365,7 +365,7 @@ def test_alpaca_template(simple_tokenizer):
     assert template_from_config({"instruction_template": "alpaca"}) == "alpaca"
     assert template_from_config({}) is None
     with pytest.raises(ConfigError, match="does not know"):
-        template_from_config({"instruction_template": "chatml"})
+        template_from_config({"instruction_template": "vicuna"})
 
 
 def test_chat_skips_a_line_that_is_not_utf8_and_goes_on(capsys, checkpoint, monkeypatch):

@@ -1,0 +1,316 @@
+"""Instruction fine-tuning: the loop, the loss on reference answers, and answering a test set.
+
+``finetune_instruct(model, tokenizer, train_records, val_records, cfg)`` trains a pretrained
+``GPTModel`` to follow instructions (the book's chapter 7): batches padded as ``instruct_data``
+says, cross-entropy that ignores the -100 targets, fused AdamW, bf16 autocast where the device
+runs it faster (``gptsmith.device.resolve_autocast_dtype``), optional LoRA adapters
+(``cfg.lora_rank``: only the adapters train; ``merge_lora`` folds them back before saving). Every
+``eval_every`` steps it scores train and validation batches and answers a fixed validation
+instruction (``TrainCallbacks.on_eval`` / ``on_sample``).
+
+``response_loss`` is the mean cross-entropy of reference answers given their prompts (the
+"test-reference loss", compared before and after fine-tuning); ``answer_records`` generates the
+answers a model gives to records' prompts, and whether each ended by itself.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from gptsmith.device import autocast, resolve_autocast_dtype, resolve_device, set_seed, tune_cpu_allocator
+from gptsmith.errors import ConfigError, DataError
+from gptsmith.finetune.instruct_data import (
+    IGNORE_INDEX,
+    EncodedExample,
+    InstructionRecord,
+    batches,
+    encode_records,
+)
+from gptsmith.finetune.lora import LoRAConfig, apply_lora
+from gptsmith.generate.ask import answer_batch
+from gptsmith.generate.chat import get_template
+from gptsmith.train.callbacks import TrainCallbacks
+from gptsmith.train.evaluation import NonFiniteLossError
+from gptsmith.train.schedule import build_optimizer
+
+
+@dataclass
+class InstructConfig:
+    """How to fine-tune (defaults: the book's chapter 7, except the clipping and evaluation cadence)."""
+
+    template: str = "alpaca"
+    mask_prompt: bool = False  # loss on the response only (chat records: always)
+    epochs: int = 2
+    max_steps: int | None = None  # stop after this many optimizer steps even mid-epoch
+    batch_size: int = 8
+    lr: float = 5e-5
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0  # 0: off
+    max_length: int | None = None  # longest example in tokens (default: the model's context)
+    seed: int = 123
+    device: str = "auto"
+    dtype: str = "auto"  # auto (bf16 autocast where faster) | bf16 | fp32
+    eval_every: int = 50  # optimizer steps between evaluations (0: only at the end)
+    eval_batches: int = 5
+    sample_tokens: int = 64  # new tokens of the sample answer at each evaluation
+    lora_rank: int = 0  # > 0: train LoRA adapters of this rank instead of every weight
+    lora_alpha: float = 16.0
+
+    def check(self) -> None:
+        """Raise ``ConfigError`` for a value that cannot work, naming it."""
+        get_template(self.template)
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batches": self.eval_batches}
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{name} must be at least 1, got {value}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps must be at least 1, got {self.max_steps}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be a positive number, got {self.lr}")
+        if self.max_length is not None and self.max_length < 2:
+            raise ConfigError(f"max_length must be at least 2 tokens, got {self.max_length}")
+        if self.lora_rank < 0 or self.eval_every < 0 or self.grad_clip < 0:
+            raise ConfigError("lora_rank, eval_every and grad_clip must not be negative")
+
+    def length_for(self, model: torch.nn.Module) -> int:
+        """``max_length``, or the model's context when unset; longer than the context is an error."""
+        max_length = self.max_length or model.cfg.context_length
+        if max_length > model.cfg.context_length:
+            raise ConfigError(f"max_length {max_length} is longer than the model's context of "
+                              f"{model.cfg.context_length} tokens (lower it)")
+        return max_length
+
+
+@dataclass
+class InstructResult:
+    """What ``finetune_instruct`` did."""
+
+    steps: int
+    examples_seen: int
+    seconds: float
+    truncated: int  # training and validation examples cut to max_length
+    max_length: int
+    amp_dtype: str  # "bf16" or "fp32"
+    trainable_parameters: int
+    losses: list[float] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "losses"}
+
+
+def batch_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the targets that are not -100 (0 when there are none)."""
+    logits = model(inputs)  # (batch, n_tokens, vocab_size)
+    total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX,
+                            reduction="sum")
+    return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    amp_dtype: torch.dtype | None = None,
+    grad_clip: float = 0.0,
+) -> float:
+    """One optimizer step on a batch (inputs and targets on the model's device); returns its loss.
+
+    Raises ``NonFiniteLossError`` before updating the weights when the loss is NaN or infinite.
+    """
+    with autocast(inputs.device, amp_dtype):
+        loss = batch_loss(model, inputs, targets)
+    loss.backward()
+    value = loss.item()
+    if not math.isfinite(value):
+        optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteLossError(f"the training loss became {value} (lower the learning rate)")
+    if grad_clip > 0:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return value
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def examples_loss(
+    model: torch.nn.Module,
+    examples: Sequence[EncodedExample],
+    pad_id: int,
+    *,
+    mask_prompt: bool,
+    batch_size: int = 8,
+    max_batches: int | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> float:
+    """Token-weighted mean cross-entropy over ``examples`` (the first ``max_batches`` batches), in
+    eval mode."""
+    device = _model_device(model)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        loader = batches(examples, batch_size, pad_id, mask_prompt=mask_prompt)
+        for index, (inputs, targets) in enumerate(loader):
+            if max_batches is not None and index >= max_batches:
+                break
+            inputs, targets = inputs.to(device), targets.to(device)
+            with autocast(device, amp_dtype):
+                logits = model(inputs)  # (batch, n_tokens, vocab_size)
+            total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
+                                     ignore_index=IGNORE_INDEX, reduction="sum").item()
+            count += int((targets != IGNORE_INDEX).sum())
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise DataError("no target tokens to score (every example was truncated before its answer)")
+    return total / count
+
+
+def response_loss(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    records: Sequence[InstructionRecord],
+    template: str,
+    *,
+    max_length: int | None = None,
+    batch_size: int = 8,
+) -> float:
+    """Mean cross-entropy (nats per token) of the records' reference answers (and their closing
+    ``<|endoftext|>``) given their prompts: how well ``model`` predicts the answers."""
+    max_length = max_length or model.cfg.context_length
+    encoded = encode_records(records, tokenizer, template, max_length)
+    return examples_loss(model, encoded.examples, tokenizer.eot_id, mask_prompt=True, batch_size=batch_size)
+
+
+def answer_records(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    records: Sequence[InstructionRecord],
+    template: str,
+    *,
+    max_new_tokens: int = 256,
+    batch_size: int = 16,
+) -> list[dict[str, Any]]:
+    """The model's greedy answer to each record's prompt: ``{instruction, input, reference,
+    answer, new_tokens, stopped}`` (``stopped``: it ended by itself, before ``max_new_tokens``)."""
+    chosen = get_template(template)
+    prompts = [chosen.prompt(record.prompt_messages) for record in records]
+    answers = answer_batch(model, tokenizer, prompts, chosen, max_new_tokens=max_new_tokens,
+                           batch_size=batch_size)
+    return [
+        {"instruction": r.instruction, "input": r.input, "reference": r.reference, "answer": a.text,
+         "new_tokens": a.new_tokens, "stopped": a.stopped}
+        for r, a in zip(records, answers, strict=True)
+    ]
+
+
+def check_vocabulary(model: torch.nn.Module, tokenizer: Any) -> None:
+    """Raise ``DataError`` when ``tokenizer`` makes ids the model has no embedding for."""
+    if tokenizer.vocab_size > model.cfg.vocab_size:
+        raise DataError(
+            f"tokenizer {tokenizer.name!r} has {tokenizer.vocab_size:,} ids but the model only "
+            f"{model.cfg.vocab_size:,}: the data is encoded with another tokenizer than the model's"
+        )
+
+
+def finetune_instruct(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    train_records: Sequence[InstructionRecord],
+    val_records: Sequence[InstructionRecord],
+    cfg: InstructConfig | None = None,
+    *,
+    callbacks: TrainCallbacks | None = None,
+) -> InstructResult:
+    """Fine-tune ``model`` in place on ``train_records``, scoring ``val_records``; returns what
+    happened. With ``cfg.lora_rank`` the model comes back with LoRA adapters (``merge_lora`` it)."""
+    cfg = cfg or InstructConfig()
+    cfg.check()
+    check_vocabulary(model, tokenizer)
+    callbacks = callbacks or TrainCallbacks()
+    max_length = cfg.length_for(model)
+    if not train_records or not val_records:
+        raise DataError("fine-tuning needs at least one training and one validation record")
+    device = resolve_device(cfg.device)
+    amp_dtype = resolve_autocast_dtype(cfg.dtype, device, model.cfg.emb_dim)
+    if device.type == "cpu":
+        tune_cpu_allocator()
+    set_seed(cfg.seed)
+    train_set = encode_records(train_records, tokenizer, cfg.template, max_length)
+    val_set = encode_records(val_records, tokenizer, cfg.template, max_length)
+    model.to(device)
+    if cfg.lora_rank:
+        apply_lora(model, LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+    per_epoch = math.ceil(len(train_set.examples) / cfg.batch_size)
+    total_steps = min(cfg.max_steps or per_epoch * cfg.epochs, per_epoch * cfg.epochs)
+    result = InstructResult(0, 0, 0.0, train_set.truncated + val_set.truncated, max_length,
+                            "bf16" if amp_dtype else "fp32", trainable)
+    callbacks.on_start({
+        "start_step": 0, "max_steps": total_steps, "device": str(device), "dtype": result.amp_dtype,
+        "parameters": sum(p.numel() for p in model.parameters()), "trainable": trainable,
+        "train_examples": len(train_set.examples), "val_examples": len(val_set.examples),
+        "truncated": result.truncated, "max_length": max_length, "steps_per_epoch": per_epoch,
+    })
+    pad_id = tokenizer.eot_id
+    sample_record = val_records[0]
+    started = time.perf_counter()
+
+    def evaluate() -> None:
+        scores = {
+            name: examples_loss(model, data.examples, pad_id, mask_prompt=cfg.mask_prompt,
+                                batch_size=cfg.batch_size, max_batches=cfg.eval_batches, amp_dtype=amp_dtype)
+            for name, data in (("train_loss", train_set), ("val_loss", val_set))
+        }
+        info = {"step": result.steps, "examples_seen": result.examples_seen, **scores}
+        result.evals.append(info)
+        callbacks.on_eval(info)
+        if cfg.sample_tokens:
+            answer = answer_records(model, tokenizer, [sample_record], cfg.template,
+                                    max_new_tokens=cfg.sample_tokens)[0]
+            callbacks.on_sample(result.steps, answer["answer"])
+
+    model.train()
+    evaluate()
+    for epoch in range(cfg.epochs):
+        epoch_batches = batches(train_set.examples, cfg.batch_size, pad_id, mask_prompt=cfg.mask_prompt,
+                                shuffle=True, seed=cfg.seed + epoch)
+        for inputs, targets in epoch_batches:
+            if result.steps >= total_steps:
+                break
+            step_start = time.perf_counter()
+            inputs, targets = inputs.to(device), targets.to(device)
+            try:
+                value = train_step(model, optimizer, inputs, targets, amp_dtype=amp_dtype,
+                                   grad_clip=cfg.grad_clip)
+            except NonFiniteLossError:
+                raise NonFiniteLossError(f"the training loss became non-finite at step {result.steps + 1} "
+                                         f"(lower --lr, now {cfg.lr:g})") from None
+            result.steps += 1
+            result.examples_seen += inputs.shape[0]
+            result.losses.append(value)
+            seconds = time.perf_counter() - step_start
+            callbacks.on_step({"step": result.steps, "epoch": epoch + 1, "loss": value,
+                               "examples_per_s": inputs.shape[0] / seconds, "tokens": inputs.numel()})
+            if cfg.eval_every and result.steps % cfg.eval_every == 0 and result.steps < total_steps:
+                evaluate()
+    evaluate()
+    result.seconds = time.perf_counter() - started
+    model.eval()
+    return result

@@ -1,0 +1,118 @@
+"""Asking an instruction-tuned model a question: the prompt template, then generation that stops
+where the answer ends.
+
+``ask(model, tokenizer, question)`` returns the answer text; ``stream_answer`` yields it as it is
+generated (the CLI's ``gptsmith ask``); ``answer_batch`` answers many prompts at once (greedy,
+left-padded batches with the KV cache), as fine-tuning does for its test set.
+
+The template is the one ``template=`` names, else the one the model was saved with
+(``load_model`` sets ``model.instruction_template`` from config.json), else Alpaca. An answer ends
+at ``<|endoftext|>``, at the template's next turn marker (``chat.PromptTemplate.stop_sequences``)
+or after ``max_new_tokens``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from gptsmith.generate.chat import Message, PromptTemplate, get_template
+from gptsmith.generate.generation import generate, stream_text
+from gptsmith.generate.streaming import TextStream
+
+DEFAULT_TEMPLATE = "alpaca"
+
+
+def model_template(model: torch.nn.Module, template: str | PromptTemplate | None = None) -> PromptTemplate:
+    """``template`` if given, else the model's own (``model.instruction_template``), else Alpaca."""
+    return get_template(template or getattr(model, "instruction_template", None) or DEFAULT_TEMPLATE)
+
+
+def question_prompt(template: str | PromptTemplate, question: str, input_text: str = "") -> str:
+    """The text a model continues to answer ``question`` (with Alpaca's optional input)."""
+    return get_template(template).prompt([Message("user", question, input_text)])
+
+
+def _with_template_stops(template: PromptTemplate, options: dict[str, Any]) -> dict[str, Any]:
+    stops = list(options.get("stop_sequences") or []) + list(template.stop_sequences)
+    return {**options, "stop_sequences": stops}
+
+
+def stream_answer(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    question: str,
+    *,
+    input_text: str = "",
+    template: str | PromptTemplate | None = None,
+    max_new_tokens: int = 256,
+    **options: Any,
+) -> TextStream:
+    """The answer to ``question`` as a stream of text (``stream_text``'s; only the answer, never the
+    prompt). ``options`` are ``generate``'s (``temperature``, ``top_k``, ``seed``...); after the
+    loop, the stream's ``prompt_ids``, ``token_ids`` and ``stop_reason`` say what happened."""
+    chosen = model_template(model, template)
+    prompt = question_prompt(chosen, question, input_text)
+    return stream_text(model, tokenizer, prompt, max_new_tokens, **_with_template_stops(chosen, options))
+
+
+def ask(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    question: str,
+    *,
+    input_text: str = "",
+    template: str | PromptTemplate | None = None,
+    max_new_tokens: int = 256,
+    **options: Any,
+) -> str:
+    """The model's answer to ``question`` (greedy unless ``temperature`` > 0), without the prompt
+    or trailing whitespace. ``input_text`` is Alpaca's input field (context for the question)."""
+    stream = stream_answer(model, tokenizer, question, input_text=input_text, template=template,
+                           max_new_tokens=max_new_tokens, **options)
+    return "".join(stream).strip()
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One answer of ``answer_batch``: its text, its new token count, and whether it ended by itself
+    (end of text or the template's next turn) rather than at ``max_new_tokens``."""
+
+    text: str
+    new_tokens: int
+    stopped: bool
+
+
+def answer_batch(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    template: str | PromptTemplate,
+    *,
+    max_new_tokens: int = 256,
+    batch_size: int = 16,
+) -> list[Answer]:
+    """Greedy answers to ``prompts`` (already rendered with ``template``), ``batch_size`` at a time.
+
+    Each row gets what it would get alone (``generate`` pads prompts on the left and masks the
+    padding, and slides the context window once prompt and answer outgrow it). A prompt longer
+    than the context keeps its most recent tokens.
+    """
+    chosen = get_template(template)
+    context = model.cfg.context_length
+    answers: list[Answer] = []
+    for start in range(0, len(prompts), batch_size):
+        rows = [tokenizer.encode(p)[-context:] for p in prompts[start : start + batch_size]]
+        out = generate(model, rows, max_new_tokens, tokenizer=tokenizer,
+                       stop_sequences=list(chosen.stop_sequences))
+        width = max(len(r) for r in rows)
+        for new in out[:, width:].tolist():  # (batch, n_new): stopped rows padded with <|endoftext|>
+            while new and new[-1] == tokenizer.eot_id:  # the padding is never a generated token
+                new.pop()
+            # A row that ran to the limit kept all max_new_tokens; one that stopped kept fewer (its
+            # end-of-text token or stop sequence is not returned).
+            answers.append(Answer(tokenizer.decode(new).strip(), len(new), len(new) < max_new_tokens))
+    return answers

@@ -1,0 +1,189 @@
+"""``gptsmith finetune instruct``, ``gptsmith ask`` and the instruction template in ``generate``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from generation_helpers import tiny_model
+from judge_helpers import stub_judge
+
+from gptsmith.cli import main
+from gptsmith.data.tokenizer import get_tokenizer
+from gptsmith.model.checkpoint import load_model, read_model_config, save_model
+
+QA = [("Name a colour.", "Red."), ("Name a number.", "One."), ("Name a day.", "Monday."),
+      ("Name a month.", "May."), ("Name an animal.", "A cat.")]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: much faster than two contended threads
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """A tiny random model with the built-in word tokenizer (no BPE files needed)."""
+    tokenizer = get_tokenizer("simple")
+    model = tiny_model(vocab_size=tokenizer.vocab_size, context_length=96)
+    return save_model(model, tmp_path_factory.mktemp("base") / "model", tokenizer="simple")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """24 Alpaca records as JSONL (split 20 / 2 / 2)."""
+    path = tmp_path_factory.mktemp("data") / "alpaca.jsonl"
+    records = [{"instruction": q, "input": "" if i % 2 else "the", "output": a}
+               for i, (q, a) in enumerate(QA * 5)][:24]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _finetune(capsys, base, data, out, *more):
+    return _run(capsys, "finetune", "instruct", "--checkpoint", base, "--data", data, "--out", out,
+                "--max-steps", 3, "--batch-size", 4, "--eval-every", 2, "--answer-tokens", 4, "--lr", 1e-3,
+                "--no-progress", "--device", "cpu", *more)
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory, base, data) -> tuple[Path, str]:
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("tuned") / "instruct"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(["finetune", "instruct", "--checkpoint", str(base), "--data", str(data),
+                     "--out", str(out), "--max-steps", "3", "--batch-size", "4", "--eval-every", "2",
+                     "--answer-tokens", "4", "--no-progress", "--device", "cpu", "--template", "chatml",
+                     "--mask-prompt"])
+    assert code == 0
+    return out, stdout.getvalue()
+
+
+def test_finetune_writes_a_model_dir_with_its_template_and_test_answers(tuned):
+    out, log = tuned
+    assert "20 train / 2 validation / 2 test records" in log
+    assert "test-reference loss before fine-tuning" in log and "test-reference loss after fine-tuning" in log
+    assert log.count("sample answer:") == 3  # before training, at step 2, at the end
+    assert "val loss" in log and "test answers:" in log
+    config = read_model_config(out)
+    assert config["instruction_template"] == "chatml" and config["tokenizer"] == "simple"
+    assert config["finetune"]["steps"] == 3 and config["finetune"]["mask_prompt"] is True
+    report = json.loads((out / "test_responses.json").read_text())
+    assert len(report["responses"]) == 2
+    first = report["responses"][0]
+    assert {"instruction", "input", "reference", "answer", "stopped"} <= set(first)
+    assert (first["instruction"], first["reference"]) == QA[20 % 5]
+    assert load_model(out).instruction_template == "chatml"
+
+
+def test_ask_prints_only_the_answer_and_json_has_counts(tuned, capsys):
+    out, _ = tuned
+    code, text, err = _run(capsys, "ask", "--checkpoint", out, "Name a colour.", "--max-new-tokens", 5)
+    assert code == 0 and err == ""
+    assert "<|im_start|>" not in text and "Name a colour" not in text
+    code, text, _ = _run(capsys, "ask", "--checkpoint", out, "--json", "--input", "the", "Name a day.",
+                         "--max-new-tokens", 5)
+    result = json.loads(text)
+    assert code == 0 and result["template"] == "chatml" and result["input"] == "the"
+    assert result["prompt_tokens"] > 5 and 0 <= result["answer_tokens"] <= 5
+    assert result["stop_reason"] in ("eos", "stop_sequence", "max_new_tokens")
+    assert {"seconds", "first_token_seconds", "tokens_per_s"} <= set(result)
+
+
+def test_generate_uses_the_template_unless_raw(tuned, capsys):
+    out, _ = tuned
+    code, text, _ = _run(capsys, "generate", "--checkpoint", out, "Name a colour.", "--max-new-tokens", 2)
+    assert code == 0
+    assert text.startswith("<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n")
+    code, text, _ = _run(capsys, "generate", "--checkpoint", out, "--raw", "Name a colour.",
+                         "--max-new-tokens", 2)
+    assert code == 0 and text.startswith("Name a colour.") and "<|im_start|>" not in text
+
+
+def test_lora_run_saves_a_merged_plain_model(capsys, base, data, tmp_path):
+    code, log, err = _finetune(capsys, base, data, tmp_path / "lora", "--lora-rank", 2)
+    assert code == 0, err
+    # rank 2 x (in + out) of qkv (32 -> 96), out_proj (32 -> 32), feed-forward (32 -> 128 -> 32); 2 blocks
+    assert "fine-tuning 2,048 of" in log
+    state = load_model(tmp_path / "lora").state_dict()
+    assert not any("lora" in key for key in state)
+
+
+@pytest.mark.parametrize(
+    ("more", "message"),
+    [
+        (["--template", "vicuna"], "unknown prompt template 'vicuna' (known: alpaca, chatml)"),
+        (["--tokenizer", "klingon"], "unknown tokenizer 'klingon'"),
+        (["--judge-url", "http://localhost:1"], "--judge-url and --judge-model go together"),
+        (["--judge-url", "localhost:1", "--judge-model", "m"], "is not an http(s) address"),
+        (["--max-length", "1000"], "longer than the model's context of 96 tokens"),
+        (["--batch-size", "0"], "batch_size must be at least 1"),
+    ],
+)
+def test_bad_flags_are_one_line_errors(capsys, base, data, tmp_path, more, message):
+    code, _, err = _finetune(capsys, base, data, tmp_path / "out", *more)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_checkpoint_with_another_tokenizer_is_refused(capsys, base, data, tmp_path, gpt2_bpe_dir):
+    code, _, err = _finetune(capsys, base, data, tmp_path / "out", "--tokenizer", "gpt2")
+    assert code == 2 and "trained with tokenizer 'simple' but the data would be encoded with 'gpt2'" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("", "is empty"), ('{"instruction": "a"}\n', 'record 0 (line 1) has no "output"'),
+     ('[{"instruction": "a", ', "invalid JSON at line 1, column 23")],
+)
+def test_bad_data_is_a_one_line_error(capsys, base, tmp_path, text, message):
+    path = tmp_path / "data.json"
+    path.write_text(text)
+    code, _, err = _finetune(capsys, base, path, tmp_path / "out")
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_long_examples_are_truncated_with_a_count(capsys, base, data, tmp_path):
+    code, log, _ = _finetune(capsys, base, data, tmp_path / "out", "--max-length", 30, "--max-steps", 1)
+    assert code == 0 and "example(s) longer than --max-length 30 were truncated" in log
+
+
+def test_out_holding_a_model_needs_overwrite(capsys, base, data, tuned, tmp_path):
+    out, _ = tuned
+    code, _, err = _finetune(capsys, base, data, out)
+    assert code == 2 and "already holds a model (replace it with --overwrite" in err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    code, _, err = _finetune(capsys, base, data, other)
+    assert code == 2 and "holds other files" in err and (other / "notes.txt").exists()
+
+
+def test_judge_scores_are_written_and_averaged(capsys, base, data, tmp_path):
+    with stub_judge(["60", "80"]) as url:
+        code, log, err = _finetune(capsys, base, data, tmp_path / "judged", "--judge-url", url,
+                                   "--judge-model", "judge-1")
+    assert code == 0, err
+    assert "judge judge-1: mean score 70.0 / 100 over 2 of 2 answers" in log
+    report = json.loads((tmp_path / "judged" / "test_responses.json").read_text())
+    assert [r["score"] for r in report["responses"]] == [60, 80] and report["judge_mean"] == 70.0
+
+
+def test_ask_bad_input(capsys, tuned):
+    out, _ = tuned
+    code, _, err = _run(capsys, "ask", "--checkpoint", out, "   ")
+    assert code == 2 and "the question is empty" in err
+    code, _, err = _run(capsys, "ask", "--checkpoint", out, "--template", "nope", "Hi")
+    assert code == 2 and "unknown prompt template 'nope'" in err
