@@ -18,7 +18,9 @@ from gptsmith.errors import GptsmithError
 from gptsmith.version import __version__
 
 # Modules that each add one or more sub-commands (in the order `--help` lists them).
-COMMAND_MODULES = ["data_cmds", "model_cmds", "train_cmds", "generate_cmds", "finetune_cmds", "bench_cmds"]
+COMMAND_MODULES = [
+    "data_cmds", "model_cmds", "train_cmds", "generate_cmds", "finetune_cmds", "serve_cmds", "bench_cmds",
+]
 
 # A failed file operation, in words, by the name of the innermost function that ran it (pathlib's,
 # os's and shutil's Python-level names); anything else "cannot access" the path.

@@ -60,7 +60,7 @@ class BatchCache:
         return self.store.max_length
 
     def add_row(self, prompt_ids: list[int]) -> torch.Tensor:
-        """Prefill ``prompt_ids`` into a new last row; returns the next-token logits (vocab_size,), float32."""
+        """Prefill ``prompt_ids`` into a new last row; returns its next-token logits (vocab_size,), fp32."""
         n = len(prompt_ids)
         if not 0 < n <= self.max_span:
             raise GptsmithError(f"a prompt must have 1 to {self.max_span} tokens, got {n}")
@@ -80,7 +80,8 @@ class BatchCache:
             mask = torch.ones(1, self.length, dtype=torch.long, device=ids.device)  # (1, length)
             mask[:, :start] = 0
             positions = torch.arange(n, device=ids.device).unsqueeze(0)  # (1, n)
-        logits = self.model(ids, cache=view, attention_mask=mask, position_ids=positions, last_token_only=True)
+        logits = self.model(ids, cache=view, attention_mask=mask, position_ids=positions,
+                            last_token_only=True)
         self.starts.append(start)
         return logits[0, -1].float()  # (vocab_size,)
 
@@ -102,7 +103,8 @@ class BatchCache:
             columns = torch.arange(self.length + 1, device=device).unsqueeze(0)  # (1, length + 1)
             mask = (columns >= starts).long()  # (n_rows, length + 1)
             positions = self.length - starts  # (n_rows, 1)
-        logits = self.model(ids, cache=view, attention_mask=mask, position_ids=positions, last_token_only=True)
+        logits = self.model(ids, cache=view, attention_mask=mask, position_ids=positions,
+                            last_token_only=True)
         self.length += 1
         return logits[:, -1].float()  # (n_rows, vocab_size)
 

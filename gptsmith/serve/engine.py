@@ -216,7 +216,7 @@ class Engine:
         self._advance(0, logits)
 
     def _advance(self, first_row: int, logits: torch.Tensor) -> None:
-        """Pick the next token of rows ``first_row ...`` from their logits (n, vocab_size); retire the done."""
+        """Pick the next token of rows first_row, first_row + 1, ... from their logits (n, vocab_size)."""
         done = []
         for offset in range(logits.shape[0]):
             row = first_row + offset
@@ -257,7 +257,8 @@ class Engine:
         self.rows.pop()
         self._finish(handle, reason, last=last, error=error)
 
-    def _finish(self, handle: Handle, reason: str, *, last: Chunk | None = None, error: str | None = None) -> None:
+    def _finish(self, handle: Handle, reason: str, *, last: Chunk | None = None,
+                error: str | None = None) -> None:
         if handle.finished:
             return
         handle.finished = True
