@@ -149,8 +149,11 @@ def _request(data: dict[str, Any], prompts: list[list[int]], tokenizer: Any, lim
 def _check_length(prompt: list[int], limits: Limits, field: str, max_tokens: int | None) -> int:
     """Tokens left for the answer; 400 when the prompt is over the cap or leaves no room."""
     if len(prompt) > limits.max_prompt_tokens:
-        raise APIError(400, f"{field} is {len(prompt)} tokens; this server takes at most "
-                       f"{limits.max_prompt_tokens} (its --max-prompt-tokens)", param=field)
+        cap = (f"the model's context is {limits.context_length} tokens"
+               if limits.max_prompt_tokens >= limits.context_length else
+               f"this server takes at most {limits.max_prompt_tokens} (its --max-prompt-tokens)")
+        raise APIError(400, f"{field} is {len(prompt)} tokens; {cap}: shorten it", param=field,
+                       code="context_length_exceeded")
     room = limits.context_length - len(prompt)
     if room < 1 or (max_tokens is not None and max_tokens > room):
         asked = f" + max_tokens ({max_tokens})" if max_tokens is not None else ""
