@@ -15,13 +15,18 @@ API_KEY = "test-key"
 
 
 class SlowModel(nn.Module):
-    """Wraps a model and sleeps ``delay`` seconds per forward pass, so a test can act mid-answer."""
+    """Wraps a model and sleeps ``delay`` seconds per forward pass, so a test can act mid-answer.
+
+    ``banned`` token ids get logit -inf (e.g. ``<|endoftext|>``, so a sampled answer runs to its
+    ``max_tokens``).
+    """
 
     def __init__(self, model: nn.Module, delay: float = 0.0) -> None:
         super().__init__()
         self.inner = model
         self.cfg = model.cfg
         self.delay = delay
+        self.banned: list[int] = []
 
     def new_cache(self, *args, **kwargs):
         return self.inner.new_cache(*args, **kwargs)
@@ -29,7 +34,10 @@ class SlowModel(nn.Module):
     def forward(self, *args, **kwargs) -> torch.Tensor:
         if self.delay:
             time.sleep(self.delay)
-        return self.inner(*args, **kwargs)
+        logits = self.inner(*args, **kwargs)
+        if self.banned:
+            logits[..., self.banned] = float("-inf")
+        return logits
 
 
 def serving_model() -> tuple[SlowModel, ByteTokenizer]:
@@ -39,7 +47,10 @@ def serving_model() -> tuple[SlowModel, ByteTokenizer]:
 
 def request(url: str, method: str, path: str, body: Any = None, *, key: str | None = API_KEY,
             headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-    """(status, JSON body) of one request; ``body`` bytes are sent as they are, anything else as JSON."""
+    """(status, JSON body) of one request (a non-JSON answer comes as {"text": body}).
+
+    ``body`` bytes are sent as they are, anything else as JSON.
+    """
     conn = http.client.HTTPConnection(url.removeprefix("http://"), timeout=60)
     sent = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
     all_headers = {"Content-Type": "application/json", **(headers or {})}
@@ -49,7 +60,9 @@ def request(url: str, method: str, path: str, body: Any = None, *, key: str | No
     response = conn.getresponse()
     data = response.read()
     conn.close()
-    return response.status, json.loads(data) if data else {}
+    if response.getheader("content-type", "").startswith("application/json"):
+        return response.status, json.loads(data)
+    return response.status, {"text": data.decode()}
 
 
 def wait_until(predicate, timeout: float = 20.0) -> bool:
