@@ -100,10 +100,10 @@ def one_request(port: int, prompt: list[int], max_tokens: int) -> tuple[float, f
         event = json.loads(data)
         if "error" in event:
             raise RuntimeError(event["error"]["message"])
+        if first is None and event["choices"] and event["choices"][0]["text"]:
+            first = time.perf_counter()
         if event.get("usage"):
             tokens = event["usage"]["completion_tokens"]
-        elif first is None and event["choices"][0]["text"]:
-            first = time.perf_counter()
     conn.close()
     if not done or tokens != max_tokens:
         raise RuntimeError(f"stream ended early ({tokens} of {max_tokens} tokens, [DONE]: {done})")

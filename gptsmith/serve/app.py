@@ -190,7 +190,8 @@ def create_app(model: torch.nn.Module, tokenizer: Any, settings: ServerSettings)
                 handle.cancel()
 
         if checked.stream:
-            return StreamingResponse(stream(queue, choices, cancel_all), media_type="text/event-stream",
+            return StreamingResponse(stream(queue, checked, choices, cancel_all),
+                                     media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
             while not choices.done:
@@ -208,7 +209,7 @@ def create_app(model: torch.nn.Module, tokenizer: Any, settings: ServerSettings)
             raise APIError(500, f"generation failed: {choices.error}", type="server_error")
         return choices.whole()
 
-    async def stream(queue: asyncio.Queue, choices: Choices, cancel_all):
+    async def stream(queue: asyncio.Queue, checked: CompletionRequest, choices: Choices, cancel_all):
         started: set[int] = set()
         try:
             while not choices.done:
@@ -220,7 +221,8 @@ def create_app(model: torch.nn.Module, tokenizer: Any, settings: ServerSettings)
                     yield event
             if choices.error:
                 yield sse(APIError(500, f"generation failed: {choices.error}", type="server_error").body())
-            yield choices.usage_event()
+            if checked.include_usage:
+                yield choices.usage_event()
             yield DONE
         finally:
             if not choices.done:

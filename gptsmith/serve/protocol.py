@@ -54,7 +54,7 @@ class CompletionRequest:
     params: list[SamplingParams]  # one per choice, in choice order: prompt 0's n choices first
     n: int
     stream: bool
-    extra_stops: tuple[str, ...] = ()
+    include_usage: bool = False  # stream_options.include_usage: OpenAI's usage-only last chunk
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
@@ -125,6 +125,11 @@ def _request(data: dict[str, Any], prompts: list[list[int]], tokenizer: Any, lim
                        f"{limits.max_batch} per request (its --max-batch)", param="n")
     seed = _optional(data, "seed", int, 0, 2**63 - 1)
     stream = _optional(data, "stream", bool, None, None) or False
+    options = data.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise APIError(400, "stream_options must be an object, e.g. {\"include_usage\": true}",
+                       param="stream_options")
+    include_usage = _optional(options, "include_usage", bool, None, None) or False
     stops = _stops(data.get("stop"))
     max_tokens = _optional(data, "max_tokens", int, 1, None)
     if max_tokens is not None and max_tokens > limits.max_tokens:
@@ -143,7 +148,7 @@ def _request(data: dict[str, Any], prompts: list[list[int]], tokenizer: Any, lim
                 seed=None if seed is None else seed + choice,  # n choices from one seed differ
                 logprobs=logprobs,
             ))
-    return CompletionRequest(model, prompts, params, n, stream, extra_stops)
+    return CompletionRequest(model, prompts, params, n, stream, include_usage)
 
 
 def _check_length(prompt: list[int], limits: Limits, field: str, max_tokens: int | None) -> int:

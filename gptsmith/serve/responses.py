@@ -72,7 +72,13 @@ class Choices:
         return {**self._head(), "choices": choices, "usage": self.usage()}
 
     def event(self, index: int, chunk: Chunk, first: bool) -> str | None:
-        """The SSE event for one chunk of choice ``index`` (None when it carries nothing to say)."""
+        """The SSE event for one chunk of choice ``index`` (None when it carries nothing to say).
+
+        The event that finishes the last choice also carries ``usage``: every streamed answer ends
+        with its token counts, in a chunk that still has its choice (clients that read
+        ``chunk.choices[0]`` of every chunk keep working). OpenAI's own usage-only chunk (no
+        choices) follows only when asked for, with ``stream_options: {"include_usage": true}``.
+        """
         reason = _reason(chunk.finish_reason)
         if not chunk.text and reason is None and not first:
             return None
@@ -86,10 +92,13 @@ class Choices:
             if self.want_logprobs and chunk.token_id is not None and reason not in ("stop",):
                 logprobs = self._logprobs([chunk])
             choice = {"index": index, "text": chunk.text, "finish_reason": reason, "logprobs": logprobs}
-        return sse({**self._head(chunk=True), "choices": [choice]})
+        event = {**self._head(chunk=True), "choices": [choice]}
+        if self.done:
+            event["usage"] = self.usage()
+        return sse(event)
 
     def usage_event(self) -> str:
-        """The last event before ``[DONE]``: no choices, the usage."""
+        """OpenAI's usage chunk (``stream_options.include_usage``): no choices, the usage."""
         return sse({**self._head(chunk=True), "choices": [], "usage": self.usage()})
 
     def _logprobs(self, chunks: list[Chunk]) -> dict[str, Any]:

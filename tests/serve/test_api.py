@@ -84,15 +84,24 @@ def test_chat_and_streaming(fast):
     assert reasons[-1] in ("length", "stop") and not any(reasons[:-1])
 
 
-def test_streams_end_with_done(fast):
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_streams_end_with_usage_and_done(fast, include_usage):
     conn = http.client.HTTPConnection(fast.url.removeprefix("http://"), timeout=30)
-    conn.request("POST", "/v1/completions", json.dumps({"prompt": "Hi", "max_tokens": 5, "stream": True}),
+    body = {"prompt": "Hi", "max_tokens": 5, "stream": True,
+            "stream_options": {"include_usage": include_usage}}
+    conn.request("POST", "/v1/completions", json.dumps(body),
                  {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
     response = conn.getresponse()
     assert response.status == 200 and response.getheader("content-type").startswith("text/event-stream")
     events = [line for line in response.read().decode().split("\n\n") if line]
     assert events[-1] == "data: [DONE]" and all(e.startswith("data: ") for e in events)
-    assert json.loads(events[-2].removeprefix("data: "))["usage"]["completion_tokens"] >= 1
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
+    finishing = chunks[-2] if include_usage else chunks[-1]
+    assert finishing["choices"][0]["finish_reason"] in ("length", "stop")
+    assert finishing["usage"]["completion_tokens"] >= 1  # every streamed answer ends with its usage
+    if include_usage:  # and OpenAI's own usage-only chunk when asked
+        assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == finishing["usage"]
+    assert all("usage" not in c for c in chunks[: -2 if include_usage else -1])
 
 
 def test_a_wrong_or_missing_api_key_is_refused(fast):
@@ -132,6 +141,7 @@ BAD = [
     ("/v1/completions", {"prompt": "x", "stop": [""]}, 400, "stop", "non-empty"),
     ("/v1/completions", {"prompt": "x", "seed": -1}, 400, "seed", "seed"),
     ("/v1/completions", {"prompt": "x", "stream": "yes"}, 400, "stream", "true or false"),
+    ("/v1/completions", {"prompt": "x", "stream_options": 3}, 400, "stream_options", "object"),
     ("/v1/completions", {"prompt": "x", "logprobs": 9}, 400, "logprobs", "logprobs"),
     ("/v1/completions", {"prompt": "x" * 300}, 400, "prompt", "context"),
     ("/v1/completions", {"prompt": "x" * 100, "max_tokens": 190}, 400, "max_tokens", "context of 256"),
