@@ -61,29 +61,43 @@ class BatchCache:
 
     def add_row(self, prompt_ids: list[int]) -> torch.Tensor:
         """Prefill ``prompt_ids`` into a new last row; returns its next-token logits (vocab_size,), fp32."""
-        n = len(prompt_ids)
-        if not 0 < n <= self.max_span:
-            raise GptsmithError(f"a prompt must have 1 to {self.max_span} tokens, got {n}")
-        if self.n_rows >= self.max_rows:
+        return self.add_rows([prompt_ids])[0]
+
+    def add_rows(self, prompts: list[list[int]]) -> torch.Tensor:
+        """Prefill several prompts into new last rows with one forward pass (the weights are read once
+        for all of them); returns their next-token logits (len(prompts), vocab_size), fp32.
+
+        The prompts are left-padded to the longest; a padded column of a row lies before the row's
+        start, so it is masked from then on, like any column left of a start.
+        """
+        lengths = [len(p) for p in prompts]
+        if not prompts or not all(0 < n <= self.max_span for n in lengths):
+            raise GptsmithError(f"a prompt must have 1 to {self.max_span} tokens, got {lengths}")
+        if self.n_rows + len(prompts) > self.max_rows:
             raise GptsmithError(f"the batch is full ({self.max_rows} rows)")
         if self.n_rows == 0:
             self.length = 0
-        if n > self.length:  # the prompt needs more columns to its left than there are: shift right
-            if n > self.columns:
-                self._grow(n)
-            self._shift(n - self.length)
-        row, start = self.n_rows, self.length - n
-        view = self.store.view_rows(row, row + 1, length=start)
-        ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.store.keys.device)  # (1, n)
+        longest = max(lengths)
+        if longest > self.length:  # the prompts need more columns to their left than there are: shift right
+            if longest > self.columns:
+                self._grow(longest)
+            self._shift(longest - self.length)
+        first, device = self.n_rows, self.store.keys.device
+        view = self.store.view_rows(first, first + len(prompts), length=self.length - longest)
+        ids = torch.zeros(len(prompts), longest, dtype=torch.long)  # (k, longest), left-padded
+        for row, prompt in enumerate(prompts):
+            ids[row, longest - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+        starts = [self.length - n for n in lengths]
         mask = positions = None
-        if start > 0:  # hide the columns left of this row's start; count positions from it
-            mask = torch.ones(1, self.length, dtype=torch.long, device=ids.device)  # (1, length)
-            mask[:, :start] = 0
-            positions = torch.arange(n, device=ids.device).unsqueeze(0)  # (1, n)
-        logits = self.model(ids, cache=view, attention_mask=mask, position_ids=positions,
+        if len(prompts) > 1 or starts[0] > 0:  # hide the columns left of each row's start
+            starts_t = torch.tensor(starts).unsqueeze(1)  # (k, 1)
+            mask = (torch.arange(self.length).unsqueeze(0) >= starts_t).long().to(device)  # (k, length)
+            offsets = torch.tensor([longest - n for n in lengths]).unsqueeze(1)  # (k, 1) padding per row
+            positions = (torch.arange(longest).unsqueeze(0) - offsets).clamp(min=0).to(device)  # (k, longest)
+        logits = self.model(ids.to(device), cache=view, attention_mask=mask, position_ids=positions,
                             last_token_only=True)
-        self.starts.append(start)
-        return logits[0, -1].float()  # (vocab_size,)
+        self.starts.extend(starts)
+        return logits[:, -1].float()  # (k, vocab_size)
 
     def step(self, token_ids: list[int]) -> torch.Tensor:
         """Feed one token per row (row order); returns next-token logits (n_rows, vocab_size), float32."""

@@ -3,8 +3,8 @@
 The loop runs in its own thread. Each turn it
 
 1. drops the requests whose client went away (``Handle.cancel``: the row is free before the next step);
-2. admits waiting requests while rows are free: the prompt is prefilled into a new row of the
-   ``BatchCache`` and the first token is picked from its logits;
+2. admits waiting requests while rows are free: their prompts are prefilled together (one
+   forward pass) into new rows of the ``BatchCache``, and each first token is picked from its logits;
 3. runs one decode step for every live row at once (a batch of 16 reads the weights once, as a
    single request does) and gives each row's logits to that request's own picker;
 4. retires the rows that met a stop or their ``max_tokens``.
@@ -171,23 +171,34 @@ class Engine:
                 self._retire(row, "cancelled")
 
     def _admit(self) -> None:
-        while len(self.rows) < self.max_batch:
-            with self.wakeup:
-                if not self.waiting:
-                    return
-                handle = self.waiting.popleft()
+        """Prefill the waiting requests that fit in the free rows, all in one forward pass."""
+        joining: list[Handle] = []
+        with self.wakeup:
+            while self.waiting and len(self.rows) + len(joining) < self.max_batch:
+                joining.append(self.waiting.popleft())
+        ready = []
+        for handle in joining:
             if handle.cancelled:
                 self._finish(handle, "cancelled")
                 continue
             try:
-                with torch.inference_mode():
-                    logits = self.cache.add_row(handle.prompt_ids)  # (vocab_size,)
                 self._start(handle)
             except Exception as exc:  # noqa: BLE001 (one request's failure must not stop the server)
                 self._finish(handle, "error", error=str(exc))
                 continue
-            self.rows.append(handle)
-            self._advance(len(self.rows) - 1, logits.unsqueeze(0))
+            ready.append(handle)
+        if not ready:
+            return
+        try:
+            with torch.inference_mode():
+                logits = self.cache.add_rows([h.prompt_ids for h in ready])  # (len(ready), vocab_size)
+        except Exception as exc:  # noqa: BLE001
+            for handle in ready:
+                self._finish(handle, "error", error=str(exc))
+            return
+        first = len(self.rows)
+        self.rows.extend(ready)
+        self._advance(first, logits)
 
     def _start(self, handle: Handle) -> None:
         """The request's own sampling state and stop rules, as ``generate`` would make them."""

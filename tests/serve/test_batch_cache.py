@@ -38,13 +38,16 @@ def test_rows_joining_and_leaving_get_their_own_logits():
     budget: list[int] = []  # tokens each row may still take
     joined = 0
     for _ in range(80):
-        if batch.n_rows < 4 and rng.random() < 0.4:
-            prompt = [rng.randrange(97) for _ in range(rng.randint(1, 25))]
-            logits = batch.add_row(prompt)
-            torch.testing.assert_close(logits, _alone(model, prompt), atol=1e-4, rtol=1e-4)
-            seqs.append(prompt)
-            budget.append(40 - len(prompt))
-            joined += 1
+        if batch.n_rows < 4 and rng.random() < 0.4:  # one or more requests join, prefilled together
+            prompts = [[rng.randrange(97) for _ in range(rng.randint(1, 25))]
+                       for _ in range(rng.randint(1, 4 - batch.n_rows))]
+            logits = batch.add_rows(prompts) if len(prompts) > 1 or rng.random() < 0.5 else \
+                batch.add_row(prompts[0]).unsqueeze(0)
+            for prompt, row_logits in zip(prompts, logits, strict=True):
+                torch.testing.assert_close(row_logits, _alone(model, prompt), atol=1e-4, rtol=1e-4)
+                seqs.append(prompt)
+                budget.append(40 - len(prompt))
+            joined += len(prompts)
         for row in reversed(range(batch.n_rows)):
             if budget[row] <= 1 or rng.random() < 0.05:
                 moved = batch.remove_row(row)
