@@ -155,10 +155,14 @@ class Engine:
                         self.wakeup.wait()
                     if not self.running:
                         break
-                self._drop_cancelled()
-                self._admit()
-                if self.rows:
-                    self._step()
+                try:
+                    self._drop_cancelled()
+                    self._admit()
+                    if self.rows:
+                        self._step()
+                except Exception as exc:  # noqa: BLE001 (a failure ends the requests in the batch, not the loop)
+                    for row in reversed(range(len(self.rows))):
+                        self._retire(row, "error", error=f"{type(exc).__name__}: {exc}")
         finally:
             for handle in [*self.rows, *self.waiting]:
                 self._finish(handle, "cancelled")

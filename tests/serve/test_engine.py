@@ -145,3 +145,26 @@ def test_stop_cancels_what_is_left():
     assert wait_until(lambda: len(running.chunks) >= 1)
     engine.stop()
     assert running.last.finish_reason == "cancelled" and waiting.last.finish_reason == "cancelled"
+
+
+def test_a_failing_step_ends_the_requests_in_it_and_the_engine_keeps_serving():
+    class Failing(SlowModel):
+        fail = False
+
+        def forward(self, *args, **kwargs):
+            if self.fail:
+                raise RuntimeError("out of memory (simulated)")
+            return super().forward(*args, **kwargs)
+
+    model, tok = Failing(tiny_model(vocab_size=257, context_length=64)), ByteTokenizer()
+    engine = Engine(model, tok, max_batch=2)
+    engine.start()
+    try:
+        model.fail = True
+        (failed,) = _run_concurrently(engine, [([1, 2], SamplingParams(max_tokens=5))])
+        assert failed.last.finish_reason == "error" and "simulated" in failed.last.error
+        model.fail = False
+        (ok,) = _run_concurrently(engine, [([1, 2], SamplingParams(max_tokens=5))])
+        assert ok.last.finish_reason in ("length", "stop") and engine.active == 0
+    finally:
+        engine.stop()
