@@ -221,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
              HEADER]
     print("\n".join(lines), flush=True)
     for preset in args.models:
-        rows = bench_model(preset, args)
+        rows = bench_model(preset, args)  # prints each row as it is measured
         lines += [_row(preset, r) for r in rows]
+        summary_start = len(lines)
         by_clients = {r["clients"]: r for r in rows}
         if 1 in by_clients and 16 in by_clients:
             ratio = by_clients[16]["tokens/s"] / by_clients[1]["tokens/s"]
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             if r["errors"]:
                 lines.append(f"  {preset} x{r['clients']}: first error: {r['first_error'][0]}")
-        print("\n".join(lines[-3:]), flush=True)
+        print("\n".join(lines[summary_start:]), flush=True)
     load = os.getloadavg()
     lines.append(f"load average at end (1/5/15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     text = "\n".join(lines)
