@@ -38,10 +38,12 @@ LEVELS = (1, 4, 16, 64)
 PROMPT_TOKENS = 32
 
 
-def serve_child(preset: str, port: int, max_batch: int) -> None:
+def serve_child(preset: str, port: int, max_batch: int, threads: int | None) -> None:
     """The server process: a random-weight model of ``preset``'s shape, GPT-2's vocabulary."""
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     from gptsmith.generate.decoding import optimize_for_decoding
     from gptsmith.model.gpt import GPTConfig, GPTModel
     from gptsmith.serve.app import ServerSettings
@@ -160,9 +162,11 @@ def bench_model(preset: str, args) -> list[dict]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    child = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks", "serve", "--child", preset, "--port", str(port),
-         "--max-batch", str(args.max_batch)], cwd=REPO_ROOT)
+    command = [sys.executable, "-m", "benchmarks", "serve", "--child", preset, "--port", str(port),
+               "--max-batch", str(args.max_batch)]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    child = subprocess.Popen(command, cwd=REPO_ROOT)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -181,8 +185,16 @@ def bench_model(preset: str, args) -> list[dict]:
             print(_row(preset, rows[-1]), flush=True)
         return rows
     finally:
-        child.terminate()
-        child.wait(60)
+        start = time.perf_counter()
+        child.terminate()  # SIGTERM: the server shuts down gracefully and exits 0
+        try:
+            status = child.wait(120)
+            took = time.perf_counter() - start
+            print(f"{preset}: server exited {status} {took:.1f} s after SIGTERM", flush=True)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+            print(f"{preset}: server still running 120 s after SIGTERM: killed", flush=True)
 
 
 HEADER = ("model       clients  requests  errors  tokens/s  req/s   latency p50/p99 s  TTFT p50/p99 s  "
@@ -205,11 +217,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds for 64+ clients (default 60)")
     parser.add_argument("--max-tokens", type=int, default=64, help="new tokens per answer (default 64)")
     parser.add_argument("--max-batch", type=int, default=16, help="the server's --max-batch (default 16)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="the server's torch threads (default: torch's; 1 is faster on a busy machine)")
     parser.add_argument("--child", default=None, help=argparse_hidden())
     parser.add_argument("--port", type=int, default=None, help=argparse_hidden())
     args = parser.parse_args(argv)
     if args.child:
-        serve_child(args.child, args.port, args.max_batch)
+        serve_child(args.child, args.port, args.max_batch, args.threads)
         return 0
     load = os.getloadavg()
     lines = ["== serve: concurrent streaming clients ==",
@@ -217,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
              f"load average at start (1/5/15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
              f"prompt {PROMPT_TOKENS} tokens, {args.max_tokens} new tokens per answer, greedy, fp32, "
              f"--max-batch {args.max_batch}; {args.duration:g} s per level "
-             f"({args.long_duration:g} s for 64+)",
+             f"({args.long_duration:g} s for 64+); server torch threads: {args.threads or 'default'}",
              HEADER]
     print("\n".join(lines), flush=True)
     for preset in args.models:
