@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 RUN_DIR ?= runs/main
 
-.PHONY: run test bench lint setup setup-dev clean
+.PHONY: run test bench lint setup setup-dev browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,16 @@ run: setup
 	$(BIN)/gptsmith train --out $(RUN_DIR) --overwrite
 	$(BIN)/gptsmith generate --checkpoint $(RUN_DIR) --max-new-tokens 60 "The module"
 
-test: setup-dev
+test: setup-dev browser
 	$(BIN)/python -m pytest -q
+
+# The playground's browser test drives Debian's chromium + chromedriver (never a downloaded browser).
+# Installed here when missing and possible (root with apt-get); otherwise that test skips and says why.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; } || \
+	echo "note: chromium/chromedriver not installed; the playground browser test will skip"
 
 bench: setup-dev
 	$(BIN)/pip install -q -e ".[bench]"

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from gptsmith.generate.decoding import sample_steps
-from gptsmith.generate.stopping import StopMatcher, StopRules
+from gptsmith.generate.stopping import Stop, StopMatcher, StopRules
 
 if TYPE_CHECKING:
     from gptsmith.generate.config import GenerationConfig
@@ -47,8 +47,6 @@ class TextStream:
         self.prompt_ids: list[int] = ids[0].tolist()
         self.token_ids: list[int] = []  # new tokens so far
         self.stop_reason: str | None = None
-        # Text that could begin a stop is held back; for a token-id stop, that is its decoded text.
-        self.hold_back = stops.byte_stops + [tokenizer.decode_bytes(stop) for stop in stops.token_stops]
 
     def __iter__(self) -> Iterator[str]:
         was_training = self.model.training
@@ -83,28 +81,60 @@ class TextStream:
             yield text
 
     def _sampled_text(self) -> Iterator[str]:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        matcher = self.stops.start(self.prompt_ids[-1], keep_text=True)
-        self.token_ids = matcher.new  # grows as tokens arrive
+        pieces = TextPieces(self.stops, self.tokenizer, self.prompt_ids[-1])
+        self.token_ids = pieces.token_ids  # grows as tokens arrive
         self.stop_reason = "max_new_tokens"
-        shown = 0  # bytes of matcher.text passed to the decoder
-        end = None  # where the text ends, once a stop is met
         for next_ids in sample_steps(self.model, self.ids, None, self.cfg):
-            stop = matcher.push(int(next_ids[0]))
-            if stop is not None:
-                self.token_ids = matcher.new[: stop.kept]
-                self.stop_reason = stop.reason
-                end = matcher.kept_bytes(stop.kept)
-                break
-            ready = _showable_bytes(matcher, self.hold_back)
-            text = decoder.decode(bytes(matcher.text[shown:ready]))
-            shown = ready
+            text, stop = pieces.push(int(next_ids[0]))
             if text:
                 yield text
-        # Not final: bytes of a character the last token left incomplete stay in the decoder, unsaid.
-        text = decoder.decode(bytes(matcher.text[shown:end]))
+            if stop is not None:
+                self.token_ids, self.stop_reason = pieces.token_ids, stop.reason
+                return
+        text = pieces.rest()
         if text:
             yield text
+
+
+class TextPieces:
+    """One sequence's new tokens turned into text that is safe to show, token by token.
+
+    ``push(token)`` returns the text that token makes showable (maybe "") and the ``Stop`` it
+    causes, if any; after a stop nothing more is pushed. When generation ends otherwise,
+    ``rest()`` returns the text held back for a stop that never came. ``token_ids`` are the new
+    tokens kept (a stop's own tokens are dropped). ``TextStream`` and the server's batched
+    decoder both stream text through it, so they hold back and cut at stops alike.
+    """
+
+    def __init__(self, stops: StopRules, tokenizer: Any, previous: int | None) -> None:
+        self.matcher = stops.start(previous, keep_text=True)
+        self.token_ids: list[int] = self.matcher.new
+        # Text that could begin a stop is held back; for a token-id stop, that is its decoded text.
+        self.hold_back = stops.byte_stops + [tokenizer.decode_bytes(stop) for stop in stops.token_stops]
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.shown = 0  # bytes of matcher.text passed to the decoder
+
+    def push(self, token: int) -> tuple[str, Stop | None]:
+        """Append ``token``: (text now safe to show, the stop it causes or None)."""
+        matcher = self.matcher
+        stop = matcher.push(token)
+        if stop is not None:
+            self.token_ids = matcher.new[: stop.kept]
+            end = matcher.kept_bytes(stop.kept)
+        else:
+            end = _showable_bytes(matcher, self.hold_back)
+        text = self.decoder.decode(bytes(matcher.text[self.shown : end]))
+        self.shown = end
+        return text, stop
+
+    def rest(self) -> str:
+        """The held-back text, once no stop can come (``max_new_tokens`` reached).
+
+        Not final: bytes of a character the last token left incomplete stay in the decoder, unsaid.
+        """
+        text = self.decoder.decode(bytes(self.matcher.text[self.shown :]))
+        self.shown = len(self.matcher.text)
+        return text
 
 
 def _showable_bytes(matcher: StopMatcher, hold_back: Sequence[bytes]) -> int:

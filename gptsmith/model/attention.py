@@ -226,6 +226,19 @@ class KVCache:
         """Keep only the first ``length`` positions (e.g. to roll back rejected tokens)."""
         self.length = min(self.length, max(0, length))
 
+    def view_rows(self, start: int, stop: int, length: int | None = None) -> KVCache:
+        """A cache over rows ``[start, stop)`` that shares this one's memory: what the model stores
+        through it lands here. ``length`` (default: this cache's) is where its new positions go.
+
+        Lets a server run a changing subset of rows (the live requests of a batch) without copying.
+        """
+        view = object.__new__(KVCache)
+        view.keys = self.keys[:, start:stop]  # (n_layers, stop - start, n_heads, max_length, head_dim)
+        view.values = self.values[:, start:stop]
+        view.max_length = self.max_length
+        view.length = self.length if length is None else length
+        return view
+
 
 class MultiHeadAttention(nn.Module):
     """Causal multi-head self-attention, the fast path the model uses.

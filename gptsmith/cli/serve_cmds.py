@@ -1,0 +1,93 @@
+"""Sub-command ``serve``: an OpenAI-compatible HTTP API and a web playground for one model."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from gptsmith.errors import ConfigError
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``serve``."""
+    from gptsmith.cli.generate_cmds import _add_model_args  # the one definition of --checkpoint/--model
+
+    serve = subparsers.add_parser(
+        "serve",
+        help="serve a model over HTTP: OpenAI-compatible API and a web playground",
+        description=(
+            "Serve one model with OpenAI's API (GET /v1/models, POST /v1/completions and "
+            "/v1/chat/completions, streaming with stream: true), GET /healthz, and a playground page at /. "
+            "Requests are batched continuously: each joins the running batch between decode steps. "
+            "Needs the serve extra: pip install 'gptsmith[serve]'. SIGTERM or Ctrl-C shuts down gracefully."
+        ),
+        epilog=(
+            "examples:\n"
+            "  gptsmith serve --checkpoint runs/main\n"
+            "  gptsmith serve --model gpt2 --port 8000 --api-key s3cret --max-batch 16\n"
+            "  curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\\n"
+            "       -d '{\"prompt\": \"The module\", \"max_tokens\": 20}'"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_model_args(serve)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--api-key", default=None,
+                       help="require 'Authorization: Bearer KEY' on every route but /healthz and / "
+                            "(default: $GPTSMITH_API_KEY, else none)")
+    serve.add_argument("--name", default=None,
+                       help="the model's id in the API (default: from --checkpoint/--model)")
+    serve.add_argument("--max-batch", type=int, default=16, help="requests decoded together (default 16)")
+    serve.add_argument("--max-prompt-tokens", type=int, default=None,
+                       help="longest prompt in tokens (default: the context)")
+    serve.add_argument("--max-tokens", type=int, default=None,
+                       help="most new tokens per answer (default: the context)")
+    serve.add_argument("--max-body-bytes", type=int, default=1 << 20,
+                       help="largest request body (default 1 MiB)")
+    serve.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise ConfigError("serving needs FastAPI and uvicorn: pip install 'gptsmith[serve]'") from None
+    for flag in ("port", "max_batch", "max_prompt_tokens", "max_tokens", "max_body_bytes"):
+        value = getattr(args, flag)
+        if value is not None and value < (0 if flag == "port" else 1):
+            raise ConfigError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
+    if args.port > 65535:
+        raise ConfigError(f"--port must be at most 65535, got {args.port}")
+    api_key = args.api_key or os.environ.get("GPTSMITH_API_KEY") or None
+
+    from gptsmith.cli.generate_cmds import load_for_generation
+    from gptsmith.generate.chat import template_from_config
+    from gptsmith.serve.app import ServerSettings
+    from gptsmith.serve.server import run_server
+
+    model, tokenizer, config, name = load_for_generation(args)
+    settings = ServerSettings(
+        model_name=args.name or Path(name.rstrip("/")).name or name,
+        api_key=api_key,
+        max_batch=args.max_batch,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_tokens=args.max_tokens,
+        max_body_bytes=args.max_body_bytes,
+        template=template_from_config(config),
+    )
+    if args.host not in LOOPBACK and api_key is None:
+        print(f"gptsmith serve: warning: listening on {args.host} without an API key: anyone who can reach "
+              "this port can use the model (add --api-key)", file=sys.stderr)
+    url = f"http://{args.host}:{args.port}"
+    print(f"gptsmith serve: {settings.model_name} at {url}/v1 (playground: {url}/); Ctrl-C to stop",
+          file=sys.stderr, flush=True)
+    run_server(model, tokenizer, settings, host=args.host, port=args.port, log_level="warning")
+    print("gptsmith serve: stopped", file=sys.stderr)
+    return 0

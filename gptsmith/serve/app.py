@@ -1,0 +1,231 @@
+"""The HTTP API: OpenAI's ``/v1/models``, ``/v1/completions`` and ``/v1/chat/completions``, plus
+``/healthz`` and the playground page at ``/``.
+
+``create_app(model, tokenizer, settings)`` builds the FastAPI app around one ``Engine`` (started
+and stopped with the app). Safe by default: with an API key every route but ``/healthz`` and the
+static page needs ``Authorization: Bearer KEY``; bodies, prompts, ``max_tokens`` and ``n`` are
+capped; every refusal is a 4xx in OpenAI's error shape (``protocol.py``). A streamed answer is
+server-sent events ending in ``data: [DONE]``; when its client disconnects, its rows are freed
+before the next decode step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gptsmith.serve.chat_prompt import render_messages
+from gptsmith.serve.engine import Chunk, Engine
+from gptsmith.serve.protocol import (
+    APIError,
+    CompletionRequest,
+    Limits,
+    chat_request,
+    completion_request,
+    parse_json,
+)
+from gptsmith.serve.responses import DONE, Choices, sse
+
+PLAYGROUND = "playground.html"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What the server serves and its caps (``gptsmith serve`` flags)."""
+
+    model_name: str = "gptsmith"
+    api_key: str | None = None
+    max_batch: int = 16
+    max_prompt_tokens: int | None = None  # default: the model's context
+    max_tokens: int | None = None  # default: the model's context
+    max_body_bytes: int = 1 << 20
+    template: str | None = None  # the chat template (from the checkpoint's config.json)
+
+
+def create_app(model: torch.nn.Module, tokenizer: Any, settings: ServerSettings) -> FastAPI:
+    """The FastAPI app serving ``model``; its engine runs while the app does (``app.state.engine``)."""
+    context = model.cfg.context_length
+    limits = Limits(
+        max_tokens=min(settings.max_tokens or context, context),
+        max_prompt_tokens=min(settings.max_prompt_tokens or context, context),
+        max_batch=settings.max_batch,
+        context_length=context,
+    )
+    engine = Engine(model, tokenizer, max_batch=settings.max_batch)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine.start()
+        try:
+            yield
+        finally:
+            engine.stop()
+
+    app = FastAPI(title="gptsmith", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine = engine
+    app.state.settings = settings
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        if exc.status_code == 404:
+            message += " (routes: /v1/models, /v1/completions, /v1/chat/completions, /healthz, /)"
+        return JSONResponse(APIError(exc.status_code, message).body(), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception) -> JSONResponse:
+        error = APIError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error")
+        return JSONResponse(error.body(), status_code=500)
+
+    def authorize(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        if not header:
+            raise APIError(401, "missing API key: send the header 'Authorization: Bearer YOUR_KEY'",
+                           code="invalid_api_key")
+        scheme, _, key = header.partition(" ")
+        right = hmac.compare_digest(key.strip().encode(), settings.api_key.encode())
+        if scheme.lower() != "bearer" or not right:
+            raise APIError(401, "incorrect API key in the Authorization header", code="invalid_api_key")
+
+    def check_model(name: str | None) -> None:
+        if name is not None and name != settings.model_name:
+            raise APIError(404, f"model {name!r} does not exist; this server serves {settings.model_name!r}",
+                           param="model", code="model_not_found")
+
+    async def read_json(request: Request) -> dict[str, Any]:
+        cap = settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > cap:
+            raise APIError(413, f"request body of {declared} bytes is over this server's limit of {cap} "
+                           "bytes (send less, or raise --max-body-bytes)")
+        body = bytearray()
+        async for part in request.stream():
+            body += part
+            if len(body) > cap:
+                raise APIError(413, f"request body is over this server's limit of {cap} bytes "
+                               "(send less, or raise --max-body-bytes)")
+        return parse_json(bytes(body))
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "model": settings.model_name, "active": engine.active,
+                "waiting": len(engine.waiting)}
+
+    @app.get("/", response_class=HTMLResponse)
+    async def playground() -> HTMLResponse:
+        page = resources.files("gptsmith.serve").joinpath("static", PLAYGROUND).read_text(encoding="utf-8")
+        return HTMLResponse(page)
+
+    def model_card() -> dict[str, Any]:
+        return {"id": settings.model_name, "object": "model", "created": 0, "owned_by": "gptsmith",
+                "context_length": context}
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        authorize(request)
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{name:path}")
+    async def one_model(name: str, request: Request) -> dict[str, Any]:
+        authorize(request)
+        check_model(name)
+        return model_card()
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        authorize(request)
+        data = await read_json(request)
+        check_model(data.get("model") if isinstance(data.get("model"), str) else None)
+        checked = completion_request(data, tokenizer, limits)
+        choices = Choices("text_completion", settings.model_name, len(checked.params),
+                          sum(map(len, checked.prompts)), tokenizer,
+                          want_logprobs=data.get("logprobs") is not None)
+        return await answer(request, checked, choices)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        authorize(request)
+        data = await read_json(request)
+        check_model(data.get("model") if isinstance(data.get("model"), str) else None)
+        checked = chat_request(data, tokenizer, limits,
+                               lambda messages: render_messages(messages, tokenizer, settings.template))
+        choices = Choices("chat.completion", settings.model_name, len(checked.params),
+                          sum(map(len, checked.prompts)), tokenizer)
+        return await answer(request, checked, choices)
+
+    async def answer(request: Request, checked: CompletionRequest, choices: Choices):
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[int, Chunk]] = asyncio.Queue()
+
+        def emitter(index: int):
+            return lambda chunk: loop.call_soon_threadsafe(queue.put_nowait, (index, chunk))
+
+        handles = []
+        try:
+            for index, params in enumerate(checked.params):
+                prompt = checked.prompts[index // checked.n]
+                handles.append(engine.submit(prompt, params, emitter(index)))
+        except Exception as exc:
+            for handle in handles:
+                handle.cancel()
+            raise APIError(503, f"cannot take the request now: {exc}", type="server_error") from None
+
+        def cancel_all() -> None:
+            for handle in handles:
+                handle.cancel()
+
+        if checked.stream:
+            return StreamingResponse(stream(queue, checked, choices, cancel_all),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        try:
+            while not choices.done:
+                try:
+                    index, chunk = await asyncio.wait_for(queue.get(), timeout=1.0)
+                except TimeoutError:
+                    if await request.is_disconnected():  # nobody to answer: free the rows now
+                        raise APIError(400, "the client disconnected before the answer was ready") from None
+                    continue
+                choices.add(index, chunk)
+        finally:
+            if not choices.done:
+                cancel_all()
+        if choices.error:
+            raise APIError(500, f"generation failed: {choices.error}", type="server_error")
+        return choices.whole()
+
+    async def stream(queue: asyncio.Queue, checked: CompletionRequest, choices: Choices, cancel_all):
+        started: set[int] = set()
+        try:
+            while not choices.done:
+                index, chunk = await queue.get()
+                choices.add(index, chunk)
+                event = choices.event(index, chunk, first=index not in started)
+                started.add(index)
+                if event:
+                    yield event
+            if choices.error:
+                yield sse(APIError(500, f"generation failed: {choices.error}", type="server_error").body())
+            if checked.include_usage:
+                yield choices.usage_event()
+            yield DONE
+        finally:
+            if not choices.done:
+                cancel_all()  # the client went away: free its rows now
+
+    return app

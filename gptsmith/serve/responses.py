@@ -1,0 +1,127 @@
+"""OpenAI's response bodies: whole answers, server-sent-event chunks and usage counts.
+
+``Choices`` gathers the engine's ``Chunk`` s of one request (n choices, maybe several prompts) and
+writes them in the shape of ``/v1/completions`` (``kind="text_completion"``) or
+``/v1/chat/completions`` (``kind="chat.completion"``), whole or as stream chunks.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from gptsmith.serve.engine import Chunk
+
+
+class Choices:
+    """The choices of one request as they arrive; ``add`` one ``Chunk`` at a time."""
+
+    def __init__(self, kind: str, model: str, n_choices: int, prompt_tokens: int, tokenizer: Any,
+                 want_logprobs: bool = False) -> None:
+        self.kind = kind  # "text_completion" or "chat.completion"
+        self.model = model
+        self.id = ("chatcmpl-" if kind == "chat.completion" else "cmpl-") + uuid.uuid4().hex[:24]
+        self.created = int(time.time())
+        self.tokenizer = tokenizer
+        self.want_logprobs = want_logprobs
+        self.texts = [""] * n_choices
+        self.finish = [None] * n_choices  # type: list[str | None]
+        self.completion_tokens = [0] * n_choices
+        self.prompt_tokens = prompt_tokens
+        self.logprobs: list[list[Chunk]] = [[] for _ in range(n_choices)]
+        self.error: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return all(reason is not None for reason in self.finish)
+
+    def add(self, index: int, chunk: Chunk) -> None:
+        """Record what one step gave choice ``index``."""
+        self.texts[index] += chunk.text
+        self.completion_tokens[index] = chunk.completion_tokens
+        if self.want_logprobs and chunk.token_id is not None:
+            self.logprobs[index].append(chunk)
+        if chunk.finish_reason is not None:
+            self.finish[index] = chunk.finish_reason
+            if chunk.error:
+                self.error = chunk.error
+
+    def usage(self) -> dict[str, int]:
+        completion = sum(self.completion_tokens)
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
+                "total_tokens": self.prompt_tokens + completion}
+
+    def _head(self, chunk: bool = False) -> dict[str, Any]:
+        kind = "chat.completion.chunk" if chunk and self.kind == "chat.completion" else self.kind
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
+
+    def whole(self) -> dict[str, Any]:
+        """The non-streamed answer, with every choice and the usage."""
+        choices = []
+        for i, text in enumerate(self.texts):
+            reason = _reason(self.finish[i])
+            if self.kind == "chat.completion":
+                choices.append({"index": i, "message": {"role": "assistant", "content": text},
+                                "finish_reason": reason, "logprobs": None})
+            else:
+                kept = self.logprobs[i][: self.completion_tokens[i]]
+                choices.append({"index": i, "text": text, "finish_reason": reason,
+                                "logprobs": self._logprobs(kept) if self.want_logprobs else None})
+        return {**self._head(), "choices": choices, "usage": self.usage()}
+
+    def event(self, index: int, chunk: Chunk, first: bool) -> str | None:
+        """The SSE event for one chunk of choice ``index`` (None when it carries nothing to say).
+
+        The event that finishes the last choice also carries ``usage``: every streamed answer ends
+        with its token counts, in a chunk that still has its choice (clients that read
+        ``chunk.choices[0]`` of every chunk keep working). OpenAI's own usage-only chunk (no
+        choices) follows only when asked for, with ``stream_options: {"include_usage": true}``.
+        """
+        reason = _reason(chunk.finish_reason)
+        if not chunk.text and reason is None and not first:
+            return None
+        if self.kind == "chat.completion":
+            delta: dict[str, Any] = {"role": "assistant", "content": chunk.text} if first else {}
+            if chunk.text and not first:
+                delta["content"] = chunk.text
+            choice = {"index": index, "delta": delta, "finish_reason": reason, "logprobs": None}
+        else:
+            logprobs = None
+            if self.want_logprobs and chunk.token_id is not None and reason not in ("stop",):
+                logprobs = self._logprobs([chunk])
+            choice = {"index": index, "text": chunk.text, "finish_reason": reason, "logprobs": logprobs}
+        event = {**self._head(chunk=True), "choices": [choice]}
+        if self.done:
+            event["usage"] = self.usage()
+        return sse(event)
+
+    def usage_event(self) -> str:
+        """OpenAI's usage chunk (``stream_options.include_usage``): no choices, the usage."""
+        return sse({**self._head(chunk=True), "choices": [], "usage": self.usage()})
+
+    def _logprobs(self, chunks: list[Chunk]) -> dict[str, Any]:
+        """OpenAI's completions logprobs: tokens, their log-probabilities, alternatives, text offsets."""
+        tokens, offsets, offset = [], [], 0
+        for chunk in chunks:
+            tokens.append(self.tokenizer.decode([chunk.token_id]))
+            offsets.append(offset)
+            offset += len(tokens[-1])
+        top = [None if c.top_logprobs is None else
+               {self.tokenizer.decode([t]): lp for t, lp in c.top_logprobs.items()} for c in chunks]
+        return {"tokens": tokens, "token_logprobs": [c.logprob for c in chunks], "top_logprobs": top,
+                "text_offset": offsets}
+
+
+def _reason(reason: str | None) -> str | None:
+    """OpenAI knows "stop" and "length"; a cancelled or failed choice reports "stop"."""
+    return None if reason is None else (reason if reason in ("stop", "length") else "stop")
+
+
+def sse(data: dict[str, Any] | str) -> str:
+    """One server-sent event: ``data: <json>`` and a blank line."""
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+DONE = sse("[DONE]")

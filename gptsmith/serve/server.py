@@ -1,0 +1,80 @@
+"""Running the app under uvicorn: in the foreground (``gptsmith serve``) or in a thread (tests, benchmarks).
+
+Shutdown on SIGTERM or Ctrl-C is graceful: uvicorn stops accepting connections, lets running
+answers finish for up to ``grace_seconds`` and then cancels the rest (each cancelled stream frees
+its rows); the app's lifespan then stops the engine, and ``run_server`` returns normally, so the
+command exits 0.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+import torch
+
+from gptsmith.errors import GptsmithError
+from gptsmith.serve.app import ServerSettings, create_app
+
+
+def _config(app: Any, host: str, port: int, grace_seconds: float, log_level: str):
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
+                          timeout_graceful_shutdown=grace_seconds, lifespan="on")
+
+
+def run_server(model: torch.nn.Module, tokenizer: Any, settings: ServerSettings, *, host: str = "127.0.0.1",
+               port: int = 8000, grace_seconds: float = 10.0, log_level: str = "info") -> None:
+    """Serve until SIGTERM/SIGINT, then shut down gracefully and return."""
+    import uvicorn
+
+    server = uvicorn.Server(_config(create_app(model, tokenizer, settings), host, port, grace_seconds,
+                                    log_level))
+    # uvicorn re-raises the signal it caught once it has shut down; with these handlers in place
+    # that ends nothing, so a SIGTERM'd server returns (exit status 0) instead of dying by the signal.
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        try:
+            with socket.create_server((host, port)) as sock:
+                server.run(sockets=[sock])
+        except OSError as exc:
+            raise GptsmithError(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+                                "(pick another --port, or stop what uses it)") from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class ServerThread:
+    """The app served on a free loopback port in a background thread: ``with ServerThread(...) as s:``.
+
+    ``s.url`` is e.g. ``http://127.0.0.1:43121``; ``s.app`` the FastAPI app (``s.app.state.engine``).
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, settings: ServerSettings | None = None,
+                 *, grace_seconds: float = 2.0) -> None:
+        import uvicorn
+
+        self.app = create_app(model, tokenizer, settings or ServerSettings())
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(_config(self.app, "127.0.0.1", 0, grace_seconds, "warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise GptsmithError("the test server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()

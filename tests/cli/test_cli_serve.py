@@ -1,0 +1,110 @@
+"""`gptsmith serve`: a real server process with a saved checkpoint, its chat template, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from generation_helpers import tiny_model
+from serving_helpers import request, wait_until
+
+from gptsmith.cli import main
+from gptsmith.data.tokenizer import get_tokenizer
+from gptsmith.generate.chat import format_instruction
+from gptsmith.generate.generation import stream_text
+from gptsmith.model.checkpoint import load_model, save_model
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def instruct_checkpoint(tmp_path_factory) -> Path:
+    tokenizer = get_tokenizer("simple")
+    model = tiny_model(vocab_size=tokenizer.vocab_size, context_length=128)
+    directory = tmp_path_factory.mktemp("ckpt") / "instruct"
+    return save_model(model, directory, tokenizer="simple", extra={"instruction_template": "alpaca"})
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_serve_answers_with_the_template_and_exits_0_on_sigterm(instruct_checkpoint):
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "GPTSMITH_API_KEY": "k", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "gptsmith", "serve", "--checkpoint", str(instruct_checkpoint),
+               "--port", str(port), "--max-batch", "2"]
+    proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def healthy() -> bool:
+            try:
+                return request(url, "GET", "/healthz", key=None)[0] == 200
+            except OSError:
+                return proc.poll() is None and False
+        assert wait_until(healthy, timeout=90), proc.stderr.read() if proc.poll() is not None else "no answer"
+        assert request(url, "GET", "/v1/models", key=None)[0] == 401  # the key came from GPTSMITH_API_KEY
+        status, body = request(url, "POST", "/v1/chat/completions", key="k", body={
+            "model": "instruct", "messages": [{"role": "user", "content": "What is a cat?"}],
+            "max_tokens": 12, "temperature": 0})
+        assert status == 200, body
+        tokenizer = get_tokenizer("simple")
+        ids = tokenizer.encode(format_instruction("What is a cat?"))  # the Alpaca template of config.json
+        stream = stream_text(load_model(instruct_checkpoint), tokenizer, ids, 12, stop_sequences=["\n\n### "])
+        assert body["choices"][0]["message"]["content"] == "".join(stream)
+        assert body["usage"]["prompt_tokens"] == len(ids)
+
+        streamed: list[str] = []
+
+        def stream() -> None:
+            import http.client
+
+            conn = http.client.HTTPConnection(f"127.0.0.1:{port}", timeout=30)
+            body = json.dumps({"prompt": "the", "max_tokens": 100, "stream": True})
+            conn.request("POST", "/v1/completions", body,
+                         {"Authorization": "Bearer k", "Content-Type": "application/json"})
+            response = conn.getresponse()
+            streamed.append(response.readline().decode())
+            started.set()
+            streamed.extend(response.read().decode().split("\n\n"))
+
+        started = threading.Event()
+        reader = threading.Thread(target=stream)
+        reader.start()
+        assert started.wait(30)
+        proc.send_signal(signal.SIGTERM)  # mid-stream: the answer is finished, then the server exits
+        assert proc.wait(timeout=60) == 0
+        reader.join(30)
+        assert [part for part in streamed if part.strip()][-1].strip() == "data: [DONE]"
+        assert "stopped" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--max-batch", "0"], "--max-batch must be a positive integer"),
+    (["--port", "70000"], "--port must be at most 65535"),
+])
+def test_serve_bad_flags_are_one_line(capsys, instruct_checkpoint, flags, message):
+    assert main(["serve", "--checkpoint", str(instruct_checkpoint), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_serve_port_in_use_is_one_line(capsys, instruct_checkpoint):
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        assert main(["serve", "--checkpoint", str(instruct_checkpoint), "--port", str(port)]) == 2
+    assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
