@@ -29,6 +29,36 @@ def test_help_version_and_usage_errors_do_not_import_torch(argv):
     assert proc.stdout.strip().splitlines()[-1] == "heavy modules: []", proc.stdout + proc.stderr
 
 
+def _every_verb() -> list[list[str]]:
+    """Every sub-command the parser knows, nested ones (``finetune classify``) included."""
+    import argparse
+
+    from gptsmith.cli import build_parser
+
+    def walk(parser: argparse.ArgumentParser, prefix: list[str]) -> list[list[str]]:
+        found = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    found.append(prefix + [name])
+                    found.extend(walk(sub, prefix + [name]))
+        return found
+
+    return walk(build_parser(), [])
+
+
+def test_every_verb_help_imports_no_torch():
+    verbs = _every_verb()
+    assert {"train", "serve", "explain", "classify", "ask"} <= {v[0] for v in verbs}
+    assert ["finetune", "classify"] in verbs and ["finetune", "instruct"] in verbs
+    probe = "import sys\nfrom gptsmith.cli import main\n"
+    for verb in verbs:
+        probe += f"try:\n    main({verb + ['--help']!r})\nexcept SystemExit:\n    pass\n"
+    probe += PROBE.split("pass\n", 1)[1]
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == "heavy modules: []", proc.stderr
+
+
 @pytest.mark.parametrize(("spelling", "canonical"), [
     ("float32", "fp32"), ("fp32", "fp32"), ("bf16", "bf16"), ("bfloat16", "bf16"), ("FP16", "fp16"),
     ("float16", "fp16")])
