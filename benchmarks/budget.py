@@ -14,8 +14,9 @@ Candidates:
 - ``recipe``: ``gptsmith train --recipe tinyshakespeare`` (``--recipe`` picks another);
 - ``nanogpt``: nanoGPT's ``config/train_shakespeare_char.py`` adapted to GPT-2 BPE with bf16
   autocast: 6 layers x 384, 6 heads, context 256, dropout 0.2, no biases in the QKV projection,
-  tied head, batch 64, lr 1e-3 -> 1e-4, warm-up 100 steps (fewer if the budget buys fewer than
-  1,000 steps: a tenth of the run), AdamW betas (0.9, 0.99), weight decay 0.1, clipping 1.0.
+  tied head, batch 64 (4 accumulated micro-batches of 16), lr 1e-3 -> 1e-4, warm-up 100 steps
+  (fewer if the budget buys fewer than 1,000 steps: a tenth of the run), AdamW betas (0.9, 0.99),
+  weight decay 0.1, clipping 1.0.
 
 The machine's load (``uptime``) is printed before and after each run: on a shared machine a run
 gets less compute than on a quiet one.
@@ -48,8 +49,11 @@ DATA = REPO_ROOT.parent / "shared" / "data"
 UNSEEN = ("the-verdict.txt", "tinystories_val_first1000.txt")
 UNSEEN_TOKENS = 65_536  # each unseen text is scored on (at most) its first this many tokens
 NANOGPT_MODEL = dict(context_length=256, emb_dim=384, n_heads=6, n_layers=6, drop_rate=0.2, qkv_bias=False)
-NANOGPT_TRAIN = dict(batch_size=64, lr=1e-3, min_lr=1e-4, warmup_steps=100, betas=(0.9, 0.99),
-                     weight_decay=0.1, grad_clip=1.0, eval_every=250, eval_batches=10, dtype="bf16")
+# nanoGPT's batch of 64 x 256 as 4 accumulated micro-batches of 16: one batch of 64 would need
+# ~23 GiB for its GPT-2-vocabulary logits on this 24 GiB machine (the trainer refuses it up front).
+NANOGPT_TRAIN = dict(batch_size=16, target_batch_tokens=64 * 256, lr=1e-3, min_lr=1e-4, warmup_steps=100,
+                     betas=(0.9, 0.99), weight_decay=0.1, grad_clip=1.0, eval_every=250, eval_batches=10,
+                     dtype="bf16")
 
 
 def candidate_configs(name: str, recipe_name: str) -> tuple[GPTConfig, TrainConfig]:

@@ -1,7 +1,7 @@
 """Serving under load: 1, 4, 16 and 64 concurrent streaming clients against `gptsmith serve`, CPU.
 
 The server runs in its own process (random weights of the named shapes, fp32, the decode layout
-of ``optimize_for_decoding``, continuous batching with ``--max-batch`` rows); this process runs
+of FastLinear, continuous batching with ``--max-batch`` rows); this process runs
 the clients, one thread each, on loopback. Every client streams completions back to back
 (``stream: true``, a 32-token prompt, ``max_tokens`` new tokens, greedy, <|endoftext|> never
 ends an answer early: prompts are token ids and the answers run to ``max_tokens``) for the level's
@@ -44,13 +44,12 @@ def serve_child(preset: str, port: int, max_batch: int, threads: int | None) -> 
 
     if threads:
         torch.set_num_threads(threads)
-    from gptsmith.generate.decoding import optimize_for_decoding
     from gptsmith.model.gpt import GPTConfig, GPTModel
     from gptsmith.serve.app import ServerSettings
     from gptsmith.serve.server import run_server
 
     torch.manual_seed(0)
-    model = optimize_for_decoding(GPTModel(GPTConfig.from_preset(preset, drop_rate=0.0)).eval())
+    model = GPTModel(GPTConfig.from_preset(preset, drop_rate=0.0)).eval()  # FastLinear: fast decode
     run_server(model, NoEosTokenizer(), ServerSettings(model_name=preset, max_batch=max_batch),
                host="127.0.0.1", port=port, log_level="warning")
 

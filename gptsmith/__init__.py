@@ -36,6 +36,9 @@ _API = {
     "TrainConfig": "gptsmith.train.config",
     "train": "gptsmith.train.run",
     "prepare_splits": "gptsmith.train.run",
+    "finetune_classifier": "gptsmith.finetune.classify",
+    "Classifier": "gptsmith.finetune.classifier",
+    "finetune_instruct": "gptsmith.finetune.instruct",
 }
 
 __all__ = [*_API, "GptsmithError", "__version__"]
@@ -48,6 +51,7 @@ __all__ = [*_API, "GptsmithError", "__version__"]
 importlib.import_module("gptsmith.generate")
 importlib.import_module("gptsmith.train")
 del globals()["generate"], globals()["train"]
+
 
 def __getattr__(name: str) -> Any:
     module = _API.get(name)

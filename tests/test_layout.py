@@ -74,5 +74,9 @@ def test_the_public_api_is_importable_without_torch_until_used():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     names = out.strip().split(",")
     for name in ("GPTConfig", "GPTModel", "get_tokenizer", "load_model", "generate", "stream_text",
-                 "TrainConfig", "train"):
+                 "TrainConfig", "train", "ask", "finetune_classifier", "Classifier", "finetune_instruct"):
         assert name in names
+    import gptsmith  # every listed name resolves to the object of its defining module
+
+    for name in names:
+        assert getattr(gptsmith, name) is not None

@@ -3,7 +3,7 @@
 Each recipe is plain data: ``preset`` names a ``GPTConfig`` preset, ``model`` overrides its
 fields, ``train`` overrides ``TrainConfig`` fields. ``gptsmith train --recipe NAME`` starts from
 it; any flag or ``--config`` file still overrides it. Figures in ``notes`` were measured on a
-shared 2-core AMD EPYC (Zen 4) CPU with torch 2.13 (see README "Training").
+shared 2-core AMD EPYC (Zen 4) CPU with torch 2.13 (see docs/train.md, "Recipes").
 """
 
 from __future__ import annotations
