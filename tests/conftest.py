@@ -66,8 +66,11 @@ def gpt2_tokenizer(monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setenv("GPTSMITH_GPT2_BPE", str(bpe_dir))
         return GPT2Tokenizer.from_files(bpe_dir)
     try:
-        resolve_gpt2_bpe(allow_download=False)
+        _, files = resolve_gpt2_bpe(allow_download=False)
     except DataError as exc:
         pytest.skip(f"no GPT-2 BPE files: {exc}")
+    # Name the files found (e.g. in the user cache), so tests that point GPTSMITH_CACHE_DIR at a
+    # scratch folder still find them, as they find ../shared/data's.
+    monkeypatch.setenv("GPTSMITH_GPT2_BPE", str(files[0] if len(files) == 1 else files[0].parent))
     monkeypatch.setenv("GPTSMITH_OFFLINE", "1")  # tests never touch the network
     return get_tokenizer("gpt2")
