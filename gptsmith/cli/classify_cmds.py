@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gptsmith.cli.train_progress import say
 from gptsmith.device import DEVICE_HELP, device_arg
 from gptsmith.errors import ConfigError, DataError
 
@@ -103,39 +104,31 @@ class _Progress:
         self.show_bar = show_bar
         self.bar = None
 
-    def say(self, message: str) -> None:
-        if self.bar is not None:
-            self.bar.clear()
-        print(message, flush=True)
-        if self.bar is not None:
-            self.bar.refresh()
-
     def on_start(self, info: dict[str, Any]) -> None:
         for note in info["notes"]:
-            self.say(f"note: {note}")
+            say(f"note: {note}")
         sizes = info["sizes"]
-        self.say(f"data: {sizes['train']} train, {sizes['validation']} validation, {sizes['test']} test "
+        say(f"data: {sizes['train']} train, {sizes['validation']} validation, {sizes['test']} test "
                  f"texts; classes: {', '.join(f'{k} ({v})' for k, v in info['counts'].items())} in train")
         lora = info["lora"]
         how = f"LoRA rank {lora['rank']} alpha {lora['alpha']:g} on {', '.join(lora['targets'])}" \
             if lora else ""
-        self.say(f"base: {info['base']} on {info['device']} ({info['dtype']}); {info['parameters']}"
+        say(f"base: {info['base']} on {info['device']} ({info['dtype']}); {info['parameters']}"
                  + (f"; {how}" if how else ""))
         if self.show_bar:
-            from tqdm import tqdm
+            from gptsmith.cli.progress import Progress
 
-            self.bar = tqdm(total=info["max_steps"], unit="step", file=sys.stderr, dynamic_ncols=True)
+            self.bar = Progress(info["max_steps"], unit="step")
 
     def on_step(self, info: dict[str, Any]) -> None:
         if self.bar is not None:
-            self.bar.set_postfix_str(f"loss {info['loss']:.3f}", refresh=False)
-            self.bar.update(1)
+            self.bar.update(info["step"], f"loss {info['loss']:.3f}")
 
     def on_eval(self, info: dict[str, Any]) -> None:
         val = ""
         if info["val_loss"] is not None:
             val = f" | val loss {info['val_loss']:.3f} acc {100 * info['val_accuracy']:.1f}%"
-        self.say(f"epoch {info['epoch']} step {info['step']:>5} | train loss {info['train_loss']:.3f} "
+        say(f"epoch {info['epoch']} step {info['step']:>5} | train loss {info['train_loss']:.3f} "
                  f"acc {100 * info['train_accuracy']:.1f}%{val}")
 
     def close(self) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -162,7 +161,7 @@ class InstructProgress:
         self.bar = None
 
     def on_start(self, info: dict) -> None:
-        from tqdm import tqdm
+        from gptsmith.cli.progress import Progress
 
         say(f"fine-tuning {info['trainable']:,} of {info['parameters']:,} parameters on {info['device']} "
             f"({info['dtype']}); {info['train_examples']} training and {info['val_examples']} validation "
@@ -171,13 +170,12 @@ class InstructProgress:
             say(f"warning: {info['truncated']} example(s) longer than --max-length {info['max_length']} "
                 "were truncated (their end, and end-of-text, are not learnt)")
         if self.show_bar:
-            self.bar = tqdm(total=info["max_steps"], unit="step", file=sys.stdout, dynamic_ncols=True)
+            self.bar = Progress(info["max_steps"], unit="step")
 
     def on_step(self, info: dict) -> None:
         if self.bar is not None:
-            self.bar.set_postfix_str(f"epoch {info['epoch']} loss {info['loss']:.3f} "
-                                     f"{info['examples_per_s']:.1f} examples/s", refresh=False)
-            self.bar.update(1)
+            self.bar.update(info["step"], f"epoch {info['epoch']} loss {info['loss']:.3f} "
+                                          f"{info['examples_per_s']:.1f} examples/s")
         elif info["step"] % 10 == 0:
             say(f"step {info['step']:>5} | loss {info['loss']:.3f} | {info['examples_per_s']:.1f} examples/s")
 
@@ -300,16 +298,25 @@ def run_instruct(args: argparse.Namespace) -> int:
 
 
 def _judge(args: argparse.Namespace, report: dict) -> None:
-    from tqdm import tqdm
-
+    from gptsmith.cli.progress import Progress
     from gptsmith.finetune.judge import judge_responses
     from gptsmith.storage import atomic_write_json
 
     responses = report["responses"]
-    with tqdm(total=len(responses), unit="answer", desc="judging", file=sys.stdout,
-              disable=args.no_progress) as bar:
-        scores = judge_responses(responses, args.judge_url, args.judge_model,
-                                 on_score=lambda index, score: bar.update(1))
+    bar = None if args.no_progress else Progress(len(responses), unit="answer", desc="judging")
+    judged = 0
+
+    def on_score(index: int, score: float | None) -> None:
+        nonlocal judged
+        judged += 1
+        if bar is not None:
+            bar.update(judged)
+
+    try:
+        scores = judge_responses(responses, args.judge_url, args.judge_model, on_score=on_score)
+    finally:
+        if bar is not None:
+            bar.close()
     for item, score in zip(responses, scores.scores, strict=True):
         item["score"] = score
     report.update(judge_model=args.judge_model, judge_mean=scores.mean, judge_scored=scores.scored)

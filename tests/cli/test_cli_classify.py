@@ -98,3 +98,14 @@ def test_help_has_an_example(capsys):
         main(["finetune", "classify", "--help"])
     text = capsys.readouterr().out
     assert "gptsmith finetune classify --checkpoint" in text and "--lora-rank" in text
+
+
+def test_progress_goes_to_stderr_as_plain_lines_when_not_a_terminal(base, tmp_path, capsys):
+    data = write_tsv_label_first(tmp_path / "sms.tsv", labelled_rows(30))
+    code = main(["finetune", "classify", "--checkpoint", str(base), "--data", str(data), "--out",
+                 str(tmp_path / "clf"), "--no-header", "--label-column", "0", "--text-column", "1",
+                 "--epochs", "1", "--seed", "1"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert re.search(r"^step (\d+)/\1 \| loss \d+\.\d{3}$", captured.err, re.M), captured.err  # the last line
+    assert "\r" not in captured.err and not re.search(r"^step \d+/", captured.out, re.M)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -187,3 +188,14 @@ def test_ask_bad_input(capsys, tuned):
     assert code == 2 and "the question is empty" in err
     code, _, err = _run(capsys, "ask", "--checkpoint", out, "--template", "nope", "Hi")
     assert code == 2 and "unknown prompt template 'nope'" in err
+
+
+def test_progress_of_training_and_judging_goes_to_stderr_as_plain_lines(capsys, base, data, tmp_path):
+    with stub_judge(["60", "80"]) as url:
+        code, log, err = _run(capsys, "finetune", "instruct", "--checkpoint", base, "--data", data, "--out",
+                              tmp_path / "judged", "--max-steps", 3, "--batch-size", 4, "--answer-tokens", 4,
+                              "--device", "cpu", "--judge-url", url, "--judge-model", "judge-1")
+    assert code == 0, err
+    assert re.search(r"^step 3/3 \| epoch \d+ loss \d+\.\d{3} [\d.]+ examples/s$", err, re.M), err
+    assert re.search(r"^judging: answer 2/2$", err, re.M), err
+    assert "\r" not in err and "step 3/3" not in log and "judging" not in log
