@@ -24,6 +24,16 @@ def _small_thread_count():
     yield
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Run the test on one torch thread: tiny models go many times faster on one than on two threads
+    contending for a shared 2-core machine. Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _plenty_of_memory(monkeypatch):
     """Memory checks see a machine with 1 TiB free, so no outcome depends on what other processes

@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 from generation_helpers import tiny_model
 from judge_helpers import stub_judge
 
@@ -19,12 +18,7 @@ QA = [("Name a colour.", "Red."), ("Name a number.", "One."), ("Name a day.", "M
       ("Name a month.", "May."), ("Name an animal.", "A cat.")]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: much faster than two contended threads
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

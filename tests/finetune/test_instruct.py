@@ -24,13 +24,7 @@ RECORDS = [parse_record({"instruction": q, "output": a}, i) for i, (q, a) in enu
     [("Say hi.", "hi"), ("Say no.", "no"), ("Say ok.", "ok"), ("Say yes.", "yes")])]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models train many times faster on one thread than on two contended ones (shared CI cores).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Recorder(TrainCallbacks):

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_torch_thread(one_torch_thread):
+    """Every serving test on one torch thread (see the fixture in tests/conftest.py)."""
 
 
 @pytest.fixture(scope="module")
