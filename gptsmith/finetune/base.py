@@ -8,8 +8,9 @@
 - ``StepRunner``: one optimizer step — autocast forward (bf16 where ``resolve_autocast_dtype``
   says it is faster), backward, gradient clipping, fused AdamW over the trainable parameters
   (``build_optimizer``), learning rate by ``lr_at_step`` (warm-up, then cosine to lr/10).
-- ``check_output_dir`` / ``save_finetuned``: the output is a model directory (``save_model``)
-  with a ``finetune`` section in config.json; checked before training so no work is lost at the end.
+- ``check_output_dir`` / ``prepare_output_dir`` / ``save_finetuned``: the output is a model
+  directory (``save_model``) with a ``finetune`` section in config.json; checked before anything
+  is loaded (no work lost at the end), created or cleared only once training starts.
 """
 
 from __future__ import annotations
@@ -173,8 +174,9 @@ FINETUNE_FILES = (CONFIG_FILE, "model.safetensors", "metrics.jsonl", "adapter_co
 def check_output_dir(out: str | Path, *, overwrite: bool = False) -> Path:
     """``out`` must be a new or empty folder, or (with ``overwrite``) an earlier fine-tune's output.
 
-    Checked before training, so a bad ``--out`` fails in a second, not after the run. With
-    ``overwrite``, only the files a fine-tune writes are deleted.
+    Checked before training, so a bad ``--out`` fails in a second, not after the run. Nothing is
+    created or deleted here (``prepare_output_dir`` does that once training starts), so a run that
+    fails on its data leaves no empty folder and keeps the earlier output it would replace.
     """
     out = Path(out).expanduser()
     check_can_be_directory(out, "--out")
@@ -186,6 +188,14 @@ def check_output_dir(out: str | Path, *, overwrite: bool = False) -> Path:
         if not ours:
             raise StorageError(f"--out {out} holds files a fine-tune did not write; choose a new or empty "
                                "folder (--overwrite only replaces an earlier fine-tune's output)")
+    return out
+
+
+def prepare_output_dir(out: Path, *, overwrite: bool = False) -> Path:
+    """Check ``out`` again (see ``check_output_dir``), delete an earlier fine-tune's files from it
+    (with ``overwrite``), and create it: called when the first result is about to be written."""
+    out = check_output_dir(out, overwrite=overwrite)
+    if out.is_dir():
         for child in out.iterdir():
             child.unlink()
     out.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,14 @@ import torch.nn.functional as F
 from gptsmith.config import from_dict
 from gptsmith.device import set_seed
 from gptsmith.errors import ConfigError, DataError
-from gptsmith.finetune.base import StepRunner, check_output_dir, load_base, parse_trainable, set_trainable
+from gptsmith.finetune.base import (
+    StepRunner,
+    check_output_dir,
+    load_base,
+    parse_trainable,
+    prepare_output_dir,
+    set_trainable,
+)
 from gptsmith.finetune.class_data import (
     LabelledTexts,
     check_classes,
@@ -229,6 +236,8 @@ def finetune_classifier(
         "lora": lora_config.to_dict() if lora_config else None,
     })
 
+    if out_dir is not None:  # data, base and config are good: only now touch --out
+        prepare_output_dir(out_dir, overwrite=overwrite)
     records: list[dict[str, Any]] = []
     running = {"loss": 0.0, "correct": 0, "n": 0, "examples": 0}
     started = time.perf_counter()

@@ -45,6 +45,12 @@ def test_finetune_then_classify_from_the_command_line(base, tmp_path, capsys):
     assert len(lines) == 2 and lines[0].startswith("spam\t") and lines[1].endswith("\tthanks mum")
     assert _finetune(base, data, out, "--no-header", "--label-column", "0", "--text-column", "1") == 2
     assert "is not empty (pass --overwrite to replace it)" in capsys.readouterr().err
+    before = sorted(p.name for p in out.iterdir())
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("", encoding="utf-8")
+    assert _finetune(base, empty, out, "--overwrite") == 2  # bad data: the earlier model is kept
+    assert "is empty" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == before and (out / "config.json").is_file()
 
 
 def _error(capsys) -> str:
@@ -90,7 +96,7 @@ def test_bad_inputs_are_one_line_errors(base, tmp_path, capsys):
     assert "a language model, not a classifier" in _error(capsys)
     assert main(["classify", "--checkpoint", str(base)]) == 2
     assert "no texts to classify" in _error(capsys)
-    assert not out.exists() or not any(out.iterdir())  # nothing half-written
+    assert not out.exists()  # nothing half-written, not even an empty folder
 
 
 def test_help_has_an_example(capsys):
