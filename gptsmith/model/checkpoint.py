@@ -83,8 +83,6 @@ def save_model(
     return directory
 
 
-
-
 def resolve_model_dir(path: str | Path) -> Path:
     """The model directory that ``path`` names: the directory itself, or a run's ``latest`` one.
 
@@ -234,14 +232,6 @@ def load_model_dir(
     # model), so asking it needs no flag (``gptsmith.generate.ask``).
     model.instruction_template = config.get("instruction_template")
     return model
-
-
-
-
-
-
-
-
 
 
 def load_model(
