@@ -85,6 +85,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup-steps", type=int, help=f"linear warm-up steps (default: {d['warmup_steps']})")
     p.add_argument("--weight-decay", type=float,
                    help=f"AdamW weight decay on weight matrices (default: {d['weight_decay']})")
+    p.add_argument("--label-smoothing", type=float,
+                   help="share of each target's probability spread over the whole vocabulary in the "
+                   f"training loss; keeps unseen tokens possible (default: {d['label_smoothing']})")
     p.add_argument("--grad-clip", type=float, help=f"max gradient norm, 0 = off (default: {d['grad_clip']})")
     p.add_argument("--target-batch-tokens", type=int,
                    help="accumulate gradients until a step sees this many tokens (default: no accumulation)")

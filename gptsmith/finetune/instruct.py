@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from gptsmith.device import autocast, resolve_autocast_dtype, resolve_device, set_seed, tune_cpu_allocator
 from gptsmith.errors import ConfigError, DataError
@@ -38,6 +37,7 @@ from gptsmith.generate.ask import answer_batch
 from gptsmith.generate.chat import get_template
 from gptsmith.train.callbacks import TrainCallbacks
 from gptsmith.train.evaluation import NonFiniteLossError
+from gptsmith.train.losses import cross_entropy
 from gptsmith.train.schedule import build_optimizer
 
 
@@ -109,8 +109,7 @@ class InstructResult:
 def batch_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over the targets that are not -100 (0 when there are none)."""
     logits = model(inputs)  # (batch, n_tokens, vocab_size)
-    total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX,
-                            reduction="sum")
+    total = cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
     return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
 
 
@@ -171,8 +170,8 @@ def examples_loss(
             inputs, targets = inputs.to(device), targets.to(device)
             with autocast(device, amp_dtype):
                 logits = model(inputs)  # (batch, n_tokens, vocab_size)
-            total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
-                                     ignore_index=IGNORE_INDEX, reduction="sum").item()
+            total += cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
+                                   reduction="sum").item()
             count += int((targets != IGNORE_INDEX).sum())
     finally:
         model.train(was_training)

@@ -44,6 +44,10 @@ class TrainConfig:
     min_lr: float | None = None  # floor of the cosine decay; None = lr / 10
     warmup_steps: int = 20
     weight_decay: float = 0.1
+    # Training loss only (evaluations report plain cross-entropy): spreads this share of each
+    # target's probability over the whole vocabulary, so tokens the corpus never shows are not
+    # driven towards zero probability (see docs/train.md, "Recipes").
+    label_smoothing: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
     eval_every: int = 50  # steps between evaluations (0 = only at the end)
@@ -99,6 +103,9 @@ class TrainConfig:
             number(name, getattr(self, name))
             if getattr(self, name) < 0:
                 raise ConfigError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")
+        number("label_smoothing", self.label_smoothing)
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"--label-smoothing must be >= 0 and < 1, got {self.label_smoothing}")
         check_seed(self.seed, flag("seed"))
         number("val_fraction", self.val_fraction)
         if not 0 < self.val_fraction < 1:

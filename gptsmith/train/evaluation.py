@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from gptsmith.device import autocast
 from gptsmith.errors import DataError, NonFiniteError
+from gptsmith.train.losses import cross_entropy
 
 
 def calc_loss_batch(
@@ -26,7 +26,7 @@ def calc_loss_batch(
     if device is not None:
         input_batch, target_batch = input_batch.to(device), target_batch.to(device)
     logits = model(input_batch)  # (batch, n_tokens, vocab_size)
-    return F.cross_entropy(logits.flatten(0, 1).float(), target_batch.flatten())
+    return cross_entropy(logits.flatten(0, 1), target_batch.flatten())
 
 
 def calc_loss_loader(

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from gptsmith.config import to_dict
 from gptsmith.data.windows import count_windows
@@ -29,6 +28,7 @@ from gptsmith.train.callbacks import TrainCallbacks, TrainResult, stop_signals
 from gptsmith.train.config import TrainConfig, parse_duration
 from gptsmith.train.distributed import DistContext, all_reduce_mean, any_rank, barrier, init_distributed
 from gptsmith.train.evaluation import NonFiniteLossError, evaluate, outputs_are_finite, perplexity
+from gptsmith.train.losses import cross_entropy
 from gptsmith.train.rng_state import capture_rng_state, restore_rng_state
 from gptsmith.train.run_dir import divergence_advice, environment_info
 from gptsmith.train.schedule import build_optimizer, lr_at_step
@@ -267,7 +267,8 @@ class Trainer:
             with sync:
                 with autocast(self.device, self.amp_dtype):
                     logits = self.train_model(inputs)  # (batch, n_tokens, vocab_size)
-                    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+                    loss = cross_entropy(logits.flatten(0, 1), targets.flatten(),
+                                         label_smoothing=cfg.label_smoothing)
                 (loss / self.accum_steps).backward()
             loss_sum += loss.detach()
         mean_loss = all_reduce_mean(loss_sum / self.accum_steps, self.dist).item()

@@ -74,6 +74,7 @@ def test_train_eval_and_resume_from_the_command_line(inputs, tmp_path, capsys):
         (["--lr", "inf"], "--lr must be a finite number, got inf"),
         (["--min-lr", "nan"], "--min-lr must be a finite number"),
         (["--grad-clip", "-1"], "--grad-clip must be >= 0"),
+        (["--label-smoothing", "1"], "--label-smoothing must be >= 0 and < 1, got 1.0"),
         (["--keep-last", "0"], "--keep-last must be > 0"),
         (["--eval-batches", "0"], "--eval-batches must be > 0"),
         (["--val-fraction", "1.5"], "--val-fraction must be between 0 and 1"),

@@ -166,12 +166,31 @@ def test_gradient_accumulation_reaches_the_target_batch():
     assert trainer.fit().tokens_seen == 768
 
 
+def test_label_smoothing_keeps_tokens_the_corpus_never_shows_possible():
+    # pattern_tokens only uses ids 0..50: plain cross-entropy drives the rest towards probability
+    # zero, smoothing keeps them near its floor (a share of the smoothing mass).
+    never_seen = torch.arange(51, VOCAB)
+    inputs = torch.from_numpy(pattern_tokens(32).astype(np.int64))[None]
+    log_probs = {}
+    for smoothing in (0.0, 0.1):
+        trainer = make_trainer(cfg=tiny_config(max_steps=120, lr=1e-2, eval_every=0, label_smoothing=smoothing))
+        trainer.fit()
+        with torch.no_grad():
+            logits = trainer.model.eval()(inputs)  # (1, n_tokens, vocab)
+        log_probs[smoothing] = torch.log_softmax(logits, -1)[..., never_seen].mean().item()
+    assert log_probs[0.0] < math.log(0.1 / VOCAB) - 2  # plain: far below the smoothing floor
+    assert log_probs[0.1] == pytest.approx(math.log(0.1 / VOCAB), abs=0.5)  # smoothed: at the floor
+
+
 def test_bad_values_are_clear_errors():
     for lr in (0, -1e-3):
         with pytest.raises(ConfigError, match="--lr must be > 0"):
             tiny_config(lr=lr).check()
     with pytest.raises(ConfigError, match="--batch-size"):
         tiny_config(batch_size=0).check()
+    for smoothing in (-0.1, 1.0):
+        with pytest.raises(ConfigError, match="--label-smoothing must be >= 0 and < 1"):
+            tiny_config(label_smoothing=smoothing).check()
 
 
 def test_batch_or_context_larger_than_the_data_is_a_clear_error():
