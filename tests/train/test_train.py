@@ -173,7 +173,8 @@ def test_label_smoothing_keeps_tokens_the_corpus_never_shows_possible():
     inputs = torch.from_numpy(pattern_tokens(32).astype(np.int64))[None]
     log_probs = {}
     for smoothing in (0.0, 0.1):
-        trainer = make_trainer(cfg=tiny_config(max_steps=120, lr=1e-2, eval_every=0, label_smoothing=smoothing))
+        cfg = tiny_config(max_steps=120, lr=1e-2, eval_every=0, label_smoothing=smoothing)
+        trainer = make_trainer(cfg=cfg)
         trainer.fit()
         with torch.no_grad():
             logits = trainer.model.eval()(inputs)  # (1, n_tokens, vocab)
