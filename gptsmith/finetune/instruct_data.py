@@ -31,8 +31,8 @@ import torch
 
 from gptsmith.errors import DataError
 from gptsmith.generate.chat import ROLES, Message, PromptTemplate, get_template
+from gptsmith.train.losses import IGNORE_INDEX  # the target the loss skips (-100, torch's default)
 
-IGNORE_INDEX = -100  # a target cross-entropy skips (torch's default ignore_index)
 SPLIT_FRACTIONS = (0.85, 0.05, 0.10)  # train, validation, test: the book's chapter 7
 
 
