@@ -8,7 +8,7 @@ half of a training step of the tiny preset (242 of ~430 ms). ``cross_entropy`` g
 numbers from a loop over chunks of about 2 MB of float32 logits, small enough to stay in the
 CPU's cache while each is upcast, exponentiated and summed: the forward keeps one log-sum-exp per
 row, the backward recomputes the softmax of each chunk and writes its gradient straight into the
-logits' dtype (2.7x faster in all; see BENCHMARKS.md, "Training step"). On GPUs (many small
+logits' dtype (2.7x faster in all; see BENCHMARKS.md, "Budget"). On GPUs (many small
 kernels would be slow there) it is ``F.cross_entropy``.
 """
 
