@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from generation_helpers import ByteTokenizer, scripted_model, tiny_model
+from generation_helpers import ByteTokenizer, TableModel, scripted_model, tiny_model
 
 from gptsmith.errors import ConfigError, NonFiniteError
 from gptsmith.generate.decoding import DecodeState
@@ -69,3 +69,13 @@ def test_non_finite_logits_are_an_error_in_every_decoder(options):
         generate(broken_model(), [1, 2, 3], 5, **options)
     with pytest.raises(NonFiniteError, match="its weights are broken"):
         "".join(stream_text(broken_model(), ByteTokenizer(), "ab", 5, **options))
+
+
+def test_huge_finite_logits_are_not_mistaken_for_broken_ones():
+    # The cheap check sums the logits; 10 values of 1e38 overflow that sum to inf although every
+    # logit is finite, so the exact check must decide (and let greedy decoding go on).
+    table = torch.full((10, 10), 1e38)
+    table[:, 7] = 3e38
+    assert not torch.isfinite(table[0].sum())
+    for options in ({}, {"use_cache": False}, {"num_beams": 2}):
+        assert generate(TableModel(table), [1, 2], 3, **options)[0].tolist() == [1, 2, 7, 7, 7]
