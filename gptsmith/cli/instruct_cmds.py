@@ -191,22 +191,6 @@ class InstructProgress:
             self.bar = None
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    """--out must be new, empty, or (with --overwrite) a fine-tuned model this command wrote."""
-    from gptsmith.storage import check_can_be_directory
-
-    check_can_be_directory(out, "--out")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    ours = (out / "config.json").is_file() and {p.name for p in out.iterdir()} <= set(OUTPUT_FILES)
-    if ours and overwrite:
-        return
-    if ours:
-        raise ConfigError(f"--out {out} already holds a model (replace it with --overwrite, or choose "
-                          "another --out)")
-    raise ConfigError(f"--out {out} holds other files; choose a new or empty folder")
-
-
 def _load_base(args: argparse.Namespace) -> tuple[Any, Any, dict, str]:
     """(model, tokenizer, its config, name) for --checkpoint/--model, with the tokenizer checked."""
     from gptsmith.data.tokenizer import get_tokenizer, load_tokenizer
@@ -238,6 +222,7 @@ def _read_records(args: argparse.Namespace) -> tuple[list, list, list]:
 
 
 def run_instruct(args: argparse.Namespace) -> int:
+    from gptsmith.finetune.base import check_output_dir
     from gptsmith.finetune.instruct import InstructConfig, answer_records, finetune_instruct, response_loss
     from gptsmith.model.checkpoint import save_model
     from gptsmith.storage import atomic_write_json
@@ -257,7 +242,7 @@ def run_instruct(args: argparse.Namespace) -> int:
         chat_completions_url(args.judge_url)
     if args.answer_tokens < 1:
         raise ConfigError(f"--answer-tokens must be at least 1, got {args.answer_tokens}")
-    _check_out(args.out, args.overwrite)
+    check_output_dir(args.out, overwrite=args.overwrite, files=OUTPUT_FILES)
     train, val, test = _read_records(args)
     model, tokenizer, _, name = _load_base(args)
     say(f"{name}: {len(train)} train / {len(val)} validation / {len(test)} test records, "

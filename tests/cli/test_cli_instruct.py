@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -158,12 +159,17 @@ def test_long_examples_are_truncated_with_a_count(capsys, base, data, tmp_path):
 def test_out_holding_a_model_needs_overwrite(capsys, base, data, tuned, tmp_path):
     out, _ = tuned
     code, _, err = _finetune(capsys, base, data, out)
-    assert code == 2 and "already holds a model (replace it with --overwrite" in err
+    assert code == 2 and "is not empty (pass --overwrite to replace it)" in err
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
     code, _, err = _finetune(capsys, base, data, other)
-    assert code == 2 and "holds other files" in err and (other / "notes.txt").exists()
+    assert code == 2 and "is not empty (choose a new or empty folder)" in err
+    assert (other / "notes.txt").exists()
+    again = tmp_path / "again"  # a copy: other tests read the shared fine-tune
+    shutil.copytree(out, again)
+    code, _, err = _finetune(capsys, base, data, again, "--overwrite", "--max-steps", 1)
+    assert code == 0 and (again / "model.safetensors").is_file(), err
 
 
 def test_judge_scores_are_written_and_averaged(capsys, base, data, tmp_path):
