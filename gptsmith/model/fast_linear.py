@@ -5,8 +5,10 @@ Without autograd on the CPU (``generate``, ``stream_text``, beam search, chat, e
 ``torch.no_grad``) two shapes get their own kernels:
 
 - **one row** (a decode step: one vector times every weight matrix, bound by how fast the
-  weights stream from memory): fp32 cuts the output features into one part per thread and
-  computes them as one ``baddbmm`` over strided *views* of the weight (no copy); bf16 runs
+  weights stream from memory): fp32 keeps PyTorch's own product (MKL) on Intel CPUs, where it
+  already streams from every core; elsewhere (measured on an AMD EPYC, where it ran on one thread)
+  it cuts the output features into one part per thread and computes them as one ``baddbmm`` over
+  strided *views* of the weight (no copy) — see ``split_one_row``; bf16 runs
   oneDNN's linear on a weight packed once into its blocked layout (``torch.ops.mkldnn``), which
   streams bf16 weights far faster than PyTorch's plain bf16 matrix-vector product.
 - **many rows through the output head** (prefill, scoring): the vocabulary is padded to a
@@ -26,6 +28,8 @@ forward (gpt2-small: 155 MB); bf16 one packed copy of every weight matrix (gpt2-
 
 from __future__ import annotations
 
+import functools
+import platform
 from collections.abc import Callable
 
 import torch
@@ -61,7 +65,7 @@ class FastLinear(nn.Linear):
                 packed = self._cached("mkldnn", _pack_mkldnn)
                 out = torch.ops.mkldnn._linear_pointwise(x.reshape(1, -1), packed, self.bias, "none", [], "")
                 return out.reshape(*x.shape[:-1], self.out_features)
-            if weight.dtype == torch.float32:
+            if weight.dtype == torch.float32 and split_one_row():
                 return _one_row_on_all_threads(x, weight, self.bias)
         elif self.pad_outputs and self.out_features % VOCAB_MULTIPLE:
             padded = self._cached("padded", _pad_rows)
@@ -102,6 +106,35 @@ def _pad_rows(weight: torch.Tensor) -> torch.Tensor:
     """A copy of the weight (out, in) with zero rows appended up to a multiple of VOCAB_MULTIPLE."""
     extra = -weight.shape[0] % VOCAB_MULTIPLE
     return F.pad(weight, (0, 0, 0, extra))  # (out + extra, in)
+
+
+def split_one_row() -> bool:
+    """Whether fp32 one-row products take ``_one_row_on_all_threads`` instead of ``F.linear``.
+
+    Measured (BENCHMARKS.md, "Generation"): on an AMD EPYC (Zen 4) PyTorch's one-row product (MKL
+    sgemv) ran on one thread and the split decoded gpt2-small 1.9x faster; on an Intel Xeon MKL's
+    own product uses both cores and streams 4-8% faster than the split. So MKL's own on Intel CPUs
+    with MKL, the split everywhere else. ``SPLIT_ONE_ROW`` (True/False) overrides the choice.
+    """
+    if SPLIT_ONE_ROW is not None:
+        return SPLIT_ONE_ROW
+    return not (torch.backends.mkl.is_available() and _cpu_vendor() == "GenuineIntel")
+
+
+SPLIT_ONE_ROW: bool | None = None  # None: decide by the CPU (split_one_row)
+
+
+@functools.cache
+def _cpu_vendor() -> str:
+    """The CPU's vendor id (``GenuineIntel``, ``AuthenticAMD``...), or "" where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "GenuineIntel" if "GenuineIntel" in platform.processor() else ""
 
 
 def _one_row_on_all_threads(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

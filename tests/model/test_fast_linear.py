@@ -10,7 +10,8 @@ import torch
 from generation_helpers import tiny_model
 
 from gptsmith.generate.generation import generate
-from gptsmith.model.fast_linear import FastLinear, clear_fast_caches
+from gptsmith.model import fast_linear
+from gptsmith.model.fast_linear import FastLinear, clear_fast_caches, split_one_row
 from gptsmith.model.gpt import GPTConfig, GPTModel
 from gptsmith.train.schedule import build_optimizer
 
@@ -28,12 +29,14 @@ def caches(layer: FastLinear) -> dict:
     return layer.__dict__.get("_fast_caches", {})
 
 
+@pytest.mark.parametrize("split", [True, False])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize(("in_features", "out_features", "bias", "pad"), [
     (16, 50, True, False), (16, 50, False, True), (40, 16, True, False), (8, 97, False, True),
     (8, 5, True, True),
 ])
-def test_fast_linear_equals_linear(threads, in_features, out_features, bias, pad):
+def test_fast_linear_equals_linear(monkeypatch, split, threads, in_features, out_features, bias, pad):
+    monkeypatch.setattr(fast_linear, "SPLIT_ONE_ROW", split)  # both one-row fp32 kernels
     torch.manual_seed(0)
     linear = torch.nn.Linear(in_features, out_features, bias=bias)
     fast = FastLinear(in_features, out_features, bias=bias)
@@ -55,6 +58,25 @@ def test_fast_linear_equals_linear(threads, in_features, out_features, bias, pad
         torch.set_num_threads(saved)
 
 
+def test_one_row_kernel_follows_the_cpu(monkeypatch):
+    monkeypatch.setattr(fast_linear, "_cpu_vendor", lambda: "AuthenticAMD")
+    assert split_one_row()  # MKL's product ran on one thread on an AMD EPYC
+    monkeypatch.setattr(fast_linear, "_cpu_vendor", lambda: "GenuineIntel")
+    assert split_one_row() is not torch.backends.mkl.is_available()
+    monkeypatch.setattr(fast_linear, "SPLIT_ONE_ROW", True)
+    assert split_one_row()
+    fast = FastLinear(8, 20)
+    calls = []
+    spy = lambda x, weight, bias: calls.append(1) or weight[:, 0]  # noqa: E731
+    monkeypatch.setattr(fast_linear, "_one_row_on_all_threads", spy)
+    with torch.inference_mode():
+        fast(torch.randn(1, 8))
+    monkeypatch.setattr(fast_linear, "SPLIT_ONE_ROW", False)
+    with torch.inference_mode():
+        fast(torch.randn(1, 8))
+    assert calls == [1]  # the split only when chosen
+
+
 def test_bf16_one_row_matches_linear():
     torch.manual_seed(0)
     fast = FastLinear(64, 200).to(torch.bfloat16)
@@ -64,7 +86,9 @@ def test_bf16_one_row_matches_linear():
         torch.testing.assert_close(fast(x).float(), expected, atol=0.05, rtol=0.02)
 
 
-def test_greedy_tokens_identical_to_the_plain_path():
+@pytest.mark.parametrize("split", [True, False])
+def test_greedy_tokens_identical_to_the_plain_path(monkeypatch, split):
+    monkeypatch.setattr(fast_linear, "SPLIT_ONE_ROW", split)
     model = tiny_model(vocab_size=301, context_length=64)  # 301: the head is padded to 320
     plain = plain_copy(model)
     prompts = [[5, 17, 42], [7, 7, 8, 9, 200, 3]]
