@@ -14,7 +14,9 @@ steps (tests/test_memory.py holds the measured cases):
 - attention probabilities, only when attention dropout forces the unfused path
   (``drop_rate > 0``): ``ATTENTION_VALUES`` values per (head, query, key) per layer;
 - the logits (batch, tokens, vocab): the output, its float copy, log-softmax and their gradients,
-  ``LOGIT_COPIES`` fp32 copies — for a long context with GPT-2's 50,257 ids, the largest term.
+  ``LOGIT_COPIES`` fp32 copies with ``F.cross_entropy`` (GPUs) and ``CPU_LOGIT_COPIES`` on the
+  CPU, whose chunked loss (``train/losses.py``) keeps only the output and its gradient whole —
+  for a long context with GPT-2's 50,257 ids, the largest term.
 
 ``generation_memory`` does the same for decoding (weights plus a KV cache per sequence, the
 candidates of beam search), and ``available_memory`` reads what the device can still give.
@@ -30,7 +32,8 @@ from gptsmith.errors import ConfigError
 
 ACTIVATION_VALUES = 34  # per token, per layer, per embedding dimension (measured 20-27 in fp32)
 ATTENTION_VALUES = 5  # per head x query x key, per layer, with attention dropout (measured ~5)
-LOGIT_COPIES = 5  # fp32 copies of the logits alive at the peak (measured ~4.9)
+LOGIT_COPIES = 5  # fp32 copies of the logits alive at the peak with F.cross_entropy (measured ~4.9)
+CPU_LOGIT_COPIES = 3  # the same with the CPU's chunked loss (measured ~2.6)
 FP32 = 4
 
 
@@ -43,8 +46,9 @@ def parameter_count(cfg: Any) -> int:
     return v * e + t * e + layers * block + 2 * e + head
 
 
-def train_step_memory(cfg: Any, batch_size: int, context_length: int) -> dict[str, int]:
-    """Estimated peak bytes of one training step of ``cfg`` on (batch_size, context_length) ids.
+def train_step_memory(cfg: Any, batch_size: int, context_length: int, device: Any = "cpu") -> dict[str, int]:
+    """Estimated peak bytes of one training step of ``cfg`` on (batch_size, context_length) ids
+    on ``device`` (the CPU's loss keeps fewer copies of the logits than a GPU's).
 
     Returns ``weights_and_optimizer``, ``activations``, ``logits`` and their ``total``. Pure
     arithmetic on Python ints: exact for any size, even absurd ones.
@@ -54,7 +58,8 @@ def train_step_memory(cfg: Any, batch_size: int, context_length: int) -> dict[st
     activations = ACTIVATION_VALUES * FP32 * tokens * cfg.emb_dim * cfg.n_layers
     if cfg.drop_rate > 0:  # the unfused attention keeps its (batch, heads, n, n) probabilities
         activations += ATTENTION_VALUES * FP32 * batch_size * cfg.n_heads * context_length**2 * cfg.n_layers
-    logits = LOGIT_COPIES * FP32 * tokens * cfg.vocab_size
+    copies = CPU_LOGIT_COPIES if _device_kind(device) == "cpu" else LOGIT_COPIES
+    logits = copies * FP32 * tokens * cfg.vocab_size
     return {"weights_and_optimizer": static, "activations": activations, "logits": logits,
             "total": static + activations + logits}
 
@@ -77,10 +82,15 @@ def generation_memory(cfg: Any, rows: int, length: int, *, bytes_per_value: int 
     return parameter_count(cfg) * bytes_per_value + cache + scores
 
 
+def _device_kind(device: Any) -> str:
+    """"cpu", "cuda", "mps"... of a torch.device or a device string ("cuda:1")."""
+    return getattr(device, "type", str(device).partition(":")[0])
+
+
 def available_memory(device: Any = "cpu") -> int | None:
     """Bytes the device can still give: free GPU memory on CUDA; on the CPU the kernel's
     MemAvailable (or sysconf's free pages), capped by a cgroup memory limit. None if unknown."""
-    kind = getattr(device, "type", str(device).partition(":")[0])
+    kind = _device_kind(device)
     if kind == "cuda":
         import torch
 
@@ -137,7 +147,7 @@ def check_train_memory(cfg: Any, batch_size: int, context_length: int, device: A
 def train_memory_problem(cfg: Any, batch_size: int, context_length: int, device: Any) -> str | None:
     """Why one training step cannot fit in the device's memory, or None when it fits or the memory
     is unknown."""
-    need = train_step_memory(cfg, batch_size, context_length)
+    need = train_step_memory(cfg, batch_size, context_length, device)
     available = available_memory(device)
     if available is None or need["total"] <= available:
         return None
