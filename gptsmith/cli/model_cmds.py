@@ -227,7 +227,8 @@ def run_info(args: argparse.Namespace) -> int:
     lines += ["", f"one training step at batch {step['batch_size']:,} x context {step['context_length']:,}: "
               f"about {gib(step['total'])} (weights and AdamW {gib(step['weights_and_optimizer'])}, "
               f"activations {gib(step['activations'])}, logits {gib(step['logits'])})",
-              f"(a conservative estimate, checked by `gptsmith train` before it starts; this machine has "
+              f"(a conservative estimate for a CPU; on a GPU the logits need 5/3 as much. `gptsmith train` "
+              f"checks it before it starts; this machine has "
               f"{gib(available) if available is not None else 'an unknown amount'} available. Lower it with "
               "--batch-size or --context-length)"]
     print("\n".join(lines))
