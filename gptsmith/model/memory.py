@@ -4,7 +4,7 @@
 allocated), so a run that cannot fit is refused in a second with one line instead of being
 killed by the kernel minutes later; ``gptsmith info`` prints the same numbers. The estimate is
 deliberately on the high side. Its terms, calibrated against the peak RSS of fp32 CPU training
-steps (tests/test_memory.py holds the measured cases):
+steps (tests/model/test_memory.py holds the measured cases):
 
 - weights, gradients and AdamW's two moments: 4 fp32 values per parameter (bf16 autocast keeps
   them in fp32 too);
@@ -83,7 +83,7 @@ def generation_memory(cfg: Any, rows: int, length: int, *, bytes_per_value: int 
 
 
 def _device_kind(device: Any) -> str:
-    """"cpu", "cuda", "mps"... of a torch.device or a device string ("cuda:1")."""
+    """The kind of ``device`` ("cpu", "cuda", "mps"...), from a torch.device or a string ("cuda:1")."""
     return getattr(device, "type", str(device).partition(":")[0])
 
 
