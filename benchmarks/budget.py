@@ -11,7 +11,8 @@ other in this process, on this machine. Then, for each:
 
 Candidates:
 
-- ``recipe``: ``gptsmith train --recipe tinyshakespeare`` (``--recipe`` picks another);
+- ``recipe``: ``gptsmith train --recipe tinyshakespeare`` (``--recipe`` picks another, and
+  ``--set FIELD=VALUE`` changes one of its settings: how the variants in BENCHMARKS.md were run);
 - ``nanogpt``: nanoGPT's ``config/train_shakespeare_char.py`` adapted to GPT-2 BPE with bf16
   autocast: 6 layers x 384, 6 heads, context 256, dropout 0.2, no biases in the QKV projection,
   tied head, batch 64 (4 accumulated micro-batches of 16), lr 1e-3 -> 1e-4, warm-up 100 steps
@@ -26,6 +27,7 @@ gets less compute than on a quiet one.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import subprocess
@@ -36,7 +38,9 @@ import numpy as np
 import torch
 
 from benchmarks.harness import REPO_ROOT, base_parser, write_report
+from gptsmith.config import parse_assignments
 from gptsmith.data.tokenizer import get_tokenizer
+from gptsmith.errors import ConfigError
 from gptsmith.model.gpt import GPTConfig, GPTModel
 from gptsmith.train.batches import FixedBatches
 from gptsmith.train.config import TrainConfig
@@ -56,13 +60,33 @@ NANOGPT_TRAIN = dict(batch_size=16, target_batch_tokens=64 * 256, lr=1e-3, min_l
                      dtype="bf16")
 
 
-def candidate_configs(name: str, recipe_name: str) -> tuple[GPTConfig, TrainConfig]:
-    """(model, train) configs of one candidate, without its time budget."""
+def candidate_configs(name: str, recipe_name: str,
+                      changes: dict | None = None) -> tuple[GPTConfig, TrainConfig]:
+    """(model, train) configs of one candidate, without its time budget.
+
+    ``changes`` (the recipe's only) maps field names to values; a name is looked up in
+    ``GPTConfig`` and ``TrainConfig``, and ``model.``/``train.`` in front of it picks one.
+    """
     if name == "nanogpt":
         return (GPTConfig.from_preset("gpt2-small", **NANOGPT_MODEL),
                 TrainConfig(data="tinyshakespeare", **NANOGPT_TRAIN))
     recipe = get_recipe(recipe_name)
-    return GPTConfig.from_preset(recipe["preset"], **recipe["model"]), TrainConfig(**recipe["train"])
+    model_values, train_values = dict(recipe["model"]), dict(recipe["train"])
+    model_fields = {f.name for f in dataclasses.fields(GPTConfig)}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, value in (changes or {}).items():
+        section, _, field = key.rpartition(".")
+        owners = [values for values, fields, label in ((model_values, model_fields, "model"),
+                                                       (train_values, train_fields, "train"))
+                  if field in fields and section in ("", label)]
+        if not owners:
+            raise ConfigError(f"--set {key}: no model or train config field {field!r} "
+                              "(see gptsmith train --help)")
+        if len(owners) > 1:
+            raise ConfigError(f"--set {key}: both configs have {field!r}; "
+                              f"write model.{field} or train.{field}")
+        owners[0][field] = value
+    return GPTConfig.from_preset(recipe["preset"], **model_values), TrainConfig(**train_values)
 
 
 def window_loss(model: torch.nn.Module, tokens: np.ndarray, batch_size: int = 8) -> float:
@@ -86,8 +110,8 @@ def uptime() -> str:
 
 
 def run_candidate(name: str, recipe_name: str, seconds: float, tokenizer, splits, unseen,
-                  save_dir: str | None = None) -> dict:
-    model_cfg, train_cfg = candidate_configs(name, recipe_name)
+                  save_dir: str | None = None, changes: dict | None = None) -> dict:
+    model_cfg, train_cfg = candidate_configs(name, recipe_name, changes)
     train_cfg = train_cfg.replace(time_budget=seconds, device="cpu", sample_every=0)
     torch.manual_seed(train_cfg.seed)
     model = GPTModel(model_cfg)
@@ -115,8 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", default="tinyshakespeare", help="recipe to compare")
     parser.add_argument("--candidates", nargs="+", default=["recipe", "nanogpt"],
                         choices=["recipe", "nanogpt"], help="which runs, in order (default: both)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="changes",
+                        help="change one model or train setting of the recipe (repeatable), e.g. --set "
+                             "lr=3e-3 --set drop_rate=0.3 (model.FIELD or train.FIELD where both have it)")
     parser.add_argument("--save-dir", help="save each trained model to SAVE_DIR/NAME (for gptsmith generate)")
     args = parser.parse_args(argv)
+    try:
+        changes = parse_assignments(args.changes)
+        candidate_configs("recipe", args.recipe, changes)[1].check()  # fail now, not after a 10-minute run
+    except ConfigError as exc:
+        parser.error(str(exc))
     missing = [n for n in UNSEEN if not (DATA / n).is_file()]
     if missing:
         parser.error(f"missing {', '.join(missing)} in {DATA} (the shared data folder)")
@@ -129,9 +161,12 @@ def main(argv: list[str] | None = None) -> int:
              f"{torch.get_num_threads()} threads =="]
     results = {}
     for name in args.candidates:
-        label = f"recipe {args.recipe}" if name == "recipe" else "nanoGPT shakespeare_char settings (BPE)"
+        changed = "".join(f" --set {k}={v}" for k, v in changes.items())
+        label = (f"recipe {args.recipe}{changed}" if name == "recipe"
+                 else "nanoGPT shakespeare_char settings (BPE)")
         figures = run_candidate(name, args.recipe, args.minutes * 60, tokenizer, (train_tokens, val_tokens),
-                                unseen, args.save_dir)
+                                unseen, args.save_dir,
+                                changes if name == "recipe" else None)
         results[name] = figures
         plan = figures["plan"]
         lines += [

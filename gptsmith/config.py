@@ -19,6 +19,20 @@ from gptsmith.errors import ConfigError
 T = TypeVar("T")
 
 
+def parse_assignments(pairs: list[str], flag: str = "--set") -> dict[str, Any]:
+    """``["qkv_bias=false", "n_layers=6"]`` -> ``{"qkv_bias": False, "n_layers": 6}`` (YAML values)."""
+    values = {}
+    for pair in pairs:
+        field, sep, value = pair.partition("=")
+        if not sep or not field.strip():
+            raise ConfigError(f"{flag} {pair!r}: expected FIELD=VALUE, e.g. {flag} qkv_bias=false")
+        try:
+            values[field.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"{flag} {pair!r}: cannot read the value {value!r}") from None
+    return values
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML (``.yaml``/``.yml``) or JSON file into a dict."""
     path = Path(path)

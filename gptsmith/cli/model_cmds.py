@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from gptsmith.config import parse_assignments
 from gptsmith.device import dtype_arg
 from gptsmith.errors import CheckpointError, ConfigError, GptsmithError
 from gptsmith.model.config import PRESETS, GPTConfig
@@ -74,22 +75,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     convert.add_argument("--force", action="store_true", help="write into --out even if it holds files")
     convert.set_defaults(func=run_convert)
-
-
-def _parse_overrides(pairs: list[str]) -> dict:
-    """``["qkv_bias=false", "n_layers=6"]`` -> ``{"qkv_bias": False, "n_layers": 6}`` (YAML values)."""
-    import yaml
-
-    overrides = {}
-    for pair in pairs:
-        field, sep, value = pair.partition("=")
-        if not sep or not field.strip():
-            raise ConfigError(f"--set {pair!r}: expected FIELD=VALUE, e.g. --set qkv_bias=false")
-        try:
-            overrides[field.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {pair!r}: cannot read the value {value!r}") from None
-    return overrides
 
 
 def _describe_source(name: str, overrides: dict | None = None) -> tuple[GPTConfig, str, dict]:
@@ -163,7 +148,7 @@ def run_info(args: argparse.Namespace) -> int:
     from gptsmith.model.gpt import summarize
     from gptsmith.model.memory import available_memory, gib
 
-    cfg, description, extra = _describe_source(args.model, _parse_overrides(args.overrides))
+    cfg, description, extra = _describe_source(args.model, parse_assignments(args.overrides))
     step = _train_step(args, cfg)
     summary = summarize(cfg)
     memory = {"fp32": summary.memory_bytes(4), "bf16": summary.memory_bytes(2)}
