@@ -1,0 +1,179 @@
+"""Corpora: files, directories, globs, JSONL/parquet/HF data sets, safe chunks, and their clear errors."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+from gptsmith.data.corpus import builtin_documents, resolve_corpus, safe_chunks
+from gptsmith.data.shards import prepare_corpus
+from gptsmith.errors import DataError
+
+
+def test_builtin_corpus_is_cpython_documentation():
+    docs = builtin_documents()
+    assert len(docs) > 50 and all(docs)
+    source = resolve_corpus("builtin")
+    assert source.kind == "builtin" and list(source.documents()) == docs
+
+
+def test_text_files_directories_and_globs(tmp_path):
+    (tmp_path / "a.txt").write_text("first file")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.md").write_text("second <|endoftext|>\nthird")
+    (tmp_path / "skip.bin").write_bytes(b"\x00")
+    assert list(resolve_corpus(tmp_path).documents()) == ["first file", "second ", "third"]
+    assert list(resolve_corpus(str(tmp_path / "*.txt")).documents()) == ["first file"]
+
+
+def test_named_corpus_from_data_dir(tmp_path, monkeypatch):
+    (tmp_path / "mycorpus.txt").write_text("hello")
+    monkeypatch.setenv("GPTSMITH_DATA_DIR", str(tmp_path))
+    assert resolve_corpus("mycorpus").paths == (tmp_path / "mycorpus.txt",)
+
+
+def test_missing_path_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="corpus not found: .*nothing.txt"):
+        resolve_corpus(str(tmp_path / "nothing.txt"))
+
+
+def test_an_empty_file_in_a_directory_is_skipped_with_a_warning(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("hello there")
+    (tmp_path / "d" / "b.txt").write_text(" \n")
+    with pytest.warns(UserWarning, match=r"skipped 1 empty file\(s\) of .*b.txt"):
+        assert list(resolve_corpus(tmp_path / "d").documents()) == ["hello there"]
+    (tmp_path / "d" / "a.txt").write_text("")
+    with pytest.raises(DataError, match=r"every file of .* is empty \(2 files\)"):
+        list(resolve_corpus(tmp_path / "d").documents())
+
+
+def test_empty_file_is_a_clear_error(tmp_path):
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(DataError, match="empty.txt is empty"):
+        list(resolve_corpus(tmp_path / "empty.txt").documents())
+
+
+def test_directory_without_text_files(tmp_path):
+    (tmp_path / "data.csv").write_text("a,b")
+    with pytest.raises(DataError, match="holds no .txt or .md files"):
+        resolve_corpus(tmp_path)
+
+
+def test_non_utf8_bytes_name_file_and_offset(tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("café au lait".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1.txt is not UTF-8: byte 0xe9 at offset 3"):
+        list(resolve_corpus(tmp_path / "latin1.txt").documents())
+    # A byte-order mark is dropped, and offsets still count from the start of the file.
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfhi caf\xe9")
+    with pytest.raises(DataError, match=r"bom.txt is not UTF-8: byte 0xe9 at offset 9"):
+        list(resolve_corpus(tmp_path / "bom.txt").documents())
+    (tmp_path / "bom-ok.txt").write_bytes(b"\xef\xbb\xbfhello")
+    assert list(resolve_corpus(tmp_path / "bom-ok.txt").documents()) == ["hello"]
+
+
+def test_jsonl_corpus_and_its_errors(tmp_path):
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"text": "one"}\n\n{"text": "two", "id": 2}\n')
+    assert list(resolve_corpus(good).documents()) == ["one", "two"]
+    (tmp_path / "bad.jsonl").write_text('{"text": "one"}\n{oops\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: not valid JSON"):
+        list(resolve_corpus(tmp_path / "bad.jsonl").documents())
+    (tmp_path / "field.jsonl").write_text('{"body": "one"}\n')
+    with pytest.raises(DataError, match=r"field.jsonl:1: no field 'text' \(found: body\)"):
+        list(resolve_corpus(tmp_path / "field.jsonl").documents())
+    assert list(resolve_corpus(tmp_path / "field.jsonl", text_field="body").documents()) == ["one"]
+    (tmp_path / "latin.jsonl").write_bytes(b'{"text": "one"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"latin.jsonl:2 is not UTF-8: byte 0xe9 at offset 13 of the line"):
+        list(resolve_corpus(tmp_path / "latin.jsonl").documents())
+
+
+def test_parquet_corpus_streams_the_text_column(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    texts = [f"document {i}" for i in range(2500)]
+    table = pa.table({"id": list(range(2500)), "text": texts})
+    pq.write_table(table, tmp_path / "a.parquet", row_group_size=700)
+    assert list(resolve_corpus(tmp_path / "a.parquet").documents()) == texts
+    with pytest.raises(DataError, match=r"no 'body' column \(columns: id, text\)"):
+        list(resolve_corpus(tmp_path / "a.parquet", text_field="body").documents())
+    (tmp_path / "fake.parquet").write_text("not parquet")
+    with pytest.raises(DataError, match="not a readable Parquet file"):
+        list(resolve_corpus(tmp_path / "fake.parquet").documents())
+
+
+def test_hf_datasets_through_the_optional_package(monkeypatch):
+    calls = {}
+
+    def load_dataset(name, config, split, streaming):
+        calls.update(name=name, config=config, split=split, streaming=streaming)
+        return iter([{"text": "a"}, {"text": ""}, {"text": "b"}])
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    assert list(resolve_corpus("hf:someone/stories:validation").documents()) == ["a", "b"]
+    assert calls == {"name": "someone/stories", "config": None, "split": "validation", "streaming": True}
+    list(resolve_corpus("hf:wikitext:wikitext-2-raw-v1:test").documents())
+    assert calls["name"] == "wikitext" and calls["config"] == "wikitext-2-raw-v1" and calls["split"] == "test"
+    list(resolve_corpus("hf:someone/stories").documents())
+    assert calls["split"] == "train" and calls["config"] is None
+    with pytest.raises(DataError, match="expected hf:NAME, hf:NAME:SPLIT or hf:NAME:CONFIG:SPLIT"):
+        list(resolve_corpus("hf:a:b:c:d").documents())
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import now fails
+    with pytest.raises(DataError, match=r"needs the optional `datasets` package"):
+        list(resolve_corpus("hf:someone/stories").documents())
+
+
+def test_hf_dataset_from_local_parquet_files(tmp_path, word_tokenizer):
+    # The real `datasets` package streaming a folder of Parquet files, as it streams a hub dataset.
+    pytest.importorskip("datasets")
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "pq"
+    folder.mkdir()
+    pq.write_table(pa.table({"text": ["alpha beta.", "gamma, delta"]}), folder / "part-0.parquet")
+    pq.write_table(pa.table({"text": ["epsilon zeta"]}), folder / "part-1.parquet")
+    spec = f"hf:{folder}"
+    assert sorted(resolve_corpus(spec).documents()) == ["alpha beta.", "epsilon zeta", "gamma, delta"]
+    shard = prepare_corpus(spec, tokenizer=word_tokenizer, out_dir=tmp_path / "shard")
+    assert shard.n_documents == 3 and not shard.reused
+    assert prepare_corpus(spec, tokenizer=word_tokenizer, out_dir=tmp_path / "shard").reused
+    # Changing the files behind a local hf: path makes a new shard, never a stale one.
+    pq.write_table(pa.table({"text": ["theta eta", "alpha"]}), folder / "part-1.parquet")
+    changed = prepare_corpus(spec, tokenizer=word_tokenizer, out_dir=tmp_path / "shard")
+    assert not changed.reused and changed.n_documents == 4
+
+
+def test_text_fields_must_hold_text(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "ints.parquet")
+    with pytest.raises(DataError, match=r"ints.parquet: column 'text' holds int values, not text"):
+        list(resolve_corpus(tmp_path / "ints.parquet").documents())
+    (tmp_path / "num.jsonl").write_text('{"text": 5}\n')
+    with pytest.raises(DataError, match=r"num.jsonl:1: field 'text' holds int values, not text"):
+        list(resolve_corpus(tmp_path / "num.jsonl").documents())
+
+
+def test_safe_chunks_give_the_same_ids_as_the_whole_text(gpt2_tokenizer, shared_data):
+    text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:200_000]
+    pieces = safe_chunks(text, target_chars=5_000)
+    assert len(pieces) > 30 and "".join(pieces) == text
+    assert sum(gpt2_tokenizer.encode_batch(pieces), []) == gpt2_tokenizer.encode(text)
+
+
+def test_safe_chunks_on_awkward_whitespace(gpt2_tokenizer):
+    import random
+
+    alphabet = ["a", "Hello", " ", "  ", "\n", "\n\n", "\r\n", "\t", "\u00a0", "\u3000", "\x1c", "\u0085",
+                "'s", "'ll", "<|endoftext|>", "12", "345", ".", "!?", "é", "😀", " \n"]
+    for seed in range(300):
+        rng = random.Random(seed)
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 120)))
+        pieces = safe_chunks(text, target_chars=rng.randint(1, 30))
+        assert "".join(pieces) == text
+        assert sum((gpt2_tokenizer.encode(p) for p in pieces), []) == gpt2_tokenizer.encode(text), repr(text)
