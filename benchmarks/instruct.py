@@ -4,9 +4,9 @@ Same gpt2-small-shaped model (random weights, copied between the candidates), th
 8 records in file order from ``instruction-data.json``'s training split (the book's 85%), the
 same process and thread count:
 
-- ``gptsmith``: ``gptsmith.finetune.instruct.train_step`` as ``gptsmith finetune instruct`` runs
-  it (bf16 autocast where the CPU has native bf16, fused AdamW with decay on matrices, clipping),
-  on batches from ``instruct_data.collate``;
+- ``gptsmith``: ``gptsmith.finetune.base.StepRunner`` on ``instruct.batch_loss`` as ``gptsmith
+  finetune instruct`` runs it (bf16 autocast where the CPU has native bf16, fused AdamW with decay
+  on matrices, clipping), on batches from ``instruct_data.collate``;
 - ``gptsmith-lora``: the same with LoRA rank 16 on the attention and feed-forward projections;
 - ``llms_from_scratch``: ``ch04.GPTModel`` with the book's ch07 pipeline (``InstructionDataset``,
   ``custom_collate_fn``) and ch05 loop body (``calc_loss_batch``, ``zero_grad``, ``backward``,
@@ -38,12 +38,12 @@ from benchmarks.harness import (
     write_report,
 )
 from benchmarks.model_forward import make_lfs
-from gptsmith.device import resolve_autocast_dtype, tune_cpu_allocator
-from gptsmith.finetune.instruct import train_step
+from gptsmith.device import tune_cpu_allocator
+from gptsmith.finetune.base import StepRunner
+from gptsmith.finetune.instruct import batch_loss
 from gptsmith.finetune.instruct_data import collate, encode_records, load_instruction_file, split_records
 from gptsmith.finetune.lora import LoRAConfig, apply_lora, count_parameters
 from gptsmith.model.gpt import GPTConfig, GPTModel
-from gptsmith.train.schedule import build_optimizer
 
 DATA = REPO_ROOT.parent / "shared" / "data" / "instruction-data.json"
 BATCH_SIZE = 8
@@ -81,13 +81,12 @@ def make_candidates(n_batches: int, only: str | None = None) -> tuple[dict, dict
     cfg = GPTConfig.from_preset("gpt2-small", drop_rate=0.0)
     torch.manual_seed(0)
     model = GPTModel(cfg)
-    amp = resolve_autocast_dtype("auto", torch.device("cpu"), cfg.emb_dim)
     steps, trainable = {}, {}
 
     def our_step(module):
-        optimizer = build_optimizer(module, lr=5e-5, weight_decay=0.1, betas=(0.9, 0.999))
-        module.train()
-        return lambda x, y: train_step(module, optimizer, x, y, amp_dtype=amp, grad_clip=1.0)
+        runner = StepRunner(module, lr=5e-5, max_steps=1, device=torch.device("cpu"), weight_decay=0.1,
+                            warmup_steps=0, min_lr=5e-5, grad_clip=1.0, emb_dim=cfg.emb_dim)
+        return lambda x, y: runner.run(lambda: batch_loss(module, x, y))
 
     batches = {"gptsmith": ours, "gptsmith-lora": ours}
     ch07, ch05 = optional_import("llms_from_scratch.ch07"), optional_import("llms_from_scratch.ch05")

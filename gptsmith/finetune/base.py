@@ -7,7 +7,8 @@
   ``last-blocks:1`` is what the book does), or ``all``.
 - ``StepRunner``: one optimizer step — autocast forward (bf16 where ``resolve_autocast_dtype``
   says it is faster), backward, gradient clipping, fused AdamW over the trainable parameters
-  (``build_optimizer``), learning rate by ``lr_at_step`` (warm-up, then cosine to lr/10).
+  (``build_optimizer``), learning rate by ``lr_at_step`` (warm-up, then cosine to lr/10, or
+  constant), and a stop before the update when the loss is not finite.
 - ``check_output_dir`` / ``prepare_output_dir`` / ``save_finetuned``: the output is a model
   directory (``save_model``) with a ``finetune`` section in config.json; checked before anything
   is loaded (no work lost at the end), created or cleared only once training starts.
@@ -37,6 +38,7 @@ from gptsmith.model.checkpoint import (
 )
 from gptsmith.model.gpt import GPTModel
 from gptsmith.storage import check_can_be_directory
+from gptsmith.train.evaluation import NonFiniteLossError
 from gptsmith.train.schedule import build_optimizer, lr_at_step
 
 TRAINABLE_CHOICES = "head, last-blocks:N or all"
@@ -122,7 +124,7 @@ class StepRunner:
 
     def __init__(self, model: nn.Module, *, lr: float, max_steps: int, device: torch.device,
                  dtype: str = "auto", weight_decay: float = 0.1, warmup_steps: int | None = None,
-                 grad_clip: float = 1.0, emb_dim: int | None = None) -> None:
+                 min_lr: float | None = None, grad_clip: float = 1.0, emb_dim: int | None = None) -> None:
         if not any(p.requires_grad for p in model.parameters()):
             raise ConfigError("nothing to train: every parameter is frozen")
         if not (lr > 0 and math.isfinite(lr)):
@@ -134,6 +136,7 @@ class StepRunner:
         self.autocast_dtype = resolve_autocast_dtype(dtype, device, emb_dim)
         self.optimizer = build_optimizer(model, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
         self.peak_lr = lr
+        self.min_lr = lr / 10 if min_lr is None else min_lr  # min_lr=lr: a constant learning rate
         self.max_steps = max(1, max_steps)
         self.warmup_steps = min(self.max_steps // 10, 50) if warmup_steps is None else warmup_steps
         self.grad_clip = grad_clip
@@ -149,8 +152,12 @@ class StepRunner:
         return autocast(self.device, self.autocast_dtype)
 
     def run(self, compute_loss: Callable[[], torch.Tensor]) -> float:
-        """One step on the loss ``compute_loss`` returns (called under autocast); the loss value."""
-        lr = lr_at_step(self.step, peak_lr=self.peak_lr, min_lr=self.peak_lr / 10,
+        """One step on the loss ``compute_loss`` returns (called under autocast); the loss value.
+
+        Raises ``NonFiniteLossError`` before updating the weights when the loss is NaN or infinite,
+        so a diverged run never saves broken weights.
+        """
+        lr = lr_at_step(self.step, peak_lr=self.peak_lr, min_lr=self.min_lr,
                         warmup_steps=self.warmup_steps, max_steps=self.max_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -159,12 +166,17 @@ class StepRunner:
             loss = compute_loss()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        value = loss.item()
+        if not math.isfinite(value):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(f"the training loss became {value} at step {self.step + 1} "
+                                     f"(lower --lr, now {self.peak_lr:g})")
         if self.grad_clip > 0:
             params = [p for p in self.model.parameters() if p.grad is not None]
             torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         self.optimizer.step()
         self.step += 1
-        return float(loss.detach())
+        return value
 
 
 FINETUNE_FILES = (CONFIG_FILE, "model.safetensors", "metrics.jsonl", "adapter_config.json",

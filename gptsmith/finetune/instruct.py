@@ -2,8 +2,9 @@
 
 ``finetune_instruct(model, tokenizer, train_records, val_records, cfg)`` trains a pretrained
 ``GPTModel`` to follow instructions (the book's chapter 7): batches padded as ``instruct_data``
-says, cross-entropy that ignores the -100 targets, fused AdamW, bf16 autocast where the device
-runs it faster (``gptsmith.device.resolve_autocast_dtype``), optional LoRA adapters
+says, cross-entropy that ignores the -100 targets, steps by ``finetune.base.StepRunner`` (fused
+AdamW at a constant learning rate, bf16 autocast where the device runs it faster, a stop before a
+non-finite loss reaches the weights), optional LoRA adapters
 (``cfg.lora_rank``: only the adapters train; ``merge_lora`` folds them back before saving). Every
 ``eval_every`` steps it scores train and validation batches and answers a fixed validation
 instruction (``TrainCallbacks.on_eval`` / ``on_sample``).
@@ -23,8 +24,9 @@ from typing import Any
 
 import torch
 
-from gptsmith.device import autocast, resolve_autocast_dtype, resolve_device, set_seed, tune_cpu_allocator
+from gptsmith.device import autocast, resolve_device, set_seed
 from gptsmith.errors import ConfigError, DataError
+from gptsmith.finetune.base import StepRunner
 from gptsmith.finetune.instruct_data import (
     IGNORE_INDEX,
     EncodedExample,
@@ -36,9 +38,7 @@ from gptsmith.finetune.lora import LoRAConfig, apply_lora
 from gptsmith.generate.ask import answer_batch
 from gptsmith.generate.chat import get_template
 from gptsmith.train.callbacks import TrainCallbacks
-from gptsmith.train.evaluation import NonFiniteLossError
 from gptsmith.train.losses import cross_entropy
-from gptsmith.train.schedule import build_optimizer
 
 
 @dataclass
@@ -111,34 +111,6 @@ def batch_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tens
     logits = model(inputs)  # (batch, n_tokens, vocab_size)
     total = cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
     return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
-
-
-def train_step(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    *,
-    amp_dtype: torch.dtype | None = None,
-    grad_clip: float = 0.0,
-) -> float:
-    """One optimizer step on a batch (inputs and targets on the model's device); returns its loss.
-
-    Raises ``NonFiniteLossError`` before updating the weights when the loss is NaN or infinite.
-    """
-    with autocast(inputs.device, amp_dtype):
-        loss = batch_loss(model, inputs, targets)
-    loss.backward()
-    value = loss.item()
-    if not math.isfinite(value):
-        optimizer.zero_grad(set_to_none=True)
-        raise NonFiniteLossError(f"the training loss became {value} (lower the learning rate)")
-    if grad_clip > 0:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return value
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -246,9 +218,6 @@ def finetune_instruct(
     if not train_records or not val_records:
         raise DataError("fine-tuning needs at least one training and one validation record")
     device = resolve_device(cfg.device)
-    amp_dtype = resolve_autocast_dtype(cfg.dtype, device, model.cfg.emb_dim)
-    if device.type == "cpu":
-        tune_cpu_allocator()
     set_seed(cfg.seed)
     train_set = encode_records(train_records, tokenizer, cfg.template, max_length)
     val_set = encode_records(val_records, tokenizer, cfg.template, max_length)
@@ -256,9 +225,13 @@ def finetune_instruct(
     if cfg.lora_rank:
         apply_lora(model, LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
     per_epoch = math.ceil(len(train_set.examples) / cfg.batch_size)
     total_steps = min(cfg.max_steps or per_epoch * cfg.epochs, per_epoch * cfg.epochs)
+    # a constant learning rate, as the book's chapter 7 trains (no warm-up, no decay)
+    runner = StepRunner(model, lr=cfg.lr, max_steps=total_steps, device=device, dtype=cfg.dtype,
+                        weight_decay=cfg.weight_decay, warmup_steps=0, min_lr=cfg.lr, grad_clip=cfg.grad_clip,
+                        emb_dim=model.cfg.emb_dim)
+    amp_dtype = runner.autocast_dtype
     result = InstructResult(0, 0, 0.0, train_set.truncated + val_set.truncated, max_length,
                             "bf16" if amp_dtype else "fp32", trainable)
     callbacks.on_start({
@@ -295,12 +268,7 @@ def finetune_instruct(
                 break
             step_start = time.perf_counter()
             inputs, targets = inputs.to(device), targets.to(device)
-            try:
-                value = train_step(model, optimizer, inputs, targets, amp_dtype=amp_dtype,
-                                   grad_clip=cfg.grad_clip)
-            except NonFiniteLossError:
-                raise NonFiniteLossError(f"the training loss became non-finite at step {result.steps + 1} "
-                                         f"(lower --lr, now {cfg.lr:g})") from None
+            value = runner.run(lambda: batch_loss(model, inputs, targets))  # noqa: B023 (called at once)
             result.steps += 1
             result.examples_seen += inputs.shape[0]
             result.losses.append(value)

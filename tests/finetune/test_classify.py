@@ -9,12 +9,13 @@ import torch
 from classify_helpers import labelled_rows, tiny_base, write_csv
 
 from gptsmith.errors import CheckpointError
-from gptsmith.finetune.base import parse_trainable, set_trainable
+from gptsmith.finetune.base import StepRunner, parse_trainable, set_trainable
 from gptsmith.finetune.class_model import GPTClassifier, batch_order, pad_batch
 from gptsmith.finetune.classifier import Classifier
 from gptsmith.finetune.classify import finetune_classifier
 from gptsmith.model.checkpoint import load_model_dir
 from gptsmith.model.gpt import GPTConfig, GPTModel
+from gptsmith.train.evaluation import NonFiniteLossError
 
 
 def _classifier(seed: int = 0) -> GPTClassifier:
@@ -111,3 +112,26 @@ def test_lora_adapter_only_loads_on_its_base(tmp_path):
     trainable = result.metrics  # the LoRA run trained: its loss moved
     losses = [r["loss"] for r in trainable if r["kind"] == "train"]
     assert min(losses[-3:]) < losses[0]
+
+
+def test_a_non_finite_loss_stops_the_step_before_the_update():
+    model = GPTModel(GPTConfig(vocab_size=40, context_length=8, emb_dim=16, n_heads=2, n_layers=1))
+    runner = StepRunner(model, lr=1e-3, max_steps=10, device=torch.device("cpu"), dtype="fp32",
+                        warmup_steps=0, min_lr=1e-3)
+    ids = torch.randint(0, 40, (2, 8))
+    loss = runner.run(lambda: model(ids).logsumexp(-1).mean())
+    assert torch.isfinite(torch.tensor(loss)) and runner.optimizer.param_groups[0]["lr"] == 1e-3  # constant
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(NonFiniteLossError, match=r"the training loss became nan at step 2 \(lower --lr"):
+        runner.run(lambda: model(ids).sum() * float("nan"))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing updated
+    assert runner.step == 1
+
+
+def test_a_diverging_finetune_saves_no_classifier(tmp_path):
+    base = tiny_base(tmp_path / "base")
+    data = write_csv(tmp_path / "sms.csv", labelled_rows(30))
+    out = tmp_path / "clf"
+    with pytest.raises(NonFiniteLossError, match="lower --lr, now 1e\\+30"):
+        finetune_classifier(data, checkpoint=base, out=out, lr=1e30, trainable="all")
+    assert not (out / "model.safetensors").exists() and not (out / "config.json").exists()

@@ -7,7 +7,7 @@ import torch
 from generation_helpers import ByteTokenizer, scripted_model, tiny_model
 from judge_helpers import StubJudge, stub_judge
 
-from gptsmith.errors import ConfigError, DataError
+from gptsmith.errors import ConfigError, DataError, NonFiniteError
 from gptsmith.finetune.instruct import (
     InstructConfig,
     answer_records,
@@ -72,6 +72,10 @@ def test_max_steps_and_bad_settings():
         finetune_instruct(model, tok, RECORDS, RECORDS, InstructConfig(max_length=500))
     with pytest.raises(DataError, match="another tokenizer"):
         finetune_instruct(tiny_model(vocab_size=100), tok, RECORDS, RECORDS, cfg)
+    diverging = InstructConfig(max_steps=4, batch_size=2, lr=1e30, eval_every=0, sample_tokens=0,
+                               device="cpu", dtype="fp32")
+    with pytest.raises(NonFiniteError, match=r"training loss became (nan|inf) at step [2-4] \(lower --lr"):
+        finetune_instruct(model, tok, RECORDS, RECORDS[:1], diverging)
 
 
 def test_ask_formats_with_the_models_template_and_stops_at_the_next_turn():
