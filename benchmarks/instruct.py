@@ -168,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         title,
         results,
         higher_is_better={"examples/s": True, "trainable parameters": False, "peak RSS MiB": False},
-        notes=["gptsmith = finetune.instruct.train_step (bf16 autocast if the CPU has native bf16, "
-               "fused AdamW, clipping); gptsmith-lora = the same with LoRA rank 16 "
+        notes=["gptsmith = finetune.base.StepRunner on instruct.batch_loss (bf16 autocast if the CPU has "
+               "native bf16, fused AdamW, clipping); gptsmith-lora = the same with LoRA rank 16 "
                "(attention + feed-forward); "
                "llms_from_scratch = ch07 data pipeline + ch05 loop, fp32, default AdamW",
                "peak RSS: one fresh process per candidate (model build, batches, "
