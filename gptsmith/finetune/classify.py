@@ -92,8 +92,15 @@ class ClassifyConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if self.lora_rank < 0 or self.eval_every < 0:
-            raise ConfigError("--lora-rank and --eval-every must be >= 0")
+        for name in ("lora_rank", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if not self.lora_rank:
+            lora_flags = (("--lora-alpha", self.lora_alpha, None), ("--lora-dropout", self.lora_dropout, 0.0),
+                          ("--lora-targets", tuple(self.lora_targets), DEFAULT_TARGETS))
+            asked = [flag for flag, value, default in lora_flags if value != default]
+            if asked:
+                raise ConfigError(" and ".join(asked) + " set up LoRA: add --lora-rank R (e.g. 8)")
         if self.trainable is not None and self.lora_rank:
             raise ConfigError("--trainable and --lora-rank are alternatives: with LoRA the adapters and the "
                               "new head train (drop one of them)")
@@ -219,7 +226,8 @@ def finetune_classifier(
     classifier = GPTClassifier(gpt, len(classes))
     lora_config = None
     if config.lora_rank:
-        lora_config = LoRAConfig(rank=config.lora_rank, alpha=config.lora_alpha or 2.0 * config.lora_rank,
+        alpha = 2.0 * config.lora_rank if config.lora_alpha is None else config.lora_alpha
+        lora_config = LoRAConfig(rank=config.lora_rank, alpha=alpha,
                                  dropout=config.lora_dropout, targets=tuple(config.lora_targets))
         apply_lora(classifier, lora_config)
         classifier.head.requires_grad_(True)

@@ -69,15 +69,18 @@ class InstructConfig:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batches": self.eval_batches}
         for name, value in positive.items():
             if value < 1:
-                raise ConfigError(f"{name} must be at least 1, got {value}")
+                raise ConfigError(f"{_flag(name)} must be at least 1, got {value}")
         if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"max_steps must be at least 1, got {self.max_steps}")
+            raise ConfigError(f"--max-steps must be at least 1, got {self.max_steps}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"lr must be a positive number, got {self.lr}")
+            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
         if self.max_length is not None and self.max_length < 2:
-            raise ConfigError(f"max_length must be at least 2 tokens, got {self.max_length}")
-        if self.lora_rank < 0 or self.eval_every < 0 or self.grad_clip < 0:
-            raise ConfigError("lora_rank, eval_every and grad_clip must not be negative")
+            raise ConfigError(f"--max-length must be at least 2 tokens, got {self.max_length}")
+        for name in ("lora_rank", "eval_every", "grad_clip"):
+            if not getattr(self, name) >= 0:  # NaN too
+                raise ConfigError(f"{_flag(name)} must not be negative, got {getattr(self, name)}")
+        if self.lora_rank:
+            LoRAConfig(rank=self.lora_rank, alpha=self.lora_alpha)  # checks both before any loading
 
     def length_for(self, model: torch.nn.Module) -> int:
         """``max_length``, or the model's context when unset; longer than the context is an error."""
@@ -86,6 +89,11 @@ class InstructConfig:
             raise ConfigError(f"max_length {max_length} is longer than the model's context of "
                               f"{model.cfg.context_length} tokens (lower it)")
         return max_length
+
+
+def _flag(name: str) -> str:
+    """The command-line spelling of an ``InstructConfig`` field (``eval_every`` -> ``--eval-every``)."""
+    return "--" + name.replace("_", "-")
 
 
 @dataclass

@@ -63,7 +63,8 @@ class LoRAConfig:
     def __post_init__(self) -> None:
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
             raise ConfigError(f"LoRA rank must be a positive integer, got {self.rank!r} (try 8)")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float) or self.alpha <= 0:
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float) \
+                or not (0 < self.alpha < math.inf):
             raise ConfigError(f"LoRA alpha must be a positive number, got {self.alpha!r} (try 2 x rank)")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) \
                 or not 0.0 <= self.dropout < 1.0:
@@ -189,6 +190,11 @@ def apply_lora(model: nn.Module, config: LoRAConfig | None = None) -> list[str]:
                 f"LoRA target {name!r} shares its weight with another layer (a tied output head); "
                 "leave it out of the targets"
             )
+        width = min(linear.in_features, linear.out_features)
+        if config.rank > width:  # a rank past the layer's width adds parameters, not expressiveness
+            raise ConfigError(f"LoRA rank {config.rank} is larger than layer {name!r} "
+                              f"({linear.in_features} -> {linear.out_features}): use at most {width} "
+                              "(adapters are usually 4-64)")
     model.requires_grad_(False)
     for name in names:
         base = model.get_submodule(name)

@@ -126,7 +126,11 @@ def test_lora_run_saves_a_merged_plain_model(capsys, base, data, tmp_path):
         (["--judge-url", "http://localhost:1"], "--judge-url and --judge-model go together"),
         (["--judge-url", "localhost:1", "--judge-model", "m"], "is not an http(s) address"),
         (["--max-length", "1000"], "longer than the model's context of 96 tokens"),
-        (["--batch-size", "0"], "batch_size must be at least 1"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--eval-every", "-1"], "--eval-every must not be negative, got -1"),
+        (["--lora-rank", "-1"], "--lora-rank must not be negative, got -1"),
+        (["--lora-rank", "2", "--lora-alpha", "nan"], "LoRA alpha must be a positive number, got nan"),
+        (["--lora-rank", "1000"], "LoRA rank 1000 is larger than layer"),
     ],
 )
 def test_bad_flags_are_one_line_errors(capsys, base, data, tmp_path, more, message):
