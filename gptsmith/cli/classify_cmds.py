@@ -20,8 +20,8 @@ examples:
   gptsmith finetune classify --model gpt2 --data reviews.csv --lora-rank 8 --lr 2e-3 --out models/reviews
   gptsmith classify --checkpoint models/spam "You won a free cruise, call now" "See you at 6?"
 
-Data: CSV, TSV or JSONL with a text and a label column (any number of classes; labels are
-strings, stored with the model). Without --val-data/--test-data the file is split 70/10/20.
+Data: CSV, TSV, JSONL or a JSON array with a text and a label column (any number of classes;
+labels are strings, stored with the model). Without --val-data/--test-data the file is split 70/10/20.
 The output is a model directory (config.json with the labels and the head, model.safetensors,
 classifier.safetensors) plus metrics.jsonl and training.png; with --save-adapter-only, only the
 LoRA adapter and the head, which load on top of the base model.
@@ -42,7 +42,7 @@ def register_finetune(kinds: argparse._SubParsersAction) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="base model: a model or run directory")
     source.add_argument("--model", help="base model: a name (gpt2, gpt2-medium, ...) or a directory")
-    p.add_argument("--data", required=True, help="CSV, TSV or JSONL file of labelled texts")
+    p.add_argument("--data", required=True, help="CSV, TSV, JSONL or JSON-array file of labelled texts")
     p.add_argument("--out", required=True, help="output directory (new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier fine-tune's output in --out")
     p.add_argument("--text-column", type=_column, default="text",

@@ -4,10 +4,12 @@ This module owns the rules for classification data (the CLI and ``finetune_class
 come here):
 
 - **Formats** by file extension: ``.csv``, ``.tsv``/``.tab`` (tab-separated, quotes are plain
-  characters, as in the SMS spam file), ``.jsonl``/``.ndjson`` (one JSON object per line); any
-  other extension is sniffed from the first line (a ``{`` means JSONL, a tab means TSV, else CSV).
-- **Columns** by name when the file has a header line (JSONL keys always), by 0-based number
-  with ``header=False``. A missing column is an error that names the columns that exist.
+  characters, as in the SMS spam file), ``.jsonl``/``.ndjson`` (one JSON object per line),
+  ``.json`` (one JSON array of objects, or JSONL); any other extension is sniffed from the first
+  line (a ``[`` means a JSON array, a ``{`` JSONL, a tab TSV, else CSV).
+- **Columns** by name when the file has a header line (JSON keys always), by 0-based number
+  with ``header=False``. A missing column is an error that names the columns that exist; the
+  text and the label must be two different columns.
 - **Rows**: a row with an empty text is skipped and counted; an empty label or a row that
   cannot be parsed is an error naming the line. Labels are strings (JSON numbers become
   their text); the classes are the sorted distinct labels, so ids are reproducible.
@@ -73,9 +75,11 @@ def detect_format(path: Path) -> str:
         return "tsv"
     if suffix in (".jsonl", ".ndjson"):
         return "jsonl"
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        first = handle.readline()
-    if first.lstrip().startswith("{"):
+    with open(path, encoding="utf-8-sig", errors="replace") as handle:
+        first = handle.read(4096).lstrip()
+    if first.startswith("["):
+        return "json"
+    if first.startswith("{") or suffix == ".json":
         return "jsonl"
     return "tsv" if "\t" in first else "csv"
 
@@ -95,12 +99,15 @@ def _column_index(column: str | int, header: list[str] | None, path: Path) -> in
     """The position of ``column`` in a row: a header name, or a 0-based number without a header."""
     if header is None:
         try:
-            return int(column)
+            index = int(column)
         except (TypeError, ValueError):
+            index = -1
+        if index < 0:
             raise ConfigError(
-                f"{path} is read without a header line, so columns are numbers: got {column!r} "
+                f"{path} is read without a header line, so columns are numbers from 0: got {column!r} "
                 "(pass e.g. --text-column 1 --label-column 0)"
-            ) from None
+            )
+        return index
     if isinstance(column, str) and column in header:
         return header.index(column)
     raise DataError(
@@ -125,6 +132,8 @@ def _read_delimited(path: Path, text: str, fmt: str, text_column: str | int, lab
             names = [name.strip() for name in first]
         text_at = _column_index(text_column, names, path)
         label_at = _column_index(label_column, names, path)
+        if text_at == label_at:
+            _same_column(text_column, label_column)
         data = LabelledTexts([], [], str(path))
         for row in rows:
             if not row or all(not cell.strip() for cell in row):
@@ -141,40 +150,66 @@ def _read_delimited(path: Path, text: str, fmt: str, text_column: str | int, lab
     return data
 
 
-def _add_row(data: LabelledTexts, text: object, label: object, path: Path, line: int) -> None:
+def _add_row(data: LabelledTexts, text: object, label: object, path: Path, where: int | str) -> None:
+    where = f"line {where}" if isinstance(where, int) else where
     if isinstance(label, bool) or label is None or isinstance(label, dict | list):
-        raise DataError(f"{path}, line {line}: the label must be a string or a number, got {label!r}")
+        raise DataError(f"{path}, {where}: the label must be a string or a number, got {label!r}")
     label = str(label).strip()
     if not label:
-        raise DataError(f"{path}, line {line}: empty label (every row needs one)")
+        raise DataError(f"{path}, {where}: empty label (every row needs one)")
     if text is None or (isinstance(text, str) and not text.strip()):
         data.skipped_empty += 1
         return
     if not isinstance(text, str):
-        raise DataError(f"{path}, line {line}: the text must be a string, got {text!r}")
+        raise DataError(f"{path}, {where}: the text must be a string, got {text!r}")
     data.texts.append(text)
     data.labels.append(label)
 
 
-def _read_jsonl(path: Path, text: str, text_column: str | int, label_column: str | int) -> LabelledTexts:
-    data = LabelledTexts([], [], str(path))
+def _same_column(text_column: str | int, label_column: str | int) -> None:
+    raise ConfigError(f"--text-column {text_column} and --label-column {label_column} are the same column; "
+                      "the label must be another column")
+
+
+def _json_records(path: Path, text: str, fmt: str) -> list[tuple[str, object]]:
+    """(where, record) for each record of a JSONL file or a JSON array."""
+    if fmt == "json":
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as exc:
+            where = f"line {exc.lineno}, column {exc.colno}"
+            raise DataError(f"{path}, {where}: not valid JSON ({exc.msg})") from None
+        if not isinstance(records, list):
+            raise DataError(f"{path}: expected a JSON array of objects (or one object per line), "
+                            f"got {type(records).__name__}")
+        return [(f"record {n}", record) for n, record in enumerate(records, start=1)]
+    found = []
     for line_number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            found.append((f"line {line_number}", json.loads(line)))
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path}, line {line_number}: not valid JSON ({exc.msg})") from None
+            hint = " (a JSON array must start the file with '[')" if line.lstrip().startswith("[") else ""
+            raise DataError(f"{path}, line {line_number}: not valid JSON ({exc.msg}){hint}") from None
+    return found
+
+
+def _read_json(path: Path, text: str, fmt: str, text_column: str | int,
+               label_column: str | int) -> LabelledTexts:
+    if str(text_column) == str(label_column):
+        _same_column(text_column, label_column)
+    data = LabelledTexts([], [], str(path))
+    for where, record in _json_records(path, text, fmt):
         if not isinstance(record, dict):
-            raise DataError(f"{path}, line {line_number}: expected a JSON object, "
-                            f"got {type(record).__name__}")
+            raise DataError(f"{path}, {where}: expected a JSON object, got {type(record).__name__}")
         for column in (text_column, label_column):
             if str(column) not in record:
                 raise DataError(
-                    f"{path}, line {line_number}: no key {str(column)!r} (keys: "
+                    f"{path}, {where}: no key {str(column)!r} (keys: "
                     f"{', '.join(repr(k) for k in record)}); pass --text-column/--label-column"
                 )
-        _add_row(data, record[str(text_column)], record[str(label_column)], path, line_number)
+        _add_row(data, record[str(text_column)], record[str(label_column)], path, where)
     return data
 
 
@@ -186,7 +221,7 @@ def read_labelled(
     header: bool = True,
     fmt: str | None = None,
 ) -> LabelledTexts:
-    """Read labelled texts from a CSV, TSV or JSONL file (see the module docstring for the rules).
+    """Read labelled texts from a CSV, TSV, JSONL or JSON file (see the module docstring for the rules).
 
     Raises ``DataError`` for an empty file, a missing column (naming those that exist) or a row
     that cannot be parsed (naming its line). Rows with an empty text are skipped and counted.
@@ -194,12 +229,12 @@ def read_labelled(
     path = Path(path).expanduser()
     text = _read_text(path)
     fmt = fmt or detect_format(path)
-    if fmt not in ("csv", "tsv", "jsonl"):
-        raise ConfigError(f"unknown data format {fmt!r} (choose from csv, tsv, jsonl)")
+    if fmt not in ("csv", "tsv", "jsonl", "json"):
+        raise ConfigError(f"unknown data format {fmt!r} (choose from csv, tsv, jsonl, json)")
     if not text.strip():
         raise DataError(f"{path} is empty (expected labelled rows of text)")
-    if fmt == "jsonl":
-        data = _read_jsonl(path, text, text_column, label_column)
+    if fmt in ("jsonl", "json"):
+        data = _read_json(path, text, fmt, text_column, label_column)
     else:
         data = _read_delimited(path, text, fmt, text_column, label_column, header)
     if not data.texts:
@@ -215,6 +250,11 @@ def check_classes(data: LabelledTexts) -> list[str]:
         raise DataError(
             f"{data.source or 'the data'} has a single class ({classes[0]!r} in all {len(data)} rows); "
             "a classifier needs at least two (is --label-column the right column?)"
+        )
+    if len(data) > 2 and len(classes) == len(data):
+        raise DataError(
+            f"every one of the {len(data)} rows of {data.source or 'the data'} has a label of its own; "
+            "a classifier needs several texts per label (is --label-column the right column?)"
         )
     return classes
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from classify_helpers import labelled_rows, write_csv, write_jsonl, write_tsv_label_first
 
 from gptsmith.errors import ConfigError, DataError
-from gptsmith.finetune.class_data import balance, make_splits, parse_split, read_labelled
+from gptsmith.finetune.class_data import balance, check_classes, make_splits, parse_split, read_labelled
 
 
 def test_the_three_formats_read_the_same_rows(tmp_path):
@@ -19,6 +21,39 @@ def test_the_three_formats_read_the_same_rows(tmp_path):
     for data in (csv_data, tsv_data, jsonl_data):
         assert data.texts == [t for t, _ in rows] and data.labels == [lab for _, lab in rows]
         assert data.classes() == ["ham", "spam"]
+
+
+def test_a_json_array_reads_like_jsonl(tmp_path):
+    rows = labelled_rows(5)
+    array = tmp_path / "rows.json"
+    array.write_text(json.dumps([{"text": t, "label": lab} for t, lab in rows], indent=2), encoding="utf-8")
+    jsonl = read_labelled(write_jsonl(tmp_path / "rows.jsonl", rows))
+    data = read_labelled(array)  # by the extension
+    assert (data.texts, data.labels) == (jsonl.texts, jsonl.labels)
+    data = read_labelled(array.rename(tmp_path / "rows.txt"))  # sniffed from the first character
+    assert (data.texts, data.labels) == (jsonl.texts, jsonl.labels)
+    array.write_text(json.dumps([{"text": "a", "label": "x"}, ["b", "y"]]), encoding="utf-8")
+    with pytest.raises(DataError, match="rows.json, record 2: expected a JSON object, got list"):
+        read_labelled(array)
+    array.write_text('[{"text": "a", "label": "x"},\n {"text": "b"', encoding="utf-8")
+    with pytest.raises(DataError, match="rows.json, line 2, column 14: not valid JSON"):
+        read_labelled(array)
+
+
+def test_text_and_label_must_be_two_columns(tmp_path):
+    rows = labelled_rows(6)
+    with pytest.raises(ConfigError, match="--text-column text and --label-column text are the same column"):
+        read_labelled(write_csv(tmp_path / "a.csv", rows), label_column="text")
+    with pytest.raises(ConfigError, match="are the same column"):
+        read_labelled(write_jsonl(tmp_path / "a.jsonl", rows), label_column="text")
+    tsv = write_tsv_label_first(tmp_path / "a.tsv", rows)
+    with pytest.raises(ConfigError, match="are the same column"):
+        read_labelled(tsv, header=False, text_column=1, label_column="1")
+    with pytest.raises(ConfigError, match="columns are numbers from 0: got -1"):
+        read_labelled(tsv, header=False, text_column=1, label_column=-1)
+    unique = read_labelled(write_csv(tmp_path / "u.csv", [(f"text {i}", f"label {i}") for i in range(5)]))
+    with pytest.raises(DataError, match="every one of the 5 rows .* has a label of its own"):
+        check_classes(unique)
 
 
 def test_tsv_quotes_are_plain_characters_and_csv_quotes_are_csv(tmp_path):
