@@ -90,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="classifier directory (or its LoRA adapter directory)")
     p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
-    p.add_argument("--file", help="file with one text per line ('-' = standard input)")
+    p.add_argument("--file", help="file with one text per line, blank lines skipped ('-' = standard input)")
     p.add_argument("--json", action="store_true", help="one JSON object per text")
     p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: 32)")
     p.add_argument("--device", default="auto", type=device_arg, help=DEVICE_HELP)
@@ -170,18 +170,27 @@ def run_finetune_classify(args: argparse.Namespace) -> int:
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
     texts = list(args.texts)
+    for number, text in enumerate(texts, start=1):
+        if not text.strip():
+            raise ConfigError(f"text {number} of the arguments is empty: there is nothing to classify")
     if args.file is not None:
         if args.file == "-":
             lines = sys.stdin.read().splitlines()
         else:
             path = Path(args.file).expanduser()
+            if path.is_dir():
+                raise DataError(f"--file {path} is a directory; give a text file (one text per line)")
             if not path.is_file():
                 raise DataError(f"--file {path} not found (one text per line)")
             try:
                 lines = path.read_text(encoding="utf-8").splitlines()
             except UnicodeDecodeError:
                 raise DataError(f"--file {path} is not UTF-8 text") from None
-        texts.extend(line for line in lines if line.strip())
+        kept = [line for line in lines if line.strip()]
+        if len(kept) < len(lines):
+            skipped = len(lines) - len(kept)
+            print(f"note: skipped {skipped} blank line(s) of --file {args.file}", file=sys.stderr)
+        texts.extend(kept)
     if not texts:
         raise ConfigError("no texts to classify: give them as arguments or with --file FILE")
     return texts

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gptsmith.errors import ConfigError, DataError
+from gptsmith.finetune.records import json_objects
 
 DEFAULT_SPLIT = (0.7, 0.1, 0.2)
 
@@ -171,36 +171,12 @@ def _same_column(text_column: str | int, label_column: str | int) -> None:
                       "the label must be another column")
 
 
-def _json_records(path: Path, text: str, fmt: str) -> list[tuple[str, object]]:
-    """(where, record) for each record of a JSONL file or a JSON array."""
-    if fmt == "json":
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as exc:
-            where = f"line {exc.lineno}, column {exc.colno}"
-            raise DataError(f"{path}, {where}: not valid JSON ({exc.msg})") from None
-        if not isinstance(records, list):
-            raise DataError(f"{path}: expected a JSON array of objects (or one object per line), "
-                            f"got {type(records).__name__}")
-        return [(f"record {n}", record) for n, record in enumerate(records, start=1)]
-    found = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            found.append((f"line {line_number}", json.loads(line)))
-        except json.JSONDecodeError as exc:
-            hint = " (a JSON array must start the file with '[')" if line.lstrip().startswith("[") else ""
-            raise DataError(f"{path}, line {line_number}: not valid JSON ({exc.msg}){hint}") from None
-    return found
-
-
-def _read_json(path: Path, text: str, fmt: str, text_column: str | int,
-               label_column: str | int) -> LabelledTexts:
+def _read_json(path: Path, text: str, text_column: str | int, label_column: str | int) -> LabelledTexts:
     if str(text_column) == str(label_column):
         _same_column(text_column, label_column)
     data = LabelledTexts([], [], str(path))
-    for where, record in _json_records(path, text, fmt):
+    for index, (record, line) in enumerate(json_objects(text, path)):
+        where = f"line {line}" if line else f"record {index}"
         if not isinstance(record, dict):
             raise DataError(f"{path}, {where}: expected a JSON object, got {type(record).__name__}")
         for column in (text_column, label_column):
@@ -234,7 +210,7 @@ def read_labelled(
     if not text.strip():
         raise DataError(f"{path} is empty (expected labelled rows of text)")
     if fmt in ("jsonl", "json"):
-        data = _read_json(path, text, fmt, text_column, label_column)
+        data = _read_json(path, text, text_column, label_column)
     else:
         data = _read_delimited(path, text, fmt, text_column, label_column, header)
     if not data.texts:

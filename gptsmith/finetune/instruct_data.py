@@ -21,7 +21,6 @@ tokens, counting what it cut. ``collate`` is the one owner of the batching rules
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import torch
 
 from gptsmith.errors import DataError
+from gptsmith.finetune.records import json_objects
 from gptsmith.generate.chat import ROLES, Message, PromptTemplate, get_template
 from gptsmith.train.losses import IGNORE_INDEX  # the target the loss skips (-100, torch's default)
 
@@ -72,6 +72,8 @@ def load_instruction_file(path: str | Path) -> list[InstructionRecord]:
     other than system/user/assistant (by record index, 0-based).
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; give an Alpaca JSON/JSONL or chat JSONL file")
     if not path.is_file():
         raise DataError(f"instruction data not found: {path} (give an Alpaca JSON/JSONL or chat JSONL file)")
     try:
@@ -80,35 +82,11 @@ def load_instruction_file(path: str | Path) -> list[InstructionRecord]:
         raise DataError(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     if not text.strip():
         raise DataError(f"{path} is empty (expected Alpaca JSON/JSONL records or chat JSONL records)")
-    records = [parse_record(obj, index, f"{path}: record {index}{where}")
-               for index, (obj, where) in enumerate(_json_objects(text, path))]
+    records = [parse_record(obj, index, f"{path}: record {index}" + (f" (line {line})" if line else ""))
+               for index, (obj, line) in enumerate(json_objects(text, path))]
     if not records:
         raise DataError(f"{path} holds no records (expected at least one instruction and output)")
     return records
-
-
-def _json_objects(text: str, path: Path) -> Iterator[tuple[Any, str]]:
-    """(object, " (line N)" or "") for a JSON array file or each line of a JSONL file."""
-    if text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-            ) from None
-        yield from ((obj, "") for obj in data)
-        return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                f"{path}: invalid JSON at line {number}, column {exc.colno}: {exc.msg} "
-                "(a JSONL file holds one JSON object per line)"
-            ) from None
-        yield obj, f" (line {number})"
 
 
 def parse_record(obj: Any, index: int, where: str | None = None) -> InstructionRecord:
@@ -124,10 +102,16 @@ def parse_record(obj: Any, index: int, where: str | None = None) -> InstructionR
         if key not in obj:
             raise DataError(f'{where} has no "{key}" (an Alpaca record needs "instruction" and "output"; '
                             '"input" is optional; a chat record needs "messages")')
-    fields = {key: obj.get(key) or "" for key in ("instruction", "input", "output")}
+    fields = {key: obj[key] for key in ("instruction", "output")}
+    fields["input"] = obj.get("input") or ""  # optional: missing, null and "" all mean none
     for key, value in fields.items():
         if not isinstance(value, str):
-            raise DataError(f'{where}: "{key}" must be a string, got {type(value).__name__}')
+            kind = "null" if value is None else type(value).__name__
+            raise DataError(f'{where}: "{key}" must be a string, got {kind}')
+    if not fields["output"].strip():
+        raise DataError(f'{where}: "output" is empty (nothing to learn; add the answer or drop the record)')
+    if not (fields["instruction"].strip() or fields["input"].strip()):
+        raise DataError(f'{where}: "instruction" and "input" are empty (no question to learn an answer to)')
     user = Message("user", fields["instruction"], fields["input"])
     return InstructionRecord((user, Message("assistant", fields["output"])))
 

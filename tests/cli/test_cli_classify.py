@@ -41,8 +41,10 @@ def test_finetune_then_classify_from_the_command_line(base, tmp_path, capsys):
     texts = tmp_path / "texts.txt"
     texts.write_text("free cash offer\n\nthanks mum\n", encoding="utf-8")
     assert main(["classify", "--checkpoint", str(out), "--file", str(texts)]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
     assert len(lines) == 2 and lines[0].startswith("spam\t") and lines[1].endswith("\tthanks mum")
+    assert f"note: skipped 1 blank line(s) of --file {texts}" in captured.err
     assert _finetune(base, data, out, "--no-header", "--label-column", "0", "--text-column", "1") == 2
     assert "is not empty (pass --overwrite to replace it)" in capsys.readouterr().err
     before = sorted(p.name for p in out.iterdir())
@@ -79,7 +81,7 @@ def test_bad_inputs_are_one_line_errors(base, tmp_path, capsys):
     broken = write_jsonl(tmp_path / "broken.jsonl", labelled_rows(3))
     broken.write_text(broken.read_text() + '{"text": "oops"\n', encoding="utf-8")
     assert _finetune(base, broken, out) == 2
-    assert "broken.jsonl, line 7: not valid JSON" in _error(capsys)
+    assert "broken.jsonl: invalid JSON at line 7" in _error(capsys)
 
     not_a_model = tmp_path / "notes"
     not_a_model.mkdir()
@@ -103,6 +105,10 @@ def test_bad_inputs_are_one_line_errors(base, tmp_path, capsys):
     assert "a language model, not a classifier" in _error(capsys)
     assert main(["classify", "--checkpoint", str(base)]) == 2
     assert "no texts to classify" in _error(capsys)
+    assert main(["classify", "--checkpoint", str(base), "fine", " "]) == 2
+    assert "text 2 of the arguments is empty" in _error(capsys)
+    assert main(["classify", "--checkpoint", str(base), "--file", str(tmp_path)]) == 2
+    assert "is a directory; give a text file" in _error(capsys)
     assert not out.exists()  # nothing half-written, not even an empty folder
 
 

@@ -33,10 +33,10 @@ def test_a_json_array_reads_like_jsonl(tmp_path):
     data = read_labelled(array.rename(tmp_path / "rows.txt"))  # sniffed from the first character
     assert (data.texts, data.labels) == (jsonl.texts, jsonl.labels)
     array.write_text(json.dumps([{"text": "a", "label": "x"}, ["b", "y"]]), encoding="utf-8")
-    with pytest.raises(DataError, match="rows.json, record 2: expected a JSON object, got list"):
+    with pytest.raises(DataError, match="rows.json, record 1: expected a JSON object, got list"):
         read_labelled(array)
     array.write_text('[{"text": "a", "label": "x"},\n {"text": "b"', encoding="utf-8")
-    with pytest.raises(DataError, match="rows.json, line 2, column 14: not valid JSON"):
+    with pytest.raises(DataError, match="rows.json: invalid JSON at line 2, column 14"):
         read_labelled(array)
 
 
@@ -84,7 +84,7 @@ def test_empty_file_single_class_and_unparsable_rows(tmp_path):
         read_labelled(empty)
     bad_json = tmp_path / "bad.jsonl"
     bad_json.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": \n', encoding="utf-8")
-    with pytest.raises(DataError, match="bad.jsonl, line 2: not valid JSON"):
+    with pytest.raises(DataError, match="bad.jsonl: invalid JSON at line 2"):
         read_labelled(bad_json)
     short_row = tmp_path / "short.tsv"
     short_row.write_text("ham\thello\nspam\n", encoding="utf-8")

@@ -63,6 +63,9 @@ def test_reads_alpaca_json_alpaca_jsonl_and_chat_jsonl(tmp_path):
          'record 1 has no "instruction"'),
         ('{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n', 'record 1 (line 2) has no "output"'),
         ('[{"instruction": "a", "output": 3}]', '"output" must be a string'),
+        ('[{"instruction": "a", "output": null}]', '"output" must be a string, got null'),
+        ('[{"instruction": "a", "output": "  "}]', '"output" is empty (nothing to learn'),
+        ('[{"instruction": "", "input": null, "output": "b"}]', '"instruction" and "input" are empty'),
         ('["just text"]', "record 0 is a JSON str, not an object"),
         ('{"messages": [{"role": "bot", "content": "x"}]}',
          "record 0 (line 1), message 0: role 'bot' is not one of system, user, assistant"),
@@ -82,6 +85,8 @@ def test_bad_files_are_one_clear_error(tmp_path, text, message):
 def test_missing_and_non_utf8_files(tmp_path):
     with pytest.raises(DataError, match="not found"):
         load_instruction_file(tmp_path / "nope.json")
+    with pytest.raises(DataError, match="is a directory; give an Alpaca JSON/JSONL"):
+        load_instruction_file(tmp_path)
     path = tmp_path / "latin1.jsonl"
     path.write_bytes(b'{"instruction": "caf\xe9", "output": "x"}\n')
     with pytest.raises(DataError, match="not UTF-8"):
