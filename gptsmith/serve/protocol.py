@@ -114,6 +114,7 @@ def _request(data: dict[str, Any], prompts: list[list[int]], tokenizer: Any, lim
     model = data.get("model")
     if model is not None and not isinstance(model, str):
         raise APIError(400, f"model must be a string, got {model!r}", param="model")
+    _refuse_unsupported(data)
     for name in ("frequency_penalty", "presence_penalty"):
         if _optional(data, name, float, -2.0, 2.0) not in (None, 0, 0.0):
             raise APIError(400, f"{name} is not supported (leave it out or 0)", param=name)
@@ -149,6 +150,22 @@ def _request(data: dict[str, Any], prompts: list[list[int]], tokenizer: Any, lim
                 logprobs=logprobs,
             ))
     return CompletionRequest(model, prompts, params, n, stream, include_usage)
+
+
+# Fields that would change the answer if they were honoured: refused rather than ignored, so a
+# client never believes e.g. its logit_bias or JSON mode took effect. (Fields that change nothing
+# about the answer, such as user or metadata, are ignored as OpenAI's own server ignores unknowns.)
+_UNSUPPORTED = ("logit_bias", "suffix", "tools", "tool_choice", "functions", "function_call")
+
+
+def _refuse_unsupported(data: dict[str, Any]) -> None:
+    for name in _UNSUPPORTED:
+        if data.get(name) not in (None, "", {}, [], "none", "auto"):
+            raise APIError(400, f"{name} is not supported by this server (leave it out)", param=name)
+    response_format = data.get("response_format")
+    if response_format is not None and response_format != {"type": "text"}:
+        raise APIError(400, 'response_format is not supported: only {"type": "text"} (plain text answers)',
+                       param="response_format")
 
 
 def _check_length(prompt: list[int], limits: Limits, field: str, max_tokens: int | None) -> int:

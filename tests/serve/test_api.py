@@ -146,6 +146,12 @@ BAD = [
     ("/v1/completions", {"prompt": "x" * 300}, 400, "prompt", "context"),
     ("/v1/completions", {"prompt": "x" * 100, "max_tokens": 190}, 400, "max_tokens", "context of 256"),
     ("/v1/completions", {"prompt": "x" * 5000}, 413, None, "--max-body-bytes"),
+    ("/v1/completions", {"prompt": "x", "logit_bias": {"220": -100}}, 400, "logit_bias", "not supported"),
+    ("/v1/completions", {"prompt": "x", "suffix": "end"}, 400, "suffix", "not supported"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
+                              "tools": [{"type": "function"}]}, 400, "tools", "not supported"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
+                              "response_format": {"type": "json_object"}}, 400, "response_format", "only"),
 ]
 
 
