@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_model_args(serve)
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default 127.0.0.1: this machine only)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: a free port, printed)")
     serve.add_argument("--api-key", default=None,
                        help="require 'Authorization: Bearer KEY' on every route but /healthz and / "
                             "(default: $GPTSMITH_API_KEY, else none)")
@@ -85,9 +85,12 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.host not in LOOPBACK and api_key is None:
         print(f"gptsmith serve: warning: listening on {args.host} without an API key: anyone who can reach "
               "this port can use the model (add --api-key)", file=sys.stderr)
-    url = f"http://{args.host}:{args.port}"
-    print(f"gptsmith serve: {settings.model_name} at {url}/v1 (playground: {url}/); Ctrl-C to stop",
-          file=sys.stderr, flush=True)
-    run_server(model, tokenizer, settings, host=args.host, port=args.port, log_level="warning")
+
+    def banner(url: str) -> None:  # once listening: the real port, and no banner if it cannot listen
+        print(f"gptsmith serve: {settings.model_name} at {url}/v1 (playground: {url}/); Ctrl-C to stop",
+              file=sys.stderr, flush=True)
+
+    run_server(model, tokenizer, settings, host=args.host, port=args.port, log_level="warning",
+               on_listening=banner)
     print("gptsmith serve: stopped", file=sys.stderr)
     return 0

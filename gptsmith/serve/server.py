@@ -8,10 +8,12 @@ command exits 0.
 
 from __future__ import annotations
 
+import errno
 import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,25 +30,50 @@ def _config(app: Any, host: str, port: int, grace_seconds: float, log_level: str
 
 
 def run_server(model: torch.nn.Module, tokenizer: Any, settings: ServerSettings, *, host: str = "127.0.0.1",
-               port: int = 8000, grace_seconds: float = 10.0, log_level: str = "info") -> None:
-    """Serve until SIGTERM/SIGINT, then shut down gracefully and return."""
+               port: int = 8000, grace_seconds: float = 10.0, log_level: str = "info",
+               on_listening: Callable[[str], None] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then shut down gracefully and return.
+
+    ``on_listening(url)`` is called once the socket is bound, with the real port (``port=0`` asks
+    the system for a free one).
+    """
     import uvicorn
 
     server = uvicorn.Server(_config(create_app(model, tokenizer, settings), host, port, grace_seconds,
                                     log_level))
+    sock = listen(host, port)
     # uvicorn re-raises the signal it caught once it has shut down; with these handlers in place
     # that ends nothing, so a SIGTERM'd server returns (exit status 0) instead of dying by the signal.
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        try:
-            with socket.create_server((host, port)) as sock:
-                server.run(sockets=[sock])
-        except OSError as exc:
-            raise GptsmithError(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
-                                "(pick another --port, or stop what uses it)") from None
+        with sock:
+            if on_listening is not None:
+                bound_port = sock.getsockname()[1]
+                on_listening(f"http://{'[' + host + ']' if ':' in host else host}:{bound_port}")
+            server.run(sockets=[sock])
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on ``host:port``; a ``GptsmithError`` that names the flag to change."""
+    try:
+        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except socket.gaierror as exc:
+        raise GptsmithError(f"cannot listen on --host {host}: {exc.strerror or exc} (give an address of this "
+                            "machine, e.g. 127.0.0.1, or 0.0.0.0 for every interface)") from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            fix = "pick another --port, or stop what uses it"
+        elif exc.errno == errno.EACCES:
+            fix = "ports below 1024 need extra rights: pick e.g. --port 8000"
+        elif exc.errno == errno.EADDRNOTAVAIL:
+            fix = "--host must be an address of this machine, e.g. 127.0.0.1 or 0.0.0.0"
+        else:
+            fix = "check --host and --port"
+        raise GptsmithError(f"cannot listen on {host}:{port}: {reason} ({fix})") from None
 
 
 class ServerThread:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -32,21 +33,21 @@ def instruct_checkpoint(tmp_path_factory) -> Path:
     return save_model(model, directory, tokenizer="simple", extra={"instruction_template": "alpaca"})
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_serve_answers_with_the_template_and_exits_0_on_sigterm(instruct_checkpoint):
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "GPTSMITH_API_KEY": "k", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "gptsmith", "serve", "--checkpoint", str(instruct_checkpoint),
-               "--port", str(port), "--max-batch", "2"]
+               "--port", "0", "--max-batch", "2"]  # port 0: the system picks one, the banner names it
     proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        banner = ""
+        while "Ctrl-C to stop" not in banner:
+            line = proc.stderr.readline()
+            assert line, f"the server ended before listening: {banner}"
+            banner += line
+        url = re.search(r" at (http://127\.0\.0\.1:(\d+))/v1 ", banner).group(1)
+        port = int(url.rsplit(":", 1)[1])
+        assert port != 0
         def healthy() -> bool:
             try:
                 return request(url, "GET", "/healthz", key=None)[0] == 200
@@ -103,8 +104,15 @@ def test_serve_bad_flags_are_one_line(capsys, instruct_checkpoint, flags, messag
     assert message in err and len(err.strip().splitlines()) == 1
 
 
-def test_serve_port_in_use_is_one_line(capsys, instruct_checkpoint):
+def test_serve_port_in_use_or_a_foreign_address_is_one_line(capsys, instruct_checkpoint):
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
         assert main(["serve", "--checkpoint", str(instruct_checkpoint), "--port", str(port)]) == 2
-    assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "pick another --port" in err
+    assert "Ctrl-C to stop" not in err  # no banner for a server that never listened
+    # 192.0.2.1 is TEST-NET-1: a valid address that no machine of ours has
+    assert main(["serve", "--checkpoint", str(instruct_checkpoint), "--host", "192.0.2.1", "--port", "0",
+                 "--api-key", "k"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot listen on 192.0.2.1:0" in err and "--host must be an address of this machine" in err
