@@ -103,6 +103,16 @@ def check_can_be_directory(path: str | Path, what: str) -> None:
     raise StorageError(f"{what} {path} cannot be a directory: {existing} is a file (choose another path)")
 
 
+def check_can_be_file(path: str | Path, what: str, example: str = "output") -> None:
+    """Raise ``StorageError`` when ``path`` cannot be written as a file: it is a directory, or the
+    nearest of its parents that exists is a file. Checked before the work, like
+    ``check_can_be_directory``; ``what`` names the path in the message, e.g. "--html"."""
+    path = Path(path)
+    if path.is_dir():
+        raise StorageError(f"{what} {path} is a directory; give a file name, e.g. {path / example}")
+    check_can_be_directory(path.parent, f"{what} {path}: its folder")
+
+
 @contextmanager
 def write_errors(path: str | Path, again: str) -> Iterator[None]:
     """Turn a failed write of ``path`` into a ``StorageError`` that names it and the reason (``disk

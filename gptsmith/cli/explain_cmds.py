@@ -102,6 +102,7 @@ def run_explain(args: argparse.Namespace) -> int:
     from gptsmith.cli.stdin_text import read_stdin_prompt
     from gptsmith.errors import ConfigError
     from gptsmith.explain.report import explain
+    from gptsmith.storage import check_can_be_file
 
     text = read_stdin_prompt() if args.text == "-" else args.text
     if not text.strip():
@@ -113,6 +114,9 @@ def run_explain(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--words {args.words!r} has an empty word (separate words with commas: king,queen)"
             )
+    for flag, path in (("--html", args.html), ("--json", args.json)):
+        if path is not None and str(path) != "-":
+            check_can_be_file(path, flag, "report" + flag.replace("--", "."))  # before the work
     model, tokenizer, _, name = load_for_generation(args)
     report = explain(
         model,
@@ -139,7 +143,9 @@ def run_explain(args: argparse.Namespace) -> int:
 
 
 def run_plot(args: argparse.Namespace) -> int:
+    from gptsmith.storage import check_can_be_file
     from gptsmith.train.plots import plot_runs
 
+    check_can_be_file(args.out, "--out", "curves.png")
     print(f"wrote {plot_runs(args.runs, args.out, labels=args.label)}")
     return 0

@@ -131,6 +131,8 @@ def embedding_view(
     vectors = torch.stack([table[p].float().mean(dim=0) for p in point_ids])  # (n_points, emb_dim)
     coords, shares = pca_2d(vectors)
     if neighbours_of is not None:
+        if not neighbours_of.strip():
+            raise GptsmithError("--neighbours is empty: give the word whose neighbours to list, e.g. king")
         target_ids = word_ids(tokenizer, neighbours_of)
         target_label = neighbours_of.strip()
     elif words:

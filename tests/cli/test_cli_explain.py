@@ -90,10 +90,14 @@ def test_a_long_text_is_cropped_with_a_note(checkpoint, capsys):
         (["--checkpoint", "{ckpt}", "--words", "king,,man", TEXT], "--words 'king,,man' has an empty word"),
         (["--checkpoint", "{ckpt}", "--top-k", "0", TEXT], "top_k must be at least 1"),
         (["--checkpoint", "{missing}", TEXT], "checkpoint not found"),
+        (["--checkpoint", "{ckpt}", "--neighbours", " ", TEXT], "--neighbours is empty"),
+        (["--checkpoint", "{ckpt}", "--html", "{tmp}", TEXT], "is a directory; give a file name, e.g. "),
+        (["--checkpoint", "{ckpt}", "--json", "{tmp}/notes.txt/x.json", TEXT], "notes.txt is a file"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(checkpoint, tmp_path, capsys, args, message):
-    args = [a.format(ckpt=checkpoint, missing=tmp_path / "nope") for a in args]
+    args = [a.format(ckpt=checkpoint, missing=tmp_path / "nope", tmp=tmp_path) for a in args]
+    (tmp_path / "notes.txt").write_text("a file, not a folder", encoding="utf-8")
     assert main(["explain", "--device", "cpu", *args]) == 2
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
@@ -146,16 +150,18 @@ def test_plot_of_one_run_the_trainer_way_is_unchanged(tmp_path):
     assert plot_losses([], tmp_path / "empty.png") is None
 
 
-@pytest.mark.parametrize("what", ["missing", "not a run", "labels"])
+@pytest.mark.parametrize("what", ["missing", "not a run", "labels", "out is a folder"])
 def test_plot_bad_input_is_one_line_and_exit_2(tmp_path, capsys, what):
     _write_run(tmp_path / "run", 10, 256, 1e-3)
     (tmp_path / "empty").mkdir()
+    png = ["--out", str(tmp_path / "x.png")]
     args = {
-        "missing": [str(tmp_path / "nope")],
-        "not a run": [str(tmp_path / "empty")],
-        "labels": [str(tmp_path / "run"), "--label", "a", "--label", "b"],
+        "missing": [str(tmp_path / "nope"), *png],
+        "not a run": [str(tmp_path / "empty"), *png],
+        "labels": [str(tmp_path / "run"), "--label", "a", "--label", "b", *png],
+        "out is a folder": [str(tmp_path / "run"), "--out", str(tmp_path / "empty")],
     }[what]
-    assert main(["plot", *args, "--out", str(tmp_path / "x.png")]) == 2
+    assert main(["plot", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("gptsmith plot: error: ")
     assert not (tmp_path / "x.png").exists()
