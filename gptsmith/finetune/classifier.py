@@ -24,7 +24,7 @@ from gptsmith.device import autocast, resolve_autocast_dtype, resolve_device
 from gptsmith.errors import CheckpointError, GptsmithError
 from gptsmith.finetune.base import load_base, save_finetuned
 from gptsmith.finetune.class_model import GPTClassifier, encode_texts, iterate_batches
-from gptsmith.finetune.lora import is_adapter_dir, load_adapter, merge_lora, read_adapter
+from gptsmith.finetune.lora import ADAPTER_CONFIG_FILE, is_adapter_dir, load_adapter, merge_lora, read_adapter
 from gptsmith.model.checkpoint import load_model_dir, read_model_config, resolve_model_dir
 from gptsmith.model.weights import read_safetensors
 from gptsmith.storage import atomic_save_safetensors
@@ -120,6 +120,10 @@ class Classifier:
         base_path = Path(base_name).expanduser()
         if not base_path.is_absolute():
             base_path = path / base_path
+        if not base_path.exists() and ("/" in base_name or "\\" in base_name):  # a path, not a hub name
+            raise CheckpointError(f"{path} is a LoRA adapter for the base model {base_name}, which no longer "
+                                  f"exists: put the base back there, or edit \"base\" in "
+                                  f"{path / ADAPTER_CONFIG_FILE}")
         base = load_base(model=base_path if base_path.exists() else base_name, device=device)
         model = GPTClassifier(base.model, len(labels))
         config = load_adapter(model, path)

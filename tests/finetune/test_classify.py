@@ -112,6 +112,10 @@ def test_lora_adapter_only_loads_on_its_base(tmp_path):
     trainable = result.metrics  # the LoRA run trained: its loss moved
     losses = [r["loss"] for r in trainable if r["kind"] == "train"]
     assert min(losses[-3:]) < losses[0]
+    moved = base.rename(tmp_path / "elsewhere")
+    with pytest.raises(CheckpointError, match="is a LoRA adapter for the base model .* no longer exists"):
+        Classifier.load(out, device="cpu")
+    moved.rename(base)
 
 
 def test_a_non_finite_loss_stops_the_step_before_the_update():
