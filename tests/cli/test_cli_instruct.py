@@ -97,6 +97,11 @@ def test_ask_prints_only_the_answer_and_json_has_counts(tuned, capsys):
     assert result["prompt_tokens"] > 5 and 0 <= result["answer_tokens"] <= 5
     assert result["stop_reason"] in ("eos", "stop_sequence", "max_new_tokens")
     assert {"seconds", "first_token_seconds", "tokens_per_s"} <= set(result)
+    code, text, err = _run(capsys, "ask", "--checkpoint", out, "--json", "Name a day.", "--max-new-tokens",
+                           100_000)
+    result = json.loads(text)
+    assert code == 0 and "note: the context leaves" in err and "not at --max-new-tokens 100000" in err
+    assert result["prompt_tokens"] + result["answer_tokens"] <= 96
 
 
 def test_generate_uses_the_template_unless_raw(tuned, capsys):
