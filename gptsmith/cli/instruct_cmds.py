@@ -15,8 +15,6 @@ from gptsmith.device import DEVICE_HELP, device_arg
 from gptsmith.errors import ConfigError
 
 RESPONSES_FILE = "test_responses.json"
-# The files `finetune instruct` writes into --out (what --overwrite may replace).
-OUTPUT_FILES = ("config.json", "model.safetensors", "vocab.json", RESPONSES_FILE)
 
 INSTRUCT_EPILOG = """\
 examples:
@@ -229,7 +227,7 @@ def _read_records(args: argparse.Namespace) -> tuple[list, list, list]:
 
 
 def run_instruct(args: argparse.Namespace) -> int:
-    from gptsmith.finetune.base import check_output_dir
+    from gptsmith.finetune.base import check_output_dir, prepare_output_dir
     from gptsmith.finetune.instruct import InstructConfig, answer_records, finetune_instruct, response_loss
     from gptsmith.model.checkpoint import save_model
     from gptsmith.storage import atomic_write_json
@@ -249,7 +247,7 @@ def run_instruct(args: argparse.Namespace) -> int:
         chat_completions_url(args.judge_url)
     if args.answer_tokens < 1:
         raise ConfigError(f"--answer-tokens must be at least 1, got {args.answer_tokens}")
-    check_output_dir(args.out, overwrite=args.overwrite, files=OUTPUT_FILES)
+    check_output_dir(args.out, overwrite=args.overwrite)
     train, val, test = _read_records(args)
     model, tokenizer, _, name = _load_base(args)
     say(f"{name}: {len(train)} train / {len(val)} validation / {len(test)} test records, "
@@ -273,6 +271,7 @@ def run_instruct(args: argparse.Namespace) -> int:
             "mask_prompt": cfg.mask_prompt, "lora_rank": cfg.lora_rank, "epochs": cfg.epochs,
             "steps": result.steps, "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
             "test_loss_before": before, "test_loss_after": after, "truncated": result.truncated}
+    prepare_output_dir(args.out, overwrite=args.overwrite)  # an earlier fine-tune's files go only now
     save_model(model, args.out, tokenizer=tokenizer,
                extra={"instruction_template": cfg.template, "finetune": info})
     say(f"saved the fine-tuned model to {args.out}")

@@ -179,8 +179,11 @@ class StepRunner:
         return value
 
 
+# What any fine-tune writes (classification, LoRA adapter, instructions): with --overwrite, one
+# fine-tune's output folder may be replaced by another kind's.
 FINETUNE_FILES = (CONFIG_FILE, "model.safetensors", "metrics.jsonl", "adapter_config.json",
-                  "adapter.safetensors", "classifier.safetensors", "training.png", "vocab.json")
+                  "adapter.safetensors", "classifier.safetensors", "training.png", "vocab.json",
+                  "test_responses.json")
 
 
 def check_output_dir(out: str | Path, *, overwrite: bool = False,

@@ -177,8 +177,12 @@ def test_out_holding_a_model_needs_overwrite(capsys, base, data, tuned, tmp_path
     assert (other / "notes.txt").exists()
     again = tmp_path / "again"  # a copy: other tests read the shared fine-tune
     shutil.copytree(out, again)
+    for stale in ("classifier.safetensors", "training.png"):  # as a classification fine-tune leaves them
+        (again / stale).write_bytes(b"an earlier fine-tune's")
     code, _, err = _finetune(capsys, base, data, again, "--overwrite", "--max-steps", 1)
     assert code == 0 and (again / "model.safetensors").is_file(), err
+    assert (again / "test_responses.json").is_file()
+    assert not (again / "classifier.safetensors").exists() and not (again / "training.png").exists()
 
 
 def test_judge_scores_are_written_and_averaged(capsys, base, data, tmp_path):
