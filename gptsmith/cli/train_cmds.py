@@ -319,7 +319,7 @@ def run_eval(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise ConfigError(f"{flag_name} must be >= 1, got {value}")
     if args.val_fraction is not None and not 0 < args.val_fraction < 1:
-        raise ConfigError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
+        raise ConfigError(f"--val-fraction must be more than 0 and less than 1, got {args.val_fraction}")
     check_seed(args.seed, "--seed")
     device = resolve_device(args.device)
     if device.type == "cpu":

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gptsmith.errors import CheckpointError, ConfigError
+from gptsmith.train.config import CONFIG_FILE_ONLY, flag
 
 # Flags that map one-to-one onto TrainConfig fields (flag dest -> field).
 TRAIN_FLAGS = {
@@ -106,10 +107,12 @@ def _file_values_named(args: argparse.Namespace) -> Iterator[None]:
         except ConfigError:
             raise exc from None
         for key in sorted(train_keys - set(flags)):
-            name = _flag(key)
+            name = flag(key)
             if message.startswith(name) and message[len(name):len(name) + 1] in (" ", ":"):
-                raise ConfigError(f"{args.config}: train.{key}{message[len(name):]} (fix it in the file, "
-                                  f"or override it with {name})") from None
+                fix = "fix it in the file"
+                if key not in CONFIG_FILE_ONLY:
+                    fix += f", or override it with {name}"
+                raise ConfigError(f"{args.config}: train.{key}{message[len(name):]} ({fix})") from None
         for key in sorted(model_keys):
             if message.startswith(f"GPTConfig.{key} "):
                 raise ConfigError(f"{args.config}: model.{message.removeprefix('GPTConfig.')}") from None
@@ -189,7 +192,7 @@ def _resume_configs(args: argparse.Namespace, run_dir: Path, run_info: dict) -> 
     fixed = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in RESUME_FIELDS]
     _refuse_differences("training settings", {k: getattr(saved, k) for k in fixed},
                         {k: getattr(asked, k) for k in fixed}, run_dir,
-                        "only " + ", ".join(_flag(k) for k in RESUME_FIELDS) + " can change")
+                        "only " + ", ".join(flag(k) for k in RESUME_FIELDS) + " can change")
     train_cfg = saved.replace(**{k: v for k, v in changes.items() if k in RESUME_FIELDS})
     notes = _change_notes(saved, train_cfg)
     if saved.time_budget is not None and train_cfg.max_steps != saved.max_steps:
@@ -206,7 +209,7 @@ def _change_notes(saved: Any, resumed: Any) -> list[str]:
         value = getattr(cfg, name)
         return "lr/10" if value is None else f"{value:g}"  # min_lr None follows --lr
 
-    changed = [f"{_flag(k)} {shown(saved, k)} -> {shown(resumed, k)}" for k in CHANGES_TRAINING
+    changed = [f"{flag(k)} {shown(saved, k)} -> {shown(resumed, k)}" for k in CHANGES_TRAINING
                if getattr(saved, k) != getattr(resumed, k)]
     if not changed:
         return []
@@ -254,6 +257,3 @@ def _refuse_differences(what: str, run: dict, asked: dict, run_dir: Path, fix: s
     if differences:
         raise ConfigError(f"{what} cannot change when resuming {run_dir}: {', '.join(differences)} ({fix})")
 
-
-def _flag(field_name: str) -> str:
-    return "--" + field_name.replace("_", "-")

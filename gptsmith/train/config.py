@@ -109,7 +109,21 @@ class TrainConfig:
         check_seed(self.seed, flag("seed"))
         number("val_fraction", self.val_fraction)
         if not 0 < self.val_fraction < 1:
-            raise ConfigError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
+            raise ConfigError(f"--val-fraction must be more than 0 and less than 1, got {self.val_fraction}")
+        betas = self.betas
+        if not (isinstance(betas, list | tuple) and len(betas) == 2
+                and all(isinstance(b, int | float) and not isinstance(b, bool) and 0 <= b < 1
+                        for b in betas)):
+            raise ConfigError(f"{flag('betas')} must be two numbers in [0, 1), e.g. [0.9, 0.95], "
+                              f"got {betas!r}")
+        self.betas = tuple(betas)
+        number("sample_temperature", self.sample_temperature)
+        if self.sample_temperature < 0:
+            raise ConfigError(f"{flag('sample_temperature')} must be >= 0 (0 = greedy), "
+                              f"got {self.sample_temperature}")
+        positive("sample_tokens", self.sample_tokens, whole=True)
+        if self.sample_top_k is not None:
+            positive("sample_top_k", self.sample_top_k, whole=True)
         if self.time_budget is not None:
             parse_duration(self.time_budget)
         parse_device(self.device)  # a typo is an error here, before any work
@@ -132,16 +146,25 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> TrainConfig:
         data = dict(data)
-        if "betas" in data:
-            data["betas"] = tuple(data["betas"])
+        if isinstance(data.get("betas"), list):
+            data["betas"] = tuple(data["betas"])  # JSON/YAML have lists; anything else check() refuses
         return from_dict(cls, data, source=source)
 
     def replace(self, **overrides: Any) -> TrainConfig:
         cfg = replace(self, **overrides)
-        cfg.betas = tuple(cfg.betas)
+        if isinstance(cfg.betas, list):
+            cfg.betas = tuple(cfg.betas)
         return cfg
 
 
+# Fields set only in a --config file (no flag of their own): errors name them as the file does.
+CONFIG_FILE_ONLY = frozenset({"betas", "sample_prompt", "sample_tokens", "sample_temperature", "sample_top_k",
+                              "log_every", "extra"})
+
+
 def flag(field_name: str) -> str:
-    """The command-line flag of a ``TrainConfig`` field (``keep_last`` -> ``--keep-last``)."""
+    """How a user sets a ``TrainConfig`` field: its flag (``keep_last`` -> ``--keep-last``), or
+    ``train.betas`` for a field only a --config file sets."""
+    if field_name in CONFIG_FILE_ONLY:
+        return f"train.{field_name}"
     return "--" + field_name.replace("_", "-")

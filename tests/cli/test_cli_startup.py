@@ -125,6 +125,15 @@ def test_text_in_argv_must_be_utf8_as_on_stdin(argv, what, capsys):
      "{path}: train.dtype: unknown dtype 'fp64' (choose from auto, bf16, fp32; bfloat16 and float32 work "
      "too) (fix it in the file, or override it with --dtype)"),
     ("model:\n  preset: tiny\n  n_heads: 0\n", "{path}: model.n_heads must be a positive integer, got 0"),
+    ("train:\n  betas: 0.9\n",
+     "{path}: train.betas must be two numbers in [0, 1), e.g. [0.9, 0.95], got 0.9 (fix it in the file)"),
+    ("train:\n  betas: [0.9]\n", "{path}: train.betas must be two numbers in [0, 1), e.g. [0.9, 0.95], "
+     "got (0.9,) (fix it in the file)"),
+    ("train:\n  betas: [0.9, 2]\n", "{path}: train.betas must be two numbers in [0, 1), e.g. [0.9, 0.95], "
+     "got (0.9, 2) (fix it in the file)"),
+    ("train:\n  sample_temperature: -1\n",
+     "{path}: train.sample_temperature must be >= 0 (0 = greedy), got -1 (fix it in the file)"),
+    ("train:\n  sample_tokens: -5\n", "{path}: train.sample_tokens must be > 0, got -5 (fix it in the file)"),
 ])
 def test_a_config_files_bad_value_names_the_file_and_key(text, message, tmp_path, capsys):
     path = tmp_path / "bad.yaml"

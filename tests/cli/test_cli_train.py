@@ -77,7 +77,7 @@ def test_train_eval_and_resume_from_the_command_line(inputs, tmp_path, capsys):
         (["--label-smoothing", "1"], "--label-smoothing must be >= 0 and < 1, got 1.0"),
         (["--keep-last", "0"], "--keep-last must be > 0"),
         (["--eval-batches", "0"], "--eval-batches must be > 0"),
-        (["--val-fraction", "1.5"], "--val-fraction must be between 0 and 1"),
+        (["--val-fraction", "1.5"], "--val-fraction must be more than 0 and less than 1"),
         (["--fallback"], "--fallback only applies with --resume RUN_DIR"),
         (["--data", ""], "the corpus name is empty (pass a corpus name or path"),
         (["--data", "nonexist.txt"], "corpus not found: nonexist.txt"),
@@ -211,7 +211,7 @@ def test_train_and_eval_help_describe_every_flag(capsys):
 @pytest.mark.parametrize(("extra", "message"), [
     (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
     (["--max-batches", "0"], "--max-batches must be >= 1, got 0"),
-    (["--val-fraction", "0"], "--val-fraction must be between 0 and 1, got 0.0"),
+    (["--val-fraction", "0"], "--val-fraction must be more than 0 and less than 1, got 0.0"),
 ])
 def test_bad_eval_flags_are_one_line_errors(tmp_path, capsys, extra, message):
     assert main(["eval", "--preset", "tiny", "--data", "builtin", *extra]) == 2
