@@ -333,22 +333,30 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """All records of metrics.jsonl (a torn last line from a killed process is skipped)."""
+    """All records of metrics.jsonl: JSON objects whose ``step`` is a number.
+
+    Anything else is skipped rather than fatal: a torn last line from a killed process, bytes
+    that are not UTF-8 or lines that are not such objects (a damaged file still resumes and plots
+    from the records it has).
+    """
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        step = record.get("step") if isinstance(record, dict) else None
+        if isinstance(step, int | float) and not isinstance(step, bool):
+            records.append(record)
     return records
 
 
 def truncate_metrics(run_dir: Path, step: int) -> None:
     """Drop records after ``step`` (logged by a run killed after its last checkpoint) before resuming."""
-    kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
+    kept = [r for r in read_metrics(run_dir) if r["step"] <= step]
     path = Path(run_dir) / METRICS_FILE
     with storage_errors(path):
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))

@@ -19,6 +19,9 @@ from gptsmith.train.checkpointing import METRICS_FILE, read_metrics
 Records = list[dict[str, Any]]
 
 
+PICTURE_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}  # by the file name's suffix
+
+
 def _split(records: Records) -> tuple[Records, Records]:
     return [r for r in records if r.get("kind") == "train"], [r for r in records if r.get("kind") == "eval"]
 
@@ -117,7 +120,7 @@ def plot_losses(
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+        fig.savefig(tmp, format=PICTURE_FORMATS.get(path.suffix.lower(), "png"), dpi=100)
     return path
 
 
@@ -137,13 +140,17 @@ def plot_runs(
 
     Each run is labelled with its directory name unless ``labels`` are given (one per run).
     """
+    if Path(path).suffix.lower() not in PICTURE_FORMATS:
+        raise GptsmithError(f"--out {path}: the picture's name must end in {', '.join(PICTURE_FORMATS)} "
+                            "(the format follows it)")
     if labels is not None and len(labels) != len(run_dirs):
         raise GptsmithError(f"{len(labels)} labels for {len(run_dirs)} runs (give one --label per run)")
     runs: dict[str, Records] = {}
     for index, run_dir in enumerate(run_dirs):
         run_dir = Path(run_dir)
         if not (run_dir / METRICS_FILE).is_file():
-            what = "does not exist" if not run_dir.exists() else f"has no {METRICS_FILE}"
+            what = ("does not exist" if not run_dir.exists() else "is a file" if run_dir.is_file()
+                    else f"has no {METRICS_FILE}")
             raise GptsmithError(
                 f"run directory {run_dir} {what} (pass a directory written by `gptsmith train`)"
             )

@@ -150,7 +150,8 @@ def test_plot_of_one_run_the_trainer_way_is_unchanged(tmp_path):
     assert plot_losses([], tmp_path / "empty.png") is None
 
 
-@pytest.mark.parametrize("what", ["missing", "not a run", "labels", "out is a folder"])
+@pytest.mark.parametrize("what", ["missing", "not a run", "labels", "out is a folder", "not a picture",
+                                  "a file", "damaged metrics"])
 def test_plot_bad_input_is_one_line_and_exit_2(tmp_path, capsys, what):
     _write_run(tmp_path / "run", 10, 256, 1e-3)
     (tmp_path / "empty").mkdir()
@@ -160,8 +161,28 @@ def test_plot_bad_input_is_one_line_and_exit_2(tmp_path, capsys, what):
         "not a run": [str(tmp_path / "empty"), *png],
         "labels": [str(tmp_path / "run"), "--label", "a", "--label", "b", *png],
         "out is a folder": [str(tmp_path / "run"), "--out", str(tmp_path / "empty")],
+        "not a picture": [str(tmp_path / "run"), "--out", str(tmp_path / "notes.txt")],
+        "a file": [str(tmp_path / "run" / "metrics.jsonl"), *png],
+        "damaged metrics": [str(tmp_path / "empty"), *png],
     }[what]
+    (tmp_path / "notes.txt").write_text("mine", encoding="utf-8")
+    if what == "damaged metrics":
+        (tmp_path / "empty" / "metrics.jsonl").write_bytes(b"\xff\xfe garbage\n[1, 2]\n")
     assert main(["plot", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("gptsmith plot: error: ")
-    assert not (tmp_path / "x.png").exists()
+    assert not (tmp_path / "x.png").exists() and (tmp_path / "notes.txt").read_text() == "mine"
+    expected = {"not a run": "has no metrics.jsonl", "not a picture": "must end in .png, .svg, .pdf",
+                "a file": "metrics.jsonl is a file",
+                "damaged metrics": "holds no records yet"}
+    assert expected.get(what, "") in err[0]
+
+
+def test_plot_writes_the_format_its_name_asks_for_and_skips_damaged_lines(tmp_path):
+    _write_run(tmp_path / "run", 10, 256, 1e-3)
+    with open(tmp_path / "run" / "metrics.jsonl", "ab") as metrics:
+        metrics.write(b"\xff\xfe not utf-8\n[1, 2]\n{\"step\": \"x\"}\n")
+    assert main(["plot", str(tmp_path / "run"), "--out", str(tmp_path / "c.svg")]) == 0
+    assert (tmp_path / "c.svg").read_text().lstrip().startswith("<?xml")
+    assert main(["plot", str(tmp_path / "run"), "--out", str(tmp_path / "c.pdf")]) == 0
+    assert (tmp_path / "c.pdf").read_bytes().startswith(b"%PDF")

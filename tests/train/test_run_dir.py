@@ -205,3 +205,12 @@ def test_resume_advice_names_what_a_stopped_run_has(tmp_path):
     (tmp_path / ckpt.checkpoint_name(4)).mkdir()  # there, but incomplete: --fallback skips it
     assert resume_advice(tmp_path).endswith(f"(continue from the newest good one with: gptsmith train "
                                             f"--resume {tmp_path} --fallback)")
+
+
+def test_damaged_metrics_lines_are_skipped_when_resuming(tmp_path):
+    good = [{"kind": "train", "step": s, "loss": 5.0 - s} for s in (1, 2, 3)]
+    text = "".join(f'{{"kind": "train", "step": {r["step"]}, "loss": {r["loss"]}}}\n' for r in good)
+    (tmp_path / ckpt.METRICS_FILE).write_bytes(text.encode() + b'\xff\xfe not utf-8\n[1, 2]\n{"step": "x"}\n{"st')
+    assert ckpt.read_metrics(tmp_path) == good
+    ckpt.truncate_metrics(tmp_path, 2)  # what --resume does: keep what the checkpoint covers
+    assert ckpt.read_metrics(tmp_path) == good[:2]
