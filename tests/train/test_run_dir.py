@@ -4,6 +4,7 @@ the `best` pointer and samples.txt across resumes (tiny models, real file-system
 from __future__ import annotations
 
 import contextlib
+import json
 import errno
 import os
 import resource
@@ -209,8 +210,9 @@ def test_resume_advice_names_what_a_stopped_run_has(tmp_path):
 
 def test_damaged_metrics_lines_are_skipped_when_resuming(tmp_path):
     good = [{"kind": "train", "step": s, "loss": 5.0 - s} for s in (1, 2, 3)]
-    text = "".join(f'{{"kind": "train", "step": {r["step"]}, "loss": {r["loss"]}}}\n' for r in good)
-    (tmp_path / ckpt.METRICS_FILE).write_bytes(text.encode() + b'\xff\xfe not utf-8\n[1, 2]\n{"step": "x"}\n{"st')
+    text = "".join(json.dumps(r) + "\n" for r in good).encode()
+    damage = b'\xff\xfe not utf-8\n[1, 2]\n{"step": "x"}\n{"st'  # the last: torn by a kill
+    (tmp_path / ckpt.METRICS_FILE).write_bytes(text + damage)
     assert ckpt.read_metrics(tmp_path) == good
     ckpt.truncate_metrics(tmp_path, 2)  # what --resume does: keep what the checkpoint covers
     assert ckpt.read_metrics(tmp_path) == good[:2]
