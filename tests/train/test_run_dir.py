@@ -4,8 +4,8 @@ the `best` pointer and samples.txt across resumes (tiny models, real file-system
 from __future__ import annotations
 
 import contextlib
-import json
 import errno
+import json
 import os
 import resource
 import signal
