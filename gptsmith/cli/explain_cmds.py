@@ -90,7 +90,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plot.add_argument(
         "runs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories (gptsmith train --out)"
     )
-    plot.add_argument("--out", type=Path, required=True, metavar="FILE.png", help="the picture to write (.png, .svg or .pdf)")
+    plot.add_argument("--out", type=Path, required=True, metavar="FILE.png",
+                      help="the picture to write (.png, .svg or .pdf)")
     plot.add_argument(
         "--label", action="append", default=None, help="a name for each run, in order (repeatable)"
     )
