@@ -157,9 +157,14 @@ def read_run_info(run_dir: Path) -> dict:
         raise CheckpointError(f"{path} not found ({run_dir} is not a gptsmith run directory; "
                               "pass the --out of a `gptsmith train`)")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"cannot parse {path}: {exc} (the file is corrupt)") from None
+    for section in ("model", "train"):
+        if not isinstance(info, dict) or not isinstance(info.get(section), dict):
+            raise CheckpointError(f'{path} has no "{section}" section (the file is incomplete or not '
+                                  "gptsmith's; start a new run, or restore it)")
+    return info
 
 
 def resume_configs(args: argparse.Namespace, run_dir: Path, run_info: dict) -> tuple[Any, Any, list[str]]:
@@ -169,6 +174,7 @@ def resume_configs(args: argparse.Namespace, run_dir: Path, run_info: dict) -> t
 
 
 def _resume_configs(args: argparse.Namespace, run_dir: Path, run_info: dict) -> tuple[Any, Any, list[str]]:
+    from gptsmith.config import check_fields
     from gptsmith.data.corpus import same_corpus
     from gptsmith.model.gpt import GPTConfig
     from gptsmith.train.config import TrainConfig
@@ -178,13 +184,15 @@ def _resume_configs(args: argparse.Namespace, run_dir: Path, run_info: dict) -> 
                           "own directory; drop --out)")
     if args.overwrite:
         raise ConfigError("--overwrite cannot be used with --resume (it would delete the run being resumed)")
+    run_json = str(run_dir / "run.json")
+    check_fields(GPTConfig, run_info["model"], source=run_json)
     model_cfg = GPTConfig(**run_info["model"])
     asked_model = _asked_model(args, model_cfg)
     if asked_model is not None:
         _refuse_differences("the model config", model_cfg.to_dict(), asked_model.to_dict(), run_dir,
                             "drop --preset/--recipe/--config/--context-length, or start a new run with "
                             "another --out")
-    saved = TrainConfig.from_dict(run_info["train"], source=str(run_dir / "run.json"))
+    saved = TrainConfig.from_dict(run_info["train"], source=run_json)
     checked, changes = _asked_train_values(args)
     asked = TrainConfig.from_dict({**run_info["train"], **checked}, source=args.config or "flags")
     if same_corpus(saved.data, asked.data):  # `notes` asks for the run's `notes/`: compare what is read
