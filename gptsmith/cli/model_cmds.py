@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 
@@ -220,6 +221,26 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_own_files(out: Path, source: Path) -> None:
+    """``convert`` never writes over the model it reads, nor into a training run's own folders,
+    even with --force: a run whose weights changed format can no longer resume."""
+    from gptsmith.model.checkpoint import resolve_model_dir
+
+    target = out.expanduser().resolve()
+    sources = set()
+    if source.exists():
+        sources = {source.resolve()}
+        with contextlib.suppress(GptsmithError):
+            sources.add(resolve_model_dir(source).resolve())
+    if target in sources:
+        raise GptsmithError(f"--out {out} is the model being converted: choose another folder")
+    in_run = (target / "run.json").is_file() or (target.parent.name == "checkpoints"
+                                                 and (target.parent.parent / "run.json").is_file())
+    if in_run:
+        raise GptsmithError(f"--out {out} belongs to a training run (its checkpoints must stay resumable): "
+                            "choose another folder")
+
+
 def run_convert(args: argparse.Namespace) -> int:
     from gptsmith.data.tokenizer import load_tokenizer
     from gptsmith.device import torch_dtype
@@ -231,8 +252,9 @@ def run_convert(args: argparse.Namespace) -> int:
     check_can_be_directory(out, "--out")  # before the (slow) model load
     if out.is_dir() and any(out.iterdir()) and not args.force:
         raise GptsmithError(f"--out {out} is not empty (pass --force to write into it anyway)")
-    model = load_model(args.source, dtype=torch_dtype(args.dtype))
     source_path = Path(args.source).expanduser()
+    _refuse_own_files(out, source_path)
+    model = load_model(args.source, dtype=torch_dtype(args.dtype))
     tokenizer = read_model_config(source_path).get("tokenizer", "gpt2") if source_path.exists() else "gpt2"
     if tokenizer != "gpt2":  # carry a word-level vocabulary over (GPT-2's BPE is found by name)
         tokenizer = load_tokenizer(tokenizer, resolve_model_dir(source_path))

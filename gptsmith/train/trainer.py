@@ -156,7 +156,10 @@ class Trainer:
         weights = loaded["weights"]
         missing, unexpected = self.model.load_state_dict(weights, strict=False)
         if unexpected or [k for k in missing if k != "out_head.weight"]:
-            raise CheckpointError(f"{path}/model.safetensors does not match the model (missing {missing})")
+            hf = any(k.endswith("wte.weight") for k in unexpected)
+            why = (" (it holds Hugging Face GPT-2 weights: was a `gptsmith convert --to hf` written over it?)"
+                   if hf else f" (missing {missing[:3]}{'...' if len(missing) > 3 else ''})")
+            raise CheckpointError(f"{path}/model.safetensors does not match the model{why}")
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["data"])
         restore_rng_state(state["rng"])

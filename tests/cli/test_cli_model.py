@@ -147,6 +147,21 @@ def test_convert_round_trip_through_hf(tmp_path, capsys):
     assert load_model(tmp_path / "back").tok_emb.weight.dtype == torch.bfloat16
 
 
+def test_convert_never_writes_over_its_source_or_into_a_run(tmp_path, capsys):
+    directory = save_model(GPTModel(TINY), tmp_path / "model")
+    before = (directory / "model.safetensors").read_bytes()
+    assert main(["convert", str(directory), "--to", "hf", "--out", str(directory), "--force"]) == 2
+    assert "is the model being converted" in _one_line_error(capsys, "convert")
+    run = tmp_path / "run"
+    step = run / "checkpoints" / "step-000002"
+    step.mkdir(parents=True)
+    (run / "run.json").write_text("{}", encoding="utf-8")
+    for out in (run, step):
+        assert main(["convert", str(directory), "--to", "hf", "--out", str(out), "--force"]) == 2
+        assert "belongs to a training run" in _one_line_error(capsys, "convert")
+    assert (directory / "model.safetensors").read_bytes() == before and not any(step.iterdir())
+
+
 def test_convert_missing_source(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "nope"), "--to", "hf", "--out", str(tmp_path / "out")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
