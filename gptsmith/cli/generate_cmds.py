@@ -125,9 +125,14 @@ def _add_decoding_args(parser: argparse.ArgumentParser, *, max_new_tokens: int, 
 
 def load_for_generation(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, dict[str, Any], str]:
     """(model, tokenizer, checkpoint config, display name) from --checkpoint/--model/--device/--dtype."""
-    from gptsmith.data.tokenizer import load_tokenizer
     from gptsmith.device import resolve_device, torch_dtype
-    from gptsmith.model.checkpoint import load_model, load_model_dir, read_model_config, resolve_model_dir
+    from gptsmith.model.checkpoint import (
+        load_model,
+        load_model_dir,
+        load_model_tokenizer,
+        read_model_config,
+        resolve_model_dir,
+    )
 
     device = resolve_device(args.device)
     dtype = torch_dtype(args.dtype)
@@ -143,12 +148,7 @@ def load_for_generation(args: argparse.Namespace) -> tuple[torch.nn.Module, Any,
         config = read_model_config(model_dir) if model_dir else {"tokenizer": "gpt2"}
         model = load_model(args.model, device=device, dtype=dtype)
         name = args.model
-    tokenizer = load_tokenizer(config.get("tokenizer") or "gpt2", model_dir)
-    if tokenizer.vocab_size > model.cfg.vocab_size:
-        raise ConfigError(
-            f"{name}: tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} ids but the model only "
-            f'{model.cfg.vocab_size} (fix "tokenizer" in its config.json)'
-        )
+    tokenizer = load_model_tokenizer(config, model_dir, model.cfg.vocab_size, name)
     return model, tokenizer, config, name
 
 

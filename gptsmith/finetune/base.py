@@ -25,13 +25,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gptsmith.data.tokenizer import Tokenizer, load_tokenizer
+from gptsmith.data.tokenizer import Tokenizer
 from gptsmith.device import autocast, resolve_autocast_dtype, resolve_device, tune_cpu_allocator
 from gptsmith.errors import CheckpointError, ConfigError, StorageError
 from gptsmith.model.checkpoint import (
     CONFIG_FILE,
     load_model,
     load_model_dir,
+    load_model_tokenizer,
     read_model_config,
     resolve_model_dir,
     save_model,
@@ -79,10 +80,7 @@ def load_base(checkpoint: str | Path | None = None, model: str | Path | None = N
         gpt = load_model(model, device=device, dtype=torch.float32)
         name = str(model)
     config = read_model_config(model_dir) if model_dir is not None else {"tokenizer": "gpt2"}
-    tokenizer = load_tokenizer(config.get("tokenizer") or "gpt2", model_dir)
-    if tokenizer.vocab_size > gpt.cfg.vocab_size:
-        raise CheckpointError(f"{name}: tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} ids but "
-                              f"the model only {gpt.cfg.vocab_size} (fix \"tokenizer\" in its config.json)")
+    tokenizer = load_model_tokenizer(config, model_dir, gpt.cfg.vocab_size, name)
     return BaseModel(gpt, tokenizer, name, model_dir)
 
 

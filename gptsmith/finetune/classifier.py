@@ -19,13 +19,18 @@ from pathlib import Path
 
 import torch
 
-from gptsmith.data.tokenizer import Tokenizer, load_tokenizer
+from gptsmith.data.tokenizer import Tokenizer
 from gptsmith.device import autocast, resolve_autocast_dtype, resolve_device
 from gptsmith.errors import CheckpointError, GptsmithError
 from gptsmith.finetune.base import load_base, save_finetuned
 from gptsmith.finetune.class_model import GPTClassifier, encode_texts, iterate_batches
 from gptsmith.finetune.lora import ADAPTER_CONFIG_FILE, is_adapter_dir, load_adapter, merge_lora, read_adapter
-from gptsmith.model.checkpoint import load_model_dir, read_model_config, resolve_model_dir
+from gptsmith.model.checkpoint import (
+    load_model_dir,
+    load_model_tokenizer,
+    read_model_config,
+    resolve_model_dir,
+)
 from gptsmith.model.weights import read_safetensors
 from gptsmith.storage import atomic_save_safetensors
 
@@ -109,7 +114,7 @@ class Classifier:
             raise CheckpointError(f"{model_dir} has a classifier config but no {head_path.name} "
                                   "(copy it from where the classifier was saved)")
         _load_head(model, read_safetensors(head_path), head_path)
-        tokenizer = load_tokenizer(config.get("tokenizer") or "gpt2", model_dir)
+        tokenizer = load_model_tokenizer(config, model_dir, gpt.cfg.vocab_size, str(model_dir))
         return cls(model, tokenizer, labels, max_length=section.get("max_length"), dtype=dtype)
 
     @classmethod

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from gptsmith.config import from_dict
-from gptsmith.data.tokenizer import Tokenizer, save_tokenizer
+from gptsmith.data.tokenizer import VOCAB_FILE, Tokenizer, load_tokenizer, save_tokenizer
 from gptsmith.errors import CheckpointError, ConfigError
 from gptsmith.model.gpt import PRESETS, GPTConfig, GPTModel
 from gptsmith.model.weights import TIED_KEY, build_model, read_safetensors, unwrap_model
@@ -157,6 +157,32 @@ def broken_pointer_note(run_dir: str | Path) -> str:
     return f"{Path(run_dir)}/{LATEST_FILE} names no checkpoint (it {why})"
 
 
+SIZE_FIELDS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers")  # every config.json has them
+
+
+def load_model_tokenizer(config: dict, model_dir: Path | None, vocab_size: int, name: str) -> Tokenizer:
+    """The tokenizer a model directory names, checked against the model's ``vocab_size``.
+
+    A word-level ("simple") tokenizer's words are the model's own, saved as vocab.json beside
+    it: without that file the built-in vocabulary would give other words to the same ids, so a
+    mismatch is an error naming the missing file. Any tokenizer with more ids than the model has
+    embeddings is an error too.
+    """
+    tokenizer_name = config.get("tokenizer") or "gpt2"
+    tokenizer = load_tokenizer(tokenizer_name, model_dir)
+    word_level = tokenizer_name.lower().startswith("simple")
+    if word_level and tokenizer.vocab_size != vocab_size:
+        if model_dir is not None and not (model_dir / VOCAB_FILE).is_file():
+            raise CheckpointError(f"{name} uses its own word-level vocabulary (tokenizer {tokenizer_name!r}) "
+                                  f"but has no {VOCAB_FILE}: copy it from the checkpoint it was saved with")
+        raise CheckpointError(f"{name}: its {VOCAB_FILE} has {tokenizer.vocab_size} words but the model "
+                              f"{vocab_size} ids (the two were saved from different runs)")
+    if tokenizer.vocab_size > vocab_size:
+        raise CheckpointError(f"{name}: tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} ids but the "
+                              f'model only {vocab_size} (fix "tokenizer" in its config.json)')
+    return tokenizer
+
+
 def read_model_config(path: str | Path) -> dict:
     """The parsed config.json of a model/run directory, in our format.
 
@@ -180,6 +206,10 @@ def read_model_config(path: str | Path) -> dict:
             )
         if not isinstance(config.get("model"), dict):
             raise CheckpointError(f"{config_path} has no \"model\" section (the file is incomplete)")
+        missing = [k for k in SIZE_FIELDS if k not in config["model"]]
+        if missing:  # a default (GPT-2 small's) would load other weights' shapes, or fail confusingly
+            raise CheckpointError(f"{config_path} has no model.{', model.'.join(missing)} "
+                                  "(the file is incomplete: restore it from where the model was saved)")
         return config
     if config.get("model_type") == "gpt2":
         from gptsmith.model.hf_gpt2 import gpt_config_from_hf

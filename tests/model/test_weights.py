@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from gptsmith.data.tokenizer import SimpleTokenizerV2
 from gptsmith.errors import CheckpointError
 from gptsmith.model.checkpoint import (
     load_model,
+    load_model_tokenizer,
     read_model_config,
     resolve_model_dir,
     save_model,
@@ -116,6 +118,33 @@ def test_bad_config_json_is_a_clear_error(tmp_path):
     (tmp_path / "config.json").write_text('{"hello": 1}')
     with pytest.raises(CheckpointError, match="neither a gptsmith config"):
         load_model(tmp_path)
+
+
+def test_a_config_without_a_size_field_is_refused(tmp_path):
+    directory = save_model(GPTModel(GPTConfig(vocab_size=64, context_length=8, emb_dim=16, n_heads=2,
+                                              n_layers=1)), tmp_path / "m")
+    config = json.loads((directory / "config.json").read_text())
+    del config["model"]["n_layers"]
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"has no model.n_layers \(the file is incomplete"):
+        load_model(directory)
+
+
+def test_a_word_level_model_needs_its_own_vocabulary(tmp_path):
+    tokenizer = SimpleTokenizerV2.from_text("alpha beta gamma delta")
+    model = GPTModel(GPTConfig(vocab_size=tokenizer.vocab_size, context_length=8, emb_dim=16, n_heads=2,
+                               n_layers=1))
+    directory = save_model(model, tmp_path / "m", tokenizer=tokenizer)
+    config = read_model_config(directory)
+    loaded = load_model_tokenizer(config, directory, model.cfg.vocab_size, "m")
+    assert loaded.vocab_size == tokenizer.vocab_size
+    (directory / "vocab.json").unlink()  # the built-in words would give the ids other meanings
+    with pytest.raises(CheckpointError, match="uses its own word-level vocabulary .* but has no vocab.json"):
+        load_model_tokenizer(config, directory, model.cfg.vocab_size, "m")
+    save_model(model, tmp_path / "other", tokenizer=SimpleTokenizerV2.from_text("one two"))
+    (tmp_path / "other" / "vocab.json").rename(directory / "vocab.json")  # another run's words
+    with pytest.raises(CheckpointError, match="vocab.json has 4 words but the model 6 ids"):
+        load_model_tokenizer(config, directory, model.cfg.vocab_size, "m")
 
 
 def test_atomic_writes_leave_old_file_on_failure(tmp_path):
