@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gptsmith.cli.train_configs import build_configs, read_run_info, resume_configs
+from gptsmith.cli.train_configs import build_configs, read_config_file, read_run_info, resume_configs
 from gptsmith.cli.train_progress import ProgressPrinter, say
 from gptsmith.device import DEVICE_HELP, TRAIN_DTYPES, device_arg, dtype_arg
 from gptsmith.errors import ConfigError
@@ -180,6 +180,9 @@ def run_train(args: argparse.Namespace) -> int:
             say(note)
     elif args.overwrite and trainer.dist.is_main and clear_run_dir(run_dir):
         say(f"--overwrite: deleted the old run's files in {run_dir}")
+    if plan.found is None:
+        for note in plan.notes:
+            say(note)
     if train_cfg.warmup_steps >= train_cfg.max_steps and train_cfg.time_budget is None:
         say(f"note: --warmup-steps {train_cfg.warmup_steps} >= --max-steps {train_cfg.max_steps}: the "
             f"learning rate never reaches its peak {train_cfg.lr:g} (lower --warmup-steps)")
@@ -220,9 +223,14 @@ def _plan_new_run(args: argparse.Namespace) -> _Plan:
     run_dir = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     check_new_run_dir(run_dir, overwrite=args.overwrite)
     tokenizer = corpus_tokenizer(train_cfg.tokenizer, train_cfg.data)
-    if model_cfg.vocab_size != tokenizer.vocab_size:
+    notes = []
+    if model_cfg.vocab_size != tokenizer.vocab_size:  # one embedding per token id the tokenizer makes
+        asked = read_config_file(args.config)[0].get("vocab_size")  # a preset's 50,257 is not asked for
+        if asked is not None:
+            notes.append(f"note: model.vocab_size {asked} in {args.config} is replaced by the tokenizer's "
+                         f"{tokenizer.vocab_size:,} (the model has one embedding per token id)")
         model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
-    return _Plan(run_dir, model_cfg, train_cfg, tokenizer)
+    return _Plan(run_dir, model_cfg, train_cfg, tokenizer, notes=notes)
 
 
 def _check_memory(plan: _Plan) -> None:
