@@ -233,7 +233,9 @@ def _load_encoding(
             ranks = data_gym_to_mergeable_bpe_ranks(str(files[0]), str(files[1]))
     except (ValueError, AssertionError, KeyError, UnicodeDecodeError, OSError) as exc:
         names = " + ".join(str(f) for f in files)
-        raise DataError(f"cannot read GPT-2 BPE files {names}: {exc}") from None
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"cannot read GPT-2 BPE files {names}: {reason} (the file is damaged: delete it "
+                        "and run `gptsmith download gpt2-bpe`)") from None
     finally:
         if saved is None:
             os.environ.pop("TIKTOKEN_CACHE_DIR", None)

@@ -180,7 +180,8 @@ def test_wrong_ranks_file_is_rejected(no_bpe_anywhere):
     with pytest.raises(DataError, match="2 ranks, not GPT-2's 50256"):
         GPT2Tokenizer.from_files(bad)
     bad.write_text("not a ranks file\n")
-    with pytest.raises(DataError, match="cannot read GPT-2 BPE files"):
+    damaged = r"cannot read GPT-2 BPE files .* \(the file is damaged: delete it and run `gptsmith download"
+    with pytest.raises(DataError, match=damaged):
         GPT2Tokenizer.from_files(bad)
 
 
