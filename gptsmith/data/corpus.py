@@ -253,7 +253,7 @@ def _text_documents(path: Path, text: str) -> Iterator[str]:
 
 
 def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
-    seen = 0
+    seen = texts = 0
     with path.open("rb") as handle:
         for line_no, raw in enumerate(handle, start=1):
             if not raw.strip():
@@ -275,10 +275,13 @@ def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
                 raise DataError(f"{path}:{line_no}: no field {text_field!r} (found: {keys})")
             _check_text(record[text_field], f"{path}:{line_no}: field {text_field!r}")
             seen += 1
-            if record[text_field]:
+            if record[text_field].strip():  # blank texts add nothing but end-of-text tokens
+                texts += 1
                 yield record[text_field]
     if seen == 0:
         raise DataError(f"corpus file {path} is empty (no JSON lines with a {text_field!r} field)")
+    if texts == 0:
+        raise DataError(f"corpus file {path} has {seen} line(s) but every {text_field!r} is blank: no text")
 
 
 def _parquet_documents(path: Path, text_field: str) -> Iterator[str]:

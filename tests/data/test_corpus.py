@@ -88,6 +88,9 @@ def test_jsonl_corpus_and_its_errors(tmp_path):
     (tmp_path / "latin.jsonl").write_bytes(b'{"text": "one"}\n{"text": "caf\xe9"}\n')
     with pytest.raises(DataError, match=r"latin.jsonl:2 is not UTF-8: byte 0xe9 at offset 13 of the line"):
         list(resolve_corpus(tmp_path / "latin.jsonl").documents())
+    (tmp_path / "blank.jsonl").write_text('{"text": ""}\n{"text": "  \\n "}\n')
+    with pytest.raises(DataError, match=r"blank.jsonl has 2 line\(s\) but every 'text' is blank"):
+        list(resolve_corpus(tmp_path / "blank.jsonl").documents())
 
 
 def test_parquet_corpus_streams_the_text_column(tmp_path):
