@@ -162,7 +162,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # name the file asked for, not the temporary one (a read-only folder)
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -172,7 +175,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         # mkstemp makes the file 0600 (private while half-written); give the finished file the
         # mode any newly created file gets (0666 less the umask), as a plain open() would.
         os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:  # e.g. a folder of that name: name it, not the temporary file
+            raise type(exc)(exc.errno, exc.strerror, str(path)) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

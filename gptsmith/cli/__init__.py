@@ -30,6 +30,7 @@ OS_OPERATIONS = {
     "open": "cannot open", "write_text": "cannot write", "write_bytes": "cannot write",
     "read_text": "cannot read", "read_bytes": "cannot read", "unlink": "cannot remove",
     "rmdir": "cannot remove", "rename": "cannot move", "replace": "cannot move", "iterdir": "cannot list",
+    "atomic_path": "cannot write",  # gptsmith.storage: every file gptsmith writes goes through it
 }
 
 

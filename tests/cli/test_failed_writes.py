@@ -50,3 +50,16 @@ def test_a_full_disk_while_preparing_names_the_shard_file(tmp_path):
         f"gptsmith prepare: error: cannot write {out}/tokens.bin: disk full (File too large); free some "
         "space and prepare it again"]
     assert not out.exists()
+
+
+def test_a_write_onto_a_folder_names_the_file_asked_for_not_the_temporary_one(tmp_path):
+    from gptsmith.cli import describe_os_error
+    from gptsmith.storage import atomic_write_text
+
+    (tmp_path / "report.html").mkdir()
+    try:
+        atomic_write_text(tmp_path / "report.html", "<p>hi</p>")
+    except OSError as exc:
+        message = describe_os_error(exc)
+    assert message.startswith(f"cannot write: {tmp_path / 'report.html'} (") and ".tmp" not in message
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]  # no temporary file left behind
