@@ -186,7 +186,13 @@ def run_train(args: argparse.Namespace) -> int:
     if train_cfg.warmup_steps >= train_cfg.max_steps and train_cfg.time_budget is None:
         say(f"note: --warmup-steps {train_cfg.warmup_steps} >= --max-steps {train_cfg.max_steps}: the "
             f"learning rate never reaches its peak {train_cfg.lr:g} (lower --warmup-steps)")
-    say(f"corpus: {data_info['n_train_tokens']:,} train + {data_info['n_val_tokens']:,} val tokens")
+    n_train, n_val = data_info["n_train_tokens"], data_info["n_val_tokens"]
+    say(f"corpus: {n_train:,} train + {n_val:,} val tokens")
+    val_share = n_val / max(1, n_train + n_val)
+    if abs(val_share - train_cfg.val_fraction) > train_cfg.val_fraction / 2:  # cut between whole documents
+        say(f"note: validation is {100 * val_share:.0f}% of the tokens, not the --val-fraction "
+            f"{100 * train_cfg.val_fraction:g}%: a corpus of several documents is split between them "
+            "(more, smaller files give a closer split)")
     result = _fit(trainer, progress, run_dir)
     return _report(result, run_dir, train_cfg) if trainer.dist.is_main else 0
 

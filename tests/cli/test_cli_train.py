@@ -263,3 +263,15 @@ def test_a_vocab_size_the_tokenizer_replaces_is_noted(inputs, tmp_path, capsys):
     assert (f"note: model.vocab_size 100 in {config} is replaced by the tokenizer's {words:,}"
             in capsys.readouterr().out)
     assert load_model(tmp_path / "run").cfg.vocab_size == words
+
+
+def test_a_split_far_from_val_fraction_is_noted(inputs, tmp_path, capsys):
+    corpus, config = inputs
+    documents = tmp_path / "docs"
+    documents.mkdir()
+    text = corpus.read_text()
+    (documents / "a.txt").write_text(text[: len(text) // 2])  # two halves: the cut falls between them
+    (documents / "b.txt").write_text(text[len(text) // 2:])
+    assert main(train_args(documents, config, tmp_path / "run", "--max-steps", "1")) == 0
+    out = capsys.readouterr().out
+    assert "note: validation is " in out and "not the --val-fraction 10%" in out
