@@ -3,9 +3,10 @@ instructions, and LoRA adapters that both can use. Lowest first:
 
 - ``lora``: ``LoRALinear``, ``apply_lora``, ``merge_lora``, adapters saved and loaded alone;
 - ``base``: what every fine-tune shares: ``load_base`` (--checkpoint/--model), ``set_trainable``
-  (head, last-blocks:N, all), ``StepRunner`` (autocast, fused AdamW, schedule, clipping), the
-  output directory;
-- ``class_data``: labelled texts from CSV/TSV/JSONL, balancing, stratified splits;
+  (head, last-blocks:N, all), ``StepRunner`` (autocast, fused AdamW, schedule, clipping, a stop
+  on a non-finite loss), the output directory;
+- ``records``: JSON arrays and JSONL files of records, read one way for both kinds of data;
+- ``class_data``: labelled texts from CSV/TSV/JSONL/JSON, balancing, stratified splits;
 - ``class_model``: ``GPTClassifier`` (a head on the last real token) and its dynamic batches;
 - ``class_eval``: loss, accuracy, confusion matrix, the loss/accuracy plot;
 - ``classifier``: a classifier directory saved and loaded, ``Classifier.predict``;
