@@ -193,6 +193,11 @@ def _resume_configs(args: argparse.Namespace, run_dir: Path, run_info: dict) -> 
                             "drop --preset/--recipe/--config/--context-length, or start a new run with "
                             "another --out")
     saved = TrainConfig.from_dict(run_info["train"], source=run_json)
+    try:
+        saved.check()
+    except ConfigError as exc:  # not the user's flags: the run's own file
+        raise CheckpointError(f"{run_json} holds a value that cannot work ({exc}); was it edited? "
+                              "Restore it, or start a new run") from None
     checked, changes = _asked_train_values(args)
     asked = TrainConfig.from_dict({**run_info["train"], **checked}, source=args.config or "flags")
     if same_corpus(saved.data, asked.data):  # `notes` asks for the run's `notes/`: compare what is read

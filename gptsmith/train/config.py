@@ -121,7 +121,9 @@ class TrainConfig:
         if self.sample_temperature < 0:
             raise ConfigError(f"{flag('sample_temperature')} must be >= 0 (0 = greedy), "
                               f"got {self.sample_temperature}")
-        positive("sample_tokens", self.sample_tokens, whole=True)
+        number("sample_tokens", self.sample_tokens, whole=True)
+        if self.sample_tokens < 0:
+            raise ConfigError(f"{flag('sample_tokens')} must be >= 0, got {self.sample_tokens}")
         if self.sample_top_k is not None:
             positive("sample_top_k", self.sample_top_k, whole=True)
         if self.time_budget is not None:

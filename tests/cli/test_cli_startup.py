@@ -133,7 +133,8 @@ def test_text_in_argv_must_be_utf8_as_on_stdin(argv, what, capsys):
      "got (0.9, 2) (fix it in the file)"),
     ("train:\n  sample_temperature: -1\n",
      "{path}: train.sample_temperature must be >= 0 (0 = greedy), got -1 (fix it in the file)"),
-    ("train:\n  sample_tokens: -5\n", "{path}: train.sample_tokens must be > 0, got -5 (fix it in the file)"),
+    ("train:\n  sample_tokens: -5\n",
+     "{path}: train.sample_tokens must be >= 0, got -5 (fix it in the file)"),
 ])
 def test_a_config_files_bad_value_names_the_file_and_key(text, message, tmp_path, capsys):
     path = tmp_path / "bad.yaml"

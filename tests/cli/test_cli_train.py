@@ -114,8 +114,13 @@ def test_existing_run_and_resume_flags_are_checked(inputs, tmp_path, capsys):
     assert capsys.readouterr().out == (f"nothing to do: {run} is already at step 2 >= --max-steps 1 (pass a "
                                        "larger --max-steps to train it further)\n")
     assert (run / "run.json").read_bytes() == run_json  # its max_steps stays 2
-    for broken, message in (({"model": json.loads(run_json)["model"]}, 'run.json has no "train" section'),
-                            ({**json.loads(run_json), "model": {"layers": 2}}, "unknown GPTConfig field(s)")):
+    saved = json.loads(run_json)
+    for broken, message in (
+        ({"model": saved["model"]}, 'run.json has no "train" section'),
+        ({**saved, "model": {"layers": 2}}, "unknown GPTConfig field(s)"),
+        ({**saved, "train": {**saved["train"], "batch_size": "eight"}},
+         "run.json holds a value that cannot work (--batch-size must be a whole number"),
+    ):
         (run / "run.json").write_text(json.dumps(broken), encoding="utf-8")
         assert main(["train", "--resume", str(run), "--max-steps", "3", "--no-progress"]) == 2
         err = capsys.readouterr().err
