@@ -40,6 +40,53 @@ GPT2_EOT_ID = 50256
 GPT2_PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 
 
+def token_id_list(ids: object, what: str = "token ids") -> list[int]:
+    """``ids`` (a sequence, numpy array or tensor of integers) as a list of Python ints.
+
+    Floats, bools, text and None are refused with a ``DataError`` naming ``what``, rather than
+    cut down to integers (``int(1.9)`` is 1: a silently different id).
+    """
+    if isinstance(ids, str | bytes) or ids is None or not hasattr(ids, "__len__"):
+        raise DataError(f"{what} must be a sequence of integer token ids, got {ids!r:.60}")
+    dtype = getattr(ids, "dtype", None)
+    if dtype is not None:  # numpy arrays and tensors: one check of the element type
+        if not _integer_dtype(dtype):
+            raise DataError(f"{what} must be integer token ids, got an array of {dtype}")
+        if getattr(ids, "ndim", 1) != 1:
+            raise DataError(f"{what} must be one sequence of ids, got shape {tuple(ids.shape)}")
+        return [int(i) for i in ids.tolist()]
+    values = list(ids)
+    for value in values:
+        scalar = getattr(value, "ndim", None) == 0 and _integer_dtype(getattr(value, "dtype", None))
+        if isinstance(value, bool) or not (isinstance(value, int | np.integer) or scalar):
+            raise DataError(f"{what} must be integer token ids, got {value!r:.40} ({type(value).__name__})")
+    return [int(v) for v in values]
+
+
+def _integer_dtype(dtype: object) -> bool:
+    """Whether a numpy or torch dtype holds integers (not bool, float or complex)."""
+    if dtype is None:
+        return False
+    kind = getattr(dtype, "kind", None)  # numpy
+    if kind is not None:
+        return kind in ("i", "u")
+    name = str(dtype)  # torch: torch.int64, torch.uint8, ...
+    return "int" in name and "bool" not in name
+
+
+def _text(text: object) -> str:
+    if not isinstance(text, str):
+        raise DataError(f"the text to encode must be a str, got {type(text).__name__} (decode bytes first)")
+    return text
+
+
+def special_set(allowed_special: Iterable[str] | str) -> set[str]:
+    """``allowed_special`` as a set: a single token's name (or tiktoken's ``"all"``) counts as one."""
+    if isinstance(allowed_special, str):
+        return {ENDOFTEXT, UNKNOWN} if allowed_special == "all" else {allowed_special}
+    return set(allowed_special)
+
+
 @runtime_checkable
 class Tokenizer(Protocol):
     """What every tokenizer offers; code that only needs ids and text depends on this alone."""
@@ -145,7 +192,7 @@ class SimpleTokenizerV1:
     def decode(self, ids: Sequence[int]) -> str:
         """The pieces joined back into text (``join_words``: no space before closing punctuation)."""
         try:
-            pieces = [self.int_to_str[int(i)] for i in ids]
+            pieces = [self.int_to_str[i] for i in token_id_list(ids)]
         except KeyError as exc:
             bad = exc.args[0]
             raise DataError(f"token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})") from None
@@ -188,7 +235,7 @@ class SimpleTokenizerV2(SimpleTokenizerV1):
         A special token that is not allowed is plain text, which is not a word of the vocabulary:
         it becomes ``<|unk|>``, never the special id.
         """
-        allowed = set(allowed_special)
+        allowed = special_set(allowed_special)
         specials = {ENDOFTEXT, UNKNOWN} - allowed
         ids: list[int] = []
         # Cut out the allowed special tokens first so the regex split never breaks them apart.
@@ -278,7 +325,8 @@ class GPT2Tokenizer:
 
     def encode(self, text: str, allowed_special: Iterable[str] = DEFAULT_ALLOWED_SPECIAL) -> list[int]:
         """Ids of ``text``. Special tokens not in ``allowed_special`` are encoded as plain text."""
-        return self.encoding.encode(text, allowed_special=set(allowed_special), disallowed_special=())
+        return self.encoding.encode(_text(text), allowed_special=special_set(allowed_special),
+                                    disallowed_special=())
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Ids of ``text`` treating every special token as plain text."""
@@ -293,7 +341,8 @@ class GPT2Tokenizer:
         """Encode many texts in parallel on ``num_threads`` threads (default: all cores)."""
         threads = num_threads or os.cpu_count() or 1
         return self.encoding.encode_batch(
-            list(texts), num_threads=threads, allowed_special=set(allowed_special), disallowed_special=()
+            list(texts), num_threads=threads, allowed_special=special_set(allowed_special),
+            disallowed_special=(),
         )
 
     def encode_to_numpy(
@@ -303,11 +352,11 @@ class GPT2Tokenizer:
 
         tiktoken releases the GIL while encoding, so threads calling this run in parallel.
         """
-        allowed = set(allowed_special)
-        return self.encoding.encode_to_numpy(text, allowed_special=allowed, disallowed_special=())
+        allowed = special_set(allowed_special)
+        return self.encoding.encode_to_numpy(_text(text), allowed_special=allowed, disallowed_special=())
 
     def _check_ids(self, ids: Sequence[int]) -> list[int]:
-        ids = [int(i) for i in ids]
+        ids = token_id_list(ids)
         bad = next((i for i in ids if not 0 <= i < self.vocab_size), None)
         if bad is not None:
             raise DataError(f"token id {bad} is outside GPT-2's vocabulary (0..{self.vocab_size - 1})")

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from gptsmith.data.corpus import CorpusSource, resolve_corpus
 from gptsmith.data.shards import TokenShard, prepare_corpus, token_dtype
-from gptsmith.data.tokenizer import Tokenizer, get_tokenizer
+from gptsmith.data.tokenizer import Tokenizer, get_tokenizer, token_id_list
 from gptsmith.errors import ConfigError, DataError
 
 __all__ = [
@@ -113,7 +113,11 @@ class SlidingWindowDataset(Dataset):
         stride = whole_number("stride", stride)
         if isinstance(tokens, torch.Tensor):
             tokens = tokens.detach().cpu().numpy()
-        self.tokens = tokens if isinstance(tokens, np.ndarray) else np.asarray(tokens, dtype=np.int64)
+        if not isinstance(tokens, np.ndarray):
+            tokens = np.asarray(token_id_list(tokens, "tokens"), dtype=np.int64)
+        if tokens.dtype.kind not in ("i", "u"):  # floats would be cut to other ids without a word
+            raise DataError(f"tokens must be integer token ids, got an array of {tokens.dtype}")
+        self.tokens = tokens
         if self.tokens.ndim != 1:
             raise DataError(f"tokens must be a flat sequence of ids, got shape {tuple(self.tokens.shape)}")
         self.max_length = max_length
@@ -144,7 +148,11 @@ class SlidingWindowDataset(Dataset):
         The same windows as ``__getitem__`` (the trainer draws its batches this way, without a
         DataLoader, so that its data position is two integers it can checkpoint).
         """
-        starts = np.asarray(indices, dtype=np.int64) * self.stride
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.size and (indices.min() < 0 or indices.max() >= self._length):
+            raise IndexError(f"window indices must be in 0..{self._length - 1}, "
+                             f"got {indices.min()}..{indices.max()}")
+        starts = indices * self.stride
         offsets = np.arange(self.max_length + 1)
         rows = np.asarray(self.tokens[starts[:, None] + offsets[None, :]], dtype=np.int64)  # (batch, L + 1)
         rows = torch.from_numpy(rows)

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from gptsmith.data.tokenizer import token_id_list
 from gptsmith.errors import GptsmithError
 from gptsmith.generate.config import GenerationConfig
 from gptsmith.generate.decoding import (  # noqa: F401 (DecodeState, TokenPicker: public API)
@@ -51,6 +52,14 @@ from gptsmith.generate.streaming import TextStream
 def _checked_config(model: torch.nn.Module, tokenizer: Any, **fields: Any) -> GenerationConfig:
     """The config of one call, checked against the model, with ``eos_id`` resolved (see
     ``resolve_eos_id``: the tokenizer's ``<|endoftext|>`` by default, None for ``NO_EOS``)."""
+    if isinstance(tokenizer, str):
+        raise GptsmithError(f"tokenizer must be a tokenizer object, got the name {tokenizer!r} "
+                            f"(use get_tokenizer({tokenizer!r}))")
+    known = {f.name for f in dataclasses.fields(GenerationConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise GptsmithError(f"unknown generation option(s) {', '.join(unknown)} "
+                            f"(known: {', '.join(sorted(known))})")
     cfg = GenerationConfig(**fields)
     cfg = dataclasses.replace(cfg, eos_id=resolve_eos_id(cfg.eos_id, tokenizer))
     cfg.check_model(model)
@@ -69,6 +78,11 @@ def _stop_rules(cfg: GenerationConfig, tokenizer: Any) -> StopRules:
 
 def text_to_token_ids(text: str, tokenizer: Any) -> torch.Tensor:
     """Encode ``text`` as a (1, n) batch; empty text starts from ``<|endoftext|>``."""
+    if not isinstance(text, str):
+        raise GptsmithError(f"text must be a str, got {type(text).__name__}")
+    if isinstance(tokenizer, str):
+        raise GptsmithError(f"tokenizer must be a tokenizer object, got the name {tokenizer!r} "
+                            f"(use get_tokenizer({tokenizer!r}))")
     ids = tokenizer.encode(text) if text else [tokenizer.eot_id]
     return torch.tensor(ids, dtype=torch.long).unsqueeze(0)  # (1, n_tokens)
 
@@ -83,8 +97,7 @@ def token_ids_to_text(token_ids: torch.Tensor | Sequence[int], tokenizer: Any) -
                     "(decode each row: token_ids_to_text(ids[i], tokenizer))"
                 )
             token_ids = token_ids[0]
-        token_ids = token_ids.tolist()
-    return tokenizer.decode(list(token_ids))
+    return tokenizer.decode(token_id_list(token_ids, "token_ids"))
 
 
 def _prepare_prompt(
@@ -98,9 +111,18 @@ def _prepare_prompt(
     _reject_text(token_ids)
     device = next(model.parameters()).device
     if not isinstance(token_ids, torch.Tensor):
+        if token_ids is None or not hasattr(token_ids, "__len__"):
+            raise GptsmithError("token_ids must be token ids (a list, or a tensor of shape (batch, "
+                                f"n_tokens)), got {token_ids!r:.40}")
         first = token_ids[0] if len(token_ids) else 0
-        one_row = isinstance(first, int) or getattr(first, "ndim", 1) == 0
-        rows = [[int(t) for t in row] for row in ([token_ids] if one_row else token_ids)]
+        one_row = not hasattr(first, "__len__") or getattr(first, "ndim", 1) == 0
+        rows = [token_id_list(row, "token_ids") for row in ([token_ids] if one_row else token_ids)]
+        if attention_mask is not None:  # the caller's own padding: rows of one length, as a tensor
+            if len({len(row) for row in rows}) > 1:
+                raise GptsmithError("with attention_mask, token_ids must be rows of one length (or leave "
+                                    "the mask out: lists of different lengths are left-padded for you)")
+            token_ids = torch.tensor(rows, dtype=torch.long)
+    if not isinstance(token_ids, torch.Tensor):
         rows = [row or _start_ids(start_id) for row in rows]
         width = max(len(row) for row in rows)
         ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], dtype=torch.long)

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from gptsmith.data.tokenizer import token_id_list
 from gptsmith.errors import GptsmithError
 
 StopSequence = str | Sequence[int]
@@ -50,6 +51,9 @@ def normalise_stops(
         return [], []
     if isinstance(stop_sequences, str | int):
         stop_sequences = [stop_sequences]
+    if not isinstance(stop_sequences, Sequence):
+        raise GptsmithError(f"stop_sequences must be a list of strings or of token-id lists, got "
+                            f"{stop_sequences!r:.40}")
     token_stops: list[list[int]] = []
     byte_stops: list[bytes] = []
     for stop in stop_sequences:
@@ -59,11 +63,11 @@ def normalise_stops(
             if stop:
                 byte_stops.append(stop.encode("utf-8"))
                 continue
-        elif isinstance(stop, int):
-            token_stops.append([stop])
+        elif isinstance(stop, int) and not isinstance(stop, bool):
+            token_stops.append(token_id_list([stop], "a stop sequence"))
             continue
         elif stop:
-            token_stops.append([int(t) for t in stop])
+            token_stops.append(token_id_list(stop, "a stop sequence"))
             continue
         raise GptsmithError("stop sequences must not be empty (drop the empty one)")
     return token_stops, byte_stops

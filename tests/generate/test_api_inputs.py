@@ -1,0 +1,85 @@
+"""What the generation API refuses, in one clear line, instead of a silently different answer
+(float ids cut to integers, a mask dropped, a tokenizer's name taken for a tokenizer) or a
+traceback from inside torch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from generation_helpers import ByteTokenizer, tiny_model
+
+from gptsmith.data.tokenizer import get_tokenizer
+from gptsmith.data.windows import SlidingWindowDataset
+from gptsmith.errors import GptsmithError
+from gptsmith.generate.generation import generate, stream_text, text_to_token_ids, token_ids_to_text
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(vocab_size=97, context_length=32)
+
+
+@pytest.mark.parametrize("ids, message", [
+    ([[1.9, 2.9, 3.9]], "token_ids must be integer token ids, got 1.9"),
+    (np.array([[1.5, 2.5]]), "token_ids must be integer token ids, got an array of float64"),
+    ([1, True, 3], "token_ids must be integer token ids, got True"),
+    ([1, None], "token_ids must be integer token ids, got None"),
+    (None, "token_ids must be token ids"),
+    (5, "token_ids must be token ids"),
+])
+def test_ids_that_are_not_integers_are_refused(model, ids, message):
+    with pytest.raises(GptsmithError, match=message.replace("(", r"\(")):
+        generate(model, ids, 2)
+
+
+def test_integer_ids_of_any_container_give_the_same_tokens(model):
+    expected = generate(model, torch.tensor([[1, 2, 3]]), 3)
+    for ids in ([1, 2, 3], [[1, 2, 3]], np.array([1, 2, 3]), [np.int64(1), torch.tensor(2), 3]):
+        assert torch.equal(generate(model, ids, 3), expected)
+
+
+def test_a_mask_with_list_ids_is_applied_not_dropped(model):
+    mask = torch.tensor([[0, 0, 1, 1]])
+    from_tensor = generate(model, torch.tensor([[5, 6, 7, 8]]), 3, attention_mask=mask, pad_id=5)
+    assert torch.equal(generate(model, [[5, 6, 7, 8]], 3, attention_mask=mask, pad_id=5), from_tensor)
+    with pytest.raises(GptsmithError, match="with attention_mask, token_ids must be rows of one length"):
+        generate(model, [[1, 2], [3]], 3, attention_mask=torch.ones(2, 2))
+
+
+def test_stop_sequences_must_be_integer_ids_or_text(model):
+    with pytest.raises(GptsmithError, match="a stop sequence must be integer token ids, got 4.5"):
+        generate(model, [1, 2], 3, stop_sequences=[[4.5]])
+    with pytest.raises(GptsmithError, match="stop_sequences must be a list"):
+        generate(model, [1, 2], 3, stop_sequences=5.0)
+
+
+def test_unknown_options_and_tokenizer_names_are_named(model):
+    tokenizer = ByteTokenizer()
+    with pytest.raises(GptsmithError, match=r"unknown generation option\(s\) topk \(known: "):
+        stream_text(model, tokenizer, "hi", 3, topk=3)
+    with pytest.raises(GptsmithError, match=r"got the name 'gpt2' \(use get_tokenizer\('gpt2'\)\)"):
+        stream_text(model, "gpt2", "hi", 3)
+    with pytest.raises(GptsmithError, match="text must be a str, got NoneType"):
+        text_to_token_ids(None, tokenizer)
+
+
+def test_decoding_and_windows_refuse_float_ids():
+    tokenizer = get_tokenizer("simple")
+    with pytest.raises(GptsmithError, match="token_ids must be integer token ids, got an array of torch"):
+        token_ids_to_text(torch.tensor([5.7, 11.2]), tokenizer)
+    with pytest.raises(GptsmithError, match="token ids must be integer token ids, got '5'"):
+        tokenizer.decode(["5"])
+    with pytest.raises(GptsmithError, match="tokens must be integer token ids, got 1.7"):
+        SlidingWindowDataset([1.7] * 20, 4, 2)
+    with pytest.raises(GptsmithError, match="tokens must be integer token ids, got an array of float32"):
+        SlidingWindowDataset(np.ones(20, dtype=np.float32), 4, 2)
+    windows = SlidingWindowDataset(list(range(20)), 4, 2)
+    with pytest.raises(IndexError, match=r"window indices must be in 0\.\.7, got -1\.\.0"):
+        windows.batch([-1, 0])
+
+
+def test_a_special_token_named_alone_is_one_allowed_token():
+    tokenizer = get_tokenizer("simple")
+    assert tokenizer.encode("a <|endoftext|>", allowed_special="<|endoftext|>")[-1] == tokenizer.eot_id
+    assert tokenizer.encode("a <|endoftext|>", allowed_special="all")[-1] == tokenizer.eot_id
