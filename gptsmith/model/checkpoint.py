@@ -60,14 +60,11 @@ def save_model(
     config.json.
     """
     model = unwrap_model(model)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = dict(model.state_dict())
-    if model.cfg.tie_weights:
-        state.pop(TIED_KEY, None)
-    atomic_save_safetensors(state, directory / WEIGHTS_FILE, metadata={"format": "pt"})
-    if not isinstance(tokenizer, str):
-        save_tokenizer(tokenizer, directory)
+    if not isinstance(model, GPTModel):
+        raise ConfigError(f"save_model saves a GPTModel, got {type(model).__name__}")
+    if any(name.endswith("lora_A") for name, _ in model.named_parameters()):
+        raise ConfigError("the model has unmerged LoRA adapters: merge_lora(model) first (or save_adapter "
+                          "to save the adapters alone)")
     config = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -77,8 +74,20 @@ def save_model(
     }
     for key, value in (extra or {}).items():
         if key in ("format", "format_version", "model"):
-            raise ValueError(f"extra key {key!r} would overwrite a reserved config.json key")
+            raise ConfigError(f"extra key {key!r} would overwrite a reserved config.json key")
         config[key] = value
+    try:  # before anything is written: a value JSON cannot hold must not leave weights without a config
+        json.dumps(config)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"save_model: extra cannot be written as JSON ({exc})") from None
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = dict(model.state_dict())
+    if model.cfg.tie_weights:
+        state.pop(TIED_KEY, None)
+    atomic_save_safetensors(state, directory / WEIGHTS_FILE, metadata={"format": "pt"})
+    if not isinstance(tokenizer, str):
+        save_tokenizer(tokenizer, directory)
     atomic_write_json(directory / CONFIG_FILE, config)
     return directory
 

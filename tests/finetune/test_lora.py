@@ -103,6 +103,9 @@ def test_merged_model_saves_as_plain_model_directory(tmp_path):
     ids = _ids(seed=5)
     with torch.no_grad():
         expected = model(ids)
+    with pytest.raises(ConfigError, match="unmerged LoRA adapters: merge_lora"):
+        save_model(model, tmp_path / "unmerged")  # it would not load back
+    assert not (tmp_path / "unmerged").exists()
     save_model(merge_lora(model), tmp_path / "merged")
     loaded = load_model_dir(tmp_path / "merged")
     assert type(loaded) is GPTModel

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gptsmith.data.tokenizer import SimpleTokenizerV2
-from gptsmith.errors import CheckpointError
+from gptsmith.errors import CheckpointError, ConfigError
 from gptsmith.model.checkpoint import (
     load_model,
     load_model_tokenizer,
@@ -128,6 +128,17 @@ def test_a_config_without_a_size_field_is_refused(tmp_path):
     (directory / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"has no model.n_layers \(the file is incomplete"):
         load_model(directory)
+
+
+def test_save_model_checks_everything_before_writing(tmp_path):
+    model = GPTModel(GPTConfig(vocab_size=64, context_length=8, emb_dim=16, n_heads=2, n_layers=1))
+    with pytest.raises(ConfigError, match="extra cannot be written as JSON"):
+        save_model(model, tmp_path / "m", extra={"tags": {1, 2}})
+    with pytest.raises(ConfigError, match="would overwrite a reserved config.json key"):
+        save_model(model, tmp_path / "m", extra={"model": {}})
+    with pytest.raises(ConfigError, match="save_model saves a GPTModel, got Linear"):
+        save_model(torch.nn.Linear(2, 2), tmp_path / "m")
+    assert not (tmp_path / "m").exists()  # no weights without a config
 
 
 def test_a_word_level_model_needs_its_own_vocabulary(tmp_path):
