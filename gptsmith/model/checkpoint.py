@@ -244,6 +244,21 @@ def config_from_checkpoint(path: str | Path) -> GPTConfig:
         raise CheckpointError(str(exc)) from None
 
 
+def load_options(device: torch.device | str | None, dtype: torch.dtype | str | None
+                 ) -> tuple[torch.device | None, torch.dtype | None]:
+    """``device`` and ``dtype`` checked before any loading: a device that is not here (``cuda``
+    without a GPU) and dtypes by any spelling (``"bf16"``, ``torch.bfloat16``) or none at all."""
+    from gptsmith.device import resolve_device, torch_dtype
+
+    if device is not None:
+        device = resolve_device(str(device))
+    if isinstance(dtype, str):
+        dtype = torch_dtype(dtype)
+    elif dtype is not None and dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ConfigError(f"dtype {dtype} cannot hold weights (choose torch.float32, bfloat16 or float16)")
+    return device, dtype
+
+
 def load_model_dir(
     path: str | Path, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
 ) -> GPTModel:
@@ -253,6 +268,7 @@ def load_model_dir(
     to the dtype the weights were saved in. ``model.instruction_template`` is the config's
     ``"instruction_template"`` (None for a plain language model).
     """
+    device, dtype = load_options(device, dtype)
     model_dir = resolve_model_dir(path)
     config = read_model_config(model_dir)
     if config["format"] == "hf-gpt2":
@@ -286,6 +302,10 @@ def load_model(
     ``gpt2-medium``, or a GPT-2 preset name (``gpt2-small`` means hub ``gpt2``). Hub models are
     downloaded through ``huggingface_hub`` into its cache (the network is needed the first time).
     """
+    if not isinstance(name_or_path, str | Path):
+        raise CheckpointError("load_model takes a model directory or a name, "
+                              f"got {type(name_or_path).__name__}")
+    device, dtype = load_options(device, dtype)
     path = Path(name_or_path).expanduser()
     if path.exists():
         return load_model_dir(path, device=device, dtype=dtype)

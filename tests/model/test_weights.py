@@ -141,6 +141,20 @@ def test_save_model_checks_everything_before_writing(tmp_path):
     assert not (tmp_path / "m").exists()  # no weights without a config
 
 
+def test_load_options_are_checked_and_take_any_spelling(tmp_path):
+    directory = save_model(GPTModel(GPTConfig(vocab_size=64, context_length=8, emb_dim=16, n_heads=2,
+                                              n_layers=1)), tmp_path / "m")
+    assert load_model(directory, dtype="bf16").tok_emb.weight.dtype == torch.bfloat16
+    assert load_model(directory, device=torch.device("cpu")).tok_emb.weight.device.type == "cpu"
+    with pytest.raises(ConfigError, match="unknown device 'gpu'"):
+        load_model(directory, device="gpu")
+    with pytest.raises(ConfigError, match="dtype torch.int64 cannot hold weights"):
+        load_model(directory, dtype=torch.int64)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="sees no CUDA GPU"):
+            load_model(directory, device="cuda")
+
+
 def test_a_word_level_model_needs_its_own_vocabulary(tmp_path):
     tokenizer = SimpleTokenizerV2.from_text("alpha beta gamma delta")
     model = GPTModel(GPTConfig(vocab_size=tokenizer.vocab_size, context_length=8, emb_dim=16, n_heads=2,
