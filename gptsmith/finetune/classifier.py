@@ -150,8 +150,13 @@ class Classifier:
         """Class probabilities (n_texts, n_classes), columns in ``self.labels`` order."""
         if isinstance(texts, str):
             raise GptsmithError("predict takes a list of texts, not one string (wrap it: [text])")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise GptsmithError(f"batch_size must be a positive integer, got {batch_size!r}")
         if not texts:
             return torch.zeros(0, len(self.labels))
+        bad = next((i for i, text in enumerate(texts) if not isinstance(text, str)), None)
+        if bad is not None:
+            raise GptsmithError(f"texts[{bad}] is a {type(texts[bad]).__name__}, not a str")
         encoded = encode_texts(texts, self.tokenizer, self.max_length)
         encoded.labels = list(range(len(texts)))  # carry each text's position through the sorted batches
         probs = torch.zeros(len(texts), len(self.labels))

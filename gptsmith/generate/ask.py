@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from gptsmith.errors import GptsmithError
 from gptsmith.generate.chat import Message, PromptTemplate, get_template
 from gptsmith.generate.generation import generate, stream_text
 from gptsmith.generate.streaming import TextStream
@@ -33,6 +34,9 @@ def model_template(model: torch.nn.Module, template: str | PromptTemplate | None
 
 def question_prompt(template: str | PromptTemplate, question: str, input_text: str = "") -> str:
     """The text a model continues to answer ``question`` (with Alpaca's optional input)."""
+    for name, value in (("question", question), ("input_text", input_text)):
+        if not isinstance(value, str):
+            raise GptsmithError(f"{name} must be a str, got {type(value).__name__}")
     return get_template(template).prompt([Message("user", question, input_text)])
 
 
@@ -101,11 +105,15 @@ def answer_batch(
     padding, and slides the context window once prompt and answer outgrow it). A prompt longer
     than the context keeps its most recent tokens.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise GptsmithError(f"batch_size must be a positive integer, got {batch_size!r}")
     chosen = get_template(template)
     context = model.cfg.context_length
     answers: list[Answer] = []
     for start in range(0, len(prompts), batch_size):
-        rows = [tokenizer.encode(p)[-context:] for p in prompts[start : start + batch_size]]
+        # an empty prompt starts from <|endoftext|>, counted as prompt (not as a generated token)
+        batch = prompts[start : start + batch_size]
+        rows = [tokenizer.encode(p)[-context:] or [tokenizer.eot_id] for p in batch]
         out = generate(model, rows, max_new_tokens, tokenizer=tokenizer,
                        stop_sequences=list(chosen.stop_sequences))
         width = max(len(r) for r in rows)

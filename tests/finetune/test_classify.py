@@ -8,7 +8,7 @@ import pytest
 import torch
 from classify_helpers import labelled_rows, tiny_base, write_csv
 
-from gptsmith.errors import CheckpointError
+from gptsmith.errors import CheckpointError, GptsmithError
 from gptsmith.finetune.base import StepRunner, parse_trainable, set_trainable
 from gptsmith.finetune.class_model import GPTClassifier, batch_order, pad_batch
 from gptsmith.finetune.classifier import Classifier
@@ -109,6 +109,11 @@ def test_lora_adapter_only_loads_on_its_base(tmp_path):
     texts = ["win cash now", "see you at lunch"]
     labels, probs = result.classifier.predict(texts)
     assert Classifier.load(out, device="cpu").predict(texts) == (labels, pytest.approx(probs, abs=1e-5))
+    for batch_size in (0, -1, 1.5):
+        with pytest.raises(GptsmithError, match="batch_size must be a positive integer"):
+            result.classifier.predict(texts, batch_size=batch_size)
+    with pytest.raises(GptsmithError, match=r"texts\[1\] is a NoneType, not a str"):
+        result.classifier.predict(["fine", None])
     trainable = result.metrics  # the LoRA run trained: its loss moved
     losses = [r["loss"] for r in trainable if r["kind"] == "train"]
     assert min(losses[-3:]) < losses[0]

@@ -7,7 +7,7 @@ import torch
 from generation_helpers import ByteTokenizer, scripted_model, tiny_model
 from judge_helpers import StubJudge, stub_judge
 
-from gptsmith.errors import ConfigError, DataError, NonFiniteError
+from gptsmith.errors import ConfigError, DataError, GptsmithError, NonFiniteError
 from gptsmith.finetune.instruct import (
     InstructConfig,
     answer_records,
@@ -106,6 +106,12 @@ def test_batched_answers_equal_answers_alone():
     long_answers = answer_batch(small, tok, ["Say it: ab"], "alpaca", max_new_tokens=40)
     alone = stream_text(small, tok, "Say it: ab", 40, stop_sequences=["\n\n### "])
     assert long_answers[0].text == "".join(alone).strip() and len(alone.token_ids) > 38
+    empty = answer_batch(model, tok, [""], "alpaca", max_new_tokens=3)[0]  # starts from <|endoftext|>
+    assert empty.new_tokens <= 3 and "<|endoftext|>" not in empty.text
+    with pytest.raises(GptsmithError, match="batch_size must be a positive integer, got -1"):
+        answer_batch(model, tok, prompts, "alpaca", batch_size=-1)
+    with pytest.raises(GptsmithError, match="question must be a str, got NoneType"):
+        ask(model, tok, None)
 
 
 # --- the judge, against a stub OpenAI-compatible server -------------------------------------------
