@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from gptsmith.data.tokenizer import Tokenizer
-from gptsmith.device import autocast, resolve_autocast_dtype, resolve_device, tune_cpu_allocator
+from gptsmith.device import autocast, parse_dtype, resolve_autocast_dtype, resolve_device, tune_cpu_allocator
 from gptsmith.errors import CheckpointError, ConfigError, StorageError
 from gptsmith.model.checkpoint import (
     CONFIG_FILE,
@@ -115,6 +115,29 @@ def set_trainable(model: nn.Module, gpt: GPTModel, spec: str, new_parts: Sequenc
         gpt.final_norm.requires_grad_(True)
     for part in new_parts:
         part.requires_grad_(True)
+
+
+FINETUNE_DTYPES = ("auto", "bf16", "fp32")
+
+
+def check_setting(name: str, value: object, *, whole: bool = False, minimum: float = 0,
+                  above: bool = False) -> None:
+    """Raise a ``ConfigError`` naming ``--name`` unless ``value`` is a finite number (an integer
+    with ``whole``) that is at least ``minimum`` (more than it, with ``above``)."""
+    kinds = int if whole else int | float
+    ok = isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (value <= minimum if above else value < minimum):
+        kind = "a whole number" if whole else "a number"
+        raise ConfigError(f"--{name.replace('_', '-')} must be {kind} {'>' if above else '>='} {minimum:g}, "
+                          f"got {value!r}")
+
+
+def check_dtype(dtype: object) -> str:
+    """The fine-tuning dtype's one name (auto, bf16, fp32), or a ``ConfigError``."""
+    try:
+        return parse_dtype(str(dtype), FINETUNE_DTYPES)
+    except ConfigError as exc:
+        raise ConfigError(f"--dtype: {exc}") from None
 
 
 class StepRunner:

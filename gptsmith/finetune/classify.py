@@ -25,7 +25,9 @@ from gptsmith.device import set_seed
 from gptsmith.errors import ConfigError, DataError
 from gptsmith.finetune.base import (
     StepRunner,
+    check_dtype,
     check_output_dir,
+    check_setting,
     load_base,
     parse_trainable,
     prepare_output_dir,
@@ -93,8 +95,10 @@ class ClassifyConfig:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
         for name in ("lora_rank", "eval_every"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+            check_setting(name, getattr(self, name), whole=True)
+        check_setting("lr", self.lr, above=True)
+        check_setting("weight_decay", self.weight_decay)
+        self.dtype = check_dtype(self.dtype)
         if not self.lora_rank:
             lora_flags = (("--lora-alpha", self.lora_alpha, None), ("--lora-dropout", self.lora_dropout, 0.0),
                           ("--lora-targets", tuple(self.lora_targets), DEFAULT_TARGETS))

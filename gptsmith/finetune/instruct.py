@@ -26,7 +26,7 @@ import torch
 
 from gptsmith.device import autocast, resolve_device, set_seed
 from gptsmith.errors import ConfigError, DataError
-from gptsmith.finetune.base import StepRunner
+from gptsmith.finetune.base import StepRunner, check_dtype, check_setting
 from gptsmith.finetune.instruct_data import (
     IGNORE_INDEX,
     EncodedExample,
@@ -66,19 +66,17 @@ class InstructConfig:
     def check(self) -> None:
         """Raise ``ConfigError`` for a value that cannot work, naming it."""
         get_template(self.template)
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batches": self.eval_batches}
-        for name, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"{_flag(name)} must be at least 1, got {value}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"--max-steps must be at least 1, got {self.max_steps}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
-        if self.max_length is not None and self.max_length < 2:
-            raise ConfigError(f"--max-length must be at least 2 tokens, got {self.max_length}")
-        for name in ("lora_rank", "eval_every", "grad_clip"):
-            if not getattr(self, name) >= 0:  # NaN too
-                raise ConfigError(f"{_flag(name)} must not be negative, got {getattr(self, name)}")
+        for name in ("epochs", "batch_size", "eval_batches"):
+            check_setting(name, getattr(self, name), whole=True, minimum=1)
+        for name, minimum in (("max_steps", 1), ("max_length", 2)):
+            if getattr(self, name) is not None:
+                check_setting(name, getattr(self, name), whole=True, minimum=minimum)
+        check_setting("lr", self.lr, above=True)
+        for name in ("lora_rank", "eval_every", "sample_tokens"):
+            check_setting(name, getattr(self, name), whole=True)
+        for name in ("weight_decay", "grad_clip"):
+            check_setting(name, getattr(self, name))
+        self.dtype = check_dtype(self.dtype)
         if self.lora_rank:
             LoRAConfig(rank=self.lora_rank, alpha=self.lora_alpha)  # checks both before any loading
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 from classify_helpers import labelled_rows, tiny_base, write_csv
 
-from gptsmith.errors import CheckpointError, GptsmithError
+from gptsmith.errors import CheckpointError, ConfigError, GptsmithError
 from gptsmith.finetune.base import StepRunner, parse_trainable, set_trainable
 from gptsmith.finetune.class_model import GPTClassifier, batch_order, pad_batch
 from gptsmith.finetune.classifier import Classifier
-from gptsmith.finetune.classify import finetune_classifier
+from gptsmith.finetune.classify import ClassifyConfig, finetune_classifier
 from gptsmith.model.checkpoint import load_model_dir
 from gptsmith.model.gpt import GPTConfig, GPTModel
 from gptsmith.train.evaluation import NonFiniteLossError
@@ -121,6 +121,18 @@ def test_lora_adapter_only_loads_on_its_base(tmp_path):
     with pytest.raises(CheckpointError, match="is a LoRA adapter for the base model .* no longer exists"):
         Classifier.load(out, device="cpu")
     moved.rename(base)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(dtype="foo"), "--dtype: unknown dtype 'foo'"),
+    (dict(weight_decay=-1.0), "--weight-decay must be a number >= 0, got -1.0"),
+    (dict(lr="x"), "--lr must be a number > 0, got 'x'"),
+    (dict(lora_rank="x"), "--lora-rank must be a whole number >= 0, got 'x'"),
+    (dict(eval_every=1.5), "--eval-every must be a whole number >= 0, got 1.5"),
+])
+def test_bad_settings_are_named_before_anything_loads(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        ClassifyConfig(**bad)
 
 
 def test_a_non_finite_loss_stops_the_step_before_the_update():

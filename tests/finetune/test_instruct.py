@@ -72,6 +72,13 @@ def test_max_steps_and_bad_settings():
         finetune_instruct(model, tok, RECORDS, RECORDS, InstructConfig(max_length=500))
     with pytest.raises(DataError, match="another tokenizer"):
         finetune_instruct(tiny_model(vocab_size=100), tok, RECORDS, RECORDS, cfg)
+    for bad, message in ((dict(dtype="foo"), "--dtype: unknown dtype 'foo'"),
+                         (dict(weight_decay=-1.0), "--weight-decay must be a number >= 0, got -1.0"),
+                         (dict(weight_decay=float("nan")), "--weight-decay must be a number >= 0, got nan"),
+                         (dict(epochs=1.5), "--epochs must be a whole number >= 1, got 1.5"),
+                         (dict(lr="x"), "--lr must be a number > 0, got 'x'")):
+        with pytest.raises(ConfigError, match=message):
+            finetune_instruct(model, tok, RECORDS, RECORDS, InstructConfig(**bad))
     diverging = InstructConfig(max_steps=4, batch_size=2, lr=1e30, eval_every=0, sample_tokens=0,
                                device="cpu", dtype="fp32")
     with pytest.raises(NonFiniteError, match=r"training loss became (nan|inf) at step [2-4] \(lower --lr"):
