@@ -30,7 +30,7 @@ from gptsmith.train.distributed import DistContext, all_reduce_mean, any_rank, b
 from gptsmith.train.evaluation import NonFiniteLossError, evaluate, outputs_are_finite, perplexity
 from gptsmith.train.losses import cross_entropy
 from gptsmith.train.rng_state import capture_rng_state, restore_rng_state
-from gptsmith.train.run_dir import divergence_advice, environment_info
+from gptsmith.train.run_dir import clear_run_dir, divergence_advice, environment_info, is_run_dir
 from gptsmith.train.schedule import build_optimizer, lr_at_step
 from gptsmith.train.time_budget import PROBE_STEPS, probe_done, recorded_plan, size_trainer
 
@@ -53,6 +53,7 @@ class Trainer:
         tokenizer: Any = None,
         callbacks: TrainCallbacks | None = None,
         run_info: dict[str, Any] | None = None,
+        overwrite: bool = False,
     ) -> None:
         cfg.check()
         self.cfg = cfg
@@ -73,6 +74,7 @@ class Trainer:
         self.model = model.to(self.device)
         self.model.train()
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.overwrite = overwrite  # an old run in run_dir is replaced (else refused) by a new one
         self.tokenizer = tokenizer
         self.callbacks = callbacks or TrainCallbacks()
         self.run_info = run_info or {}
@@ -196,6 +198,12 @@ class Trainer:
         result = TrainResult(step=self.step, tokens_seen=self.tokens_seen, stopped="max_steps")
         is_main = self.dist.is_main
         if is_main and self.run_dir is not None:
+            if self.resumed_from is None and is_run_dir(self.run_dir):  # never mix two runs' files
+                if not self.overwrite:
+                    raise ConfigError(f"{self.run_dir} already holds a run: continue it with "
+                                      "trainer.resume(), replace it with overwrite=True, or choose another "
+                                      "run_dir")
+                clear_run_dir(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._write_run_info()  # on resume too: a new --max-steps must stick for the next resume
         if is_main:

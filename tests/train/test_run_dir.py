@@ -21,7 +21,7 @@ from training_helpers import (
 )
 
 from gptsmith.data.tokenizer import SimpleTokenizerV2
-from gptsmith.errors import CheckpointError, StorageError
+from gptsmith.errors import CheckpointError, ConfigError, StorageError
 from gptsmith.model.checkpoint import load_model
 from gptsmith.storage import (
     atomic_save_safetensors,
@@ -216,3 +216,15 @@ def test_damaged_metrics_lines_are_skipped_when_resuming(tmp_path):
     assert ckpt.read_metrics(tmp_path) == good
     ckpt.truncate_metrics(tmp_path, 2)  # what --resume does: keep what the checkpoint covers
     assert ckpt.read_metrics(tmp_path) == good[:2]
+
+
+def test_a_new_run_never_writes_into_an_old_one(tmp_path):
+    run = tmp_path / "run"
+    make_trainer(run_dir=run).fit()
+    before = (run / ckpt.METRICS_FILE).read_text()
+    with pytest.raises(ConfigError, match="already holds a run: continue it with trainer.resume()"):
+        make_trainer(run_dir=run).fit()
+    assert (run / ckpt.METRICS_FILE).read_text() == before  # untouched
+    make_trainer(run_dir=run, overwrite=True).fit()
+    steps = [r["step"] for r in ckpt.read_metrics(run) if r["kind"] == "train"]
+    assert steps == sorted(set(steps))  # one run's records, not two runs' mixed
