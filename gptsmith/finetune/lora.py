@@ -332,21 +332,26 @@ def load_adapter(model: nn.Module, directory: str | Path) -> dict:
             f"adapter {directory} wraps layers the model lacks ({', '.join(missing[:3])}); "
             f"is the model its base ({config.get('base')})?"
         )
-    wrapped = apply_lora(model, lora_config)
-    layers = lora_layers(model)
-    for name in wrapped:
-        layer = layers[name]
-        for part in ("lora_A", "lora_B"):
+    # Every tensor is checked against the layer it goes on before any layer is wrapped, so a
+    # mismatch leaves the model exactly as it was.
+    modules = dict(model.named_modules())
+    for name in names:
+        layer, rank = modules[name], lora_config.rank
+        needed = {"lora_A": (rank, layer.in_features), "lora_B": (layer.out_features, rank)}
+        for part, shape in needed.items():
             key = f"{name}.{part}"
             if key not in tensors:
                 raise CheckpointError(f"adapter {directory} lacks tensor {key} (the file is incomplete)")
-            target = getattr(layer, part)
-            if tuple(tensors[key].shape) != tuple(target.shape):
+            if tuple(tensors[key].shape) != shape:
                 raise CheckpointError(
                     f"adapter tensor {key} has shape {tuple(tensors[key].shape)}, the model needs "
-                    f"{tuple(target.shape)} (is the model its base ({config.get('base')})?)"
+                    f"{shape} (is the model its base ({config.get('base')})?)"
                 )
-            with torch.no_grad():
-                target.copy_(tensors[key])
+    wrapped = apply_lora(model, lora_config)
+    layers = lora_layers(model)
+    with torch.no_grad():
+        for name in wrapped:
+            for part in ("lora_A", "lora_B"):
+                getattr(layers[name], part).copy_(tensors[f"{name}.{part}"])
     config["extra_tensors"] = {k: v for k, v in tensors.items() if not k.endswith((".lora_A", ".lora_B"))}
     return config

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from gptsmith.errors import ConfigError
+from gptsmith.errors import CheckpointError, ConfigError
 from gptsmith.finetune.lora import (
     LoRAConfig,
     LoRALinear,
@@ -16,6 +16,7 @@ from gptsmith.finetune.lora import (
     count_parameters,
     find_targets,
     load_adapter,
+    lora_layers,
     lora_state_dict,
     merge_lora,
     save_adapter,
@@ -129,6 +130,11 @@ def test_adapter_round_trip_on_its_base(tmp_path):
     ids = _ids(seed=7)
     with torch.no_grad():
         torch.testing.assert_close(fresh(ids), model(ids), rtol=0, atol=0)
+    other = GPTModel(GPTConfig(vocab_size=97, context_length=32, emb_dim=48, n_heads=4, n_layers=2,
+                               tie_weights=False))  # not its base: other widths
+    with pytest.raises(CheckpointError, match=r"has shape \(3, 32\), the model needs \(3, 48\)"):
+        load_adapter(other, tmp_path / "adapter")
+    assert not lora_layers(other) and all(p.requires_grad for p in other.parameters())  # left as it was
 
 
 def test_tied_head_cannot_be_a_target():
