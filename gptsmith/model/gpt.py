@@ -193,6 +193,12 @@ class GPTModel(nn.Module):
         x = self.drop_emb(x)
         attn_mask = None
         if attention_mask is not None:
+            keys = (batch, n_past + n_tokens)
+            is_tensor = isinstance(attention_mask, torch.Tensor)
+            if not is_tensor or tuple(attention_mask.shape) != keys:
+                got = tuple(attention_mask.shape) if is_tensor else attention_mask
+                raise GptsmithError("attention_mask must be a tensor of shape (batch, cached + new "
+                                    f"tokens) = {keys}, got {got!r:.60}")
             attn_mask = padding_causal_mask(attention_mask, n_tokens)  # (batch, 1, n_tokens, n_keys)
         for layer_idx, block in enumerate(self.trf_blocks):
             x = block(x, cache=cache, layer_idx=layer_idx, attn_mask=attn_mask)
@@ -207,6 +213,9 @@ class GPTModel(nn.Module):
         self, token_ids: torch.Tensor, cache: KVCache | None, position_ids: torch.Tensor | None
     ) -> None:
         """Turn bad ids or lengths into a clear error instead of an index error or CUDA assert."""
+        if not isinstance(token_ids, torch.Tensor):
+            raise GptsmithError(f"token_ids must be a tensor of shape (batch, n_tokens), got "
+                                f"{type(token_ids).__name__} (torch.tensor([ids]), or generate() for lists)")
         if token_ids.dim() != 2:
             raise GptsmithError(
                 f"token_ids must have shape (batch, n_tokens), got {tuple(token_ids.shape)} "
@@ -220,6 +229,12 @@ class GPTModel(nn.Module):
                 f"the KV cache holds {cache.batch_size} sequence(s) but token_ids has a batch of "
                 f"{token_ids.shape[0]} (make the cache with model.new_cache({token_ids.shape[0]}))"
             )
+        if position_ids is not None and (not isinstance(position_ids, torch.Tensor)
+                                         or position_ids.shape[-1] != token_ids.shape[1]
+                                         or position_ids.dtype not in (torch.int64, torch.int32)):
+            shape = tuple(position_ids.shape) if isinstance(position_ids, torch.Tensor) else position_ids
+            raise GptsmithError(f"position_ids must be integer positions, one per token: shape "
+                                f"(batch, {token_ids.shape[1]}) or ({token_ids.shape[1]},), got {shape}")
         total = n_past + token_ids.shape[1]
         if position_ids is None and total > self.cfg.context_length:
             raise GptsmithError(

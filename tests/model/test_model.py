@@ -184,6 +184,7 @@ def test_left_padded_batch_matches_unpadded_sequences(tiny_model):
         (torch.zeros(1, TINY.context_length + 1, dtype=torch.long), "longer than the model's context_length"),
         (torch.tensor([1, 2, 3]), r"shape \(batch, n_tokens\)"),
         (torch.tensor([[1.0, 2.0]]), "must be integers"),
+        ([[1, 2]], r"token_ids must be a tensor of shape \(batch, n_tokens\), got list"),
     ],
 )
 def test_bad_token_ids_give_clear_errors(tiny_model, ids, message):
@@ -197,6 +198,10 @@ def test_bad_positions_and_cache_batch_give_clear_errors(tiny_model):
         tiny_model(ids, position_ids=torch.tensor([[-1, 0]]))
     with pytest.raises(GptsmithError, match="the KV cache holds 2 sequence.* batch of 1"):
         tiny_model(ids, cache=tiny_model.new_cache(batch_size=2))
+    with pytest.raises(GptsmithError, match=r"position_ids must be integer positions, one per token"):
+        tiny_model(ids, position_ids=torch.arange(3))
+    with pytest.raises(GptsmithError, match=r"attention_mask must be .* = \(1, 2\), got \(1, 3\)"):
+        tiny_model(ids, attention_mask=torch.ones(1, 3))
 
 
 def test_cache_overflow_is_a_clear_error(tiny_model):
