@@ -389,6 +389,17 @@ def _builtin_simple_tokenizer() -> SimpleTokenizerV2:
     return SimpleTokenizerV2.from_text("\n".join(builtin_documents()))
 
 
+def as_tokenizer(tokenizer: Tokenizer | str, what: str = "tokenizer") -> Tokenizer:
+    """``tokenizer`` itself, or the tokenizer a name such as ``"gpt2"`` stands for; anything that
+    cannot encode and decode is a ``DataError`` naming ``what``."""
+    if isinstance(tokenizer, str):
+        return get_tokenizer(tokenizer)
+    if not (callable(getattr(tokenizer, "encode", None)) and callable(getattr(tokenizer, "decode", None))):
+        raise DataError(f"{what} must be a tokenizer (e.g. get_tokenizer('gpt2')) or its name, "
+                        f"got {type(tokenizer).__name__}")
+    return tokenizer
+
+
 def get_tokenizer(
     name: str = "gpt2", *, bpe_path: str | Path | None = None, text: str | None = None
 ) -> Tokenizer:

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from gptsmith.data.corpus import CorpusSource, resolve_corpus
 from gptsmith.data.shards import TokenShard, prepare_corpus, token_dtype
-from gptsmith.data.tokenizer import Tokenizer, get_tokenizer, token_id_list
+from gptsmith.data.tokenizer import Tokenizer, as_tokenizer, token_id_list
 from gptsmith.errors import ConfigError, DataError
 
 __all__ = [
@@ -224,7 +224,7 @@ def create_dataloader(
     batch_size = whole_number("batch_size", batch_size)
     data = tokens_or_text_or_dataset
     if isinstance(data, str):
-        data = (tokenizer or get_tokenizer("gpt2")).encode(data)
+        data = as_tokenizer(tokenizer or "gpt2").encode(data)
     if isinstance(data, TokenShard):
         data = data.tokens
     dataset = data if isinstance(data, Dataset) else SlidingWindowDataset(data, max_length, stride)

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from gptsmith.data.tokenizer import as_tokenizer
 from gptsmith.device import autocast, resolve_device, set_seed
 from gptsmith.errors import ConfigError, DataError
 from gptsmith.finetune.base import StepRunner, check_dtype, check_setting
@@ -217,7 +218,10 @@ def finetune_instruct(
     """Fine-tune ``model`` in place on ``train_records``, scoring ``val_records``; returns what
     happened. With ``cfg.lora_rank`` the model comes back with LoRA adapters (``merge_lora`` it)."""
     cfg = cfg or InstructConfig()
+    if not isinstance(cfg, InstructConfig):
+        raise ConfigError(f"cfg must be an InstructConfig, got {type(cfg).__name__}")
     cfg.check()
+    tokenizer = as_tokenizer(tokenizer)
     check_vocabulary(model, tokenizer)
     callbacks = callbacks or TrainCallbacks()
     max_length = cfg.length_for(model)

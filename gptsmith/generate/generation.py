@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from gptsmith.data.tokenizer import token_id_list
+from gptsmith.data.tokenizer import as_tokenizer, token_id_list
 from gptsmith.errors import GptsmithError
 from gptsmith.generate.config import GenerationConfig
 from gptsmith.generate.decoding import (  # noqa: F401 (DecodeState, TokenPicker: public API)
@@ -52,16 +52,18 @@ from gptsmith.generate.streaming import TextStream
 def _checked_config(model: torch.nn.Module, tokenizer: Any, **fields: Any) -> GenerationConfig:
     """The config of one call, checked against the model, with ``eos_id`` resolved (see
     ``resolve_eos_id``: the tokenizer's ``<|endoftext|>`` by default, None for ``NO_EOS``)."""
-    if isinstance(tokenizer, str):
-        raise GptsmithError(f"tokenizer must be a tokenizer object, got the name {tokenizer!r} "
-                            f"(use get_tokenizer({tokenizer!r}))")
     known = {f.name for f in dataclasses.fields(GenerationConfig)}
     unknown = sorted(set(fields) - known)
     if unknown:
         raise GptsmithError(f"unknown generation option(s) {', '.join(unknown)} "
                             f"(known: {', '.join(sorted(known))})")
     cfg = GenerationConfig(**fields)
-    cfg = dataclasses.replace(cfg, eos_id=resolve_eos_id(cfg.eos_id, tokenizer))
+    eos_id = resolve_eos_id(cfg.eos_id, tokenizer)
+    vocab_size = getattr(getattr(model, "cfg", None), "vocab_size", None)
+    if cfg.eos_id is None and eos_id is not None and vocab_size is not None and eos_id >= vocab_size:
+        raise GptsmithError(f"the tokenizer's <|endoftext|> (id {eos_id}) is outside the model's vocabulary "
+                            f"of {vocab_size}: use the tokenizer the model was trained with")
+    cfg = dataclasses.replace(cfg, eos_id=eos_id)
     cfg.check_model(model)
     return cfg
 
@@ -80,9 +82,7 @@ def text_to_token_ids(text: str, tokenizer: Any) -> torch.Tensor:
     """Encode ``text`` as a (1, n) batch; empty text starts from ``<|endoftext|>``."""
     if not isinstance(text, str):
         raise GptsmithError(f"text must be a str, got {type(text).__name__}")
-    if isinstance(tokenizer, str):
-        raise GptsmithError(f"tokenizer must be a tokenizer object, got the name {tokenizer!r} "
-                            f"(use get_tokenizer({tokenizer!r}))")
+    tokenizer = as_tokenizer(tokenizer)
     ids = tokenizer.encode(text) if text else [tokenizer.eot_id]
     return torch.tensor(ids, dtype=torch.long).unsqueeze(0)  # (1, n_tokens)
 
@@ -97,7 +97,7 @@ def token_ids_to_text(token_ids: torch.Tensor | Sequence[int], tokenizer: Any) -
                     "(decode each row: token_ids_to_text(ids[i], tokenizer))"
                 )
             token_ids = token_ids[0]
-    return tokenizer.decode(token_id_list(token_ids, "token_ids"))
+    return as_tokenizer(tokenizer).decode(token_id_list(token_ids, "token_ids"))
 
 
 def _prepare_prompt(
@@ -238,6 +238,7 @@ def generate(
     (``temperature`` > 0) only. An empty prompt starts from ``eos_id`` (or the tokenizer's
     ``<|endoftext|>``). The model runs in eval mode (restored afterwards).
     """
+    tokenizer = None if tokenizer is None else as_tokenizer(tokenizer)
     cfg = _checked_config(
         model,
         tokenizer,
@@ -302,6 +303,7 @@ def stream_text(
     cut it) is not emitted. A prompt longer than the context is cropped with a warning, issued
     here rather than during the iteration.
     """
+    tokenizer = as_tokenizer(tokenizer)  # a name such as "gpt2" works too
     cfg = _checked_config(model, tokenizer, max_new_tokens=max_new_tokens, **options)
     ids = text_to_token_ids(prompt, tokenizer) if isinstance(prompt, str) else prompt
     ids, _ = _prepare_prompt(model, ids, None, tokenizer.eot_id, 0)

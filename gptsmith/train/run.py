@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gptsmith.data.tokenizer import as_tokenizer
 from gptsmith.train.config import TrainConfig
 from gptsmith.train.trainer import Trainer
 
@@ -26,6 +27,7 @@ def prepare_splits(
     The validation split is the last ``val_fraction`` of the corpus (snapped to a document
     boundary when there are several documents), so it is never trained on.
     """
+    tokenizer = as_tokenizer(tokenizer)
     from gptsmith.data.corpus import resolve_corpus
     from gptsmith.data.shards import prepare_corpus
     from gptsmith.data.windows import split_tokens

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from gptsmith.config import to_dict
+from gptsmith.data.tokenizer import as_tokenizer
 from gptsmith.data.windows import count_windows
 from gptsmith.device import autocast, resolve_autocast_dtype, resolve_device, set_seed, tune_cpu_allocator
 from gptsmith.errors import CheckpointError, ConfigError, DataError
@@ -75,7 +76,7 @@ class Trainer:
         self.model.train()
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.overwrite = overwrite  # an old run in run_dir is replaced (else refused) by a new one
-        self.tokenizer = tokenizer
+        self.tokenizer = None if tokenizer is None else as_tokenizer(tokenizer)
         self.callbacks = callbacks or TrainCallbacks()
         self.run_info = run_info or {}
 
