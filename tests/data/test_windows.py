@@ -149,3 +149,21 @@ def test_input_embeddings_add_positions():
     torch.testing.assert_close(out[2, 4], tok_emb.weight[batch[2, 4]] + pos_emb.weight[4])
     with pytest.raises(DataError, match="7 tokens exceed the 6 positions"):
         input_embeddings(torch.zeros(1, 7, dtype=torch.long), tok_emb, pos_emb)
+
+
+def test_a_tokenizer_can_be_named(tmp_path):
+    from gptsmith.data.tokenizer import get_tokenizer
+    from gptsmith.train.run import prepare_splits
+
+    text = "alpha beta gamma delta " * 40
+    named = next(iter(create_dataloader(text, batch_size=2, max_length=8, stride=8, shuffle=False,
+                                        tokenizer="simple")))
+    given = next(iter(create_dataloader(text, batch_size=2, max_length=8, stride=8, shuffle=False,
+                                        tokenizer=get_tokenizer("simple"))))
+    assert all(torch.equal(a, b) for a, b in zip(named, given, strict=True))
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(text, encoding="utf-8")
+    train_tokens, _, info = prepare_splits(str(corpus), "simple", cache_dir=str(tmp_path / "cache"))
+    assert info["tokenizer"] == "simple" and len(train_tokens) > 0
+    with pytest.raises(DataError, match="tokenizer must be a tokenizer .* or its name, got int"):
+        create_dataloader(text, tokenizer=5)
