@@ -187,7 +187,7 @@ class SimpleTokenizerV1:
 
     def encode(self, text: str, allowed_special: Iterable[str] = DEFAULT_ALLOWED_SPECIAL) -> list[int]:
         """Ids of the words and punctuation of ``text``."""
-        return [self._lookup(piece) for piece in split_words(text)]
+        return [self._lookup(piece) for piece in split_words(_text(text))]
 
     def decode(self, ids: Sequence[int]) -> str:
         """The pieces joined back into text (``join_words``: no space before closing punctuation)."""
@@ -235,6 +235,7 @@ class SimpleTokenizerV2(SimpleTokenizerV1):
         A special token that is not allowed is plain text, which is not a word of the vocabulary:
         it becomes ``<|unk|>``, never the special id.
         """
+        text = _text(text)
         allowed = special_set(allowed_special)
         specials = {ENDOFTEXT, UNKNOWN} - allowed
         ids: list[int] = []

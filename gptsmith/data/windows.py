@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from gptsmith.data.corpus import CorpusSource, resolve_corpus
 from gptsmith.data.shards import TokenShard, prepare_corpus, token_dtype
 from gptsmith.data.tokenizer import Tokenizer, as_tokenizer, token_id_list
+from gptsmith.device import check_seed
 from gptsmith.errors import ConfigError, DataError
 
 __all__ = [
@@ -233,7 +234,7 @@ def create_dataloader(
             f"only {len(dataset)} window(s) of {max_length} tokens, fewer than batch_size {batch_size}, so "
             "drop_last would leave no batch; lower batch_size, max_length or stride, or use more text"
         )
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    generator = torch.Generator().manual_seed(check_seed(seed)) if seed is not None else None
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -180,6 +180,9 @@ def apply_lora(model: nn.Module, config: LoRAConfig | None = None) -> list[str]:
     merging would change the embedding too.
     """
     config = config or LoRAConfig()
+    if not isinstance(config, LoRAConfig):
+        raise ConfigError(f"apply_lora takes a LoRAConfig (e.g. LoRAConfig(rank=8)), "
+                          f"got {type(config).__name__}")
     if any(isinstance(m, LoRALinear) for m in model.modules()):
         raise ConfigError("the model already has LoRA adapters (merge them with merge_lora first)")
     names = find_targets(model, config.targets)
@@ -271,18 +274,24 @@ def save_adapter(
     ``adapter_config.json`` with the LoRA settings and the wrapped layer names; ``extra_config``
     keys are added to it. Returns the directory.
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous() for k, v in lora_state_dict(model).items()}
-    for key, value in (extra_tensors or {}).items():
-        tensors[key] = value.detach().contiguous()
-    atomic_save_safetensors(tensors, directory / ADAPTER_WEIGHTS_FILE, metadata={"format": "pt"})
+    # Everything is checked before anything is written (no adapters, a reserved key, a value
+    # JSON cannot hold): a failed save leaves no tensors without their config.
     config = {"format": ADAPTER_FORMAT, "format_version": 1, "base": str(base),
               "lora": _adapter_config(model)}
     for key, value in (extra_config or {}).items():
         if key in config:
-            raise ValueError(f"extra key {key!r} would overwrite a reserved adapter_config.json key")
+            raise ConfigError(f"extra key {key!r} would overwrite a reserved adapter_config.json key")
         config[key] = value
+    try:
+        json.dumps(config)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"save_adapter: extra_config cannot be written as JSON ({exc})") from None
+    tensors = {k: v.detach().contiguous() for k, v in lora_state_dict(model).items()}
+    for key, value in (extra_tensors or {}).items():
+        tensors[key] = value.detach().contiguous()
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_save_safetensors(tensors, directory / ADAPTER_WEIGHTS_FILE, metadata={"format": "pt"})
     atomic_write_json(directory / ADAPTER_CONFIG_FILE, config)
     return directory
 

@@ -22,6 +22,7 @@ from gptsmith.errors import GptsmithError
 from gptsmith.model.attention import KVCache, MultiHeadAttention, causal_mask
 from gptsmith.model.config import PRESETS, GPTConfig  # noqa: F401 (part of this module's API)
 from gptsmith.model.fast_linear import FastLinear
+from gptsmith.model.memory import check_model_fits
 
 
 class LayerNorm(nn.Module):
@@ -116,6 +117,10 @@ class GPTModel(nn.Module):
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
+        if not isinstance(cfg, GPTConfig):
+            raise GptsmithError("GPTModel takes a GPTConfig (GPTConfig(...) or "
+                                f"GPTConfig.from_preset('tiny')), got {type(cfg).__name__}")
+        check_model_fits(cfg)  # before allocating: a size typo is one line, not an allocator error
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)

@@ -56,6 +56,14 @@ class Trainer:
         run_info: dict[str, Any] | None = None,
         overwrite: bool = False,
     ) -> None:
+        if not isinstance(cfg, TrainConfig):
+            raise ConfigError(f"cfg must be a TrainConfig (e.g. TrainConfig(max_steps=100)), got "
+                              f"{type(cfg).__name__}")
+        for name, tokens in (("train_tokens", train_tokens), ("val_tokens", val_tokens)):
+            shape = getattr(tokens, "shape", None)
+            if shape is not None and len(shape) != 1:
+                raise DataError(f"{name} must be one flat sequence of token ids, got shape {tuple(shape)} "
+                                "(flatten it, e.g. tokens.reshape(-1))")
         cfg.check()
         self.cfg = cfg
         self.device = resolve_device(cfg.device)

@@ -89,3 +89,33 @@ def test_a_special_token_named_alone_is_one_allowed_token():
     tokenizer = get_tokenizer("simple")
     assert tokenizer.encode("a <|endoftext|>", allowed_special="<|endoftext|>")[-1] == tokenizer.eot_id
     assert tokenizer.encode("a <|endoftext|>", allowed_special="all")[-1] == tokenizer.eot_id
+
+
+def test_objects_of_the_wrong_kind_are_named(tmp_path, monkeypatch):
+    from gptsmith.data.windows import create_dataloader
+    from gptsmith.finetune.lora import apply_lora, save_adapter
+    from gptsmith.model import memory
+    from gptsmith.model.gpt import GPTConfig, GPTModel
+    from gptsmith.train.config import TrainConfig
+    from gptsmith.train.trainer import Trainer
+
+    with pytest.raises(GptsmithError, match="GPTModel takes a GPTConfig .* got dict"):
+        GPTModel({"vocab_size": 10})
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": 2**30)  # a 1 GiB machine
+    with pytest.raises(GptsmithError, match=r"a model of [\d,]+ parameters needs .* for its weights"):
+        GPTModel(GPTConfig(vocab_size=2**20, emb_dim=2**14, n_heads=1, n_layers=1, context_length=8))
+    model = GPTModel(GPTConfig(vocab_size=64, context_length=8, emb_dim=16, n_heads=2, n_layers=1))
+    tokens = np.arange(200) % 64
+    with pytest.raises(GptsmithError, match="cfg must be a TrainConfig .* got dict"):
+        Trainer(model, {"max_steps": 2}, tokens, tokens)
+    with pytest.raises(GptsmithError, match=r"train_tokens must be one flat sequence .* shape \(2, 100\)"):
+        Trainer(model, TrainConfig(max_steps=2, device="cpu"), tokens.reshape(2, 100), tokens)
+    with pytest.raises(GptsmithError, match="apply_lora takes a LoRAConfig"):
+        apply_lora(model, {"rank": 2})
+    with pytest.raises(GptsmithError, match="seed must be a whole number from 0 to"):
+        create_dataloader(tokens, batch_size=2, max_length=4, stride=4, seed=-1)
+    with pytest.raises(GptsmithError, match="the text to encode must be a str, got NoneType"):
+        get_tokenizer("simple").encode(None)
+    with pytest.raises(GptsmithError, match="the model has no LoRA adapters|no adapters|LoRA"):
+        save_adapter(model, tmp_path / "adapter", base="b")
+    assert not (tmp_path / "adapter").exists()  # checked before anything was written
