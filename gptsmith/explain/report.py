@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from gptsmith.data.tokenizer import Tokenizer
+from gptsmith.device import check_seed
 from gptsmith.errors import GptsmithError
 from gptsmith.explain import html, text
 from gptsmith.explain.attention import FocusView, focus_view, run_with_attention
@@ -151,6 +152,9 @@ def _check_options(model: GPTModel, top_k: int, max_tokens: int, layer: int) -> 
         raise GptsmithError(
             f"explain needs a gptsmith GPTModel, got {type(model).__name__} (load it with load_model)"
         )
+    for name, value in (("top_k", top_k), ("max_tokens", max_tokens), ("layer", layer)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise GptsmithError(f"{name} must be a whole number, got {value!r}")
     if top_k < 1:
         raise GptsmithError(f"top_k must be at least 1, got {top_k}")
     if max_tokens < 1:
@@ -216,6 +220,9 @@ def explain(
     - ``seed``: the seed of the random model of stage 5.
     """
     _check_options(model, top_k, max_tokens, layer)
+    check_seed(seed)
+    if not isinstance(text, str):
+        raise GptsmithError(f"text must be a str, got {type(text).__name__}")
     limit = min(max_tokens, model.cfg.context_length)
     id_list, notes = encode_text(tokenizer, text, limit)
     position = check_focus(focus, len(id_list))

@@ -60,6 +60,8 @@ class GenerationConfig:
             _check_int("eos_id", self.eos_id, 0, "pass a token id of the vocabulary, or NO_EOS (-1) for none")
         if self.seed is not None:
             check_seed(self.seed)
+        if not isinstance(self.use_cache, bool):
+            raise ConfigError(f"use_cache must be True or False, got {self.use_cache!r}")
 
     def check_model(self, model: Any) -> None:
         """The checks that need the model: ids, top_k and beams must fit its vocabulary, and the
