@@ -23,6 +23,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gptsmith.errors import ConfigError
+from gptsmith.generate.chat import get_template
 from gptsmith.serve.chat_prompt import render_messages
 from gptsmith.serve.engine import Chunk, Engine
 from gptsmith.serve.protocol import (
@@ -49,6 +51,16 @@ class ServerSettings:
     max_tokens: int | None = None  # default: the model's context
     max_body_bytes: int = 1 << 20
     template: str | None = None  # the chat template (from the checkpoint's config.json)
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_prompt_tokens", "max_tokens", "max_body_bytes"):
+            value = getattr(self, name)
+            if value is None and name in ("max_prompt_tokens", "max_tokens"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if self.template is not None:
+            get_template(self.template)  # an unknown name fails now, not at the first chat request
 
 
 def create_app(model: torch.nn.Module, tokenizer: Any, settings: ServerSettings) -> FastAPI:

@@ -194,3 +194,16 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(server):
         server.model.delay = 0.0
     answer = _client(server).completions.create(model="tiny", prompt="again", max_tokens=3)
     assert answer.choices[0].finish_reason in ("length", "stop")
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"max_batch": 0}, "--max-batch must be a positive integer, got 0"),
+    ({"max_tokens": -1}, "--max-tokens must be a positive integer, got -1"),
+    ({"template": "vicuna"}, "unknown prompt template 'vicuna'"),
+])
+def test_server_settings_are_checked_when_made(settings, message):
+    from gptsmith.errors import ConfigError
+    from gptsmith.serve.app import ServerSettings
+
+    with pytest.raises(ConfigError, match=message):
+        ServerSettings(**settings)
