@@ -9,7 +9,7 @@ from typing import Any
 
 from gptsmith.config import from_dict, replace
 from gptsmith.device import DTYPE_SPELLINGS, TRAIN_DTYPES, check_seed, parse_device, parse_dtype
-from gptsmith.errors import ConfigError
+from gptsmith.errors import ConfigError, DataError
 
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -157,6 +157,20 @@ class TrainConfig:
         if isinstance(cfg.betas, list):
             cfg.betas = tuple(cfg.betas)
         return cfg
+
+
+def check_trainer_inputs(cfg: Any, train_tokens: Any, val_tokens: Any) -> None:
+    """What ``Trainer`` checks before anything else: a ``TrainConfig`` that ``check()`` accepts and
+    token arrays that are flat (a 2-D array would be read as one short sequence)."""
+    if not isinstance(cfg, TrainConfig):
+        raise ConfigError(f"cfg must be a TrainConfig (e.g. TrainConfig(max_steps=100)), "
+                          f"got {type(cfg).__name__}")
+    for name, tokens in (("train_tokens", train_tokens), ("val_tokens", val_tokens)):
+        shape = getattr(tokens, "shape", None)
+        if shape is not None and len(shape) != 1:
+            raise DataError(f"{name} must be one flat sequence of token ids, got shape {tuple(shape)} "
+                            "(flatten it, e.g. tokens.reshape(-1))")
+    cfg.check()
 
 
 # Fields set only in a --config file (no flag of their own): errors name them as the file does.

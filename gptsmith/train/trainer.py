@@ -26,7 +26,7 @@ from gptsmith.storage import atomic_write_json
 from gptsmith.train import checkpointing as ckpt
 from gptsmith.train.batches import FixedBatches, WindowSampler
 from gptsmith.train.callbacks import TrainCallbacks, TrainResult, stop_signals
-from gptsmith.train.config import TrainConfig, parse_duration
+from gptsmith.train.config import TrainConfig, check_trainer_inputs, parse_duration
 from gptsmith.train.distributed import DistContext, all_reduce_mean, any_rank, barrier, init_distributed
 from gptsmith.train.evaluation import NonFiniteLossError, evaluate, outputs_are_finite, perplexity
 from gptsmith.train.losses import cross_entropy
@@ -56,15 +56,7 @@ class Trainer:
         run_info: dict[str, Any] | None = None,
         overwrite: bool = False,
     ) -> None:
-        if not isinstance(cfg, TrainConfig):
-            raise ConfigError(f"cfg must be a TrainConfig (e.g. TrainConfig(max_steps=100)), got "
-                              f"{type(cfg).__name__}")
-        for name, tokens in (("train_tokens", train_tokens), ("val_tokens", val_tokens)):
-            shape = getattr(tokens, "shape", None)
-            if shape is not None and len(shape) != 1:
-                raise DataError(f"{name} must be one flat sequence of token ids, got shape {tuple(shape)} "
-                                "(flatten it, e.g. tokens.reshape(-1))")
-        cfg.check()
+        check_trainer_inputs(cfg, train_tokens, val_tokens)  # cfg.check() and the tokens' shape
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.dist: DistContext = init_distributed(self.device)
