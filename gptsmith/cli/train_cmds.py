@@ -183,6 +183,11 @@ def run_train(args: argparse.Namespace) -> int:
     if plan.found is None:
         for note in plan.notes:
             say(note)
+    target = train_cfg.target_batch_tokens
+    if target and target != trainer.tokens_per_step:  # steps are whole micro-batches
+        say(f"note: --target-batch-tokens {target:,} gives steps of {trainer.tokens_per_step:,} tokens: "
+            f"{trainer.accum_steps} micro-batch(es) of --batch-size x context x processes "
+            f"(change --batch-size for steps closer to it)")
     if train_cfg.warmup_steps >= train_cfg.max_steps and train_cfg.time_budget is None:
         say(f"note: --warmup-steps {train_cfg.warmup_steps} >= --max-steps {train_cfg.max_steps}: the "
             f"learning rate never reaches its peak {train_cfg.lr:g} (lower --warmup-steps)")

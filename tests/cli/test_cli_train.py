@@ -280,3 +280,11 @@ def test_a_split_far_from_val_fraction_is_noted(inputs, tmp_path, capsys):
     assert main(train_args(documents, config, tmp_path / "run", "--max-steps", "1")) == 0
     out = capsys.readouterr().out
     assert "note: validation is " in out and "not the --val-fraction 10%" in out
+
+
+def test_a_target_batch_the_micro_batches_cannot_make_is_noted(inputs, tmp_path, capsys):
+    corpus, config = inputs
+    args = train_args(corpus, config, tmp_path / "run", "--max-steps", "1", "--target-batch-tokens", "5")
+    assert main(args) == 0  # 4 sequences x 32 tokens: one micro-batch is already 128 tokens
+    assert ("note: --target-batch-tokens 5 gives steps of 128 tokens: 1 micro-batch(es)"
+            in capsys.readouterr().out)
