@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,6 +20,26 @@ from gptsmith.errors import ConfigError
 T = TypeVar("T")
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader reading ``3e-4`` as the float everyone means (YAML 1.1 wants ``3.0e-4``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """``text`` parsed as YAML by the one loader of every config value (files and ``--set``)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def parse_assignments(pairs: list[str], flag: str = "--set") -> dict[str, Any]:
     """``["qkv_bias=false", "n_layers=6"]`` -> ``{"qkv_bias": False, "n_layers": 6}`` (YAML values)."""
     values = {}
@@ -27,7 +48,7 @@ def parse_assignments(pairs: list[str], flag: str = "--set") -> dict[str, Any]:
         if not sep or not field.strip():
             raise ConfigError(f"{flag} {pair!r}: expected FIELD=VALUE, e.g. {flag} qkv_bias=false")
         try:
-            values[field.strip()] = yaml.safe_load(value)
+            values[field.strip()] = load_yaml(value)
         except yaml.YAMLError:
             raise ConfigError(f"{flag} {pair!r}: cannot read the value {value!r}") from None
     return values
@@ -42,7 +63,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path} (pass an existing .yaml or .json file)")
     try:
         text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if path.suffix == ".json" else load_yaml(text)
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not UTF-8 text") from None
     except (json.JSONDecodeError, yaml.YAMLError) as exc:

@@ -42,3 +42,15 @@ def test_bad_set_fails_before_training(change, message, capsys):
         main(["--set", change, "--minutes", "0.01"])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_exponent_floats_read_as_numbers_in_set_and_config_files(tmp_path):
+    from gptsmith.config import load_config_file, parse_assignments
+
+    assert parse_assignments(["lr=3e-3", "min_lr=1E-5", "n_layers=6", "data=notes"]) == {
+        "lr": 3e-3, "min_lr": 1e-5, "n_layers": 6, "data": "notes"}
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  lr: 3e-4\n  weight_decay: .1\n", encoding="utf-8")
+    assert load_config_file(path) == {"train": {"lr": 3e-4, "weight_decay": 0.1}}
+    _, train_cfg = candidate_configs("recipe", "tinyshakespeare", parse_assignments(["lr=3e-3"]))
+    train_cfg.check()  # the documented example: a float, not the string '3e-3'
