@@ -171,7 +171,7 @@ def run_train(args: argparse.Namespace) -> int:
     progress = ProgressPrinter(show_bar=not args.no_progress)
     # The Trainer checks the device, the batch against the data and the context: the last checks.
     trainer = Trainer(model, train_cfg, train_tokens, val_tokens, run_dir=run_dir, tokenizer=plan.tokenizer,
-                      callbacks=progress, run_info={"data_info": data_info})
+                      callbacks=progress, run_info={"data_info": data_info}, overwrite=args.overwrite)
     if plan.found is not None:
         for problem in trainer.resume(found=plan.found):
             say(f"skipped a bad checkpoint: {problem}")

@@ -75,7 +75,8 @@ class Trainer:
         self.model = model.to(self.device)
         self.model.train()
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.overwrite = overwrite  # an old run in run_dir is replaced (else refused) by a new one
+        self.overwrite = overwrite  # a run already in run_dir: replaced by a new one, else refused
+        self._fit_started = False
         self.tokenizer = None if tokenizer is None else as_tokenizer(tokenizer)
         self.callbacks = callbacks or TrainCallbacks()
         self.run_info = run_info or {}
@@ -198,13 +199,15 @@ class Trainer:
         cfg = self.cfg
         result = TrainResult(step=self.step, tokens_seen=self.tokens_seen, stopped="max_steps")
         is_main = self.dist.is_main
-        if is_main and self.run_dir is not None:
-            if self.resumed_from is None and is_run_dir(self.run_dir):  # never mix two runs' files
-                if not self.overwrite:
-                    raise ConfigError(f"{self.run_dir} already holds a run: continue it with "
-                                      "trainer.resume(), replace it with overwrite=True, or choose another "
-                                      "run_dir")
+        fresh = self.step == 0 and self.resumed_from is None and not self._fit_started
+        self._fit_started = True
+        if fresh and self.run_dir is not None and is_run_dir(self.run_dir):  # never mix two runs' files
+            if not self.overwrite:  # every process stops, with the same message
+                raise ConfigError(f"{self.run_dir} already holds a run: continue it with trainer.resume(), "
+                                  "replace it with overwrite=True, or choose another run_dir")
+            if is_main:
                 clear_run_dir(self.run_dir)
+        if is_main and self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._write_run_info()  # on resume too: a new --max-steps must stick for the next resume
         if is_main:

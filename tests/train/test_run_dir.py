@@ -228,3 +228,15 @@ def test_a_new_run_never_writes_into_an_old_one(tmp_path):
     make_trainer(run_dir=run, overwrite=True).fit()
     steps = [r["step"] for r in ckpt.read_metrics(run) if r["kind"] == "train"]
     assert steps == sorted(set(steps))  # one run's records, not two runs' mixed
+
+
+def test_fit_again_on_the_same_trainer_continues_its_own_run(tmp_path):
+    trainer = make_trainer(run_dir=tmp_path / "run", overwrite=True)
+    trainer.fit()
+    steps = trainer.step
+    trainer.cfg = trainer.cfg.replace(max_steps=steps + 2)
+    trainer.fit()  # neither refused nor cleared: this trainer's own run goes on
+    assert trainer.step == steps + 2
+    assert ckpt.list_checkpoints(tmp_path / "run")[0] is not None
+    logged = [r["step"] for r in ckpt.read_metrics(tmp_path / "run") if r["kind"] == "train"]
+    assert logged == list(range(1, steps + 3))
