@@ -26,6 +26,7 @@ from gptsmith.finetune.base import load_base, save_finetuned
 from gptsmith.finetune.class_model import GPTClassifier, encode_texts, iterate_batches
 from gptsmith.finetune.lora import ADAPTER_CONFIG_FILE, is_adapter_dir, load_adapter, merge_lora, read_adapter
 from gptsmith.model.checkpoint import (
+    is_hub_name,
     load_model_dir,
     load_model_tokenizer,
     read_model_config,
@@ -125,7 +126,7 @@ class Classifier:
         base_path = Path(base_name).expanduser()
         if not base_path.is_absolute():
             base_path = path / base_path
-        if not base_path.exists() and ("/" in base_name or "\\" in base_name):  # a path, not a hub name
+        if not base_path.exists() and not is_hub_name(base_name):  # a path that is gone
             raise CheckpointError(f"{path} is a LoRA adapter for the base model {base_name}, which no longer "
                                   f"exists: put the base back there, or edit \"base\" in "
                                   f"{path / ADAPTER_CONFIG_FILE}")

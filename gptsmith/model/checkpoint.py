@@ -180,12 +180,10 @@ def load_model_tokenizer(config: dict, model_dir: Path | None, vocab_size: int, 
     tokenizer_name = config.get("tokenizer") or "gpt2"
     tokenizer = load_tokenizer(tokenizer_name, model_dir)
     word_level = tokenizer_name.lower().startswith("simple")
-    if word_level and tokenizer.vocab_size != vocab_size:
-        if model_dir is not None and not (model_dir / VOCAB_FILE).is_file():
-            raise CheckpointError(f"{name} uses its own word-level vocabulary (tokenizer {tokenizer_name!r}) "
-                                  f"but has no {VOCAB_FILE}: copy it from the checkpoint it was saved with")
-        raise CheckpointError(f"{name}: its {VOCAB_FILE} has {tokenizer.vocab_size} words but the model "
-                              f"{vocab_size} ids (the two were saved from different runs)")
+    own_words = model_dir is None or (model_dir / VOCAB_FILE).is_file()
+    if word_level and not own_words and tokenizer.vocab_size != vocab_size:
+        raise CheckpointError(f"{name} uses its own word-level vocabulary (tokenizer {tokenizer_name!r}) "
+                              f"but has no {VOCAB_FILE}: copy it from the checkpoint it was saved with")
     if tokenizer.vocab_size > vocab_size:
         raise CheckpointError(f"{name}: tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} ids but the "
                               f'model only {vocab_size} (fix "tokenizer" in its config.json)')
@@ -244,6 +242,12 @@ def config_from_checkpoint(path: str | Path) -> GPTConfig:
         raise CheckpointError(str(exc)) from None
 
 
+def is_hub_name(name: str) -> bool:
+    """Whether ``name`` (not an existing path) reads as a Hugging Face hub name (``gpt2``,
+    ``openai-community/gpt2``) rather than a path that is missing (``./x``, ``runs/a/b``)."""
+    return not (name.startswith((".", "/", "~")) or name.endswith("/") or name.count("/") > 1)
+
+
 def load_options(device: torch.device | str | None, dtype: torch.dtype | str | None
                  ) -> tuple[torch.device | None, torch.dtype | None]:
     """``device`` and ``dtype`` checked before any loading: a device that is not here (``cuda``
@@ -254,8 +258,9 @@ def load_options(device: torch.device | str | None, dtype: torch.dtype | str | N
         device = resolve_device(str(device))
     if isinstance(dtype, str):
         dtype = torch_dtype(dtype)
-    elif dtype is not None and dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ConfigError(f"dtype {dtype} cannot hold weights (choose torch.float32, bfloat16 or float16)")
+    elif dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ConfigError(f"dtype {dtype} cannot hold weights (choose a floating-point dtype, e.g. "
+                          "torch.float32 or torch.bfloat16)")
     return device, dtype
 
 
@@ -317,7 +322,7 @@ def load_model(
                 f"GPTModel(GPTConfig.from_preset({name!r})) or train it with `gptsmith train`"
             )
         name = PRESET_HUB_NAMES[name]
-    if name.startswith((".", "/", "~")) or name.endswith("/") or name.count("/") > 1:
+    if not is_hub_name(name):
         raise CheckpointError(
             f"checkpoint not found: {name} (pass a model directory, a run directory or a hub name)"
         )

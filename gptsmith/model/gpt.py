@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gptsmith.errors import GptsmithError
+from gptsmith.errors import ConfigError, GptsmithError
 from gptsmith.model.attention import KVCache, MultiHeadAttention, causal_mask
 from gptsmith.model.config import PRESETS, GPTConfig  # noqa: F401 (part of this module's API)
 from gptsmith.model.fast_linear import FastLinear
@@ -118,9 +118,11 @@ class GPTModel(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         if not isinstance(cfg, GPTConfig):
-            raise GptsmithError("GPTModel takes a GPTConfig (GPTConfig(...) or "
+            raise ConfigError("GPTModel takes a GPTConfig (GPTConfig(...) or "
                                 f"GPTConfig.from_preset('tiny')), got {type(cfg).__name__}")
-        check_model_fits(cfg)  # before allocating: a size typo is one line, not an allocator error
+        if torch.empty(0).device.type == "cpu":  # not on "meta" (build_model) or a GPU default device
+            # before allocating: a size typo is one line, not an allocator error
+            check_model_fits(cfg, torch.empty(0).element_size())
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)

@@ -136,10 +136,10 @@ def gib(n_bytes: int) -> str:
     return f"{n_bytes / 2**30:,.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:,.1f} MiB"
 
 
-def check_model_fits(cfg: Any) -> None:
-    """Raise ``ConfigError`` when building ``cfg``'s fp32 weights cannot fit in the CPU's memory
-    (nothing when the memory is unknown): a size typo is one line, not an allocator error."""
-    need, available = parameter_count(cfg) * FP32, available_memory("cpu")
+def check_model_fits(cfg: Any, bytes_per_value: int = FP32) -> None:
+    """Raise ``ConfigError`` when building ``cfg``'s weights in the CPU's memory cannot fit (nothing
+    when the memory is unknown): a size typo is one line, not an allocator error."""
+    need, available = parameter_count(cfg) * bytes_per_value, available_memory("cpu")
     if available is not None and need > available:
         raise ConfigError(f"a model of {parameter_count(cfg):,} parameters needs {gib(need)} for its weights "
                           f"but only {gib(available)} of memory is available: use smaller sizes or a preset")
