@@ -121,7 +121,7 @@ def _prepare_prompt(
             if len({len(row) for row in rows}) > 1:
                 raise GptsmithError("with attention_mask, token_ids must be rows of one length (or leave "
                                     "the mask out: lists of different lengths are left-padded for you)")
-            token_ids = torch.tensor(rows, dtype=torch.long)
+            token_ids = torch.tensor(rows, dtype=torch.long)  # (batch, n): one_row gave batch 1
     if not isinstance(token_ids, torch.Tensor):
         rows = [row or _start_ids(start_id) for row in rows]
         width = max(len(row) for row in rows)
@@ -129,9 +129,12 @@ def _prepare_prompt(
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
         attention_mask = mask if width > min(len(r) for r in rows) else None  # None: nothing padded
     else:
+        if attention_mask is not None:
+            attention_mask = torch.as_tensor(attention_mask)  # a list of 0/1 works too
         if token_ids.dim() == 1:
             token_ids = token_ids.unsqueeze(0)
-            attention_mask = None if attention_mask is None else attention_mask.reshape(1, -1)
+        if attention_mask is not None and attention_mask.dim() == 1 and token_ids.shape[0] == 1:
+            attention_mask = attention_mask.reshape(1, -1)
         if token_ids.dim() != 2 or token_ids.dtype not in (torch.int64, torch.int32):
             raise GptsmithError(
                 f"token_ids must be integer ids of shape (batch, n_tokens), got {tuple(token_ids.shape)} "

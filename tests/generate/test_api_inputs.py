@@ -43,6 +43,9 @@ def test_a_mask_with_list_ids_is_applied_not_dropped(model):
     mask = torch.tensor([[0, 0, 1, 1]])
     from_tensor = generate(model, torch.tensor([[5, 6, 7, 8]]), 3, attention_mask=mask, pad_id=5)
     assert torch.equal(generate(model, [[5, 6, 7, 8]], 3, attention_mask=mask, pad_id=5), from_tensor)
+    assert torch.equal(generate(model, [5, 6, 7, 8], 3, attention_mask=[0, 0, 1, 1], pad_id=5), from_tensor)
+    one_row = generate(model, torch.tensor([5, 6, 7, 8]), 3, attention_mask=[[0, 0, 1, 1]], pad_id=5)
+    assert torch.equal(one_row, from_tensor)
     with pytest.raises(GptsmithError, match="with attention_mask, token_ids must be rows of one length"):
         generate(model, [[1, 2], [3]], 3, attention_mask=torch.ones(2, 2))
 
