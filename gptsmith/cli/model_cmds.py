@@ -249,11 +249,11 @@ def run_convert(args: argparse.Namespace) -> int:
     from gptsmith.storage import check_can_be_directory
 
     out: Path = args.out
+    source_path = Path(args.source).expanduser()
+    _refuse_own_files(out, source_path)  # first: --force would not help
     check_can_be_directory(out, "--out")  # before the (slow) model load
     if out.is_dir() and any(out.iterdir()) and not args.force:
         raise GptsmithError(f"--out {out} is not empty (pass --force to write into it anyway)")
-    source_path = Path(args.source).expanduser()
-    _refuse_own_files(out, source_path)
     model = load_model(args.source, dtype=torch_dtype(args.dtype))
     tokenizer = read_model_config(source_path).get("tokenizer", "gpt2") if source_path.exists() else "gpt2"
     if tokenizer != "gpt2":  # carry a word-level vocabulary over (GPT-2's BPE is found by name)

@@ -275,8 +275,8 @@ def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
                 raise DataError(f"{path}:{line_no}: no field {text_field!r} (found: {keys})")
             _check_text(record[text_field], f"{path}:{line_no}: field {text_field!r}")
             seen += 1
-            if record[text_field].strip():  # blank texts add nothing but end-of-text tokens
-                texts += 1
+            if record[text_field]:  # (whitespace stays: it is text, and shards' checksums depend on it)
+                texts += bool(record[text_field].strip())
                 yield record[text_field]
     if seen == 0:
         raise DataError(f"corpus file {path} is empty (no JSON lines with a {text_field!r} field)")

@@ -115,7 +115,11 @@ class SlidingWindowDataset(Dataset):
         if isinstance(tokens, torch.Tensor):
             tokens = tokens.detach().cpu().numpy()
         if not isinstance(tokens, np.ndarray):
-            tokens = np.asarray(token_id_list(tokens, "tokens"), dtype=np.int64)
+            if isinstance(tokens, str | bytes) or not hasattr(tokens, "__len__"):
+                raise DataError(f"tokens must be a sequence of integer token ids, got {tokens!r:.60}")
+            array = np.asarray(tokens)  # one C pass for a list of ints; anything else is checked below
+            tokens = array if array.dtype.kind in ("i", "u") else np.asarray(token_id_list(tokens, "tokens"),
+                                                                              dtype=np.int64)
         if tokens.dtype.kind not in ("i", "u"):  # floats would be cut to other ids without a word
             raise DataError(f"tokens must be integer token ids, got an array of {tokens.dtype}")
         self.tokens = tokens

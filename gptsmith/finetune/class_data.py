@@ -67,7 +67,8 @@ class Splits:
 
 
 def detect_format(path: Path) -> str:
-    """``csv``, ``tsv`` or ``jsonl`` from the extension, else from the first line."""
+    """``csv``, ``tsv``, ``jsonl`` or ``json`` from the extension, else from the file's start: a JSON
+    array of objects, a JSON object per line, or a tab in the first line (TSV)."""
     suffix = path.suffix.lower()
     if suffix == ".csv":
         return "csv"
@@ -76,12 +77,13 @@ def detect_format(path: Path) -> str:
     if suffix in (".jsonl", ".ndjson"):
         return "jsonl"
     with open(path, encoding="utf-8-sig", errors="replace") as handle:
-        first = handle.read(4096).lstrip()
-    if first.startswith("["):
-        return "json"
-    if first.startswith("{") or suffix == ".json":
+        start = handle.read(4096).lstrip()
+    first_line = start.split("\n", 1)[0]
+    if start.startswith("[") and (suffix == ".json" or start[1:].lstrip().startswith(("{", "]"))):
+        return "json"  # a JSON array of objects (a CSV row may start with "[URGENT]")
+    if start.startswith("{") or suffix == ".json":
         return "jsonl"
-    return "tsv" if "\t" in first else "csv"
+    return "tsv" if "\t" in first_line else "csv"
 
 
 def _read_text(path: Path) -> str:
@@ -227,12 +229,17 @@ def check_classes(data: LabelledTexts) -> list[str]:
             f"{data.source or 'the data'} has a single class ({classes[0]!r} in all {len(data)} rows); "
             "a classifier needs at least two (is --label-column the right column?)"
         )
-    if len(data) > 2 and len(classes) == len(data):
+    return classes
+
+
+def check_labels_repeat(data: LabelledTexts) -> None:
+    """Refuse a whole file in which no label occurs twice (10 rows or more): its label column is
+    most likely a column of texts, and a classifier needs several texts per label."""
+    if len(data) >= 10 and len(data.classes()) == len(data):
         raise DataError(
             f"every one of the {len(data)} rows of {data.source or 'the data'} has a label of its own; "
             "a classifier needs several texts per label (is --label-column the right column?)"
         )
-    return classes
 
 
 def balance(data: LabelledTexts, seed: int = 0) -> LabelledTexts:
@@ -297,6 +304,7 @@ def make_splits(
     """Train/validation/test sets: ``data`` (balanced first if asked) split by ``fractions``, except
     for parts given as their own files (``val``, ``test``), whose shares go to the others."""
     check_classes(data)
+    check_labels_repeat(data)
     notes = []
     if balance_classes:
         before = len(data)

@@ -90,11 +90,6 @@ class InstructConfig:
         return max_length
 
 
-def _flag(name: str) -> str:
-    """The command-line spelling of an ``InstructConfig`` field (``eval_every`` -> ``--eval-every``)."""
-    return "--" + name.replace("_", "-")
-
-
 @dataclass
 class InstructResult:
     """What ``finetune_instruct`` did."""

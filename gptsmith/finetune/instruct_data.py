@@ -102,8 +102,9 @@ def parse_record(obj: Any, index: int, where: str | None = None) -> InstructionR
         if key not in obj:
             raise DataError(f'{where} has no "{key}" (an Alpaca record needs "instruction" and "output"; '
                             '"input" is optional; a chat record needs "messages")')
-    fields = {key: obj[key] for key in ("instruction", "output")}
-    fields["input"] = obj.get("input") or ""  # optional: missing, null and "" all mean none
+    # null instruction or input means none (the answer alone must be there); input is optional
+    fields = {"instruction": obj["instruction"] or "", "output": obj["output"],
+              "input": obj.get("input") or ""}
     for key, value in fields.items():
         if not isinstance(value, str):
             kind = "null" if value is None else type(value).__name__

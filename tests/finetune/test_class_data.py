@@ -51,9 +51,11 @@ def test_text_and_label_must_be_two_columns(tmp_path):
         read_labelled(tsv, header=False, text_column=1, label_column="1")
     with pytest.raises(ConfigError, match="columns are numbers from 0: got -1"):
         read_labelled(tsv, header=False, text_column=1, label_column=-1)
-    unique = read_labelled(write_csv(tmp_path / "u.csv", [(f"text {i}", f"label {i}") for i in range(5)]))
-    with pytest.raises(DataError, match="every one of the 5 rows .* has a label of its own"):
-        check_classes(unique)
+    unique = read_labelled(write_csv(tmp_path / "u.csv", [(f"text {i}", f"label {i}") for i in range(12)]))
+    with pytest.raises(DataError, match="every one of the 12 rows .* has a label of its own"):
+        make_splits(unique)
+    small = read_labelled(write_csv(tmp_path / "s.csv", [(f"text {i}", "ab"[i % 2]) for i in range(6)]))
+    assert check_classes(make_splits(small).train) == ["a", "b"]  # 6 rows, 3 per class: fine
 
 
 def test_tsv_quotes_are_plain_characters_and_csv_quotes_are_csv(tmp_path):
