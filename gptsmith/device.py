@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import numbers
 import random
 import re
 from collections.abc import Callable
@@ -33,9 +34,9 @@ MAX_SEED = 2**32 - 1  # numpy's limit: the narrowest of the generators a seed go
 def check_seed(seed: object, name: str = "seed") -> int:
     """``seed`` if it is a whole number every generator accepts (0..MAX_SEED), else the one
     ``ConfigError`` every verb and API gives (``name`` is the flag or keyword, e.g. ``--seed``)."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
         raise ConfigError(f"{name} must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
-    return seed
+    return int(seed)  # numpy's integers are whole numbers too
 
 
 def parse_device(name: str) -> str:

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -124,7 +125,7 @@ def check_setting(name: str, value: object, *, whole: bool = False, minimum: flo
                   above: bool = False) -> None:
     """Raise a ``ConfigError`` naming ``--name`` unless ``value`` is a finite number (an integer
     with ``whole``) that is at least ``minimum`` (more than it, with ``above``)."""
-    kinds = int if whole else int | float
+    kinds = numbers.Integral if whole else numbers.Real  # numpy's scalars are registered there too
     ok = isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or (value <= minimum if above else value < minimum):
         kind = "a whole number" if whole else "a number"
@@ -134,6 +135,8 @@ def check_setting(name: str, value: object, *, whole: bool = False, minimum: flo
 
 def check_dtype(dtype: object) -> str:
     """The fine-tuning dtype's one name (auto, bf16, fp32), or a ``ConfigError``."""
+    if isinstance(dtype, torch.dtype):  # torch.bfloat16 as well as "bf16"
+        dtype = str(dtype).removeprefix("torch.")
     try:
         return parse_dtype(str(dtype), FINETUNE_DTYPES)
     except ConfigError as exc:

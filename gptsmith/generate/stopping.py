@@ -14,6 +14,7 @@ it extends a beam.
 
 from __future__ import annotations
 
+import numbers
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,9 +50,9 @@ def normalise_stops(
     """Split stop sequences into token-id lists and UTF-8 byte strings (strings are matched on bytes)."""
     if stop_sequences is None:
         return [], []
-    if isinstance(stop_sequences, str | int):
+    if isinstance(stop_sequences, str | numbers.Integral) or _is_scalar(stop_sequences):
         stop_sequences = [stop_sequences]
-    if not isinstance(stop_sequences, Sequence):
+    if isinstance(stop_sequences, bytes) or not hasattr(stop_sequences, "__iter__"):
         raise GptsmithError(f"stop_sequences must be a list of strings or of token-id lists, got "
                             f"{stop_sequences!r:.40}")
     token_stops: list[list[int]] = []
@@ -63,14 +64,19 @@ def normalise_stops(
             if stop:
                 byte_stops.append(stop.encode("utf-8"))
                 continue
-        elif isinstance(stop, int) and not isinstance(stop, bool):
-            token_stops.append(token_id_list([stop], "a stop sequence"))
+        elif (isinstance(stop, numbers.Integral) and not isinstance(stop, bool)) or _is_scalar(stop):
+            token_stops.append(token_id_list([stop], "a stop sequence"))  # one token id
             continue
-        elif stop:
+        elif hasattr(stop, "__len__") and len(stop):
             token_stops.append(token_id_list(stop, "a stop sequence"))
             continue
         raise GptsmithError("stop sequences must not be empty (drop the empty one)")
     return token_stops, byte_stops
+
+
+def _is_scalar(value: object) -> bool:
+    """A 0-d tensor or array (one token id)."""
+    return getattr(value, "ndim", None) == 0
 
 
 def token_bytes(tokenizer: Any, previous: int | None, token: int) -> bytes:

@@ -122,3 +122,19 @@ def test_objects_of_the_wrong_kind_are_named(tmp_path, monkeypatch):
     with pytest.raises(GptsmithError, match="the model has no LoRA adapters|no adapters|LoRA"):
         save_adapter(model, tmp_path / "adapter", base="b")
     assert not (tmp_path / "adapter").exists()  # checked before anything was written
+
+
+def test_numpy_scalars_and_torch_dtypes_are_whole_numbers_and_dtypes(model):
+    from gptsmith.data.windows import create_dataloader
+    from gptsmith.finetune.classify import ClassifyConfig
+    from gptsmith.finetune.instruct import InstructConfig
+
+    InstructConfig(epochs=np.int64(2), lr=np.float32(1e-4), max_length=np.int64(64)).check()
+    assert ClassifyConfig(dtype=torch.bfloat16, epochs=2).dtype == "bf16"
+    assert len(create_dataloader(np.arange(100) % 97, batch_size=2, max_length=4, stride=4,
+                                 seed=np.int64(3))) > 0
+    stops = generate(model, [1, 2], 4, stop_sequences={7, 8}, eos_id=96)
+    assert torch.equal(stops, generate(model, [1, 2], 4, stop_sequences=[[7], [8]], eos_id=96))
+    same = generate(model, [1, 2], 4, stop_sequences=[np.int64(7), torch.tensor(8), torch.tensor([9, 10])],
+                    eos_id=96)
+    assert same.shape[0] == 1
