@@ -127,12 +127,9 @@ def run_ask(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     stream = stream_answer(model, tokenizer, question, input_text=args.input, template=template,
                            max_new_tokens=max_new_tokens, **options)
-    room = model.cfg.context_length - len(stream.prompt_ids)
-    if 0 < room < max_new_tokens:  # past the context the question would slide out of view
-        print(f"note: the context leaves {room} tokens after the question; the answer stops there "
-              f"(not at --max-new-tokens {max_new_tokens})", file=sys.stderr)
-        stream = stream_answer(model, tokenizer, question, input_text=args.input, template=template,
-                               max_new_tokens=room, **options)
+    if stream.cfg.max_new_tokens < max_new_tokens:  # stream_answer stops where the context is full
+        print(f"note: the context leaves {stream.cfg.max_new_tokens} tokens after the question; the answer "
+              f"stops there (not at --max-new-tokens {max_new_tokens})", file=sys.stderr)
     pieces, first_token_s = [], None
     for piece in stream:
         first_token_s = first_token_s or time.perf_counter() - start

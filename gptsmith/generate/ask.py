@@ -57,10 +57,19 @@ def stream_answer(
 ) -> TextStream:
     """The answer to ``question`` as a stream of text (``stream_text``'s; only the answer, never the
     prompt). ``options`` are ``generate``'s (``temperature``, ``top_k``, ``seed``...); after the
-    loop, the stream's ``prompt_ids``, ``token_ids`` and ``stop_reason`` say what happened."""
+    loop, the stream's ``prompt_ids``, ``token_ids`` and ``stop_reason`` say what happened.
+
+    The answer stops where the context is full (``stream.cfg.max_new_tokens`` then says how many
+    tokens it may have): past it the question would slide out of the model's view.
+    """
     chosen = model_template(model, template)
     prompt = question_prompt(chosen, question, input_text)
-    return stream_text(model, tokenizer, prompt, max_new_tokens, **_with_template_stops(chosen, options))
+    options = _with_template_stops(chosen, options)
+    stream = stream_text(model, tokenizer, prompt, max_new_tokens, **options)
+    room = model.cfg.context_length - len(stream.prompt_ids)
+    if 0 < room < max_new_tokens:
+        stream = stream_text(model, tokenizer, prompt, room, **options)
+    return stream
 
 
 def ask(

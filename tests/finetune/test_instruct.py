@@ -119,6 +119,8 @@ def test_batched_answers_equal_answers_alone():
         answer_batch(model, tok, prompts, "alpaca", batch_size=-1)
     with pytest.raises(GptsmithError, match="question must be a str, got NoneType"):
         ask(model, tok, None)
+    stream = stream_answer(model, tok, "Hi", max_new_tokens=10_000)  # past the context: capped
+    assert stream.cfg.max_new_tokens == 200 - len(stream.prompt_ids) > 0
 
 
 # --- the judge, against a stub OpenAI-compatible server -------------------------------------------
