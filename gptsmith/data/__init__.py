@@ -1,5 +1,6 @@
 """Stage 1, text -> token ids -> training windows.
 
+- ``token_ids``: ``token_id_list``, the one check that token ids are integers;
 - ``tokenizer``: the ``Tokenizer`` protocol, GPT-2's BPE (through tiktoken, from files found or
   fetched by ``download``) and the book's simple word tokenizers; ``get_tokenizer(name)``.
 - ``download``: finding and fetching GPT-2's BPE files and the named corpora, offline-first.

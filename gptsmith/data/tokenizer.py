@@ -28,6 +28,7 @@ import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks, load_tiktoken_bpe
 
 from gptsmith.data.download import resolve_gpt2_bpe
+from gptsmith.data.token_ids import token_id_list
 from gptsmith.errors import ConfigError, DataError
 from gptsmith.storage import atomic_write_json
 
@@ -38,40 +39,6 @@ GPT2_VOCAB_SIZE = 50257
 GPT2_EOT_ID = 50256
 # GPT-2's pre-tokenization pattern in tiktoken's faster but equivalent form (tiktoken_ext.openai_public).
 GPT2_PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
-
-
-def token_id_list(ids: object, what: str = "token ids") -> list[int]:
-    """``ids`` (a sequence, numpy array or tensor of integers) as a list of Python ints.
-
-    Floats, bools, text and None are refused with a ``DataError`` naming ``what``, rather than
-    cut down to integers (``int(1.9)`` is 1: a silently different id).
-    """
-    if isinstance(ids, str | bytes) or ids is None or not hasattr(ids, "__len__"):
-        raise DataError(f"{what} must be a sequence of integer token ids, got {ids!r:.60}")
-    dtype = getattr(ids, "dtype", None)
-    if dtype is not None:  # numpy arrays and tensors: one check of the element type
-        if not _integer_dtype(dtype):
-            raise DataError(f"{what} must be integer token ids, got an array of {dtype}")
-        if getattr(ids, "ndim", 1) != 1:
-            raise DataError(f"{what} must be one sequence of ids, got shape {tuple(ids.shape)}")
-        return [int(i) for i in ids.tolist()]
-    values = list(ids)
-    for value in values:
-        scalar = getattr(value, "ndim", None) == 0 and _integer_dtype(getattr(value, "dtype", None))
-        if isinstance(value, bool) or not (isinstance(value, int | np.integer) or scalar):
-            raise DataError(f"{what} must be integer token ids, got {value!r:.40} ({type(value).__name__})")
-    return [int(v) for v in values]
-
-
-def _integer_dtype(dtype: object) -> bool:
-    """Whether a numpy or torch dtype holds integers (not bool, float or complex)."""
-    if dtype is None:
-        return False
-    kind = getattr(dtype, "kind", None)  # numpy
-    if kind is not None:
-        return kind in ("i", "u")
-    name = str(dtype)  # torch: torch.int64, torch.uint8, ...
-    return "int" in name and "bool" not in name
 
 
 def _text(text: object) -> str:

@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from gptsmith.data.corpus import CorpusSource, resolve_corpus
 from gptsmith.data.shards import TokenShard, prepare_corpus, token_dtype
-from gptsmith.data.tokenizer import Tokenizer, as_tokenizer, token_id_list
+from gptsmith.data.token_ids import token_id_list
+from gptsmith.data.tokenizer import Tokenizer, as_tokenizer
 from gptsmith.device import check_seed
 from gptsmith.errors import ConfigError, DataError
 

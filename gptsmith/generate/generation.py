@@ -30,7 +30,8 @@ from typing import Any
 
 import torch
 
-from gptsmith.data.tokenizer import as_tokenizer, token_id_list
+from gptsmith.data.token_ids import token_id_list
+from gptsmith.data.tokenizer import as_tokenizer
 from gptsmith.errors import GptsmithError
 from gptsmith.generate.config import GenerationConfig
 from gptsmith.generate.decoding import (  # noqa: F401 (DecodeState, TokenPicker: public API)

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from gptsmith.data.tokenizer import token_id_list
+from gptsmith.data.token_ids import token_id_list
 from gptsmith.errors import GptsmithError
 
 StopSequence = str | Sequence[int]
