@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import re
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,6 +54,18 @@ def parse_assignments(pairs: list[str], flag: str = "--set") -> dict[str, Any]:
         except yaml.YAMLError:
             raise ConfigError(f"{flag} {pair!r}: cannot read the value {value!r}") from None
     return values
+
+
+def check_number(label: str, value: object, *, whole: bool = False, minimum: float = 0,
+                 above: bool = False) -> None:
+    """Raise ``ConfigError`` unless ``value`` is a finite number (an integer with ``whole``; numpy's
+    scalars count) that is at least ``minimum`` (more than it, with ``above``). ``label`` names it
+    in the message as the user set it: a flag (``--lr``) or a keyword (``batch_size``)."""
+    kinds = numbers.Integral if whole else numbers.Real
+    ok = isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (value <= minimum if above else value < minimum):
+        kind = "a whole number" if whole else "a number"
+        raise ConfigError(f"{label} must be {kind} {'>' if above else '>='} {minimum:g}, got {value!r}")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from gptsmith.config import check_number
 from gptsmith.data.tokenizer import Tokenizer
 from gptsmith.device import autocast, parse_dtype, resolve_autocast_dtype, resolve_device, tune_cpu_allocator
 from gptsmith.errors import CheckpointError, ConfigError, StorageError
@@ -123,14 +123,8 @@ FINETUNE_DTYPES = ("auto", "bf16", "fp32")
 
 def check_setting(name: str, value: object, *, whole: bool = False, minimum: float = 0,
                   above: bool = False) -> None:
-    """Raise a ``ConfigError`` naming ``--name`` unless ``value`` is a finite number (an integer
-    with ``whole``) that is at least ``minimum`` (more than it, with ``above``)."""
-    kinds = numbers.Integral if whole else numbers.Real  # numpy's scalars are registered there too
-    ok = isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or (value <= minimum if above else value < minimum):
-        kind = "a whole number" if whole else "a number"
-        raise ConfigError(f"--{name.replace('_', '-')} must be {kind} {'>' if above else '>='} {minimum:g}, "
-                          f"got {value!r}")
+    """``config.check_number`` for a fine-tuning setting, named as its flag (``--weight-decay``)."""
+    check_number("--" + name.replace("_", "-"), value, whole=whole, minimum=minimum, above=above)
 
 
 def check_dtype(dtype: object) -> str:

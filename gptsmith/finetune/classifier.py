@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from gptsmith.config import check_number
 from gptsmith.data.tokenizer import Tokenizer
 from gptsmith.device import autocast, resolve_autocast_dtype, resolve_device
 from gptsmith.errors import CheckpointError, GptsmithError
@@ -151,8 +152,7 @@ class Classifier:
         """Class probabilities (n_texts, n_classes), columns in ``self.labels`` order."""
         if isinstance(texts, str):
             raise GptsmithError("predict takes a list of texts, not one string (wrap it: [text])")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise GptsmithError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_number("batch_size", batch_size, whole=True, minimum=1)
         if not texts:
             return torch.zeros(0, len(self.labels))
         bad = next((i for i, text in enumerate(texts) if not isinstance(text, str)), None)

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from gptsmith.config import check_number
 from gptsmith.errors import GptsmithError
 from gptsmith.generate.chat import Message, PromptTemplate, get_template
 from gptsmith.generate.generation import generate, stream_text
@@ -114,8 +115,7 @@ def answer_batch(
     padding, and slides the context window once prompt and answer outgrow it). A prompt longer
     than the context keeps its most recent tokens.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise GptsmithError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_number("batch_size", batch_size, whole=True, minimum=1)
     chosen = get_template(template)
     context = model.cfg.context_length
     answers: list[Answer] = []

@@ -23,7 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gptsmith.errors import ConfigError
+from gptsmith.config import check_number
 from gptsmith.generate.chat import get_template
 from gptsmith.serve.chat_prompt import render_messages
 from gptsmith.serve.engine import Chunk, Engine
@@ -55,10 +55,8 @@ class ServerSettings:
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_prompt_tokens", "max_tokens", "max_body_bytes"):
             value = getattr(self, name)
-            if value is None and name in ("max_prompt_tokens", "max_tokens"):
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+            if value is not None or name in ("max_batch", "max_body_bytes"):
+                check_number("--" + name.replace("_", "-"), value, whole=True, minimum=1)
         if self.template is not None:
             get_template(self.template)  # an unknown name fails now, not at the first chat request
 

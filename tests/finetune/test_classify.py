@@ -110,7 +110,7 @@ def test_lora_adapter_only_loads_on_its_base(tmp_path):
     labels, probs = result.classifier.predict(texts)
     assert Classifier.load(out, device="cpu").predict(texts) == (labels, pytest.approx(probs, abs=1e-5))
     for batch_size in (0, -1, 1.5):
-        with pytest.raises(GptsmithError, match="batch_size must be a positive integer"):
+        with pytest.raises(GptsmithError, match="batch_size must be a whole number >= 1"):
             result.classifier.predict(texts, batch_size=batch_size)
     with pytest.raises(GptsmithError, match=r"texts\[1\] is a NoneType, not a str"):
         result.classifier.predict(["fine", None])

@@ -115,7 +115,7 @@ def test_batched_answers_equal_answers_alone():
     assert long_answers[0].text == "".join(alone).strip() and len(alone.token_ids) > 38
     empty = answer_batch(model, tok, [""], "alpaca", max_new_tokens=3)[0]  # starts from <|endoftext|>
     assert empty.new_tokens <= 3 and "<|endoftext|>" not in empty.text
-    with pytest.raises(GptsmithError, match="batch_size must be a positive integer, got -1"):
+    with pytest.raises(GptsmithError, match="batch_size must be a whole number >= 1, got -1"):
         answer_batch(model, tok, prompts, "alpaca", batch_size=-1)
     with pytest.raises(GptsmithError, match="question must be a str, got NoneType"):
         ask(model, tok, None)

@@ -197,8 +197,8 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(server):
 
 
 @pytest.mark.parametrize(("settings", "message"), [
-    ({"max_batch": 0}, "--max-batch must be a positive integer, got 0"),
-    ({"max_tokens": -1}, "--max-tokens must be a positive integer, got -1"),
+    ({"max_batch": 0}, "--max-batch must be a whole number >= 1, got 0"),
+    ({"max_tokens": -1}, "--max-tokens must be a whole number >= 1, got -1"),
     ({"template": "vicuna"}, "unknown prompt template 'vicuna'"),
 ])
 def test_server_settings_are_checked_when_made(settings, message):
