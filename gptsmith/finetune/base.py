@@ -204,10 +204,9 @@ FINETUNE_FILES = (CONFIG_FILE, "model.safetensors", "metrics.jsonl", "adapter_co
                   "test_responses.json")
 
 
-def check_output_dir(out: str | Path, *, overwrite: bool = False,
-                     files: tuple[str, ...] = FINETUNE_FILES) -> Path:
+def check_output_dir(out: str | Path, *, overwrite: bool = False) -> Path:
     """``out`` must be a new or empty folder, or (with ``overwrite``) an earlier fine-tune's output:
-    a folder holding only ``files`` (the names the fine-tune writes).
+    a folder holding only ``FINETUNE_FILES`` (the names any fine-tune writes).
 
     Checked before training, so a bad ``--out`` fails in a second, not after the run. Nothing is
     created or deleted here (``prepare_output_dir`` does that once training starts), so a run that
@@ -216,7 +215,7 @@ def check_output_dir(out: str | Path, *, overwrite: bool = False,
     out = Path(out).expanduser()
     check_can_be_directory(out, "--out")
     if out.is_dir() and any(out.iterdir()):
-        ours = all(child.name in files for child in out.iterdir())
+        ours = all(child.name in FINETUNE_FILES for child in out.iterdir())
         if not overwrite:
             hint = "pass --overwrite to replace it" if ours else "choose a new or empty folder"
             raise StorageError(f"--out {out} is not empty ({hint})")
