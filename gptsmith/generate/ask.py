@@ -22,7 +22,7 @@ import torch
 from gptsmith.config import check_number
 from gptsmith.errors import GptsmithError
 from gptsmith.generate.chat import Message, PromptTemplate, get_template
-from gptsmith.generate.generation import generate, stream_text
+from gptsmith.generate.generation import generate, stream_text, text_to_token_ids
 from gptsmith.generate.streaming import TextStream
 
 DEFAULT_TEMPLATE = "alpaca"
@@ -65,12 +65,11 @@ def stream_answer(
     """
     chosen = model_template(model, template)
     prompt = question_prompt(chosen, question, input_text)
-    options = _with_template_stops(chosen, options)
-    stream = stream_text(model, tokenizer, prompt, max_new_tokens, **options)
-    room = model.cfg.context_length - len(stream.prompt_ids)
+    ids = text_to_token_ids(prompt, tokenizer)  # (1, n_prompt), encoded once
+    room = model.cfg.context_length - ids.shape[1]
     if 0 < room < max_new_tokens:
-        stream = stream_text(model, tokenizer, prompt, room, **options)
-    return stream
+        max_new_tokens = room
+    return stream_text(model, tokenizer, ids, max_new_tokens, **_with_template_stops(chosen, options))
 
 
 def ask(
