@@ -66,6 +66,19 @@ def check_new_run_dir(run_dir: str | Path, *, overwrite: bool = False) -> None:
                           "a new or empty folder (--overwrite only ever replaces a run)")
 
 
+def replace_old_run(run_dir: str | Path, *, overwrite: bool, is_main: bool = True) -> None:
+    """Before a new run's first step: a run already in ``run_dir`` is refused (every process raises
+    the same error), or with ``overwrite`` its files are deleted (by the main process), so two
+    runs' checkpoints and metrics never mix."""
+    if not is_run_dir(run_dir):
+        return
+    if not overwrite:
+        raise ConfigError(f"{run_dir} already holds a run: continue it with trainer.resume(), replace it "
+                          "with overwrite=True, or choose another run_dir")
+    if is_main:
+        clear_run_dir(run_dir)
+
+
 def clear_run_dir(run_dir: str | Path) -> list[Path]:
     """Delete an old run's files from ``run_dir`` (``RUN_FILES`` only); returns what was deleted."""
     deleted = []

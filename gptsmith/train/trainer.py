@@ -31,7 +31,7 @@ from gptsmith.train.distributed import DistContext, all_reduce_mean, any_rank, b
 from gptsmith.train.evaluation import NonFiniteLossError, evaluate, outputs_are_finite, perplexity
 from gptsmith.train.losses import cross_entropy
 from gptsmith.train.rng_state import capture_rng_state, restore_rng_state
-from gptsmith.train.run_dir import clear_run_dir, divergence_advice, environment_info, is_run_dir
+from gptsmith.train.run_dir import divergence_advice, environment_info, replace_old_run
 from gptsmith.train.schedule import build_optimizer, lr_at_step
 from gptsmith.train.time_budget import PROBE_STEPS, probe_done, recorded_plan, size_trainer
 
@@ -201,12 +201,8 @@ class Trainer:
         is_main = self.dist.is_main
         fresh = self.step == 0 and self.resumed_from is None and not self._fit_started
         self._fit_started = True
-        if fresh and self.run_dir is not None and is_run_dir(self.run_dir):  # never mix two runs' files
-            if not self.overwrite:  # every process stops, with the same message
-                raise ConfigError(f"{self.run_dir} already holds a run: continue it with trainer.resume(), "
-                                  "replace it with overwrite=True, or choose another run_dir")
-            if is_main:
-                clear_run_dir(self.run_dir)
+        if fresh and self.run_dir is not None:
+            replace_old_run(self.run_dir, overwrite=self.overwrite, is_main=is_main)
         if is_main and self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._write_run_info()  # on resume too: a new --max-steps must stick for the next resume
