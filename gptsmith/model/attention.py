@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptsmith.errors import GptsmithError
+from gptsmith.model.dropout import dropout
 from gptsmith.model.fast_linear import FastLinear
 
 # --- Rung 1: no weights at all -------------------------------------------------------------------
@@ -302,7 +303,10 @@ class MultiHeadAttention(nn.Module):
             attn_mask = causal_mask(n_tokens, n_past + n_tokens, device=x.device)
 
         dropout_p = self.dropout if self.training else 0.0
-        if self.use_sdpa and not return_weights:
+        # With dropout on the CPU, SDPA falls back to its unfused path with PyTorch's slow dropout
+        # mask; written out here it is the same computation with ``keep_mask``'s faster one.
+        fused = self.use_sdpa and not return_weights and not (dropout_p > 0 and x.device.type == "cpu")
+        if fused:
             context = F.scaled_dot_product_attention(
                 queries,
                 keys,
@@ -341,11 +345,13 @@ def _matmul_attention(
     scores = queries @ keys.transpose(-2, -1) / math.sqrt(queries.shape[-1])  # (b, h, n_q, n_k)
     if attn_mask is None:
         attn_mask = causal_mask(n_queries, n_keys, device=queries.device)
-    scores = scores.masked_fill(~attn_mask, float("-inf"))
+    # In place: the division's backward needs neither its output nor its input, so one (n_q, n_k)
+    # buffer serves the scores and the masked scores (the training path keeps less memory).
+    scores = scores.masked_fill_(~attn_mask, float("-inf"))
     weights = torch.softmax(scores, dim=-1)
-    if dropout_p > 0:
-        weights = F.dropout(weights, p=dropout_p)
-    return weights @ values, weights
+    del scores
+    kept = dropout(weights, dropout_p) if dropout_p > 0 else weights
+    return kept @ values, weights
 
 
 @torch.no_grad()

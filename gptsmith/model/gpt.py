@@ -21,6 +21,7 @@ from torch import nn
 from gptsmith.errors import ConfigError, GptsmithError
 from gptsmith.model.attention import KVCache, MultiHeadAttention, causal_mask
 from gptsmith.model.config import PRESETS, GPTConfig  # noqa: F401 (part of this module's API)
+from gptsmith.model.dropout import Dropout
 from gptsmith.model.fast_linear import FastLinear
 from gptsmith.model.memory import check_model_fits
 
@@ -95,7 +96,7 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(cfg.emb_dim)
         self.norm1 = LayerNorm(cfg.emb_dim)
         self.norm2 = LayerNorm(cfg.emb_dim)
-        self.drop_shortcut = nn.Dropout(cfg.drop_rate)
+        self.drop_shortcut = Dropout(cfg.drop_rate)
 
     def forward(
         self,
@@ -126,7 +127,7 @@ class GPTModel(nn.Module):
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
-        self.drop_emb = nn.Dropout(cfg.drop_rate)
+        self.drop_emb = Dropout(cfg.drop_rate)
         self.trf_blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
         self.final_norm = LayerNorm(cfg.emb_dim)
         self.out_head = FastLinear(cfg.emb_dim, cfg.vocab_size, bias=False)

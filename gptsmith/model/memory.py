@@ -12,7 +12,8 @@ steps (tests/model/test_memory.py holds the measured cases):
   embedding dimension (Korthikanti et al. 2022 count 34 bytes at 16 bits, i.e. 17 values; we
   measured 20-27 in fp32);
 - attention probabilities, only when attention dropout forces the unfused path
-  (``drop_rate > 0``): ``ATTENTION_VALUES`` values per (head, query, key) per layer;
+  (``drop_rate > 0``; on the CPU the written-out attention with ``model/dropout.py``'s mask):
+  ``ATTENTION_VALUES`` values per (head, query, key) per layer;
 - the logits (batch, tokens, vocab): the output, its float copy, log-softmax and their gradients,
   ``LOGIT_COPIES`` fp32 copies with ``F.cross_entropy`` (GPUs) and ``CPU_LOGIT_COPIES`` on the
   CPU, whose chunked loss (``train/losses.py``) keeps only the output and its gradient whole —
@@ -31,7 +32,7 @@ from typing import Any
 from gptsmith.errors import ConfigError
 
 ACTIVATION_VALUES = 34  # per token, per layer, per embedding dimension (measured 20-27 in fp32)
-ATTENTION_VALUES = 5  # per head x query x key, per layer, with attention dropout (measured ~5)
+ATTENTION_VALUES = 7  # per head x query x key, per layer, with attention dropout (measured ~6.5)
 LOGIT_COPIES = 5  # fp32 copies of the logits alive at the peak with F.cross_entropy (measured ~4.9)
 CPU_LOGIT_COPIES = 3  # the same with the CPU's chunked loss (measured ~2.6)
 FP32 = 4

@@ -6,9 +6,11 @@ the same size and, in the backward pass, a float32 gradient that is cast back to
 these streams hundreds of megabytes through memory, and on a 2-core CPU the loss took more than
 half of a training step of the tiny preset (242 of ~430 ms). ``cross_entropy`` gives the same
 numbers from a loop over chunks of about 2 MB of float32 logits, small enough to stay in the
-CPU's cache while each is upcast, exponentiated and summed: the forward keeps one log-sum-exp per
-row, the backward recomputes the softmax of each chunk and writes its gradient straight into the
-logits' dtype (2.7x faster in all; see BENCHMARKS.md, "Budget"). On GPUs (many small
+CPU's cache while each is upcast, exponentiated and summed: one pass keeps one log-sum-exp per
+row and, when a gradient will be needed, turns the chunk's exponentials into its gradient and
+writes that straight into the logits' dtype (2.7x faster in all than ``F.cross_entropy``, see
+BENCHMARKS.md, "Budget"; a single pass instead of recomputing the softmax in the backward saved
+another ~20 ms of a ~165 ms tiny-preset step). On GPUs (many small
 kernels would be slow there) it is ``F.cross_entropy``.
 """
 
@@ -43,7 +45,9 @@ def cross_entropy(
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
-    """Forward: one log-sum-exp per row, chunk by chunk. Backward: softmax minus target, per chunk."""
+    """One pass over the logits, chunk by chunk: each row's log-sum-exp and, when a gradient is
+    wanted, the gradient itself (softmax minus the target, for a ``grad_output`` of 1) while the
+    chunk's softmax is still in cache; the backward only scales it by ``grad_output``."""
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float,
@@ -51,6 +55,10 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         n_rows, vocab = logits.shape
         valid = targets != ignore_index
         safe_targets = targets.masked_fill(~valid, 0)
+        count = valid.sum()
+        # d(loss)/d(logit) of each row is row_scale × (softmax − smoothed one-hot target).
+        row_scale = valid.float() / count.clamp(min=1) if reduction == "mean" else valid.float()
+        grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
         log_sum_exp = torch.empty(n_rows, dtype=torch.float32)
         row_sums = torch.empty(n_rows, dtype=torch.float32)  # for the smoothing term
         chunk_rows = max(1, CHUNK_ELEMENTS // vocab)
@@ -62,38 +70,30 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             if label_smoothing:
                 torch.sum(x, -1, out=row_sums[rows])
             row_max = x.amax(-1, keepdim=True)
-            x.sub_(row_max).exp_()
-            log_sum_exp[rows] = x.sum(-1).log_().add_(row_max.squeeze(1))
+            exp_sums = x.sub_(row_max).exp_().sum(-1)  # x: exp(logit - row max)
+            log_sum_exp[rows] = exp_sums.log().add_(row_max.squeeze(1))
+            if grad is not None:
+                scale = row_scale[rows]
+                x.mul_((scale / exp_sums)[:, None])  # softmax × row scale
+                if label_smoothing:
+                    x.sub_((label_smoothing / vocab) * scale[:, None])
+                x.scatter_add_(1, safe_targets[rows, None], (-(1 - label_smoothing) * scale)[:, None])
+                grad[rows].copy_(x)
         picked = logits.gather(1, safe_targets[:, None]).squeeze(1).float()  # the target's logit
         per_row = log_sum_exp - picked
         if label_smoothing:  # the uniform part: mean over the vocabulary of -log p
             per_row = (1 - label_smoothing) * per_row + label_smoothing * (log_sum_exp - row_sums / vocab)
         per_row = per_row.masked_fill(~valid, 0.0)
-        count = valid.sum()
-        ctx.save_for_backward(logits, safe_targets, valid, log_sum_exp)
-        ctx.label_smoothing, ctx.reduction, ctx.chunk_rows = label_smoothing, reduction, chunk_rows
+        if grad is not None:
+            ctx.save_for_backward(grad)
         total = per_row.sum()
         return total / count if reduction == "mean" else total
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output: torch.Tensor):
-        logits, targets, valid, log_sum_exp = ctx.saved_tensors
-        smoothing, chunk_rows = ctx.label_smoothing, ctx.chunk_rows
-        n_rows, vocab = logits.shape
-        scale = grad_output.float()
-        if ctx.reduction == "mean":
-            scale = scale / valid.sum()
-        row_scale = valid.float() * scale  # (n_rows,): 0 for ignored targets
-        grad = torch.empty_like(logits)
-        chunk = torch.empty((min(chunk_rows, n_rows), vocab), dtype=torch.float32)
-        for start in range(0, n_rows, chunk_rows):
-            rows = slice(start, start + chunk_rows)
-            x = chunk[: min(chunk_rows, n_rows - start)]
-            x.copy_(logits[rows])
-            x.sub_(log_sum_exp[rows, None]).exp_()  # softmax
-            if smoothing:
-                x.sub_(smoothing / vocab)
-            x.scatter_add_(1, targets[rows, None], x.new_full((x.shape[0], 1), -(1 - smoothing)))
-            x.mul_(row_scale[rows, None])
-            grad[rows].copy_(x)
+        (grad,) = ctx.saved_tensors
+        factor = float(grad_output)  # the loss is a scalar
+        if factor != 1.0:  # e.g. a loss divided by the accumulation steps
+            grad = grad * factor  # a Python float: scaled in float32, then rounded once
         return grad, None, None, None, None

@@ -51,3 +51,34 @@ def test_a_large_vocabulary_in_one_call_and_a_bad_reduction():
     assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
     with pytest.raises(ValueError, match="reduction must be"):
         cross_entropy(logits, targets, reduction="none")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_gradient_made_in_the_forward_pass_is_used_as_it_is_for_a_grad_output_of_one(dtype):
+    torch.manual_seed(2)
+    logits = (torch.randn(30, 101) * 3).to(dtype)
+    targets = torch.randint(0, 101, (30,))
+    x = logits.clone().requires_grad_(True)
+    cross_entropy(x, targets, label_smoothing=0.1).backward()
+    y = logits.float().requires_grad_(True)
+    F.cross_entropy(y, targets, label_smoothing=0.1).backward()
+    tolerance = 1e-2 if dtype == torch.bfloat16 else 1e-6
+    torch.testing.assert_close(x.grad.float(), y.grad, rtol=tolerance, atol=1e-7)
+    # retain_graph: a second backward gives the same gradient again (nothing was scaled in place)
+    x.grad = None
+    loss = cross_entropy(x, targets)
+    loss.backward(retain_graph=True)
+    first = x.grad.clone()
+    loss.backward(torch.tensor(2.0))
+    torch.testing.assert_close(x.grad, first * 3)
+
+
+def test_no_gradient_is_computed_without_autograd_and_all_ignored_targets_give_zero_gradient():
+    logits = torch.randn(12, 101)
+    with torch.no_grad():
+        loss = cross_entropy(logits.requires_grad_(True), torch.randint(0, 101, (12,)))
+    assert loss.grad_fn is None and torch.isfinite(loss)
+    x = torch.randn(12, 101, requires_grad=True)
+    loss = cross_entropy(x, torch.full((12,), IGNORE_INDEX), reduction="sum")
+    loss.backward()
+    assert loss.item() == 0.0 and x.grad.abs().sum() == 0
