@@ -67,7 +67,7 @@ def test_train_eval_and_resume_from_the_command_line(inputs, tmp_path, capsys):
         (["--lr", "0"], "--lr must be > 0, got 0.0"),
         (["--lr", "-0.1"], "--lr must be > 0"),
         (["--batch-size", "5000"], "fewer than one batch of 5000"),
-        (["--context-length", "100000"], "a training step needs about 2.9 TiB"),  # refused before the data
+        (["--context-length", "100000"], "a training step needs about 4.1 TiB"),  # refused before the data
         (["--preset", "nope"], "unknown model preset 'nope'"),
         (["--recipe", "nope"], "unknown recipe 'nope'"),
         (["--lr", "nan"], "--lr must be a finite number, got nan"),
