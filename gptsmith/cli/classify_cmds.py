@@ -70,6 +70,7 @@ def register_finetune(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int, help="stop after this many steps (overrides --epochs)")
     p.add_argument("--batch-size", type=int, default=8, help="texts per step (default: 8)")
     p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default: 5e-5)")
+    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default: 0.1)")
     p.add_argument("--max-length", type=int, help="truncate texts to this many tokens (default: the context)")
     p.add_argument("--eval-every", type=int, default=0,
                    help="steps between evaluations (default: after each epoch)")
@@ -154,8 +155,9 @@ def run_finetune_classify(args: argparse.Namespace) -> int:
             split=args.split, balance=args.balance, trainable=args.trainable, lora_rank=args.lora_rank,
             lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, lora_targets=targets,
             save_adapter_only=args.save_adapter_only, epochs=args.epochs, max_steps=args.max_steps,
-            batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, eval_every=args.eval_every,
-            seed=args.seed, device=args.device, dtype=args.dtype)
+            batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+            max_length=args.max_length, eval_every=args.eval_every, seed=args.seed, device=args.device,
+            dtype=args.dtype)
     finally:
         printer.close()
     if result.test is not None:

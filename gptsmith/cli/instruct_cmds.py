@@ -64,10 +64,14 @@ def register_finetune(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     p.add_argument("--batch-size", type=int, default=8, help="records per step (default 8)")
     p.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate (default 5e-5)")
+    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default 0.1)")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm, 0 = off (default 1)")
     p.add_argument("--max-length", type=int,
                    help="longest example in tokens; longer ones are truncated (default: the model's context)")
     p.add_argument("--eval-every", type=int, default=50,
                    help="steps between evaluations with a sample answer (default 50; 0: at the end)")
+    p.add_argument("--eval-batches", type=int, default=5,
+                   help="validation batches per evaluation (default 5)")
     p.add_argument("--answer-tokens", type=int, default=256,
                    help="most new tokens per test answer (default 256)")
     p.add_argument("--seed", type=int, default=123, help="seed for shuffling and dropout (default 123)")
@@ -231,7 +235,9 @@ def run_instruct(args: argparse.Namespace) -> int:
 
     cfg = InstructConfig(template=args.template, mask_prompt=args.mask_prompt, epochs=args.epochs,
                          max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
-                         max_length=args.max_length, seed=args.seed, device=args.device, dtype=args.dtype,
+                         weight_decay=args.weight_decay, grad_clip=args.grad_clip,
+                         eval_batches=args.eval_batches, max_length=args.max_length, seed=args.seed,
+                         device=args.device, dtype=args.dtype,
                          eval_every=args.eval_every, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha)
     cfg.template = cfg.template.lower()
     cfg.check()

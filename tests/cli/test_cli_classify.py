@@ -101,6 +101,10 @@ def test_bad_inputs_are_one_line_errors(base, tmp_path, capsys):
         assert f"LoRA alpha must be a positive number, got {float(alpha)}" in _error(capsys)
     assert _finetune(base, good, out, "--lora-rank", "100000") == 2
     assert "LoRA rank 100000 is larger than layer" in _error(capsys)
+    assert _finetune(base, good, out, "--weight-decay", "-0.5") == 2
+    assert "--weight-decay must be a number >= 0, got -0.5" in _error(capsys)
+    assert _finetune(base, good, out, "--lora-rank", "100000") == 2
+    assert "LoRA rank 100000 is larger than layer" in _error(capsys)
     assert main(["classify", "--checkpoint", str(base), "hello"]) == 2
     assert "a language model, not a classifier" in _error(capsys)
     assert main(["classify", "--checkpoint", str(base)]) == 2

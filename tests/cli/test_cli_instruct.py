@@ -136,6 +136,9 @@ def test_lora_run_saves_a_merged_plain_model(capsys, base, data, tmp_path):
         (["--lora-rank", "-1"], "--lora-rank must be a whole number >= 0, got -1"),
         (["--lora-rank", "2", "--lora-alpha", "nan"], "LoRA alpha must be a positive number, got nan"),
         (["--lora-rank", "1000"], "LoRA rank 1000 is larger than layer"),
+        (["--weight-decay", "-1"], "--weight-decay must be a number >= 0, got -1.0"),
+        (["--grad-clip", "nan"], "--grad-clip must be a number >= 0, got nan"),
+        (["--eval-batches", "0"], "--eval-batches must be a whole number >= 1, got 0"),
     ],
 )
 def test_bad_flags_are_one_line_errors(capsys, base, data, tmp_path, more, message):
