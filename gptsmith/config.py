@@ -68,6 +68,13 @@ def check_number(label: str, value: object, *, whole: bool = False, minimum: flo
         raise ConfigError(f"{label} must be {kind} {'>' if above else '>='} {minimum:g}, got {value!r}")
 
 
+def check_fraction(label: str, value: object) -> None:
+    """Raise ``ConfigError`` unless ``value`` is a number strictly between 0 and 1 (a share of a corpus)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 < value < 1
+    if not ok:
+        raise ConfigError(f"{label} must be more than 0 and less than 1, got {value!r}")
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML (``.yaml``/``.yml``) or JSON file into a dict."""
     path = Path(path)

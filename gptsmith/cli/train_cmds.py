@@ -12,6 +12,7 @@ from typing import Any
 
 from gptsmith.cli.train_configs import build_configs, read_config_file, read_run_info, resume_configs
 from gptsmith.cli.train_progress import ProgressPrinter, say
+from gptsmith.config import check_fraction
 from gptsmith.device import DEVICE_HELP, TRAIN_DTYPES, device_arg, dtype_arg
 from gptsmith.errors import ConfigError
 
@@ -337,8 +338,8 @@ def run_eval(args: argparse.Namespace) -> int:
                              ("--context-length", args.context_length)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag_name} must be >= 1, got {value}")
-    if args.val_fraction is not None and not 0 < args.val_fraction < 1:
-        raise ConfigError(f"--val-fraction must be more than 0 and less than 1, got {args.val_fraction}")
+    if args.val_fraction is not None:
+        check_fraction("--val-fraction", args.val_fraction)
     check_seed(args.seed, "--seed")
     device = resolve_device(args.device)
     if device.type == "cpu":

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from gptsmith.config import from_dict, replace
+from gptsmith.config import check_fraction, from_dict, replace
 from gptsmith.device import DTYPE_SPELLINGS, TRAIN_DTYPES, check_seed, parse_device, parse_dtype
 from gptsmith.errors import ConfigError, DataError
 
@@ -107,9 +107,7 @@ class TrainConfig:
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"--label-smoothing must be >= 0 and < 1, got {self.label_smoothing}")
         check_seed(self.seed, flag("seed"))
-        number("val_fraction", self.val_fraction)
-        if not 0 < self.val_fraction < 1:
-            raise ConfigError(f"--val-fraction must be more than 0 and less than 1, got {self.val_fraction}")
+        check_fraction(flag("val_fraction"), self.val_fraction)
         betas = self.betas
         if not (isinstance(betas, list | tuple) and len(betas) == 2
                 and all(isinstance(b, int | float) and not isinstance(b, bool) and 0 <= b < 1

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from gptsmith.config import check_fraction
 from gptsmith.data.tokenizer import as_tokenizer
-from gptsmith.errors import ConfigError
 from gptsmith.train.config import TrainConfig
 from gptsmith.train.trainer import Trainer
 
@@ -29,9 +29,7 @@ def prepare_splits(
     boundary when there are several documents), so it is never trained on.
     """
     tokenizer = as_tokenizer(tokenizer)
-    is_number = isinstance(val_fraction, int | float) and not isinstance(val_fraction, bool)
-    if not is_number or not 0 < val_fraction < 1:
-        raise ConfigError(f"val_fraction must be more than 0 and less than 1, got {val_fraction!r}")
+    check_fraction("val_fraction", val_fraction)
     from gptsmith.data.corpus import resolve_corpus
     from gptsmith.data.shards import prepare_corpus
     from gptsmith.data.windows import split_tokens
