@@ -58,10 +58,17 @@ class ProgressPrinter:
         pass
 
     def on_schedule(self, info: dict) -> None:
-        say(f"time budget {info['budget_s']:,.0f} s: {info['measured_steps']} steps timed at "
-            f"{info['step_s']:.3f} s, evaluation {info['eval_s']:.1f} s, sample {info['sample_s']:.1f} s, "
-            f"checkpoint ~{info['checkpoint_s']:.1f} s -> schedule sized to {info['max_steps']:,} steps "
-            f"(warm-up {info['warmup_steps']}, cosine decay to the floor at the last step)")
+        if info.get("resized"):
+            last = info["resized"][-1]
+            say(f"time budget: steps now take {last['step_s']:.3f} s, so the schedule shrinks to "
+                f"{info['max_steps']:,} steps at step {last['at_step']:,} (the decay ends at the new last "
+                "step)")
+        else:
+            say(f"time budget {info['budget_s']:,.0f} s: {info['measured_steps']} steps timed at "
+                f"{info['step_s']:.3f} s, evaluation {info['eval_s']:.1f} s, sample "
+                f"{info['sample_s']:.1f} s, checkpoint ~{info['checkpoint_s']:.1f} s -> schedule sized to "
+                f"{info['max_steps']:,} steps (warm-up {info['warmup_steps']}, cosine decay to the floor at "
+                "the last step)")
         if self.bar is not None:
             self.bar.total = info["max_steps"]
             self.bar.refresh()

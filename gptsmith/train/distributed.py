@@ -53,6 +53,15 @@ def all_reduce_mean(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return value / ctx.world_size
 
 
+def all_reduce_min(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """The smallest ``value`` over all processes (identity when alone)."""
+    if not ctx.enabled:
+        return value
+    value = value.clone()
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return value
+
+
 def any_rank(flag: bool, ctx: DistContext, device: torch.device) -> bool:
     """True if ``flag`` is true on any process (so every rank stops at the same step)."""
     if not ctx.enabled:

@@ -11,10 +11,17 @@ once, at the start of a new run:
 4. ``size_schedule`` picks the largest ``max_steps`` whose remaining steps, evaluations, samples
    and checkpoints (at the steps the config puts them, the final ones included) fit in what is
    left of the budget, less a safety margin. The run then trains exactly that schedule, so its
-   decay completes inside the budget.
+   decay completes inside the budget;
+5. after every step (every ``RECHECK_EVERY`` steps when distributed) the schedule is checked
+   against the clock and the mean wall time of the last ``RECENT_STEPS`` steps: when the machine
+   got slower (another job started, the laptop throttled) and the rest would no longer fit,
+   ``max_steps`` shrinks to what does.
+   The cosine then decays from where it is to its floor at the new last step (the learning rate
+   steps down once). It never grows again.
 
-The chosen figures go into run.json (``time_budget``) and the train config's ``max_steps``; a
-resumed run reads them back and keeps the schedule (it is never sized again).
+The chosen figures go into run.json (``time_budget``; a shrink adds ``resized``) and the train
+config's ``max_steps``; a resumed run reads them back and keeps the schedule (it is never sized
+again, and its clock is not checked: the budget belonged to the first run).
 """
 
 from __future__ import annotations
@@ -23,16 +30,20 @@ import io
 import json
 import statistics
 import time
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from gptsmith.train.distributed import all_reduce_mean
+from gptsmith.train.distributed import all_reduce_mean, all_reduce_min
 
 PROBE_STEPS = 10  # steps timed before sizing (the first one, which warms caches up, is not counted)
 MARGIN = 0.05  # fraction of the budget kept in reserve against slower steps later on
+LATE_MARGIN = 0.02  # the reserve when re-checking (less than MARGIN: a run on time never shrinks)
+RECENT_STEPS = 20  # step times the re-check takes the mean of
+RECHECK_EVERY = 10  # steps between re-checks when distributed (each one is a collective)
 
 
 @dataclass
@@ -160,3 +171,78 @@ def size_trainer(trainer: Any, budget_s: float, elapsed_s: float, step_times: li
         if trainer.run_dir is not None:
             trainer._write_run_info()
         trainer.callbacks.on_schedule(plan.to_dict())
+
+
+class BudgetWatch:
+    """The clock of a budgeted run: times the first steps, sizes the schedule, then keeps it in time.
+
+    ``after_step`` is the ``Trainer``'s one call, after each optimizer step.
+    """
+
+    def __init__(self, budget_s: float, started: float) -> None:
+        self.budget_s = budget_s
+        self.deadline = started + budget_s
+        self.started = started
+        self.probe_times: list[float] | None = []  # None once the schedule is sized
+        # Wall seconds from one step's end to the next one's: the step, the callbacks (progress bar,
+        # logging) and whatever else the machine made the process wait for; intervals that held an
+        # evaluation, sample or checkpoint are left out (the plan counts those on their own).
+        self.recent: deque[float] = deque(maxlen=RECENT_STEPS)
+        self.last_step_end: float | None = None
+
+    def after_step(self, trainer: Any, seconds: float, eval_s: float) -> None:
+        """Record one step; size the schedule once the probe is done, later shrink it if late."""
+        now = time.perf_counter()
+        if self.probe_times is not None:
+            self.probe_times.append(seconds)
+            if probe_done(self.probe_times, self.budget_s):
+                size_trainer(trainer, self.budget_s, now - self.started, self.probe_times, eval_s)
+                self.probe_times = None
+                self.last_step_end = time.perf_counter()
+            return
+        eval_every, checkpoint_every, sample_every = trainer.cfg.intervals()
+        previous = trainer.step - 1  # its evaluation, sample and checkpoint ran in this interval
+        quiet = previous % eval_every and previous % checkpoint_every
+        if quiet and not (sample_every and previous % sample_every == 0):
+            self.recent.append(now - self.last_step_end)
+        self.last_step_end = now
+        window_full = len(self.recent) == RECENT_STEPS  # a few steps' mean is too noisy to act on
+        if window_full and (not trainer.dist.enabled or trainer.step % RECHECK_EVERY == 0):
+            shrink_if_late(trainer, self.deadline - now, list(self.recent))
+
+
+def shrink_if_late(trainer: Any, remaining_s: float, recent_step_s: list[float]) -> bool:
+    """Shrink a sized run's ``max_steps`` when its rest no longer fits in ``remaining_s`` (less
+    ``LATE_MARGIN``) at the mean of ``recent_step_s``, to what fits with the full ``MARGIN`` again
+    (so a steady slowdown shrinks it once or twice, not at every step). Returns whether it shrank;
+    run.json and ``on_schedule`` say so."""
+    plan = trainer.run_info.get("time_budget")
+    if not plan or not recent_step_s or trainer.step >= trainer.cfg.max_steps:
+        return False
+    cfg = trainer.cfg
+    step_s = statistics.fmean(recent_step_s)
+
+    def steps_that_fit(reserve: float) -> int:
+        fits = size_schedule(
+            remaining_s=remaining_s - reserve * plan["budget_s"], done_steps=trainer.step, step_s=step_s,
+            eval_s=plan["eval_s"], sample_s=plan["sample_s"], checkpoint_s=plan["checkpoint_s"],
+            eval_every=cfg.eval_every, sample_every=cfg.sample_every, checkpoint_every=cfg.checkpoint_every,
+        )
+        # Every process must stop at the same step: they take the smallest answer.
+        return int(all_reduce_min(torch.tensor(float(fits), device=trainer.device), trainer.dist))
+
+    if steps_that_fit(LATE_MARGIN) >= cfg.max_steps:
+        return False
+    fits = steps_that_fit(MARGIN)
+    warmup = cfg.warmup_steps
+    if warmup >= fits:  # keep a decay to complete, as when sizing
+        warmup = max(trainer.step, fits // 10)
+    trainer.cfg = cfg.replace(max_steps=fits, warmup_steps=warmup)
+    plan.setdefault("resized", []).append({"at_step": trainer.step, "step_s": round(step_s, 6),
+                                           "max_steps": fits})
+    plan.update(max_steps=fits, warmup_steps=warmup)
+    if trainer.dist.is_main:
+        if trainer.run_dir is not None:
+            trainer._write_run_info()
+        trainer.callbacks.on_schedule(dict(plan))
+    return True

@@ -33,7 +33,7 @@ from gptsmith.train.losses import cross_entropy
 from gptsmith.train.rng_state import capture_rng_state, restore_rng_state
 from gptsmith.train.run_dir import divergence_advice, environment_info, replace_old_run
 from gptsmith.train.schedule import build_optimizer, lr_at_step
-from gptsmith.train.time_budget import PROBE_STEPS, probe_done, recorded_plan, size_trainer
+from gptsmith.train.time_budget import PROBE_STEPS, BudgetWatch, recorded_plan
 
 
 class Trainer:
@@ -215,9 +215,9 @@ class Trainer:
                 "parameters": sum(p.numel() for p in self.model.parameters()),
             })
         clock = time.perf_counter()  # a --time-budget counts from here
-        budget = None  # (budget seconds, step times) while the first steps are timed
+        budget = None  # a new budgeted run's clock (time_budget.py)
         if cfg.time_budget is not None and self.step == 0 and self.resumed_from is None:
-            budget = (parse_duration(cfg.time_budget), [])
+            budget = BudgetWatch(parse_duration(cfg.time_budget), clock)
             self.cfg = cfg.replace(max_steps=max(cfg.max_steps, PROBE_STEPS + 1))  # until it is sized
 
         with stop_signals(self):
@@ -228,10 +228,7 @@ class Trainer:
                 loss, lr, grad_norm, seconds = self._train_step()
                 result.losses.append(loss)
                 if budget is not None:
-                    budget[1].append(seconds)
-                    if probe_done(budget[1], budget[0]):
-                        size_trainer(self, budget[0], time.perf_counter() - clock, budget[1], eval_s)
-                        budget = None
+                    budget.after_step(self, seconds, eval_s)  # sizes the schedule, then keeps it in time
                 cfg = self.cfg
                 eval_every, checkpoint_every, sample_every = cfg.intervals()
                 if is_main:

@@ -4,6 +4,7 @@ ends, decay completed, within the budget; run.json records it and a resumed run 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from training_helpers import make_trainer, tiny_config, train_args, write_cli_inputs
@@ -41,8 +42,11 @@ def test_size_schedule_fits_steps_evals_samples_and_checkpoints():
 
 
 class Recorder(TrainCallbacks):
-    def __init__(self, stop_trainer=None):
+    """Records the plans (the sizing, then any shrink: a busy machine may shrink a short run) and lrs."""
+
+    def __init__(self, stop_trainer=None, slow_after_plan_s=0.0):
         self.plans, self.lrs, self.stop_trainer = [], [], stop_trainer
+        self.slow_after_plan_s = slow_after_plan_s
 
     def on_schedule(self, info):
         self.plans.append(info)
@@ -51,6 +55,8 @@ class Recorder(TrainCallbacks):
 
     def on_step(self, info):
         self.lrs.append(info["lr"])
+        if self.plans and self.slow_after_plan_s:
+            time.sleep(self.slow_after_plan_s)  # the machine got busy after the schedule was sized
 
 
 def test_a_budget_sizes_the_schedule_and_the_decay_completes(tmp_path):
@@ -58,7 +64,7 @@ def test_a_budget_sizes_the_schedule_and_the_decay_completes(tmp_path):
     recorder = Recorder()
     trainer = make_trainer(tmp_path / "run", cfg, callbacks=recorder)
     result = trainer.fit()
-    (plan,) = recorder.plans
+    plan = recorder.plans[0]
     # Sized from what was measured (how many steps fit depends on the machine's load, not the 5 asked).
     # (run.json keeps the costs to the microsecond, so a recount may differ by one step)
     assert abs(plan["max_steps"] - size_schedule(
@@ -66,12 +72,14 @@ def test_a_budget_sizes_the_schedule_and_the_decay_completes(tmp_path):
         done_steps=plan["measured_steps"], step_s=plan["step_s"], eval_s=plan["eval_s"],
         sample_s=plan["sample_s"], checkpoint_s=plan["checkpoint_s"], eval_every=50, sample_every=None,
         checkpoint_every=None)) <= 1
-    assert result.stopped == "max_steps" and result.step == plan["max_steps"] == trainer.cfg.max_steps
+    final = recorder.plans[-1]  # the same plan unless the machine got slower and it shrank
+    assert result.stopped == "max_steps" and result.step == final["max_steps"] == trainer.cfg.max_steps
     assert plan["step_s"] > 0 and plan["eval_s"] > 0 and plan["checkpoint_s"] > 0
     # The lr of the last step is the end of the cosine: the decay completed.
     floor, peak = cfg.floor_lr, cfg.lr
     assert recorder.lrs[-1] == pytest.approx(lr_at_step(result.step - 1, peak_lr=peak, min_lr=floor,
-                                                        warmup_steps=3, max_steps=result.step))
+                                                        warmup_steps=final["warmup_steps"],
+                                                        max_steps=result.step))
     if result.step > 10:
         assert recorder.lrs[-1] < floor + 0.05 * (peak - floor)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
@@ -86,7 +94,7 @@ def test_a_resumed_budget_run_keeps_its_schedule(tmp_path):
     first = make_trainer(tmp_path / "run", cfg, callbacks=recorder)
     recorder.stop_trainer = first
     stopped = first.fit()
-    (plan,) = recorder.plans
+    plan = recorder.plans[0]  # the first call stops the run: nothing is trained after it
     if plan["max_steps"] == stopped.step:
         pytest.skip("the machine was too slow for any step after the timed ones")
     assert stopped.stopped == "interrupted" and stopped.step == plan["measured_steps"]
@@ -106,8 +114,35 @@ def test_time_budget_from_the_command_line(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     info = json.loads((run / "run.json").read_text())
     steps = info["time_budget"]["max_steps"]
-    assert f"schedule sized to {steps:,} steps" in out and f"done: {steps} steps" in out
+    assert "schedule sized to" in out and f"done: {steps} steps" in out
+    if info["time_budget"].get("resized"):  # a busy machine slowed the steps down
+        assert f"schedule shrinks to {steps:,} steps" in out
+    else:
+        assert f"schedule sized to {steps:,} steps" in out
     assert main(train_args(corpus, config, tmp_path / "x", "--time-budget", "2s", "--max-steps", "9")) == 2
     assert "--max-steps or --time-budget, not both" in capsys.readouterr().err
     assert main(train_args(corpus, config, tmp_path / "y", "--time-budget", "ten")) == 2
     assert "--time-budget must be a duration" in capsys.readouterr().err
+
+
+def test_a_run_whose_steps_get_slower_shrinks_its_schedule_and_still_ends_in_time(tmp_path):
+    cfg = tiny_config(time_budget="3s", max_steps=5, warmup_steps=2, eval_every=0, checkpoint_every=0,
+                      eval_batches=1)
+    recorder = Recorder(slow_after_plan_s=0.05)  # after sizing, 50 ms more per step
+    trainer = make_trainer(tmp_path / "run", cfg, callbacks=recorder)
+    started = time.perf_counter()
+    result = trainer.fit()
+    wall = time.perf_counter() - started
+    sized, final = recorder.plans[0], recorder.plans[-1]
+    if sized["max_steps"] * 0.05 < 0.5:
+        pytest.skip("the machine was too slow: too few steps fitted for a slowdown to matter")
+    assert len(recorder.plans) >= 2 and final["max_steps"] < sized["max_steps"]
+    assert result.step == final["max_steps"] == trainer.cfg.max_steps
+    assert wall < 3.0 + 0.5  # the budget, give or take one slow step and the final evaluation's noise
+    # The decay still completes: the last lr is the end of the cosine of the new schedule.
+    assert recorder.lrs[-1] == pytest.approx(lr_at_step(result.step - 1, peak_lr=cfg.lr, min_lr=cfg.floor_lr,
+                                                        warmup_steps=final["warmup_steps"],
+                                                        max_steps=result.step))
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["time_budget"]["max_steps"] == result.step == run["train"]["max_steps"]
+    assert run["time_budget"]["resized"][-1]["max_steps"] == result.step
