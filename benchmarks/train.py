@@ -20,6 +20,7 @@ and weighted sum, forward + backward; PaLM's formula).
 the validation loss reached.
 
     python -m benchmarks train --repeats 3                     # throughput
+    python -m benchmarks train --repeats 3 --presets tiny --context-length 128 --batch-size 8 --drop-rate 0.2
     python -m benchmarks train --mode time-to-loss --minutes 10
 """
 
@@ -79,8 +80,9 @@ def reference_step(module, forward, inputs, targets):
     return step
 
 
-def throughput(preset: str, context_length: int, batch_size: int, steps: int, repeats: int, warmup: int):
-    cfg = GPTConfig.from_preset(preset, context_length=context_length, drop_rate=0.0)
+def throughput(preset: str, context_length: int, batch_size: int, steps: int, repeats: int, warmup: int,
+               drop_rate: float = 0.0):
+    cfg = GPTConfig.from_preset(preset, context_length=context_length, drop_rate=drop_rate)
     ids = torch.randint(0, cfg.vocab_size, (batch_size, context_length + 1))
     inputs, targets = ids[:, :-1], ids[:, 1:]
     steps_fns = {"gptsmith": gptsmith_step(cfg, batch_size, "auto"),
@@ -104,7 +106,7 @@ def report_throughput(args) -> None:
     for preset in args.presets:
         peak_before = matmul_peak_gflops()
         cfg, results = throughput(preset, args.context_length, args.batch_size, args.steps, args.repeats,
-                                  args.warmup)
+                                  args.warmup, args.drop_rate)
         # The best of two measurements around the run: a busy moment of a shared machine lowers the
         # peak (and so inflates MFU), so keep the higher figure.
         peak = max(peak_before, matmul_peak_gflops())
@@ -114,7 +116,7 @@ def report_throughput(args) -> None:
             figures["MFU % (fp32 peak)"] = [100 * t * per_token / (peak * 1e9) for t in figures["tokens/s"]]
         text = print_report(
             f"training step: {preset}, context {args.context_length}, batch {args.batch_size}, "
-            f"{args.steps} steps per repeat, {torch.get_num_threads()} threads",
+            f"dropout {args.drop_rate:g}, {args.steps} steps per repeat, {torch.get_num_threads()} threads",
             results,
             higher_is_better={"tokens/s": True, "MFU % (fp32 peak)": True},
             notes=[f"measured matmul peak: fp32 {peak:,.0f} GFLOP/s, bf16 {peak_bf16:,.0f} GFLOP/s "
@@ -171,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--context-length", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=2, help="training steps per repeat (default 2)")
+    parser.add_argument("--drop-rate", type=float, default=0.0,
+                        help="throughput: dropout of every candidate (default 0; gptsmith draws its CPU "
+                             "mask faster, model/dropout.py)")
     parser.add_argument("--minutes", type=float, default=10.0, help="time-to-loss: wall-clock budget")
     parser.add_argument("--max-steps", type=int, default=1500,
                         help="time-to-loss: length of the LR schedule (set it to what fits in --minutes)")
