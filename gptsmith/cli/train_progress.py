@@ -31,6 +31,7 @@ class ProgressPrinter:
     def __init__(self, show_bar: bool = True) -> None:
         self.show_bar = show_bar
         self.bar = None
+        self.said_steps: int | None = None  # the schedule's length as last printed
 
     def on_start(self, info: dict) -> None:
         from gptsmith.cli.progress import Progress
@@ -60,17 +61,24 @@ class ProgressPrinter:
     def on_schedule(self, info: dict) -> None:
         if info.get("resized"):
             last = info["resized"][-1]
-            say(f"time budget: steps now take {last['step_s']:.3f} s, so the schedule shrinks to "
-                f"{info['max_steps']:,} steps at step {last['at_step']:,} (the decay ends at the new last "
-                "step)")
+            if self.said_steps is not None and info["max_steps"] > 0.9 * self.said_steps:
+                self._set_total(info["max_steps"])  # a small shrink after a printed one: the bar says it
+                return
+            say(f"time budget: behind schedule at step {last['at_step']:,} (steps take "
+                f"{last['step_s']:.3f} s), so the schedule shrinks to {info['max_steps']:,} steps (the decay "
+                "ends at the new last step)")
         else:
             say(f"time budget {info['budget_s']:,.0f} s: {info['measured_steps']} steps timed at "
                 f"{info['step_s']:.3f} s, evaluation {info['eval_s']:.1f} s, sample "
                 f"{info['sample_s']:.1f} s, checkpoint ~{info['checkpoint_s']:.1f} s -> schedule sized to "
                 f"{info['max_steps']:,} steps (warm-up {info['warmup_steps']}, cosine decay to the floor at "
                 "the last step)")
+        self.said_steps = info["max_steps"]
+        self._set_total(info["max_steps"])
+
+    def _set_total(self, steps: int) -> None:
         if self.bar is not None:
-            self.bar.total = info["max_steps"]
+            self.bar.total = steps
             self.bar.refresh()
 
     def close(self) -> None:

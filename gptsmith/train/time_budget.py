@@ -12,10 +12,12 @@ once, at the start of a new run:
    and checkpoints (at the steps the config puts them, the final ones included) fit in what is
    left of the budget, less a safety margin. The run then trains exactly that schedule, so its
    decay completes inside the budget;
-5. after every step (every ``RECHECK_EVERY`` steps when distributed) the schedule is checked
-   against the clock and the mean wall time of the last ``RECENT_STEPS`` steps: when the machine
-   got slower (another job started, the laptop throttled) and the rest would no longer fit,
-   ``max_steps`` shrinks to what does.
+5. after every step (every ``RECHECK_EVERY`` steps when distributed) the rest of the schedule
+   is checked against the clock, at the pace measured when sizing or, once ``RECENT_STEPS`` steps
+   are timed since, at their median: when the machine got slower (another job started, the
+   laptop throttled) and the rest would no longer fit, ``max_steps`` shrinks to what does. A
+   short burst of slow steps costs the run only the time it took (the clock sees it; the pace
+   does not).
    The cosine then decays from where it is to its floor at the new last step (the learning rate
    steps down once). It never grows again.
 
@@ -42,7 +44,7 @@ from gptsmith.train.distributed import all_reduce_mean, all_reduce_min
 PROBE_STEPS = 10  # steps timed before sizing (the first one, which warms caches up, is not counted)
 MARGIN = 0.05  # fraction of the budget kept in reserve against slower steps later on
 LATE_MARGIN = 0.02  # the reserve when re-checking (less than MARGIN: a run on time never shrinks)
-RECENT_STEPS = 20  # step times the re-check takes the mean of
+RECENT_STEPS = 100  # step times whose median becomes the pace (a burst of slow steps is not a trend)
 RECHECK_EVERY = 10  # steps between re-checks when distributed (each one is a collective)
 
 
@@ -206,21 +208,21 @@ class BudgetWatch:
         if quiet and not (sample_every and previous % sample_every == 0):
             self.recent.append(now - self.last_step_end)
         self.last_step_end = now
-        window_full = len(self.recent) == RECENT_STEPS  # a few steps' mean is too noisy to act on
-        if window_full and (not trainer.dist.enabled or trainer.step % RECHECK_EVERY == 0):
+        if not trainer.dist.enabled or trainer.step % RECHECK_EVERY == 0:
             shrink_if_late(trainer, self.deadline - now, list(self.recent))
 
 
 def shrink_if_late(trainer: Any, remaining_s: float, recent_step_s: list[float]) -> bool:
     """Shrink a sized run's ``max_steps`` when its rest no longer fits in ``remaining_s`` (less
-    ``LATE_MARGIN``) at the mean of ``recent_step_s``, to what fits with the full ``MARGIN`` again
-    (so a steady slowdown shrinks it once or twice, not at every step). Returns whether it shrank;
-    run.json and ``on_schedule`` say so."""
+    ``LATE_MARGIN``), to what fits with the full ``MARGIN`` again (so a steady slowdown shrinks it
+    a few times, not at every step). The pace is the plan's step time until ``recent_step_s`` holds
+    ``RECENT_STEPS`` steps, then their median. Returns whether it shrank; run.json and
+    ``on_schedule`` say so."""
     plan = trainer.run_info.get("time_budget")
-    if not plan or not recent_step_s or trainer.step >= trainer.cfg.max_steps:
+    if not plan or trainer.step >= trainer.cfg.max_steps:
         return False
     cfg = trainer.cfg
-    step_s = statistics.fmean(recent_step_s)
+    step_s = statistics.median(recent_step_s) if len(recent_step_s) >= RECENT_STEPS else plan["step_s"]
 
     def steps_that_fit(reserve: float) -> int:
         fits = size_schedule(
