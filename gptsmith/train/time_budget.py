@@ -21,7 +21,8 @@ once, at the start of a new run:
    The cosine then decays from where it is to its floor at the new last step (the learning rate
    steps down once). It never grows again.
 
-The chosen figures go into run.json (``time_budget``; a shrink adds ``resized``) and the train
+The chosen figures go into run.json (``time_budget``; a shrink adds ``resized`` and
+``sized_max_steps``) and the train
 config's ``max_steps``; a resumed run reads them back and keeps the schedule (it is never sized
 again, and its clock is not checked: the budget belonged to the first run).
 """
@@ -39,7 +40,7 @@ from typing import Any
 
 import torch
 
-from gptsmith.train.distributed import all_reduce_mean, all_reduce_min
+from gptsmith.train.distributed import all_reduce_mean, all_reduce_min, any_rank
 
 PROBE_STEPS = 10  # steps timed before sizing (the first one, which warms caches up, is not counted)
 MARGIN = 0.05  # fraction of the budget kept in reserve against slower steps later on
@@ -197,7 +198,9 @@ class BudgetWatch:
         now = time.perf_counter()
         if self.probe_times is not None:
             self.probe_times.append(seconds)
-            if probe_done(self.probe_times, self.budget_s):
+            # Sizing is a collective: every process must decide to size at the same step (the time
+            # test of probe_done could pass on one and not yet on another).
+            if any_rank(probe_done(self.probe_times, self.budget_s), trainer.dist, trainer.device):
                 size_trainer(trainer, self.budget_s, now - self.started, self.probe_times, eval_s)
                 self.probe_times = None
                 self.last_step_end = time.perf_counter()
@@ -240,6 +243,7 @@ def shrink_if_late(trainer: Any, remaining_s: float, recent_step_s: list[float])
     if warmup >= fits:  # keep a decay to complete, as when sizing
         warmup = max(trainer.step, fits // 10)
     trainer.cfg = cfg.replace(max_steps=fits, warmup_steps=warmup)
+    plan.setdefault("sized_max_steps", plan["max_steps"])  # what the first sizing chose
     plan.setdefault("resized", []).append({"at_step": trainer.step, "step_s": round(step_s, 6),
                                            "max_steps": fits})
     plan.update(max_steps=fits, warmup_steps=warmup)

@@ -58,3 +58,49 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     assert one["losses"][-1] < one["losses"][0]
     # Only rank 0 wrote the run directory.
     assert (tmp_path / "run" / "latest").read_text().strip() == "checkpoints/step-000006"
+
+
+BUDGET_WORKER = """
+import json, os, sys, time
+import torch
+sys.path.insert(0, {tests_dir!r})
+from training_helpers import make_trainer, tiny_config
+
+torch.set_num_threads(1)
+cfg = tiny_config(batch_size=2, max_steps=5, time_budget="4s", eval_every=0, checkpoint_every=0,
+                  eval_batches=1)
+trainer = make_trainer(sys.argv[2], cfg)
+step = trainer._train_step
+def slow_on_rank_1():  # one rank gets slower after the sizing: the other waits for it at every step
+    out = step()
+    if trainer.dist.rank == 1 and "time_budget" in trainer.run_info:
+        time.sleep(0.05)
+    return out
+trainer._train_step = slow_on_rank_1
+started = time.perf_counter()
+result = trainer.fit()
+with open(sys.argv[1] + str(trainer.dist.rank), "w") as f:
+    json.dump({{"step": result.step, "max_steps": trainer.cfg.max_steps,
+               "wall": time.perf_counter() - started, "plan": trainer.run_info["time_budget"]}}, f)
+from gptsmith.train.distributed import shutdown
+shutdown(trainer.dist)
+"""
+
+
+@pytest.mark.slow
+def test_a_budgeted_two_process_run_shrinks_on_every_rank_alike(tmp_path):
+    worker = tmp_path / "worker.py"
+    worker.write_text(BUDGET_WORKER.format(tests_dir=str(TESTS_DIR)), encoding="utf-8")
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(worker), str(tmp_path / "rank"), str(tmp_path / "run")],
+        check=True, timeout=300, capture_output=True,
+    )
+    ranks = [json.loads((tmp_path / f"rank{r}").read_text()) for r in (0, 1)]
+    assert ranks[0]["step"] == ranks[1]["step"] == ranks[0]["max_steps"] == ranks[1]["max_steps"]
+    plan = ranks[0]["plan"]
+    assert ranks[0]["wall"] < 4.0 + 1.0  # the budget, give or take a step and the final evaluation
+    sized = plan.get("sized_max_steps", plan["max_steps"])
+    if sized * 0.05 > 4.0:  # as sized, the slow rank's 50 ms per step alone would overrun the budget
+        assert plan["resized"] and plan["max_steps"] < sized
+        assert json.loads((tmp_path / "run" / "run.json").read_text())["time_budget"] == plan
