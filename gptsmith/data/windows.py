@@ -119,8 +119,10 @@ class SlidingWindowDataset(Dataset):
             if isinstance(tokens, str | bytes) or not hasattr(tokens, "__len__"):
                 raise DataError(f"tokens must be a sequence of integer token ids, got {tokens!r:.60}")
             array = np.asarray(tokens)  # one C pass for a list of ints; anything else is checked below
-            # numpy reads True in [1, True] as 1: a bool among ints takes the checked path (refused).
-            plain_ints = array.dtype.kind in ("i", "u") and bool not in set(map(type, tokens))
+            # numpy reads True in [1, True] (or np.True_) as 1: anything but plain integers takes the
+            # checked path, which refuses bools.
+            plain_ints = array.dtype.kind in ("i", "u") and all(
+                kind is int or issubclass(kind, np.integer) for kind in set(map(type, tokens)))
             tokens = array if plain_ints else np.asarray(token_id_list(tokens, "tokens"), dtype=np.int64)
         if tokens.dtype.kind not in ("i", "u"):  # floats would be cut to other ids without a word
             raise DataError(f"tokens must be integer token ids, got an array of {tokens.dtype}")

@@ -41,24 +41,32 @@ def cross_entropy(
     if logits.device.type != "cpu" or logits.dim() != 2:
         return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing,
                                ignore_index=ignore_index, reduction=reduction)
-    return _ChunkedCrossEntropy.apply(logits, targets, label_smoothing, ignore_index, reduction)
+    # Decided here: inside the Function's forward, grad mode is always off.
+    want_grad = torch.is_grad_enabled() and logits.requires_grad
+    return _ChunkedCrossEntropy.apply(logits, targets, label_smoothing, ignore_index, reduction, want_grad)
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
     """One pass over the logits, chunk by chunk: each row's log-sum-exp and, when a gradient is
     wanted, the gradient itself (softmax minus the target, for a ``grad_output`` of 1) while the
-    chunk's softmax is still in cache; the backward only scales it by ``grad_output``."""
+    chunk's softmax is still in cache; the backward only scales it by ``grad_output``.
+
+    The gradient is kept in the logits' dtype (float32 for float16 logits, whose range would flush
+    the small per-row values to zero before a loss scale could lift them). For a ``grad_output`` of
+    1 the backward hands that buffer on as it is: changing the returned gradient in place and then
+    running a retained graph backward again is refused by autograd's version check."""
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float,
-                ignore_index: int, reduction: str) -> torch.Tensor:
+                ignore_index: int, reduction: str, want_grad: bool) -> torch.Tensor:
         n_rows, vocab = logits.shape
         valid = targets != ignore_index
         safe_targets = targets.masked_fill(~valid, 0)
         count = valid.sum()
         # d(loss)/d(logit) of each row is row_scale × (softmax − smoothed one-hot target).
         row_scale = valid.float() / count.clamp(min=1) if reduction == "mean" else valid.float()
-        grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
+        grad_dtype = torch.float32 if logits.dtype == torch.float16 else logits.dtype
+        grad = torch.empty_like(logits, dtype=grad_dtype) if want_grad else None
         log_sum_exp = torch.empty(n_rows, dtype=torch.float32)
         row_sums = torch.empty(n_rows, dtype=torch.float32)  # for the smoothing term
         chunk_rows = max(1, CHUNK_ELEMENTS // vocab)
@@ -86,6 +94,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         per_row = per_row.masked_fill(~valid, 0.0)
         if grad is not None:
             ctx.save_for_backward(grad)
+            ctx.logits_dtype = logits.dtype
         total = per_row.sum()
         return total / count if reduction == "mean" else total
 
@@ -95,5 +104,5 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         factor = float(grad_output)  # the loss is a scalar
         if factor != 1.0:  # e.g. a loss divided by the accumulation steps
-            grad = grad * factor  # a Python float: scaled in float32, then rounded once
-        return grad, None, None, None, None
+            grad = grad * factor  # a Python float: the scale is not rounded to the gradient's dtype
+        return grad.to(ctx.logits_dtype), None, None, None, None, None

@@ -234,7 +234,8 @@ def shrink_if_late(trainer: Any, remaining_s: float, recent_step_s: list[float])
             eval_every=cfg.eval_every, sample_every=cfg.sample_every, checkpoint_every=cfg.checkpoint_every,
         )
         # Every process must stop at the same step: they take the smallest answer.
-        return int(all_reduce_min(torch.tensor(float(fits), device=trainer.device), trainer.dist))
+        agreed = all_reduce_min(torch.tensor(fits, dtype=torch.float64, device=trainer.device), trainer.dist)
+        return int(agreed)
 
     if steps_that_fit(LATE_MARGIN) >= cfg.max_steps:
         return False

@@ -85,6 +85,10 @@ def test_decoding_and_windows_refuse_float_ids():
         SlidingWindowDataset(np.ones(20, dtype=np.float32), 4, 2)
     with pytest.raises(GptsmithError, match=r"tokens must be integer token ids, got True \(bool\)"):
         SlidingWindowDataset([1, 2, True] * 7, 4, 2)  # numpy alone would read True as the id 1
+    for flag in (np.True_, torch.tensor(True)):
+        with pytest.raises(GptsmithError, match="tokens must be integer token ids, got"):
+            SlidingWindowDataset([1, 2, flag] * 7, 4, 2)
+    assert SlidingWindowDataset([1, np.int64(2), 3] * 7, 4, 2).tokens.tolist()[:3] == [1, 2, 3]
     windows = SlidingWindowDataset(list(range(20)), 4, 2)
     with pytest.raises(IndexError, match=r"window indices must be in 0\.\.7, got -1\.\.0"):
         windows.batch([-1, 0])

@@ -82,3 +82,30 @@ def test_no_gradient_is_computed_without_autograd_and_all_ignored_targets_give_z
     loss = cross_entropy(x, torch.full((12,), IGNORE_INDEX), reduction="sum")
     loss.backward()
     assert loss.item() == 0.0 and x.grad.abs().sum() == 0
+
+
+def test_float16_logits_keep_their_small_gradients_for_a_loss_scale():
+    """A GradScaler multiplies the loss by ~65,536: per-row gradients of 1/n_rows must survive."""
+    torch.manual_seed(3)
+    logits = torch.randn(2048, 512).half()
+    targets = torch.randint(0, 512, (2048,))
+    x = logits.clone().requires_grad_(True)
+    (cross_entropy(x, targets) * 65536.0).backward()
+    y = logits.clone().requires_grad_(True)
+    (F.cross_entropy(y.float(), targets) * 65536.0).backward()
+    assert x.grad.dtype == torch.float16
+    assert (x.grad != 0).float().mean() == (y.grad != 0).float().mean()
+    torch.testing.assert_close(x.grad.float(), y.grad.float(), rtol=1e-3, atol=1e-6)
+
+
+def test_under_no_grad_no_gradient_buffer_is_made(monkeypatch):
+    made = []
+    real_empty_like = torch.empty_like
+    monkeypatch.setattr(losses.torch, "empty_like",
+                        lambda *args, **kwargs: made.append(1) or real_empty_like(*args, **kwargs))
+    logits = torch.randn(12, 101, requires_grad=True)
+    with torch.no_grad():
+        cross_entropy(logits, torch.randint(0, 101, (12,)))
+    assert not made
+    cross_entropy(logits, torch.randint(0, 101, (12,)))
+    assert made  # with autograd on, the gradient is made in the forward pass
