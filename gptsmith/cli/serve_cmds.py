@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
 
+from gptsmith.config import check_number
 from gptsmith.errors import ConfigError
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -59,10 +61,7 @@ def run_serve(args: argparse.Namespace) -> int:
         import uvicorn  # noqa: F401
     except ImportError:
         raise ConfigError("serving needs FastAPI and uvicorn: pip install 'gptsmith[serve]'") from None
-    for flag in ("port", "max_batch", "max_prompt_tokens", "max_tokens", "max_body_bytes"):
-        value = getattr(args, flag)
-        if value is not None and value < (0 if flag == "port" else 1):
-            raise ConfigError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
+    check_number("--port", args.port, whole=True, minimum=0)
     if args.port > 65535:
         raise ConfigError(f"--port must be at most 65535, got {args.port}")
     api_key = args.api_key or os.environ.get("GPTSMITH_API_KEY") or None
@@ -72,16 +71,13 @@ def run_serve(args: argparse.Namespace) -> int:
     from gptsmith.serve.app import ServerSettings
     from gptsmith.serve.server import run_server
 
+    # The caps are checked here, before the model loads (ServerSettings' own checks, one wording).
+    settings = ServerSettings(api_key=api_key, max_batch=args.max_batch,
+                              max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens,
+                              max_body_bytes=args.max_body_bytes)
     model, tokenizer, config, name = load_for_generation(args)
-    settings = ServerSettings(
-        model_name=args.name or Path(name.rstrip("/")).name or name,
-        api_key=api_key,
-        max_batch=args.max_batch,
-        max_prompt_tokens=args.max_prompt_tokens,
-        max_tokens=args.max_tokens,
-        max_body_bytes=args.max_body_bytes,
-        template=template_from_config(config),
-    )
+    settings = dataclasses.replace(settings, model_name=args.name or Path(name.rstrip("/")).name or name,
+                                   template=template_from_config(config))
     if args.host not in LOOPBACK and api_key is None:
         print(f"gptsmith serve: warning: listening on {args.host} without an API key: anyone who can reach "
               "this port can use the model (add --api-key)", file=sys.stderr)

@@ -95,7 +95,9 @@ def test_serve_answers_with_the_template_and_exits_0_on_sigterm(instruct_checkpo
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (["--max-batch", "0"], "--max-batch must be a positive integer"),
+    (["--max-batch", "0"], "--max-batch must be a whole number >= 1, got 0"),
+    (["--max-tokens", "-5"], "--max-tokens must be a whole number >= 1, got -5"),
+    (["--port", "-1"], "--port must be a whole number >= 0, got -1"),
     (["--port", "70000"], "--port must be at most 65535"),
 ])
 def test_serve_bad_flags_are_one_line(capsys, instruct_checkpoint, flags, message):
