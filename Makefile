@@ -29,7 +29,7 @@ setup-dev: $(VENV)/.torch
 run: setup
 	$(BIN)/gptsmith download gpt2-bpe
 	$(BIN)/gptsmith train --out $(RUN_DIR) --overwrite
-	$(BIN)/gptsmith generate --checkpoint $(RUN_DIR) --max-new-tokens 60 "The module"
+	$(BIN)/gptsmith generate --checkpoint $(RUN_DIR) --max-new-tokens 60 --temperature 0.8 --top-k 40 --seed 1 "The module"
 
 test: setup-dev browser
 	$(BIN)/python -m pytest -q
