@@ -203,6 +203,7 @@ class Trainer:
         self._fit_started = True
         if fresh and self.run_dir is not None:
             replace_old_run(self.run_dir, overwrite=self.overwrite, is_main=is_main)
+            barrier(self.dist)  # every process looks for an old run before the main one writes the new one
         if is_main and self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._write_run_info()  # on resume too: a new --max-steps must stick for the next resume
