@@ -22,9 +22,9 @@ once, at the start of a new run:
    steps down once). It never grows again.
 
 The chosen figures go into run.json (``time_budget``; a shrink adds ``resized`` and
-``sized_max_steps``) and the train
-config's ``max_steps``; a resumed run reads them back and keeps the schedule (it is never sized
-again, and its clock is not checked: the budget belonged to the first run).
+``sized_max_steps``) and the train config's ``max_steps``; a resumed run reads them back and keeps
+the schedule (it is never sized again, and its clock is not checked: the budget belonged to the
+first run).
 """
 
 from __future__ import annotations
@@ -136,12 +136,27 @@ def plan_budget(
         eval_s=eval_s, sample_s=sample_s, checkpoint_s=checkpoint_s, eval_every=cfg.eval_every,
         sample_every=cfg.sample_every, checkpoint_every=cfg.checkpoint_every,
     )
-    warmup = cfg.warmup_steps
-    if warmup >= max_steps:  # keep a decay to complete: warm up over at most a tenth of the run
-        warmup = max(done_steps, max_steps // 10)
+    warmup = warmup_within(cfg.warmup_steps, done_steps, max_steps)
     return BudgetPlan(budget_s=budget_s, measured_steps=len(step_times), step_s=step_s, eval_s=eval_s,
                       sample_s=sample_s, checkpoint_s=checkpoint_s, spent_s=elapsed_s,
                       max_steps=max_steps, warmup_steps=warmup)
+
+
+def warmup_within(warmup_steps: int, done_steps: int, max_steps: int) -> int:
+    """``warmup_steps``, or when it would take the whole run, a tenth of it (never before
+    ``done_steps``): a sized or shrunk schedule keeps a decay to complete."""
+    return warmup_steps if warmup_steps < max_steps else max(done_steps, max_steps // 10)
+
+
+def apply_plan(trainer: Any, plan: dict[str, Any]) -> None:
+    """Make ``plan`` (a ``BudgetPlan.to_dict()``, maybe with shrinks) the trainer's schedule: its
+    config, run.json and, on the main process, ``on_schedule``."""
+    trainer.cfg = trainer.cfg.replace(max_steps=plan["max_steps"], warmup_steps=plan["warmup_steps"])
+    trainer.run_info["time_budget"] = plan
+    if trainer.dist.is_main:
+        if trainer.run_dir is not None:
+            trainer._write_run_info()
+        trainer.callbacks.on_schedule(dict(plan))
 
 
 def probe_done(step_times: list[float], budget_s: float) -> bool:
@@ -168,12 +183,7 @@ def size_trainer(trainer: Any, budget_s: float, elapsed_s: float, step_times: li
     agreed = all_reduce_mean(torch.tensor([plan.max_steps, plan.warmup_steps], dtype=torch.float64,
                                           device=trainer.device), trainer.dist).tolist()
     plan.max_steps, plan.warmup_steps = int(agreed[0]), int(agreed[1])
-    trainer.cfg = trainer.cfg.replace(max_steps=plan.max_steps, warmup_steps=plan.warmup_steps)
-    trainer.run_info["time_budget"] = plan.to_dict()
-    if trainer.dist.is_main:
-        if trainer.run_dir is not None:
-            trainer._write_run_info()
-        trainer.callbacks.on_schedule(plan.to_dict())
+    apply_plan(trainer, plan.to_dict())
 
 
 class BudgetWatch:
@@ -240,16 +250,9 @@ def shrink_if_late(trainer: Any, remaining_s: float, recent_step_s: list[float])
     if steps_that_fit(LATE_MARGIN) >= cfg.max_steps:
         return False
     fits = steps_that_fit(MARGIN)
-    warmup = cfg.warmup_steps
-    if warmup >= fits:  # keep a decay to complete, as when sizing
-        warmup = max(trainer.step, fits // 10)
-    trainer.cfg = cfg.replace(max_steps=fits, warmup_steps=warmup)
     plan.setdefault("sized_max_steps", plan["max_steps"])  # what the first sizing chose
     plan.setdefault("resized", []).append({"at_step": trainer.step, "step_s": round(step_s, 6),
                                            "max_steps": fits})
-    plan.update(max_steps=fits, warmup_steps=warmup)
-    if trainer.dist.is_main:
-        if trainer.run_dir is not None:
-            trainer._write_run_info()
-        trainer.callbacks.on_schedule(dict(plan))
+    plan.update(max_steps=fits, warmup_steps=warmup_within(cfg.warmup_steps, trainer.step, fits))
+    apply_plan(trainer, plan)
     return True
