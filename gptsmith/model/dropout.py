@@ -11,6 +11,8 @@ GPUs (whose dropout kernel is fast) and CPU inference take PyTorch's own path.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,9 +26,7 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, *,
 
     Uses the default random generator, so ``torch.manual_seed`` and a saved RNG state reproduce it.
     """
-    n_elements = 1
-    for size in shape:
-        n_elements *= size
+    n_elements = math.prod(shape)
     words = (n_elements + 3) // 4  # four 16-bit lanes per 64-bit draw
     bits = torch.randint(-(2**63), 2**63 - 1, (words,), dtype=torch.int64, device=device)
     lanes = bits.view(torch.int16)[:n_elements].view(shape)  # each uniform over [-32768, 32767]
@@ -42,11 +42,10 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """``F.dropout(x, p, training)``, with ``keep_mask`` for the mask when training on the CPU."""
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or not 0.0 < p < 1.0 or x.numel() == 0:
+    # PyTorch's path off the CPU, for rates it refuses, and for p so close to 1 that every lane drops
+    if (x.device.type != "cpu" or not 0.0 < p < 1.0 or x.numel() == 0
+            or (dropped := _dropped_lanes(p)) == _LANES):
         return F.dropout(x, p, training)
-    dropped = _dropped_lanes(p)
-    if dropped == _LANES:
-        return F.dropout(x, p, training)  # p so close to 1 that every lane drops: PyTorch's path
     scale = _LANES / (_LANES - dropped)  # 1 / (1 - the rate actually used)
     return x.mul(keep_mask(x.shape, p, device=x.device)).mul_(scale)  # in place: no third buffer
 
@@ -55,8 +54,6 @@ class Dropout(nn.Dropout):
     """``nn.Dropout`` (same settings, no parameters) that takes ``dropout`` above in training."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
         if self.inplace:
             return super().forward(x)
-        return dropout(x, self.p)
+        return dropout(x, self.p, self.training)
