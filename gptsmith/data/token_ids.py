@@ -2,7 +2,8 @@
 
 ``token_id_list`` is the one check behind ``generate``'s prompts, ``decode``, sliding windows and
 stop sequences: lists, numpy arrays and tensors of integers (numpy and 0-d tensor scalars too)
-pass; floats, bools, text and None are refused rather than cut to other ids.
+pass; floats, bools, text and None are refused rather than cut to other ids. ``token_id_array``
+is the same rule for a whole corpus, as a numpy array.
 """
 
 from __future__ import annotations
@@ -33,6 +34,25 @@ def token_id_list(ids: object, what: str = "token ids") -> list[int]:
         if isinstance(value, bool) or not (isinstance(value, int | np.integer) or scalar):
             raise DataError(f"{what} must be integer token ids, got {value!r:.40} ({type(value).__name__})")
     return [int(v) for v in values]
+
+
+def token_id_array(ids: object, what: str = "token ids") -> np.ndarray:
+    """``ids`` as a numpy array of integers, by ``token_id_list``'s rules (an array stays itself: a
+    memmap is not copied; a tensor becomes its numpy view; a list of plain ints is one C pass)."""
+    if hasattr(ids, "detach"):  # a tensor
+        ids = ids.detach().cpu().numpy()
+    if not isinstance(ids, np.ndarray):
+        if isinstance(ids, str | bytes) or ids is None or not hasattr(ids, "__len__"):
+            raise DataError(f"{what} must be a sequence of integer token ids, got {ids!r:.60}")
+        array = np.asarray(ids)
+        # numpy reads True in [1, True] (or np.True_) as 1: anything but plain integers takes the
+        # element-by-element check, which refuses bools.
+        plain_ints = array.dtype.kind in ("i", "u") and all(
+            kind is int or issubclass(kind, np.integer) for kind in set(map(type, ids)))
+        ids = array if plain_ints else np.asarray(token_id_list(ids, what), dtype=np.int64)
+    if not _integer_dtype(ids.dtype):  # floats would be cut to other ids without a word
+        raise DataError(f"{what} must be integer token ids, got an array of {ids.dtype}")
+    return ids
 
 
 def _integer_dtype(dtype: object) -> bool:

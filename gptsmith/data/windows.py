@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from gptsmith.data.corpus import CorpusSource, resolve_corpus
 from gptsmith.data.shards import TokenShard, prepare_corpus, token_dtype
-from gptsmith.data.token_ids import token_id_list
+from gptsmith.data.token_ids import token_id_array
 from gptsmith.data.tokenizer import Tokenizer, as_tokenizer
 from gptsmith.device import check_seed
 from gptsmith.errors import ConfigError, DataError
@@ -113,20 +113,7 @@ class SlidingWindowDataset(Dataset):
     def __init__(self, tokens: np.ndarray | Sequence[int] | torch.Tensor, max_length: int, stride: int):
         max_length = whole_number("max_length", max_length)
         stride = whole_number("stride", stride)
-        if isinstance(tokens, torch.Tensor):
-            tokens = tokens.detach().cpu().numpy()
-        if not isinstance(tokens, np.ndarray):
-            if isinstance(tokens, str | bytes) or not hasattr(tokens, "__len__"):
-                raise DataError(f"tokens must be a sequence of integer token ids, got {tokens!r:.60}")
-            array = np.asarray(tokens)  # one C pass for a list of ints; anything else is checked below
-            # numpy reads True in [1, True] (or np.True_) as 1: anything but plain integers takes the
-            # checked path, which refuses bools.
-            plain_ints = array.dtype.kind in ("i", "u") and all(
-                kind is int or issubclass(kind, np.integer) for kind in set(map(type, tokens)))
-            tokens = array if plain_ints else np.asarray(token_id_list(tokens, "tokens"), dtype=np.int64)
-        if tokens.dtype.kind not in ("i", "u"):  # floats would be cut to other ids without a word
-            raise DataError(f"tokens must be integer token ids, got an array of {tokens.dtype}")
-        self.tokens = tokens
+        self.tokens = token_id_array(tokens, "tokens")
         if self.tokens.ndim != 1:
             raise DataError(f"tokens must be a flat sequence of ids, got shape {tuple(self.tokens.shape)}")
         self.max_length = max_length
