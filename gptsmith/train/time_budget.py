@@ -6,7 +6,8 @@ once, at the start of a new run:
 
 1. the clock starts when training starts; the untrained baseline evaluation is timed;
 2. the first steps are timed (``PROBE_STEPS``, fewer when they would take over a tenth of the
-   budget); they run with the configured warm-up, which does not depend on ``max_steps``;
+   budget), each from the end of the step before, so the callbacks and logging count; they run
+   with the configured warm-up, which does not depend on ``max_steps``;
 3. one sample and one checkpoint's serialisation are timed (nothing is written);
 4. ``size_schedule`` picks the largest ``max_steps`` whose remaining steps, evaluations, samples
    and checkpoints (at the steps the config puts them, the final ones included) fit in what is
@@ -207,7 +208,10 @@ class BudgetWatch:
         """Record one step; size the schedule once the probe is done, later shrink it if late."""
         now = time.perf_counter()
         if self.probe_times is not None:
-            self.probe_times.append(seconds)
+            # Timed as the re-checks time them (callbacks and logging included), so a run that
+            # keeps its pace is never found late; the first step has no start mark but its own.
+            self.probe_times.append(seconds if self.last_step_end is None else now - self.last_step_end)
+            self.last_step_end = now
             # Sizing is a collective: every process must decide to size at the same step (the time
             # test of probe_done could pass on one and not yet on another).
             if any_rank(probe_done(self.probe_times, self.budget_s), trainer.dist, trainer.device):
