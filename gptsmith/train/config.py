@@ -27,6 +27,8 @@ def parse_duration(value: Any, *, name: str = "--time-budget") -> float:
         raise ConfigError(f"{name} must be a positive duration, got {value!r}")
     return seconds
 
+OPTIMIZERS = ("adamw", "muon")  # build_optimizer (schedule.py) makes each
+
 
 @dataclass
 class TrainConfig:
@@ -49,6 +51,8 @@ class TrainConfig:
     # driven towards zero probability (see docs/train.md, "Recipes").
     label_smoothing: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)
+    # "adamw", or "muon": Muon for the transformer's matrices and AdamW for the rest (schedule.py)
+    optimizer: str = "adamw"
     grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
     eval_every: int = 50  # steps between evaluations (0 = only at the end)
     eval_batches: int = 10  # batches per split per evaluation
@@ -115,6 +119,9 @@ class TrainConfig:
             raise ConfigError(f"{flag('betas')} must be two numbers in [0, 1), e.g. [0.9, 0.95], "
                               f"got {betas!r}")
         self.betas = tuple(betas)
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"{flag('optimizer')} must be one of {', '.join(OPTIMIZERS)}, "
+                              f"got {self.optimizer!r}")
         number("sample_temperature", self.sample_temperature)
         if self.sample_temperature < 0:
             raise ConfigError(f"{flag('sample_temperature')} must be >= 0 (0 = greedy), "

@@ -4,7 +4,8 @@
   keeps the first updates small while Adam's moment estimates are still noise; the cosine tail
   lets the model settle into a minimum instead of bouncing around it at full step size.
 - ``param_groups``: weight decay only on the 2-D weight matrices of the linear layers.
-- ``build_optimizer``: AdamW with the fastest implementation the device offers.
+- ``build_optimizer``: AdamW with the fastest implementation the device offers, or ``MuonAdamW``
+  (``optimizer="muon"``): Muon for the transformer's weight matrices, AdamW for the rest.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import math
 
 import torch
 from torch import nn
+
+from gptsmith.errors import ConfigError
+from gptsmith.train.config import OPTIMIZERS
 
 
 def lr_at_step(step: int, *, peak_lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> float:
@@ -60,16 +64,92 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(
-    model: nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95)
-) -> torch.optim.AdamW:
-    """AdamW over ``param_groups``, fused into one kernel where the device supports it.
+    model: nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95),
+    optimizer: str = "adamw",
+) -> torch.optim.AdamW | MuonAdamW:
+    """The optimizer called ``optimizer`` (``OPTIMIZERS``) over ``model``'s parameters.
 
-    The fused implementation updates all parameters in one pass per group: a whole tiny-preset
-    training step on a 2-core EPYC CPU (torch 2.13) was 1.6x faster with it than with
-    ``foreach`` in fp32, 1.1x under bf16 autocast.
-    It exists for CPU and CUDA (and MPS in recent torch); elsewhere ``foreach`` is the fast path.
+    ``"adamw"``: AdamW over ``param_groups``, fused into one kernel where the device supports it
+    (a whole tiny-preset training step on a 2-core EPYC CPU, torch 2.13, was 1.6x faster with it
+    than with ``foreach`` in fp32, 1.1x under bf16 autocast; it exists for CPU, CUDA and MPS,
+    elsewhere ``foreach`` is the fast path). ``"muon"``: ``MuonAdamW``.
     """
+    if optimizer == "muon":
+        return MuonAdamW(model, lr=lr, weight_decay=weight_decay, betas=betas)
+    if optimizer != "adamw":
+        raise ConfigError(f"unknown optimizer {optimizer!r} (known: {', '.join(OPTIMIZERS)})")
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, **_adamw_kernel(model))
+
+
+def _adamw_kernel(model: nn.Module) -> dict[str, bool]:
     device_type = next(model.parameters()).device.type
-    fused = device_type in ("cpu", "cuda", "mps")
-    kwargs = {"fused": True} if fused else {"foreach": True}
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, **kwargs)
+    return {"fused": True} if device_type in ("cpu", "cuda", "mps") else {"foreach": True}
+
+
+def muon_matrices(model: nn.Module) -> list[nn.Parameter]:
+    """The weights Muon updates: every trainable 2-D matrix but the embeddings and the output head.
+
+    Muon orthogonalises each update, which suits matrices that map one hidden space to another.
+    An embedding (and the head, its tied twin or an untied one) is a table of rows, each seen only
+    with its own token: those stay with AdamW, as in Muon's own recipe."""
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    head = getattr(model, "out_head", None)
+    if head is not None:
+        tables.add(id(head.weight))
+    return [p for p in model.parameters() if p.requires_grad and p.dim() == 2 and id(p) not in tables]
+
+
+class MuonAdamW:
+    """``torch.optim.Muon`` for the transformer's matrices (``muon_matrices``), fused AdamW for the
+    embeddings, head, biases and norms, stepped as one optimizer.
+
+    Muon (momentum, then Newton-Schulz orthogonalisation of the update) trains the tinyshakespeare
+    recipe's model to a lower loss in the same steps (BENCHMARKS.md, "Budget"). Its step size
+    follows the ``"match_rms_adamw"`` rule (lr x 0.2 x sqrt(larger side)), so one learning rate and
+    one schedule drive both halves. Needs ``torch.optim.Muon`` (PyTorch 2.9 or later).
+
+    ``param_groups`` lists the Muon groups first, then AdamW's: a schedule that sets each group's
+    ``"lr"`` drives both. ``state_dict`` holds both optimizers' states, for an exact resume.
+    """
+
+    def __init__(self, model: nn.Module, *, lr: float, weight_decay: float,
+                 betas: tuple[float, float] = (0.9, 0.95)) -> None:
+        muon_class = getattr(torch.optim, "Muon", None)
+        if muon_class is None:
+            raise ConfigError(f"--optimizer muon needs PyTorch 2.9 or later (torch.optim.Muon); this is "
+                              f"torch {torch.__version__} (upgrade torch, or use --optimizer adamw)")
+        matrices = muon_matrices(model)
+        if not matrices:
+            raise ConfigError("--optimizer muon found no weight matrices to update outside the "
+                              "embeddings and head (use --optimizer adamw)")
+        in_muon = {id(p) for p in matrices}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in in_muon]
+        self.muon = muon_class(matrices, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
+        # Embeddings, head, biases and norms: never decayed (``param_groups`` says why).
+        self.adamw = torch.optim.AdamW([{"params": rest, "weight_decay": 0.0}], lr=lr, betas=betas,
+                                       **_adamw_kernel(model))
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.muon.param_groups + self.adamw.param_groups
+
+    @property
+    def state(self) -> dict:
+        return {**self.muon.state, **self.adamw.state}
+
+    def step(self) -> None:
+        self.muon.step()
+        self.adamw.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none=set_to_none)
+        self.adamw.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state) != {"muon", "adamw"}:
+            raise ValueError("not a Muon + AdamW optimizer state (was it saved by --optimizer adamw?)")
+        self.muon.load_state_dict(state["muon"])
+        self.adamw.load_state_dict(state["adamw"])

@@ -105,7 +105,7 @@ class Trainer:
         self.val_eval = FixedBatches(val_tokens, self.context_length, eval_batch, cfg.eval_batches)
 
         self.optimizer = build_optimizer(self.model, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                         betas=tuple(cfg.betas))
+                                         betas=tuple(cfg.betas), optimizer=cfg.optimizer)
         self.train_model: torch.nn.Module = self.model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -164,6 +164,10 @@ class Trainer:
             why = (" (it holds Hugging Face GPT-2 weights: was a `gptsmith convert --to hf` written over it?)"
                    if hf else f" (missing {missing[:3]}{'...' if len(missing) > 3 else ''})")
             raise CheckpointError(f"{path}/model.safetensors does not match the model{why}")
+        saved_optimizer = "muon" if set(state["optimizer"]) == {"muon", "adamw"} else "adamw"
+        if saved_optimizer != self.cfg.optimizer:
+            raise CheckpointError(f"{path} was trained with optimizer={saved_optimizer!r}, this run has "
+                                  f"{self.cfg.optimizer!r} (resume with --optimizer {saved_optimizer})")
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["data"])
         restore_rng_state(state["rng"])

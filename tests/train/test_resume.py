@@ -72,6 +72,26 @@ def test_stopped_run_resumes_bit_identically(tmp_path, how, full):
     assert train_records == full.losses
 
 
+def test_a_muon_run_resumes_bit_identically(tmp_path):
+    """Both halves of MuonAdamW (Muon's momentum, AdamW's moments) come back from the checkpoint."""
+    cfg = resume_config(optimizer="muon")
+    full_run = make_trainer(tmp_path / "full", cfg, model_cfg=DROPOUT).fit()
+    trainer = make_trainer(tmp_path / "run", cfg, model_cfg=DROPOUT)
+    trainer.callbacks = StopAt(trainer, 6)
+    stopped = trainer.fit()
+    resumed = make_trainer(tmp_path / "run", cfg, model_cfg=DROPOUT)
+    resumed.resume()
+    assert stopped.losses + resumed.fit().losses == full_run.losses
+
+
+@pytest.mark.parametrize("saved, here", [("adamw", "muon"), ("muon", "adamw")])
+def test_resume_with_another_optimizer_names_the_one_to_use(tmp_path, saved, here):
+    run = tmp_path / "run"
+    make_trainer(run, resume_config(max_steps=4, optimizer=saved)).fit()
+    with pytest.raises(CheckpointError, match=rf"trained with optimizer='{saved}'.*--optimizer {saved}"):
+        make_trainer(run, resume_config(optimizer=here)).resume()
+
+
 def test_corrupt_checkpoint_is_refused_and_fallback_uses_the_previous_one(tmp_path, full):
     run = tmp_path / "run"
     trainer = make_trainer(run, resume_config(), model_cfg=DROPOUT)

@@ -34,7 +34,7 @@ from gptsmith.train.evaluation import (
     perplexity,
 )
 from gptsmith.train.recipes import RECIPES
-from gptsmith.train.schedule import lr_at_step, param_groups
+from gptsmith.train.schedule import MuonAdamW, build_optimizer, lr_at_step, muon_matrices, param_groups
 from gptsmith.train.trainer import Trainer
 
 
@@ -122,6 +122,48 @@ def test_weight_decay_only_on_linear_matrices():
 
 
 # --- batches ------------------------------------------------------------------------------------
+
+
+def test_muon_takes_the_block_matrices_and_adamw_everything_else():
+    model = GPTModel(GPTConfig(**{**TINY.to_dict(), "tie_weights": False}))
+    names = {id(p): n for n, p in model.named_parameters()}
+    in_muon = sorted(names[id(p)] for p in muon_matrices(model))
+    assert in_muon and all(n.startswith("trf_blocks.") and n.endswith(".weight") for n in in_muon)
+    assert len(in_muon) == 4 * TINY.n_layers  # qkv, out_proj, and the MLP's two matrices per block
+    optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.1, optimizer="muon")
+    assert isinstance(optimizer, MuonAdamW)
+    groups = [[id(p) for p in g["params"]] for g in optimizer.param_groups]
+    assert sorted(i for g in groups for i in g) == sorted(names)  # every parameter, exactly once
+    assert names[id(model.out_head.weight)] not in in_muon and "tok_emb.weight" not in in_muon
+
+
+def test_muon_steps_are_orthogonalised_and_follow_the_schedule_lr():
+    """A first Muon step moves a matrix by ~0.2 x lr per entry (rms), whatever its gradient's size;
+    AdamW's first step moves every entry by lr. Setting each group's lr (as the trainer does) sets both."""
+    torch.manual_seed(0)
+    model = GPTModel(TINY)
+    optimizer = build_optimizer(model, lr=1.0, weight_decay=0.0, optimizer="muon")
+    for group in optimizer.param_groups:
+        group["lr"] = 1e-3
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ids = torch.randint(0, TINY.vocab_size, (8, 16))
+    (model(ids).float().square().mean() * 1e3).backward()
+    gradient = torch.linalg.svdvals(dict(model.named_parameters())["trf_blocks.0.ff.layers.0.weight"].grad)
+    optimizer.step()
+    matrix = "trf_blocks.0.ff.layers.0.weight"
+    moved = dict(model.named_parameters())
+    step_rms = (moved[matrix] - before[matrix]).pow(2).mean().sqrt().item() / 1e-3
+    assert 0.1 < step_rms < 0.35
+    # Orthogonalised: the step's singular values are alike (the gradient's spread over a factor ~12).
+    singular_values = torch.linalg.svdvals((moved[matrix] - before[matrix]).detach())
+    assert singular_values.max() / singular_values.median() < 2 < gradient.max() / gradient.median()
+    norm_shift = (moved["final_norm.shift"] - before["final_norm.shift"]).abs()
+    assert torch.allclose(norm_shift[norm_shift > 0], torch.tensor(1e-3), rtol=0.01)  # AdamW: ±lr
+
+
+def test_training_with_muon_lowers_the_loss(tmp_path):
+    result = make_trainer(tmp_path / "run", tiny_config(max_steps=30, eval_every=30, optimizer="muon")).fit()
+    assert result.losses[-1] < result.losses[0] - 1.0
 
 
 def test_window_sampler_covers_each_window_once_per_epoch_and_resumes():
