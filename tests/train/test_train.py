@@ -161,6 +161,16 @@ def test_muon_steps_are_orthogonalised_and_follow_the_schedule_lr():
     assert torch.allclose(norm_shift[norm_shift > 0], torch.tensor(1e-3), rtol=0.01)  # AdamW: ±lr
 
 
+def test_without_torch_muon_recipes_fall_back_to_adamw_and_asking_for_muon_is_clear(monkeypatch):
+    from gptsmith.train.recipes import get_recipe
+
+    assert get_recipe("default")["train"]["optimizer"] == "muon"
+    monkeypatch.delattr(torch.optim, "Muon")
+    assert get_recipe("default")["train"]["optimizer"] == "adamw"
+    with pytest.raises(ConfigError, match=r"needs PyTorch 2.9 or later .*--optimizer adamw"):
+        build_optimizer(GPTModel(TINY), lr=1e-3, weight_decay=0.0, optimizer="muon")
+
+
 def test_training_with_muon_lowers_the_loss(tmp_path):
     result = make_trainer(tmp_path / "run", tiny_config(max_steps=30, eval_every=30, optimizer="muon")).fit()
     assert result.losses[-1] < result.losses[0] - 1.0
