@@ -19,7 +19,7 @@ from gptsmith.errors import ConfigError
 RECIPES: dict[str, dict[str, Any]] = {
     # The main job (`gptsmith train` with no arguments): a few minutes on 2 CPU cores. Label
     # smoothing costs 0.04 nats of val loss here and saves ~1 nat on English outside the corpus
-    # (docs/train.md, "Recipes"); ~4.6 passes do not memorise, so no dropout (+0.05 more). Muon:
+    # (docs/train.md, "Recipes"); ~4.6 passes did not memorise with AdamW, so no dropout. Muon:
     # 0.15 nats lower val loss and 0.13-0.28 on English outside the corpus than AdamW, same steps.
     "default": {
         "preset": "tiny",

@@ -36,6 +36,25 @@ def one_error_line(capsys) -> str:
     return err.strip()
 
 
+def test_a_run_from_before_the_optimizer_choice_resumes_with_adamw(inputs, tmp_path, capsys):
+    """run.json files written before `optimizer` existed hold AdamW states: they resume as AdamW,
+    and asking for Muon on resume is refused (the optimizer cannot change mid-run)."""
+    corpus, config = inputs
+    run = tmp_path / "run"
+    assert main(train_args(corpus, config, run, "--max-steps", "2", "--eval-every", "2",
+                           "--optimizer", "adamw")) == 0
+    run_json = run / "run.json"
+    info = json.loads(run_json.read_text())
+    del info["train"]["optimizer"]
+    run_json.write_text(json.dumps(info))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--max-steps", "3", "--no-progress",
+                 "--optimizer", "muon"]) == 2
+    assert "optimizer='adamw' in the run vs 'muon' asked for" in one_error_line(capsys)
+    assert main(["train", "--resume", str(run), "--max-steps", "3", "--no-progress"]) == 0
+    assert (run / "latest").read_text().strip() == "checkpoints/step-000003"
+
+
 def test_resume_accepts_the_runs_own_model_and_lists_what_differs(inputs, tmp_path, capsys):
     corpus, config = inputs
     run = tmp_path / "run"
