@@ -26,7 +26,8 @@ from training_helpers import make_trainer, tiny_config
 
 torch.set_num_threads(1)  # two processes share two cores
 world = int(os.environ.get("WORLD_SIZE", "1"))
-cfg = tiny_config(batch_size=4 // world, max_steps=6, eval_every=3, target_batch_tokens=4 * 32 * 2)
+cfg = tiny_config(batch_size=4 // world, max_steps=6, eval_every=3, target_batch_tokens=4 * 32 * 2,
+                  optimizer=os.environ["TEST_OPTIMIZER"])
 run_dir = sys.argv[2] if len(sys.argv) > 2 else None
 trainer = make_trainer(run_dir, cfg)
 result = trainer.fit()
@@ -39,8 +40,13 @@ shutdown(trainer.dist)
 """
 
 
+# Muon orthogonalises each update in bfloat16, which amplifies the ~1e-7 differences of the
+# all-reduce (1.1e-5 measured over these 6 steps); a wrong data split or a missing all-reduce moves
+# the losses by far more.
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process(tmp_path):
+@pytest.mark.parametrize("optimizer, tolerance", [("adamw", 1e-5), ("muon", 1e-4)])
+def test_two_process_ddp_matches_one_process(tmp_path, monkeypatch, optimizer, tolerance):
+    monkeypatch.setenv("TEST_OPTIMIZER", optimizer)
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER.format(tests_dir=str(TESTS_DIR)), encoding="utf-8")
     single, double = tmp_path / "single.json", tmp_path / "ddp.json"
@@ -53,8 +59,8 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     one, two = json.loads(single.read_text()), json.loads(double.read_text())
     assert (one["world"], two["world"]) == (1, 2)
     assert one["accum"] == two["accum"] == 2  # accumulation + no_sync exercised in both
-    assert two["losses"] == pytest.approx(one["losses"], rel=1e-5, abs=1e-5)
-    assert two["val"] == pytest.approx(one["val"], rel=1e-5, abs=1e-5)
+    assert two["losses"] == pytest.approx(one["losses"], rel=tolerance, abs=tolerance)
+    assert two["val"] == pytest.approx(one["val"], rel=tolerance, abs=tolerance)
     assert one["losses"][-1] < one["losses"][0]
     # Only rank 0 wrote the run directory.
     assert (tmp_path / "run" / "latest").read_text().strip() == "checkpoints/step-000006"
