@@ -159,7 +159,8 @@ def test_a_short_burst_of_slow_steps_costs_the_run_no_more_than_its_own_time(tmp
         pytest.skip("the machine was too slow: too few steps fitted for the burst to stand out")
     # The burst took ~0.25 s of a ~2.4 s training phase: a shrink may take back about that much, but
     # it must not read the burst's pace as the pace of the whole rest (that would cut the run to ~1/4).
-    assert result.step >= 0.7 * sized["max_steps"]
+    # Steps of ~4 ms jitter too: a fresh-clone CI run kept 69% (451 of 651), so the bound is 1/2.
+    assert result.step >= 0.5 * sized["max_steps"]
 
 
 def test_the_command_line_says_a_big_shrink_and_lets_the_bar_show_small_ones(capsys):
