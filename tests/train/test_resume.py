@@ -72,9 +72,8 @@ def test_stopped_run_resumes_bit_identically(tmp_path, how, full):
     assert train_records == full.losses
 
 
-def test_a_muon_run_resumes_bit_identically(tmp_path):
-    """Both halves of MuonAdamW (Muon's momentum, AdamW's moments) come back from the checkpoint."""
-    cfg = resume_config(optimizer="muon")
+def assert_stop_at_6_resumes_bit_identically(tmp_path, cfg):
+    """A run of ``cfg`` stopped at step 6 and resumed gives the uninterrupted run's losses exactly."""
     full_run = make_trainer(tmp_path / "full", cfg, model_cfg=DROPOUT).fit()
     trainer = make_trainer(tmp_path / "run", cfg, model_cfg=DROPOUT)
     trainer.callbacks = StopAt(trainer, 6)
@@ -82,6 +81,12 @@ def test_a_muon_run_resumes_bit_identically(tmp_path):
     resumed = make_trainer(tmp_path / "run", cfg, model_cfg=DROPOUT)
     resumed.resume()
     assert stopped.losses + resumed.fit().losses == full_run.losses
+
+
+def test_a_muon_run_resumes_bit_identically(tmp_path):
+    """Both halves of MuonAdamW (Muon's momentum, AdamW's moments) come back from the checkpoint."""
+    cfg = resume_config(optimizer="muon")
+    assert_stop_at_6_resumes_bit_identically(tmp_path, cfg)
 
 
 @pytest.mark.parametrize("saved, here", [("adamw", "muon"), ("muon", "adamw")])
@@ -209,10 +214,4 @@ def test_resume_is_bit_identical_under_bf16_autocast(tmp_path):
     if not cpu_has_fast_bf16():
         pytest.skip("this CPU has no native bf16, so `gptsmith train` would not use bf16 autocast")
     cfg = resume_config(dtype="bf16")
-    full_run = make_trainer(tmp_path / "full", cfg, model_cfg=DROPOUT).fit()
-    trainer = make_trainer(tmp_path / "run", cfg, model_cfg=DROPOUT)
-    trainer.callbacks = StopAt(trainer, 6)
-    stopped = trainer.fit()
-    resumed = make_trainer(tmp_path / "run", cfg, model_cfg=DROPOUT)
-    resumed.resume()
-    assert stopped.losses + resumed.fit().losses == full_run.losses
+    assert_stop_at_6_resumes_bit_identically(tmp_path, cfg)
