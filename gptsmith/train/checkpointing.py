@@ -7,8 +7,7 @@ Layout::
     RUN_DIR/best                          text: the checkpoint with the lowest validation loss
     RUN_DIR/checkpoints/step-000300/      config.json + model.safetensors (a model directory, so every
                                           loader accepts it) + training_state.pt
-    RUN_DIR/metrics.jsonl                 one JSON record per logged step / evaluation
-    RUN_DIR/samples.txt                   "--- step N (tokens seen T)" and the sample, per sample
+    RUN_DIR/metrics.jsonl, samples.txt    the run's log (``run_log``)
     RUN_DIR/loss.png
 
 Every file is written atomically (``gptsmith.storage.atomic_path``), and ``latest`` moves only
@@ -21,7 +20,6 @@ strings and lists, so it loads with ``torch.load(weights_only=True)`` (no pickle
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -47,9 +45,7 @@ from gptsmith.model.weights import load_torch_file, read_safetensors
 from gptsmith.storage import atomic_torch_save, atomic_write_text, write_failure_reason
 
 STATE_FILE = "training_state.pt"
-METRICS_FILE = "metrics.jsonl"
 RUN_FILE = "run.json"
-SAMPLES_FILE = "samples.txt"
 LOSS_PLOT = "loss.png"
 
 
@@ -264,6 +260,27 @@ def check_global_batch(state: dict[str, Any], path: Path, tokens_per_step: int, 
     )
 
 
+def check_model_config(saved: dict[str, Any], ours: dict[str, Any], path: Path) -> None:
+    """Refuse to resume a checkpoint whose model config (``saved``) differs from this run's (``ours``)."""
+    differences = [f"{k}={saved.get(k)!r} there vs {ours[k]!r} here" for k in ours if saved.get(k) != ours[k]]
+    if differences:
+        raise CheckpointError(
+            f"{path} was trained with a different model config: {', '.join(differences)} "
+            "(resume with the same preset/config, or start a new run with another --out)"
+        )
+
+
+def load_checkpoint_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
+    """Load a checkpoint's ``weights`` into ``model`` (a tied head may be absent), or raise
+    ``CheckpointError`` saying what does not match."""
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or [k for k in missing if k != "out_head.weight"]:
+        hf = any(k.endswith("wte.weight") for k in unexpected)
+        why = (" (it holds Hugging Face GPT-2 weights: was a `gptsmith convert --to hf` written over it?)"
+               if hf else f" (missing {missing[:3]}{'...' if len(missing) > 3 else ''})")
+        raise CheckpointError(f"{path}/model.safetensors does not match the model{why}")
+
+
 def find_resume_checkpoint(
     run_dir: Path, *, fallback: bool = False
 ) -> tuple[dict[str, Any], list[tuple[Path, str]]]:
@@ -319,73 +336,3 @@ def quarantine_checkpoint(checkpoint_dir: Path) -> Path:
     if checkpoint_dir.exists():
         os.replace(checkpoint_dir, target)
     return target
-
-
-# --- Metrics ------------------------------------------------------------------------------------
-
-
-def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
-    """Append one JSON record to metrics.jsonl (a line written in one call, flushed)."""
-    path = Path(run_dir) / METRICS_FILE
-    with storage_errors(path), open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """All records of metrics.jsonl: JSON objects whose ``step`` is a number.
-
-    Anything else is skipped rather than fatal: a torn last line from a killed process, bytes
-    that are not UTF-8 or lines that are not such objects (a damaged file still resumes and plots
-    from the records it has).
-    """
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        step = record.get("step") if isinstance(record, dict) else None
-        if isinstance(step, int | float) and not isinstance(step, bool):
-            records.append(record)
-    return records
-
-
-def truncate_metrics(run_dir: Path, step: int) -> None:
-    """Drop records after ``step`` (logged by a run killed after its last checkpoint) before resuming."""
-    kept = [r for r in read_metrics(run_dir) if r["step"] <= step]
-    path = Path(run_dir) / METRICS_FILE
-    with storage_errors(path):
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
-
-
-# --- Samples ------------------------------------------------------------------------------------
-
-SAMPLE_HEADER = re.compile(r"^--- step (\d+) \(tokens seen [\d,]+\)$")
-
-
-def append_sample(run_dir: Path, step: int, tokens_seen: int, text: str) -> None:
-    """Append one sample, under a ``--- step N (tokens seen T)`` header, to samples.txt."""
-    path = Path(run_dir) / SAMPLES_FILE
-    with storage_errors(path), open(path, "a", encoding="utf-8") as f:
-        f.write(f"--- step {step} (tokens seen {tokens_seen:,})\n{text}\n")
-
-
-def truncate_samples(run_dir: Path, step: int) -> None:
-    """Drop the samples taken after ``step`` (by a run stopped after its last checkpoint), as
-    ``truncate_metrics`` drops their metrics, so the resumed run's samples follow in order."""
-    path = Path(run_dir) / SAMPLES_FILE
-    if not path.is_file():
-        return
-    kept, keeping = [], True
-    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
-        header = SAMPLE_HEADER.match(line.rstrip("\n"))
-        if header:
-            keeping = int(header.group(1)) <= step
-        if keeping:
-            kept.append(line)
-    with storage_errors(path):
-        atomic_write_text(path, "".join(kept))

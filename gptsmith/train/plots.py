@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gptsmith.errors import GptsmithError
-from gptsmith.train.checkpointing import METRICS_FILE, read_metrics
+from gptsmith.train.run_log import METRICS_FILE, read_metrics
 
 Records = list[dict[str, Any]]
 

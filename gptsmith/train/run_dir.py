@@ -21,9 +21,7 @@ from gptsmith.errors import ConfigError
 from gptsmith.train.checkpointing import (
     CHECKPOINTS,
     LOSS_PLOT,
-    METRICS_FILE,
     RUN_FILE,
-    SAMPLES_FILE,
     checkpoint_name,
     is_complete,
     list_checkpoints,
@@ -31,6 +29,7 @@ from gptsmith.train.checkpointing import (
     pointer_is_broken,
     read_pointer,
 )
+from gptsmith.train.run_log import METRICS_FILE, SAMPLES_FILE
 from gptsmith.version import __version__
 
 # Everything a run writes at its top level; --overwrite deletes these and nothing else.

@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from gptsmith.errors import ConfigError
+from gptsmith.errors import CheckpointError, ConfigError
 from gptsmith.train.config import OPTIMIZERS
 
 
@@ -79,6 +79,18 @@ def build_optimizer(
     if optimizer != "adamw":
         raise ConfigError(f"unknown optimizer {optimizer!r} (known: {', '.join(OPTIMIZERS)})")
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, **_adamw_kernel(model))
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer | MuonAdamW, state: dict, *, name: str,
+                         source: object) -> None:
+    """Load a checkpoint's optimizer ``state`` into ``optimizer`` (built as ``name``), refusing, in
+    one line that names the flag to resume with, a state another optimizer wrote (``source``: where
+    the state came from, for the message)."""
+    saved = "muon" if set(state) == {"muon", "adamw"} else "adamw"
+    if saved != name:
+        raise CheckpointError(f"{source} was trained with optimizer={saved!r}, this run has {name!r} "
+                              f"(resume with --optimizer {saved})")
+    optimizer.load_state_dict(state)
 
 
 def _adamw_kernel(model: nn.Module) -> dict[str, bool]:

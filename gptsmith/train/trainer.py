@@ -20,10 +20,11 @@ from gptsmith.config import to_dict
 from gptsmith.data.tokenizer import as_tokenizer
 from gptsmith.data.windows import count_windows
 from gptsmith.device import autocast, resolve_autocast_dtype, resolve_device, set_seed, tune_cpu_allocator
-from gptsmith.errors import CheckpointError, ConfigError, DataError
+from gptsmith.errors import ConfigError, DataError
 from gptsmith.model.memory import check_train_memory
 from gptsmith.storage import atomic_write_json
 from gptsmith.train import checkpointing as ckpt
+from gptsmith.train import run_log
 from gptsmith.train.batches import FixedBatches, WindowSampler
 from gptsmith.train.callbacks import TrainCallbacks, TrainResult, stop_signals
 from gptsmith.train.config import TrainConfig, check_trainer_inputs, parse_duration
@@ -32,7 +33,7 @@ from gptsmith.train.evaluation import NonFiniteLossError, evaluate, outputs_are_
 from gptsmith.train.losses import cross_entropy
 from gptsmith.train.rng_state import capture_rng_state, restore_rng_state
 from gptsmith.train.run_dir import divergence_advice, environment_info, replace_old_run
-from gptsmith.train.schedule import build_optimizer, lr_at_step
+from gptsmith.train.schedule import build_optimizer, load_optimizer_state, lr_at_step
 from gptsmith.train.time_budget import PROBE_STEPS, BudgetWatch, recorded_plan
 
 
@@ -146,29 +147,11 @@ class Trainer:
                     ckpt.quarantine_checkpoint(bad)
             problems.append(message)
         path = loaded["path"]
-        saved_model = loaded["config"]["model"]
-        ours = self.model.cfg.to_dict()
-        differences = [f"{k}={saved_model.get(k)!r} there vs {ours[k]!r} here" for k in ours
-                       if saved_model.get(k) != ours[k]]
-        if differences:
-            raise CheckpointError(
-                f"{path} was trained with a different model config: {', '.join(differences)} "
-                "(resume with the same preset/config, or start a new run with another --out)"
-            )
+        ckpt.check_model_config(loaded["config"]["model"], self.model.cfg.to_dict(), path)
         state = loaded["state"]
         ckpt.check_global_batch(state, path, self.tokens_per_step, self.dist.world_size)
-        weights = loaded["weights"]
-        missing, unexpected = self.model.load_state_dict(weights, strict=False)
-        if unexpected or [k for k in missing if k != "out_head.weight"]:
-            hf = any(k.endswith("wte.weight") for k in unexpected)
-            why = (" (it holds Hugging Face GPT-2 weights: was a `gptsmith convert --to hf` written over it?)"
-                   if hf else f" (missing {missing[:3]}{'...' if len(missing) > 3 else ''})")
-            raise CheckpointError(f"{path}/model.safetensors does not match the model{why}")
-        saved_optimizer = "muon" if set(state["optimizer"]) == {"muon", "adamw"} else "adamw"
-        if saved_optimizer != self.cfg.optimizer:
-            raise CheckpointError(f"{path} was trained with optimizer={saved_optimizer!r}, this run has "
-                                  f"{self.cfg.optimizer!r} (resume with --optimizer {saved_optimizer})")
-        self.optimizer.load_state_dict(state["optimizer"])
+        ckpt.load_checkpoint_weights(self.model, loaded["weights"], path)
+        load_optimizer_state(self.optimizer, state["optimizer"], name=self.cfg.optimizer, source=path)
         self.sampler.load_state_dict(state["data"])
         restore_rng_state(state["rng"])
         self.step = int(state["step"])
@@ -184,8 +167,8 @@ class Trainer:
         if self.dist.is_main:  # the run directory as it was when this checkpoint was written
             ckpt.write_pointer(self.run_dir, "latest", ckpt.checkpoint_name(self.step))
             ckpt.restore_best_pointer(self.run_dir, self.best_step)
-            ckpt.truncate_metrics(self.run_dir, self.step)
-            ckpt.truncate_samples(self.run_dir, self.step)
+            run_log.truncate_metrics(self.run_dir, self.step)
+            run_log.truncate_samples(self.run_dir, self.step)
         return problems
 
     def request_stop(self, reason: str = "requested") -> None:
@@ -240,7 +223,7 @@ class Trainer:
                     info = {"step": self.step, "loss": loss, "lr": lr, "tokens_seen": self.tokens_seen,
                             "tokens_per_s": self.tokens_per_step / seconds, "grad_norm": grad_norm}
                     if self.run_dir is not None and (self.step % max(1, cfg.log_every) == 0):
-                        ckpt.append_metrics(self.run_dir, {"kind": "train", **info})
+                        run_log.append_metrics(self.run_dir, {"kind": "train", **info})
                     self.callbacks.on_step(info)
                 stop = any_rank(self._stop_signal is not None, self.dist, self.device)
                 last = self.step == cfg.max_steps
@@ -328,7 +311,7 @@ class Trainer:
         info["best"] = is_best
         if self.dist.is_main:
             if self.run_dir is not None:
-                ckpt.append_metrics(self.run_dir, {"kind": "eval", **info})
+                run_log.append_metrics(self.run_dir, {"kind": "eval", **info})
                 self._plot()
             self.callbacks.on_eval(info)
         return info
@@ -338,14 +321,14 @@ class Trainer:
 
         path = self.run_dir / ckpt.LOSS_PLOT
         with ckpt.storage_errors(path):
-            plot_losses(ckpt.read_metrics(self.run_dir), path)
+            plot_losses(run_log.read_metrics(self.run_dir), path)
 
     def _sample(self) -> None:
         if self.tokenizer is None:
             return
         text = self._sample_text()
         if self.run_dir is not None:
-            ckpt.append_sample(self.run_dir, self.step, self.tokens_seen, text)
+            run_log.append_sample(self.run_dir, self.step, self.tokens_seen, text)
         self.callbacks.on_sample(self.step, text)
 
     def _sample_text(self) -> str:

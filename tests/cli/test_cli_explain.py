@@ -141,8 +141,8 @@ def test_plot_overlays_runs_in_one_png(tmp_path, capsys):
 
 
 def test_plot_of_one_run_the_trainer_way_is_unchanged(tmp_path):
-    from gptsmith.train.checkpointing import read_metrics
     from gptsmith.train.plots import plot_losses
+    from gptsmith.train.run_log import read_metrics
 
     _write_run(tmp_path / "run", 20, 256, 1e-3)
     assert plot_losses(read_metrics(tmp_path / "run"), tmp_path / "loss.png") == tmp_path / "loss.png"

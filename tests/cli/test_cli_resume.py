@@ -20,6 +20,7 @@ from training_helpers import (
 from gptsmith.cli import main
 from gptsmith.model.checkpoint import load_model
 from gptsmith.train import checkpointing as ckpt
+from gptsmith.train import run_log
 from gptsmith.train.schedule import lr_at_step
 
 
@@ -100,7 +101,7 @@ def test_resume_may_change_the_learning_rate_and_clipping(inputs, tmp_path, caps
             "no longer an exact continuation") in out
     train = json.loads((run / "run.json").read_text())["train"]  # kept for the next resume
     assert (train["lr"], train["min_lr"], train["grad_clip"]) == (0.001, 0.0002, 0.5)
-    lrs = {r["step"]: r["lr"] for r in ckpt.read_metrics(run) if r["kind"] == "train"}
+    lrs = {r["step"]: r["lr"] for r in run_log.read_metrics(run) if r["kind"] == "train"}
     assert lrs[3] == lr_at_step(2, peak_lr=0.001, min_lr=0.0002, warmup_steps=4, max_steps=4)
 
 
@@ -141,7 +142,7 @@ def test_fallback_from_the_command_line_trims_metrics_and_samples(inputs, tmp_pa
     assert ckpt.read_pointer(run, "latest") == "checkpoints/step-000004" and load_model(run)
     assert ckpt.is_complete(run / ckpt.read_pointer(run, "best"))
     # Steps 3 and 4 ran twice; each appears once, in order, in the metrics and the samples.
-    assert [r["step"] for r in ckpt.read_metrics(run) if r["kind"] == "train"] == [1, 2, 3, 4]
+    assert [r["step"] for r in run_log.read_metrics(run) if r["kind"] == "train"] == [1, 2, 3, 4]
     headers = [line for line in (run / "samples.txt").read_text().splitlines() if line.startswith("--- step")]
     assert [int(h.split()[2]) for h in headers] == [1, 2, 3, 4]
 

@@ -28,6 +28,7 @@ from gptsmith.errors import CheckpointError, ConfigError
 from gptsmith.model.checkpoint import load_model
 from gptsmith.model.gpt import GPTConfig
 from gptsmith.train import checkpointing as ckpt
+from gptsmith.train import run_log
 from gptsmith.train.callbacks import TrainCallbacks
 
 DROPOUT = GPTConfig(**{**TINY.to_dict(), "drop_rate": 0.1})
@@ -68,7 +69,7 @@ def test_stopped_run_resumes_bit_identically(tmp_path, how, full):
     rest = resumed.fit()
     assert stopped.losses + rest.losses == full.losses  # exact equality of floats
     assert rest.evals[-1]["val_loss"] == full.evals[-1]["val_loss"]
-    train_records = [r["loss"] for r in ckpt.read_metrics(tmp_path / "run") if r["kind"] == "train"]
+    train_records = [r["loss"] for r in run_log.read_metrics(tmp_path / "run") if r["kind"] == "train"]
     assert train_records == full.losses
 
 
@@ -162,13 +163,13 @@ def cli_args(corpus, config, out, steps=30):
 
 
 def train_losses(run_dir: Path) -> list[float]:
-    return [r["loss"] for r in ckpt.read_metrics(run_dir) if r["kind"] == "train"]
+    return [r["loss"] for r in run_log.read_metrics(run_dir) if r["kind"] == "train"]
 
 
 def steps_past_checkpoint(run_dir: Path) -> int:
     """How many steps metrics.jsonl has logged beyond the `latest` checkpoint (-1: none yet)."""
     latest = ckpt.read_pointer(run_dir, "latest")
-    logged = [r["step"] for r in ckpt.read_metrics(run_dir) if r["kind"] == "train"]
+    logged = [r["step"] for r in run_log.read_metrics(run_dir) if r["kind"] == "train"]
     return logged[-1] - int(latest[-6:]) if latest and logged else -1
 
 

@@ -30,6 +30,7 @@ from gptsmith.storage import (
     write_failure_reason,
 )
 from gptsmith.train import checkpointing as ckpt
+from gptsmith.train import run_log
 
 WORDS = SimpleTokenizerV2.from_text(" ".join(f"w{i}" for i in range(62)))  # 64 ids, like TINY
 
@@ -178,8 +179,8 @@ def test_best_pointer_is_dropped_when_its_checkpoint_is_gone(tmp_path):
 
 def test_samples_after_the_resumed_step_are_dropped(tmp_path):
     for step in (1, 2, 3, 4):
-        ckpt.append_sample(tmp_path, step, step * 128, f"text of step {step}\n--- not a header")
-    ckpt.truncate_samples(tmp_path, 2)
+        run_log.append_sample(tmp_path, step, step * 128, f"text of step {step}\n--- not a header")
+    run_log.truncate_samples(tmp_path, 2)
     text = (tmp_path / "samples.txt").read_text()
     assert text == ("--- step 1 (tokens seen 128)\ntext of step 1\n--- not a header\n"
                     "--- step 2 (tokens seen 256)\ntext of step 2\n--- not a header\n")
@@ -212,21 +213,21 @@ def test_damaged_metrics_lines_are_skipped_when_resuming(tmp_path):
     good = [{"kind": "train", "step": s, "loss": 5.0 - s} for s in (1, 2, 3)]
     text = "".join(json.dumps(r) + "\n" for r in good).encode()
     damage = b'\xff\xfe not utf-8\n[1, 2]\n{"step": "x"}\n{"st'  # the last: torn by a kill
-    (tmp_path / ckpt.METRICS_FILE).write_bytes(text + damage)
-    assert ckpt.read_metrics(tmp_path) == good
-    ckpt.truncate_metrics(tmp_path, 2)  # what --resume does: keep what the checkpoint covers
-    assert ckpt.read_metrics(tmp_path) == good[:2]
+    (tmp_path / run_log.METRICS_FILE).write_bytes(text + damage)
+    assert run_log.read_metrics(tmp_path) == good
+    run_log.truncate_metrics(tmp_path, 2)  # what --resume does: keep what the checkpoint covers
+    assert run_log.read_metrics(tmp_path) == good[:2]
 
 
 def test_a_new_run_never_writes_into_an_old_one(tmp_path):
     run = tmp_path / "run"
     make_trainer(run_dir=run).fit()
-    before = (run / ckpt.METRICS_FILE).read_text()
+    before = (run / run_log.METRICS_FILE).read_text()
     with pytest.raises(ConfigError, match="already holds a run: continue it with trainer.resume()"):
         make_trainer(run_dir=run).fit()
-    assert (run / ckpt.METRICS_FILE).read_text() == before  # untouched
+    assert (run / run_log.METRICS_FILE).read_text() == before  # untouched
     make_trainer(run_dir=run, overwrite=True).fit()
-    steps = [r["step"] for r in ckpt.read_metrics(run) if r["kind"] == "train"]
+    steps = [r["step"] for r in run_log.read_metrics(run) if r["kind"] == "train"]
     assert steps == sorted(set(steps))  # one run's records, not two runs' mixed
 
 
@@ -238,5 +239,5 @@ def test_fit_again_on_the_same_trainer_continues_its_own_run(tmp_path):
     trainer.fit()  # neither refused nor cleared: this trainer's own run goes on
     assert trainer.step == steps + 2
     assert ckpt.list_checkpoints(tmp_path / "run")[0] is not None
-    logged = [r["step"] for r in ckpt.read_metrics(tmp_path / "run") if r["kind"] == "train"]
+    logged = [r["step"] for r in run_log.read_metrics(tmp_path / "run") if r["kind"] == "train"]
     assert logged == list(range(1, steps + 3))

@@ -23,6 +23,7 @@ from gptsmith.errors import CheckpointError, ConfigError, DataError
 from gptsmith.model.checkpoint import load_model
 from gptsmith.model.gpt import GPTConfig, GPTModel
 from gptsmith.train import checkpointing as ckpt
+from gptsmith.train import run_log
 from gptsmith.train.batches import WindowSampler
 from gptsmith.train.callbacks import TrainCallbacks
 from gptsmith.train.config import TrainConfig
@@ -206,7 +207,7 @@ def test_training_lowers_the_loss_and_writes_a_run_dir(tmp_path):
     assert (run / "latest").read_text().strip() == "checkpoints/step-000030"
     assert (run / "best").is_file() and (run / "loss.png").stat().st_size > 1000
     assert len(ckpt.list_checkpoints(run)) == 2  # keep_last=2
-    records = ckpt.read_metrics(run)
+    records = run_log.read_metrics(run)
     assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 31))
     model = load_model(run)  # the run dir is a model dir for every loader
     assert model.cfg == TINY
