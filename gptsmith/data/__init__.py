@@ -1,8 +1,9 @@
 """Stage 1, text -> token ids -> training windows.
 
 - ``token_ids``: ``token_id_list``, the one check that token ids are integers;
-- ``tokenizer``: the ``Tokenizer`` protocol, GPT-2's BPE (through tiktoken, from files found or
-  fetched by ``download``) and the book's simple word tokenizers; ``get_tokenizer(name)``.
+- ``tokenizer``: GPT-2's BPE (through tiktoken, from files found or fetched by ``download``) and
+  ``get_tokenizer(name)``; the ``Tokenizer`` protocol is in ``tokenizer_protocol``, the book's
+  simple word tokenizers in ``word_tokenizers`` (both also importable from ``tokenizer``).
 - ``download``: finding and fetching GPT-2's BPE files and the named corpora, offline-first.
 - ``corpus``: what a ``--data`` argument names (a file, a folder, a built-in corpus, ``hf:`` data
   sets) as a stream of documents.

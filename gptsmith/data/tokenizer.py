@@ -6,8 +6,11 @@ and serving never care which one is in use:
 - ``SimpleTokenizerV1``: a vocabulary of the words and punctuation seen in a text (regex split);
   an unknown word is an error. The idea of tokenization in twenty lines.
 - ``SimpleTokenizerV2``: adds ``<|unk|>`` for unknown words and ``<|endoftext|>`` between texts.
-- ``GPT2Tokenizer``: GPT-2's byte-pair encoding (50,257 ids) through tiktoken's fast Rust encoder.
+- ``GPT2Tokenizer`` (here): GPT-2's byte-pair encoding (50,257 ids) through tiktoken's fast Rust
+  encoder.
 
+The word-level two live in ``word_tokenizers``, the interface in ``tokenizer_protocol``; this
+module imports them all, so ``from gptsmith.data.tokenizer import ...`` reaches every one.
 ``get_tokenizer(name)`` picks one by name. GPT-2's BPE files are found offline-first, see
 ``gptsmith.download.resolve_gpt2_bpe``.
 """
@@ -15,13 +18,10 @@ and serving never care which one is in use:
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 import tiktoken
@@ -29,198 +29,22 @@ from tiktoken.load import data_gym_to_mergeable_bpe_ranks, load_tiktoken_bpe
 
 from gptsmith.data.download import resolve_gpt2_bpe
 from gptsmith.data.token_ids import token_id_list
+from gptsmith.data.tokenizer_protocol import (  # noqa: F401 (re-exported: the tokenizers' one import)
+    DEFAULT_ALLOWED_SPECIAL,
+    ENDOFTEXT,
+    UNKNOWN,
+    Tokenizer,
+    as_text,
+    special_set,
+)
+from gptsmith.data.word_tokenizers import SimpleTokenizerV1, SimpleTokenizerV2, join_words, split_words  # noqa: F401
 from gptsmith.errors import ConfigError, DataError
 from gptsmith.storage import atomic_write_json
 
-ENDOFTEXT = "<|endoftext|>"
-UNKNOWN = "<|unk|>"
-DEFAULT_ALLOWED_SPECIAL = frozenset({ENDOFTEXT})
 GPT2_VOCAB_SIZE = 50257
 GPT2_EOT_ID = 50256
 # GPT-2's pre-tokenization pattern in tiktoken's faster but equivalent form (tiktoken_ext.openai_public).
 GPT2_PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
-
-
-def _text(text: object) -> str:
-    if not isinstance(text, str):
-        raise DataError(f"the text to encode must be a str, got {type(text).__name__} (decode bytes first)")
-    return text
-
-
-def special_set(allowed_special: Iterable[str] | str) -> set[str]:
-    """``allowed_special`` as a set: a single token's name (or tiktoken's ``"all"``) counts as one."""
-    if isinstance(allowed_special, str):
-        return {ENDOFTEXT, UNKNOWN} if allowed_special == "all" else {allowed_special}
-    return set(allowed_special)
-
-
-@runtime_checkable
-class Tokenizer(Protocol):
-    """What every tokenizer offers; code that only needs ids and text depends on this alone."""
-
-    name: str
-    vocab_size: int
-    eot_id: int
-
-    def encode(self, text: str, allowed_special: Iterable[str] = DEFAULT_ALLOWED_SPECIAL) -> list[int]: ...
-
-    def decode(self, ids: Sequence[int]) -> str: ...
-
-    def decode_bytes(self, ids: Sequence[int]) -> bytes: ...
-
-
-# ---------------------------------------------------------------------------------------------
-# Simple word-level tokenizers
-# ---------------------------------------------------------------------------------------------
-
-# Split on whitespace and the punctuation ,.:;?_!"()' and the double dash; the capture group keeps
-# the punctuation as tokens of its own.
-_SPLIT = re.compile(r'([,.:;?_!"()\']|--|\s)')
-# When decoding, closing punctuation sticks to the word before it, an opening parenthesis to the
-# word after it, and a double dash to both; quotes alternate between opening and closing.
-_CLOSING = frozenset(",.:;?!)")
-_QUOTES = ('"', "_", "'")
-
-
-def join_words(pieces: Sequence[str]) -> str:
-    """Undo ``split_words`` as well as the lost whitespace allows: words separated by one space.
-
-    ``'`` between two words is an apostrophe (``it's``); otherwise it, ``"`` and ``_`` (the
-    italics of plain-text books) alternate between opening and closing quote.
-    """
-    out: list[str] = []
-    is_open = dict.fromkeys(_QUOTES, False)
-    glue_next = False  # no space after the previous piece
-    for i, piece in enumerate(pieces):
-        space = bool(out) and not glue_next
-        glue_next = False
-        if piece in _CLOSING:
-            space = False
-        elif piece == "(":
-            glue_next = True
-        elif piece == "--":
-            space, glue_next = False, True
-        elif (piece == "'" and not is_open["'"] and i + 1 < len(pieces)
-              and out and out[-1][-1:].isalnum() and pieces[i + 1][:1].isalnum()):
-            space, glue_next = False, True  # an apostrophe
-        elif piece in is_open:
-            if is_open[piece]:
-                space = False  # a closing quote sticks to what it closes
-            else:
-                glue_next = True  # an opening quote sticks to what it opens
-            is_open[piece] = not is_open[piece]
-        if space:
-            out.append(" ")
-        out.append(piece)
-    return "".join(out)
-
-
-def split_words(text: str) -> list[str]:
-    """The simple tokenizers' pieces of ``text``: words and punctuation, whitespace dropped."""
-    return [piece for piece in (p.strip() for p in _SPLIT.split(text)) if piece]
-
-
-class SimpleTokenizerV1:
-    """Word-level tokenizer over a fixed vocabulary; unknown words are an error."""
-
-    name = "simple-v1"
-
-    def __init__(self, vocab: dict[str, int]):
-        self.str_to_int = dict(vocab)
-        self.int_to_str = {i: s for s, i in self.str_to_int.items()}
-        self.vocab_size = len(self.str_to_int)
-        self.eot_id = self.str_to_int.get(ENDOFTEXT, -1)
-
-    @classmethod
-    def from_text(cls, text: str) -> SimpleTokenizerV1:
-        """Build the vocabulary from every distinct piece of ``text`` (sorted, so ids are deterministic)."""
-        return cls({piece: i for i, piece in enumerate(sorted(set(split_words(text))))})
-
-    @property
-    def fingerprint(self) -> str:
-        """A hash of the vocabulary: two tokenizers with the same fingerprint give the same ids."""
-        items = json.dumps(sorted(self.str_to_int.items()), ensure_ascii=False)
-        return f"{self.name}-{hashlib.sha256(items.encode('utf-8')).hexdigest()[:16]}"
-
-    def _lookup(self, piece: str) -> int:
-        try:
-            return self.str_to_int[piece]
-        except KeyError:
-            raise DataError(
-                f"word {piece!r} is not in the {self.vocab_size}-entry vocabulary of {type(self).__name__}; "
-                "build the vocabulary from a text that contains it, or use SimpleTokenizerV2 "
-                "(maps it to <|unk|>)"
-            ) from None
-
-    def encode(self, text: str, allowed_special: Iterable[str] = DEFAULT_ALLOWED_SPECIAL) -> list[int]:
-        """Ids of the words and punctuation of ``text``."""
-        return [self._lookup(piece) for piece in split_words(_text(text))]
-
-    def decode(self, ids: Sequence[int]) -> str:
-        """The pieces joined back into text (``join_words``: no space before closing punctuation)."""
-        try:
-            pieces = [self.int_to_str[i] for i in token_id_list(ids)]
-        except KeyError as exc:
-            bad = exc.args[0]
-            raise DataError(f"token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})") from None
-        return join_words(pieces)
-
-    def decode_bytes(self, ids: Sequence[int]) -> bytes:
-        """``decode`` as UTF-8 bytes (the simple tokenizers never split a character)."""
-        return self.decode(ids).encode("utf-8")
-
-
-class SimpleTokenizerV2(SimpleTokenizerV1):
-    """Like V1, plus ``<|unk|>`` for unknown words and ``<|endoftext|>`` to separate texts."""
-
-    name = "simple"
-
-    def __init__(self, vocab: dict[str, int]):
-        vocab = dict(vocab)
-        for special in (ENDOFTEXT, UNKNOWN):
-            vocab.setdefault(special, len(vocab))
-        super().__init__(vocab)
-        self.unk_id = self.str_to_int[UNKNOWN]
-
-    @classmethod
-    def from_text(cls, text: str) -> SimpleTokenizerV2:
-        """Vocabulary of ``text``'s distinct pieces, then ``<|endoftext|>`` and ``<|unk|>`` at the end."""
-        return cls.from_documents([text])
-
-    @classmethod
-    def from_documents(cls, documents: Iterable[str]) -> SimpleTokenizerV2:
-        """Like ``from_text`` over several texts, read one at a time (a corpus need not fit in memory)."""
-        words: set[str] = set()
-        for document in documents:
-            words.update(split_words(document))
-        words -= {ENDOFTEXT, UNKNOWN}
-        return cls({piece: i for i, piece in enumerate(sorted(words))})
-
-    def encode(self, text: str, allowed_special: Iterable[str] = DEFAULT_ALLOWED_SPECIAL) -> list[int]:
-        """Ids of ``text``'s pieces; unknown words become ``<|unk|>``; allowed specials are kept whole.
-
-        A special token that is not allowed is plain text, which is not a word of the vocabulary:
-        it becomes ``<|unk|>``, never the special id.
-        """
-        text = _text(text)
-        allowed = special_set(allowed_special)
-        specials = {ENDOFTEXT, UNKNOWN} - allowed
-        ids: list[int] = []
-        # Cut out the allowed special tokens first so the regex split never breaks them apart.
-        if allowed:
-            pattern = "(" + "|".join(re.escape(s) for s in sorted(allowed)) + ")"
-            parts = re.split(pattern, text)
-        else:
-            parts = [text]
-        for part in parts:
-            if part in allowed and part in self.str_to_int:
-                ids.append(self.str_to_int[part])
-                continue
-            ids.extend(
-                self.unk_id if piece in specials else self.str_to_int.get(piece, self.unk_id)
-                for piece in split_words(part)
-            )
-        return ids
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,7 +117,7 @@ class GPT2Tokenizer:
 
     def encode(self, text: str, allowed_special: Iterable[str] = DEFAULT_ALLOWED_SPECIAL) -> list[int]:
         """Ids of ``text``. Special tokens not in ``allowed_special`` are encoded as plain text."""
-        return self.encoding.encode(_text(text), allowed_special=special_set(allowed_special),
+        return self.encoding.encode(as_text(text), allowed_special=special_set(allowed_special),
                                     disallowed_special=())
 
     def encode_ordinary(self, text: str) -> list[int]:
@@ -321,7 +145,7 @@ class GPT2Tokenizer:
         tiktoken releases the GIL while encoding, so threads calling this run in parallel.
         """
         allowed = special_set(allowed_special)
-        return self.encoding.encode_to_numpy(_text(text), allowed_special=allowed, disallowed_special=())
+        return self.encoding.encode_to_numpy(as_text(text), allowed_special=allowed, disallowed_special=())
 
     def _check_ids(self, ids: Sequence[int]) -> list[int]:
         ids = token_id_list(ids)
