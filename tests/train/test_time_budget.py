@@ -1,5 +1,8 @@
 """--time-budget: the schedule (warm-up + cosine decay) is sized from measured step times so the run
-ends, decay completed, within the budget; run.json records it and a resumed run keeps it."""
+ends, decay completed, within the budget; run.json records it and a resumed run keeps it.
+
+How the clock is kept after sizing (bursts, slowdowns) is tested on a simulated clock, with tight
+bounds, in test_time_budget_clock.py; the wall-clock tests here check the real trainer end to end."""
 
 from __future__ import annotations
 
@@ -44,9 +47,9 @@ def test_size_schedule_fits_steps_evals_samples_and_checkpoints():
 class Recorder(TrainCallbacks):
     """Records the plans (the sizing, then any shrink: a busy machine may shrink a short run) and lrs."""
 
-    def __init__(self, stop_trainer=None, slow_after_plan_s=0.0, slow_steps=None):
+    def __init__(self, stop_trainer=None, slow_after_plan_s=0.0):
         self.plans, self.lrs, self.stop_trainer = [], [], stop_trainer
-        self.slow_after_plan_s, self.slow_steps = slow_after_plan_s, slow_steps  # None: for good
+        self.slow_after_plan_s = slow_after_plan_s
 
     def on_schedule(self, info):
         self.plans.append(info)
@@ -55,10 +58,8 @@ class Recorder(TrainCallbacks):
 
     def on_step(self, info):
         self.lrs.append(info["lr"])
-        if self.plans and self.slow_after_plan_s and self.slow_steps != 0:
+        if self.plans and self.slow_after_plan_s:
             time.sleep(self.slow_after_plan_s)  # the machine got busy after the schedule was sized
-            if self.slow_steps is not None:
-                self.slow_steps -= 1
 
 
 def test_a_budget_sizes_the_schedule_and_the_decay_completes(tmp_path):
@@ -146,21 +147,6 @@ def test_a_run_whose_steps_get_slower_shrinks_its_schedule_and_still_ends_in_tim
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["time_budget"]["max_steps"] == result.step == run["train"]["max_steps"]
     assert run["time_budget"]["resized"][-1]["max_steps"] == result.step
-
-
-def test_a_short_burst_of_slow_steps_costs_the_run_no_more_than_its_own_time(tmp_path):
-    cfg = tiny_config(time_budget="3s", max_steps=5, warmup_steps=2, eval_every=0, checkpoint_every=0,
-                      eval_batches=1)
-    recorder = Recorder(slow_after_plan_s=0.01, slow_steps=25)  # 0.25 s of slow steps right after sizing
-    trainer = make_trainer(tmp_path / "run", cfg, callbacks=recorder)
-    result = trainer.fit()
-    sized = recorder.plans[0]
-    if sized["max_steps"] < 200:
-        pytest.skip("the machine was too slow: too few steps fitted for the burst to stand out")
-    # The burst took ~0.25 s of a ~2.4 s training phase: a shrink may take back about that much, but
-    # it must not read the burst's pace as the pace of the whole rest (that would cut the run to ~1/4).
-    # Steps of ~4 ms jitter too: a fresh-clone CI run kept 69% (451 of 651), so the bound is 1/2.
-    assert result.step >= 0.5 * sized["max_steps"]
 
 
 def test_the_command_line_says_a_big_shrink_and_lets_the_bar_show_small_ones(capsys):
