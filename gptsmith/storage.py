@@ -114,12 +114,15 @@ def check_can_be_file(path: str | Path, what: str, example: str = "output") -> N
 
 
 @contextmanager
-def write_errors(path: str | Path, again: str) -> Iterator[None]:
+def write_errors(path: str | Path, again: str, *, also: tuple[type[Exception], ...] = ()) -> Iterator[None]:
     """Turn a failed write of ``path`` into a ``StorageError`` that names it and the reason (``disk
-    full``, or the system's), and says to ``again`` once fixed, e.g. ``prepare it again``."""
+    full``, or the system's), and says to ``again`` once fixed, e.g. ``prepare it again``.
+
+    ``OSError`` is a failed write; ``also`` adds the errors a library raises instead (safetensors'
+    ``SafetensorError`` for a full disk)."""
     try:
         yield
-    except OSError as exc:
+    except (OSError, *also) as exc:
         reason, full = write_failure_reason(exc, Path(path).parent)
         raise StorageError(f"cannot write {path}: {reason}; {'free some space' if full else 'fix that'} "
                            f"and {again}") from exc
@@ -230,10 +233,12 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
 def atomic_save_safetensors(
     tensors: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None
 ) -> Path:
-    """Save a dict of tensors as a safetensors file atomically."""
-    from safetensors.torch import save_file  # late, as above
+    """Save a dict of tensors as a safetensors file atomically; a failed write (a full disk) is a
+    one-line ``StorageError`` naming ``path``, and leaves no file behind."""
+    from safetensors import SafetensorError  # late, as above
+    from safetensors.torch import save_file
 
     tensors = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
-    with atomic_path(path) as tmp:
+    with write_errors(path, "save it again", also=(SafetensorError,)), atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return Path(path)

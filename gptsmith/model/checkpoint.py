@@ -29,7 +29,7 @@ from gptsmith.data.tokenizer import VOCAB_FILE, Tokenizer, load_tokenizer, save_
 from gptsmith.errors import CheckpointError, ConfigError
 from gptsmith.model.gpt import PRESETS, GPTConfig, GPTModel
 from gptsmith.model.weights import TIED_KEY, build_model, read_safetensors, unwrap_model
-from gptsmith.storage import atomic_save_safetensors, atomic_write_json
+from gptsmith.storage import atomic_save_safetensors, atomic_write_json, created_directory, write_errors
 
 FORMAT_NAME = "gptsmith"
 FORMAT_VERSION = 1
@@ -81,14 +81,15 @@ def save_model(
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"save_model: extra cannot be written as JSON ({exc})") from None
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     state = dict(model.state_dict())
     if model.cfg.tie_weights:
         state.pop(TIED_KEY, None)
-    atomic_save_safetensors(state, directory / WEIGHTS_FILE, metadata={"format": "pt"})
-    if not isinstance(tokenizer, str):
-        save_tokenizer(tokenizer, directory)
-    atomic_write_json(directory / CONFIG_FILE, config)
+    # A failed save (a full disk: a one-line StorageError) removes the directory if it made it.
+    with created_directory(directory), write_errors(directory, "save it again"):
+        atomic_save_safetensors(state, directory / WEIGHTS_FILE, metadata={"format": "pt"})
+        if not isinstance(tokenizer, str):
+            save_tokenizer(tokenizer, directory)
+        atomic_write_json(directory / CONFIG_FILE, config)
     return directory
 
 

@@ -35,7 +35,7 @@ from gptsmith.model.weights import (
     read_safetensors,
     safetensors_shapes,
 )
-from gptsmith.storage import atomic_save_safetensors, atomic_write_json
+from gptsmith.storage import atomic_save_safetensors, atomic_write_json, created_directory, write_errors
 
 HF_SAFETENSORS = "model.safetensors"
 HF_PYTORCH_BIN = "pytorch_model.bin"
@@ -260,11 +260,13 @@ def export_hf(model: GPTModel, directory: str | Path) -> Path:
     ``lm_head`` on load.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     config = hf_config_from_gpt(model.cfg)
     config["torch_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
-    atomic_save_safetensors(state_dict_to_hf(model), directory / HF_SAFETENSORS, metadata={"format": "pt"})
-    atomic_write_json(directory / "config.json", config)
+    # As in save_model: a failed write is one line and removes the directory if this call made it.
+    with created_directory(directory), write_errors(directory, "save it again"):
+        weights = state_dict_to_hf(model)
+        atomic_save_safetensors(weights, directory / HF_SAFETENSORS, metadata={"format": "pt"})
+        atomic_write_json(directory / "config.json", config)
     return directory
 
 

@@ -22,7 +22,9 @@ from training_helpers import (
 
 from gptsmith.data.tokenizer import SimpleTokenizerV2
 from gptsmith.errors import CheckpointError, ConfigError, StorageError
-from gptsmith.model.checkpoint import load_model
+from gptsmith.model.checkpoint import load_model, save_model
+from gptsmith.model.gpt import GPTModel
+from gptsmith.model.hf_gpt2 import export_hf
 from gptsmith.storage import (
     atomic_save_safetensors,
     atomic_torch_save,
@@ -63,6 +65,24 @@ def test_every_writer_reports_a_real_full_disk_as_disk_full(tmp_path):
             write()
         assert write_failure_reason(info.value, tmp_path) == ("disk full (File too large)", True), name
     assert list(tmp_path.iterdir()) == []  # no temporary file left behind
+
+
+def test_a_real_full_disk_while_saving_a_model_is_one_line_and_leaves_no_half_directory(tmp_path):
+    model = GPTModel(TINY)
+    save_model(model, tmp_path / "old")
+    size = (tmp_path / "old" / "model.safetensors").stat().st_size
+    for target in (tmp_path / "new" / "model", tmp_path / "old"):  # a new directory, an existing model
+        with file_size_limit(size // 2), pytest.raises(StorageError) as info:
+            save_model(GPTModel(TINY), target)
+        message = str(info.value)
+        weights = target / "model.safetensors"
+        with file_size_limit(size // 2), pytest.raises(StorageError, match="disk full .*save it again"):
+            export_hf(GPTModel(TINY), tmp_path / "hf" / "model")  # gptsmith convert --to hf
+        assert f"cannot write {weights}: disk full (File too large); free some space and save it again" \
+            in message
+        assert "\n" not in message
+    assert not (tmp_path / "new").exists() and not (tmp_path / "hf").exists()  # what the saves made is gone
+    assert load_model(tmp_path / "old").cfg == TINY  # the model that was there is untouched
 
 
 def test_a_real_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path):
