@@ -118,7 +118,7 @@ def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
 def corpus_tokenizer(name: str, source: str | Path | CorpusSource) -> Tokenizer:
     """The tokenizer ``name`` for training on ``source``: GPT-2's BPE, or for "simple" a word-level
     vocabulary built from the corpus itself (every word of it, so none is ``<|unk|>``)."""
-    if name.lower() in {"simple", "simple-v2"}:
+    if isinstance(name, str) and name.lower() in {"simple", "simple-v2"}:
         return SimpleTokenizerV2.from_documents(resolve_corpus(source).documents())
     return get_tokenizer(name)
 

@@ -192,6 +192,12 @@ def as_tokenizer(tokenizer: Tokenizer | str, what: str = "tokenizer") -> Tokeniz
     return tokenizer
 
 
+def _tokenizer_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise ConfigError(f"a tokenizer is named by a string ({', '.join(TOKENIZER_NAMES)}), got {name!r}")
+    return name
+
+
 def get_tokenizer(
     name: str = "gpt2", *, bpe_path: str | Path | None = None, text: str | None = None
 ) -> Tokenizer:
@@ -201,7 +207,7 @@ def get_tokenizer(
     ``"simple"``: ``SimpleTokenizerV2`` over the words of ``text`` (default: the built-in corpus,
     whose vocabulary depends on the Python version that ships it).
     """
-    key = name.lower()
+    key = _tokenizer_name(name).lower()
     if key in {"gpt2", "gpt-2", "r50k_base"}:
         return GPT2Tokenizer.from_files(bpe_path)
     if key in {"simple", "simple-v2"}:
@@ -229,7 +235,8 @@ def load_tokenizer(name: str, directory: str | Path | None = None) -> Tokenizer:
     without one, ``get_tokenizer(name)`` decides (for "simple": the built-in corpus's words).
     """
     path = Path(directory) / VOCAB_FILE if directory is not None else None
-    if name.lower() in {"simple", "simple-v2", "simple-v1"} and path is not None and path.is_file():
+    word_level = _tokenizer_name(name).lower() in {"simple", "simple-v2", "simple-v1"}
+    if word_level and path is not None and path.is_file():
         try:
             vocab = json.loads(path.read_text(encoding="utf-8"))["vocab"]
             vocab = {str(word): int(i) for word, i in vocab.items()}

@@ -214,6 +214,10 @@ def read_model_config(path: str | Path) -> dict:
             )
         if not isinstance(config.get("model"), dict):
             raise CheckpointError(f"{config_path} has no \"model\" section (the file is incomplete)")
+        tokenizer = config.get("tokenizer", "gpt2")
+        if not isinstance(tokenizer, str):
+            raise CheckpointError(f'{config_path}: "tokenizer" must be a tokenizer name such as "gpt2", '
+                                  f"got {tokenizer!r} (fix it in the file)")
         missing = [k for k in SIZE_FIELDS if k not in config["model"]]
         if missing:  # a default (GPT-2 small's) would load other weights' shapes, or fail confusingly
             raise CheckpointError(f"{config_path} has no model.{', model.'.join(missing)} "
@@ -237,10 +241,12 @@ def read_model_config(path: str | Path) -> dict:
 def config_from_checkpoint(path: str | Path) -> GPTConfig:
     """The ``GPTConfig`` stored in a model/run directory (or translated from a HF GPT-2 config)."""
     config = read_model_config(path)
+    source = f"{resolve_model_dir(path) / CONFIG_FILE}"
     try:
-        return from_dict(GPTConfig, config["model"], source=f"{resolve_model_dir(path) / CONFIG_FILE}")
-    except ConfigError as exc:
-        raise CheckpointError(str(exc)) from None
+        return from_dict(GPTConfig, config["model"], source=source)
+    except ConfigError as exc:  # (GPTConfig's own checks do not know the file)
+        message = str(exc)
+        raise CheckpointError(message if source in message else f"{source}: {message}") from None
 
 
 def is_hub_name(name: str) -> bool:

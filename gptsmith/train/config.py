@@ -87,6 +87,13 @@ class TrainConfig:
             if value <= 0:
                 raise ConfigError(f"{flag(name)} must be > 0, got {value!r}")
 
+        for name in ("data", "tokenizer", "sample_prompt"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{flag(name)} must be a string, got {getattr(self, name)!r}")
+        if not isinstance(self.compile, bool):
+            raise ConfigError(f"{flag('compile')} must be true or false, got {self.compile!r}")
+        if not isinstance(self.extra, dict):
+            raise ConfigError(f"{flag('extra')} must be a mapping of notes, got {self.extra!r}")
         positive("lr", self.lr)
         for name in ("batch_size", "max_steps", "eval_batches", "keep_last"):
             positive(name, getattr(self, name), whole=True)

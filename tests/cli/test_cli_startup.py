@@ -135,6 +135,13 @@ def test_text_in_argv_must_be_utf8_as_on_stdin(argv, what, capsys):
      "{path}: train.sample_temperature must be >= 0 (0 = greedy), got -1 (fix it in the file)"),
     ("train:\n  sample_tokens: -5\n",
      "{path}: train.sample_tokens must be >= 0, got -5 (fix it in the file)"),
+    ("train:\n  sample_prompt: 123\n",
+     "{path}: train.sample_prompt must be a string, got 123 (fix it in the file)"),
+    ("train:\n  tokenizer: 7\n",
+     "{path}: train.tokenizer must be a string, got 7 (fix it in the file, or override it with --tokenizer)"),
+    ("train:\n  compile: 'yes'\n",
+     "{path}: train.compile must be true or false, got 'yes' (fix it in the file, or override it with "
+     "--compile)"),
 ])
 def test_a_config_files_bad_value_names_the_file_and_key(text, message, tmp_path, capsys):
     path = tmp_path / "bad.yaml"

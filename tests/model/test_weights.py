@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptsmith.data.tokenizer import SimpleTokenizerV2
+from gptsmith.data.tokenizer import SimpleTokenizerV2, get_tokenizer
 from gptsmith.errors import CheckpointError, ConfigError
 from gptsmith.model.checkpoint import (
     load_model,
@@ -128,6 +128,23 @@ def test_a_config_without_a_size_field_is_refused(tmp_path):
     (directory / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"has no model.n_layers \(the file is incomplete"):
         load_model(directory)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"tokenizer": 5}, r'config.json: "tokenizer" must be a tokenizer name such as "gpt2", got 5 \(fix it'),
+    ({"model": {"n_layers": True}}, r"config.json: .*n_layers must be a positive integer, got True"),
+])
+def test_a_config_with_a_wrong_typed_field_names_the_file(tmp_path, change, message):
+    directory = save_model(GPTModel(GPTConfig(vocab_size=64, context_length=8, emb_dim=16, n_heads=2,
+                                              n_layers=1)), tmp_path / "m")
+    config = json.loads((directory / "config.json").read_text())
+    for key, value in change.items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) else value
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=message):
+        load_model(directory)
+    with pytest.raises(ConfigError, match=r"a tokenizer is named by a string \(gpt2, simple\), got None"):
+        get_tokenizer(None)
 
 
 def test_save_model_checks_everything_before_writing(tmp_path):
