@@ -273,11 +273,11 @@ def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
             if not isinstance(record, dict) or text_field not in record:
                 keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
                 raise DataError(f"{path}:{line_no}: no field {text_field!r} (found: {keys})")
-            _check_text(record[text_field], f"{path}:{line_no}: field {text_field!r}")
+            text = _check_text(record[text_field], f"{path}:{line_no}: field {text_field!r}")
             seen += 1
-            if record[text_field]:  # (whitespace stays: it is text, and shards' checksums depend on it)
-                texts += bool(record[text_field].strip())
-                yield record[text_field]
+            if text:  # (whitespace stays: it is text, and shards' checksums depend on it)
+                texts += bool(text.strip())
+                yield text
     if seen == 0:
         raise DataError(f"corpus file {path} is empty (no JSON lines with a {text_field!r} field)")
     if texts == 0:
@@ -336,9 +336,16 @@ def _hf_parts(spec: str) -> tuple[str, str | None, str]:
     return parts[0], None, parts[1] if len(parts) == 2 else "train"
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _check_text(value: object, where: str) -> str:
+    """``value`` as text; a lone surrogate (JSON allows the escape ``"\\ud800"``, UTF-8 cannot hold
+    it) becomes U+FFFD, as tiktoken makes it when encoding (so a corpus reads as fine-tuning data does)."""
     if not isinstance(value, str):
         raise DataError(f"{where} holds {type(value).__name__} values, not text")
+    if _LONE_SURROGATE.search(value):
+        value = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return value
 
 

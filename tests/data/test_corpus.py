@@ -93,6 +93,15 @@ def test_jsonl_corpus_and_its_errors(tmp_path):
         list(resolve_corpus(tmp_path / "blank.jsonl").documents())
 
 
+def test_a_lone_surrogate_escape_in_jsonl_becomes_the_replacement_character(tmp_path, word_tokenizer):
+    """JSON allows "\\ud800"; UTF-8 cannot hold it: it reads as U+FFFD, as tiktoken encodes it."""
+    path = tmp_path / "surrogate.jsonl"
+    path.write_text('{"text": "a\\ud800b \\ud83d\\ude00"}\n{"text": "\\udfff"}\n')  # (a valid pair too)
+    assert list(resolve_corpus(path).documents()) == ["a\ufffdb \U0001F600", "\ufffd"]
+    shard = prepare_corpus(path, tokenizer=word_tokenizer, out_dir=tmp_path / "shard")  # was a traceback
+    assert len(shard) > 0
+
+
 def test_parquet_corpus_streams_the_text_column(tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
