@@ -234,10 +234,16 @@ def read_utf8(path: Path) -> str:
         return data[bom:].decode("utf-8")
     except UnicodeDecodeError as exc:
         offset = bom + exc.start  # an offset into the file, BOM included
-        raise DataError(
-            f"{path} is not UTF-8: byte 0x{data[offset]:02x} at offset {offset} "
-            "(convert the file, e.g. `iconv -f latin1 -t utf-8 IN > OUT`)"
-        ) from None
+        raise DataError(f"{path} is not UTF-8: byte 0x{data[offset]:02x} at offset {offset} "
+                        f"({convert_hint(data)})") from None
+
+
+def convert_hint(data: bytes) -> str:
+    """How to make UTF-8 of a file that starts with ``data``: from UTF-16 if it starts with a UTF-16
+    byte-order mark, else from Latin-1 (the usual single-byte case)."""
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "it starts with a UTF-16 byte-order mark: convert it, e.g. `iconv -f utf-16 -t utf-8 IN > OUT`"
+    return "convert the file, e.g. `iconv -f latin1 -t utf-8 IN > OUT`"
 
 
 def _text_documents(path: Path, text: str) -> Iterator[str]:
@@ -263,7 +269,7 @@ def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
             except UnicodeDecodeError as exc:
                 raise DataError(
                     f"{path}:{line_no} is not UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start} "
-                    "of the line (convert the file, e.g. `iconv -f latin1 -t utf-8 IN > OUT`)"
+                    f"of the line ({convert_hint(raw if line_no == 1 else b'')})"
                 ) from None
             try:
                 record = json.loads(raw)
