@@ -164,7 +164,7 @@ def resolve_corpus(name_or_path: str | Path, text_field: str = "text") -> Corpus
         return CorpusSource(spec, "hf", (), text_field)
 
     path = Path(spec).expanduser()
-    if any(ch in spec for ch in "*?["):
+    if any(ch in spec for ch in "*?[") and not path.exists():  # (a file may be called "br[ack]et.txt")
         matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
         files = [p for p in matches if p.is_file()]
         if not files:
@@ -201,7 +201,7 @@ def _corpus_identity(spec: str) -> tuple[str, str]:
     if spec == "builtin" or spec.startswith("hf:"):
         return ("name", spec)
     path = Path(spec).expanduser()
-    if any(ch in spec for ch in "*?["):
+    if any(ch in spec for ch in "*?[") and not path.exists():  # (a file may be called "br[ack]et.txt")
         return ("glob", os.path.abspath(path))
     if path.exists():  # an existing path wins over a named corpus, as in resolve_corpus
         return ("path", str(path.resolve()))

@@ -45,6 +45,8 @@ def load_torch_file(path: str | Path, *, damaged: str, code_fix: str) -> Any:
     except pickle.UnpicklingError as exc:
         if "weights_only" not in str(exc):
             raise CheckpointError(f"cannot read {path}: {str(exc).splitlines()[0]} ({damaged})") from None
+        if "global" not in str(exc).lower():  # e.g. "Unsupported operand 103": bytes that are no pickle
+            raise CheckpointError(f"cannot read {path}: not a PyTorch file ({damaged})") from None
         called = re.search(r"GLOBAL ([\w.]+)", str(exc))
         what = f" (it calls {called.group(1)})" if called else ""
         raise CheckpointError(f"{path} holds pickled code{what} that gptsmith will not run "

@@ -98,7 +98,8 @@ class Trainer:
         if val_windows == 0:
             raise DataError(
                 f"the validation split has {len(val_tokens):,} tokens, fewer than one window of "
-                f"context_length {self.context_length} + 1 (lower --context-length or use more data)"
+                f"context_length {self.context_length} + 1 (raise --val-fraction, now {cfg.val_fraction}, "
+                "lower --context-length, or use more data)"
             )
         # Scored with the global batch size, so the numbers do not depend on the number of processes.
         eval_batch = min(cfg.batch_size * self.dist.world_size, val_windows)

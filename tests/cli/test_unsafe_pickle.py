@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 import torch
 
 from gptsmith.cli import main
@@ -50,3 +51,14 @@ def test_a_training_state_with_code_is_refused_safely(tmp_path, monkeypatch, cap
     assert "weights_only" not in error
     assert f"{state} holds pickled code (it calls posix.getpid) that gptsmith will not run" in error
     assert error.endswith("resume with --fallback to use the previous good one)")
+
+
+def test_a_file_that_is_no_pickle_at_all_is_called_unreadable_not_code(tmp_path):
+    from gptsmith.errors import CheckpointError
+    from gptsmith.model.weights import load_torch_file
+
+    path = tmp_path / "training_state.pt"
+    path.write_text("garbage")  # torch: "Unsupported operand 103", under its weights_only advice
+    with pytest.raises(CheckpointError) as info:
+        load_torch_file(path, damaged="the file is corrupt", code_fix="unused")
+    assert str(info.value) == f"cannot read {path}: not a PyTorch file (the file is corrupt)"

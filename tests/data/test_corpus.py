@@ -26,6 +26,8 @@ def test_text_files_directories_and_globs(tmp_path):
     (tmp_path / "skip.bin").write_bytes(b"\x00")
     assert list(resolve_corpus(tmp_path).documents()) == ["first file", "second ", "third"]
     assert list(resolve_corpus(str(tmp_path / "*.txt")).documents()) == ["first file"]
+    (tmp_path / "br[ack]et.txt").write_text("a file, not a glob")  # an existing path wins
+    assert list(resolve_corpus(str(tmp_path / "br[ack]et.txt")).documents()) == ["a file, not a glob"]
 
 
 def test_named_corpus_from_data_dir(tmp_path, monkeypatch):

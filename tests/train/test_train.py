@@ -180,6 +180,10 @@ def test_batch_or_context_larger_than_the_data_is_a_clear_error():
         make_trainer(cfg=tiny_config(), model_cfg=big_context, tokens=tokens)
     with pytest.raises(ConfigError, match="longer than the model's context_length 32"):
         make_trainer(cfg=tiny_config(context_length=64))
+    # 1,000 tokens, 900 to train on: the last 100 hold no window of 128 + 1 (make_trainer splits 90/10)
+    mid_context = GPTConfig(**{**TINY.to_dict(), "context_length": 128})
+    with pytest.raises(DataError, match=r"split has 100 tokens, .* \(raise --val-fraction, now 0.1,"):
+        make_trainer(cfg=tiny_config(batch_size=2), model_cfg=mid_context, tokens=pattern_tokens(1000))
 
 
 class Poison(TrainCallbacks):
