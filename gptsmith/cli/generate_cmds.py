@@ -281,12 +281,14 @@ def run_generate(args: argparse.Namespace) -> int:
             print(prompt, end="", flush=True)
         with _warnings_printed():  # any raised while decoding come after the line of text
             pieces = []
-            for piece in stream:
-                pieces.append(piece)
+            try:
+                for piece in stream:
+                    pieces.append(piece)
+                    if not args.json:
+                        print(piece, end="", flush=True)
+            finally:  # the text's line ends before anything else is said (an error, Ctrl-C)
                 if not args.json:
-                    print(piece, end="", flush=True)
-            if not args.json:
-                print(flush=True)
+                    print(flush=True)
         seconds = time.perf_counter() - start
         samples.append(
             {

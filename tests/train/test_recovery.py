@@ -125,7 +125,10 @@ def test_generate_from_a_broken_checkpoint_is_one_line(nan_checkpoint, capsys, o
     argv = ["generate", "--checkpoint", str(nan_checkpoint), "--device", "cpu", "--max-new-tokens", "3",
             *options]
     assert main([*argv, "the"]) == 2
-    assert "the model's next-token logits are not finite (nan)" in one_error_line(capsys, "generate")
+    out, err = capsys.readouterr()
+    assert out in ("", "the\n")  # the prompt's line ends before the error (not "thegptsmith generate: ...")
+    assert err.startswith("gptsmith generate: error: the model's next-token logits are not finite (nan)")
+    assert err.count("\n") == 1
 
 
 def test_eval_of_a_broken_checkpoint_is_one_line_and_exit_2(nan_checkpoint, trained, capsys):
