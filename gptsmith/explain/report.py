@@ -18,7 +18,7 @@ import torch
 
 from gptsmith.data.tokenizer import Tokenizer
 from gptsmith.device import check_seed
-from gptsmith.errors import GptsmithError
+from gptsmith.errors import GptsmithError, NonFiniteError
 from gptsmith.explain import html, text
 from gptsmith.explain.attention import FocusView, focus_view, run_with_attention
 from gptsmith.explain.compare import CompareView, compare_view
@@ -34,6 +34,7 @@ from gptsmith.explain.pictures import (
     temperature_picture,
 )
 from gptsmith.explain.tokens import TokenView, simple_view, token_view
+from gptsmith.generate.decoding import non_finite_message
 from gptsmith.model.gpt import GPTModel
 from gptsmith.storage import atomic_write_text
 
@@ -230,6 +231,8 @@ def explain(
     ids = torch.tensor(id_list, device=device)  # (n_tokens,)
     logits, capture = run_with_attention(model, ids.unsqueeze(0))  # logits (1, n_tokens, vocab)
     logits = logits[0]
+    if not bool(torch.isfinite(logits).all()):  # broken weights: every number below would be nan
+        raise NonFiniteError(non_finite_message(logits))
     weights = capture.weights.float().cpu()  # (n_layers, n_heads, n_tokens, n_tokens)
     return ExplainReport(
         model_name=model_name,

@@ -229,3 +229,11 @@ def test_a_one_token_text_has_every_stage_but_no_loss(trained, tokenizer):
     assert report.next_token.loss is None and report.compare.random_loss is None
     assert [p.name for p in report.pictures()] == list(PICTURE_SIZES)[:-1]  # no per-token loss to draw
     assert "nothing to score" in report.to_text() and "nothing to score" in report.to_html()
+
+
+def test_a_model_whose_weights_give_nan_is_one_line_not_a_report_of_nan(tokenizer):
+    model = tiny_model(tokenizer.vocab_size)
+    with torch.no_grad():
+        model.trf_blocks[0].norm1.scale[0] = float("nan")  # finite elsewhere; every output is NaN
+    with pytest.raises(GptsmithError, match=r"^the model's next-token logits are not finite \(nan\): its "):
+        explain(model, tokenizer, TEXT)
