@@ -33,7 +33,7 @@ from gptsmith.data.tokenizer import (
     load_tokenizer,
     save_tokenizer,
 )
-from gptsmith.errors import DataError
+from gptsmith.errors import ConfigError, DataError
 from gptsmith.storage import (  # one place for writes
     atomic_path,
     atomic_write_json,
@@ -120,6 +120,9 @@ def corpus_tokenizer(name: str, source: str | Path | CorpusSource) -> Tokenizer:
     vocabulary built from the corpus itself (every word of it, so none is ``<|unk|>``)."""
     if isinstance(name, str) and name.lower() in {"simple", "simple-v2"}:
         return SimpleTokenizerV2.from_documents(resolve_corpus(source).documents())
+    if isinstance(name, str) and name.lower() == "simple-v1":
+        raise ConfigError("tokenizer 'simple-v1' cannot tokenize a corpus: it has no <|endoftext|> to put "
+                          "between documents (use --tokenizer simple, which adds it)")
     return get_tokenizer(name)
 
 

@@ -139,3 +139,12 @@ def test_split_fractions_are_validated():
         split_tokens(np.arange(10), (0.8, 0.3))
     with pytest.raises(ConfigError, match="non-negative"):
         split_tokens(np.arange(10), (1.2, -0.1, -0.1))
+
+
+def test_the_word_tokenizer_without_endoftext_cannot_tokenize_a_corpus(tmp_path):
+    from gptsmith.data.shards import corpus_tokenizer
+
+    (tmp_path / "c.txt").write_text("alpha beta")
+    with pytest.raises(ConfigError, match=r"'simple-v1' cannot tokenize a corpus: .*use --tokenizer simple"):
+        corpus_tokenizer("simple-v1", tmp_path / "c.txt")
+    assert corpus_tokenizer("simple", tmp_path / "c.txt").encode("alpha beta") == [0, 1]
