@@ -246,7 +246,8 @@ def download_corpus(name: str, *, force: bool = False, report: Report | None = N
     if target.is_file() and not force:
         say(f"already cached: {target}")
         return target
-    say(f"fetching {url} ...")
+    if not is_offline():  # (offline, fetch_url refuses at once: no "fetching" line before the error)
+        say(f"fetching {url} ...")
     try:
         data = fetch_url(url)
     except OSError as exc:

@@ -121,8 +121,9 @@ def test_download_gpt2_bpe_offline_names_where_to_copy(tmp_path, capsys, monkeyp
 
 def test_download_corpus_offline_is_a_clear_error(capsys):
     assert main(["download", "the-verdict"]) == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert "cannot download the-verdict" in err and "needs internet" in err
+    assert "fetching" not in out + err and err.count("\n") == 1  # offline: no attempt to announce
 
 
 def test_bench_lists_benchmarks(capsys):
