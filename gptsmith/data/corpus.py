@@ -173,7 +173,7 @@ def resolve_corpus(name_or_path: str | Path, text_field: str = "text") -> Corpus
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
         if not files:
-            raise DataError(f"directory {path} holds no .txt or .md files (put the corpus text there)")
+            raise DataError(f"directory {path} holds no .txt or .md files ({_what_to_pass_instead(path)})")
         return _source_from_files(spec, files, text_field)
     if path.is_file():
         return _source_from_files(spec, [path], text_field)
@@ -224,6 +224,18 @@ def _source_from_files(spec: str, files: list[Path], text_field: str) -> CorpusS
     if len(kinds) > 1:
         raise DataError(f"{spec} mixes formats ({', '.join(sorted(kinds))}); prepare one format at a time")
     return CorpusSource(spec, kinds.pop(), tuple(files), text_field)
+
+
+def _what_to_pass_instead(directory: Path) -> str:
+    """The fix for a directory without corpus text: the corpus a token shard there was made from."""
+    try:
+        meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        meta = None
+    if isinstance(meta, dict) and meta.get("format") == "gptsmith-token-shard":
+        return (f"it is a token shard made by `gptsmith prepare`: pass the corpus it was made from, "
+                f"{meta.get('source', 'its source')} (it is tokenized once into the cache)")
+    return "put the corpus text there"
 
 
 def read_utf8(path: Path) -> str:

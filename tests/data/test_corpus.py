@@ -64,6 +64,14 @@ def test_directory_without_text_files(tmp_path):
         resolve_corpus(tmp_path)
 
 
+def test_a_token_shard_given_as_a_corpus_names_the_corpus_it_came_from(tmp_path, word_tokenizer):
+    (tmp_path / "corpus.txt").write_text("alpha beta gamma")
+    prepare_corpus(tmp_path / "corpus.txt", tokenizer=word_tokenizer, out_dir=tmp_path / "shard")
+    with pytest.raises(DataError, match=r"shard holds no .txt or .md files \(it is a token shard made by "
+                       r"`gptsmith prepare`: pass the corpus it was made from, .*corpus.txt \(it is"):
+        resolve_corpus(tmp_path / "shard")
+
+
 def test_non_utf8_bytes_name_file_and_offset(tmp_path):
     (tmp_path / "latin1.txt").write_bytes("café au lait".encode("latin-1"))
     with pytest.raises(DataError, match=r"latin1.txt is not UTF-8: byte 0xe9 at offset 3 .*iconv -f latin1"):
