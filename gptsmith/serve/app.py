@@ -24,9 +24,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gptsmith.config import check_number
+from gptsmith.errors import ConfigError
 from gptsmith.generate.chat import get_template
 from gptsmith.serve.chat_prompt import render_messages
-from gptsmith.serve.engine import Chunk, Engine
+from gptsmith.serve.engine import Chunk, Engine, EngineStopped
 from gptsmith.serve.protocol import (
     APIError,
     CompletionRequest,
@@ -61,15 +62,29 @@ class ServerSettings:
             get_template(self.template)  # an unknown name fails now, not at the first chat request
 
 
+def server_limits(settings: ServerSettings, context: int) -> Limits:
+    """The caps of ``settings`` for a model of ``context`` positions (a ``ConfigError`` if one is more).
+
+    A cap over the context could never be reached; the user who set it expects it to hold, so it
+    is refused like every other out-of-range cap, not lowered quietly.
+    """
+    for name in ("max_prompt_tokens", "max_tokens"):
+        value = getattr(settings, name)
+        if value is not None and value > context:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at most the model's context of {context} "
+                              f"tokens, got {value} (lower it, or leave it out for the whole context)")
+    return Limits(max_tokens=settings.max_tokens or context,
+                  max_prompt_tokens=settings.max_prompt_tokens or context,
+                  max_batch=settings.max_batch, context_length=context)
+
+
 def create_app(model: torch.nn.Module, tokenizer: Any, settings: ServerSettings) -> FastAPI:
-    """The FastAPI app serving ``model``; its engine runs while the app does (``app.state.engine``)."""
+    """The FastAPI app serving ``model``; its engine runs while the app does (``app.state.engine``).
+
+    Raises ``ConfigError`` when a cap of ``settings`` is over the model's context (``server_limits``).
+    """
     context = model.cfg.context_length
-    limits = Limits(
-        max_tokens=min(settings.max_tokens or context, context),
-        max_prompt_tokens=min(settings.max_prompt_tokens or context, context),
-        max_batch=settings.max_batch,
-        context_length=context,
-    )
+    limits = server_limits(settings, context)
     engine = Engine(model, tokenizer, max_batch=settings.max_batch)
 
     @contextlib.asynccontextmanager
@@ -193,7 +208,12 @@ def create_app(model: torch.nn.Module, tokenizer: Any, settings: ServerSettings)
         except Exception as exc:
             for handle in handles:
                 handle.cancel()
-            raise APIError(503, f"cannot take the request now: {exc}", type="server_error") from None
+            if isinstance(exc, EngineStopped):  # the only refusal that is the server's state, not the request
+                raise APIError(503, "the server is shutting down: send the request again once it is back",
+                               type="server_error") from None
+            # Anything else the engine refuses, protocol.py should have refused with a 400 naming the
+            # field: it is a bug, and the 500 handler says what happened rather than "try later".
+            raise
 
         def cancel_all() -> None:
             for handle in handles:

@@ -38,6 +38,10 @@ from gptsmith.serve.batch import BatchCache
 FINISH_REASONS = {"eos": "stop", "stop_sequence": "stop", "max_new_tokens": "length"}
 
 
+class EngineStopped(GptsmithError):
+    """The decode loop has stopped (the server is shutting down): it takes no new requests."""
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How one request decodes (already checked by the API layer). ``temperature`` 0 is greedy."""
@@ -126,7 +130,11 @@ class Engine:
             self.thread = None
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, emit: Callable[[Chunk], None]) -> Handle:
-        """Queue a request; its chunks go to ``emit`` (called on the loop's thread)."""
+        """Queue a request; its chunks go to ``emit`` (called on the loop's thread).
+
+        Raises ``EngineStopped`` once the loop is stopping, and ``GptsmithError`` for an empty
+        prompt or one that leaves no room for ``max_tokens`` (the API layer refuses those first).
+        """
         if not prompt_ids or len(prompt_ids) + params.max_tokens > self.max_span:
             raise GptsmithError(
                 f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) must fit in "
@@ -135,7 +143,7 @@ class Engine:
         handle = Handle(list(prompt_ids), params, emit)
         with self.wakeup:
             if not self.running:
-                raise GptsmithError("the server is shutting down")
+                raise EngineStopped("the server is shutting down")
             self.waiting.append(handle)
             self.wakeup.notify()
         return handle

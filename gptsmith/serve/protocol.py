@@ -14,7 +14,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from gptsmith.errors import GptsmithError
+from gptsmith.device import MAX_SEED, check_seed
+from gptsmith.errors import ConfigError, GptsmithError
 from gptsmith.serve.engine import SamplingParams
 
 ROLES = ("system", "user", "assistant")
@@ -104,6 +105,9 @@ def chat_request(data: dict[str, Any], tokenizer: Any, limits: Limits, render) -
     if data.get("max_tokens") is None and data.get("max_completion_tokens") is not None:
         data = {**data, "max_tokens": data["max_completion_tokens"]}
     ids, stops = render(checked)
+    if not ids:  # e.g. one user message with "" or [] as content, and no template around it
+        raise APIError(400, "the chat renders to an empty prompt: give the messages some content",
+                       param="messages")
     return _request(data, [ids], tokenizer, limits, default_max_tokens=None, logprobs=None,
                     prompt_field="messages", extra_stops=tuple(stops))
 
@@ -124,7 +128,7 @@ def _request(data: dict[str, Any], prompts: list[list[int]], tokenizer: Any, lim
     if n * len(prompts) > limits.max_batch:
         raise APIError(400, f"n x prompts = {n * len(prompts)} choices; this server makes at most "
                        f"{limits.max_batch} per request (its --max-batch)", param="n")
-    seed = _optional(data, "seed", int, 0, 2**63 - 1)
+    seed = _seed(data.get("seed"), n)
     stream = _optional(data, "stream", bool, None, None) or False
     options = data.get("stream_options") or {}
     if not isinstance(options, dict):
@@ -225,8 +229,23 @@ def _content(content: Any, i: int) -> str:
         if len(parts) == len(content) and all(isinstance(p, str) for p in parts):
             content = "".join(parts)
     if not isinstance(content, str):
-        raise APIError(400, f"messages[{i}].content must be a string", param=f"messages[{i}].content")
+        raise APIError(400, f"messages[{i}].content must be a string or a list of "
+                       '{"type": "text", "text": ...} parts', param=f"messages[{i}].content")
     return content
+
+
+def _seed(value: Any, n: int) -> int | None:
+    """``seed`` checked as everywhere in gptsmith (``check_seed``), with room for the n choices' seeds."""
+    if value is None:
+        return None
+    try:
+        seed = check_seed(value, "seed")
+    except ConfigError as exc:
+        raise APIError(400, str(exc), param="seed") from None
+    if seed + n - 1 > MAX_SEED:  # choice i is seeded with seed + i
+        raise APIError(400, f"seed {seed} with n {n} uses seeds up to {seed + n - 1}; seed must be a whole "
+                       f"number from 0 to {MAX_SEED} (lower seed)", param="seed")
+    return seed
 
 
 def _stops(stop: Any) -> tuple[str, ...]:
@@ -256,7 +275,7 @@ def _optional(data: dict[str, Any], name: str, kind: type, low: float | None, hi
     ok = _is_int(value) if kind is int else (
         isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value))
     what = "an integer" if kind is int else "a number"
-    span = f" from {low:g}" if low is not None else ""
+    span = f" from {low:g}" if low is not None else ""  # :g is exact for the small bounds used here
     span += f" to {high:g}" if high is not None else (" or more" if low is not None else "")
     if not ok:
         raise APIError(400, f"{name} must be {what}{span}, got {value!r}", param=name)

@@ -99,11 +99,15 @@ def test_serve_answers_with_the_template_and_exits_0_on_sigterm(instruct_checkpo
     (["--max-tokens", "-5"], "--max-tokens must be a whole number >= 1, got -5"),
     (["--port", "-1"], "--port must be a whole number >= 0, got -1"),
     (["--port", "70000"], "--port must be at most 65535"),
+    # caps over the checkpoint's context (128) are refused once it is loaded, before listening
+    (["--max-prompt-tokens", "1000"], "--max-prompt-tokens must be at most the model's context of 128"),
+    (["--max-tokens", "129"], "--max-tokens must be at most the model's context of 128 tokens, got 129"),
 ])
 def test_serve_bad_flags_are_one_line(capsys, instruct_checkpoint, flags, message):
     assert main(["serve", "--checkpoint", str(instruct_checkpoint), *flags]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+    assert "Ctrl-C to stop" not in err  # refused before it listened
 
 
 def test_serve_port_in_use_or_a_foreign_address_is_one_line(capsys, instruct_checkpoint):

@@ -1,0 +1,165 @@
+"""Odd but well-formed requests (gptsmith/serve/protocol.py, app.py): empty chat prompts, seeds at
+the edges of their range, half characters at the end of an answer, caps over the model's context."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import torch
+from generation_helpers import ByteTokenizer, tiny_model
+from serving_helpers import API_KEY, SlowModel, request
+
+from gptsmith.device import MAX_SEED, check_seed
+from gptsmith.errors import ConfigError, GptsmithError
+from gptsmith.generate.generation import stream_text
+from gptsmith.serve.app import ServerSettings, create_app, server_limits
+from gptsmith.serve.engine import Engine, EngineStopped, SamplingParams
+from gptsmith.serve.server import ServerThread
+
+EMPTY_CHATS = [
+    {"messages": [{"role": "user", "content": ""}], "max_tokens": 2},
+    {"messages": [{"role": "user", "content": ""}], "max_tokens": 2, "stream": True},
+    {"messages": [{"role": "user", "content": []}], "max_tokens": 2},
+    {"messages": [{"role": "system", "content": ""}, {"role": "user", "content": ""}], "max_tokens": 2},
+    {"messages": [{"role": "user", "content": [{"type": "text", "text": ""}]}]},
+]
+
+
+@pytest.mark.parametrize("body", EMPTY_CHATS, ids=["empty", "streamed", "no-parts", "system", "part"])
+def test_a_chat_that_renders_to_nothing_is_a_400_naming_messages(fast, body):
+    status, answer = request(fast.url, "POST", "/v1/chat/completions", body)
+    assert status == 400, answer
+    error = answer["error"]
+    assert error["param"] == "messages" and error["type"] == "invalid_request_error"
+    assert "empty prompt" in error["message"] and "give the messages some content" in error["message"]
+
+
+def test_odd_but_valid_requests_are_answered_and_nothing_is_refused_as_a_server_error(fast):
+    context, cap = 256, 200  # the shared server: the byte model's context and its --max-tokens
+    odd = [
+        ("/v1/completions", {"prompt": "x" * (context - 1), "max_tokens": 1}),  # fills the context
+        ("/v1/completions", {"prompt": "x" * (context - cap), "max_tokens": cap}),
+        ("/v1/completions", {"prompt": [0], "max_tokens": 1, "n": 4, "seed": MAX_SEED - 3}),
+        ("/v1/completions", {"prompt": ["a", "b"], "max_tokens": 1, "n": 2, "stop": "\n"}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": " "}], "max_tokens": 1}),
+        ("/v1/chat/completions", {"messages": [{"role": "assistant", "content": "hi"},
+                                               {"role": "user", "content": ""}], "max_tokens": 1}),
+        ("/v1/chat/completions", {"messages": [{"role": "system", "content": "s"},
+                                               {"role": "user", "content": ""}], "max_tokens": 1}),
+    ]
+    for path, body in odd:
+        status, answer = request(fast.url, "POST", path, body)
+        assert status == 200, (body, answer)
+    status, answer = request(fast.url, "POST", "/v1/completions", {"prompt": "x" * context, "max_tokens": 1})
+    assert status == 400 and answer["error"]["param"] == "prompt"  # no room left: the client's to fix
+
+
+def test_only_a_stopped_engine_is_a_503_and_other_engine_refusals_are_not_try_again_later():
+    model, tokenizer = SlowModel(tiny_model(vocab_size=257, context_length=64)), ByteTokenizer()
+    with ServerThread(model, tokenizer, ServerSettings(api_key=API_KEY)) as server:
+        engine = server.app.state.engine
+        with pytest.raises(GptsmithError, match=r"prompt \(0 tokens\)") as refused:
+            engine.submit([], SamplingParams(max_tokens=2), lambda chunk: None)
+        assert not isinstance(refused.value, EngineStopped)  # a caller's bug, not the server's state
+
+        def refuse(*args) -> None:
+            raise GptsmithError("prompt (0 tokens) + max_tokens (2) must fit in 64 tokens")
+
+        engine.submit = refuse  # what protocol.py let through: a bug, said as one, not "try later"
+        status, answer = request(server.url, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 2})
+        assert status == 500 and "internal error" in answer["error"]["message"]
+        del engine.submit
+        engine.stop()
+        status, answer = request(server.url, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 2})
+        assert status == 503 and answer["error"]["type"] == "server_error"
+        assert "shutting down" in answer["error"]["message"]
+
+
+def test_api_seeds_are_the_cli_seeds_with_its_wording(fast):
+    top = {"prompt": "x", "max_tokens": 1, "seed": MAX_SEED}
+    assert request(fast.url, "POST", "/v1/completions", top)[0] == 200
+    with pytest.raises(ConfigError) as cli:
+        check_seed(MAX_SEED + 1, "seed")  # the one check every verb uses (there as --seed)
+    for seed in (MAX_SEED + 1, 2**63 - 1, 1.5, True):
+        status, answer = request(fast.url, "POST", "/v1/completions", {"prompt": "x", "seed": seed})
+        assert status == 400 and answer["error"]["param"] == "seed"
+        assert answer["error"]["message"].startswith("seed must be a whole number from 0 to 4294967295, got ")
+    status, answer = request(fast.url, "POST", "/v1/completions", {"prompt": "x", "seed": MAX_SEED + 1})
+    assert answer["error"]["message"] == str(cli.value)
+    # choice i uses seed + i, so every choice's seed must be in range too
+    status, answer = request(fast.url, "POST", "/v1/completions",
+                             {"prompt": "x", "max_tokens": 1, "seed": MAX_SEED, "n": 2})
+    assert status == 400 and answer["error"]["param"] == "seed"
+    assert f"uses seeds up to {MAX_SEED + 1}" in answer["error"]["message"]
+
+
+class ScriptedModel(SlowModel):
+    """Always picks ``SCRIPT[last token]`` next ("A" otherwise): after "A" comes "B", then the four
+    bytes of "🎉", one token each, then "A" again. The inner model still runs (its cache is used)."""
+
+    SCRIPT = {65: 66, 66: 0xF0, 0xF0: 0x9F, 0x9F: 0x8E, 0x8E: 0x89, 0x89: 65}
+
+    def forward(self, ids: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        logits = self.inner(ids, *args, **kwargs)  # (batch, t, vocab_size): t is 1 with last_token_only
+        last = ids[:, -logits.shape[1]:]
+        wanted = last.clone().apply_(lambda token: self.SCRIPT.get(token, 65))
+        return torch.full_like(logits, -1e4).scatter_(-1, wanted.unsqueeze(-1), 0.0)
+
+
+@pytest.fixture(scope="module")
+def scripted():
+    model, tokenizer = ScriptedModel(tiny_model(vocab_size=257, context_length=64)), ByteTokenizer()
+    with ServerThread(model, tokenizer, ServerSettings(api_key=API_KEY)) as server:
+        server.model, server.tokenizer = model, tokenizer
+        yield server
+
+
+@pytest.mark.parametrize(("max_tokens", "text"), [(3, "B"), (4, "B"), (5, "B🎉"), (6, "B🎉A")])
+def test_an_answer_cut_inside_a_character_leaves_it_out_streamed_or_not(scripted, max_tokens, text):
+    alone = "".join(stream_text(scripted.model, scripted.tokenizer, [65], max_tokens, temperature=0))
+    assert alone == text  # generate's own streaming (and the CLI) leave the half "🎉" out
+    body = {"prompt": "A", "max_tokens": max_tokens, "temperature": 0}
+    status, whole = request(scripted.url, "POST", "/v1/completions", body)
+    assert status == 200 and whole["choices"][0]["text"] == text, whole
+    assert whole["usage"]["completion_tokens"] == max_tokens  # the half character's tokens still count
+    status, streamed = request(scripted.url, "POST", "/v1/completions", {**body, "stream": True})
+    events = [json.loads(e.removeprefix("data: ")) for e in streamed["text"].split("\n\n")
+              if e.startswith("data: {")]
+    assert "".join(e["choices"][0]["text"] for e in events) == text
+    chat = {"messages": [{"role": "user", "content": "A"}], "max_tokens": max_tokens, "temperature": 0}
+    status, answer = request(scripted.url, "POST", "/v1/chat/completions", chat)  # plain turns: prompt "A"
+    assert status == 200 and answer["choices"][0]["message"]["content"] == text, answer
+
+
+def test_engine_chunks_never_end_in_a_replacement_character():
+    model, tokenizer = ScriptedModel(tiny_model(vocab_size=257, context_length=64)), ByteTokenizer()
+    chunks, done = [], threading.Event()
+
+    def emit(chunk) -> None:
+        chunks.append(chunk)
+        if chunk.finish_reason is not None:
+            done.set()
+
+    engine = Engine(model, tokenizer, max_batch=2)
+    engine.start()
+    try:
+        engine.submit([65], SamplingParams(max_tokens=4), emit)  # B, then 3 of the 4 bytes of "🎉"
+        assert done.wait(30)
+    finally:
+        engine.stop()
+    assert [c.token_id for c in chunks] == [66, 0xF0, 0x9F, 0x8E]
+    assert "".join(c.text for c in chunks) == "B" and chunks[-1].finish_reason == "length"
+
+
+@pytest.mark.parametrize("name", ["max_prompt_tokens", "max_tokens"])
+def test_a_cap_over_the_context_is_refused_not_lowered_quietly(name):
+    model = tiny_model(vocab_size=257, context_length=128)
+    flag = "--" + name.replace("_", "-")
+    message = f"^{flag} must be at most the model's context of 128 tokens, got 1000 "
+    with pytest.raises(ConfigError, match=message):
+        create_app(model, ByteTokenizer(), ServerSettings(**{name: 1000}))
+    limits = server_limits(ServerSettings(**{name: 128}), 128)  # the whole context is fine
+    assert getattr(limits, name) == 128
+    assert getattr(server_limits(ServerSettings(**{name: 100}), 128), name) == 100
