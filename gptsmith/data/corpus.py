@@ -8,7 +8,8 @@
   learns visibly within minutes.
 - a named corpus (``"the-verdict"``, ``"tinyshakespeare"``, or any ``NAME`` with a ``NAME.txt``)
   looked up in $GPTSMITH_DATA_DIR, ``../shared/data`` beside the checkout, and the user cache;
-- a ``.txt``/``.md`` file, a directory of them (recursively), or a glob;
+- a ``.txt``/``.md`` file, a directory of them (recursively), or a glob; a file named on its
+  own or by a glob is text whatever its suffix (``.rst``, ``README``), except ``.json``;
 - ``.jsonl`` (one JSON object per line with a ``text`` field) and ``.parquet`` files (a ``text``
   column, read in record batches so the corpus may be larger than memory);
 - ``"hf:NAME"`` or ``"hf:NAME:SPLIT"``: a Hugging Face hub dataset, streamed through the optional
@@ -218,9 +219,11 @@ def _source_from_files(spec: str, files: list[Path], text_field: str) -> CorpusS
             kinds.add("jsonl")
         elif suffix == ".parquet":
             kinds.add("parquet")
-        else:
-            raise DataError(f"{path}: unsupported corpus format {suffix or '(no suffix)'} (use .txt, .md, "
-                            ".jsonl or .parquet)")
+        elif suffix == ".json":  # as text it would train on the JSON's brackets and quotes
+            raise DataError(f"{path}: a .json corpus is not read (write one {{\"text\": ...}} object per "
+                            "line as .jsonl, or pass the plain text as .txt)")
+        else:  # a file named on its own (or by a glob) is text whatever its suffix: .rst, .csv, README
+            kinds.add("text")
     if len(kinds) > 1:
         raise DataError(f"{spec} mixes formats ({', '.join(sorted(kinds))}); prepare one format at a time")
     return CorpusSource(spec, kinds.pop(), tuple(files), text_field)
@@ -252,9 +255,11 @@ def read_utf8(path: Path) -> str:
 
 def convert_hint(data: bytes) -> str:
     """How to make UTF-8 of a file that starts with ``data``: from UTF-16 if it starts with a UTF-16
-    byte-order mark, else from Latin-1 (the usual single-byte case)."""
+    byte-order mark, nothing for a binary file, else from Latin-1 (the usual single-byte case)."""
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return "it starts with a UTF-16 byte-order mark: convert it, e.g. `iconv -f utf-16 -t utf-8 IN > OUT`"
+    if b"\0" in data[:8192]:  # NUL bytes: a binary file (an archive, weights, an image), not text
+        return "it looks like a binary file, not text: pass a text file"
     return "convert the file, e.g. `iconv -f latin1 -t utf-8 IN > OUT`"
 
 

@@ -26,6 +26,17 @@ def test_text_files_directories_and_globs(tmp_path):
     (tmp_path / "skip.bin").write_bytes(b"\x00")
     assert list(resolve_corpus(tmp_path).documents()) == ["first file", "second ", "third"]
     assert list(resolve_corpus(str(tmp_path / "*.txt")).documents()) == ["first file"]
+    (tmp_path / "notes.rst").write_text("any suffix")  # named on its own: text, whatever its suffix
+    (tmp_path / "README").write_text("no suffix")
+    assert list(resolve_corpus(str(tmp_path / "notes.rst")).documents()) == ["any suffix"]
+    assert list(resolve_corpus(str(tmp_path / "README")).documents()) == ["no suffix"]
+    assert "any suffix" not in list(resolve_corpus(tmp_path).documents())  # a directory: .txt/.md only
+    (tmp_path / "weights.bin").write_bytes(b"\x80\x00\x01binary")
+    with pytest.raises(DataError, match=r"weights.bin is not UTF-8: .*\(it looks like a binary file"):
+        list(resolve_corpus(str(tmp_path / "weights.bin")).documents())
+    (tmp_path / "data.json").write_text('[{"text": "x"}]')
+    with pytest.raises(DataError, match=r"data.json: a .json corpus is not read \(write one"):
+        resolve_corpus(str(tmp_path / "data.json"))
     (tmp_path / "br[ack]et.txt").write_text("a file, not a glob")  # an existing path wins
     assert list(resolve_corpus(str(tmp_path / "br[ack]et.txt")).documents()) == ["a file, not a glob"]
 
