@@ -25,8 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=(
             "CORPUS is one of: builtin (CPython's documentation, no download), a named corpus\n"
             "(the-verdict, tinyshakespeare, ... looked up in $GPTSMITH_DATA_DIR, ../shared/data and\n"
-            "the cache), a .txt/.md file, a directory or glob of them, a .jsonl (text field) or\n"
-            ".parquet (text column) file, or hf:NAME[:SPLIT] (needs the `datasets` package).\n\n"
+            "the cache), a text file (any suffix but .json), a directory of .txt/.md files, a glob,\n"
+            "a .jsonl (text field) or .parquet (text column) file, or hf:NAME[:SPLIT] (needs the\n"
+            "`datasets` package).\n\n"
             "examples:\n"
             "  gptsmith prepare                          # the built-in corpus, into the user cache\n"
             "  gptsmith prepare the-verdict --out data/verdict\n"
