@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 from pathlib import Path
 
@@ -53,11 +54,54 @@ def write_jsonl(path: Path, rows, text_key: str = "text", label_key: str = "labe
     return path
 
 
-def tiny_base(directory: Path, context_length: int = 16, seed: int = 0) -> Path:
-    """A random 2-layer GPT with a word-level tokenizer over the test words, saved as a model dir."""
-    vocabulary = " ".join(w for words in WORDS.values() for w in words)
-    tokenizer = SimpleTokenizerV2.from_text(vocabulary)
+def _tokenizer() -> SimpleTokenizerV2:
+    return SimpleTokenizerV2.from_text(" ".join(w for words in WORDS.values() for w in words))
+
+
+def _gpt(vocab_size: int, context_length: int, seed: int) -> GPTModel:
     torch.manual_seed(seed)
-    cfg = GPTConfig(vocab_size=tokenizer.vocab_size, context_length=context_length, emb_dim=32, n_heads=4,
-                    n_layers=2, drop_rate=0.0)
-    return save_model(GPTModel(cfg), directory, tokenizer=tokenizer)
+    return GPTModel(GPTConfig(vocab_size=vocab_size, context_length=context_length, emb_dim=32, n_heads=4,
+                              n_layers=2, drop_rate=0.0))
+
+
+def tiny_base(directory: Path, context_length: int = 16, seed: int = 0, *, nan_weights: bool = False) -> Path:
+    """A random 2-layer GPT with a word-level tokenizer over the test words, saved as a model dir
+    (with ``nan_weights``, a broken one: a LayerNorm scale of NaN, as a run that diverged leaves)."""
+    tokenizer = _tokenizer()
+    model = _gpt(tokenizer.vocab_size, context_length, seed)
+    if nan_weights:
+        with torch.no_grad():
+            model.trf_blocks[0].norm1.scale.fill_(float("nan"))
+    return save_model(model, directory, tokenizer=tokenizer)
+
+
+def nan_classifier(directory: Path) -> Path:
+    """A ham/spam classifier directory whose head weights are NaN (what a diverged fine-tune saved
+    before such runs were stopped): ``classify`` must refuse it, not print ``nan``."""
+    from gptsmith.finetune.class_model import GPTClassifier
+    from gptsmith.finetune.classifier import save_classifier
+
+    tokenizer = _tokenizer()
+    model = GPTClassifier(_gpt(tokenizer.vocab_size, 16, 0), 2)
+    with torch.no_grad():
+        model.head.weight.fill_(float("nan"))
+    return save_classifier(model, directory, labels=["ham", "spam"], max_length=16, tokenizer=tokenizer,
+                           finetune={"kind": "classify"})
+
+
+def locked_folder(folder: Path, monkeypatch) -> Path:
+    """Make ``folder`` one that nobody may write in: mode 555, or, as root (whom modes do not stop),
+    ``os.access`` saying so, as it does for root on a read-only file system."""
+    folder.mkdir(parents=True)
+    if os.geteuid() != 0:
+        folder.chmod(0o555)  # pytest's clean-up of tmp_path restores the write bit to delete it
+        return folder
+    real_access = os.access
+
+    def access(path, mode, *args, **kwargs) -> bool:
+        if mode & os.W_OK and Path(path) == folder:
+            return False
+        return real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    return folder

@@ -171,6 +171,8 @@ def run_finetune_classify(args: argparse.Namespace) -> int:
 
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
+    from gptsmith.data.corpus import read_utf8
+
     texts = list(args.texts)
     for number, text in enumerate(texts, start=1):
         if not text.strip():
@@ -184,11 +186,12 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
                 raise DataError(f"--file {path} is a directory; give a text file (one text per line)")
             if not path.is_file():
                 raise DataError(f"--file {path} not found (one text per line)")
-            try:
-                lines = path.read_text(encoding="utf-8").splitlines()
-            except UnicodeDecodeError:
-                raise DataError(f"--file {path} is not UTF-8 text") from None
+            lines = read_utf8(path).splitlines()  # a leading BOM dropped; other bytes: offset and byte
         kept = [line for line in lines if line.strip()]
+        if not kept and not texts:
+            where = "standard input" if args.file == "-" else args.file
+            why = "only blank lines" if lines else "it is empty"
+            raise DataError(f"--file {where} holds no texts ({why}; put one text per line)")
         if len(kept) < len(lines):
             skipped = len(lines) - len(kept)
             print(f"note: skipped {skipped} blank line(s) of --file {args.file}", file=sys.stderr)

@@ -229,9 +229,9 @@ def _read_records(args: argparse.Namespace) -> tuple[list, list, list]:
 
 def run_instruct(args: argparse.Namespace) -> int:
     from gptsmith.finetune.base import check_output_dir, prepare_output_dir
-    from gptsmith.finetune.instruct import InstructConfig, answer_records, finetune_instruct, response_loss
+    from gptsmith.finetune.instruct import InstructConfig, answer_records, check_base
     from gptsmith.model.checkpoint import save_model
-    from gptsmith.storage import atomic_write_json
+    from gptsmith.storage import atomic_write_json, created_directory
 
     cfg = InstructConfig(template=args.template, mask_prompt=args.mask_prompt, epochs=args.epochs,
                          max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
@@ -256,27 +256,18 @@ def run_instruct(args: argparse.Namespace) -> int:
     say(f"{name}: {len(train)} train / {len(val)} validation / {len(test)} test records, "
         f"template {cfg.template}{', loss on responses only' if cfg.mask_prompt else ''}")
     cfg.length_for(model)
-    before = response_loss(model, tokenizer, test, cfg.template, max_length=cfg.max_length)
-    say(f"test-reference loss before fine-tuning: {before:.3f}")
-    progress = InstructProgress(show_bar=not args.no_progress)
-    try:
-        result = finetune_instruct(model, tokenizer, train, val, cfg, callbacks=progress)
-    finally:
-        progress.close()
-    if cfg.lora_rank:
-        from gptsmith.finetune.lora import merge_lora
-
-        merge_lora(model)
-    after = response_loss(model, tokenizer, test, cfg.template, max_length=cfg.max_length)
-    say(f"test-reference loss after fine-tuning: {after:.3f} (before {before:.3f}, "
-        f"change {after - before:+.3f})")
-    info = {"kind": "instruct", "base": name, "data": str(args.data), "template": cfg.template,
-            "mask_prompt": cfg.mask_prompt, "lora_rank": cfg.lora_rank, "epochs": cfg.epochs,
-            "steps": result.steps, "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
-            "test_loss_before": before, "test_loss_after": after, "truncated": result.truncated}
-    prepare_output_dir(args.out, overwrite=args.overwrite)  # an earlier fine-tune's files go only now
-    save_model(model, args.out, tokenizer=tokenizer,
-               extra={"instruction_template": cfg.template, "finetune": info})
+    check_base(model, tokenizer, train, cfg.template, max_length=cfg.max_length, name=name)
+    # Data, base and settings are good: --out is made now (as classify does), so a folder that cannot
+    # be made fails before training, not after it; a run that fails removes the folder it made.
+    with created_directory(args.out):
+        result, before, after = _train(args, cfg, model, tokenizer, (train, val, test))
+        info = {"kind": "instruct", "base": name, "data": str(args.data), "template": cfg.template,
+                "mask_prompt": cfg.mask_prompt, "lora_rank": cfg.lora_rank, "epochs": cfg.epochs,
+                "steps": result.steps, "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
+                "test_loss_before": before, "test_loss_after": after, "truncated": result.truncated}
+        prepare_output_dir(args.out, overwrite=args.overwrite)  # an earlier fine-tune's files go only now
+        save_model(model, args.out, tokenizer=tokenizer,
+                   extra={"instruction_template": cfg.template, "finetune": info})
     say(f"saved the fine-tuned model to {args.out}")
     responses = answer_records(model, tokenizer, test, cfg.template, max_new_tokens=args.answer_tokens)
     stopped = sum(r["stopped"] for r in responses)
@@ -289,6 +280,32 @@ def run_instruct(args: argparse.Namespace) -> int:
         _judge(args, report)
     say(f"wrote {args.out / RESPONSES_FILE}; ask it: gptsmith ask --checkpoint {args.out} \"...\"")
     return 0
+
+
+def _train(args: argparse.Namespace, cfg: Any, model: Any, tokenizer: Any,
+           records: tuple[list, list, list]) -> tuple[Any, float, float]:
+    """Fine-tune ``model`` in place (LoRA merged); (result, test-reference loss before, after)."""
+    from gptsmith.finetune.base import check_finite_loss
+    from gptsmith.finetune.instruct import finetune_instruct, response_loss
+
+    train, val, test = records
+    before = response_loss(model, tokenizer, test, cfg.template, max_length=cfg.max_length)
+    check_finite_loss("test-reference loss", before, step=0, lr=cfg.lr)
+    say(f"test-reference loss before fine-tuning: {before:.3f}")
+    progress = InstructProgress(show_bar=not args.no_progress)
+    try:
+        result = finetune_instruct(model, tokenizer, train, val, cfg, callbacks=progress)
+    finally:
+        progress.close()
+    if cfg.lora_rank:
+        from gptsmith.finetune.lora import merge_lora
+
+        merge_lora(model)
+    after = response_loss(model, tokenizer, test, cfg.template, max_length=cfg.max_length)
+    check_finite_loss("test-reference loss", after, step=result.steps, lr=cfg.lr)
+    say(f"test-reference loss after fine-tuning: {after:.3f} (before {before:.3f}, "
+        f"change {after - before:+.3f})")
+    return result, before, after
 
 
 def _judge(args: argparse.Namespace, report: dict) -> None:

@@ -9,14 +9,18 @@
   says it is faster), backward, gradient clipping, fused AdamW over the trainable parameters
   (``build_optimizer``), learning rate by ``lr_at_step`` (warm-up, then cosine to lr/10, or
   constant), and a stop before the update when the loss is not finite.
+- ``check_base_outputs`` / ``check_finite_loss`` / ``check_finite_model``: a base whose outputs are
+  NaN or infinite is refused before training, and a run whose evaluation loss, weights or
+  outputs stop being finite stops before anything is saved (never a NaN in a file).
 - ``check_output_dir`` / ``prepare_output_dir`` / ``save_finetuned``: the output is a model
-  directory (``save_model``) with a ``finetune`` section in config.json; checked before anything
-  is loaded (no work lost at the end), created or cleared only once training starts.
+  directory (``save_model``) with a ``finetune`` section in config.json; checked (a file in the
+  way, a folder that cannot be written) before anything is loaded, so no work is lost at the end.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,7 +32,7 @@ from torch import nn
 from gptsmith.config import check_number
 from gptsmith.data.tokenizer import Tokenizer
 from gptsmith.device import autocast, parse_dtype, resolve_autocast_dtype, resolve_device, tune_cpu_allocator
-from gptsmith.errors import CheckpointError, ConfigError, StorageError
+from gptsmith.errors import CheckpointError, ConfigError, NonFiniteError, StorageError
 from gptsmith.model.checkpoint import (
     CONFIG_FILE,
     load_model,
@@ -40,7 +44,7 @@ from gptsmith.model.checkpoint import (
 )
 from gptsmith.model.gpt import GPTModel
 from gptsmith.storage import check_can_be_directory
-from gptsmith.train.evaluation import NonFiniteLossError
+from gptsmith.train.evaluation import NonFiniteLossError, outputs_are_finite
 from gptsmith.train.schedule import build_optimizer, lr_at_step
 
 TRAINABLE_CHOICES = "head, last-blocks:N or all"
@@ -197,6 +201,44 @@ class StepRunner:
         return value
 
 
+def check_base_outputs(model: nn.Module, batches, *, name: str | None = None) -> None:
+    """Raise ``NonFiniteError`` when ``model``'s outputs on the first of ``batches`` ((inputs, _)
+    pairs) are NaN or infinite: a broken base, which no learning rate can fix. Checked before
+    training, in eval mode, drawing no random numbers."""
+    if not outputs_are_finite(model, batches):
+        named = f" {name}" if name else ""
+        raise NonFiniteError(f"the base model{named} gives non-finite outputs (nan or inf): its weights are "
+                             "broken, e.g. a checkpoint of a run that diverged (fine-tune an earlier "
+                             "checkpoint or another model)")
+
+
+def check_finite_loss(what: str, value: float, *, step: int, lr: float) -> None:
+    """Raise ``NonFiniteLossError`` when an evaluation loss (``what``, e.g. "validation loss") is NaN
+    or infinite: the update of ``step`` broke the weights, so the run stops before saving them."""
+    if math.isfinite(value):
+        return
+    if step == 0:
+        raise NonFiniteLossError(f"the {what} of the base model is {value} before any training: its weights "
+                                 "are broken (fine-tune an earlier checkpoint or another model)")
+    raise NonFiniteLossError(f"the {what} became {value} after step {step}; stopped before saving "
+                             f"(lower --lr, now {lr:g})")
+
+
+def check_finite_model(model: nn.Module, batches, *, step: int, lr: float,
+                       amp_dtype: torch.dtype | None = None) -> None:
+    """Raise ``NonFiniteLossError`` when a weight of ``model``, or its output on the first of
+    ``batches`` ((inputs, _) pairs), is NaN or infinite: checked before a fine-tuned model is saved
+    or returned (finite weights may still overflow into NaN outputs)."""
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        what = "a weight"
+    elif not outputs_are_finite(model, batches, amp_dtype=amp_dtype):
+        what = "the model's output"
+    else:
+        return
+    raise NonFiniteLossError(f"{what} became non-finite (nan or inf) after step {step}; stopped before "
+                             f"saving (lower --lr, now {lr:g})")
+
+
 # What any fine-tune writes (classification, LoRA adapter, instructions): with --overwrite, one
 # fine-tune's output folder may be replaced by another kind's.
 FINETUNE_FILES = (CONFIG_FILE, "model.safetensors", "metrics.jsonl", "adapter_config.json",
@@ -208,12 +250,14 @@ def check_output_dir(out: str | Path, *, overwrite: bool = False) -> Path:
     """``out`` must be a new or empty folder, or (with ``overwrite``) an earlier fine-tune's output:
     a folder holding only ``FINETUNE_FILES`` (the names any fine-tune writes).
 
-    Checked before training, so a bad ``--out`` fails in a second, not after the run. Nothing is
-    created or deleted here (``prepare_output_dir`` does that once training starts), so a run that
-    fails on its data leaves no empty folder and keeps the earlier output it would replace.
+    Checked before training, so a bad ``--out`` (a file in the way, a folder that cannot be written,
+    other files) fails in a second, not after the run. Nothing is created or deleted here
+    (``prepare_output_dir`` does that once training starts), so a run that fails on its data leaves
+    no empty folder and keeps the earlier output it would replace.
     """
     out = Path(out).expanduser()
     check_can_be_directory(out, "--out")
+    _check_writable(out)
     if out.is_dir() and any(out.iterdir()):
         ours = all(child.name in FINETUNE_FILES for child in out.iterdir())
         if not overwrite:
@@ -223,6 +267,23 @@ def check_output_dir(out: str | Path, *, overwrite: bool = False) -> Path:
             raise StorageError(f"--out {out} holds files a fine-tune did not write; choose a new or empty "
                                "folder (--overwrite only replaces an earlier fine-tune's output)")
     return out
+
+
+def _check_writable(out: Path) -> None:
+    """Raise ``StorageError`` when ``out``, or the nearest of its parents that exists, cannot be
+    written (a read-only file system, no permission): said before training, not at the save."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or os.access(existing, os.W_OK | os.X_OK):
+        return
+    try:
+        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+    except (AttributeError, OSError):  # no statvfs (Windows)
+        read_only = False
+    reason = "on a read-only file system" if read_only else "not writable (permission denied)"
+    where = f"--out {out} is" if existing == out else f"--out {out} cannot be created: {existing} is"
+    raise StorageError(f"{where} {reason}; choose a folder you can write to")
 
 
 def prepare_output_dir(out: Path, *, overwrite: bool = False) -> Path:

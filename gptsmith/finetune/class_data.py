@@ -12,7 +12,10 @@ come here):
   text and the label must be two different columns.
 - **Rows**: a row with an empty text is skipped and counted; an empty label or a row that
   cannot be parsed is an error naming the line. Labels are strings (JSON numbers become
-  their text); the classes are the sorted distinct labels, so ids are reproducible.
+  their text, JSON booleans ``true``/``false``); the classes are the sorted distinct labels, so
+  ids are reproducible.
+- **Text**: UTF-8, a leading byte-order mark dropped; other bytes are an error naming the
+  offset and the byte, with an ``iconv`` hint (``gptsmith.data.corpus.read_utf8``).
 - **Balance** (``balance``): down-sample every class to the smallest one's count, as the book
   does for SMS spam. **Split** (``split``): stratified by class, 70/10/20 by default.
 """
@@ -27,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gptsmith.data.corpus import read_utf8
 from gptsmith.errors import ConfigError, DataError
 from gptsmith.finetune.records import json_objects
 
@@ -91,10 +95,7 @@ def _read_text(path: Path) -> str:
         raise DataError(f"data file not found: {path}")
     if path.is_dir():
         raise DataError(f"{path} is a directory; pass a CSV, TSV or JSONL file")
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text (byte {exc.start}); convert it to UTF-8") from None
+    return read_utf8(path)  # a leading BOM dropped; other bytes: offset, byte and an iconv hint
 
 
 def _column_index(column: str | int, header: list[str] | None, path: Path) -> int:
@@ -154,9 +155,9 @@ def _read_delimited(path: Path, text: str, fmt: str, text_column: str | int, lab
 
 def _add_row(data: LabelledTexts, text: object, label: object, path: Path, where: int | str) -> None:
     where = f"line {where}" if isinstance(where, int) else where
-    if isinstance(label, bool) or label is None or isinstance(label, dict | list):
-        raise DataError(f"{path}, {where}: the label must be a string or a number, got {label!r}")
-    label = str(label).strip()
+    if label is None or isinstance(label, dict | list):
+        raise DataError(f"{path}, {where}: the label must be a string, a number or a boolean, got {label!r}")
+    label = (("true" if label else "false") if isinstance(label, bool) else str(label)).strip()
     if not label:
         raise DataError(f"{path}, {where}: empty label (every row needs one)")
     if text is None or (isinstance(text, str) and not text.strip()):

@@ -45,11 +45,16 @@ class GPTClassifier(nn.Module):
     def n_classes(self) -> int:
         return self.head.out_features
 
-    def features(self, token_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """The final-normed hidden state at each row's last real token: (batch, emb_dim)."""
+    def features(self, token_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """The final-normed hidden state at each row's last real token: (batch, emb_dim).
+
+        ``lengths`` (batch,) are the rows' real lengths (default: every row is all real tokens).
+        """
         gpt = self.gpt
         gpt._check_input(token_ids, None, None)
         n_tokens = token_ids.shape[1]
+        if lengths is None:
+            lengths = torch.full((token_ids.shape[0],), n_tokens, dtype=torch.long)
         positions = torch.arange(n_tokens, device=token_ids.device)
         x = gpt.drop_emb(gpt.tok_emb(token_ids) + gpt.pos_emb(positions))  # (batch, n_tokens, emb_dim)
         for block in gpt.trf_blocks[:-1]:
@@ -57,8 +62,9 @@ class GPTClassifier(nn.Module):
         last = last_token_block(gpt.trf_blocks[-1], x, lengths.to(x.device))  # (batch, emb_dim)
         return gpt.final_norm(last)
 
-    def forward(self, token_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Class logits (batch, n_classes) for right-padded ``token_ids`` with real ``lengths``."""
+    def forward(self, token_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Class logits (batch, n_classes) for right-padded ``token_ids`` with real ``lengths``
+        (default: no padding)."""
         return self.head(self.features(token_ids, lengths))
 
 

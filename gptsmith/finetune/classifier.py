@@ -22,7 +22,7 @@ import torch
 from gptsmith.config import check_number
 from gptsmith.data.tokenizer import Tokenizer
 from gptsmith.device import autocast, resolve_autocast_dtype, resolve_device
-from gptsmith.errors import CheckpointError, GptsmithError
+from gptsmith.errors import CheckpointError, GptsmithError, NonFiniteError
 from gptsmith.finetune.base import load_base, save_finetuned
 from gptsmith.finetune.class_model import GPTClassifier, encode_texts, iterate_batches
 from gptsmith.finetune.lora import ADAPTER_CONFIG_FILE, is_adapter_dir, load_adapter, merge_lora, read_adapter
@@ -149,7 +149,10 @@ class Classifier:
 
     @torch.no_grad()
     def predict_proba(self, texts: list[str], *, batch_size: int = 32) -> torch.Tensor:
-        """Class probabilities (n_texts, n_classes), columns in ``self.labels`` order."""
+        """Class probabilities (n_texts, n_classes), columns in ``self.labels`` order.
+
+        Raises ``NonFiniteError`` when the model's outputs are NaN or infinite (broken weights).
+        """
         if isinstance(texts, str):
             raise GptsmithError("predict takes a list of texts, not one string (wrap it: [text])")
         check_number("batch_size", batch_size, whole=True, minimum=1)
@@ -165,6 +168,11 @@ class Classifier:
         for ids, lengths, positions in iterate_batches(encoded, batch_size, shuffle=False):
             with ctx:
                 logits = self.model(ids.to(self.device), lengths.to(self.device)).float()
+            if not bool(torch.isfinite(logits).all()):
+                kind = "nan" if bool(torch.isnan(logits).any()) else "inf"
+                raise NonFiniteError(f"the classifier's outputs are not finite ({kind}): its weights are "
+                                     "broken, e.g. a fine-tune that diverged (fine-tune it again with a "
+                                     "lower --lr)")
             probs[positions] = torch.softmax(logits, dim=-1).cpu()  # (batch, n_classes)
         return probs
 

@@ -5,6 +5,8 @@ load the base (``base.load_base``), put a head of ``n_classes`` on it (``GPTClas
 what trains (``--trainable`` or LoRA), train for ``epochs`` (or ``max_steps``) with
 evaluations per epoch or every ``eval_every`` steps, test, and write the output directory
 (model + ``metrics.jsonl`` + ``training.png``). The CLI draws its progress from the callbacks.
+A base whose outputs are not finite is refused before training; a NaN or infinite training,
+validation or test loss, weight or output stops the run before the classifier is saved.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ from gptsmith.device import set_seed
 from gptsmith.errors import ConfigError, DataError
 from gptsmith.finetune.base import (
     StepRunner,
+    check_base_outputs,
     check_dtype,
+    check_finite_loss,
+    check_finite_model,
     check_output_dir,
     check_setting,
     load_base,
@@ -41,7 +46,13 @@ from gptsmith.finetune.class_data import (
     read_labelled,
 )
 from gptsmith.finetune.class_eval import EvalResult, evaluate, plot_classifier_metrics
-from gptsmith.finetune.class_model import EncodedTexts, GPTClassifier, encode_texts, iterate_batches
+from gptsmith.finetune.class_model import (
+    EncodedTexts,
+    GPTClassifier,
+    encode_texts,
+    iterate_batches,
+    pad_batch,
+)
 from gptsmith.finetune.classifier import Classifier, classifier_section, head_tensors, save_classifier
 from gptsmith.finetune.lora import (
     DEFAULT_TARGETS,
@@ -228,6 +239,9 @@ def finetune_classifier(
                      f"{'context' if max_length == context else '--max-length'}) to their first {max_length}")
 
     classifier = GPTClassifier(gpt, len(classes))
+    # a batch of training texts (padding taken as text): the base's outputs, and the result's, must be finite
+    probe = [(pad_batch(parts["train"].ids[:config.batch_size])[0], None)]
+    check_base_outputs(classifier, probe, name=base.name)
     lora_config = None
     if config.lora_rank:
         alpha = 2.0 * config.lora_rank if config.lora_alpha is None else config.lora_alpha
@@ -261,6 +275,8 @@ def finetune_classifier(
 
     def run_eval(epoch: int) -> None:
         val_result = evaluate(classifier, parts["validation"], autocast=runner.autocast())
+        if val_result.n:  # a NaN never reaches metrics.jsonl, and a diverged classifier is never saved
+            check_finite_loss("validation loss", val_result.loss, step=runner.step, lr=config.lr)
         n = max(running["n"], 1)
         rec = {"kind": "eval", "step": runner.step, "epoch": epoch, "examples_seen": running["examples"],
                "train_loss": running["loss"] / n, "train_accuracy": running["correct"] / n,
@@ -293,8 +309,10 @@ def finetune_classifier(
     if len(parts["test"]):
         test_result = evaluate(classifier, parts["test"], autocast=runner.autocast())
     if test_result is not None:
+        check_finite_loss("test loss", test_result.loss, step=runner.step, lr=config.lr)
         record({"kind": "test", "step": runner.step, **test_result.to_dict()})
 
+    check_finite_model(classifier, probe, step=runner.step, lr=config.lr, amp_dtype=runner.autocast_dtype)
     finetune = {"kind": "classify", "base": base.name, "labels": classes, "config": _jsonable(config),
                 "test_accuracy": test_result.accuracy if test_result else None}
     if out_dir is not None:

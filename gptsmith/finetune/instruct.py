@@ -4,7 +4,8 @@
 ``GPTModel`` to follow instructions (the book's chapter 7): batches padded as ``instruct_data``
 says, cross-entropy that ignores the -100 targets, steps by ``finetune.base.StepRunner`` (fused
 AdamW at a constant learning rate, bf16 autocast where the device runs it faster, a stop before a
-non-finite loss reaches the weights), optional LoRA adapters
+non-finite loss reaches the weights; a base, an evaluation loss or a result that is not finite
+stops the run before anything is saved), optional LoRA adapters
 (``cfg.lora_rank``: only the adapters train; ``merge_lora`` folds them back before saving). Every
 ``eval_every`` steps it scores train and validation batches and answers a fixed validation
 instruction (``TrainCallbacks.on_eval`` / ``on_sample``).
@@ -27,7 +28,14 @@ import torch
 from gptsmith.data.tokenizer import as_tokenizer
 from gptsmith.device import autocast, resolve_device, set_seed
 from gptsmith.errors import ConfigError, DataError
-from gptsmith.finetune.base import StepRunner, check_dtype, check_setting
+from gptsmith.finetune.base import (
+    StepRunner,
+    check_base_outputs,
+    check_dtype,
+    check_finite_loss,
+    check_finite_model,
+    check_setting,
+)
 from gptsmith.finetune.instruct_data import (
     IGNORE_INDEX,
     EncodedExample,
@@ -150,8 +158,20 @@ def examples_loss(
     finally:
         model.train(was_training)
     if count == 0:
-        raise DataError("no target tokens to score (every example was truncated before its answer)")
+        raise DataError(_no_answer_message(examples))
     return total / count
+
+
+def _no_answer_message(examples: Sequence[EncodedExample]) -> str:
+    """Why no example has an answer token to score: each was cut before its answer."""
+    if not examples:
+        return "no examples to score (give at least one record)"
+    # Only an example cut short loses its closing <|endoftext|> target, so each kept max_length + 1 ids.
+    allowed = max(len(e.ids) for e in examples) - 1
+    shortest = min(e.prompt_length for e in examples)
+    return (f"no answer tokens to score: every example's prompt is at least {shortest} tokens but "
+            f"--max-length/context allows {allowed}: use a base model with a longer context or raise "
+            "--max-length")
 
 
 def response_loss(
@@ -192,6 +212,21 @@ def answer_records(
     ]
 
 
+def check_base(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    records: Sequence[InstructionRecord],
+    template: str,
+    *,
+    max_length: int | None = None,
+    name: str | None = None,
+) -> None:
+    """Raise ``NonFiniteError`` when the base ``model`` (called ``name`` in the message) gives NaN or
+    infinite outputs on the first records: broken weights, which fine-tuning cannot mend."""
+    encoded = encode_records(records[:8], tokenizer, template, max_length or model.cfg.context_length)
+    check_base_outputs(model, batches(encoded.examples, 8, tokenizer.eot_id), name=name)
+
+
 def check_vocabulary(model: torch.nn.Module, tokenizer: Any) -> None:
     """Raise ``DataError`` when ``tokenizer`` makes ids the model has no embedding for."""
     if tokenizer.vocab_size > model.cfg.vocab_size:
@@ -227,6 +262,7 @@ def finetune_instruct(
     train_set = encode_records(train_records, tokenizer, cfg.template, max_length)
     val_set = encode_records(val_records, tokenizer, cfg.template, max_length)
     model.to(device)
+    check_base(model, tokenizer, train_records, cfg.template, max_length=max_length)
     if cfg.lora_rank:
         apply_lora(model, LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -255,6 +291,8 @@ def finetune_instruct(
                                 batch_size=cfg.batch_size, max_batches=cfg.eval_batches, amp_dtype=amp_dtype)
             for name, data in (("train_loss", train_set), ("val_loss", val_set))
         }
+        for name, what in (("val_loss", "validation loss"), ("train_loss", "training loss")):
+            check_finite_loss(what, scores[name], step=result.steps, lr=cfg.lr)  # never a NaN model saved
         info = {"step": result.steps, "examples_seen": result.examples_seen, **scores}
         result.evals.append(info)
         callbacks.on_eval(info)
@@ -283,6 +321,8 @@ def finetune_instruct(
             if cfg.eval_every and result.steps % cfg.eval_every == 0 and result.steps < total_steps:
                 evaluate()
     evaluate()
+    probe = batches(train_set.examples[: cfg.batch_size], cfg.batch_size, pad_id)
+    check_finite_model(model, probe, step=result.steps, lr=cfg.lr, amp_dtype=amp_dtype)
     result.seconds = time.perf_counter() - started
     model.eval()
     return result

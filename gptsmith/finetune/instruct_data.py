@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from gptsmith.data.corpus import read_utf8
 from gptsmith.errors import DataError
 from gptsmith.finetune.records import json_objects
 from gptsmith.generate.chat import ROLES, Message, PromptTemplate, get_template
@@ -67,19 +68,18 @@ class InstructionRecord:
 def load_instruction_file(path: str | Path) -> list[InstructionRecord]:
     """Every record of an Alpaca JSON/JSONL or chat JSONL file, checked.
 
-    Raises ``DataError`` naming the file and the problem: a missing or empty file, JSON that does
-    not parse (line and column), a record without ``instruction`` or ``output`` or with a role
-    other than system/user/assistant (by record index, 0-based).
+    The file is UTF-8; a leading byte-order mark (a file saved as ``utf-8-sig``) is dropped.
+    Raises ``DataError`` naming the file and the problem: a missing or empty file, bytes that are
+    not UTF-8 (offset and byte), JSON that does not parse (line and column), a record without
+    ``instruction`` or ``output`` or with a role other than system/user/assistant (by record
+    index, 0-based).
     """
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path} is a directory; give an Alpaca JSON/JSONL or chat JSONL file")
     if not path.is_file():
         raise DataError(f"instruction data not found: {path} (give an Alpaca JSON/JSONL or chat JSONL file)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    text = read_utf8(path)  # a leading BOM dropped; other bytes: offset, byte and an iconv hint
     if not text.strip():
         raise DataError(f"{path} is empty (expected Alpaca JSON/JSONL records or chat JSONL records)")
     records = [parse_record(obj, index, f"{path}: record {index}" + (f" (line {line})" if line else ""))
@@ -169,11 +169,13 @@ def split_train_test(records: Sequence[InstructionRecord], test_fraction: float 
 @dataclass(frozen=True)
 class EncodedExample:
     """Token ids of one rendered record (ending with ``<|endoftext|>``) and, per id, whether it is
-    an assistant's (trained) token; ``chat``: mask the rest whatever ``mask_prompt`` says."""
+    an assistant's (trained) token; ``chat``: mask the rest whatever ``mask_prompt`` says;
+    ``prompt_length``: the tokens before the first trained one, counted before any truncation."""
 
     ids: list[int]
     trained: list[bool]
     chat: bool = False
+    prompt_length: int = 0
 
 
 @dataclass
@@ -198,7 +200,8 @@ def encode_record(
         piece = tokenizer.encode(segment.text)
         ids += piece
         trained += [segment.trained] * len(piece)
-    return EncodedExample(ids + [tokenizer.eot_id], trained + [True], record.chat)
+    trained.append(True)  # the closing <|endoftext|>
+    return EncodedExample(ids + [tokenizer.eot_id], trained, record.chat, trained.index(True))
 
 
 def encode_records(
@@ -211,7 +214,8 @@ def encode_records(
         example = encode_record(record, tokenizer, template)
         if len(example.ids) > max_length + 1:
             keep = max_length + 1
-            example = EncodedExample(example.ids[:keep], example.trained[:keep], example.chat)
+            example = EncodedExample(example.ids[:keep], example.trained[:keep], example.chat,
+                                     example.prompt_length)
             encoded.truncated += 1
         encoded.examples.append(example)
     return encoded

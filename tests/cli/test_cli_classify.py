@@ -6,7 +6,15 @@ import json
 import re
 
 import pytest
-from classify_helpers import labelled_rows, tiny_base, write_csv, write_jsonl, write_tsv_label_first
+from classify_helpers import (
+    labelled_rows,
+    locked_folder,
+    nan_classifier,
+    tiny_base,
+    write_csv,
+    write_jsonl,
+    write_tsv_label_first,
+)
 
 from gptsmith.cli import main
 
@@ -39,11 +47,12 @@ def test_finetune_then_classify_from_the_command_line(base, tmp_path, capsys):
     answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [a["label"] for a in answers] == ["spam", "ham"] and all(a["probability"] > 0.5 for a in answers)
     texts = tmp_path / "texts.txt"
-    texts.write_text("free cash offer\n\nthanks mum\n", encoding="utf-8")
+    texts.write_text("free cash offer\n\nthanks mum\n", encoding="utf-8-sig")  # a BOM is not text
     assert main(["classify", "--checkpoint", str(out), "--file", str(texts)]) == 0
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
     assert len(lines) == 2 and lines[0].startswith("spam\t") and lines[1].endswith("\tthanks mum")
+    assert lines[0].endswith("\tfree cash offer")
     assert f"note: skipped 1 blank line(s) of --file {texts}" in captured.err
     assert _finetune(base, data, out, "--no-header", "--label-column", "0", "--text-column", "1") == 2
     assert "is not empty (pass --overwrite to replace it)" in capsys.readouterr().err
@@ -132,3 +141,55 @@ def test_progress_goes_to_stderr_as_plain_lines_when_not_a_terminal(base, tmp_pa
     assert code == 0, captured.err
     assert re.search(r"^step (\d+)/\1 \| loss \d+\.\d{3}$", captured.err, re.M), captured.err  # the last line
     assert "\r" not in captured.err and not re.search(r"^step \d+/", captured.out, re.M)
+
+
+def test_a_diverged_run_a_broken_base_or_a_nan_classifier_is_one_line_and_no_nan(base, tmp_path, capsys):
+    data = write_csv(tmp_path / "sms.csv", labelled_rows(30))
+    out = tmp_path / "clf"
+    assert _finetune(base, data, out, "--lr", "1e30", "--max-steps", "1", "--trainable", "all") == 2
+    assert re.search(r"the validation loss became (nan|inf) after step 1; stopped before saving "
+                     r"\(lower --lr, now 1e\+30\)$", _error(capsys))
+    assert not (out / "config.json").exists() and not (out / "classifier.safetensors").exists()
+    broken_base = tiny_base(tmp_path / "broken-base", nan_weights=True)
+    assert _finetune(broken_base, data, tmp_path / "clf2") == 2
+    err = _error(capsys)
+    assert f"the base model {broken_base} gives non-finite outputs" in err and "--lr" not in err
+    broken = nan_classifier(tmp_path / "nan-clf")
+    for more in ([], ["--json"]):
+        assert main(["classify", "--checkpoint", str(broken), *more, "win cash now"]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""  # no `nan` probability, no NaN in JSON
+        assert captured.err.strip() == ("gptsmith classify: error: the classifier's outputs are not finite "
+                                        "(nan): its weights are broken, e.g. a fine-tune that diverged "
+                                        "(fine-tune it again with a lower --lr)")
+
+
+def test_empty_text_files_and_other_encodings_are_named(base, tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("", encoding="utf-8")
+    assert main(["classify", "--checkpoint", str(base), "--file", str(empty)]) == 2
+    assert _error(capsys).endswith(f"--file {empty} holds no texts (it is empty; put one text per line)")
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n  \n", encoding="utf-8")
+    assert main(["classify", "--checkpoint", str(base), "--file", str(blank)]) == 2
+    assert _error(capsys).endswith(f"--file {blank} holds no texts (only blank lines; put one text per line)")
+    latin = tmp_path / "latin1.csv"
+    latin.write_bytes("text,label\ncafé au lait,ham\n".encode("latin-1"))
+    assert _finetune(base, latin, tmp_path / "out") == 2
+    assert _error(capsys).endswith(f"{latin} is not UTF-8: byte 0xe9 at offset 14 (convert the file, e.g. "
+                                   "`iconv -f latin1 -t utf-8 IN > OUT`)")
+    latin.write_bytes("café au lait\n".encode("latin-1"))
+    assert main(["classify", "--checkpoint", str(base), "--file", str(latin)]) == 2
+    assert _error(capsys).endswith(f"{latin} is not UTF-8: byte 0xe9 at offset 3 (convert the file, e.g. "
+                                   "`iconv -f latin1 -t utf-8 IN > OUT`)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_out_that_cannot_be_written_fails_before_anything_loads(base, tmp_path, capsys, monkeypatch):
+    locked = locked_folder(tmp_path / "locked", monkeypatch)
+    data = write_csv(tmp_path / "sms.csv", labelled_rows(30))
+    assert _finetune(base, data, locked / "clf") == 2
+    assert _error(capsys).endswith(f"--out {locked / 'clf'} cannot be created: {locked} is not writable "
+                                   "(permission denied); choose a folder you can write to")
+    assert not (locked / "clf").exists()
+

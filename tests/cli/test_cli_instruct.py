@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
+from classify_helpers import locked_folder
 from generation_helpers import tiny_model
 from judge_helpers import stub_judge
 
@@ -139,11 +142,16 @@ def test_lora_run_saves_a_merged_plain_model(capsys, base, data, tmp_path):
         (["--weight-decay", "-1"], "--weight-decay must be a number >= 0, got -1.0"),
         (["--grad-clip", "nan"], "--grad-clip must be a number >= 0, got nan"),
         (["--eval-batches", "0"], "--eval-batches must be a whole number >= 1, got 0"),
+        # the shortest test prompt (Alpaca preamble + "Name a month.", no input): 28 simple-tokenizer tokens
+        (["--max-length", "10"], "every example's prompt is at least 28 tokens but --max-length/context "
+         "allows 10: use a base model with a longer context or raise --max-length"),
+        (["--lr", "1e30", "--max-steps", "1"], "after step 1; stopped before saving (lower --lr, now 1e+30)"),
     ],
 )
 def test_bad_flags_are_one_line_errors(capsys, base, data, tmp_path, more, message):
-    code, _, err = _finetune(capsys, base, data, tmp_path / "out", *more)
+    code, log, err = _finetune(capsys, base, data, tmp_path / "out", *more)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert "nan" not in log and not (tmp_path / "out").exists()  # nothing saved, not even an empty folder
 
 
 def test_a_checkpoint_with_another_tokenizer_is_refused(capsys, base, data, tmp_path, gpt2_bpe_dir):
@@ -186,6 +194,38 @@ def test_out_holding_a_model_needs_overwrite(capsys, base, data, tuned, tmp_path
     assert code == 0 and (again / "model.safetensors").is_file(), err
     assert (again / "test_responses.json").is_file()
     assert not (again / "classifier.safetensors").exists() and not (again / "training.png").exists()
+
+
+def test_an_out_that_cannot_be_made_fails_before_training(capsys, base, data, tmp_path, monkeypatch):
+    locked = locked_folder(tmp_path / "locked", monkeypatch)
+    code, log, err = _finetune(capsys, base, data, locked / "out")
+    assert code == 2 and err.strip().endswith(
+        f"--out {locked / 'out'} cannot be created: {locked} is not writable (permission denied); choose a "
+        "folder you can write to")
+    out = tmp_path / "read-only"
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):  # a read-only file system that the up-front check cannot see
+        if self == out:
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    code, log, err = _finetune(capsys, base, data, out)
+    assert code == 2
+    assert err.strip() == f"gptsmith finetune: error: cannot create directory: {out} (Read-only file system)"
+    assert "test-reference loss" not in log and "fine-tuning" not in log  # said before any training
+
+
+def test_a_broken_base_is_refused_before_training(capsys, data, tmp_path):
+    tokenizer = get_tokenizer("simple")
+    model = tiny_model(vocab_size=tokenizer.vocab_size, context_length=96)
+    with torch.no_grad():
+        model.trf_blocks[0].norm1.scale.fill_(float("nan"))
+    broken = save_model(model, tmp_path / "broken", tokenizer="simple")
+    code, log, err = _finetune(capsys, broken, data, tmp_path / "out")
+    assert code == 2 and f"the base model {broken} gives non-finite outputs (nan or inf)" in err, err
+    assert "--lr" not in err and "nan" not in log and not (tmp_path / "out").exists()
 
 
 def test_judge_scores_are_written_and_averaged(capsys, base, data, tmp_path):

@@ -120,3 +120,27 @@ def test_balance_and_stratified_split():
     assert parse_split("80/0/20") == (0.8, 0.0, 0.2)
     with pytest.raises(ConfigError, match="--split"):
         parse_split("70/30")
+
+
+def test_json_boolean_labels_are_the_labels_true_and_false(tmp_path):
+    path = tmp_path / "flags.jsonl"
+    path.write_text('{"text": "a", "label": true}\n{"text": "b", "label": false}\n'
+                    '{"text": "c", "label": 2}\n', encoding="utf-8")
+    assert read_labelled(path).labels == ["true", "false", "2"]
+    path.write_text('[{"text": "a", "label": true}, {"text": "b", "label": null}]', encoding="utf-8")
+    with pytest.raises(DataError, match="record 1: the label must be a string, a number or a boolean, "
+                       "got None"):
+        read_labelled(path)
+
+
+def test_a_utf8_bom_is_dropped_and_other_encodings_name_the_byte(tmp_path):
+    bom = tmp_path / "bom.csv"
+    bom.write_text("text,label\nhello,a\nbye,b\n", encoding="utf-8-sig")
+    data = read_labelled(bom)
+    assert (data.texts, data.labels) == (["hello", "bye"], ["a", "b"])  # "text" found: no BOM in the header
+    latin = tmp_path / "latin1.csv"
+    latin.write_bytes("text,label\ncafé au lait,a\n".encode("latin-1"))
+    with pytest.raises(DataError) as info:
+        read_labelled(latin)
+    assert str(info.value) == (f"{latin} is not UTF-8: byte 0xe9 at offset 14 (convert the file, e.g. "
+                               "`iconv -f latin1 -t utf-8 IN > OUT`)")

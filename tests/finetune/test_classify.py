@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-from classify_helpers import labelled_rows, tiny_base, write_csv
+from classify_helpers import labelled_rows, nan_classifier, tiny_base, write_csv
 
-from gptsmith.errors import CheckpointError, ConfigError, GptsmithError
+from gptsmith.errors import CheckpointError, ConfigError, GptsmithError, NonFiniteError
 from gptsmith.finetune.base import StepRunner, parse_trainable, set_trainable
 from gptsmith.finetune.class_model import GPTClassifier, batch_order, pad_batch
 from gptsmith.finetune.classifier import Classifier
@@ -156,3 +156,45 @@ def test_a_diverging_finetune_saves_no_classifier(tmp_path):
     with pytest.raises(NonFiniteLossError, match="lower --lr, now 1e\\+30"):
         finetune_classifier(data, checkpoint=base, out=out, lr=1e30, trainable="all")
     assert not (out / "model.safetensors").exists() and not (out / "config.json").exists()
+
+
+def test_one_step_at_a_huge_lr_stops_at_the_validation_loss_and_writes_no_nan(tmp_path):
+    base = tiny_base(tmp_path / "base")
+    data = write_csv(tmp_path / "sms.csv", labelled_rows(30))
+    out = tmp_path / "clf"
+    with pytest.raises(NonFiniteLossError, match=r"^the validation loss became (nan|inf) after step 1; "
+                       r"stopped before saving \(lower --lr, now 1e\+30\)$"):
+        finetune_classifier(data, checkpoint=base, out=out, lr=1e30, max_steps=1, trainable="all")
+    assert not [p for p in out.iterdir() if p.name != "metrics.jsonl"]  # no classifier, no plot
+    assert not (out / "metrics.jsonl").exists() or "NaN" not in (out / "metrics.jsonl").read_text()
+
+
+def test_without_validation_or_test_texts_the_broken_weights_are_caught_before_saving(tmp_path):
+    base = tiny_base(tmp_path / "base")
+    data = write_csv(tmp_path / "sms.csv", labelled_rows(30))
+    out = tmp_path / "clf"
+    with pytest.raises(NonFiniteLossError, match=r"^(a weight|the model's output) became non-finite \(nan or "
+                       r"inf\) after step 1; stopped before saving \(lower --lr, now 1e\+30\)$"):
+        finetune_classifier(data, checkpoint=base, out=out, lr=1e30, max_steps=1, trainable="all",
+                            split="100/0/0")
+    assert [p.name for p in out.iterdir()] == ["metrics.jsonl"]  # the steps before: no classifier
+    assert "NaN" not in (out / "metrics.jsonl").read_text()
+
+
+def test_a_base_with_non_finite_outputs_is_refused_before_training(tmp_path):
+    base = tiny_base(tmp_path / "base", nan_weights=True)
+    data = write_csv(tmp_path / "sms.csv", labelled_rows(30))
+    with pytest.raises(NonFiniteError) as info:
+        finetune_classifier(data, checkpoint=base, out=tmp_path / "clf")
+    assert str(info.value).startswith(f"the base model {base} gives non-finite outputs (nan or inf): its "
+                                      "weights are broken")
+    assert "--lr" not in str(info.value)  # no learning rate mends a broken base
+    assert not (tmp_path / "clf").exists()
+
+
+def test_a_classifier_with_nan_weights_refuses_to_predict(tmp_path):
+    classifier = Classifier.load(nan_classifier(tmp_path / "clf"), device="cpu")
+    with pytest.raises(NonFiniteError, match=r"^the classifier's outputs are not finite \(nan\): its weights "
+                       "are broken"):
+        classifier.predict(["win cash now"])
+    assert classifier.predict([]) == ([], [])  # nothing to run: nothing to refuse

@@ -17,6 +17,7 @@ from gptsmith.finetune.instruct import (
 from gptsmith.finetune.instruct_data import parse_record
 from gptsmith.finetune.judge import JudgeError, chat_completions_url, judge_responses, parse_score
 from gptsmith.generate.ask import answer_batch, ask, question_prompt, stream_answer
+from gptsmith.generate.chat import format_instruction
 from gptsmith.generate.generation import stream_text
 from gptsmith.train.callbacks import TrainCallbacks
 
@@ -83,6 +84,37 @@ def test_max_steps_and_bad_settings():
                                device="cpu", dtype="fp32")
     with pytest.raises(NonFiniteError, match=r"training loss became (nan|inf) at step [2-4] \(lower --lr"):
         finetune_instruct(model, tok, RECORDS, RECORDS[:1], diverging)
+
+
+def test_one_diverging_step_or_a_broken_base_stops_the_run():
+    tok = ByteTokenizer()
+    one_step = InstructConfig(max_steps=1, batch_size=2, lr=1e30, eval_every=0, sample_tokens=0,
+                              device="cpu", dtype="fp32")
+    model = tiny_model(vocab_size=tok.vocab_size, context_length=160)
+    with pytest.raises(NonFiniteError, match=r"^the validation loss became (nan|inf) after step 1; stopped "
+                       r"before saving \(lower --lr, now 1e\+30\)$"):
+        finetune_instruct(model, tok, RECORDS, RECORDS[:1], one_step)
+    broken = tiny_model(vocab_size=tok.vocab_size, context_length=160)
+    with torch.no_grad():
+        broken.trf_blocks[0].norm1.scale.fill_(float("nan"))
+    recorder = Recorder()
+    with pytest.raises(NonFiniteError) as info:
+        finetune_instruct(broken, tok, RECORDS, RECORDS[:1], InstructConfig(device="cpu"), callbacks=recorder)
+    assert str(info.value).startswith("the base model gives non-finite outputs (nan or inf): its weights are "
+                                      "broken") and "--lr" not in str(info.value)
+    assert recorder.start is None  # refused before training started
+
+
+def test_prompts_longer_than_max_length_name_both_lengths_and_the_fix():
+    tok = ByteTokenizer()
+    model = tiny_model(vocab_size=tok.vocab_size, context_length=160)
+    shortest = min(len(tok.encode(format_instruction(r.instruction))) for r in RECORDS)  # one byte a token
+    with pytest.raises(DataError) as info:
+        response_loss(model, tok, RECORDS, "alpaca", max_length=20)
+    assert str(info.value) == (f"no answer tokens to score: every example's prompt is at least {shortest} "
+                               "tokens but --max-length/context allows 20: use a base model with a longer "
+                               "context or raise --max-length")
+    assert response_loss(model, tok, RECORDS, "alpaca", max_length=shortest) > 0  # one answer token fits
 
 
 def test_ask_formats_with_the_models_template_and_stops_at_the_next_turn():

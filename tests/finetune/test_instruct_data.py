@@ -89,7 +89,21 @@ def test_missing_and_non_utf8_files(tmp_path):
         load_instruction_file(tmp_path)
     path = tmp_path / "latin1.jsonl"
     path.write_bytes(b'{"instruction": "caf\xe9", "output": "x"}\n')
-    with pytest.raises(DataError, match="not UTF-8"):
+    with pytest.raises(DataError) as info:
+        load_instruction_file(path)
+    assert str(info.value) == (f"{path} is not UTF-8: byte 0xe9 at offset 20 (convert the file, e.g. "
+                               "`iconv -f latin1 -t utf-8 IN > OUT`)")
+
+
+@pytest.mark.parametrize("name", ["a.json", "a.jsonl"])
+def test_a_utf8_bom_is_dropped(tmp_path, name):
+    text = json.dumps(ALPACA) if name == "a.json" else "".join(json.dumps(r) + "\n" for r in ALPACA)
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8-sig")  # what Windows editors and pandas' to_json(encoding=...) save
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert load_instruction_file(path) == load_records_from(ALPACA)
+    path.write_text("", encoding="utf-8-sig")  # a BOM and nothing else
+    with pytest.raises(DataError, match=f"^{path} is empty"):
         load_instruction_file(path)
 
 
@@ -164,6 +178,8 @@ def test_examples_longer_than_max_length_are_truncated_and_counted():
     assert encoded.truncated == 1 and len(encoded.examples) == 3
     assert len(encoded.examples[0].ids) == limit + 1  # inputs and targets of max_length tokens each
     assert encoded.examples[0].ids == full.examples[0].ids[: limit + 1]
+    prompt = len(tok.encode(format_instruction("x" * 200)))  # the tokens before the answer, uncut
+    assert encoded.examples[0].prompt_length == full.examples[0].prompt_length == prompt > limit
     assert [len(e.ids) for e in encoded.examples[1:]] == lengths[1:]
 
 
