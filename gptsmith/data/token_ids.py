@@ -33,7 +33,11 @@ def token_id_list(ids: object, what: str = "token ids") -> list[int]:
         scalar = getattr(value, "ndim", None) == 0 and _integer_dtype(getattr(value, "dtype", None))
         if isinstance(value, bool) or not (isinstance(value, int | np.integer) or scalar):
             raise DataError(f"{what} must be integer token ids, got {value!r:.40} ({type(value).__name__})")
-    return [int(v) for v in values]
+    ints = [int(v) for v in values]
+    if ints and not -(2**63) <= min(ints) <= max(ints) < 2**63:  # a tensor could not even hold it
+        bad = next(v for v in ints if not -(2**63) <= v < 2**63)
+        raise DataError(f"{what}: {bad} is outside any vocabulary (not a 64-bit integer)")
+    return ints
 
 
 def token_id_array(ids: object, what: str = "token ids") -> np.ndarray:

@@ -66,6 +66,9 @@ class GenerationConfig:
     def check_model(self, model: Any) -> None:
         """The checks that need the model: ids, top_k and beams must fit its vocabulary, and the
         beams' KV caches its device's memory (see ``gptsmith.model.memory``)."""
+        if not isinstance(getattr(getattr(model, "cfg", None), "vocab_size", None), int):
+            raise ConfigError(f"model must be a GPTModel (e.g. load_model('runs/main')), got "
+                              f"{type(model).__name__}")
         self.check_vocab(model.cfg.vocab_size)
         if self.num_beams > 1:
             weight = next(model.parameters())

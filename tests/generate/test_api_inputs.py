@@ -27,6 +27,7 @@ def model():
     ([1, None], "token_ids must be integer token ids, got None"),
     (None, "token_ids must be token ids"),
     (5, "token_ids must be token ids"),
+    ([1, 2**70], "token_ids: 1180591620717411303424 is outside any vocabulary"),
 ])
 def test_ids_that_are_not_integers_are_refused(model, ids, message):
     with pytest.raises(GptsmithError, match=message.replace("(", r"\(")):
@@ -110,6 +111,9 @@ def test_objects_of_the_wrong_kind_are_named(tmp_path, monkeypatch):
 
     with pytest.raises(GptsmithError, match="GPTModel takes a GPTConfig .* got dict"):
         GPTModel({"vocab_size": 10})
+    for not_a_model in (None, "runs/main"):  # a path: load_model it first
+        with pytest.raises(GptsmithError, match=r"model must be a GPTModel \(e.g. load_model"):
+            generate(not_a_model, [1, 2], 3)
     monkeypatch.setattr(memory, "available_memory", lambda device="cpu": 2**30)  # a 1 GiB machine
     with pytest.raises(GptsmithError, match=r"a model of [\d,]+ parameters needs .* for its weights"):
         GPTModel(GPTConfig(vocab_size=2**20, emb_dim=2**14, n_heads=1, n_layers=1, context_length=8))
