@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from gptsmith.errors import StorageError
+from gptsmith.errors import ConfigError, StorageError
 
 # Errors that mean "no room": a full disk, a file-size limit (ulimit -f), a full quota.
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
@@ -65,6 +65,14 @@ def write_failure_reason(exc: BaseException, path: Path) -> tuple[str, bool]:
     if code:
         return os.strerror(code), False
     return (str(exc).splitlines() or [type(exc).__name__])[0], False
+
+
+def as_path(value: object, what: str) -> Path:
+    """``value`` (a ``str`` or ``os.PathLike``) as a ``Path``, ``~`` expanded; anything else (None, a
+    number) is a one-line ``ConfigError`` naming ``what``, not ``os.fspath``'s TypeError."""
+    if not isinstance(value, str | os.PathLike):
+        raise ConfigError(f"{what} must be a path (a str or pathlib.Path), got {type(value).__name__}")
+    return Path(value).expanduser()
 
 
 def current_umask() -> int:

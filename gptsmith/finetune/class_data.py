@@ -33,6 +33,7 @@ from pathlib import Path
 from gptsmith.data.corpus import read_utf8
 from gptsmith.errors import ConfigError, DataError
 from gptsmith.finetune.records import json_objects
+from gptsmith.storage import as_path
 
 DEFAULT_SPLIT = (0.7, 0.1, 0.2)
 
@@ -205,7 +206,7 @@ def read_labelled(
     Raises ``DataError`` for an empty file, a missing column (naming those that exist) or a row
     that cannot be parsed (naming its line). Rows with an empty text are skipped and counted.
     """
-    path = Path(path).expanduser()
+    path = as_path(path, "the labelled data")
     text = _read_text(path)
     fmt = fmt or detect_format(path)
     if fmt not in ("csv", "tsv", "jsonl", "json"):

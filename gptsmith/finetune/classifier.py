@@ -34,7 +34,7 @@ from gptsmith.model.checkpoint import (
     resolve_model_dir,
 )
 from gptsmith.model.weights import read_safetensors
-from gptsmith.storage import atomic_save_safetensors
+from gptsmith.storage import as_path, atomic_save_safetensors
 
 HEAD_FILE = "classifier.safetensors"
 
@@ -99,7 +99,7 @@ class Classifier:
              dtype: str = "auto") -> Classifier:
         """Load a classifier directory (or a LoRA adapter directory of one, on its base)."""
         device = resolve_device(device) if isinstance(device, str) else device
-        path = Path(path).expanduser()
+        path = as_path(path, "Classifier.load's path")
         if is_adapter_dir(path):
             return cls._load_adapter(path, device, dtype)
         model_dir = resolve_model_dir(path)

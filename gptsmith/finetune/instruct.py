@@ -46,6 +46,7 @@ from gptsmith.finetune.instruct_data import (
 from gptsmith.finetune.lora import LoRAConfig, apply_lora
 from gptsmith.generate.ask import answer_batch
 from gptsmith.generate.chat import get_template
+from gptsmith.model.gpt import check_gpt_model
 from gptsmith.train.callbacks import TrainCallbacks
 from gptsmith.train.losses import cross_entropy
 
@@ -251,6 +252,7 @@ def finetune_instruct(
     if not isinstance(cfg, InstructConfig):
         raise ConfigError(f"cfg must be an InstructConfig, got {type(cfg).__name__}")
     cfg.check()
+    check_gpt_model(model)
     tokenizer = as_tokenizer(tokenizer)
     check_vocabulary(model, tokenizer)
     callbacks = callbacks or TrainCallbacks()

@@ -32,6 +32,7 @@ from gptsmith.data.corpus import read_utf8
 from gptsmith.errors import DataError
 from gptsmith.finetune.records import json_objects
 from gptsmith.generate.chat import ROLES, Message, PromptTemplate, get_template
+from gptsmith.storage import as_path
 from gptsmith.train.losses import IGNORE_INDEX  # the target the loss skips (-100, torch's default)
 
 SPLIT_FRACTIONS = (0.85, 0.05, 0.10)  # train, validation, test: the book's chapter 7
@@ -74,7 +75,7 @@ def load_instruction_file(path: str | Path) -> list[InstructionRecord]:
     ``instruction`` or ``output`` or with a role other than system/user/assistant (by record
     index, 0-based).
     """
-    path = Path(path)
+    path = as_path(path, "the instruction data")
     if path.is_dir():
         raise DataError(f"{path} is a directory; give an Alpaca JSON/JSONL or chat JSONL file")
     if not path.is_file():

@@ -15,6 +15,7 @@ from gptsmith.device import check_seed
 from gptsmith.errors import ConfigError
 from gptsmith.generate.stopping import NO_EOS, StopSequence
 from gptsmith.model import memory
+from gptsmith.model.gpt import check_gpt_model
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,7 @@ class GenerationConfig:
     def check_model(self, model: Any) -> None:
         """The checks that need the model: ids, top_k and beams must fit its vocabulary, and the
         beams' KV caches its device's memory (see ``gptsmith.model.memory``)."""
-        if not isinstance(getattr(getattr(model, "cfg", None), "vocab_size", None), int):
-            raise ConfigError(f"model must be a GPTModel (e.g. load_model('runs/main')), got "
-                              f"{type(model).__name__}")
+        check_gpt_model(model)
         self.check_vocab(model.cfg.vocab_size)
         if self.num_beams > 1:
             weight = next(model.parameters())

@@ -29,7 +29,13 @@ from gptsmith.data.tokenizer import VOCAB_FILE, Tokenizer, load_tokenizer, save_
 from gptsmith.errors import CheckpointError, ConfigError
 from gptsmith.model.gpt import PRESETS, GPTConfig, GPTModel
 from gptsmith.model.weights import TIED_KEY, build_model, read_safetensors, unwrap_model
-from gptsmith.storage import atomic_save_safetensors, atomic_write_json, created_directory, write_errors
+from gptsmith.storage import (
+    as_path,
+    atomic_save_safetensors,
+    atomic_write_json,
+    created_directory,
+    write_errors,
+)
 
 FORMAT_NAME = "gptsmith"
 FORMAT_VERSION = 1
@@ -80,7 +86,7 @@ def save_model(
         json.dumps(config)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"save_model: extra cannot be written as JSON ({exc})") from None
-    directory = Path(directory)
+    directory = as_path(directory, "save_model's directory")
     state = dict(model.state_dict())
     if model.cfg.tie_weights:
         state.pop(TIED_KEY, None)

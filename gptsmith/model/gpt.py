@@ -280,6 +280,14 @@ class GPTModel(nn.Module):
         return n
 
 
+def check_gpt_model(model: object, what: str = "model") -> None:
+    """Raise ``ConfigError`` unless ``model`` is a GPT model (one with a ``GPTConfig`` as ``cfg``: a
+    ``GPTModel``, or one wrapped by LoRA or an instruction template); a path or None is named."""
+    if not isinstance(getattr(model, "cfg", None), GPTConfig):
+        raise ConfigError(f"{what} must be a GPTModel (e.g. load_model('runs/main')), "
+                          f"got {type(model).__name__}")
+
+
 def padding_causal_mask(attention_mask: torch.Tensor, n_queries: int) -> torch.Tensor:
     """Bool mask (batch, 1, n_queries, n_keys): causal, and padded keys hidden.
 

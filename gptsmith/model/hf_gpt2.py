@@ -35,7 +35,13 @@ from gptsmith.model.weights import (
     read_safetensors,
     safetensors_shapes,
 )
-from gptsmith.storage import atomic_save_safetensors, atomic_write_json, created_directory, write_errors
+from gptsmith.storage import (
+    as_path,
+    atomic_save_safetensors,
+    atomic_write_json,
+    created_directory,
+    write_errors,
+)
 
 HF_SAFETENSORS = "model.safetensors"
 HF_PYTORCH_BIN = "pytorch_model.bin"
@@ -259,7 +265,7 @@ def export_hf(model: GPTModel, directory: str | Path) -> Path:
     Tied models store ``wte`` once and say ``tie_word_embeddings: true``; transformers re-ties
     ``lm_head`` on load.
     """
-    directory = Path(directory)
+    directory = as_path(directory, "export_hf's directory")
     config = hf_config_from_gpt(model.cfg)
     config["torch_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
     # As in save_model: a failed write is one line and removes the directory if this call made it.

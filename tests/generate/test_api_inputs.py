@@ -114,6 +114,17 @@ def test_objects_of_the_wrong_kind_are_named(tmp_path, monkeypatch):
     for not_a_model in (None, "runs/main"):  # a path: load_model it first
         with pytest.raises(GptsmithError, match=r"model must be a GPTModel \(e.g. load_model"):
             generate(not_a_model, [1, 2], 3)
+    import gptsmith
+
+    with pytest.raises(GptsmithError, match=r"model must be a GPTModel \(e.g. load_model"):
+        gptsmith.finetune_instruct(None, "gpt2", [], [])
+    paths = {"save_model's directory": lambda: gptsmith.save_model(GPTModel(GPTConfig(
+                 vocab_size=64, context_length=8, emb_dim=16, n_heads=2, n_layers=1)), None),
+             "Classifier.load's path": lambda: gptsmith.Classifier.load(None),
+             "the labelled data": lambda: gptsmith.finetune_classifier(None, checkpoint=str(tmp_path))}
+    for what, call in paths.items():
+        with pytest.raises(GptsmithError, match=f"^{what} must be a path .*, got NoneType$"):
+            call()
     monkeypatch.setattr(memory, "available_memory", lambda device="cpu": 2**30)  # a 1 GiB machine
     with pytest.raises(GptsmithError, match=r"a model of [\d,]+ parameters needs .* for its weights"):
         GPTModel(GPTConfig(vocab_size=2**20, emb_dim=2**14, n_heads=1, n_layers=1, context_length=8))
