@@ -286,14 +286,16 @@ def _check_writable(out: Path) -> None:
     raise StorageError(f"{where} {reason}; choose a folder you can write to")
 
 
-def prepare_output_dir(out: Path, *, overwrite: bool = False) -> Path:
+def prepare_output_dir(out: Path, *, overwrite: bool = False, create: bool = True) -> Path:
     """Check ``out`` again (see ``check_output_dir``), delete an earlier fine-tune's files from it
-    (with ``overwrite``), and create it: called when the first result is about to be written."""
+    (with ``overwrite``), and create it (unless ``create`` is False: then the first write does, so
+    a run that fails before writing anything leaves no empty folder)."""
     out = check_output_dir(out, overwrite=overwrite)
     if out.is_dir():
         for child in out.iterdir():
             child.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    if create:
+        out.mkdir(parents=True, exist_ok=True)
     return out
 
 

@@ -263,7 +263,7 @@ def finetune_classifier(
     })
 
     if out_dir is not None:  # data, base and config are good: only now touch --out
-        prepare_output_dir(out_dir, overwrite=overwrite)
+        prepare_output_dir(out_dir, overwrite=overwrite, create=False)  # made by the first write
     records: list[dict[str, Any]] = []
     running = {"loss": 0.0, "correct": 0, "n": 0, "examples": 0}
     started = time.perf_counter()
@@ -271,6 +271,7 @@ def finetune_classifier(
     def record(rec: dict[str, Any]) -> None:
         records.append(rec)
         if out_dir is not None and rec["kind"] != "train":  # the whole file, atomically, at each evaluation
+            out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in records))
 
     def run_eval(epoch: int) -> None:
@@ -316,6 +317,7 @@ def finetune_classifier(
     finetune = {"kind": "classify", "base": base.name, "labels": classes, "config": _jsonable(config),
                 "test_accuracy": test_result.accuracy if test_result else None}
     if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)  # (no evaluation may have written to it yet)
         if config.save_adapter_only:
             base_ref = str(base.model_dir.resolve()) if base.model_dir is not None else base.name
             section = classifier_section(classifier, classes, max_length)
