@@ -171,6 +171,7 @@ def run_finetune_classify(args: argparse.Namespace) -> int:
 
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
+    from gptsmith.cli.stdin_text import read_stdin_prompt
     from gptsmith.data.corpus import read_utf8
 
     texts = list(args.texts)
@@ -179,7 +180,7 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
             raise ConfigError(f"text {number} of the arguments is empty: there is nothing to classify")
     if args.file is not None:
         if args.file == "-":
-            lines = sys.stdin.read().splitlines()
+            lines = read_stdin_prompt("--file - (standard input)").splitlines()
         else:
             path = Path(args.file).expanduser()
             if path.is_dir():

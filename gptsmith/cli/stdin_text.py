@@ -15,8 +15,10 @@ from gptsmith.errors import ConfigError
 ICONV_HINT = "convert it, e.g. `iconv -f latin1 -t utf-8`"
 
 
-def read_stdin_prompt() -> str:
+def read_stdin_prompt(what: str = "the prompt on stdin") -> str:
     """The whole of stdin as a prompt (``generate -``): strict UTF-8, less one trailing newline.
+    ``what`` names it in the error for bytes that are not UTF-8 (``classify --file -`` reads its
+    texts here too).
 
     ``echo 'Once upon a time' | gptsmith generate ... -`` means the text without the newline that
     echo adds, as a shell's ``$(...)`` takes it; only one is removed, so a prompt that really ends
@@ -33,7 +35,7 @@ def read_stdin_prompt() -> str:
         except UnicodeDecodeError as exc:
             offset = bom + exc.start
             byte = f"byte 0x{data[offset]:02x} at offset {offset}"
-            raise ConfigError(f"the prompt on stdin is not UTF-8: {byte} ({ICONV_HINT})") from None
+            raise ConfigError(f"{what} is not UTF-8: {byte} ({ICONV_HINT})") from None
     if text.endswith("\r\n"):
         return text[:-2]
     return text.removesuffix("\n")

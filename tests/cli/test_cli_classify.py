@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import sys
 
 import pytest
 from classify_helpers import (
@@ -164,7 +166,7 @@ def test_a_diverged_run_a_broken_base_or_a_nan_classifier_is_one_line_and_no_nan
                                         "(fine-tune it again with a lower --lr)")
 
 
-def test_empty_text_files_and_other_encodings_are_named(base, tmp_path, capsys):
+def test_empty_text_files_and_other_encodings_are_named(base, tmp_path, capsys, monkeypatch):
     empty = tmp_path / "empty.txt"
     empty.write_text("", encoding="utf-8")
     assert main(["classify", "--checkpoint", str(base), "--file", str(empty)]) == 2
@@ -183,6 +185,11 @@ def test_empty_text_files_and_other_encodings_are_named(base, tmp_path, capsys):
     assert _error(capsys).endswith(f"{latin} is not UTF-8: byte 0xe9 at offset 3 (convert the file, e.g. "
                                    "`iconv -f latin1 -t utf-8 IN > OUT`)")
     assert not (tmp_path / "out").exists()
+    latin_stdin = io.TextIOWrapper(io.BytesIO("café\n".encode("latin-1")), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdin", latin_stdin)
+    assert main(["classify", "--checkpoint", str(base), "--file", "-"]) == 2  # was a UnicodeDecodeError
+    assert _error(capsys).endswith("--file - (standard input) is not UTF-8: byte 0xe9 at offset 3 (convert "
+                                   "it, e.g. `iconv -f latin1 -t utf-8`)")
 
 
 def test_an_out_that_cannot_be_written_fails_before_anything_loads(base, tmp_path, capsys, monkeypatch):
