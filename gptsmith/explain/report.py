@@ -156,8 +156,9 @@ def _check_options(model: GPTModel, top_k: int, max_tokens: int, layer: int) -> 
     for name, value in (("top_k", top_k), ("max_tokens", max_tokens), ("layer", layer)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise GptsmithError(f"{name} must be a whole number, got {value!r}")
-    if top_k < 1:
-        raise GptsmithError(f"top_k must be at least 1, got {top_k}")
+    if not 1 <= top_k <= model.cfg.vocab_size:  # as generate's top_k
+        raise GptsmithError(f"top_k must be at least 1 and at most the vocabulary size "
+                            f"{model.cfg.vocab_size}, got {top_k}")
     if max_tokens < 1:
         raise GptsmithError(f"max_tokens must be at least 1, got {max_tokens}")
     n_layers = model.cfg.n_layers
@@ -246,6 +247,6 @@ def explain(
         attention_max_error=capture.max_error,
         layer=layer % model.cfg.n_layers,
         focus=focus_view(weights, position),
-        next_token=next_token_view(logits, ids, tokenizer, k=min(top_k, logits.shape[-1])),
+        next_token=next_token_view(logits, ids, tokenizer, k=top_k),
         compare=compare_view(model, ids, logits, seed=seed),
     )

@@ -89,6 +89,7 @@ def test_a_long_text_is_cropped_with_a_note(checkpoint, capsys):
         (["--checkpoint", "{ckpt}", "--focus", "-14", TEXT], "focus position -14 is not in the text"),
         (["--checkpoint", "{ckpt}", "--words", "king,,man", TEXT], "--words 'king,,man' has an empty word"),
         (["--checkpoint", "{ckpt}", "--top-k", "0", TEXT], "top_k must be at least 1"),
+        (["--checkpoint", "{ckpt}", "--top-k", "60000", TEXT], "and at most the vocabulary size"),
         (["--checkpoint", "{missing}", TEXT], "checkpoint not found"),
         (["--checkpoint", "{ckpt}", "--neighbours", " ", TEXT], "--neighbours is empty"),
         (["--checkpoint", "{ckpt}", "--html", "{tmp}", TEXT], "is a directory; give a file name, e.g. "),
