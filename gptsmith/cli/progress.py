@@ -41,6 +41,17 @@ class Progress:
             tail = f" | {postfix}" if postfix else ""
             print(f"{label}{self.unit} {done:,}/{self.total:,}{tail}", file=sys.stderr, flush=True)
 
+    def set_total(self, total: int) -> None:
+        """A new ``total`` (a time-budgeted run learns its length after the first steps): the bar
+        redraws, and plain lines keep their ``1/LINES`` spacing of what is left."""
+        self.total = total
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.refresh()
+        else:
+            self.every = max(1, (total - self.done) // LINES)
+            self.next_line = self.done + self.every
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()

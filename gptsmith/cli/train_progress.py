@@ -78,8 +78,7 @@ class ProgressPrinter:
 
     def _set_total(self, steps: int) -> None:
         if self.bar is not None:
-            self.bar.total = steps
-            self.bar.refresh()
+            self.bar.set_total(steps)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -1,0 +1,41 @@
+"""The command line's progress display: a tqdm bar on a terminal, plain lines elsewhere, and a
+total that can change while it runs (a time-budgeted run learns its length after its first steps)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from gptsmith.cli.train_progress import ProgressPrinter
+
+START = {"parameters": 7_200_000, "device": "cpu", "dtype": "bf16 autocast", "world_size": 1,
+         "tokens_per_step": 1024, "accum_steps": 1, "max_steps": 3000, "start_step": 0}
+PLAN = {"budget_s": 60.0, "measured_steps": 10, "step_s": 0.1, "eval_s": 1.0, "sample_s": 0.0,
+        "checkpoint_s": 0.1, "max_steps": 500, "warmup_steps": 20}
+
+
+def _step(printer: ProgressPrinter, step: int) -> None:
+    printer.on_step({"step": step, "loss": 5.0, "lr": 1e-3, "tokens_seen": step * 1024, "tokens_per_s": 9e3})
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_a_budgeted_run_resizes_the_bar_it_shows(terminal, monkeypatch, capsys):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    printer = ProgressPrinter(show_bar=True)
+    printer.on_start(START)
+    for step in range(1, 11):
+        _step(printer, step)
+    printer.on_schedule(PLAN)  # was AttributeError: 'Progress' object has no attribute 'refresh'
+    shrink = {"at_step": 11, "step_s": 0.2, "max_steps": 480}  # small: the bar says it, no line
+    printer.on_schedule({**PLAN, "max_steps": 480, "resized": [shrink]})
+    assert printer.bar.total == 480
+    for step in range(11, 481):
+        _step(printer, step)
+    printer.close()
+    out, err = capsys.readouterr()
+    assert "schedule sized to 500 steps" in out
+    if not terminal:  # plain lines: about one per tenth of what was left, ending at the new total
+        lines = [line for line in err.splitlines() if line.startswith("step ")]
+        assert lines[-1].startswith("step 480/480") and 9 <= len(lines) <= 13
+        assert not any("/3,000" in line for line in lines[1:])
