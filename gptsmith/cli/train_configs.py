@@ -209,7 +209,8 @@ def _resume_configs(args: argparse.Namespace, run_dir: Path, run_info: dict) -> 
     train_cfg = saved.replace(**{k: v for k, v in changes.items() if k in RESUME_FIELDS})
     notes = _change_notes(saved, train_cfg)
     if saved.time_budget is not None and train_cfg.max_steps != saved.max_steps:
-        train_cfg = train_cfg.replace(time_budget=None)  # an explicit --max-steps replaces the sized schedule
+        # An explicit --max-steps replaces the sized schedule. (Not .replace: it keeps a None's old value.)
+        train_cfg = dataclasses.replace(train_cfg, time_budget=None)
         notes.append(f"note: --max-steps {train_cfg.max_steps} replaces the {saved.max_steps} steps that "
                      f"--time-budget {saved.time_budget} chose; the budget no longer applies")
     train_cfg.check()
