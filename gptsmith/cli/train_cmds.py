@@ -110,6 +110,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="steps between samples (default: at every evaluation; 0 = never)")
     p.add_argument("--prompt", help=f"prompt of the periodic sample (default: {d['sample_prompt']!r} on the "
                    "recipe's own corpus; on any other corpus the sample is unprompted)")
+    p.add_argument("--text-field", help="the field (.jsonl) or column (.parquet) holding the text "
+                   f"(default: {d['text_field']})")
     p.add_argument("--tokenizer", help="gpt2 (default) or simple (word-level, learnt from the corpus)")
     p.add_argument("--val-fraction", type=float,
                    help=f"last part of the corpus held out for validation (default: {d['val_fraction']})")
@@ -133,6 +135,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--context-length", type=int, help="default: the model's (capped at 256 for --preset)")
     e.add_argument("--max-batches", type=int, default=50, help="batches per split (default 50)")
     e.add_argument("--val-fraction", type=float, help="default: the run's, else 0.1")
+    e.add_argument("--text-field", help="the .jsonl field / .parquet column of the text (default: the run's, "
+                   "else text)")
     e.add_argument("--device", default="auto", type=device_arg, help=DEVICE_HELP)
     e.add_argument("--seed", type=int, default=123,
                    help="seed of the untrained weights with --preset (default: 123)")
@@ -234,13 +238,15 @@ def _plan_new_run(args: argparse.Namespace) -> _Plan:
     """The plan for a new run: its configs, an --out it may use (nothing deleted yet), its tokenizer."""
     import dataclasses
 
+    from gptsmith.data.corpus import resolve_corpus
     from gptsmith.data.shards import corpus_tokenizer
     from gptsmith.train.run_dir import check_new_run_dir
 
     model_cfg, train_cfg = build_configs(args)
     run_dir = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     check_new_run_dir(run_dir, overwrite=args.overwrite)
-    tokenizer = corpus_tokenizer(train_cfg.tokenizer, train_cfg.data)
+    corpus = resolve_corpus(train_cfg.data, text_field=train_cfg.text_field)
+    tokenizer = corpus_tokenizer(train_cfg.tokenizer, corpus)
     notes = []
     if model_cfg.vocab_size != tokenizer.vocab_size:  # one embedding per token id the tokenizer makes
         asked = read_config_file(args.config)[0].get("vocab_size")  # a preset's 50,257 is not asked for
@@ -299,7 +305,8 @@ def _prepare_data(train_cfg: Any, tokenizer: Any) -> tuple[Any, Any, dict]:
             tokenizing.append(True)
             say(f"data: {train_cfg.data} (tokenizing with {tokenizer.name}; cached for the next runs)")
 
-    splits = prepare_splits(train_cfg.data, tokenizer, train_cfg.val_fraction, progress=on_progress)
+    splits = prepare_splits(train_cfg.data, tokenizer, train_cfg.val_fraction, progress=on_progress,
+                            text_field=train_cfg.text_field)
     if not tokenizing:
         say(f"data: {train_cfg.data} (cached tokens)")
     return splits
@@ -370,7 +377,8 @@ def run_eval(args: argparse.Namespace) -> int:
     val_fraction = args.val_fraction
     if val_fraction is None:
         val_fraction = run_train_cfg.get("val_fraction", 0.1)
-    train_tokens, val_tokens, _ = prepare_splits(data, tokenizer, val_fraction)
+    text_field = args.text_field or run_train_cfg.get("text_field", "text")
+    train_tokens, val_tokens, _ = prepare_splits(data, tokenizer, val_fraction, text_field=text_field)
     context_length = args.context_length or model.cfg.context_length
     if context_length > model.cfg.context_length:
         raise ConfigError(f"--context-length {context_length} exceeds the model's {model.cfg.context_length}")

@@ -25,7 +25,8 @@ from gptsmith.train.config import CONFIG_FILE_ONLY, flag
 
 # Flags that map one-to-one onto TrainConfig fields (flag dest -> field).
 TRAIN_FLAGS = {
-    "data": "data", "tokenizer": "tokenizer", "max_steps": "max_steps", "batch_size": "batch_size",
+    "data": "data", "text_field": "text_field", "tokenizer": "tokenizer", "max_steps": "max_steps",
+    "batch_size": "batch_size",
     "lr": "lr", "min_lr": "min_lr", "warmup_steps": "warmup_steps", "weight_decay": "weight_decay",
     "label_smoothing": "label_smoothing", "optimizer": "optimizer",
     "grad_clip": "grad_clip", "target_batch_tokens": "target_batch_tokens", "eval_every": "eval_every",

@@ -295,7 +295,8 @@ def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
                 raise DataError(message) from None
             if not isinstance(record, dict) or text_field not in record:
                 keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
-                raise DataError(f"{path}:{line_no}: no field {text_field!r} (found: {keys})")
+                raise DataError(f"{path}:{line_no}: no field {text_field!r} (found: {keys}; pick the text's "
+                                "field with --text-field)")
             text = _check_text(record[text_field], f"{path}:{line_no}: field {text_field!r}")
             seen += 1
             if text:  # (whitespace stays: it is text, and shards' checksums depend on it)

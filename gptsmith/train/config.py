@@ -35,6 +35,7 @@ class TrainConfig:
     """Everything about *how* to train (the model's sizes live in ``GPTConfig``)."""
 
     data: str = "builtin"  # corpus name or path (see gptsmith.data.resolve_corpus)
+    text_field: str = "text"  # the JSONL field / Parquet column that holds a .jsonl/.parquet corpus's text
     tokenizer: str = "gpt2"
     val_fraction: float = 0.1  # the last 10% of the corpus is the validation split
     batch_size: int = 8  # sequences per micro-batch per process
@@ -87,7 +88,7 @@ class TrainConfig:
             if value <= 0:
                 raise ConfigError(f"{flag(name)} must be > 0, got {value!r}")
 
-        for name in ("data", "tokenizer", "sample_prompt"):
+        for name in ("data", "text_field", "tokenizer", "sample_prompt"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"{flag(name)} must be a string, got {getattr(self, name)!r}")
         if not isinstance(self.compile, bool):

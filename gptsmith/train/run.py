@@ -22,8 +22,10 @@ def prepare_splits(
     *,
     cache_dir: str | None = None,
     progress: Any = None,
+    text_field: str = "text",
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Tokenize corpus ``data`` (cached as a token shard) and cut it into (train, val, info).
+    ``text_field``: the field or column of a .jsonl/.parquet corpus that holds the text.
 
     The validation split is the last ``val_fraction`` of the corpus (snapped to a document
     boundary when there are several documents), so it is never trained on.
@@ -34,7 +36,7 @@ def prepare_splits(
     from gptsmith.data.shards import prepare_corpus
     from gptsmith.data.windows import split_tokens
 
-    source = resolve_corpus(data)
+    source = resolve_corpus(data, text_field=text_field)
     shard = prepare_corpus(source, tokenizer.name, out_dir=cache_dir, progress=progress, tokenizer=tokenizer)
     splits = split_tokens(shard, (1.0 - val_fraction, val_fraction))
     info = {"data": data, "source": shard.meta.get("source"), "n_tokens": len(shard.tokens),

@@ -288,3 +288,19 @@ def test_a_target_batch_the_micro_batches_cannot_make_is_noted(inputs, tmp_path,
     assert main(args) == 0  # 4 sequences x 32 tokens: one micro-batch is already 128 tokens
     assert ("note: --target-batch-tokens 5 gives steps of 128 tokens: 1 micro-batch(es)"
             in capsys.readouterr().out)
+
+
+def test_a_jsonl_corpus_with_its_text_in_another_field(inputs, tmp_path, capsys):
+    corpus, config = inputs
+    jsonl = tmp_path / "corpus.jsonl"
+    jsonl.write_text("".join(json.dumps({"id": i, "body": line}) + "\n"
+                             for i, line in enumerate(corpus.read_text().splitlines()) if line.strip()))
+    run = tmp_path / "run"
+    assert main(train_args(jsonl, config, run, "--max-steps", "2")) == 2  # the default field is `text`
+    err = capsys.readouterr().err
+    assert "no field 'text' (found: id, body; pick the text's field with --text-field)" in err
+    assert main(train_args(jsonl, config, run, "--max-steps", "2", "--text-field", "body")) == 0
+    assert json.loads((run / "run.json").read_text())["train"]["text_field"] == "body"
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run), "--max-batches", "1"]) == 0  # the run's field
+    assert "val:" in capsys.readouterr().out

@@ -106,7 +106,7 @@ def test_jsonl_corpus_and_its_errors(tmp_path):
     with pytest.raises(DataError, match=r"bad.jsonl:2: not valid JSON"):
         list(resolve_corpus(tmp_path / "bad.jsonl").documents())
     (tmp_path / "field.jsonl").write_text('{"body": "one"}\n')
-    with pytest.raises(DataError, match=r"field.jsonl:1: no field 'text' \(found: body\)"):
+    with pytest.raises(DataError, match=r"field.jsonl:1: no field 'text' \(found: body; .* --text-field\)"):
         list(resolve_corpus(tmp_path / "field.jsonl").documents())
     assert list(resolve_corpus(tmp_path / "field.jsonl", text_field="body").documents()) == ["one"]
     (tmp_path / "latin.jsonl").write_bytes(b'{"text": "one"}\n{"text": "caf\xe9"}\n')
