@@ -157,7 +157,12 @@ def plot_runs(
         label = labels[index] if labels is not None else (run_dir.resolve().name or str(run_dir))
         while label in runs:
             label += "'"
-        runs[label] = read_metrics(run_dir)
+        records = read_metrics(run_dir)
+        if any(r.get("kind") in ("train", "eval") and "tokens_seen" not in r for r in records):
+            raise GptsmithError(f"{run_dir / METRICS_FILE} is not a pretraining run's log (its records have "
+                                "no tokens_seen): pass a directory written by `gptsmith train` (a `finetune "
+                                "classify` output draws its own, training.png)")
+        runs[label] = records
     written = plot_losses(runs, path, learning_rate=True)
     if written is None:
         raise GptsmithError(

@@ -152,7 +152,7 @@ def test_plot_of_one_run_the_trainer_way_is_unchanged(tmp_path):
 
 
 @pytest.mark.parametrize("what", ["missing", "not a run", "labels", "out is a folder", "not a picture",
-                                  "a file", "damaged metrics"])
+                                  "a file", "damaged metrics", "a fine-tune"])
 def test_plot_bad_input_is_one_line_and_exit_2(tmp_path, capsys, what):
     _write_run(tmp_path / "run", 10, 256, 1e-3)
     (tmp_path / "empty").mkdir()
@@ -165,17 +165,21 @@ def test_plot_bad_input_is_one_line_and_exit_2(tmp_path, capsys, what):
         "not a picture": [str(tmp_path / "run"), "--out", str(tmp_path / "notes.txt")],
         "a file": [str(tmp_path / "run" / "metrics.jsonl"), *png],
         "damaged metrics": [str(tmp_path / "empty"), *png],
+        "a fine-tune": [str(tmp_path / "empty"), *png],
     }[what]
     (tmp_path / "notes.txt").write_text("mine", encoding="utf-8")
     if what == "damaged metrics":
         (tmp_path / "empty" / "metrics.jsonl").write_bytes(b"\xff\xfe garbage\n[1, 2]\n")
+    if what == "a fine-tune":  # finetune classify's records (a KeyError before)
+        record = '{"kind": "train", "step": 1, "loss": 0.5, "lr": 1}\n'
+        (tmp_path / "empty" / "metrics.jsonl").write_text(record)
     assert main(["plot", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("gptsmith plot: error: ")
     assert not (tmp_path / "x.png").exists() and (tmp_path / "notes.txt").read_text() == "mine"
     expected = {"not a run": "has no metrics.jsonl", "not a picture": "must end in .png, .svg, .pdf",
                 "a file": "metrics.jsonl is a file",
-                "damaged metrics": "holds no records yet"}
+                "damaged metrics": "holds no records yet", "a fine-tune": "is not a pretraining run's log"}
     assert expected.get(what, "") in err[0]
 
 
