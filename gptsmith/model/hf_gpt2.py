@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from gptsmith.data.download import is_offline
 from gptsmith.errors import CheckpointError
 from gptsmith.model.gpt import GPTConfig, GPTModel
 from gptsmith.model.weights import (
@@ -304,6 +305,10 @@ def download_hf_model(name: str) -> Path:
                 return found
         except Exception:
             pass  # not cached (or only partly)
+    if is_offline():  # (GPTSMITH_OFFLINE: no network attempt at all, not a DNS failure to report)
+        raise CheckpointError(f"{name!r} is not a local directory nor in the Hugging Face cache, and "
+                              "GPTSMITH_OFFLINE=1 forbids fetching it from the hub (check the path, or "
+                              "unset GPTSMITH_OFFLINE)")
     error = None
     for weights in (HF_SAFETENSORS, HF_PYTORCH_BIN):
         try:

@@ -317,6 +317,22 @@ def test_hub_name_offline_is_a_clear_error(monkeypatch):
         load_model("./missing-dir")
 
 
+def test_gptsmith_offline_looks_only_in_the_hub_cache(monkeypatch):
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    calls = []
+
+    def cache_only(repo_id, allow_patterns, local_files_only=False):
+        calls.append(local_files_only)
+        raise OSError("not in the cache" if local_files_only else "Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", cache_only)
+    monkeypatch.setenv("GPTSMITH_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match=r"^'nope' is not a local directory nor in the Hugging Face "
+                       r"cache, and GPTSMITH_OFFLINE=1 forbids fetching it"):
+        load_model("nope")
+    assert calls and all(calls)  # no network attempt
+
+
 def test_hub_download_fetches_config_and_weights_and_completes_a_partial_cache(tmp_path, monkeypatch):
     huggingface_hub = pytest.importorskip("huggingface_hub")
     _, hf_model = _hf_model("tied-2x4")
