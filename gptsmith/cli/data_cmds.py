@@ -141,6 +141,17 @@ def run_download(args: argparse.Namespace) -> int:
         if given:
             report("note: GPTSMITH_GPT2_BPE is set, so it still takes precedence over the cache")
     else:
+        from gptsmith.data.corpus import named_corpus_dirs
+        from gptsmith.data.download import cache_dir
+
+        # Where `--data NAME` would find it first ($GPTSMITH_DATA_DIR, ../shared/data), outside the cache.
+        candidates = [directory / f"{args.what}.txt" for directory in named_corpus_dirs()]
+        found = next((path for path in candidates if path.is_file()), None)
+        if found is not None and not args.force and found.parent != cache_dir() / "data":
+            report(f"{args.what} is already here ({found}): nothing to fetch (--force fetches a copy into "
+                   "the cache)")
+            print(found)
+            return 0
         path = download_corpus(args.what, force=args.force, report=report)
     print(path)
     return 0

@@ -119,7 +119,10 @@ def test_download_gpt2_bpe_offline_names_where_to_copy(tmp_path, capsys, monkeyp
     assert f"copy gpt2.tiktoken to {download.gpt2_bpe_cache_path()}" in error
 
 
-def test_download_corpus_offline_is_a_clear_error(capsys):
+def test_download_corpus_offline_is_a_clear_error(capsys, tmp_path, monkeypatch):
+    import gptsmith.data.corpus as corpus
+
+    monkeypatch.setattr(corpus, "named_corpus_dirs", lambda: [tmp_path])  # not here: it must be fetched
     assert main(["download", "the-verdict"]) == 2
     out, err = capsys.readouterr()
     assert "cannot download the-verdict" in err and "needs internet" in err
@@ -149,3 +152,12 @@ def test_prepare_refuses_to_replace_another_corpus_shard_unless_forced(tmp_path,
     assert main([*prepare, str(first)]) == 0 and "shard written" in capsys.readouterr().out
     assert main([*prepare, str(second), "--force"]) == 0
     assert TokenShard.open(out).meta["source"] == str(second)
+
+
+def test_download_of_a_corpus_already_here_fetches_nothing(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("GPTSMITH_DATA_DIR", str(tmp_path))
+    (tmp_path / "the-verdict.txt").write_text("I had always thought Jack Gisburn")
+    assert main(["download", "the-verdict"]) == 0  # offline too: nothing to fetch
+    out, err = capsys.readouterr()
+    assert out.strip() == str(tmp_path / "the-verdict.txt")
+    assert "already here" in err and "fetching" not in err
