@@ -31,6 +31,7 @@ class Choices:
         self.completion_tokens = [0] * n_choices
         self.prompt_tokens = prompt_tokens
         self.logprobs: list[list[Chunk]] = [[] for _ in range(n_choices)]
+        self.stream_offsets = [0] * n_choices  # where each choice's next streamed token starts
         self.error: str | None = None
 
     @property
@@ -90,7 +91,9 @@ class Choices:
         else:
             logprobs = None
             if self.want_logprobs and chunk.token_id is not None and reason not in ("stop",):
-                logprobs = self._logprobs([chunk])
+                # Offsets count from the start of the answer, as in the whole answer's logprobs.
+                logprobs = self._logprobs([chunk], start=self.stream_offsets[index])
+                self.stream_offsets[index] += len(logprobs["tokens"][0])
             choice = {"index": index, "text": chunk.text, "finish_reason": reason, "logprobs": logprobs}
         event = {**self._head(chunk=True), "choices": [choice]}
         if self.done:
@@ -101,9 +104,10 @@ class Choices:
         """OpenAI's usage chunk (``stream_options.include_usage``): no choices, the usage."""
         return sse({**self._head(chunk=True), "choices": [], "usage": self.usage()})
 
-    def _logprobs(self, chunks: list[Chunk]) -> dict[str, Any]:
-        """OpenAI's completions logprobs: tokens, their log-probabilities, alternatives, text offsets."""
-        tokens, offsets, offset = [], [], 0
+    def _logprobs(self, chunks: list[Chunk], start: int = 0) -> dict[str, Any]:
+        """OpenAI's completions logprobs: tokens, their log-probabilities, alternatives, text offsets
+        (from ``start``: a streamed chunk's place in its answer)."""
+        tokens, offsets, offset = [], [], start
         for chunk in chunks:
             tokens.append(self.tokenizer.decode([chunk.token_id]))
             offsets.append(offset)

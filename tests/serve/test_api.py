@@ -63,6 +63,11 @@ def test_completion_options(fast):
     lp = logprobs.choices[0].logprobs
     assert len(lp.token_logprobs) == len(lp.tokens) == 3 and all(1 <= len(t) <= 2 for t in lp.top_logprobs)
     assert all(v <= 0 for v in lp.token_logprobs)
+    streamed = client.completions.create(model="tiny", prompt=[65, 66], max_tokens=3, temperature=0,
+                                         logprobs=2, stream=True)
+    offsets = [o for chunk in streamed if chunk.choices and chunk.choices[0].logprobs
+               for o in chunk.choices[0].logprobs.text_offset]
+    assert offsets == lp.text_offset  # counted from the answer's start, streamed or not (was [0] each)
 
 
 def test_chat_and_streaming(fast):
