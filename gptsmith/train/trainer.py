@@ -344,8 +344,9 @@ class Trainer:
         self.model.eval()
         try:
             # A private seed: sampling must not move the global RNG, or a resumed run would differ.
+            # It ends at <|endoftext|>, as `gptsmith generate` does (the tokenizer names it).
             out = generate(self.model, prompt, max_new, temperature=cfg.sample_temperature,
-                           top_k=cfg.sample_top_k, seed=cfg.seed + self.step)
+                           top_k=cfg.sample_top_k, seed=cfg.seed + self.step, tokenizer=self.tokenizer)
         finally:
             self.model.train(was_training)
         return self.tokenizer.decode(out[0].tolist())

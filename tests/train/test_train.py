@@ -371,3 +371,17 @@ def test_device_auto_selection(monkeypatch):
     assert resolve_device("auto").type == "mps"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto").type == "cuda"
+
+
+def test_a_sample_ends_at_endoftext_as_generate_does(tmp_path):
+    from gptsmith.data.tokenizer import SimpleTokenizerV2
+
+    words = SimpleTokenizerV2.from_text(" ".join(f"w{i}" for i in range(62)))  # 64 ids, like TINY
+    trainer = make_trainer(tmp_path / "run", tiny_config(sample_prompt="w1 w2"), tokenizer=words)
+    with torch.no_grad():  # every position's next token is <|endoftext|>, by far
+        trainer.model.tok_emb.weight.zero_()
+        trainer.model.tok_emb.weight[words.eot_id, 0] = 10.0
+        trainer.model.final_norm.scale.zero_()
+        trainer.model.final_norm.shift.zero_()
+        trainer.model.final_norm.shift[0] = 10.0
+    assert trainer._sample_text() == "w1 w2"  # it stopped there (it went on with <|endoftext|> x 40)
