@@ -94,12 +94,14 @@ def compare_text(view: CompareView, labels: Sequence[str]) -> list[str]:
         return ["5. Random versus trained: one token, nothing to score"]
     gains = sorted(
         range(len(view.trained_losses)), key=lambda i: view.trained_losses[i] - view.random_losses[i]
-    )[:5]
+    )
+    gains = [i for i in gains if view.trained_losses[i] < view.random_losses[i]][:5]  # improvements only
     learned = ", ".join(
         f"{labels[i + 1]} {view.random_losses[i]:.1f}→{view.trained_losses[i]:.1f}" for i in gains
     )
     return [
         f"5. Random versus trained: loss {view.random_loss:.3f} with random weights "
         f"(ln(vocab) = {view.uniform_loss:.3f}), {view.trained_loss:.3f} with this model's",
-        _clip(f"   best learned tokens: {learned}"),
+        _clip(f"   best learned tokens: {learned}" if gains else "   no token is predicted better than at "
+              "random"),
     ]

@@ -237,3 +237,15 @@ def test_a_model_whose_weights_give_nan_is_one_line_not_a_report_of_nan(tokenize
         model.trf_blocks[0].norm1.scale[0] = float("nan")  # finite elsewhere; every output is NaN
     with pytest.raises(GptsmithError, match=r"^the model's next-token logits are not finite \(nan\): its "):
         explain(model, tokenizer, TEXT)
+
+
+def test_best_learned_tokens_are_only_those_whose_loss_fell():
+    from gptsmith.explain.compare import CompareView
+    from gptsmith.explain.text import compare_text
+
+    view = CompareView(uniform_loss=11.0, random_losses=[11.0, 11.0, 11.0], trained_losses=[3.0, 12.0, 10.0],
+                       random_loss=11.0, trained_loss=8.3, seed=0)
+    line = compare_text(view, ["a", "b", "c", "d"])[1]
+    assert line == "   best learned tokens: b 11.0→3.0, d 11.0→10.0"  # c rose: not "learned"
+    worse = CompareView(11.0, [3.0], [4.0], 3.0, 4.0, 0)
+    assert compare_text(worse, ["a", "b"])[1] == "   no token is predicted better than at random"
