@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 from pathlib import Path
 
 from gptsmith.config import parse_assignments
@@ -258,15 +259,18 @@ def run_convert(args: argparse.Namespace) -> int:
     tokenizer = read_model_config(source_path).get("tokenizer", "gpt2") if source_path.exists() else "gpt2"
     if tokenizer != "gpt2":  # carry a word-level vocabulary over (GPT-2's BPE is found by name)
         tokenizer = load_tokenizer(tokenizer, resolve_model_dir(source_path))
+    note = None
     if args.to == "hf":
         export_hf(model, out)
         kind = "Hugging Face GPT-2 directory (load it with GPT2LMHeadModel.from_pretrained)"
-        if tokenizer != "gpt2":
-            kind += (f"; note: its tokenizer {tokenizer.name!r} has no Hugging Face equivalent, "
-                     "ids will not match")
+        if tokenizer != "gpt2":  # (on its own line after the summary, not spliced into it)
+            note = (f"note: its tokenizer {tokenizer.name!r} has no Hugging Face equivalent: the ids of a "
+                    "Hugging Face tokenizer will not match the model's")
     else:
         save_model(model, out, tokenizer=tokenizer, extra={"converted_from": str(args.source)})
         kind = "gptsmith checkpoint"
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     print(f"wrote {out} as a {kind}: {model.num_parameters():,} parameters, {dtype}")
+    if note:
+        print(note, file=sys.stderr)
     return 0

@@ -166,3 +166,15 @@ def test_convert_never_writes_over_its_source_or_into_a_run(tmp_path, capsys):
 def test_convert_missing_source(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "nope"), "--to", "hf", "--out", str(tmp_path / "out")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_convert_of_a_word_level_model_notes_its_tokenizer_on_a_line_of_its_own(tmp_path, capsys):
+    from gptsmith.data.tokenizer import SimpleTokenizerV2
+
+    words = SimpleTokenizerV2.from_text(" ".join(f"w{i}" for i in range(40)))
+    save_model(GPTModel(TINY), tmp_path / "ours", tokenizer=words)
+    assert main(["convert", str(tmp_path / "ours"), "--to", "hf", "--out", str(tmp_path / "hf")]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("wrote ") and out.rstrip().endswith("float32") and "note" not in out
+    assert err.strip() == ("note: its tokenizer 'simple' has no Hugging Face equivalent: the ids of a "
+                           "Hugging Face tokenizer will not match the model's")
