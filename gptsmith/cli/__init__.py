@@ -56,17 +56,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
 
+    # The command as typed: `finetune classify`, not only `finetune`, in every message.
+    command = " ".join(filter(None, (args.command, getattr(args, "finetune_command", None))))
+
     def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-        print(f"gptsmith {args.command}: warning: {message}", file=sys.stderr)
+        print(f"gptsmith {command}: warning: {message}", file=sys.stderr)
 
     warnings.showwarning = show_warning  # one line, not the library's file and line number
     try:
         return int(args.func(args) or 0)
     except GptsmithError as exc:
-        print(f"gptsmith {args.command}: error: {exc}", file=sys.stderr)
+        print(f"gptsmith {command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"gptsmith {args.command}: interrupted", file=sys.stderr)
+        print(f"gptsmith {command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # The reader went away (e.g. `gptsmith info gpt2-small | head`): stop quietly, like Unix tools.
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         # A path the user gave that cannot be used (a file where a directory must go, a read-only or
         # missing place): the user's to fix, so one line, not a traceback. Only OSError: any other
         # exception is a bug in gptsmith and keeps its traceback.
-        print(f"gptsmith {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
+        print(f"gptsmith {command}: error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
 
 

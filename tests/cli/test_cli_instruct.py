@@ -213,7 +213,8 @@ def test_an_out_that_cannot_be_made_fails_before_training(capsys, base, data, tm
     monkeypatch.setattr(Path, "mkdir", mkdir)
     code, log, err = _finetune(capsys, base, data, out)
     assert code == 2
-    assert err.strip() == f"gptsmith finetune: error: cannot create directory: {out} (Read-only file system)"
+    assert err.strip() == (f"gptsmith finetune instruct: error: cannot create directory: {out} "
+                           "(Read-only file system)")
     assert "test-reference loss" not in log and "fine-tuning" not in log  # said before any training
 
 
