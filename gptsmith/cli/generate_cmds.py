@@ -149,6 +149,11 @@ def load_for_generation(args: argparse.Namespace) -> tuple[torch.nn.Module, Any,
         model = load_model(args.model, device=device, dtype=dtype)
         name = args.model
     tokenizer = load_model_tokenizer(config, model_dir, model.cfg.vocab_size, name)
+    if isinstance(config.get("classifier"), dict):  # its language-model head was not what it trained
+        labels = ", ".join(map(str, config["classifier"].get("labels", [])))
+        warnings.warn(f"{name} is a classifier ({labels}): this runs the language model inside it, whose "
+                      f"text is the base model's at best (`gptsmith classify --checkpoint {name}` gives "
+                      "labels)", stacklevel=2)
     return model, tokenizer, config, name
 
 
