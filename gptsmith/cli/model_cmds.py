@@ -119,6 +119,8 @@ def _describe_source(name: str, overrides: dict | None = None) -> tuple[GPTConfi
 
         check_hf_weights(model_dir, cfg)  # names mapped as an import maps them; truncation caught
     kind = "Hugging Face GPT-2 directory" if config["format"] == "hf-gpt2" else "gptsmith checkpoint"
+    if isinstance(config.get("classifier"), dict):  # `gptsmith classify` reads it, not generate
+        kind = f"gptsmith classifier of {', '.join(map(str, config['classifier'].get('labels', [])))}"
     reserved = {"format", "format_version", "model", "hf_config"}
     extra = {k: v for k, v in config.items() if k not in reserved}
     return cfg, f"{model_dir} ({kind})", extra

@@ -58,6 +58,8 @@ def test_finetune_then_classify_from_the_command_line(base, tmp_path, capsys):
     assert f"note: skipped 1 blank line(s) of --file {texts}" in captured.err
     assert main(["generate", "--checkpoint", str(out), "--max-new-tokens", "2", "win"]) == 0  # it may, but:
     assert f"gptsmith generate: warning: {out} is a classifier (ham, spam): " in capsys.readouterr().err
+    assert main(["info", str(out)]) == 0
+    assert f"model:      {out} (gptsmith classifier of ham, spam)" in capsys.readouterr().out
     assert _finetune(base, data, out, "--no-header", "--label-column", "0", "--text-column", "1") == 2
     assert "is not empty (pass --overwrite to replace it)" in capsys.readouterr().err
     before = sorted(p.name for p in out.iterdir())
