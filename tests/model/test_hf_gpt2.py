@@ -1,0 +1,216 @@
+"""Hugging Face GPT-2 weights: import and export with exact parity against ``transformers`` (on
+small random models made here), the hub's download path, and greedy decoding equal to its generate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptsmith.errors import CheckpointError
+from gptsmith.model.checkpoint import load_model, read_model_config
+from gptsmith.model.gpt import GPTConfig, GPTModel
+from gptsmith.model.hf_gpt2 import export_hf
+from gptsmith.storage import atomic_write_json
+
+TINY = GPTConfig(vocab_size=101, context_length=20, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
+
+
+def _logits(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids)
+
+
+HF_CONFIGS = {
+    "tied-2x4": dict(n_layer=2, n_head=4, n_embd=32, vocab_size=100, n_positions=24),
+    "untied-3x2": dict(
+        n_layer=3, n_head=2, n_embd=48, vocab_size=64, n_positions=16, tie_word_embeddings=False
+    ),
+    "n_inner-1x8-dropout": dict(
+        n_layer=1, n_head=8, n_embd=64, n_inner=256, vocab_size=80, n_positions=32, resid_pdrop=0.3
+    ),
+    "no-dropout-2x2": dict(
+        n_layer=2, n_head=2, n_embd=16, vocab_size=90, n_positions=12,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    ),
+}
+
+
+def _hf_model(name: str):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(**HF_CONFIGS[name], bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():  # HF initialises biases and LayerNorms to 0/1; randomise them to test mapping
+        for param_name, param in model.named_parameters():
+            if param_name.endswith("bias") or "ln_" in param_name:
+                param.normal_(0, 0.5)
+    return transformers, model
+
+
+def _to_legacy_bin(directory: Path, tied: bool) -> None:
+    """Rewrite a saved HF dir as an old-style pytorch_model.bin (no prefix, mask buffers, head if untied)."""
+    from safetensors.torch import load_file
+
+    state = load_file(directory / "model.safetensors")
+    n_positions = state["transformer.wpe.weight"].shape[0]
+    if tied:
+        state.pop("lm_head.weight", None)
+    legacy = {k.removeprefix("transformer."): v for k, v in state.items()}
+    causal = torch.tril(torch.ones(n_positions, n_positions))[None, None]
+    for key in [k for k in legacy if k.endswith("attn.c_attn.weight")]:
+        legacy[key.replace("c_attn.weight", "bias")] = causal
+    torch.save(legacy, directory / "pytorch_model.bin")
+    (directory / "model.safetensors").unlink()
+
+
+@pytest.mark.parametrize("name", list(HF_CONFIGS))
+@pytest.mark.parametrize("file_format", ["safetensors", "bin"])
+def test_hf_import_and_export_match_transformers(tmp_path, name, file_format):
+    transformers, hf_model = _hf_model(name)
+    hf_model.save_pretrained(tmp_path / "hf")
+    if file_format == "bin":
+        _to_legacy_bin(tmp_path / "hf", tied=hf_model.config.tie_word_embeddings)
+    ids = torch.randint(0, hf_model.config.vocab_size, (2, hf_model.config.n_positions))
+    expected = _logits(hf_model, ids).logits
+
+    ours = load_model(tmp_path / "hf")
+    assert ours.cfg.tie_weights == hf_model.config.tie_word_embeddings
+    torch.testing.assert_close(_logits(ours, ids), expected, atol=1e-5, rtol=1e-5)
+    assert read_model_config(tmp_path / "hf")["format"] == "hf-gpt2"
+
+    export_hf(ours, tmp_path / "exported")
+    reloaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "exported").eval()
+    torch.testing.assert_close(_logits(reloaded, ids).logits, expected, atol=1e-5, rtol=1e-5)
+    tied = reloaded.lm_head.weight.data_ptr() == reloaded.transformer.wte.weight.data_ptr()
+    assert tied == ours.cfg.tie_weights
+
+
+def test_export_without_qkv_bias_loads_in_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    model = GPTModel(GPTConfig(**{**TINY.to_dict(), "qkv_bias": False})).eval()
+    export_hf(model, tmp_path)
+    reloaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    ids = torch.randint(0, TINY.vocab_size, (1, 12))
+    torch.testing.assert_close(_logits(reloaded, ids).logits, _logits(model, ids), atol=1e-5, rtol=1e-5)
+    assert load_model(tmp_path).cfg.qkv_bias  # GPT-2 always has the (here zero) bias
+
+
+def test_unsupported_hf_configs_are_refused(tmp_path):
+    _, hf_model = _hf_model("tied-2x4")
+    hf_model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for change, message in [
+        ({"n_inner": 100}, "n_inner=100 is not 4 \\* n_embd"),
+        ({"activation_function": "relu"}, "activation_function 'relu' is not supported"),
+        ({"layer_norm_epsilon": "x"}, "layer_norm_epsilon must be a number, got 'x'"),
+        ({"resid_pdrop": None, "attn_pdrop": "0.1"}, "attn_pdrop must be a number"),
+        ({"tie_word_embeddings": "false"}, "tie_word_embeddings must be true or false, got 'false'"),
+    ]:
+        atomic_write_json(tmp_path / "config.json", {**config, **change})
+        with pytest.raises(CheckpointError, match=message):
+            load_model(tmp_path)
+
+
+def test_hf_dir_without_weights(tmp_path):
+    _, hf_model = _hf_model("tied-2x4")
+    hf_model.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="neither model.safetensors nor pytorch_model.bin"):
+        load_model(tmp_path)
+
+
+def test_hub_name_offline_is_a_clear_error(monkeypatch):
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+
+    def offline(*args, **kwargs):
+        raise OSError("cannot reach huggingface.co")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(CheckpointError, match="cannot get 'gpt2' from the Hugging Face hub"):
+        load_model("gpt2")
+    with pytest.raises(CheckpointError, match="checkpoint not found: ./missing-dir"):
+        load_model("./missing-dir")
+
+
+def test_gptsmith_offline_looks_only_in_the_hub_cache(monkeypatch):
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    calls = []
+
+    def cache_only(repo_id, allow_patterns, local_files_only=False):
+        calls.append(local_files_only)
+        raise OSError("not in the cache" if local_files_only else "Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", cache_only)
+    monkeypatch.setenv("GPTSMITH_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match=r"^'nope' is not a local directory nor in the Hugging Face "
+                       r"cache, and GPTSMITH_OFFLINE=1 forbids fetching it"):
+        load_model("nope")
+    assert calls and all(calls)  # no network attempt
+
+
+def test_hub_download_fetches_config_and_weights_and_completes_a_partial_cache(tmp_path, monkeypatch):
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    _, hf_model = _hf_model("tied-2x4")
+    hf_model.save_pretrained(tmp_path / "repo")  # what the hub serves
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "config.json").write_bytes((tmp_path / "repo" / "config.json").read_bytes())  # interrupted
+    calls = []
+
+    def fake_snapshot(repo_id, allow_patterns, local_files_only=False):
+        calls.append((repo_id, tuple(allow_patterns), local_files_only))
+        if not local_files_only:
+            for pattern in allow_patterns:
+                if (tmp_path / "repo" / pattern).is_file():
+                    (cache / pattern).write_bytes((tmp_path / "repo" / pattern).read_bytes())
+        return str(cache)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    model = load_model("some-user/gpt2-like")
+    assert (cache / "model.safetensors").is_file()
+    assert ("some-user/gpt2-like", ("config.json", "model.safetensors"), False) in calls
+    ids = torch.randint(0, model.cfg.vocab_size, (1, 6))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), hf_model(ids).logits, atol=1e-5, rtol=0)
+
+
+def test_preset_names_map_to_openai_weights(monkeypatch):
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    asked = []
+
+    def record(repo_id, **kwargs):
+        asked.append(repo_id)
+        raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", record)
+    with pytest.raises(CheckpointError, match="cannot get 'gpt2'"):
+        load_model("gpt2-small")
+    assert set(asked) == {"gpt2"}
+    with pytest.raises(CheckpointError, match="preset 'tiny' has no pretrained weights"):
+        load_model("tiny")
+
+
+def test_greedy_tokens_equal_transformers_generate(tmp_path):
+    _, hf_model = _hf_model("n_inner-1x8-dropout")
+    with torch.no_grad():  # large random weights, so the greedy path visits several tokens
+        for param in hf_model.parameters():
+            if param.dim() == 2:
+                param.normal_(0, 1.0)
+    hf_model.save_pretrained(tmp_path)
+    ours = load_model(tmp_path)
+    prompt = torch.tensor([[5, 17, 42, 3]])
+    expected = hf_model.generate(
+        prompt, max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=None, min_length=0
+    )
+    ids, cache = prompt, ours.new_cache(batch_size=1)
+    with torch.no_grad():
+        logits = ours(ids, cache=cache, last_token_only=True)
+        for _ in range(12):  # greedy decoding with the KV cache, one token at a time
+            next_id = logits[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, next_id], dim=1)
+            logits = ours(next_id, cache=cache)
+    assert ids.tolist() == expected.tolist()
+    assert len(set(ids[0, 4:].tolist())) >= 3
