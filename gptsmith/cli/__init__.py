@@ -19,7 +19,7 @@ from gptsmith.version import __version__
 
 # Modules that each add one or more sub-commands (in the order `--help` lists them).
 COMMAND_MODULES = [
-    "data_cmds", "model_cmds", "train_cmds", "generate_cmds", "finetune_cmds", "classify_cmds",
+    "data_cmds", "model_cmds", "train_cmds", "eval_cmds", "generate_cmds", "finetune_cmds", "classify_cmds",
     "instruct_cmds", "explain_cmds", "serve_cmds", "bench_cmds",
 ]
 
