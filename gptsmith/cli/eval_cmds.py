@@ -88,8 +88,9 @@ def run_eval(args: argparse.Namespace) -> int:
     for split, tokens in (("train", train_tokens), ("val", val_tokens)):
         n_windows = count_windows(len(tokens), context_length, context_length)
         if n_windows == 0:
+            more = f"raise --val-fraction, now {val_fraction}, or " if split == "val" else ""
             raise DataError(f"the {split} split of {data} has {len(tokens)} tokens, fewer than one window of "
-                            f"{context_length} + 1 (lower --context-length)")
+                            f"{context_length} + 1 ({more}lower --context-length)")
         check_eval_memory(model.cfg, min(args.batch_size, n_windows), context_length, device)
         batches = FixedBatches(tokens, context_length, min(args.batch_size, n_windows), args.max_batches)
         with torch.no_grad():

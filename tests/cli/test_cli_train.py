@@ -224,8 +224,13 @@ def test_train_and_eval_help_describe_every_flag(capsys):
     (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
     (["--max-batches", "0"], "--max-batches must be >= 1, got 0"),
     (["--val-fraction", "0"], "--val-fraction must be more than 0 and less than 1, got 0.0"),
+    (["--data", "{short}", "--context-length", "128"],
+     "fewer than one window of 128 + 1 (raise --val-fraction, now 0.1, or lower --context-length)"),
 ])
 def test_bad_eval_flags_are_one_line_errors(tmp_path, capsys, extra, message):
+    short = tmp_path / "short.txt"
+    short.write_text("the cat sat on the mat. " * 60)  # ~420 tokens: 10% holds no window of 129
+    extra = [arg.format(short=short) for arg in extra]
     assert main(["eval", "--preset", "tiny", "--data", "builtin", *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("gptsmith eval: error: ") and message in err and "Traceback" not in err
