@@ -23,13 +23,14 @@ def lr_at_step(step: int, *, peak_lr: float, min_lr: float, warmup_steps: int, m
     """Learning rate for optimizer step ``step`` (0-based).
 
     Steps ``0 .. warmup_steps-1`` ramp linearly to ``peak_lr`` (step 0 already gets
-    ``peak_lr / warmup_steps``, so no step is wasted at lr 0); the rest follow a half cosine
-    from ``peak_lr`` to ``min_lr``, reached at ``max_steps``.
+    ``peak_lr / warmup_steps``, so no step is wasted at lr 0); steps ``warmup_steps ..
+    max_steps-1`` follow a half cosine from just below ``peak_lr`` down to ``min_lr``, which the
+    last step (``max_steps - 1``) takes: the decay is complete within the run.
     """
     if warmup_steps > 0 and step < warmup_steps:
         return peak_lr * (step + 1) / warmup_steps
     decay_steps = max(1, max_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    progress = min(1.0, (step - warmup_steps + 1) / decay_steps)
     cosine = 0.5 * (1.0 + math.cos(math.pi * progress))  # 1 -> 0
     return min_lr + (peak_lr - min_lr) * cosine
 

@@ -12,12 +12,12 @@ from gptsmith.train.schedule import MuonAdamW, build_optimizer, lr_at_step, muon
 
 
 def test_lr_warms_up_linearly_then_decays_by_cosine_to_the_floor():
-    lrs = [lr_at_step(s, peak_lr=1.0, min_lr=0.1, warmup_steps=4, max_steps=20) for s in range(21)]
+    lrs = [lr_at_step(s, peak_lr=1.0, min_lr=0.1, warmup_steps=4, max_steps=20) for s in range(20)]
     assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
-    assert lrs[4] == pytest.approx(1.0)
-    assert lrs[12] == pytest.approx(0.55)  # halfway through the decay: (peak + floor) / 2
-    assert lrs[20] == pytest.approx(0.1)
-    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:], strict=False))
+    assert 0.98 < lrs[4] < 1.0  # the decay starts at the first step after the peak, not a second peak
+    assert lrs[11] == pytest.approx(0.55)  # halfway through the 16 decay steps: (peak + floor) / 2
+    assert lrs[19] == pytest.approx(0.1)  # the run's last step (max_steps - 1) takes the floor
+    assert all(a > b for a, b in zip(lrs[3:], lrs[4:], strict=False))
 
 
 def test_weight_decay_only_on_linear_matrices():

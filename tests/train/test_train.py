@@ -205,7 +205,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     with pytest.raises(NonFiniteLossError) as info:
         trainer.fit()
     assert str(info.value) == (
-        "training loss became nan at step 8; stopped before updating the weights (lr 0.00275); the newest "
+        "training loss became nan at step 8; stopped before updating the weights (lr 0.00205); the newest "
         "checkpoint checkpoints/step-000006 may already be diverging (older: checkpoints/step-000003): "
         f"resume with --resume {run} and a lower --lr than 0.005; if it diverges again, delete "
         f"{run}/checkpoints/step-000006 and resume from checkpoints/step-000003 with --resume {run} "
