@@ -335,6 +335,7 @@ def _hf_documents(spec: str, text_field: str) -> Iterator[str]:
         message = f"{spec} needs the optional `datasets` package: pip install 'gptsmith[datasets]'"
         raise DataError(message) from None
     name, config, split = _hf_parts(spec[3:])
+    _check_one_format(Path(name).expanduser())
     if is_offline():  # GPTSMITH_OFFLINE: local data sets and the hub cache only
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -348,6 +349,24 @@ def _hf_documents(spec: str, text_field: str) -> Iterator[str]:
             raise DataError(f"{spec} has no {text_field!r} field (fields: {', '.join(record)})")
         if record[text_field]:
             yield _check_text(record[text_field], f"{spec}: field {text_field!r}")
+
+
+def _check_one_format(folder: Path) -> None:
+    """A local ``hf:`` folder must hold one data format: ``datasets`` reads only one of them and
+    would drop the other files without a word."""
+    if not folder.is_dir():
+        return
+    kinds: dict[str, list[str]] = {}
+    for path in sorted(folder.rglob("*")):
+        kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv",
+                ".txt": "text"}.get(path.suffix.lower())
+        if kind and path.is_file():
+            kinds.setdefault(kind, []).append(path.name)
+    if len(kinds) > 1:
+        found = "; ".join(f"{kind}: {', '.join(names[:3])}{'...' if len(names) > 3 else ''}"
+                          for kind, names in kinds.items())
+        raise DataError(f"hf:{folder} mixes data formats ({found}); the datasets library would read only "
+                        "one of them: keep one format in the folder")
 
 
 def _hf_parts(spec: str) -> tuple[str, str | None, str]:

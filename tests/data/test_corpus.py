@@ -181,6 +181,11 @@ def test_hf_dataset_from_local_parquet_files(tmp_path, word_tokenizer):
     pq.write_table(pa.table({"text": ["theta eta", "alpha"]}), folder / "part-1.parquet")
     changed = prepare_corpus(spec, tokenizer=word_tokenizer, out_dir=tmp_path / "shard")
     assert not changed.reused and changed.n_documents == 4
+    # A second format beside them would be dropped by `datasets` without a word: refused instead.
+    (folder / "more.jsonl").write_text('{"text": "iota"}\n')
+    with pytest.raises(DataError, match=r"mixes data formats \(json: more.jsonl; parquet: part-0.parquet, "
+                       r"part-1.parquet\); the datasets library would read only one"):
+        list(resolve_corpus(spec).documents())
 
 
 def test_text_fields_must_hold_text(tmp_path):
