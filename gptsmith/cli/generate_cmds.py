@@ -204,8 +204,12 @@ def _in_flag_terms() -> Iterator[None]:
 def _warn_of_unused_sampling_flags(args: argparse.Namespace) -> None:
     """--top-k/--top-p filter what is *sampled*; greedy decoding would silently ignore them.
 
-    (With --num-beams they are refused outright, by GenerationConfig.)
+    (With --num-beams they are refused outright, by GenerationConfig.) --length-penalty, likewise,
+    shapes beam scores only.
     """
+    if getattr(args, "num_beams", 1) == 1 and getattr(args, "length_penalty", 1.0) != 1.0:
+        print(f"gptsmith {args.command}: warning: --length-penalty scores beams only, so it has no effect "
+              "without --num-beams (add --num-beams 4, say)", file=sys.stderr)
     if args.temperature != 0 or getattr(args, "num_beams", 1) > 1:
         return
     unused = [flag for flag, value in (("--top-k", args.top_k), ("--top-p", args.top_p)) if value is not None]

@@ -163,6 +163,15 @@ def test_generate_warns_that_greedy_decoding_ignores_top_k_and_top_p(capsys, che
         assert err == ""
 
 
+def test_generate_warns_that_a_length_penalty_needs_beams(capsys, checkpoint):
+    base = ["generate", "--checkpoint", str(checkpoint), "--max-new-tokens", "2", "--length-penalty", "0.5"]
+    code, _, err = _run(capsys, *base, "a")
+    assert code == 0 and err == ("gptsmith generate: warning: --length-penalty scores beams only, so it has "
+                                 "no effect without --num-beams (add --num-beams 4, say)\n")
+    code, _, err = _run(capsys, *base, "--num-beams", "2", "a")
+    assert code == 0 and err == ""
+
+
 @pytest.mark.parametrize("num_beams", ["1", "2"])
 def test_generate_stop_text_tokenized_otherwise_json(capsys, monkeypatch, gpt2_tokenizer, num_beams):
     """`--stop '..'` is found when the model emits "." twice (the tokenizer encodes ".." as one token),
