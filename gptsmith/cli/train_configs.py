@@ -133,6 +133,8 @@ def _build_configs(args: argparse.Namespace) -> tuple[Any, Any]:
     recipe = get_recipe(args.recipe or "default")
     _, config_train = read_config_file(args.config)
     train_over = {**recipe["train"], **config_train}
+    if args.context_length is not None:  # the flag sets the sequences' length: a file's windows yield to it
+        train_over.pop("context_length", None)
     flags = flag_values(args)
     if "max_steps" in flags and "time_budget" in flags:
         raise ConfigError("give --max-steps or --time-budget, not both (the budget chooses the steps)")

@@ -309,3 +309,15 @@ def test_a_jsonl_corpus_with_its_text_in_another_field(inputs, tmp_path, capsys)
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(run), "--max-batches", "1"]) == 0  # the run's field
     assert "val:" in capsys.readouterr().out
+
+
+def test_context_length_flag_beats_a_config_files_window_length(inputs, tmp_path, capsys):
+    corpus, _ = inputs
+    config = tmp_path / "windows.yaml"
+    config.write_text("model:\n  preset: tiny\n  emb_dim: 32\n  n_heads: 2\n  n_layers: 1\n"
+                      "train:\n  context_length: 64\n  batch_size: 2\n  eval_batches: 1\n")
+    run = tmp_path / "run"
+    # The flag sets the model's context and the windows (it failed: "--context-length 64 is longer...")
+    assert main(train_args(corpus, config, run, "--context-length", "16", "--max-steps", "1")) == 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["model"]["context_length"] == 16 and info["train"]["context_length"] in (None, 16)
