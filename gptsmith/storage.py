@@ -45,11 +45,17 @@ def _errno_of(exc: BaseException) -> int | None:
     return None
 
 
-def _free_bytes(path: Path) -> int | None:
-    """Free space on the file system holding ``path`` (or its nearest existing parent)."""
-    path = Path(path).absolute()
+def _nearest_existing(path: Path) -> Path:
+    """``path`` itself if it exists, else the nearest of its parents that does (``exists()`` is
+    False below a file, so that file is the answer there)."""
     while not path.exists() and path != path.parent:
         path = path.parent
+    return path
+
+
+def _free_bytes(path: Path) -> int | None:
+    """Free space on the file system holding ``path`` (or its nearest existing parent)."""
+    path = _nearest_existing(Path(path).absolute())
     try:
         return shutil.disk_usage(path).free
     except OSError:
@@ -101,9 +107,7 @@ def check_can_be_directory(path: str | Path, what: str) -> None:
     work is done. ``what`` names the path in the message, e.g. "--out".
     """
     path = Path(path)
-    existing = path
-    while not existing.exists() and existing != existing.parent:  # exists() is False under a file
-        existing = existing.parent
+    existing = _nearest_existing(path)
     if not existing.exists() or existing.is_dir():
         return
     if existing == path:
@@ -119,6 +123,23 @@ def check_can_be_file(path: str | Path, what: str, example: str = "output") -> N
     if path.is_dir():
         raise StorageError(f"{what} {path} is a directory; give a file name, e.g. {path / example}")
     check_can_be_directory(path.parent, f"{what} {path}: its folder")
+
+
+def check_writable(path: str | Path, what: str) -> None:
+    """Raise ``StorageError`` when ``path``, or the nearest of its parents that exists, is a folder
+    that cannot be written (a read-only file system, no permission): said before the work, not at
+    the save. ``what`` names the path in the message, e.g. "--out"."""
+    path = Path(path)
+    existing = _nearest_existing(path)
+    if not existing.is_dir() or os.access(existing, os.W_OK | os.X_OK):
+        return
+    try:
+        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+    except (AttributeError, OSError):  # no statvfs (Windows)
+        read_only = False
+    reason = "on a read-only file system" if read_only else "not writable (permission denied)"
+    where = f"{what} {path} is" if existing == path else f"{what} {path} cannot be created: {existing} is"
+    raise StorageError(f"{where} {reason}; choose a folder you can write to")
 
 
 @contextmanager

@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from gptsmith.model.checkpoint import (
     save_model,
 )
 from gptsmith.model.gpt import GPTModel
-from gptsmith.storage import check_can_be_directory
+from gptsmith.storage import check_can_be_directory, check_writable
 from gptsmith.train.evaluation import NonFiniteLossError, outputs_are_finite
 from gptsmith.train.schedule import build_optimizer, lr_at_step
 
@@ -257,7 +256,7 @@ def check_output_dir(out: str | Path, *, overwrite: bool = False) -> Path:
     """
     out = Path(out).expanduser()
     check_can_be_directory(out, "--out")
-    _check_writable(out)
+    check_writable(out, "--out")
     if out.is_dir() and any(out.iterdir()):
         ours = all(child.name in FINETUNE_FILES for child in out.iterdir())
         if not overwrite:
@@ -267,23 +266,6 @@ def check_output_dir(out: str | Path, *, overwrite: bool = False) -> Path:
             raise StorageError(f"--out {out} holds files a fine-tune did not write; choose a new or empty "
                                "folder (--overwrite only replaces an earlier fine-tune's output)")
     return out
-
-
-def _check_writable(out: Path) -> None:
-    """Raise ``StorageError`` when ``out``, or the nearest of its parents that exists, cannot be
-    written (a read-only file system, no permission): said before training, not at the save."""
-    existing = out
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir() or os.access(existing, os.W_OK | os.X_OK):
-        return
-    try:
-        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
-    except (AttributeError, OSError):  # no statvfs (Windows)
-        read_only = False
-    reason = "on a read-only file system" if read_only else "not writable (permission denied)"
-    where = f"--out {out} is" if existing == out else f"--out {out} cannot be created: {existing} is"
-    raise StorageError(f"{where} {reason}; choose a folder you can write to")
 
 
 def prepare_output_dir(out: Path, *, overwrite: bool = False, create: bool = True) -> Path:
