@@ -6,7 +6,7 @@
   simple word tokenizers in ``word_tokenizers`` (both also importable from ``tokenizer``).
 - ``download``: finding and fetching GPT-2's BPE files and the named corpora, offline-first.
 - ``corpus``: what a ``--data`` argument names (a file, a folder, a built-in corpus, ``hf:`` data
-  sets) as a stream of documents.
+  sets, read by ``hf_corpus``) as a stream of documents.
 - ``shards``: a corpus tokenized once into a memory-mapped ``tokens.bin`` with its metadata.
 - ``windows``: train/val/test splits of a shard and the sliding-window datasets and loaders
   that cut it into (inputs, targets) pairs.

@@ -33,7 +33,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptsmith.data.download import cache_dir, is_offline
+from gptsmith.data.download import cache_dir
+from gptsmith.data.hf_corpus import hf_documents, hf_parts
+from gptsmith.data.tokenizer_protocol import check_text
 from gptsmith.errors import DataError
 
 ENDOFTEXT = "<|endoftext|>"
@@ -82,7 +84,7 @@ class CorpusSource:
             for path in self.paths:
                 yield from _parquet_documents(path, self.text_field)
         elif self.kind == "hf":
-            yield from _hf_documents(self.name, self.text_field)
+            yield from hf_documents(self.name, self.text_field)
         else:  # pragma: no cover - CorpusSource is built by resolve_corpus
             raise DataError(f"unknown corpus kind {self.kind!r}")
 
@@ -112,7 +114,7 @@ class CorpusSource:
             digest.update(self.name.encode())
             # A local folder or file of data (hf:./my-parquet) changes on disk; a hub name is
             # taken as fixed (`gptsmith prepare --force` fetches it again).
-            local = Path(_hf_parts(self.name[3:])[0]).expanduser()
+            local = Path(hf_parts(self.name[3:])[0]).expanduser()
             if local.exists():
                 files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else [local]
                 for path in files:
@@ -297,7 +299,7 @@ def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
                 keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
                 raise DataError(f"{path}:{line_no}: no field {text_field!r} (found: {keys}; pick the text's "
                                 "field with --text-field)")
-            text = _check_text(record[text_field], f"{path}:{line_no}: field {text_field!r}")
+            text = check_text(record[text_field], f"{path}:{line_no}: field {text_field!r}")
             seen += 1
             if text:  # (whitespace stays: it is text, and shards' checksums depend on it)
                 texts += bool(text.strip())
@@ -325,71 +327,7 @@ def _parquet_documents(path: Path, text_field: str) -> Iterator[str]:
     for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):
         for text in batch.column(0).to_pylist():
             if text:
-                yield _check_text(text, f"{path}: column {text_field!r}")
-
-
-def _hf_documents(spec: str, text_field: str) -> Iterator[str]:
-    try:
-        import datasets
-    except ImportError:
-        message = f"{spec} needs the optional `datasets` package: pip install 'gptsmith[datasets]'"
-        raise DataError(message) from None
-    name, config, split = _hf_parts(spec[3:])
-    _check_one_format(Path(name).expanduser())
-    if is_offline():  # GPTSMITH_OFFLINE: local data sets and the hub cache only
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    try:
-        dataset = datasets.load_dataset(name, config, split=split, streaming=True)
-    except Exception as exc:  # hub errors (offline, unknown name) come in many types
-        message = f"cannot open Hugging Face dataset {name!r} ({exc}); check the name and the network"
-        raise DataError(message) from None
-    for record in dataset:
-        if text_field not in record:
-            raise DataError(f"{spec} has no {text_field!r} field (fields: {', '.join(record)})")
-        if record[text_field]:
-            yield _check_text(record[text_field], f"{spec}: field {text_field!r}")
-
-
-def _check_one_format(folder: Path) -> None:
-    """A local ``hf:`` folder must hold one data format: ``datasets`` reads only one of them and
-    would drop the other files without a word."""
-    if not folder.is_dir():
-        return
-    kinds: dict[str, list[str]] = {}
-    for path in sorted(folder.rglob("*")):
-        kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv",
-                ".txt": "text"}.get(path.suffix.lower())
-        if kind and path.is_file():
-            kinds.setdefault(kind, []).append(path.name)
-    if len(kinds) > 1:
-        found = "; ".join(f"{kind}: {', '.join(names[:3])}{'...' if len(names) > 3 else ''}"
-                          for kind, names in kinds.items())
-        raise DataError(f"hf:{folder} mixes data formats ({found}); the datasets library would read only "
-                        "one of them: keep one format in the folder")
-
-
-def _hf_parts(spec: str) -> tuple[str, str | None, str]:
-    """``NAME``, ``NAME:SPLIT`` or ``NAME:CONFIG:SPLIT`` as (name, config, split)."""
-    parts = spec.split(":")
-    if len(parts) > 3 or not all(parts):
-        raise DataError(f"hf:{spec}: expected hf:NAME, hf:NAME:SPLIT or hf:NAME:CONFIG:SPLIT")
-    if len(parts) == 3:
-        return parts[0], parts[1], parts[2]
-    return parts[0], None, parts[1] if len(parts) == 2 else "train"
-
-
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _check_text(value: object, where: str) -> str:
-    """``value`` as text; a lone surrogate (JSON allows the escape ``"\\ud800"``, UTF-8 cannot hold
-    it) becomes U+FFFD, as tiktoken makes it when encoding (so a corpus reads as fine-tuning data does)."""
-    if not isinstance(value, str):
-        raise DataError(f"{where} holds {type(value).__name__} values, not text")
-    if _LONE_SURROGATE.search(value):
-        value = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return value
+                yield check_text(text, f"{path}: column {text_field!r}")
 
 
 # Cut long texts only right after a newline that follows a non-space character and precedes one:

@@ -5,6 +5,7 @@ book's word-level ones) and ``tokenizer`` (GPT-2's BPE, and choosing one by name
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -42,3 +43,16 @@ class Tokenizer(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
     def decode_bytes(self, ids: Sequence[int]) -> bytes: ...
+
+
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_text(value: object, where: str) -> str:
+    """``value`` as text; a lone surrogate (JSON allows the escape ``"\\ud800"``, UTF-8 cannot hold
+    it) becomes U+FFFD, as tiktoken makes it when encoding (so a corpus reads as fine-tuning data does)."""
+    if not isinstance(value, str):
+        raise DataError(f"{where} holds {type(value).__name__} values, not text")
+    if LONE_SURROGATE.search(value):
+        value = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return value
