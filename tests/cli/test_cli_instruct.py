@@ -154,7 +154,7 @@ def test_bad_flags_are_one_line_errors(capsys, base, data, tmp_path, more, messa
     assert "nan" not in log and not (tmp_path / "out").exists()  # nothing saved, not even an empty folder
 
 
-def test_a_checkpoint_with_another_tokenizer_is_refused(capsys, base, data, tmp_path, gpt2_bpe_dir):
+def test_a_checkpoint_with_another_tokenizer_is_refused(capsys, base, data, tmp_path, gpt2_tokenizer):
     code, _, err = _finetune(capsys, base, data, tmp_path / "out", "--tokenizer", "gpt2")
     assert code == 2 and "trained with tokenizer 'simple' but the data would be encoded with 'gpt2'" in err
 

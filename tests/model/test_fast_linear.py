@@ -77,13 +77,22 @@ def test_one_row_kernel_follows_the_cpu(monkeypatch):
     assert calls == [1]  # the split only when chosen
 
 
-def test_bf16_one_row_matches_linear():
+needs_onednn_bf16 = pytest.mark.skipif(
+    not fast_linear.mkldnn_bf16_linear_works(),
+    reason="this CPU cannot run oneDNN's bf16 linear (needs AVX512-BW/VL/DQ or AVX-NE-CONVERT)")
+
+
+@pytest.mark.parametrize("onednn", [
+    pytest.param(True, marks=needs_onednn_bf16), False])
+def test_bf16_one_row_matches_linear(monkeypatch, onednn):
+    monkeypatch.setattr(fast_linear, "mkldnn_bf16_linear_works", lambda: onednn)
     torch.manual_seed(0)
     fast = FastLinear(64, 200).to(torch.bfloat16)
     x = torch.randn(1, 1, 64, dtype=torch.bfloat16)
     with torch.inference_mode():
         expected = torch.nn.functional.linear(x.float(), fast.weight.float(), fast.bias.float())
         torch.testing.assert_close(fast(x).float(), expected, atol=0.05, rtol=0.02)
+    assert ("mkldnn" in caches(fast)) == onednn  # packed only where oneDNN can run it
 
 
 @pytest.mark.parametrize("split", [True, False])
@@ -141,6 +150,7 @@ def test_caches_follow_an_optimizer_step_and_load_state_dict():
         torch.testing.assert_close(model(ids), other(ids), atol=1e-6, rtol=1e-6)
 
 
+@needs_onednn_bf16
 def test_bf16_packed_weights_follow_changes():
     model = tiny_model(vocab_size=301, context_length=32).to(torch.bfloat16)
     layer = model.trf_blocks[0].att.qkv
