@@ -36,3 +36,18 @@ def test_resolve_device_checks_what_is_there():
     else:
         with pytest.raises(ConfigError, match="sees only"):
             resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_autocast_warns_only_where_the_cpu_emulates_bf16(monkeypatch, recwarn, native):
+    from gptsmith import device
+
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert device.resolve_autocast_dtype("bf16", cpu, 768) == torch.bfloat16  # asked for: given, warned
+    assert device.resolve_autocast_dtype("auto", cpu, 768) == (torch.bfloat16 if native else None)
+    assert device.resolve_autocast_dtype("fp32", cpu, 768) is None
+    messages = [str(w.message) for w in recwarn]
+    warning = ("this CPU has no native bf16 instructions, so bf16 runs far slower than fp32 here; "
+               "use --dtype fp32 (or auto)")
+    assert messages == ([] if native else [warning])

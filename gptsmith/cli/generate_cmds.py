@@ -125,7 +125,7 @@ def _add_decoding_args(parser: argparse.ArgumentParser, *, max_new_tokens: int, 
 
 def load_for_generation(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, dict[str, Any], str]:
     """(model, tokenizer, checkpoint config, display name) from --checkpoint/--model/--device/--dtype."""
-    from gptsmith.device import resolve_device, torch_dtype
+    from gptsmith.device import resolve_device, torch_dtype, warn_if_cpu_lacks_bf16
     from gptsmith.model.checkpoint import (
         load_model,
         load_model_dir,
@@ -149,6 +149,7 @@ def load_for_generation(args: argparse.Namespace) -> tuple[torch.nn.Module, Any,
         model = load_model(args.model, device=device, dtype=dtype)
         name = args.model
     tokenizer = load_model_tokenizer(config, model_dir, model.cfg.vocab_size, name)
+    warn_if_cpu_lacks_bf16(next(model.parameters()).dtype, device)
     if isinstance(config.get("classifier"), dict):  # its language-model head was not what it trained
         labels = ", ".join(map(str, config["classifier"].get("labels", [])))
         warnings.warn(f"{name} is a classifier ({labels}): this runs the language model inside it, whose "

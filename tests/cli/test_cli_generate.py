@@ -385,3 +385,17 @@ def test_chat_skips_a_line_that_is_not_utf8_and_goes_on(capsys, checkpoint, monk
     assert code == 0 and "Traceback" not in err
     assert "gptsmith chat: warning: that line is not UTF-8 (byte 0xe9 at character 3), skipped" in err
     assert out.count("\n") == 1  # one reply: to "The module"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_native_bf16_warns(capsys, checkpoint, monkeypatch, native):
+    from gptsmith import device
+
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: native)
+    base = ["generate", "--checkpoint", str(checkpoint), "--max-new-tokens", "2", "--device", "cpu"]
+    code, _, err = _run(capsys, *base, "--dtype", "bf16", "a")
+    warning = ("gptsmith generate: warning: this CPU has no native bf16 instructions, so bf16 runs far "
+               "slower than fp32 here; use --dtype fp32 (or auto)\n")
+    assert code == 0 and err == ("" if native else warning)
+    code, _, err = _run(capsys, *base, "--dtype", "fp32", "a")
+    assert code == 0 and err == ""
