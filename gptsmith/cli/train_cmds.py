@@ -101,7 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-batches", type=int,
                    help=f"batches per split per evaluation (default: {d['eval_batches']})")
     p.add_argument("--checkpoint-every", type=int,
-                   help="steps between checkpoints (default: at every evaluation)")
+                   help="steps between checkpoints; 0 = only at the end (default: at every evaluation)")
     p.add_argument("--keep-last", type=int,
                    help=f"checkpoints kept besides the best one (default: {d['keep_last']})")
     p.add_argument("--sample-every", type=int,

@@ -216,6 +216,7 @@ def test_train_and_eval_help_describe_every_flag(capsys):
             "unprompted)") in text
     assert "Score a checkpoint (or an untrained preset) on the train and validation splits" in text
     assert "--batch-size BATCH_SIZE sequences per batch (default: 8)" in text
+    assert "--checkpoint-every CHECKPOINT_EVERY steps between checkpoints; 0 = only at the end" in text
     assert f"--device DEVICE {device_help}" in text.split("Score a checkpoint")[1]
     assert "--seed SEED seed of the untrained weights with --preset (default: 123)" in text
 

@@ -209,6 +209,7 @@ def test_lora_trains_only_the_adapters_and_merges_into_a_plain_model():
         torch.testing.assert_close(model(ids), expected, atol=1e-4, rtol=1e-4)  # logits of size ~50
 
 
+@pytest.mark.filterwarnings("ignore:this CPU has no native bf16")
 def test_bf16_autocast_trains_too():
     tok = ByteTokenizer()
     model = tiny_model(vocab_size=tok.vocab_size, context_length=160)
