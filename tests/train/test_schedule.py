@@ -82,3 +82,43 @@ def test_without_torch_muon_recipes_fall_back_to_adamw_and_asking_for_muon_is_cl
 def test_training_with_muon_lowers_the_loss(tmp_path):
     result = make_trainer(tmp_path / "run", tiny_config(max_steps=30, eval_every=30, optimizer="muon")).fit()
     assert result.losses[-1] < result.losses[0] - 1.0
+
+
+@pytest.mark.parametrize("shape", [(48, 16), (16, 48)])
+def test_fp32_newton_schulz_is_torchs_iteration_without_the_bf16_rounding(shape):
+    from torch.optim import _muon
+
+    from gptsmith.train.schedule import newton_schulz_fp32
+
+    torch.manual_seed(0)
+    update = torch.randn(*shape) * torch.logspace(0, 2, shape[1])  # singular values spread ~100x
+    args = ((3.4445, -4.7750, 2.0315), 5, 1e-7)
+    ours = newton_schulz_fp32(update, *args)
+    assert ours.dtype == torch.float32 and ours.shape == update.shape
+    theirs = _muon._zeropower_via_newtonschulz(update, *args).float()
+    torch.testing.assert_close(ours, theirs, atol=0.03, rtol=0.05)
+    singular_values = torch.linalg.svdvals(ours)
+    assert 0.5 < singular_values.min() and singular_values.max() < 1.5  # orthogonalised
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_muon_orthogonalises_in_fp32_on_a_cpu_without_native_bf16(monkeypatch, native_bf16):
+    from torch.optim import _muon
+
+    from gptsmith.train import schedule
+
+    monkeypatch.setattr(schedule, "cpu_has_fast_bf16", lambda: native_bf16)
+    torch_own = _muon._zeropower_via_newtonschulz
+    real_fp32 = schedule.newton_schulz_fp32
+    calls = []
+    monkeypatch.setattr(schedule, "newton_schulz_fp32", lambda *args: calls.append(1) or real_fp32(*args))
+    torch.manual_seed(0)
+    model = GPTModel(TINY)
+    optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.0, optimizer="muon")
+    matrix = model.trf_blocks[0].ff.layers[0].weight
+    before = matrix.detach().clone()
+    model(torch.randint(0, TINY.vocab_size, (2, 8))).float().square().mean().backward()
+    optimizer.step()
+    assert _muon._zeropower_via_newtonschulz is torch_own  # swapped back after the step
+    assert len(calls) == (0 if native_bf16 else len(muon_matrices(model)))
+    assert not torch.equal(matrix, before)
