@@ -124,6 +124,7 @@ def test_hf_dir_without_weights(tmp_path):
 
 def test_hub_name_offline_is_a_clear_error(monkeypatch):
     huggingface_hub = pytest.importorskip("huggingface_hub")
+    monkeypatch.delenv("GPTSMITH_OFFLINE", raising=False)  # the hub is mocked: test the online path
 
     def offline(*args, **kwargs):
         raise OSError("cannot reach huggingface.co")
@@ -153,6 +154,7 @@ def test_gptsmith_offline_looks_only_in_the_hub_cache(monkeypatch):
 
 def test_hub_download_fetches_config_and_weights_and_completes_a_partial_cache(tmp_path, monkeypatch):
     huggingface_hub = pytest.importorskip("huggingface_hub")
+    monkeypatch.delenv("GPTSMITH_OFFLINE", raising=False)  # the hub is mocked: test the online path
     _, hf_model = _hf_model("tied-2x4")
     hf_model.save_pretrained(tmp_path / "repo")  # what the hub serves
     cache = tmp_path / "cache"
@@ -179,6 +181,7 @@ def test_hub_download_fetches_config_and_weights_and_completes_a_partial_cache(t
 
 def test_preset_names_map_to_openai_weights(monkeypatch):
     huggingface_hub = pytest.importorskip("huggingface_hub")
+    monkeypatch.delenv("GPTSMITH_OFFLINE", raising=False)  # the hub is mocked: test the online path
     asked = []
 
     def record(repo_id, **kwargs):
