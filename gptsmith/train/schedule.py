@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -143,6 +145,7 @@ class MuonAdamW:
         in_muon = {id(p) for p in matrices}
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in in_muon]
         self.muon = muon_class(matrices, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
+        self.fp32_newton_schulz = newton_schulz_in_fp32(matrices[0].device)
         # Embeddings, head, biases and norms: never decayed (``param_groups`` says why).
         self.adamw = torch.optim.AdamW([{"params": rest, "weight_decay": 0.0}], lr=lr, betas=betas,
                                        **_adamw_kernel(model))
@@ -156,10 +159,7 @@ class MuonAdamW:
         return {**self.muon.state, **self.adamw.state}
 
     def step(self) -> None:
-        if newton_schulz_in_fp32(self.muon.param_groups[0]["params"][0].device):
-            with _fp32_newton_schulz():
-                self.muon.step()
-        else:
+        with _fp32_newton_schulz() if self.fp32_newton_schulz else contextlib.nullcontext():
             self.muon.step()
         self.adamw.step()
 
@@ -197,19 +197,19 @@ def newton_schulz_fp32(update: torch.Tensor, ns_coefficients: tuple[float, float
     return ortho.T if tall else ortho
 
 
-class _fp32_newton_schulz:  # noqa: N801 - used as a context manager, like torch.no_grad
+@contextlib.contextmanager
+def _fp32_newton_schulz() -> Iterator[None]:
     """Within it ``torch.optim.Muon`` orthogonalises with ``newton_schulz_fp32``. Its step looks the
     function up in ``torch.optim._muon`` on every call; where a torch release moves it, nothing is
     swapped and Muon keeps its own (slower on such CPUs, same update up to bf16 rounding)."""
+    import torch.optim._muon as muon_module
 
-    def __enter__(self) -> None:
-        import torch.optim._muon as muon_module
-
-        self.module = muon_module
-        self.original = getattr(muon_module, "_zeropower_via_newtonschulz", None)
-        if self.original is not None:
-            muon_module._zeropower_via_newtonschulz = newton_schulz_fp32
-
-    def __exit__(self, *exc: object) -> None:
-        if self.original is not None:
-            self.module._zeropower_via_newtonschulz = self.original
+    original = getattr(muon_module, "_zeropower_via_newtonschulz", None)
+    if original is None:
+        yield
+        return
+    muon_module._zeropower_via_newtonschulz = newton_schulz_fp32
+    try:
+        yield
+    finally:
+        muon_module._zeropower_via_newtonschulz = original
