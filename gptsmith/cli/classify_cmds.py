@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gptsmith.cli.finetune_cmds import add_lora_args
 from gptsmith.cli.train_progress import say
 from gptsmith.device import DEVICE_HELP, device_arg
 from gptsmith.errors import ConfigError, DataError
@@ -58,12 +59,7 @@ def register_finetune(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--balance", action="store_true", help="down-sample every class to the smallest one")
     p.add_argument("--trainable",
                    help="head, last-blocks:N (with the final norm) or all (default: last-blocks:1)")
-    p.add_argument("--lora-rank", type=int, default=0,
-                   help="train LoRA adapters of this rank (and the head) instead of --trainable")
-    p.add_argument("--lora-alpha", type=float, help="LoRA scaling numerator (default: 2 x rank)")
-    p.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapters' input")
-    p.add_argument("--lora-targets", default="attention,feed-forward",
-                   help="comma-separated layer groups or name patterns (default: attention,feed-forward)")
+    add_lora_args(p, "train LoRA adapters of this rank (and the head) instead of --trainable")
     p.add_argument("--save-adapter-only", action="store_true",
                    help="save only the LoRA adapter and the head (default: the merged model)")
     p.add_argument("--epochs", type=int, default=5, help="passes over the training set (default: 5)")
@@ -145,7 +141,6 @@ def run_finetune_classify(args: argparse.Namespace) -> int:
     class Printer(_Progress, ClassifyCallbacks):
         pass
 
-    targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
     printer = Printer(show_bar=not args.no_progress)
     try:
         result = finetune_classifier(
@@ -153,7 +148,7 @@ def run_finetune_classify(args: argparse.Namespace) -> int:
             test_data=args.test_data, overwrite=args.overwrite, callbacks=printer,
             text_column=args.text_column, label_column=args.label_column, header=args.header,
             split=args.split, balance=args.balance, trainable=args.trainable, lora_rank=args.lora_rank,
-            lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, lora_targets=targets,
+            lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, lora_targets=args.lora_targets,
             save_adapter_only=args.save_adapter_only, epochs=args.epochs, max_steps=args.max_steps,
             batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
             max_length=args.max_length, eval_every=args.eval_every, seed=args.seed, device=args.device,

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gptsmith.cli.finetune_cmds import add_lora_args
 from gptsmith.cli.generate_cmds import _add_decoding_args, _add_model_args
 from gptsmith.cli.train_progress import say
 from gptsmith.device import DEVICE_HELP, device_arg
@@ -57,9 +58,7 @@ def register_finetune(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--template", default="alpaca", help="prompt template: alpaca (default) or chatml")
     p.add_argument("--mask-prompt", action="store_true",
                    help="loss on the response only (chat records: always on assistant turns only)")
-    p.add_argument("--lora-rank", type=int, default=0,
-                   help="train LoRA adapters of this rank instead of every weight (merged when saved)")
-    p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scaling numerator (default 16)")
+    add_lora_args(p, "train LoRA adapters of this rank instead of every weight (merged when saved)")
     p.add_argument("--epochs", type=int, default=2, help="passes over the training records (default 2)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     p.add_argument("--batch-size", type=int, default=8, help="records per step (default 8)")
@@ -238,7 +237,8 @@ def run_instruct(args: argparse.Namespace) -> int:
                          weight_decay=args.weight_decay, grad_clip=args.grad_clip,
                          eval_batches=args.eval_batches, max_length=args.max_length, seed=args.seed,
                          device=args.device, dtype=args.dtype,
-                         eval_every=args.eval_every, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha)
+                         eval_every=args.eval_every, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+                         lora_dropout=args.lora_dropout, lora_targets=args.lora_targets)
     cfg.template = cfg.template.lower()
     cfg.check()
     if bool(args.judge_url) != bool(args.judge_model):

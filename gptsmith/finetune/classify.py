@@ -59,6 +59,7 @@ from gptsmith.finetune.lora import (
     LoRAConfig,
     apply_lora,
     count_parameters,
+    lora_settings,
     merge_lora,
     save_adapter,
 )
@@ -110,12 +111,7 @@ class ClassifyConfig:
         check_setting("lr", self.lr, above=True)
         check_setting("weight_decay", self.weight_decay)
         self.dtype = check_dtype(self.dtype)
-        if not self.lora_rank:
-            lora_flags = (("--lora-alpha", self.lora_alpha, None), ("--lora-dropout", self.lora_dropout, 0.0),
-                          ("--lora-targets", tuple(self.lora_targets), DEFAULT_TARGETS))
-            asked = [flag for flag, value, default in lora_flags if value != default]
-            if asked:
-                raise ConfigError(" and ".join(asked) + " set up LoRA: add --lora-rank R (e.g. 8)")
+        self.lora()  # checks the LoRA options
         if self.trainable is not None and self.lora_rank:
             raise ConfigError("--trainable and --lora-rank are alternatives: with LoRA the adapters and the "
                               "new head train (drop one of them)")
@@ -123,6 +119,10 @@ class ClassifyConfig:
         parse_split(self.split)
         if self.save_adapter_only and not self.lora_rank:
             raise ConfigError("--save-adapter-only needs LoRA: add --lora-rank R (e.g. 8)")
+
+    def lora(self) -> LoRAConfig | None:
+        """The LoRA settings (alpha 2 × rank unless set), or None without ``lora_rank``."""
+        return lora_settings(self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_targets)
 
 
 @dataclass
@@ -242,11 +242,8 @@ def finetune_classifier(
     # a batch of training texts (padding taken as text): the base's outputs, and the result's, must be finite
     probe = [(pad_batch(parts["train"].ids[:config.batch_size])[0], None)]
     check_base_outputs(classifier, probe, name=base.name)
-    lora_config = None
-    if config.lora_rank:
-        alpha = 2.0 * config.lora_rank if config.lora_alpha is None else config.lora_alpha
-        lora_config = LoRAConfig(rank=config.lora_rank, alpha=alpha,
-                                 dropout=config.lora_dropout, targets=tuple(config.lora_targets))
+    lora_config = config.lora()
+    if lora_config:
         apply_lora(classifier, lora_config)
         classifier.head.requires_grad_(True)
     else:

@@ -43,7 +43,7 @@ from gptsmith.finetune.instruct_data import (
     batches,
     encode_records,
 )
-from gptsmith.finetune.lora import LoRAConfig, apply_lora
+from gptsmith.finetune.lora import DEFAULT_TARGETS, LoRAConfig, apply_lora, lora_settings
 from gptsmith.generate.ask import answer_batch
 from gptsmith.generate.chat import get_template
 from gptsmith.model.gpt import check_gpt_model
@@ -71,7 +71,9 @@ class InstructConfig:
     eval_batches: int = 5
     sample_tokens: int = 64  # new tokens of the sample answer at each evaluation
     lora_rank: int = 0  # > 0: train LoRA adapters of this rank instead of every weight
-    lora_alpha: float = 16.0
+    lora_alpha: float | None = None  # default: 2 x rank (as classification)
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = DEFAULT_TARGETS
 
     def check(self) -> None:
         """Raise ``ConfigError`` for a value that cannot work, naming it."""
@@ -87,8 +89,11 @@ class InstructConfig:
         for name in ("weight_decay", "grad_clip"):
             check_setting(name, getattr(self, name))
         self.dtype = check_dtype(self.dtype)
-        if self.lora_rank:
-            LoRAConfig(rank=self.lora_rank, alpha=self.lora_alpha)  # checks both before any loading
+        self.lora()  # checks the LoRA options before any loading
+
+    def lora(self) -> LoRAConfig | None:
+        """The LoRA settings (alpha 2 × rank unless set), or None without ``lora_rank``."""
+        return lora_settings(self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_targets)
 
     def length_for(self, model: torch.nn.Module) -> int:
         """``max_length``, or the model's context when unset; longer than the context is an error."""
@@ -265,8 +270,9 @@ def finetune_instruct(
     val_set = encode_records(val_records, tokenizer, cfg.template, max_length)
     model.to(device)
     check_base(model, tokenizer, train_records, cfg.template, max_length=max_length)
-    if cfg.lora_rank:
-        apply_lora(model, LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha))
+    lora_config = cfg.lora()
+    if lora_config:
+        apply_lora(model, lora_config)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     per_epoch = math.ceil(len(train_set.examples) / cfg.batch_size)
     total_steps = min(cfg.max_steps or per_epoch * cfg.epochs, per_epoch * cfg.epochs)

@@ -6,7 +6,9 @@ wrapped model gives exactly the base model's outputs; only ``A`` and ``B`` are t
 
 Public API (stable; the fine-tuning commands build on it)::
 
-    LoRAConfig(rank=8, alpha=16.0, dropout=0.0, targets=DEFAULT_TARGETS)
+    LoRAConfig(rank=8, alpha=None, dropout=0.0, targets=DEFAULT_TARGETS)   # alpha None: 2 x rank
+    lora_settings(rank, alpha=None, dropout=0.0, targets=DEFAULT_TARGETS) -> LoRAConfig | None
+                                                         # the fine-tunes' options: alpha 2 x rank, 0 = off
     LoRALinear(base: nn.Linear, rank, alpha, dropout)    # .merged() -> plain nn.Linear
     apply_lora(model, config) -> list[str]               # wrap matching Linears in place, freeze the rest
     count_parameters(model) -> ParameterCount            # .trainable, .total, str() for printing
@@ -56,13 +58,15 @@ class LoRAConfig:
     """Rank, scaling (``alpha / rank``), dropout on the adapter's input, and which layers to wrap."""
 
     rank: int = 8
-    alpha: float = 16.0
+    alpha: float | None = None  # None: 2 x rank
     dropout: float = 0.0
     targets: tuple[str, ...] = field(default=DEFAULT_TARGETS)
 
     def __post_init__(self) -> None:
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
             raise ConfigError(f"LoRA rank must be a positive integer, got {self.rank!r} (try 8)")
+        if self.alpha is None:
+            object.__setattr__(self, "alpha", 2.0 * self.rank)
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float) \
                 or not (0 < self.alpha < math.inf):
             raise ConfigError(f"LoRA alpha must be a positive number, got {self.alpha!r} (try 2 x rank)")
@@ -77,6 +81,26 @@ class LoRAConfig:
     def to_dict(self) -> dict:
         return {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout,
                 "targets": list(self.targets)}
+
+
+def lora_settings(
+    rank: int,
+    alpha: float | None = None,
+    dropout: float = 0.0,
+    targets: Sequence[str] | str = DEFAULT_TARGETS,
+) -> LoRAConfig | None:
+    """The fine-tuning options ``lora_rank``/``lora_alpha``/``lora_dropout``/``lora_targets`` as a
+    ``LoRAConfig``, or None for rank 0 (no LoRA). Both fine-tunes take them the same way: ``alpha``
+    defaults to 2 × rank, and setting the others without a rank is an error rather than ignored."""
+    targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    if rank == 0 and not isinstance(rank, bool):
+        options = (("--lora-alpha", alpha, None), ("--lora-dropout", dropout, 0.0),
+                   ("--lora-targets", targets, DEFAULT_TARGETS))
+        asked = [flag for flag, value, default in options if value != default]
+        if asked:
+            raise ConfigError(" and ".join(asked) + " only apply with LoRA: add --lora-rank R (e.g. 8)")
+        return None
+    return LoRAConfig(rank=rank, alpha=alpha, dropout=dropout, targets=targets)
 
 
 class LoRALinear(nn.Module):

@@ -110,7 +110,7 @@ def test_bad_inputs_are_one_line_errors(base, tmp_path, capsys):
     assert _finetune(base, good, out, "--trainable", "all", "--lora-rank", "4") == 2
     assert "--trainable and --lora-rank are alternatives" in _error(capsys)
     assert _finetune(base, good, out, "--lora-alpha", "64", "--lora-dropout", "0.1") == 2
-    assert "--lora-alpha and --lora-dropout set up LoRA: add --lora-rank R" in _error(capsys)
+    assert "--lora-alpha and --lora-dropout only apply with LoRA: add --lora-rank R" in _error(capsys)
     for alpha in ("0", "nan"):
         assert _finetune(base, good, out, "--lora-rank", "2", "--lora-alpha", alpha) == 2
         assert f"LoRA alpha must be a positive number, got {float(alpha)}" in _error(capsys)

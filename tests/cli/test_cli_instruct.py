@@ -122,6 +122,10 @@ def test_lora_run_saves_a_merged_plain_model(capsys, base, data, tmp_path):
     assert code == 0, err
     # rank 2 x (in + out) of qkv (32 -> 96), out_proj (32 -> 32), feed-forward (32 -> 128 -> 32); 2 blocks
     assert "fine-tuning 2,048 of" in log
+    code, log, err = _finetune(capsys, base, data, tmp_path / "attention", "--lora-rank", 2,
+                               "--lora-targets", "attention", "--lora-dropout", "0.1")
+    assert code == 0, err
+    assert "fine-tuning 768 of" in log  # qkv and out_proj only: 2 x (32 + 96) + 2 x (32 + 32), 2 blocks
     state = load_model(tmp_path / "lora").state_dict()
     assert not any("lora" in key for key in state)
 
@@ -139,6 +143,8 @@ def test_lora_run_saves_a_merged_plain_model(capsys, base, data, tmp_path):
         (["--lora-rank", "-1"], "--lora-rank must be a whole number >= 0, got -1"),
         (["--lora-rank", "2", "--lora-alpha", "nan"], "LoRA alpha must be a positive number, got nan"),
         (["--lora-rank", "1000"], "LoRA rank 1000 is larger than layer"),
+        (["--lora-alpha", "8"], "--lora-alpha only apply with LoRA: add --lora-rank R (e.g. 8)"),
+        (["--lora-rank", "2", "--lora-targets", "nothing.here"], "nothing.here"),
         (["--weight-decay", "-1"], "--weight-decay must be a number >= 0, got -1.0"),
         (["--grad-clip", "nan"], "--grad-clip must be a number >= 0, got nan"),
         (["--eval-batches", "0"], "--eval-batches must be a whole number >= 1, got 0"),

@@ -143,3 +143,22 @@ def test_tied_head_cannot_be_a_target():
         apply_lora(model, LoRAConfig(targets=("out_head",)))
     with pytest.raises(ConfigError, match="rank must be a positive integer"):
         LoRAConfig(rank=0)
+
+
+def test_lora_settings_are_read_the_same_way_by_every_fine_tune():
+    from gptsmith.finetune.classify import ClassifyConfig
+    from gptsmith.finetune.instruct import InstructConfig
+    from gptsmith.finetune.lora import lora_settings
+
+    assert lora_settings(0) is None
+    assert lora_settings(8) == LoRAConfig(rank=8, alpha=16.0)  # alpha defaults to 2 x rank
+    assert LoRAConfig(rank=16).alpha == 32.0 and LoRAConfig(rank=4, alpha=1).alpha == 1
+    assert lora_settings(4, alpha=4, dropout=0.1, targets="attention") == \
+        LoRAConfig(rank=4, alpha=4, dropout=0.1, targets=("attention",))
+    for config in (ClassifyConfig, InstructConfig):
+        assert config(lora_rank=16).lora() == LoRAConfig(rank=16, alpha=32.0)
+        assert config(lora_rank=2, lora_targets=("feed-forward",)).lora().targets == ("feed-forward",)
+    with pytest.raises(ConfigError, match="--lora-alpha and --lora-dropout only apply with LoRA: add --lora-rank R"):
+        lora_settings(0, alpha=8, dropout=0.1)
+    with pytest.raises(ConfigError, match="--lora-targets only apply with LoRA"):
+        InstructConfig(lora_targets=("attention",)).check()
