@@ -182,6 +182,41 @@ def created_directory(path: str | Path) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def replacing_directory(path: str | Path) -> Iterator[Path]:
+    """Yield a new hidden folder beside ``path`` to write a whole output into; when the block ends
+    it takes ``path``'s place (an earlier folder there is removed only then). If the block raises
+    (a failed run, Ctrl-C), the new folder goes and ``path`` stays as it was, so replacing an
+    earlier output never leaves neither."""
+    path = Path(path)
+    with created_directory(path.parent):  # parents it makes go again if the block fails
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+        except OSError as exc:  # name the folder asked for, not the temporary one (a read-only disk)
+            raise StorageError(f"cannot create directory: {path} ({exc.strerror or exc})") from None
+        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp's folder is private; give it a plain mode
+        try:
+            yield staging
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    old = None
+    if path.is_dir():  # moved aside, not deleted, until the new folder is in place
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+        os.replace(path, old / path.name)
+    try:
+        os.replace(staging, path)
+    except BaseException:
+        if old is not None:
+            os.replace(old / path.name, path)
+            old.rmdir()
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _fsync_dir(path.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 # --- Atomic writes ----------------------------------------------------------------------------
 
 

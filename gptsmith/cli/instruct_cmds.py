@@ -227,10 +227,10 @@ def _read_records(args: argparse.Namespace) -> tuple[list, list, list]:
 
 
 def run_instruct(args: argparse.Namespace) -> int:
-    from gptsmith.finetune.base import check_output_dir, prepare_output_dir
+    from gptsmith.finetune.base import check_output_dir
     from gptsmith.finetune.instruct import InstructConfig, answer_records, check_base
     from gptsmith.model.checkpoint import save_model
-    from gptsmith.storage import atomic_write_json, created_directory
+    from gptsmith.storage import atomic_write_json, replacing_directory
 
     cfg = InstructConfig(template=args.template, mask_prompt=args.mask_prompt, epochs=args.epochs,
                          max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
@@ -257,16 +257,16 @@ def run_instruct(args: argparse.Namespace) -> int:
         f"template {cfg.template}{', loss on responses only' if cfg.mask_prompt else ''}")
     cfg.length_for(model)
     check_base(model, tokenizer, train, cfg.template, max_length=cfg.max_length, name=name)
-    # Data, base and settings are good: --out is made now (as classify does), so a folder that cannot
-    # be made fails before training, not after it; a run that fails removes the folder it made.
-    with created_directory(args.out):
+    # Data, base and settings are good: the model is saved into a new folder beside --out (made now,
+    # so a place that cannot be written fails before training) that replaces --out only once it is
+    # complete, so a failed or interrupted run keeps an earlier output, or the base it started from.
+    with replacing_directory(args.out) as write_dir:
         result, before, after = _train(args, cfg, model, tokenizer, (train, val, test))
         info = {"kind": "instruct", "base": name, "data": str(args.data), "template": cfg.template,
                 "mask_prompt": cfg.mask_prompt, "lora_rank": cfg.lora_rank, "epochs": cfg.epochs,
                 "steps": result.steps, "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
                 "test_loss_before": before, "test_loss_after": after, "truncated": result.truncated}
-        prepare_output_dir(args.out, overwrite=args.overwrite)  # an earlier fine-tune's files go only now
-        save_model(model, args.out, tokenizer=tokenizer,
+        save_model(model, write_dir, tokenizer=tokenizer,
                    extra={"instruction_template": cfg.template, "finetune": info})
     say(f"saved the fine-tuned model to {args.out}")
     responses = answer_records(model, tokenizer, test, cfg.template, max_new_tokens=args.answer_tokens)

@@ -12,7 +12,7 @@
 - ``check_base_outputs`` / ``check_finite_loss`` / ``check_finite_model``: a base whose outputs are
   NaN or infinite is refused before training, and a run whose evaluation loss, weights or
   outputs stop being finite stops before anything is saved (never a NaN in a file).
-- ``check_output_dir`` / ``prepare_output_dir`` / ``save_finetuned``: the output is a model
+- ``check_output_dir`` / ``save_finetuned``: the output is a model
   directory (``save_model``) with a ``finetune`` section in config.json; checked (a file in the
   way, a folder that cannot be written) before anything is loaded, so no work is lost at the end.
 """
@@ -250,9 +250,9 @@ def check_output_dir(out: str | Path, *, overwrite: bool = False) -> Path:
     a folder holding only ``FINETUNE_FILES`` (the names any fine-tune writes).
 
     Checked before training, so a bad ``--out`` (a file in the way, a folder that cannot be written,
-    other files) fails in a second, not after the run. Nothing is created or deleted here
-    (``prepare_output_dir`` does that once training starts), so a run that fails on its data leaves
-    no empty folder and keeps the earlier output it would replace.
+    other files) fails in a second, not after the run. Nothing is created or deleted here: a
+    fine-tune writes into ``storage.replacing_directory(out)``, which takes the earlier output's
+    place only once the new one is complete.
     """
     out = Path(out).expanduser()
     check_can_be_directory(out, "--out")
@@ -265,19 +265,6 @@ def check_output_dir(out: str | Path, *, overwrite: bool = False) -> Path:
         if not ours:
             raise StorageError(f"--out {out} holds files a fine-tune did not write; choose a new or empty "
                                "folder (--overwrite only replaces an earlier fine-tune's output)")
-    return out
-
-
-def prepare_output_dir(out: Path, *, overwrite: bool = False, create: bool = True) -> Path:
-    """Check ``out`` again (see ``check_output_dir``), delete an earlier fine-tune's files from it
-    (with ``overwrite``), and create it (unless ``create`` is False: then the first write does, so
-    a run that fails before writing anything leaves no empty folder)."""
-    out = check_output_dir(out, overwrite=overwrite)
-    if out.is_dir():
-        for child in out.iterdir():
-            child.unlink()
-    if create:
-        out.mkdir(parents=True, exist_ok=True)
     return out
 
 

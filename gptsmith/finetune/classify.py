@@ -15,6 +15,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,6 @@ from gptsmith.finetune.base import (
     check_setting,
     load_base,
     parse_trainable,
-    prepare_output_dir,
     set_trainable,
 )
 from gptsmith.finetune.class_data import (
@@ -63,7 +63,7 @@ from gptsmith.finetune.lora import (
     merge_lora,
     save_adapter,
 )
-from gptsmith.storage import atomic_write_text
+from gptsmith.storage import atomic_write_text, replacing_directory
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -259,17 +259,48 @@ def finetune_classifier(
         "lora": lora_config.to_dict() if lora_config else None,
     })
 
-    if out_dir is not None:  # data, base and config are good: only now touch --out
-        prepare_output_dir(out_dir, overwrite=overwrite, create=False)  # made by the first write
+    if out_dir is not None and config.save_adapter_only and base.model_dir is not None \
+            and out_dir.resolve() == base.model_dir.resolve():
+        raise ConfigError(f"--out {out_dir} is the base model's folder, which the adapter needs: "
+                          "choose another --out for --save-adapter-only")
+    # Data, base and config are good: the run writes into a new folder that replaces --out only once
+    # the classifier is saved, so a failed or interrupted run keeps an earlier output (or the base).
+    with replacing_directory(out_dir) if out_dir is not None else nullcontext() as write_dir:
+        records, test_result = _train(classifier, runner, parts, config, callbacks, total_steps,
+                                      write_dir=write_dir)
+        check_finite_model(classifier, probe, step=runner.step, lr=config.lr, amp_dtype=runner.autocast_dtype)
+        finetune = {"kind": "classify", "base": base.name, "labels": classes, "config": _jsonable(config),
+                    "test_accuracy": test_result.accuracy if test_result else None}
+        if write_dir is not None:
+            if config.save_adapter_only:
+                base_ref = str(base.model_dir.resolve()) if base.model_dir is not None else base.name
+                section = classifier_section(classifier, classes, max_length)
+                save_adapter(classifier, write_dir, base=base_ref, extra_tensors=head_tensors(classifier),
+                             extra_config={"classifier": section, "finetune": finetune})
+            else:
+                save_classifier(classifier, write_dir, labels=classes, max_length=max_length,
+                                tokenizer=base.tokenizer, finetune=finetune)
+            plot_classifier_metrics(records, write_dir / PLOT_FILE)
+    if out_dir is None or config.save_adapter_only:
+        merge_lora(classifier)
+    result = Classifier(classifier, base.tokenizer, classes, max_length=max_length, dtype=config.dtype)
+    return ClassifyResult(result, classes, test_result, records, out_dir)
+
+
+def _train(classifier: GPTClassifier, runner: StepRunner, parts: dict[str, EncodedTexts],
+           config: ClassifyConfig, callbacks: ClassifyCallbacks, total_steps: int, *,
+           write_dir: Path | None) -> tuple[list[dict[str, Any]], EvalResult | None]:
+    """Train for ``total_steps``, evaluating every ``eval_every`` steps and after each epoch
+    (``metrics.jsonl`` in ``write_dir`` rewritten at each), then on the test part; returns the
+    metrics records and the test result."""
     records: list[dict[str, Any]] = []
     running = {"loss": 0.0, "correct": 0, "n": 0, "examples": 0}
     started = time.perf_counter()
 
     def record(rec: dict[str, Any]) -> None:
         records.append(rec)
-        if out_dir is not None and rec["kind"] != "train":  # the whole file, atomically, at each evaluation
-            out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(out_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in records))
+        if write_dir is not None and rec["kind"] != "train":  # the whole file, atomically, at each evaluation
+            atomic_write_text(write_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in records))
 
     def run_eval(epoch: int) -> None:
         val_result = evaluate(classifier, parts["validation"], autocast=runner.autocast())
@@ -306,28 +337,9 @@ def finetune_classifier(
     test_result = None
     if len(parts["test"]):
         test_result = evaluate(classifier, parts["test"], autocast=runner.autocast())
-    if test_result is not None:
         check_finite_loss("test loss", test_result.loss, step=runner.step, lr=config.lr)
         record({"kind": "test", "step": runner.step, **test_result.to_dict()})
-
-    check_finite_model(classifier, probe, step=runner.step, lr=config.lr, amp_dtype=runner.autocast_dtype)
-    finetune = {"kind": "classify", "base": base.name, "labels": classes, "config": _jsonable(config),
-                "test_accuracy": test_result.accuracy if test_result else None}
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)  # (no evaluation may have written to it yet)
-        if config.save_adapter_only:
-            base_ref = str(base.model_dir.resolve()) if base.model_dir is not None else base.name
-            section = classifier_section(classifier, classes, max_length)
-            save_adapter(classifier, out_dir, base=base_ref, extra_tensors=head_tensors(classifier),
-                         extra_config={"classifier": section, "finetune": finetune})
-        plot_classifier_metrics(records, out_dir / PLOT_FILE)
-    if out_dir is not None and not config.save_adapter_only:
-        save_classifier(classifier, out_dir, labels=classes, max_length=max_length,
-                        tokenizer=base.tokenizer, finetune=finetune)
-    else:
-        merge_lora(classifier)
-    result = Classifier(classifier, base.tokenizer, classes, max_length=max_length, dtype=config.dtype)
-    return ClassifyResult(result, classes, test_result, records, out_dir)
+    return records, test_result
 
 
 def _jsonable(config: ClassifyConfig) -> dict[str, Any]:

@@ -170,6 +170,34 @@ def test_a_diverged_run_a_broken_base_or_a_nan_classifier_is_one_line_and_no_nan
                                         "(fine-tune it again with a lower --lr)")
 
 
+def _snapshot(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_overwrite_replaces_the_earlier_output_only_once_the_new_one_is_saved(base, tmp_path, capsys):
+    data = write_csv(tmp_path / "sms.csv", labelled_rows(30))
+    out = tmp_path / "clf"
+    assert _finetune(base, data, out, "--max-steps", "1") == 0
+    earlier, base_files = _snapshot(out), _snapshot(base)
+    capsys.readouterr()
+    # a run that diverges (after its first evaluation was written) keeps the earlier classifier ...
+    assert _finetune(base, data, out, "--overwrite", "--lr", "1e30", "--max-steps", "2", "--eval-every", "1",
+                     "--trainable", "all") == 2
+    assert "stopped before saving" in _error(capsys)
+    assert _snapshot(out) == earlier
+    # ... and one that writes over its own base keeps the base it started from
+    diverge = ("--overwrite", "--lr", "1e30", "--max-steps", "1", "--trainable", "all")
+    assert _finetune(base, data, base, *diverge) == 2
+    assert _snapshot(base) == base_files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "clf", "sms.csv"]  # no half-written folder
+    assert _finetune(base, data, base, "--overwrite", "--max-steps", "1") == 0  # while a good run replaces it
+    assert main(["classify", "--checkpoint", str(base), "win cash"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "clf", "sms.csv"]
+    capsys.readouterr()
+    assert _finetune(out, data, out, "--overwrite", "--lora-rank", "2", "--save-adapter-only") == 2
+    assert "is the base model's folder, which the adapter needs" in _error(capsys)
+
+
 def test_empty_text_files_and_other_encodings_are_named(base, tmp_path, capsys, monkeypatch):
     empty = tmp_path / "empty.txt"
     empty.write_text("", encoding="utf-8")

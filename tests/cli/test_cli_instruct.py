@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -209,14 +210,14 @@ def test_an_out_that_cannot_be_made_fails_before_training(capsys, base, data, tm
         f"--out {locked / 'out'} cannot be created: {locked} is not writable (permission denied); choose a "
         "folder you can write to")
     out = tmp_path / "read-only"
-    real_mkdir = Path.mkdir
+    real_mkdir = os.mkdir
 
-    def mkdir(self, *args, **kwargs):  # a read-only file system that the up-front check cannot see
-        if self == out:
-            raise OSError(errno.EROFS, "Read-only file system", str(self))
-        return real_mkdir(self, *args, **kwargs)
+    def mkdir(path, *args, **kwargs):  # a read-only file system that the up-front check cannot see
+        if Path(path).name.startswith(f".{out.name}."):  # the new folder that would replace --out
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_mkdir(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "mkdir", mkdir)
+    monkeypatch.setattr(os, "mkdir", mkdir)
     code, log, err = _finetune(capsys, base, data, out)
     assert code == 2
     assert err.strip() == (f"gptsmith finetune instruct: error: cannot create directory: {out} "

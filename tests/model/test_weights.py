@@ -17,7 +17,13 @@ from gptsmith.model.checkpoint import (
     save_model,
 )
 from gptsmith.model.gpt import GPTConfig, GPTModel
-from gptsmith.storage import atomic_path, atomic_torch_save, atomic_write_json, atomic_write_text
+from gptsmith.storage import (
+    atomic_path,
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    replacing_directory,
+)
 
 TINY = GPTConfig(vocab_size=101, context_length=20, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
 
@@ -199,6 +205,24 @@ def test_atomic_writes_leave_old_file_on_failure(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["file.txt"]  # no temp file left behind
     atomic_torch_save({"step": torch.tensor(3)}, tmp_path / "state.pt")
     assert torch.load(tmp_path / "state.pt", weights_only=True)["step"].item() == 3
+
+
+def test_replacing_directory_swaps_in_a_complete_folder_or_keeps_the_old_one(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("earlier")
+    with pytest.raises(KeyboardInterrupt), replacing_directory(out) as staging:
+        (staging / "new.txt").write_text("half")
+        raise KeyboardInterrupt
+    assert [p.name for p in out.iterdir()] == ["old.txt"] and sorted(tmp_path.iterdir()) == [out]
+    with replacing_directory(out) as staging:
+        assert staging.parent == tmp_path and staging != out
+        (staging / "new.txt").write_text("complete")
+        assert (out / "old.txt").exists()  # the earlier folder is kept until the block ends
+    assert [p.name for p in out.iterdir()] == ["new.txt"] and sorted(tmp_path.iterdir()) == [out]
+    with pytest.raises(RuntimeError), replacing_directory(tmp_path / "a" / "b" / "out"):
+        raise RuntimeError("failed")
+    assert sorted(tmp_path.iterdir()) == [out]  # the parents it made went again
 
 
 # --- Hugging Face GPT-2 --------------------------------------------------------------------------
