@@ -172,8 +172,11 @@ class InstructProgress:
             f"({info['dtype']}); {info['train_examples']} training and {info['val_examples']} validation "
             f"records, {info['steps_per_epoch']} steps per epoch, {info['max_steps']} steps")
         if info["truncated"]:
-            say(f"warning: {info['truncated']} example(s) longer than --max-length {info['max_length']} "
-                "were truncated (their end, and end-of-text, are not learnt)")
+            length = info["max_length"]
+            limit = (f"the model's context ({length} tokens)" if length >= info["context_length"]
+                     else f"--max-length {length}")
+            say(f"warning: {info['truncated']} example(s) longer than {limit} were truncated (their end, "
+                "and end-of-text, are not learnt)")
         if self.show_bar:
             self.bar = Progress(info["max_steps"], unit="step")
 

@@ -161,6 +161,9 @@ class Classifier:
         bad = next((i for i, text in enumerate(texts) if not isinstance(text, str)), None)
         if bad is not None:
             raise GptsmithError(f"texts[{bad}] is a {type(texts[bad]).__name__}, not a str")
+        blank = next((i for i, text in enumerate(texts) if not text.strip()), None)
+        if blank is not None:  # it would get a label all the same, from the padding token alone
+            raise GptsmithError(f"texts[{blank}] is empty: there is nothing to classify (leave it out)")
         encoded = encode_texts(texts, self.tokenizer, self.max_length)
         encoded.labels = list(range(len(texts)))  # carry each text's position through the sorted batches
         probs = torch.zeros(len(texts), len(self.labels))

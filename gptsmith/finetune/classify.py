@@ -224,6 +224,10 @@ def finetune_classifier(
     classes = check_classes(splits.train)
     notes = [f"skipped {n} row(s) with an empty text in {d.source}" for d in (full, val, test)
              if d is not None and (n := d.skipped_empty)] + splits.notes
+    lonely = [label for label, n in splits.train.counts().items() if n == 1]
+    if lonely:  # allowed (a rare class may be real), but a classifier learns little from one example
+        notes.append(f"{len(lonely)} label(s) have a single training text ({', '.join(map(repr, lonely[:5]))}"
+                     f"{', ...' if len(lonely) > 5 else ''}): add texts for them, or check --label-column")
 
     base = load_base(checkpoint, model, device=config.device)
     gpt = base.model

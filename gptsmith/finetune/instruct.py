@@ -164,20 +164,26 @@ def examples_loss(
     finally:
         model.train(was_training)
     if count == 0:
-        raise DataError(_no_answer_message(examples))
+        context_length = getattr(getattr(model, "cfg", None), "context_length", None)
+        raise DataError(_no_answer_message(examples, context_length))
     return total / count
 
 
-def _no_answer_message(examples: Sequence[EncodedExample]) -> str:
-    """Why no example has an answer token to score: each was cut before its answer."""
+def _no_answer_message(examples: Sequence[EncodedExample], context_length: int | None) -> str:
+    """Why no example has an answer token to score: each was cut before its answer, by
+    ``--max-length`` or, when that is already the model's context, by the context itself."""
     if not examples:
         return "no examples to score (give at least one record)"
     # Only an example cut short loses its closing <|endoftext|> target, so each kept max_length + 1 ids.
     allowed = max(len(e.ids) for e in examples) - 1
     shortest = min(e.prompt_length for e in examples)
+    if context_length is None or allowed < context_length:
+        limit, fix = "--max-length", "raise --max-length" + (f" (up to the model's context, {context_length})"
+                                                            if context_length else "")
+    else:
+        limit, fix = "the model's context", "shorten the prompts or use a base model with a longer context"
     return (f"no answer tokens to score: every example's prompt is at least {shortest} tokens but "
-            f"--max-length/context allows {allowed}: use a base model with a longer context or raise "
-            "--max-length")
+            f"{limit} allows {allowed}: {fix}")
 
 
 def response_loss(
@@ -288,6 +294,7 @@ def finetune_instruct(
         "parameters": sum(p.numel() for p in model.parameters()), "trainable": trainable,
         "train_examples": len(train_set.examples), "val_examples": len(val_set.examples),
         "truncated": result.truncated, "max_length": max_length, "steps_per_epoch": per_epoch,
+        "context_length": model.cfg.context_length,
     })
     pad_id = tokenizer.eot_id
     sample_record = val_records[0]

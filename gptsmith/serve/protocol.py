@@ -124,6 +124,8 @@ def _request(data: dict[str, Any], prompts: list[list[int]], tokenizer: Any, lim
             raise APIError(400, f"{name} is not supported (leave it out or 0)", param=name)
     temperature = _optional(data, "temperature", float, 0.0, 2.0)
     top_p = _optional(data, "top_p", float, 0.0, 1.0)
+    if top_p == 0:  # OpenAI's meaning: a nucleus of only the most likely token, i.e. greedy decoding
+        temperature, top_p = 0.0, None
     n = _optional(data, "n", int, 1, None) or 1
     if n * len(prompts) > limits.max_batch:
         raise APIError(400, f"n x prompts = {n * len(prompts)} choices; this server makes at most "

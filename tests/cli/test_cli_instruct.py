@@ -150,8 +150,8 @@ def test_lora_run_saves_a_merged_plain_model(capsys, base, data, tmp_path):
         (["--grad-clip", "nan"], "--grad-clip must be a number >= 0, got nan"),
         (["--eval-batches", "0"], "--eval-batches must be a whole number >= 1, got 0"),
         # the shortest test prompt (Alpaca preamble + "Name a month.", no input): 28 simple-tokenizer tokens
-        (["--max-length", "10"], "every example's prompt is at least 28 tokens but --max-length/context "
-         "allows 10: use a base model with a longer context or raise --max-length"),
+        (["--max-length", "10"], "every example's prompt is at least 28 tokens but --max-length allows 10: "
+         "raise --max-length (up to the model's context, 96)"),
         (["--lr", "1e30", "--max-steps", "1"], "after step 1; stopped before saving (lower --lr, now 1e+30)"),
     ],
 )
@@ -181,6 +181,11 @@ def test_bad_data_is_a_one_line_error(capsys, base, tmp_path, text, message):
 def test_long_examples_are_truncated_with_a_count(capsys, base, data, tmp_path):
     code, log, _ = _finetune(capsys, base, data, tmp_path / "out", "--max-length", 30, "--max-steps", 1)
     assert code == 0 and "example(s) longer than --max-length 30 were truncated" in log
+    tokenizer = get_tokenizer("simple")
+    short = save_model(tiny_model(vocab_size=tokenizer.vocab_size, context_length=30), tmp_path / "short",
+                       tokenizer="simple")
+    code, log, _ = _finetune(capsys, short, data, tmp_path / "out2", "--max-steps", 1)
+    assert code == 0 and "example(s) longer than the model's context (30 tokens) were truncated" in log
 
 
 def test_out_holding_a_model_needs_overwrite(capsys, base, data, tuned, tmp_path):

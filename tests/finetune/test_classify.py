@@ -95,6 +95,8 @@ def test_finetune_learns_saves_and_reloads(tmp_path):
     loaded = Classifier.load(out, device="cpu")
     assert loaded.predict(texts) == (labels, pytest.approx(probs, abs=1e-5))
     assert labels == ["spam", "ham", "spam", "ham"] and all(0.5 <= p <= 1 for p in probs)
+    with pytest.raises(GptsmithError, match=r"^texts\[1\] is empty: there is nothing to classify"):
+        loaded.predict(["win cash", " \n"])  # as the command refuses it: a label for no text means nothing
     with pytest.raises(CheckpointError, match="a language model, not a classifier"):
         Classifier.load(base)
 
@@ -188,6 +190,27 @@ def test_a_base_with_non_finite_outputs_is_refused_before_training(tmp_path):
                                       "weights are broken")
     assert "--lr" not in str(info.value)  # no learning rate mends a broken base
     assert not (tmp_path / "clf").exists()
+
+
+def test_a_label_with_a_single_training_text_is_noted(tmp_path):
+    class Notes:
+        notes: list[str] = []
+
+        def on_start(self, info):
+            Notes.notes = info["notes"]
+
+        def on_step(self, info):
+            pass
+
+        def on_eval(self, info):
+            pass
+
+    base = tiny_base(tmp_path / "base")
+    rows = labelled_rows(30) + [("call the office", "work")]
+    data = write_csv(tmp_path / "data.csv", rows)
+    finetune_classifier(data, checkpoint=base, split="100/0/0", max_steps=1, callbacks=Notes())
+    assert "1 label(s) have a single training text ('work'): add texts for them, or check --label-column" \
+        in Notes.notes
 
 
 def test_a_classifier_with_nan_weights_refuses_to_predict(tmp_path):

@@ -112,8 +112,13 @@ def test_prompts_longer_than_max_length_name_both_lengths_and_the_fix():
     with pytest.raises(DataError) as info:
         response_loss(model, tok, RECORDS, "alpaca", max_length=20)
     assert str(info.value) == (f"no answer tokens to score: every example's prompt is at least {shortest} "
-                               "tokens but --max-length/context allows 20: use a base model with a longer "
-                               "context or raise --max-length")
+                               "tokens but --max-length allows 20: raise --max-length (up to the model's "
+                               "context, 160)")
+    short = tiny_model(vocab_size=tok.vocab_size, context_length=20)
+    with pytest.raises(DataError) as info:  # already at the context: raising --max-length cannot help
+        response_loss(short, tok, RECORDS, "alpaca")
+    assert str(info.value).endswith("tokens but the model's context allows 20: shorten the prompts or use a "
+                                    "base model with a longer context")
     assert response_loss(model, tok, RECORDS, "alpaca", max_length=shortest) > 0  # one answer token fits
 
 

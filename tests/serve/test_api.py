@@ -56,6 +56,9 @@ def test_completion_options(fast):
                                         seed=7, n=2) for _ in range(2)]
     assert [c.text for c in seeded[0].choices] == [c.text for c in seeded[1].choices]  # same seed, same text
     assert len(seeded[0].choices) == 2 and seeded[0].usage.completion_tokens > 12
+    nucleus_of_one = client.completions.create(model="tiny", prompt="Hi", max_tokens=12, temperature=1.5,
+                                               top_p=0)
+    assert nucleus_of_one.choices[0].text == _greedy_text(fast, "Hi", 12)  # top_p 0: the most likely token
     batch = client.completions.create(model="tiny", prompt=["ab", "cd"], max_tokens=3, temperature=0)
     assert [c.index for c in batch.choices] == [0, 1] and batch.usage.prompt_tokens == 4
     logprobs = client.completions.create(model="tiny", prompt=[65, 66], max_tokens=3, temperature=0,
