@@ -105,7 +105,9 @@ def test_ask_prints_only_the_answer_and_json_has_counts(tuned, capsys):
                            100_000)
     result = json.loads(text)
     assert code == 0 and "note: the context leaves" in err and "not at --max-new-tokens 100000" in err
-    assert result["prompt_tokens"] + result["answer_tokens"] <= 96
+    # This random model never ends its answer: the context does, not --max-new-tokens, and says so.
+    assert result["prompt_tokens"] + result["answer_tokens"] == 96
+    assert result["stop_reason"] == "context_length"
 
 
 def test_generate_uses_the_template_unless_raw(tuned, capsys):
@@ -252,6 +254,11 @@ def test_ask_bad_input(capsys, tuned):
     assert code == 2 and "the question is empty" in err
     code, _, err = _run(capsys, "ask", "--checkpoint", out, "--template", "nope", "Hi")
     assert code == 2 and "unknown prompt template 'nope'" in err
+    for more in ([], ["--json"]):  # a question that leaves the answer no room: one line, not a crop
+        code, text, err = _run(capsys, "ask", "--checkpoint", out, *more, " ".join(["colour"] * 96))
+        assert code == 2 and text == "" and len(err.splitlines()) == 1, err
+        assert re.fullmatch(r"gptsmith ask: error: the question takes \d+ tokens with its template, and the "
+                            r"model's context is 96: no room is left for an answer \(shorten it\)\n", err)
 
 
 def test_progress_of_training_and_judging_goes_to_stderr_as_plain_lines(capsys, base, data, tmp_path):
