@@ -94,7 +94,8 @@ def ask(
     **options: Any,
 ) -> str:
     """The model's answer to ``question`` (greedy unless ``temperature`` > 0), without the prompt
-    or trailing whitespace. ``input_text`` is Alpaca's input field (context for the question)."""
+    or whitespace at either end (``stream_answer`` gives the exact text, as ``gptsmith ask`` prints
+    it). ``input_text`` is Alpaca's input field (context for the question)."""
     stream = stream_answer(model, tokenizer, question, input_text=input_text, template=template,
                            max_new_tokens=max_new_tokens, **options)
     return "".join(stream).strip()

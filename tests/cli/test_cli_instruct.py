@@ -110,6 +110,23 @@ def test_ask_prints_only_the_answer_and_json_has_counts(tuned, capsys):
     assert result["stop_reason"] == "context_length"
 
 
+def test_ask_json_holds_the_answer_exactly_as_plain_ask_prints_it(capsys, tmp_path, gpt2_tokenizer):
+    """An answer of only spaces: --json used to strip it to ""."""
+    model = tiny_model(vocab_size=gpt2_tokenizer.vocab_size, context_length=64)
+    with torch.no_grad():  # every position's final vector is the same, and picks " " (GPT-2's 220)
+        model.final_norm.scale.zero_()
+        model.final_norm.shift.fill_(1.0)
+        model.out_head.weight.zero_()
+        model.out_head.weight[220] = 1.0
+    out = save_model(model, tmp_path / "spaces", tokenizer="gpt2", extra={"instruction_template": "alpaca"})
+    code, text, err = _run(capsys, "ask", "--checkpoint", out, "Say nothing.", "--max-new-tokens", 3)
+    assert (code, text, err) == (0, "   \n", "")  # the answer, then the line's end
+    code, text, _ = _run(capsys, "ask", "--checkpoint", out, "--json", "Say nothing.", "--max-new-tokens", 3)
+    result = json.loads(text)
+    assert code == 0 and result["answer"] == "   " and result["answer_tokens"] == 3
+    assert result["stop_reason"] == "max_new_tokens"
+
+
 def test_generate_uses_the_template_unless_raw(tuned, capsys):
     out, _ = tuned
     code, text, _ = _run(capsys, "generate", "--checkpoint", out, "Name a colour.", "--max-new-tokens", 2)
