@@ -75,18 +75,25 @@ def tiny_base(directory: Path, context_length: int = 16, seed: int = 0, *, nan_w
     return save_model(model, directory, tokenizer=tokenizer)
 
 
-def nan_classifier(directory: Path) -> Path:
-    """A ham/spam classifier directory whose head weights are NaN (what a diverged fine-tune saved
-    before such runs were stopped): ``classify`` must refuse it, not print ``nan``."""
+def random_classifier(directory: Path, *, nan_head: bool = False) -> Path:
+    """An untrained ham/spam classifier directory (for what ``classify`` reads and prints, not
+    what it predicts); with ``nan_head``, head weights of NaN, what a diverged fine-tune saved
+    before such runs were stopped: ``classify`` must refuse it, not print ``nan``."""
     from gptsmith.finetune.class_model import GPTClassifier
     from gptsmith.finetune.classifier import save_classifier
 
     tokenizer = _tokenizer()
     model = GPTClassifier(_gpt(tokenizer.vocab_size, 16, 0), 2)
-    with torch.no_grad():
-        model.head.weight.fill_(float("nan"))
+    if nan_head:
+        with torch.no_grad():
+            model.head.weight.fill_(float("nan"))
     return save_classifier(model, directory, labels=["ham", "spam"], max_length=16, tokenizer=tokenizer,
                            finetune={"kind": "classify"})
+
+
+def nan_classifier(directory: Path) -> Path:
+    """A classifier whose head weights are NaN (see ``random_classifier``)."""
+    return random_classifier(directory, nan_head=True)
 
 
 def locked_folder(folder: Path, monkeypatch) -> Path:

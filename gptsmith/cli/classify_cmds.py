@@ -167,22 +167,23 @@ def run_finetune_classify(args: argparse.Namespace) -> int:
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
     from gptsmith.cli.stdin_text import read_stdin_prompt
-    from gptsmith.data.corpus import read_utf8
+    from gptsmith.data.corpus import read_utf8, text_lines
 
     texts = list(args.texts)
     for number, text in enumerate(texts, start=1):
         if not text.strip():
             raise ConfigError(f"text {number} of the arguments is empty: there is nothing to classify")
     if args.file is not None:
+        # One text per line, ended by a newline only: a U+2028 or form feed stays inside its text.
         if args.file == "-":
-            lines = read_stdin_prompt("--file - (standard input)").splitlines()
+            lines = text_lines(read_stdin_prompt("--file - (standard input)"))
         else:
             path = Path(args.file).expanduser()
             if path.is_dir():
                 raise DataError(f"--file {path} is a directory; give a text file (one text per line)")
             if not path.is_file():
                 raise DataError(f"--file {path} not found (one text per line)")
-            lines = read_utf8(path).splitlines()  # a leading BOM dropped; other bytes: offset and byte
+            lines = text_lines(read_utf8(path))  # a leading BOM dropped; other bytes: offset and byte
         kept = [line for line in lines if line.strip()]
         if not kept and not texts:
             where = "standard input" if args.file == "-" else args.file

@@ -145,7 +145,7 @@ def run_ask(args: argparse.Namespace) -> int:
         return 0
     print(json.dumps({
         "model": name, "template": template.name, "question": question, "input": args.input,
-        "answer": "".join(pieces).strip(), "stop_reason": stream.stop_reason,
+        "answer": "".join(pieces), "stop_reason": stream.stop_reason,  # as printed without --json
         "prompt_tokens": len(stream.prompt_ids), "answer_tokens": len(stream.token_ids),
         "seconds": round(seconds, 4), "first_token_seconds": round(first_token_s or seconds, 4),
         "tokens_per_s": round(len(stream.token_ids) / seconds, 2) if seconds > 0 else None,

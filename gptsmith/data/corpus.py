@@ -255,6 +255,21 @@ def read_utf8(path: Path) -> str:
                         f"({convert_hint(data)})") from None
 
 
+def text_lines(text: str) -> list[str]:
+    """The lines of ``text``: split at ``"\\n"`` only (a ``"\\r"`` before it goes with it), and a
+    final newline ends the last line rather than starting an empty one, as ``str.splitlines``.
+
+    ``splitlines`` also breaks at U+2028, U+2029, U+0085, form feed, vertical tab and
+    U+001C..U+001E, which may sit inside one record: JSON writers leave U+2028 unescaped in
+    strings (``ensure_ascii=False``), and a text to classify may hold any of them. In a file of
+    one record per line only a newline ends a record.
+    """
+    lines = text.split("\n")
+    if lines[-1] == "":  # "" has no lines, and "a\n" one
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
 def convert_hint(data: bytes) -> str:
     """How to make UTF-8 of a file that starts with ``data``: from UTF-16 if it starts with a UTF-16
     byte-order mark, nothing for a binary file, else from Latin-1 (the usual single-byte case)."""

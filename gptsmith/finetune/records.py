@@ -12,12 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from gptsmith.data.corpus import text_lines
 from gptsmith.errors import DataError
 
 
 def json_objects(text: str, path: str | Path) -> Iterator[tuple[Any, int | None]]:
     """(object, line number) for each record of ``text``: a JSON array if it starts with ``[``
-    (line numbers ``None``), else JSONL (blank lines skipped)."""
+    (line numbers ``None``), else JSONL (blank lines skipped). A JSONL record ends at a newline
+    only, not at the other breaks ``str.splitlines`` knows (a U+2028 in a string stays in it)."""
     if text.lstrip().startswith("["):
         try:
             data = json.loads(text)
@@ -26,7 +28,7 @@ def json_objects(text: str, path: str | Path) -> Iterator[tuple[Any, int | None]
             raise DataError(f"{path}: invalid JSON at {where}: {exc.msg}") from None
         yield from ((obj, None) for obj in data)
         return
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text_lines(text), start=1):
         if not line.strip():
             continue
         try:

@@ -7,8 +7,8 @@ left-padded batches with the KV cache), as fine-tuning does for its test set.
 
 The template is the one ``template=`` names, else the one the model was saved with
 (``load_model`` sets ``model.instruction_template`` from config.json), else Alpaca. An answer ends
-at ``<|endoftext|>``, at the template's next turn marker (``chat.PromptTemplate.stop_sequences``)
-or after ``max_new_tokens``.
+at ``<|endoftext|>``, at the template's next turn marker (``chat.PromptTemplate.stop_sequences``),
+after ``max_new_tokens``, or where the context is full.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from gptsmith.config import check_number
-from gptsmith.errors import GptsmithError
+from gptsmith.errors import ConfigError, GptsmithError
 from gptsmith.generate.chat import Message, PromptTemplate, get_template
 from gptsmith.generate.generation import generate, stream_text, text_to_token_ids
 from gptsmith.generate.streaming import TextStream
@@ -61,15 +61,26 @@ def stream_answer(
     loop, the stream's ``prompt_ids``, ``token_ids`` and ``stop_reason`` say what happened.
 
     The answer stops where the context is full (``stream.cfg.max_new_tokens`` then says how many
-    tokens it may have): past it the question would slide out of the model's view.
+    tokens it may have, and ``stop_reason`` is ``"context_length"`` if it gets that far): past it
+    the question would slide out of the model's view. A question that leaves no room at all, its
+    template and input included, raises ``ConfigError``: cropping it would answer another question.
     """
     chosen = model_template(model, template)
     prompt = question_prompt(chosen, question, input_text)
     ids = text_to_token_ids(prompt, tokenizer)  # (1, n_prompt), encoded once
-    room = model.cfg.context_length - ids.shape[1]
-    if 0 < room < max_new_tokens:
+    context = model.cfg.context_length
+    room = context - ids.shape[1]
+    if room < 1:
+        parts, fix = ("template and input", "the question or its input") if input_text else ("template", "it")
+        raise ConfigError(f"the question takes {ids.shape[1]} tokens with its {parts}, and the model's "
+                          f"context is {context}: no room is left for an answer (shorten {fix})")
+    capped = room < max_new_tokens
+    if capped:
         max_new_tokens = room
-    return stream_text(model, tokenizer, ids, max_new_tokens, **_with_template_stops(chosen, options))
+    stream = stream_text(model, tokenizer, ids, max_new_tokens, **_with_template_stops(chosen, options))
+    if capped:
+        stream.budget_reason = "context_length"
+    return stream
 
 
 def ask(
@@ -83,7 +94,8 @@ def ask(
     **options: Any,
 ) -> str:
     """The model's answer to ``question`` (greedy unless ``temperature`` > 0), without the prompt
-    or trailing whitespace. ``input_text`` is Alpaca's input field (context for the question)."""
+    or whitespace at either end (``stream_answer`` gives the exact text, as ``gptsmith ask`` prints
+    it). ``input_text`` is Alpaca's input field (context for the question)."""
     stream = stream_answer(model, tokenizer, question, input_text=input_text, template=template,
                            max_new_tokens=max_new_tokens, **options)
     return "".join(stream).strip()

@@ -32,7 +32,9 @@ class TextStream:
     """The iterator ``stream_text`` returns: yields str chunks; then ``token_ids`` and ``stop_reason``.
 
     ``token_ids`` are the new tokens kept (without the eos token or the stop sequence that ended
-    generation); ``stop_reason`` is ``"eos"``, ``"stop_sequence"`` or ``"max_new_tokens"``.
+    generation); ``stop_reason`` is ``"eos"``, ``"stop_sequence"``, or ``budget_reason`` when the
+    ``cfg.max_new_tokens`` tokens are all generated: ``"max_new_tokens"``, unless the caller cut
+    that budget to the room left in the context and set ``"context_length"`` (``ask.stream_answer``).
     """
 
     def __init__(
@@ -47,6 +49,7 @@ class TextStream:
         self.prompt_ids: list[int] = ids[0].tolist()
         self.token_ids: list[int] = []  # new tokens so far
         self.stop_reason: str | None = None
+        self.budget_reason = "max_new_tokens"
 
     def __iter__(self) -> Iterator[str]:
         was_training = self.model.training
@@ -63,7 +66,7 @@ class TextStream:
         """Beam search knows its answer only at the end: the text comes in one piece."""
         from gptsmith.generate.beam_search import beam_search
 
-        self.token_ids, _, self.stop_reason = beam_search(
+        self.token_ids, _, reason = beam_search(
             self.model,
             self.ids,
             self.cfg.max_new_tokens,
@@ -73,6 +76,7 @@ class TextStream:
             repetition_penalty=self.cfg.repetition_penalty,
             use_cache=self.cfg.use_cache,
         )
+        self.stop_reason = self.budget_reason if reason == "max_new_tokens" else reason
         # Not final: a character the last token left incomplete is left out, as when sampling.
         text = codecs.getincrementaldecoder("utf-8")(errors="replace").decode(
             self.tokenizer.decode_bytes(self.token_ids)
@@ -83,7 +87,7 @@ class TextStream:
     def _sampled_text(self) -> Iterator[str]:
         pieces = TextPieces(self.stops, self.tokenizer, self.prompt_ids[-1])
         self.token_ids = pieces.token_ids  # grows as tokens arrive
-        self.stop_reason = "max_new_tokens"
+        self.stop_reason = self.budget_reason
         for next_ids in sample_steps(self.model, self.ids, None, self.cfg):
             text, stop = pieces.push(int(next_ids[0]))
             if text:

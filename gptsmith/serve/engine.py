@@ -35,7 +35,10 @@ from gptsmith.generate.stopping import StopRules, normalise_stops
 from gptsmith.generate.streaming import TextPieces
 from gptsmith.serve.batch import BatchCache
 
-FINISH_REASONS = {"eos": "stop", "stop_sequence": "stop", "max_new_tokens": "length"}
+# The stop reasons of generate and ask (TextStream.stop_reason) in OpenAI's words, which has one
+# word for both ways a token budget ends.
+FINISH_REASONS = {"eos": "stop", "stop_sequence": "stop",
+                  "max_new_tokens": "length", "context_length": "length"}
 
 
 class EngineStopped(GptsmithError):

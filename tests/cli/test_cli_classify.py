@@ -12,6 +12,7 @@ from classify_helpers import (
     labelled_rows,
     locked_folder,
     nan_classifier,
+    random_classifier,
     tiny_base,
     write_csv,
     write_jsonl,
@@ -222,6 +223,22 @@ def test_empty_text_files_and_other_encodings_are_named(base, tmp_path, capsys, 
     assert main(["classify", "--checkpoint", str(base), "--file", "-"]) == 2  # was a UnicodeDecodeError
     assert _error(capsys).endswith("--file - (standard input) is not UTF-8: byte 0xe9 at offset 3 (convert "
                                    "it, e.g. `iconv -f latin1 -t utf-8`)")
+
+
+def test_a_text_of_file_holds_unicode_line_breaks_a_newline_ends_it(tmp_path, capsys, monkeypatch):
+    """--file is one text per line: U+2028 & co. (which ``str.splitlines`` also split at) stay in
+    their text, and a Windows line end is a line end, from a file and from stdin alike."""
+    clf = random_classifier(tmp_path / "clf")
+    texts = ["free\u2028cash offer", "see you\u2029at home\x85mum", "page\x0cbreak\x0bhere\x1cnow"]
+    path = tmp_path / "texts.txt"
+    path.write_text("\r\n".join(texts) + "\r\n", encoding="utf-8", newline="")
+    assert main(["classify", "--checkpoint", str(clf), "--json", "--file", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert [json.loads(line)["text"] for line in captured.out.splitlines()] == texts, captured.err
+    stdin = io.TextIOWrapper(io.BytesIO(("\n".join(texts) + "\n").encode()), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    assert main(["classify", "--checkpoint", str(clf), "--json", "--file", "-"]) == 0
+    assert [json.loads(line)["text"] for line in capsys.readouterr().out.splitlines()] == texts
 
 
 def test_an_out_that_cannot_be_written_fails_before_anything_loads(base, tmp_path, capsys, monkeypatch):

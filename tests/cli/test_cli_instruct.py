@@ -105,7 +105,26 @@ def test_ask_prints_only_the_answer_and_json_has_counts(tuned, capsys):
                            100_000)
     result = json.loads(text)
     assert code == 0 and "note: the context leaves" in err and "not at --max-new-tokens 100000" in err
-    assert result["prompt_tokens"] + result["answer_tokens"] <= 96
+    # This random model never ends its answer: the context does, not --max-new-tokens, and says so.
+    assert result["prompt_tokens"] + result["answer_tokens"] == 96
+    assert result["stop_reason"] == "context_length"
+
+
+def test_ask_json_holds_the_answer_exactly_as_plain_ask_prints_it(capsys, tmp_path, gpt2_tokenizer):
+    """An answer of only spaces: --json used to strip it to ""."""
+    model = tiny_model(vocab_size=gpt2_tokenizer.vocab_size, context_length=64)
+    with torch.no_grad():  # every position's final vector is the same, and picks " " (GPT-2's 220)
+        model.final_norm.scale.zero_()
+        model.final_norm.shift.fill_(1.0)
+        model.out_head.weight.zero_()
+        model.out_head.weight[220] = 1.0
+    out = save_model(model, tmp_path / "spaces", tokenizer="gpt2", extra={"instruction_template": "alpaca"})
+    code, text, err = _run(capsys, "ask", "--checkpoint", out, "Say nothing.", "--max-new-tokens", 3)
+    assert (code, text, err) == (0, "   \n", "")  # the answer, then the line's end
+    code, text, _ = _run(capsys, "ask", "--checkpoint", out, "--json", "Say nothing.", "--max-new-tokens", 3)
+    result = json.loads(text)
+    assert code == 0 and result["answer"] == "   " and result["answer_tokens"] == 3
+    assert result["stop_reason"] == "max_new_tokens"
 
 
 def test_generate_uses_the_template_unless_raw(tuned, capsys):
@@ -257,6 +276,11 @@ def test_ask_bad_input(capsys, tuned):
     assert code == 2 and "the question is empty" in err
     code, _, err = _run(capsys, "ask", "--checkpoint", out, "--template", "nope", "Hi")
     assert code == 2 and "unknown prompt template 'nope'" in err
+    for more in ([], ["--json"]):  # a question that leaves the answer no room: one line, not a crop
+        code, text, err = _run(capsys, "ask", "--checkpoint", out, *more, " ".join(["colour"] * 96))
+        assert code == 2 and text == "" and len(err.splitlines()) == 1, err
+        assert re.fullmatch(r"gptsmith ask: error: the question takes \d+ tokens with its template, and the "
+                            r"model's context is 96: no room is left for an answer \(shorten it\)\n", err)
 
 
 def test_progress_of_training_and_judging_goes_to_stderr_as_plain_lines(capsys, base, data, tmp_path):

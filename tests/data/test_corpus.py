@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from gptsmith.data.corpus import builtin_documents, resolve_corpus, safe_chunks
+from gptsmith.data.corpus import builtin_documents, resolve_corpus, safe_chunks, text_lines
 from gptsmith.data.shards import prepare_corpus
 from gptsmith.errors import DataError
 
@@ -218,3 +218,22 @@ def test_safe_chunks_on_awkward_whitespace(gpt2_tokenizer):
         pieces = safe_chunks(text, target_chars=rng.randint(1, 30))
         assert "".join(pieces) == text
         assert sum((gpt2_tokenizer.encode(p) for p in pieces), []) == gpt2_tokenizer.encode(text), repr(text)
+
+
+ALL_BREAKS = "a\u2028b\u2029c\x85d\x0ce\x0bf\x1cg\x1dh\x1ei\rj"  # what str.splitlines splits at, but "\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "lines"),
+    [
+        ("", []),
+        ("a", ["a"]),
+        ("a\n", ["a"]),
+        ("a\n\nb", ["a", "", "b"]),
+        ("a\r\nb\r\n", ["a", "b"]),
+        (ALL_BREAKS + "\n", [ALL_BREAKS]),
+    ],
+)
+def test_text_lines_split_at_newlines_only(text, lines):
+    """Unlike ``str.splitlines``, which breaks ALL_BREAKS into ten lines."""
+    assert text_lines(text) == lines

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from generation_helpers import ByteTokenizer, scripted_model, tiny_model
@@ -135,6 +137,30 @@ def test_ask_formats_with_the_models_template_and_stops_at_the_next_turn():
     model = scripted_model(list(b"Paris<|im_end|>x"), len(tok.encode(chat_prompt)), tok.vocab_size)
     model.instruction_template = "chatml"
     assert ask(model, tok, "Capital of France?", max_new_tokens=40) == "Paris"
+
+
+def test_an_answer_cut_by_the_context_says_so_and_a_question_that_fills_it_is_refused():
+    tok = ByteTokenizer()
+    n_prompt = len(tok.encode(question_prompt("alpaca", "Hi")))
+    model = scripted_model(list(b"abcdefgh"), n_prompt, tok.vocab_size)
+    model.cfg = dataclasses.replace(model.cfg, context_length=n_prompt + 3)  # room for 3 answer tokens
+    stream = stream_answer(model, tok, "Hi", max_new_tokens=40)
+    assert "".join(stream) == "abc" and stream.cfg.max_new_tokens == 3
+    assert stream.stop_reason == "context_length"  # not the 40 asked for
+    stream = stream_answer(model, tok, "Hi", max_new_tokens=40, num_beams=2)  # beam search says it too
+    assert "".join(stream) == "abc" and stream.stop_reason == "context_length"
+    stream = stream_answer(model, tok, "Hi", max_new_tokens=3)  # the budget asked for, which fits
+    assert "".join(stream) == "abc" and stream.stop_reason == "max_new_tokens"
+    model.cfg = dataclasses.replace(model.cfg, context_length=n_prompt)  # the prompt fills it: no room
+    message = (f"the question takes {n_prompt} tokens with its template, and the model's context is "
+               f"{n_prompt}: no room is left for an answer (shorten it)")
+    with pytest.raises(ConfigError) as info:
+        ask(model, tok, "Hi")
+    assert str(info.value) == message  # was: the prompt cropped to its end, with a warning
+    with_input = len(tok.encode(question_prompt("alpaca", "Hi", "x")))
+    with pytest.raises(ConfigError, match=(f"^the question takes {with_input} tokens with its template "
+                                           "and input, .*shorten the question or its input")):
+        stream_answer(model, tok, "Hi", input_text="x")
 
 
 def test_batched_answers_equal_answers_alone():

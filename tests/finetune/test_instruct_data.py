@@ -50,6 +50,21 @@ def test_reads_alpaca_json_alpaca_jsonl_and_chat_jsonl(tmp_path):
     assert (chat.instruction, chat.reference) == ("Bye", "Bye.")
 
 
+def test_a_jsonl_record_ends_at_a_newline_not_at_other_unicode_line_breaks(tmp_path):
+    """JSON writers leave U+2028, U+2029 and U+0085 raw in strings (``ensure_ascii=False``):
+    ``str.splitlines`` cut such a record in two, and the halves were invalid JSON."""
+    joined = {"instruction": "Join\u2028these\u2029lines.", "input": "a\x85b", "output": "Done."}
+    records = [joined, ALPACA[0]]
+    text = "\r\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\r\n"  # Windows line ends
+    assert "\u2028" in text and "\x85" in text
+    loaded = load_instruction_file(_write(tmp_path, "u.jsonl", text))
+    assert loaded == load_records_from(records)
+    assert (loaded[0].instruction, loaded[0].input) == ("Join\u2028these\u2029lines.", "a\x85b")
+    bad = _write(tmp_path, "bad.jsonl", text + '{"instruction": oops}\n')
+    with pytest.raises(DataError, match="invalid JSON at line 3, column 17"):  # lines counted by newlines
+        load_instruction_file(bad)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
