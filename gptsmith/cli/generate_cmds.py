@@ -277,6 +277,7 @@ def run_generate(args: argparse.Namespace) -> int:
     _warn_of_unused_sampling_flags(args)
     max_new_tokens = options.pop("max_new_tokens")
     samples = []
+    interrupt: KeyboardInterrupt | None = None
     for index in range(args.num_samples):
         if args.seed is not None:
             options["seed"] = args.seed + index
@@ -296,13 +297,18 @@ def run_generate(args: argparse.Namespace) -> int:
                     pieces.append(piece)
                     if not args.json:
                         print(piece, end="", flush=True)
+            except KeyboardInterrupt as exc:
+                if not args.json:  # the text so far is on the screen already
+                    raise
+                interrupt = exc  # --json prints nothing until the end: the samples so far come first
             finally:  # the text's line ends before anything else is said (an error, Ctrl-C)
                 if not args.json:
                     print(flush=True)
         seconds = time.perf_counter() - start
         samples.append(
             {
-                "text": "".join(pieces),
+                # interrupted: also the text held back for a possible stop, so it matches token_ids
+                "text": stream.text if interrupt else "".join(pieces),
                 "seed": options["seed"],
                 "token_ids": stream.token_ids,
                 "new_tokens": len(stream.token_ids),
@@ -310,10 +316,14 @@ def run_generate(args: argparse.Namespace) -> int:
                 "seconds": round(seconds, 4),
             }
         )
+        if interrupt:
+            break
     if args.json:
         settings = {k: v for k, v in options.items() if k not in ("eos_id", "seed")}
         settings.update(max_new_tokens=max_new_tokens, seed=args.seed)
         print(json.dumps({"model": name, "prompt": prompt, "settings": settings, "samples": samples}))
+    if interrupt:
+        raise interrupt  # then `main` says "interrupted" and exits with 130, as without --json
     return 0
 
 

@@ -294,10 +294,11 @@ def stream_text(
     and text that could be the start of a stop sequence is held back until it is clear that it is
     not (see ``streaming.py``). With ``num_beams`` > 1 the text comes in one piece. After the
     loop, the stream's ``token_ids`` and ``stop_reason`` say what was generated and why it ended
-    (``"eos"``, ``"stop_sequence"`` or ``"max_new_tokens"``); the text is the decoding of
-    ``token_ids``, except that a character left incomplete by the last token (``max_new_tokens``
-    cut it) is not emitted. A prompt longer than the context is cropped with a warning, issued
-    here rather than during the iteration.
+    (``"eos"``, ``"stop_sequence"``, ``"max_new_tokens"``, or ``"interrupted"`` by Ctrl-C, which
+    is re-raised); the text is the decoding of ``token_ids`` (the stream's ``text``), except that
+    a character left incomplete by the last token (``max_new_tokens`` cut it) is not emitted. A
+    prompt longer than the context is cropped with a warning, issued here rather than during the
+    iteration.
     """
     tokenizer = as_tokenizer(tokenizer)  # a name such as "gpt2" works too
     cfg = _checked_config(model, tokenizer, max_new_tokens=max_new_tokens, **options)
