@@ -313,7 +313,8 @@ def run_generate(args: argparse.Namespace) -> int:
                 "seed": options["seed"],
                 "token_ids": stream.token_ids,
                 "new_tokens": len(stream.token_ids),
-                "stop_reason": stream.stop_reason,
+                # said here too: Ctrl-C may land between two pieces, outside the stream
+                "stop_reason": "interrupted" if interrupt else stream.stop_reason,
                 "seconds": round(seconds, 4),
             }
         )
