@@ -122,3 +122,21 @@ class MergedTokenizer(ByteTokenizer):
 
     def decode_bytes(self, ids: Sequence[int]) -> bytes:
         return b"".join(self.merges.get(i, bytes([i]) if i < 256 else b"") for i in ids)
+
+
+def interrupt_decoding(monkeypatch, after_tokens: int, *, decode: int = 1) -> None:
+    """Ctrl-C inside decoding: the ``decode``-th decoding (each prompt, or sample, makes one) raises
+    ``KeyboardInterrupt`` when asked for its token after ``after_tokens`` tokens."""
+    from gptsmith.generate.decoding import DecodeState
+
+    real = DecodeState.next_logits
+    steps: dict[int, int] = {}  # decoding (by id of its DecodeState) -> tokens asked for so far
+
+    def next_logits(self):
+        steps.setdefault(id(self), 0)
+        if len(steps) == decode and steps[id(self)] == after_tokens:
+            raise KeyboardInterrupt
+        steps[id(self)] += 1
+        return real(self)
+
+    monkeypatch.setattr(DecodeState, "next_logits", next_logits)

@@ -13,6 +13,8 @@ import os
 import sys
 import traceback
 import warnings
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from gptsmith.errors import GptsmithError
 from gptsmith.version import __version__
@@ -34,9 +36,45 @@ OS_OPERATIONS = {
 }
 
 
+# Where CommandParser notes, in the namespace, the parser of the (sub-)command that was typed.
+_PARSER = "_gptsmith_parser"
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line, like every other gptsmith error.
+
+    argparse prints the whole usage block, over several lines, before its message; here it is
+    ``gptsmith VERB: error: MESSAGE (see gptsmith VERB --help)``, exit status 2, and ``--help``
+    still prints the full help. ``add_subparsers`` makes every sub-command's parser of its
+    parent's class, so each verb (``finetune classify`` too) gets this.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        one_line = " ".join(line.strip() for line in message.splitlines())
+        self.exit(2, f"{self.prog}: error: {one_line} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args: Sequence[str] | None = None,
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        namespace, extras = super().parse_known_args(args, namespace)
+        # The innermost parser returns first, so the parser noted is that of the verb as typed.
+        if not hasattr(namespace, _PARSER):
+            setattr(namespace, _PARSER, self)
+        return namespace, extras
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: Any = None) -> argparse.Namespace:
+        # argparse says "unrecognized arguments" from the top-level parser, as `gptsmith: error`;
+        # the verb's own parser says it instead, so the message names the command and its --help.
+        namespace, extras = self.parse_known_args(args, namespace)
+        parser = vars(namespace).pop(_PARSER, self)
+        if extras:
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every sub-command registered."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="gptsmith",
         description="Build, train, load and run GPT-2-class language models from scratch.",
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gptsmith.cli.finetune_cmds import add_lora_args
+from gptsmith.cli.shell import command_line
 from gptsmith.cli.train_progress import say
 from gptsmith.device import DEVICE_HELP, device_arg
 from gptsmith.errors import ConfigError, DataError
@@ -161,7 +162,8 @@ def run_finetune_classify(args: argparse.Namespace) -> int:
     else:
         print("test accuracy: no test texts (the split left none)")
     what = "LoRA adapter" if args.save_adapter_only else "classifier"
-    print(f"saved the {what} to {result.out}; try: gptsmith classify --checkpoint {result.out} \"some text\"")
+    try_it = command_line("gptsmith", "classify", "--checkpoint", result.out, "some text")
+    print(f"saved the {what} to {result.out}; try: {try_it}")
     return 0
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gptsmith.cli.shell import command_line
 from gptsmith.device import DEVICE_HELP, device_arg, dtype_arg
 from gptsmith.errors import ConfigError, GptsmithError
 
@@ -152,9 +153,9 @@ def load_for_generation(args: argparse.Namespace) -> tuple[torch.nn.Module, Any,
     warn_if_cpu_lacks_bf16(next(model.parameters()).dtype, device)
     if isinstance(config.get("classifier"), dict):  # its language-model head was not what it trained
         labels = ", ".join(map(str, config["classifier"].get("labels", [])))
+        classify = command_line("gptsmith", "classify", "--checkpoint", name)
         warnings.warn(f"{name} is a classifier ({labels}): this runs the language model inside it, whose "
-                      f"text is the base model's at best (`gptsmith classify --checkpoint {name}` gives "
-                      "labels)", stacklevel=2)
+                      f"text is the base model's at best (`{classify}` gives labels)", stacklevel=2)
     return model, tokenizer, config, name
 
 
@@ -277,6 +278,7 @@ def run_generate(args: argparse.Namespace) -> int:
     _warn_of_unused_sampling_flags(args)
     max_new_tokens = options.pop("max_new_tokens")
     samples = []
+    interrupt: KeyboardInterrupt | None = None
     for index in range(args.num_samples):
         if args.seed is not None:
             options["seed"] = args.seed + index
@@ -296,24 +298,34 @@ def run_generate(args: argparse.Namespace) -> int:
                     pieces.append(piece)
                     if not args.json:
                         print(piece, end="", flush=True)
+            except KeyboardInterrupt as exc:
+                if not args.json:  # the text so far is on the screen already
+                    raise
+                interrupt = exc  # --json prints nothing until the end: the samples so far come first
             finally:  # the text's line ends before anything else is said (an error, Ctrl-C)
                 if not args.json:
                     print(flush=True)
         seconds = time.perf_counter() - start
         samples.append(
             {
-                "text": "".join(pieces),
+                # interrupted: also the text held back for a possible stop, so it matches token_ids
+                "text": stream.text if interrupt else "".join(pieces),
                 "seed": options["seed"],
                 "token_ids": stream.token_ids,
                 "new_tokens": len(stream.token_ids),
-                "stop_reason": stream.stop_reason,
+                # said here too: Ctrl-C may land between two pieces, outside the stream
+                "stop_reason": "interrupted" if interrupt else stream.stop_reason,
                 "seconds": round(seconds, 4),
             }
         )
+        if interrupt:
+            break
     if args.json:
         settings = {k: v for k, v in options.items() if k not in ("eos_id", "seed")}
         settings.update(max_new_tokens=max_new_tokens, seed=args.seed)
         print(json.dumps({"model": name, "prompt": prompt, "settings": settings, "samples": samples}))
+    if interrupt:
+        raise interrupt  # then `main` says "interrupted" and exits with 130, as without --json
     return 0
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from gptsmith.cli.finetune_cmds import add_lora_args
 from gptsmith.cli.generate_cmds import _add_decoding_args, _add_model_args
+from gptsmith.cli.shell import command_line
 from gptsmith.cli.train_progress import say
 from gptsmith.device import DEVICE_HELP, device_arg
 from gptsmith.errors import ConfigError
@@ -281,7 +282,8 @@ def run_instruct(args: argparse.Namespace) -> int:
     atomic_write_json(args.out / RESPONSES_FILE, report)
     if args.judge_url:
         _judge(args, report)
-    say(f"wrote {args.out / RESPONSES_FILE}; ask it: gptsmith ask --checkpoint {args.out} \"...\"")
+    ask = command_line("gptsmith", "ask", "--checkpoint", args.out)
+    say(f'wrote {args.out / RESPONSES_FILE}; ask it: {ask} "..."')  # "...": the question is the user's
     return 0
 
 

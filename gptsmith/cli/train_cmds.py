@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gptsmith.cli.shell import command_line
 from gptsmith.cli.train_configs import build_configs, read_config_file, read_run_info, resume_configs
 from gptsmith.cli.train_progress import ProgressPrinter, say
 from gptsmith.device import DEVICE_HELP, TRAIN_DTYPES, device_arg, dtype_arg
@@ -251,12 +252,12 @@ def _report(result: Any, run_dir: Path, train_cfg: Any) -> int:
     """The closing lines of a run, and its exit status (130 after a stop signal)."""
     if result.stopped == "interrupted":
         say(f"stopped at step {result.step} after a stop signal; checkpoint {result.last_checkpoint}")
-        say(f"continue with: gptsmith train --resume {run_dir}")
+        say(f"continue with: {command_line('gptsmith', 'train', '--resume', run_dir)}")
         return 130
     best = f", best val loss {result.best_val_loss:.3f}" if result.best_val_loss is not None else ""
     say(f"done: {result.step} steps, {result.tokens_seen:,} tokens{best}; run directory {run_dir}")
     prompt = train_cfg.sample_prompt or "Your prompt"
-    say(f"generate with: gptsmith generate --checkpoint {run_dir} \"{prompt}\"")
+    say(f"generate with: {command_line('gptsmith', 'generate', '--checkpoint', run_dir, prompt)}")
     return 0
 
 

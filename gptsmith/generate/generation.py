@@ -32,7 +32,7 @@ import torch
 
 from gptsmith.data.token_ids import token_id_list
 from gptsmith.data.tokenizer import as_tokenizer
-from gptsmith.errors import GptsmithError
+from gptsmith.errors import ConfigError, GptsmithError
 from gptsmith.generate.config import GenerationConfig
 from gptsmith.generate.decoding import (  # noqa: F401 (DecodeState, TokenPicker: public API)
     DecodeState,
@@ -43,21 +43,30 @@ from gptsmith.generate.stopping import (  # noqa: F401 (NO_EOS: public API)
     NO_EOS,
     StopChecker,
     StopRules,
-    StopSequence,
     normalise_stops,
     resolve_eos_id,
 )
 from gptsmith.generate.streaming import TextStream
 
+# Keywords of ``generate`` that are not GenerationConfig fields: listed as known in the message
+# about an unknown option.
+GENERATE_ONLY = ("attention_mask", "pad_id", "tokenizer")
 
-def _checked_config(model: torch.nn.Module, tokenizer: Any, **fields: Any) -> GenerationConfig:
+
+def _checked_config(model: torch.nn.Module, tokenizer: Any, *, also: Sequence[str] = (),
+                    **fields: Any) -> GenerationConfig:
     """The config of one call, checked against the model, with ``eos_id`` resolved (see
-    ``resolve_eos_id``: the tokenizer's ``<|endoftext|>`` by default, None for ``NO_EOS``)."""
-    known = {f.name for f in dataclasses.fields(GenerationConfig)}
+    ``resolve_eos_id``: the tokenizer's ``<|endoftext|>`` by default, None for ``NO_EOS``).
+
+    Every public decoder takes its options as ``**options`` and passes them here, so a misspelt
+    one (``topk=``) is a ``ConfigError`` naming it and the known ones (``also``: the caller's
+    own keywords), never Python's bare ``TypeError``.
+    """
+    known = {f.name for f in dataclasses.fields(GenerationConfig)} | set(also)
     unknown = sorted(set(fields) - known)
     if unknown:
-        raise GptsmithError(f"unknown generation option(s) {', '.join(unknown)} "
-                            f"(known: {', '.join(sorted(known))})")
+        raise ConfigError(f"unknown generation option(s) {', '.join(unknown)} "
+                          f"(known: {', '.join(sorted(known))})")
     cfg = GenerationConfig(**fields)
     eos_id = resolve_eos_id(cfg.eos_id, tokenizer)
     vocab_size = getattr(getattr(model, "cfg", None), "vocab_size", None)
@@ -204,19 +213,10 @@ def generate(
     token_ids: torch.Tensor | Sequence[int] | Sequence[Sequence[int]],
     max_new_tokens: int,
     *,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    repetition_penalty: float = 1.0,
-    eos_id: int | None = None,
-    stop_sequences: Sequence[StopSequence] | None = None,
-    seed: int | None = None,
-    use_cache: bool = True,
-    num_beams: int = 1,
-    length_penalty: float = 1.0,
     attention_mask: torch.Tensor | None = None,
     tokenizer: Any = None,
     pad_id: int | None = None,
+    **options: Any,
 ) -> torch.Tensor:
     """Extend each prompt by up to ``max_new_tokens`` tokens; returns prompt + new ids (batch, n).
 
@@ -225,6 +225,12 @@ def generate(
     tokens (1) of prompts that are already left-padded. Generation stops at ``eos_id`` or a stop
     sequence, neither of which is returned (for a text stop sequence, the token where it begins is
     dropped).
+
+    ``options`` are ``GenerationConfig``'s fields, with its defaults: ``temperature`` (0.0:
+    greedy), ``top_k``, ``top_p``, ``repetition_penalty`` (1.0), ``eos_id``, ``stop_sequences``,
+    ``seed``, ``use_cache`` (True), ``num_beams`` (1), ``length_penalty`` (1.0). They are taken as
+    ``**options``, as ``stream_text`` and ``ask`` take them, so that one check names a misspelt
+    option (``topk=``) and lists the known ones, raising ``ConfigError`` rather than ``TypeError``.
 
     Padding: prompts of different lengths are padded on the left with ``pad_id`` (default:
     ``eos_id``, which is ``<|endoftext|>`` when ``tokenizer`` is given, else id 0, an ordinary
@@ -243,21 +249,7 @@ def generate(
     ``<|endoftext|>``). The model runs in eval mode (restored afterwards).
     """
     tokenizer = None if tokenizer is None else as_tokenizer(tokenizer)
-    cfg = _checked_config(
-        model,
-        tokenizer,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        repetition_penalty=repetition_penalty,
-        eos_id=eos_id,
-        stop_sequences=stop_sequences,
-        seed=seed,
-        use_cache=use_cache,
-        num_beams=num_beams,
-        length_penalty=length_penalty,
-    )
+    cfg = _checked_config(model, tokenizer, also=GENERATE_ONLY, max_new_tokens=max_new_tokens, **options)
     stops = _stop_rules(cfg, tokenizer)
     start_id = cfg.eos_id if cfg.eos_id is not None else getattr(tokenizer, "eot_id", None)
     pad = pad_id if pad_id is not None else (cfg.eos_id or 0)
@@ -302,10 +294,11 @@ def stream_text(
     and text that could be the start of a stop sequence is held back until it is clear that it is
     not (see ``streaming.py``). With ``num_beams`` > 1 the text comes in one piece. After the
     loop, the stream's ``token_ids`` and ``stop_reason`` say what was generated and why it ended
-    (``"eos"``, ``"stop_sequence"`` or ``"max_new_tokens"``); the text is the decoding of
-    ``token_ids``, except that a character left incomplete by the last token (``max_new_tokens``
-    cut it) is not emitted. A prompt longer than the context is cropped with a warning, issued
-    here rather than during the iteration.
+    (``"eos"``, ``"stop_sequence"``, ``"max_new_tokens"``, or ``"interrupted"`` by Ctrl-C, which
+    is re-raised); the text is the decoding of ``token_ids`` (the stream's ``text``), except that
+    a character left incomplete by the last token (``max_new_tokens`` cut it) is not emitted. A
+    prompt longer than the context is cropped with a warning, issued here rather than during the
+    iteration.
     """
     tokenizer = as_tokenizer(tokenizer)  # a name such as "gpt2" works too
     cfg = _checked_config(model, tokenizer, max_new_tokens=max_new_tokens, **options)

@@ -34,7 +34,9 @@ class TextStream:
     ``token_ids`` are the new tokens kept (without the eos token or the stop sequence that ended
     generation); ``stop_reason`` is ``"eos"``, ``"stop_sequence"``, or ``budget_reason`` when the
     ``cfg.max_new_tokens`` tokens are all generated: ``"max_new_tokens"``, unless the caller cut
-    that budget to the room left in the context and set ``"context_length"`` (``ask.stream_answer``).
+    that budget to the room left in the context and set ``"context_length"`` (``ask.stream_answer``);
+    or ``"interrupted"`` when a ``KeyboardInterrupt`` (Ctrl-C) ended the loop: it is re-raised, and
+    ``token_ids`` and ``text`` then hold what was generated before it, so a caller can still report it.
     """
 
     def __init__(
@@ -50,6 +52,7 @@ class TextStream:
         self.token_ids: list[int] = []  # new tokens so far
         self.stop_reason: str | None = None
         self.budget_reason = "max_new_tokens"
+        self._pieces: TextPieces | None = None  # the sampled path's text, token by token
 
     def __iter__(self) -> Iterator[str]:
         was_training = self.model.training
@@ -59,8 +62,22 @@ class TextStream:
                 yield from self._beam_text()
             else:
                 yield from self._sampled_text()
+        except KeyboardInterrupt:
+            self.stop_reason = "interrupted"
+            raise
         finally:
             self.model.train(was_training)
+
+    @property
+    def text(self) -> str:
+        """The text of ``token_ids`` as the stream shows it (with a word-level tokenizer's space
+        after the prompt), less a character the last token left incomplete. After an interrupted
+        loop it also holds the text the stream was holding back for a stop that never came."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # not final: see above
+        if self._pieces is None:  # beam search: its tokens come all at once
+            return decoder.decode(self.tokenizer.decode_bytes(self.token_ids))
+        matcher = self._pieces.matcher
+        return decoder.decode(bytes(matcher.text[: matcher.kept_bytes(len(self.token_ids))]))
 
     def _beam_text(self) -> Iterator[str]:
         """Beam search knows its answer only at the end: the text comes in one piece."""
@@ -77,15 +94,12 @@ class TextStream:
             use_cache=self.cfg.use_cache,
         )
         self.stop_reason = self.budget_reason if reason == "max_new_tokens" else reason
-        # Not final: a character the last token left incomplete is left out, as when sampling.
-        text = codecs.getincrementaldecoder("utf-8")(errors="replace").decode(
-            self.tokenizer.decode_bytes(self.token_ids)
-        )
+        text = self.text  # a character the last token left incomplete is left out, as when sampling
         if text:
             yield text
 
     def _sampled_text(self) -> Iterator[str]:
-        pieces = TextPieces(self.stops, self.tokenizer, self.prompt_ids[-1])
+        pieces = self._pieces = TextPieces(self.stops, self.tokenizer, self.prompt_ids[-1])
         self.token_ids = pieces.token_ids  # grows as tokens arrive
         self.stop_reason = self.budget_reason
         for next_ids in sample_steps(self.model, self.ids, None, self.cfg):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -75,8 +76,8 @@ def _what_is_left(run_dir: Path, latest: str | None, full: bool) -> str:
         latest = f"{CHECKPOINTS}/{list_checkpoints(run_dir)[-1].name}"
     if latest:
         return (f"the previous checkpoint {run_dir / latest} is intact ({fix}, then resume with "
-                f"--resume {run_dir})")
-    return f"no checkpoint was written ({fix}, then start again with --out {run_dir} --overwrite)"
+                f"--resume {shell_word(run_dir)})")
+    return f"no checkpoint was written ({fix}, then start again with --out {shell_word(run_dir)} --overwrite)"
 
 
 def save_checkpoint(
@@ -128,10 +129,17 @@ def _interrupted(exc: BaseException) -> bool:
     return False
 
 
+def shell_word(path: str | Path) -> str:
+    """``path`` as the advice in these messages prints it in a command to type: quoted for the shell
+    where it needs it (``'runs/my run'``), else as it is. (The CLI's own hints use
+    ``gptsmith.cli.shell``, which this layer may not import.)"""
+    return shlex.quote(str(path))
+
+
 def no_checkpoint_message(run_dir: Path) -> str:
     """What to do with a run that stopped before its first checkpoint (it has nothing to resume)."""
     return (f"{run_dir} has no checkpoint (the run stopped before its first one was saved): start it again "
-            f"with `gptsmith train --out {run_dir} --overwrite` and the same settings")
+            f"with `gptsmith train --out {shell_word(run_dir)} --overwrite` and the same settings")
 
 
 def write_pointer(run_dir: Path, name: str, target: str) -> None:
@@ -314,7 +322,8 @@ def find_resume_checkpoint(
             if not fallback:
                 raise
             problems.append((candidate, _without_fallback_advice(str(exc))))
-    start_again = f"every checkpoint is damaged: start the run again with --out {run_dir} --overwrite"
+    start_again = (f"every checkpoint is damaged: start the run again with --out {shell_word(run_dir)} "
+                   "--overwrite")
     raise CheckpointError(f"no loadable checkpoint in {run_dir}: " + "; ".join(m for _, m in problems)
                           + f" ({start_again})")
 

@@ -28,6 +28,7 @@ from gptsmith.train.checkpointing import (
     no_checkpoint_message,
     pointer_is_broken,
     read_pointer,
+    shell_word,
 )
 from gptsmith.train.run_log import METRICS_FILE, SAMPLES_FILE
 from gptsmith.version import __version__
@@ -58,7 +59,7 @@ def check_new_run_dir(run_dir: str | Path, *, overwrite: bool = False) -> None:
         if not list_checkpoints(run_dir):  # nothing to --resume from
             raise ConfigError(f"{run_dir} already holds a run, with no checkpoint (it stopped before its "
                               "first one was saved): replace it with --overwrite, or choose another --out")
-        raise ConfigError(f"{run_dir} already holds a run (continue it with --resume {run_dir}, "
+        raise ConfigError(f"{run_dir} already holds a run (continue it with --resume {shell_word(run_dir)}, "
                           "replace it with --overwrite, or choose another --out)")
     if any(run_dir.iterdir()):
         raise ConfigError(f"--out {run_dir} is a folder that holds files but no run (no {RUN_FILE}); pick "
@@ -97,15 +98,16 @@ def resume_advice(run_dir: str | Path) -> str:
     """How to go on with a run that just stopped: resume it, resume from an older checkpoint, or
     (when it has no checkpoint) start it again."""
     run_dir = Path(run_dir)
+    resume = f"gptsmith train --resume {shell_word(run_dir)}"
     latest = read_pointer(run_dir, "latest")
     if latest and is_complete(run_dir / latest):
-        return f"checkpoint {run_dir / latest} is kept (continue with: gptsmith train --resume {run_dir})"
+        return f"checkpoint {run_dir / latest} is kept (continue with: {resume})"
     if pointer_is_broken(run_dir) and list_checkpoints(run_dir):  # --resume finds the newest one
         newest = run_dir / CHECKPOINTS / list_checkpoints(run_dir)[-1].name
-        return f"checkpoint {newest} is kept (continue with: gptsmith train --resume {run_dir})"
+        return f"checkpoint {newest} is kept (continue with: {resume})"
     if list_checkpoints(run_dir):
         return (f"{run_dir}/latest names no complete checkpoint (continue from the newest good one with: "
-                f"gptsmith train --resume {run_dir} --fallback)")
+                f"{resume} --fallback)")
     return no_checkpoint_message(run_dir)
 
 
@@ -121,16 +123,17 @@ def divergence_advice(run_dir: Path | None, failed_step: int | None, *, lr: floa
     if not kept:
         if run_dir is None:
             return f"nothing was saved (start again with {fix})"
-        return f"no checkpoint was written yet (start again with --out {run_dir} --overwrite and {fix})"
+        return (f"no checkpoint was written yet (start again with --out {shell_word(run_dir)} --overwrite "
+                f"and {fix})")
     newest, older = kept[0], kept[1:]
     others = f"older: {', '.join(older)}" if older else "no older one"
-    restart = (f"delete {Path(run_dir) / newest} and resume from {older[0]} with --resume {run_dir} "
-               f"--fallback and {fix}" if older else f"start a new run with {fix}")
+    restart = (f"delete {Path(run_dir) / newest} and resume from {older[0]} with --resume "
+               f"{shell_word(run_dir)} --fallback and {fix}" if older else f"start a new run with {fix}")
     if failed_step is not None and newest == checkpoint_name(failed_step):
         return (f"the newest checkpoint {newest} holds the weights that gave it, so resuming from it "
                 f"fails again ({others}): {restart}")
     return (f"the newest checkpoint {newest} may already be diverging ({others}): resume with --resume "
-            f"{run_dir} and {fix}; if it diverges again, {restart}")
+            f"{shell_word(run_dir)} and {fix}; if it diverges again, {restart}")
 
 
 def environment_info() -> dict[str, str]:

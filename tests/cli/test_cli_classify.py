@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shlex
 import sys
 
 import pytest
@@ -35,7 +36,7 @@ def _finetune(base, data, out, *more):
 def test_finetune_then_classify_from_the_command_line(base, tmp_path, capsys):
     rows = labelled_rows(30) + [("", "ham"), (" ".join(["win"] * 40), "spam")]  # one empty, one too long
     data = write_tsv_label_first(tmp_path / "sms.tsv", rows)
-    out = tmp_path / "clf"
+    out = tmp_path / "my clf"  # a space: the printed commands must quote it
     code = _finetune(base, data, out, "--no-header", "--label-column", "0", "--text-column", "1",
                      "--trainable", "all", "--lr", "3e-3", "--epochs", "3", "--seed", "1")
     captured = capsys.readouterr()
@@ -45,6 +46,8 @@ def test_finetune_then_classify_from_the_command_line(base, tmp_path, capsys):
     assert "trainable parameters:" in captured.out and "epoch 3 step" in captured.out
     assert re.search(r"^test accuracy \d+\.\d% \(n=\d+\)$", captured.out, re.M), captured.out
     assert "true \\ predicted" in captured.out
+    try_it = shlex.split(captured.out.split("; try: ", 1)[1].splitlines()[0])
+    assert try_it == ["gptsmith", "classify", "--checkpoint", str(out), "some text"]
     texts = ["win cash prize now", "see you at home"]
     assert main(["classify", "--checkpoint", str(out), "--json", *texts]) == 0
     answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -58,7 +61,9 @@ def test_finetune_then_classify_from_the_command_line(base, tmp_path, capsys):
     assert lines[0].endswith("\tfree cash offer")
     assert f"note: skipped 1 blank line(s) of --file {texts}" in captured.err
     assert main(["generate", "--checkpoint", str(out), "--max-new-tokens", "2", "win"]) == 0  # it may, but:
-    assert f"gptsmith generate: warning: {out} is a classifier (ham, spam): " in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"gptsmith generate: warning: {out} is a classifier (ham, spam): " in err
+    assert f"(`gptsmith classify --checkpoint {shlex.quote(str(out))}` gives labels)" in err
     assert main(["info", str(out)]) == 0
     assert f"model:      {out} (gptsmith classifier of ham, spam)" in capsys.readouterr().out
     assert _finetune(base, data, out, "--no-header", "--label-column", "0", "--text-column", "1") == 2

@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def tuned(tmp_path_factory, base, data) -> tuple[Path, str]:
     import contextlib
     import io
 
-    out = tmp_path_factory.mktemp("tuned") / "instruct"
+    out = tmp_path_factory.mktemp("tuned") / "my instruct"  # a space: the printed commands must quote it
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         code = main(["finetune", "instruct", "--checkpoint", str(base), "--data", str(data),
@@ -87,6 +88,13 @@ def test_finetune_writes_a_model_dir_with_its_template_and_test_answers(tuned):
     assert {"instruction", "input", "reference", "answer", "stopped"} <= set(first)
     assert (first["instruction"], first["reference"]) == QA[20 % 5]
     assert load_model(out).instruction_template == "chatml"
+
+
+def test_the_ask_hint_runs_as_printed(tuned, capsys):
+    out, log = tuned
+    ask = shlex.split(log.split("ask it: ", 1)[1].splitlines()[0])
+    assert ask == ["gptsmith", "ask", "--checkpoint", str(out), "..."]  # "...": the user's question
+    assert main([*ask[1:-1], "Name a colour.", "--max-new-tokens", "3"]) == 0
 
 
 def test_ask_prints_only_the_answer_and_json_has_counts(tuned, capsys):

@@ -76,8 +76,9 @@ def test_every_verb_accepts_both_dtype_spellings(spelling, canonical):
 def test_train_refuses_fp16_and_names_the_choices(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--dtype", "fp16"])
-    err = capsys.readouterr().err
-    assert "--dtype: fp16 is not supported for training (it needs a gradient scaler): use bf16 or fp32" in err
+    assert capsys.readouterr().err == ("gptsmith train: error: argument --dtype: fp16 is not supported "
+                                       "for training (it needs a gradient scaler): use bf16 or fp32 (see "
+                                       "gptsmith train --help)\n")
     with pytest.raises(SystemExit):
         main(["generate", "--model", "gpt2", "--dtype", "fp64"])
     assert ("--dtype: unknown dtype 'fp64' (choose from auto, fp32, bf16, fp16; float32, bfloat16 and "

@@ -11,7 +11,8 @@ from generation_helpers import ByteTokenizer, tiny_model
 
 from gptsmith.data.tokenizer import get_tokenizer
 from gptsmith.data.windows import SlidingWindowDataset
-from gptsmith.errors import GptsmithError
+from gptsmith.errors import ConfigError, GptsmithError
+from gptsmith.generate.ask import ask, stream_answer
 from gptsmith.generate.generation import generate, stream_text, text_to_token_ids, token_ids_to_text
 
 
@@ -56,6 +57,27 @@ def test_stop_sequences_must_be_integer_ids_or_text(model):
         generate(model, [1, 2], 3, stop_sequences=[[4.5]])
     with pytest.raises(GptsmithError, match="stop_sequences must be a list"):
         generate(model, [1, 2], 3, stop_sequences=5.0)
+
+
+@pytest.mark.parametrize("decode", [
+    lambda model, **options: generate(model, [1, 2], max_new_tokens=5, **options),
+    lambda model, **options: generate(model, [[1, 2], [3]], 5, num_beams=2, **options),
+    lambda model, **options: stream_text(model, ByteTokenizer(), "hi", 5, **options),
+    lambda model, **options: ask(model, ByteTokenizer(), "hi", **options),
+    lambda model, **options: stream_answer(model, ByteTokenizer(), "hi", **options),
+], ids=["generate", "beam search", "stream_text", "ask", "stream_answer"])
+def test_every_decoder_names_a_misspelt_option_and_the_known_ones(model, decode):
+    # Python's own "unexpected keyword argument" TypeError would name neither the fix nor the options
+    with pytest.raises(ConfigError, match=r"unknown generation option\(s\) topk \(known: .*\btop_k\b"):
+        decode(model, topk=3)
+
+
+def test_generate_lists_its_own_keywords_among_the_known_options(model):
+    with pytest.raises(ConfigError) as error:
+        generate(model, [1, 2], 3, tokenzier="gpt2")
+    known = str(error.value).split("(known: ")[1].rstrip(")").split(", ")
+    assert {"attention_mask", "pad_id", "tokenizer", "temperature", "num_beams"} <= set(known)
+    assert "tokenzier" not in known
 
 
 def test_unknown_options_are_named_and_tokenizer_names_work(model):

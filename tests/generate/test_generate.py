@@ -288,10 +288,14 @@ def test_bad_options_raise_clear_errors(model, prompt, options, message):
         generate(model, prompt, **kwargs)
 
 
-def test_generation_config_from_dict_and_kwargs():
+def test_generation_config_from_dict_and_kwargs(model):
     cfg = from_dict(GenerationConfig, {"temperature": 0.7, "top_k": 40})
     assert cfg.temperature == 0.7 and cfg.max_new_tokens == 50
-    assert set(dataclasses.asdict(cfg)) <= set(generate.__code__.co_varnames)
+    cfg = dataclasses.replace(cfg, max_new_tokens=6, seed=3)
+    ids = torch.tensor([[1, 2, 3]])
+    # every field is one of generate's keywords, with the same meaning
+    assert torch.equal(generate(model, ids, **dataclasses.asdict(cfg)),
+                       generate(model, ids, 6, temperature=0.7, top_k=40, seed=3))
     with pytest.raises(ConfigError, match="unknown GenerationConfig field"):
         from_dict(GenerationConfig, {"temprature": 1.0})
 

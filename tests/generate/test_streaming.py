@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from generation_helpers import ByteTokenizer, scripted_model, tiny_model
+from generation_helpers import ByteTokenizer, interrupt_decoding, scripted_model, tiny_model
 
 from gptsmith.generate.generation import generate, stream_text
 
@@ -82,6 +82,21 @@ def test_stream_reports_tokens_and_stop_reason():
     assert stream.token_ids == tok.encode("ab") and stream.stop_reason == "eos"
     stream = stream_text(model, tok, [tok.eot_id], 1)
     assert "".join(stream) == "a" and stream.stop_reason == "max_new_tokens"
+
+
+def test_an_interrupted_stream_says_so_and_keeps_what_it_generated(monkeypatch):
+    tok = ByteTokenizer()
+    model = scripted_model(tok.encode("abc wor ld") + [tok.eot_id], prompt_length=1, vocab_size=257)
+    interrupt_decoding(monkeypatch, after_tokens=7)
+    stream = stream_text(model, tok, [tok.eot_id], 20, stop_sequences=["world"])
+    shown = []
+    with pytest.raises(KeyboardInterrupt):  # re-raised: the caller decides what Ctrl-C means
+        for piece in stream:
+            shown.append(piece)
+    assert "".join(shown) == "abc "  # "wor" was held back: it could have begun "world"
+    assert stream.stop_reason == "interrupted"
+    assert stream.token_ids == tok.encode("abc wor") and stream.text == "abc wor"
+    assert model.training  # back in the mode it was in (the stream decodes in eval mode)
 
 
 def test_stream_leaves_out_a_character_cut_by_max_new_tokens():
