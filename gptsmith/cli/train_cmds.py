@@ -11,8 +11,8 @@ from typing import Any
 
 from gptsmith.cli.train_configs import (
     build_configs,
+    check_vocab_size,
     file_values_named,
-    read_config_file,
     read_run_info,
     resume_configs,
 )
@@ -234,14 +234,10 @@ def _plan_new_run(args: argparse.Namespace) -> _Plan:
     with file_values_named(args, about="data"):  # (a corpus path in the file is read from here, not there)
         corpus = resolve_corpus(train_cfg.data, text_field=train_cfg.text_field)
     tokenizer = corpus_tokenizer(train_cfg.tokenizer, corpus)
-    notes = []
-    if model_cfg.vocab_size != tokenizer.vocab_size:  # one embedding per token id the tokenizer makes
-        asked = read_config_file(args.config)[0].get("vocab_size")  # a preset's 50,257 is not asked for
-        if asked is not None:
-            notes.append(f"note: model.vocab_size {asked} in {args.config} is replaced by the tokenizer's "
-                         f"{tokenizer.vocab_size:,} (the model has one embedding per token id)")
-        model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
-    return _Plan(run_dir, model_cfg, train_cfg, tokenizer, notes=notes)
+    check_vocab_size(args.config, tokenizer.name, tokenizer.vocab_size)
+    # One embedding per token id the tokenizer makes: a preset's 50,257 yields to a word-level vocabulary.
+    model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
+    return _Plan(run_dir, model_cfg, train_cfg, tokenizer)
 
 
 def _check_memory(plan: _Plan) -> None:

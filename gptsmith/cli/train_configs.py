@@ -161,6 +161,18 @@ def _blame_file_value(message: str, keys: dict[str, tuple[str, str | None]], abo
     return None
 
 
+def check_vocab_size(config: str | None, tokenizer: str, vocab_size: int) -> None:
+    """Refuse a --config file's ``model.vocab_size`` other than the tokenizer's ``vocab_size``: the
+    model has one embedding per token id the tokenizer makes, so the tokenizer sets it (a file's
+    other value could only be ignored, or break the run)."""
+    if not config:
+        return
+    asked = read_config_file(config)[0].get("vocab_size")
+    if asked is not None and asked != vocab_size:
+        raise ConfigError(f"{config}: model.vocab_size {asked} does not match the {tokenizer} tokenizer's "
+                          f"{vocab_size} (remove it from the file: the tokenizer sets the vocabulary size)")
+
+
 def build_configs(args: argparse.Namespace) -> tuple[Any, Any]:
     """(GPTConfig, TrainConfig) from recipe < config file < flags."""
     with file_values_named(args):
@@ -236,6 +248,7 @@ def _resume_configs(args: argparse.Namespace, run_dir: Path, run_info: dict) -> 
     run_json = str(run_dir / "run.json")
     check_fields(GPTConfig, run_info["model"], source=run_json)
     model_cfg = GPTConfig(**run_info["model"])
+    check_vocab_size(args.config, run_info["train"].get("tokenizer", "gpt2"), model_cfg.vocab_size)
     asked_model = _asked_model(args, model_cfg)
     if asked_model is not None:
         _refuse_differences("the model config", model_cfg.to_dict(), asked_model.to_dict(), run_dir,
@@ -297,7 +310,7 @@ def _asked_model(args: argparse.Namespace, run_model: Any) -> Any | None:
         if args.context_length is not None:
             model_section["context_length"] = args.context_length
         asked = replace(run_model, source=args.config or "flags", **model_section)
-    # The tokenizer sets the vocabulary size, never a flag (a new run replaces it the same way).
+    # The tokenizer sets the vocabulary size (check_vocab_size refused a file's other value).
     return dataclasses.replace(asked, vocab_size=run_model.vocab_size)
 
 

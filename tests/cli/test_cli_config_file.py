@@ -1,14 +1,17 @@
 """`gptsmith train --config FILE`: a value of the file that cannot work is one line that names the
 file, the dotted key and the fix, wherever it is found out (a run's settings, its preset, its
-corpus, its device) (tiny model, simple tokenizer, small corpus)."""
+corpus, its device, a resume); the model's vocabulary size is the tokenizer's, never the file's
+(tiny model, simple tokenizer, small corpus)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from training_helpers import write_cli_inputs
+from training_helpers import train_args, write_cli_inputs
 
 from gptsmith.cli import main
+from gptsmith.data.tokenizer import SimpleTokenizerV2
+from gptsmith.model.checkpoint import load_model
 
 
 @pytest.fixture
@@ -107,3 +110,27 @@ def test_a_device_from_the_file_that_is_not_here_is_blamed_on_the_file(inputs, t
                                       "--device)")
     assert not (tmp_path / "run").exists()
 
+
+def test_a_vocab_size_in_the_file_must_be_the_tokenizers(inputs, tmp_path, capsys):
+    corpus, config = inputs
+    words = SimpleTokenizerV2.from_text(corpus.read_text()).vocab_size
+    tiny = config.read_text()
+    config.write_text(tiny.replace("  preset: tiny\n", "  preset: tiny\n  vocab_size: 100\n"))
+    run = tmp_path / "run"
+    assert main(train_args(corpus, config, run, "--max-steps", "1")) == 2
+    refused = (f"{config}: model.vocab_size 100 does not match the simple tokenizer's {words} (remove it "
+               "from the file: the tokenizer sets the vocabulary size)")
+    assert one_error_line(capsys) == refused  # not quietly replaced: the file asked for another model
+    assert not run.exists()
+    config.write_text(tiny.replace("  preset: tiny\n", f"  preset: tiny\n  vocab_size: {words}\n"))
+    assert main(train_args(corpus, config, run, "--max-steps", "1", "--eval-every", "1")) == 0
+    assert load_model(run).cfg.vocab_size == words
+    capsys.readouterr()
+    # A resume is checked the same way (the run's vocabulary is its tokenizer's), and so are other values.
+    config.write_text(tiny.replace("  preset: tiny\n", "  preset: tiny\n  vocab_size: 100\n"))
+    resume = ["train", "--resume", str(run), "--config", str(config), "--max-steps", "2", "--no-progress"]
+    assert main(resume) == 2
+    assert one_error_line(capsys) == refused
+    config.write_text(tiny + "  device: gpu\n")
+    assert main(resume) == 2
+    assert one_error_line(capsys).startswith(f"{config}: train.device: unknown device 'gpu' (choose from ")
