@@ -10,7 +10,7 @@ from pathlib import Path
 
 from gptsmith.config import parse_assignments
 from gptsmith.device import dtype_arg
-from gptsmith.errors import CheckpointError, ConfigError, GptsmithError
+from gptsmith.errors import ConfigError, GptsmithError
 from gptsmith.model.config import PRESETS, GPTConfig
 
 
@@ -99,7 +99,7 @@ def _describe_source(name: str, overrides: dict | None = None) -> tuple[GPTConfi
             f"{name!r} is neither a preset ({', '.join(PRESETS)}) nor an existing checkpoint path{hint}"
         )
     from gptsmith.model.checkpoint import (
-        WEIGHTS_FILE,
+        check_weights_file,
         config_from_checkpoint,
         read_model_config,
         resolve_model_dir,
@@ -109,10 +109,8 @@ def _describe_source(name: str, overrides: dict | None = None) -> tuple[GPTConfi
     model_dir = resolve_model_dir(path)
     config = read_model_config(model_dir)
     cfg = config_from_checkpoint(model_dir)
-    weights = model_dir / WEIGHTS_FILE
     if config["format"] != "hf-gpt2":
-        if not weights.is_file():
-            raise CheckpointError(f"{weights} is missing (the checkpoint is incomplete)")
+        weights = check_weights_file(model_dir)
         check_state_shapes(cfg, safetensors_shapes(weights), source=str(weights))
     else:
         from gptsmith.model.hf_gpt2 import check_hf_weights

@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from gptsmith.cli.shell import command_line
-from gptsmith.cli.train_configs import build_configs, read_config_file, read_run_info, resume_configs
+from gptsmith.cli.train_configs import (
+    build_configs,
+    check_vocab_size,
+    file_values_named,
+    read_run_info,
+    resume_configs,
+)
 from gptsmith.cli.train_progress import ProgressPrinter, say
 from gptsmith.device import DEVICE_HELP, TRAIN_DTYPES, device_arg, dtype_arg
 from gptsmith.errors import ConfigError
@@ -147,11 +153,12 @@ def run_train(args: argparse.Namespace) -> int:
     from gptsmith.train.trainer import Trainer
 
     _check_path_flags(args)
-    plan = _plan_resume(args) if args.resume else _plan_new_run(args)
-    if plan is None:
-        return 0
+    with file_values_named(args):  # a value from --config that cannot work is blamed on the file
+        plan = _plan_resume(args) if args.resume else _plan_new_run(args)
+        if plan is None:
+            return 0
+        _check_memory(plan)  # in a second, before the corpus is tokenized or the model built
     run_dir, train_cfg = plan.run_dir, plan.train_cfg
-    _check_memory(plan)  # in a second, before the corpus is tokenized or the model built
     train_tokens, val_tokens, data_info = _prepare_data(train_cfg, plan.tokenizer)
     if plan.run_info.get("data_info", {}).get("checksum") not in (None, data_info["checksum"]):
         raise ConfigError(f"the corpus {train_cfg.data!r} changed since {run_dir} started (its token "
@@ -225,16 +232,13 @@ def _plan_new_run(args: argparse.Namespace) -> _Plan:
     model_cfg, train_cfg = build_configs(args)
     run_dir = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     check_new_run_dir(run_dir, overwrite=args.overwrite)
-    corpus = resolve_corpus(train_cfg.data, text_field=train_cfg.text_field)
+    with file_values_named(args, about="data"):  # (a corpus path in the file is read from here, not there)
+        corpus = resolve_corpus(train_cfg.data, text_field=train_cfg.text_field)
     tokenizer = corpus_tokenizer(train_cfg.tokenizer, corpus)
-    notes = []
-    if model_cfg.vocab_size != tokenizer.vocab_size:  # one embedding per token id the tokenizer makes
-        asked = read_config_file(args.config)[0].get("vocab_size")  # a preset's 50,257 is not asked for
-        if asked is not None:
-            notes.append(f"note: model.vocab_size {asked} in {args.config} is replaced by the tokenizer's "
-                         f"{tokenizer.vocab_size:,} (the model has one embedding per token id)")
-        model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
-    return _Plan(run_dir, model_cfg, train_cfg, tokenizer, notes=notes)
+    check_vocab_size(args.config, tokenizer.name, tokenizer.vocab_size)
+    # One embedding per token id the tokenizer makes: a preset's 50,257 yields to a word-level vocabulary.
+    model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
+    return _Plan(run_dir, model_cfg, train_cfg, tokenizer)
 
 
 def _check_memory(plan: _Plan) -> None:

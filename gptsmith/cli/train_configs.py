@@ -16,12 +16,13 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from gptsmith.errors import CheckpointError, ConfigError
-from gptsmith.train.config import CONFIG_FILE_ONLY, flag
+from gptsmith.errors import CheckpointError, ConfigError, GptsmithError
+from gptsmith.train.config import flag
 
 # Flags that map one-to-one onto TrainConfig fields (flag dest -> field).
 TRAIN_FLAGS = {
@@ -76,7 +77,7 @@ def flag_values(args: argparse.Namespace) -> dict[str, Any]:
 
 def model_config(args: argparse.Namespace) -> Any:
     """The GPTConfig of recipe < config file < --preset < --context-length."""
-    from gptsmith.model.gpt import GPTConfig
+    from gptsmith.model.gpt import PRESETS, GPTConfig
     from gptsmith.train.recipes import get_recipe
 
     recipe = get_recipe(args.recipe or "default")
@@ -90,43 +91,96 @@ def model_config(args: argparse.Namespace) -> Any:
         if args.context_length < 1:
             raise ConfigError(f"--context-length must be > 0, got {args.context_length}")
         model_over["context_length"] = args.context_length
+    if not isinstance(preset, str) or preset not in PRESETS:  # named as the flag, so a file's is blamed
+        raise ConfigError(f"--preset: unknown model preset {preset!r} (known: {', '.join(PRESETS)})")
     return GPTConfig.from_preset(preset, **model_over)
 
 
 @contextlib.contextmanager
-def _file_values_named(args: argparse.Namespace) -> Iterator[None]:
+def file_values_named(args: argparse.Namespace, *, about: str | None = None) -> Iterator[None]:
     """Re-raise an error about a value that came from the --config file (not overridden by a flag)
-    so that it names the file and the key, e.g. ``run.yaml: train.lr must be > 0, got -1``."""
+    so that it names the file and the dotted key, e.g. ``run.yaml: train.lr must be > 0, got -1
+    (fix it in the file, or override it with --lr)``: the one way a config-file value is blamed.
+
+    An error is about a key when its message starts with the name the library gives the key (see
+    ``_file_keys``), or mentions a model field the file sets (``emb_dim ... n_heads``); with
+    ``about`` (a train: key, e.g. ``"data"``) every error raised inside is about that key.
+    """
     try:
         yield
-    except ConfigError as exc:
+    except GptsmithError as exc:
         if not args.config:
             raise
-        message, flags = str(exc), flag_values(args)
         try:
-            model_keys, train_keys = (set(section) for section in read_config_file(args.config))
-        except ConfigError:
+            keys = _file_keys(args)
+        except GptsmithError:
             raise exc from None
-        for key in sorted(train_keys - set(flags)):
-            name = flag(key)
-            if message.startswith(name) and message[len(name):len(name) + 1] in (" ", ":"):
-                fix = "fix it in the file"
-                if key not in CONFIG_FILE_ONLY:
-                    fix += f", or override it with {name}"
-                raise ConfigError(f"{args.config}: train.{key}{message[len(name):]} ({fix})") from None
-        for key in sorted(model_keys):
-            if message.startswith(f"GPTConfig.{key} "):
-                raise ConfigError(f"{args.config}: model.{message.removeprefix('GPTConfig.')}") from None
-        raise
+        named = _blame_file_value(str(exc), keys, about)
+        if named is None:
+            raise
+        raise type(exc)(f"{args.config}: {named}") from None
+
+
+def _file_keys(args: argparse.Namespace) -> dict[str, tuple[str, str | None]]:
+    """The --config file's keys that no flag overrides: dotted key -> (the name the library's
+    messages give it, the flag that could override it or None)."""
+    model, train = read_config_file(args.config)
+    flags = flag_values(args)
+    overrides = {field: "--" + dest.replace("_", "-") for dest, field in TRAIN_FLAGS.items()}
+    overrides["context_length"] = "--context-length"  # it sets the model's context and the windows
+    keys: dict[str, tuple[str, str | None]] = {}
+    for key in train:
+        if key not in flags and not (key == "context_length" and args.context_length is not None):
+            keys[f"train.{key}"] = (flag(key), overrides.get(key))
+    for key in model:
+        if key == "preset" and not args.preset:
+            keys["model.preset"] = ("--preset", "--preset")
+        elif key == "context_length" and args.context_length is None:
+            keys["model.context_length"] = ("GPTConfig.context_length", "--context-length")
+        elif key not in ("preset", "context_length"):
+            keys[f"model.{key}"] = (f"GPTConfig.{key}", None)
+    return keys
+
+
+def _blame_file_value(message: str, keys: dict[str, tuple[str, str | None]], about: str | None) -> str | None:
+    """``message`` told as the file's (without the file's name), or None when no key of the file
+    is to blame."""
+    def fix(key: str) -> str:
+        override = keys[key][1]
+        return "fix it in the file" + (f", or override it with {override}" if override else "")
+
+    if about is not None and f"train.{about}" in keys:
+        return f"train.{about}: {message} ({fix(f'train.{about}')})"
+    for key, (name, _) in sorted(keys.items()):
+        if message.startswith(name) and message[len(name):len(name) + 1] in (" ", ":"):
+            return f"{key}{message[len(name):]} ({fix(key)})"
+    if message.startswith("GPTConfig."):  # a check of two fields, e.g. emb_dim % n_heads, the file set one
+        for key in sorted(keys):
+            if key.startswith("model.") and re.search(rf"\b{re.escape(key[6:])}\b", message):
+                return f"{key}: {message.removeprefix('GPTConfig.')} ({fix(key)})"
+    return None
+
+
+def check_vocab_size(config: str | None, tokenizer: str, vocab_size: int) -> None:
+    """Refuse a --config file's ``model.vocab_size`` other than the tokenizer's ``vocab_size``: the
+    model has one embedding per token id the tokenizer makes, so the tokenizer sets it (a file's
+    other value could only be ignored, or break the run)."""
+    if not config:
+        return
+    asked = read_config_file(config)[0].get("vocab_size")
+    if asked is not None and asked != vocab_size:
+        raise ConfigError(f"{config}: model.vocab_size {asked} does not match the {tokenizer} tokenizer's "
+                          f"{vocab_size} (remove it from the file: the tokenizer sets the vocabulary size)")
 
 
 def build_configs(args: argparse.Namespace) -> tuple[Any, Any]:
     """(GPTConfig, TrainConfig) from recipe < config file < flags."""
-    with _file_values_named(args):
+    with file_values_named(args):
         return _build_configs(args)
 
 
 def _build_configs(args: argparse.Namespace) -> tuple[Any, Any]:
+    from gptsmith.data.shards import check_corpus_tokenizer
     from gptsmith.train.config import TrainConfig
     from gptsmith.train.recipes import get_recipe
 
@@ -147,6 +201,10 @@ def _build_configs(args: argparse.Namespace) -> tuple[Any, Any]:
         train_over = {**train_over, "sample_prompt": ""}
     train_cfg = TrainConfig.from_dict({**train_over, **flags}, source=args.config or "flags")
     train_cfg.check()
+    try:  # a tokenizer's name is checked before the corpus is read (TrainConfig leaves it to its caller)
+        check_corpus_tokenizer(train_cfg.tokenizer)
+    except ConfigError as exc:
+        raise ConfigError(f"--tokenizer: {exc}") from None
     return model_config(args), train_cfg
 
 
@@ -172,7 +230,7 @@ def read_run_info(run_dir: Path) -> dict:
 
 def resume_configs(args: argparse.Namespace, run_dir: Path, run_info: dict) -> tuple[Any, Any, list[str]]:
     """(GPTConfig, TrainConfig, notes to print) for resuming ``run_dir`` as ``args`` ask."""
-    with _file_values_named(args):
+    with file_values_named(args):
         return _resume_configs(args, run_dir, run_info)
 
 
@@ -190,6 +248,7 @@ def _resume_configs(args: argparse.Namespace, run_dir: Path, run_info: dict) -> 
     run_json = str(run_dir / "run.json")
     check_fields(GPTConfig, run_info["model"], source=run_json)
     model_cfg = GPTConfig(**run_info["model"])
+    check_vocab_size(args.config, run_info["train"].get("tokenizer", "gpt2"), model_cfg.vocab_size)
     asked_model = _asked_model(args, model_cfg)
     if asked_model is not None:
         _refuse_differences("the model config", model_cfg.to_dict(), asked_model.to_dict(), run_dir,
@@ -251,7 +310,7 @@ def _asked_model(args: argparse.Namespace, run_model: Any) -> Any | None:
         if args.context_length is not None:
             model_section["context_length"] = args.context_length
         asked = replace(run_model, source=args.config or "flags", **model_section)
-    # The tokenizer sets the vocabulary size, never a flag (a new run replaces it the same way).
+    # The tokenizer sets the vocabulary size (check_vocab_size refused a file's other value).
     return dataclasses.replace(asked, vocab_size=run_model.vocab_size)
 
 

@@ -32,6 +32,7 @@ from gptsmith.data.tokenizer import (
     get_tokenizer,
     load_tokenizer,
     save_tokenizer,
+    tokenizer_kind,
 )
 from gptsmith.errors import ConfigError, DataError
 from gptsmith.storage import (  # one place for writes
@@ -115,14 +116,20 @@ def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
     return getattr(tokenizer, "fingerprint", tokenizer.name)
 
 
+def check_corpus_tokenizer(name: object) -> str:
+    """The kind of tokenizer ``name`` is (``tokenizer_kind``), if it can tokenize a corpus; reads no file."""
+    kind = tokenizer_kind(name)
+    if kind == "simple-v1":
+        raise ConfigError("tokenizer 'simple-v1' cannot tokenize a corpus: it has no <|endoftext|> to put "
+                          "between documents (use --tokenizer simple, which adds it)")
+    return kind
+
+
 def corpus_tokenizer(name: str, source: str | Path | CorpusSource) -> Tokenizer:
     """The tokenizer ``name`` for training on ``source``: GPT-2's BPE, or for "simple" a word-level
     vocabulary built from the corpus itself (every word of it, so none is ``<|unk|>``)."""
-    if isinstance(name, str) and name.lower() in {"simple", "simple-v2"}:
+    if check_corpus_tokenizer(name) == "simple":
         return SimpleTokenizerV2.from_documents(resolve_corpus(source).documents())
-    if isinstance(name, str) and name.lower() == "simple-v1":
-        raise ConfigError("tokenizer 'simple-v1' cannot tokenize a corpus: it has no <|endoftext|> to put "
-                          "between documents (use --tokenizer simple, which adds it)")
     return get_tokenizer(name)
 
 

@@ -171,6 +171,9 @@ class GPT2Tokenizer:
 # ---------------------------------------------------------------------------------------------
 
 TOKENIZER_NAMES = ("gpt2", "simple")
+# Every spelling ``get_tokenizer`` takes (any case) -> the tokenizer it means.
+_SPELLINGS = {"gpt2": "gpt2", "gpt-2": "gpt2", "r50k_base": "gpt2",
+              "simple": "simple", "simple-v2": "simple", "simple-v1": "simple-v1"}
 VOCAB_FILE = "vocab.json"  # a word-level tokenizer's vocabulary, saved beside a shard or a model
 
 
@@ -198,6 +201,17 @@ def _tokenizer_name(name: object) -> str:
     return name
 
 
+def tokenizer_kind(name: object) -> str:
+    """Which tokenizer ``name`` means: "gpt2", "simple" or "simple-v1" (any spelling, any case).
+
+    Reads no file, so a mistyped name is refused before any slow work (reading a corpus, say).
+    """
+    kind = _SPELLINGS.get(_tokenizer_name(name).lower())
+    if kind is None:
+        raise ConfigError(f"unknown tokenizer {name!r} (known: {', '.join(TOKENIZER_NAMES)})")
+    return kind
+
+
 def get_tokenizer(
     name: str = "gpt2", *, bpe_path: str | Path | None = None, text: str | None = None
 ) -> Tokenizer:
@@ -207,16 +221,14 @@ def get_tokenizer(
     ``"simple"``: ``SimpleTokenizerV2`` over the words of ``text`` (default: the built-in corpus,
     whose vocabulary depends on the Python version that ships it).
     """
-    key = _tokenizer_name(name).lower()
-    if key in {"gpt2", "gpt-2", "r50k_base"}:
+    kind = tokenizer_kind(name)
+    if kind == "gpt2":
         return GPT2Tokenizer.from_files(bpe_path)
-    if key in {"simple", "simple-v2"}:
+    if kind == "simple":
         return SimpleTokenizerV2.from_text(text) if text is not None else _builtin_simple_tokenizer()
-    if key == "simple-v1":
-        if text is None:
-            raise ConfigError("tokenizer 'simple-v1' needs text= to build its vocabulary from")
-        return SimpleTokenizerV1.from_text(text)
-    raise ConfigError(f"unknown tokenizer {name!r} (known: {', '.join(TOKENIZER_NAMES)})")
+    if text is None:
+        raise ConfigError("tokenizer 'simple-v1' needs text= to build its vocabulary from")
+    return SimpleTokenizerV1.from_text(text)
 
 
 def save_tokenizer(tokenizer: Tokenizer, directory: str | Path) -> Path | None:

@@ -11,8 +11,10 @@ stored (safetensors refuses to store one tensor twice) and the tie is rebuilt on
 
 A *run directory* (written by the trainer) holds a text file ``latest`` whose content is the
 relative path of its newest model directory; every loader here accepts either kind. A run whose
-``latest`` is missing or names no complete checkpoint is read from its newest complete
-``checkpoints/step-N`` instead, with a warning that says so (``resolve_model_dir``).
+``latest`` is missing, unreadable or names nothing on disk is read from its newest complete
+``checkpoints/step-N`` instead, with a warning that says so (``resolve_model_dir``); a ``latest``
+that names a folder missing a file is an error naming the older checkpoint to use
+(``incomplete_latest``).
 Hugging Face GPT-2 directories and hub names are handled by ``gptsmith.model.hf_gpt2``.
 """
 
@@ -43,6 +45,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 LATEST_FILE = "latest"
 CHECKPOINTS = "checkpoints"  # a run directory's folder of step-N model directories
+MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE)  # what a model directory needs to load
 # Our GPT-2 preset names -> the Hugging Face hub repositories of OpenAI's released weights.
 PRESET_HUB_NAMES = {
     "gpt2-small": "gpt2",
@@ -117,6 +120,13 @@ def resolve_model_dir(path: str | Path) -> Path:
     if (path / CONFIG_FILE).is_file():
         return path
     if (path / LATEST_FILE).exists() or (path / CHECKPOINTS).is_dir():  # a run directory
+        incomplete = incomplete_latest(path)
+        if incomplete is not None:  # not recovered from quietly: newer steps than the one used are lost
+            folder, missing, older = incomplete
+            them = "it" if len(missing) == 1 else "them"
+            fix = (f"load the newest complete one, {older}, instead, or restore {them}" if older
+                   else f"restore {them}: the run has no other complete checkpoint")
+            raise CheckpointError(incomplete_checkpoint_message(folder, missing, fix))
         target_name = read_pointer(path, LATEST_FILE)
         if target_name and (path / target_name / CONFIG_FILE).is_file():
             return (path / target_name).resolve()
@@ -160,16 +170,57 @@ def complete_checkpoints(run_dir: str | Path) -> list[Path]:
                   if p.is_dir() and p.name.startswith("step-") and (p / CONFIG_FILE).is_file())
 
 
-def newest_complete_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint of a run, or None: what a broken ``latest`` is recovered from."""
-    checkpoints = complete_checkpoints(run_dir)
+def newest_complete_checkpoint(run_dir: str | Path, required: tuple[str, ...] = MODEL_FILES) -> Path | None:
+    """The newest checkpoint of a run that holds every file of ``required``, or None: what a broken
+    ``latest`` is recovered from, and what an incomplete one's error suggests instead."""
+    checkpoints = [p for p in complete_checkpoints(run_dir) if not _missing(p, required)]
     return checkpoints[-1] if checkpoints else None
+
+
+def _missing(folder: Path, required: tuple[str, ...]) -> list[str]:
+    return [name for name in required if not (folder / name).is_file()]
+
+
+def incomplete_latest(run_dir: str | Path, required: tuple[str, ...] = MODEL_FILES
+                      ) -> tuple[Path, list[str], Path | None] | None:
+    """(the folder, the files of ``required`` it lacks, the newest other checkpoint that has them
+    all or None) when ``RUN_DIR/latest`` names a folder that exists but is incomplete; else None.
+
+    ``latest`` moves only after a save is complete, so this is a checkpoint damaged since (a file
+    deleted, a copy cut short): every command refuses it in the same words
+    (``incomplete_checkpoint_message``) rather than quietly using an older step. A ``latest`` that
+    is missing or names nothing on disk is another case (``broken_pointer_note``): there only the
+    pointer is lost, and the newest complete checkpoint is the run's.
+    """
+    run_dir = Path(run_dir)
+    target = read_pointer(run_dir, LATEST_FILE)
+    folder = run_dir / target if target else None
+    if folder is None or not folder.is_dir():
+        return None
+    missing = _missing(folder, required)
+    if not missing:
+        return None
+    older = [p for p in complete_checkpoints(run_dir) if p != folder and not _missing(p, required)]
+    return folder, missing, older[-1] if older else None
+
+
+def incomplete_checkpoint_message(folder: Path, missing: list[str], fix: str) -> str:
+    """The one line for an incomplete latest checkpoint (see ``incomplete_latest``); ``fix`` is the
+    command's way on (load an older step, resume with --fallback)."""
+    files = " or ".join(missing) if len(missing) < 3 else f"{', '.join(missing[:-1])} or {missing[-1]}"
+    return f"the latest checkpoint {folder} has no {files} (its save was cut short, or a file was deleted; " \
+           f"{fix})"
 
 
 def broken_pointer_note(run_dir: str | Path) -> str:
     """How a run's broken ``latest`` is described wherever it is recovered from (train, generate, info)."""
     target = read_pointer(run_dir, LATEST_FILE)
-    why = "is missing or unreadable" if target is None else f"names {target!r}, which is gone"
+    if target is None:
+        why = "is missing or unreadable"
+    elif (Path(run_dir) / target).exists():  # (a folder there is an incomplete_latest, never this)
+        why = f"names {target!r}, which is not a checkpoint folder"
+    else:
+        why = f"names {target!r}, which is gone"
     return f"{Path(run_dir)}/{LATEST_FILE} names no checkpoint (it {why})"
 
 
@@ -244,6 +295,15 @@ def read_model_config(path: str | Path) -> dict:
     )
 
 
+def check_weights_file(model_dir: Path) -> Path:
+    """``model_dir``'s model.safetensors, or the one error for a model directory without it."""
+    path = Path(model_dir) / WEIGHTS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{model_dir} has {CONFIG_FILE} but no {WEIGHTS_FILE} (its save was cut short, "
+                              "or the file was deleted; restore it, or pass another checkpoint)")
+    return path
+
+
 def config_from_checkpoint(path: str | Path) -> GPTConfig:
     """The ``GPTConfig`` stored in a model/run directory (or translated from a HF GPT-2 config)."""
     config = read_model_config(path)
@@ -294,11 +354,7 @@ def load_model_dir(
 
         return load_hf_model_dir(model_dir, device=device, dtype=dtype)
     cfg = config_from_checkpoint(model_dir)
-    weights_path = model_dir / WEIGHTS_FILE
-    if not weights_path.is_file():
-        raise CheckpointError(
-            f"{model_dir} has {CONFIG_FILE} but no {WEIGHTS_FILE} (the save was interrupted?)"
-        )
+    weights_path = check_weights_file(model_dir)
     state = read_safetensors(weights_path)
     model = build_model(cfg, state, source=str(weights_path), device=device, dtype=dtype)
     # The prompt template an instruction-tuned model was trained with (None: a plain language

@@ -35,9 +35,12 @@ from gptsmith.errors import CheckpointError, ConfigError, StorageError
 from gptsmith.model.checkpoint import (  # noqa: F401 (CHECKPOINTS, read_pointer: part of this module's API)
     CHECKPOINTS,
     CONFIG_FILE,
+    MODEL_FILES,
     WEIGHTS_FILE,
     broken_pointer_note,
     complete_checkpoints,
+    incomplete_checkpoint_message,
+    incomplete_latest,
     read_model_config,
     read_pointer,
     save_model,
@@ -302,6 +305,16 @@ def find_resume_checkpoint(
         raise CheckpointError(f"run directory not found: {run_dir} (pass the --out of an earlier run)")
     latest = read_pointer(run_dir, "latest")
     candidates = [run_dir / latest] if latest and not pointer_is_broken(run_dir) else []
+    incomplete = None if fallback else incomplete_latest(run_dir, (*MODEL_FILES, STATE_FILE))
+    if incomplete is not None:  # as every loader words it; the way on here is --fallback
+        folder, missing, older = incomplete
+        restore = "restore it" if len(missing) == 1 else "restore them"
+        if older is not None:
+            fix = (f"resume from the newest complete one, {CHECKPOINTS}/{older.name}, with --fallback, "
+                   f"or {restore}")
+        else:
+            fix = f"{restore}, or start the run again with --out {run_dir} --overwrite"
+        raise CheckpointError(incomplete_checkpoint_message(folder, missing, fix))
     note = None
     if not candidates and not fallback and list_checkpoints(run_dir):
         # A missing or broken pointer loses nothing: the newest complete checkpoint is the run's.

@@ -141,7 +141,10 @@ class TrainConfig:
             positive("sample_top_k", self.sample_top_k, whole=True)
         if self.time_budget is not None:
             parse_duration(self.time_budget)
-        parse_device(self.device)  # a typo is an error here, before any work
+        try:
+            parse_device(self.device)  # a typo is an error here, before any work
+        except ConfigError as exc:  # named as the flag, as --dtype is (so a config file's is blamed)
+            raise ConfigError(f"--device: {exc}") from None
         try:
             self.dtype = parse_dtype(self.dtype, TRAIN_DTYPES)  # bfloat16 in a config file is bf16
         except ConfigError as exc:

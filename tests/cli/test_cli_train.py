@@ -268,16 +268,6 @@ def test_sample_prompt_follows_the_data(tmp_path):
     assert prompt("--config", str(config)) == "Hello"
 
 
-def test_a_vocab_size_the_tokenizer_replaces_is_noted(inputs, tmp_path, capsys):
-    corpus, config = inputs
-    config.write_text(config.read_text().replace("  preset: tiny\n", "  preset: tiny\n  vocab_size: 100\n"))
-    assert main(train_args(corpus, config, tmp_path / "run", "--max-steps", "1")) == 0
-    words = SimpleTokenizerV2.from_text(corpus.read_text()).vocab_size
-    assert (f"note: model.vocab_size 100 in {config} is replaced by the tokenizer's {words:,}"
-            in capsys.readouterr().out)
-    assert load_model(tmp_path / "run").cfg.vocab_size == words
-
-
 def test_a_split_far_from_val_fraction_is_noted(inputs, tmp_path, capsys):
     corpus, config = inputs
     documents = tmp_path / "docs"

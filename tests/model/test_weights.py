@@ -69,6 +69,18 @@ def test_run_directory_resolves_through_latest(tmp_path):
     atomic_write_text(tmp_path / "latest", "checkpoints/step-000020")  # gone: the newest complete one
     with pytest.warns(UserWarning, match="names 'checkpoints/step-000020', which is gone.*step-000010"):
         assert resolve_model_dir(tmp_path).name == "step-000010"
+    (tmp_path / "checkpoints" / "step-000020").write_text("")  # there, but no folder: not "gone"
+    with pytest.warns(UserWarning, match="names 'checkpoints/step-000020', which is not a checkpoint folder"):
+        assert resolve_model_dir(tmp_path).name == "step-000010"
+    (tmp_path / "checkpoints" / "step-000020").unlink()
+    save_model(GPTModel(TINY), tmp_path / "checkpoints" / "step-000020")
+    (tmp_path / "checkpoints" / "step-000020" / "model.safetensors").unlink()  # there, but incomplete
+    with pytest.raises(CheckpointError, match=r"latest checkpoint .*step-000020 has no model.safetensors "
+                       r"\(.*load the newest complete one, .*step-000010, instead"):
+        load_model(tmp_path)
+    (tmp_path / "latest").unlink()  # no pointer: the newest step that loads is the run's
+    with pytest.warns(UserWarning, match=r"unreadable\); using the newest complete one, .*step-000010"):
+        assert resolve_model_dir(tmp_path).name == "step-000010"
     (tmp_path / "checkpoints" / "step-000010" / "config.json").unlink()
     with pytest.raises(CheckpointError, match="has no complete checkpoint"):
         resolve_model_dir(tmp_path)

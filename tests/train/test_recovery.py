@@ -1,6 +1,7 @@
 """A run whose `latest` pointer is missing or broken is recovered from its newest good checkpoint,
-by `train --resume`, `generate` and `info` alike; no message ever advises `--overwrite` while a
-loadable checkpoint exists (tiny model, simple tokenizer, small corpus)."""
+by `train --resume`, `generate` and `info` alike; a `latest` that names an incomplete checkpoint is
+the same one-line error for every command, naming the older one to use; no message ever advises
+`--overwrite` while a loadable checkpoint exists (tiny model, simple tokenizer, small corpus)."""
 
 from __future__ import annotations
 
@@ -78,6 +79,63 @@ def test_generate_and_info_use_the_newest_good_checkpoint_and_say_so(run_copy, c
     assert main(["generate", "--checkpoint", str(run_copy), "--max-new-tokens", "3", "--device", "cpu",
                  "the"]) == 0
     assert "checkpoints/step-000002" in capsys.readouterr().err
+
+
+def loaders(run: Path, corpus: Path) -> dict[str, list[str]]:
+    """A command line of every verb that loads a run's latest checkpoint as a model."""
+    return {"eval": ["eval", "--checkpoint", str(run), "--data", str(corpus), "--device", "cpu",
+                     "--max-batches", "1", "--batch-size", "1"],
+            "info": ["info", str(run)],
+            "generate": ["generate", "--checkpoint", str(run), "--device", "cpu", "--max-new-tokens", "2",
+                         "the"]}
+
+
+@pytest.mark.parametrize("missing", ["model.safetensors", "config.json"])
+def test_an_incomplete_latest_checkpoint_is_one_error_for_every_command(trained, run_copy, capsys, missing):
+    """Not used quietly (eval, info and generate fell back to an older step with a warning that
+    called the folder gone, or failed with no way on, while --resume refused): each says what is
+    missing and names the newest complete checkpoint, and the way on it names works."""
+    newest, older = (run_copy / "checkpoints" / step for step in ("step-000004", "step-000002"))
+    (newest / missing).unlink()
+    problem = (f"the latest checkpoint {newest} has no {missing} (its save was cut short, or a file was "
+               "deleted; ")
+    capsys.readouterr()
+    for verb, argv in loaders(run_copy, trained[0]).items():
+        assert main(argv) == 2, verb
+        assert one_error_line(capsys, verb) == (f"gptsmith {verb}: error: {problem}load the newest complete "
+                                                f"one, {older}, instead, or restore it)")
+    assert main(["train", "--resume", str(run_copy), "--max-steps", "6", "--no-progress"]) == 2
+    assert one_error_line(capsys, "train") == (f"gptsmith train: error: {problem}resume from the newest "
+                                               "complete one, checkpoints/step-000002, with --fallback, or "
+                                               "restore it)")
+    assert main(loaders(older, trained[0])["info"]) == 0
+    assert main(["train", "--resume", str(run_copy), "--max-steps", "6", "--no-progress", "--fallback"]) == 0
+    assert f"resuming {run_copy} from step 2" in capsys.readouterr().out
+
+
+def test_an_incomplete_latest_with_no_older_checkpoint_says_to_restore_it(trained, run_copy, capsys):
+    for step in ("step-000002", "step-000004"):
+        (run_copy / "checkpoints" / step / "model.safetensors").unlink()
+    problem = (f"the latest checkpoint {run_copy}/checkpoints/step-000004 has no model.safetensors (its save "
+               "was cut short, or a file was deleted; ")
+    capsys.readouterr()
+    assert main(loaders(run_copy, trained[0])["info"]) == 2
+    assert one_error_line(capsys, "info") == (f"gptsmith info: error: {problem}restore it: the run has no "
+                                              "other complete checkpoint)")
+    assert main(["train", "--resume", str(run_copy), "--no-progress"]) == 2
+    assert one_error_line(capsys, "train") == (f"gptsmith train: error: {problem}restore it, or start the "
+                                               f"run again with --out {run_copy} --overwrite)")
+
+
+def test_a_latest_checkpoint_without_its_training_state_still_loads_as_a_model(trained, run_copy, capsys):
+    (run_copy / "checkpoints" / "step-000004" / "training_state.pt").unlink()
+    capsys.readouterr()
+    assert main(loaders(run_copy, trained[0])["info"]) == 0  # a model needs only config.json + weights
+    assert "step-000004" in capsys.readouterr().out
+    assert main(["train", "--resume", str(run_copy), "--max-steps", "6", "--no-progress"]) == 2
+    assert one_error_line(capsys, "train").endswith(
+        "has no training_state.pt (its save was cut short, or a file was deleted; resume from the newest "
+        "complete one, checkpoints/step-000002, with --fallback, or restore it)")
 
 
 def test_no_advice_to_overwrite_while_a_checkpoint_loads(run_copy, capsys):
