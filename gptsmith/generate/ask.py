@@ -22,7 +22,7 @@ import torch
 from gptsmith.config import check_number
 from gptsmith.errors import ConfigError, GptsmithError
 from gptsmith.generate.chat import Message, PromptTemplate, get_template
-from gptsmith.generate.generation import generate, stream_text, text_to_token_ids
+from gptsmith.generate.generation import _checked_config, generate, stream_text, text_to_token_ids
 from gptsmith.generate.streaming import TextStream
 
 DEFAULT_TEMPLATE = "alpaca"
@@ -66,6 +66,8 @@ def stream_answer(
     template and input included, raises ``ConfigError``: cropping it would answer another question.
     """
     chosen = model_template(model, template)
+    options = _with_template_stops(chosen, options)
+    _checked_config(model, tokenizer, max_new_tokens=max_new_tokens, **options)  # a bad option first
     prompt = question_prompt(chosen, question, input_text)
     ids = text_to_token_ids(prompt, tokenizer)  # (1, n_prompt), encoded once
     context = model.cfg.context_length
@@ -77,7 +79,7 @@ def stream_answer(
     capped = room < max_new_tokens
     if capped:
         max_new_tokens = room
-    stream = stream_text(model, tokenizer, ids, max_new_tokens, **_with_template_stops(chosen, options))
+    stream = stream_text(model, tokenizer, ids, max_new_tokens, **options)
     if capped:
         stream.budget_reason = "context_length"
     return stream
