@@ -21,8 +21,8 @@ from gptsmith.version import __version__
 
 # Modules that each add one or more sub-commands (in the order `--help` lists them).
 COMMAND_MODULES = [
-    "data_cmds", "model_cmds", "train_cmds", "eval_cmds", "generate_cmds", "finetune_cmds", "classify_cmds",
-    "instruct_cmds", "explain_cmds", "serve_cmds", "bench_cmds",
+    "data_cmds", "model_cmds", "train_cmds", "eval_cmds", "generate_cmds", "chat_cmds", "finetune_cmds",
+    "classify_cmds", "instruct_cmds", "explain_cmds", "serve_cmds", "bench_cmds",
 ]
 
 # A failed file operation, in words, by the name of the innermost function that ran it (pathlib's,
