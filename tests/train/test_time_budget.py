@@ -145,7 +145,9 @@ def test_a_run_whose_steps_get_slower_shrinks_its_schedule_and_still_ends_in_tim
         pytest.skip("the machine was too slow: too few steps fitted for a slowdown to matter")
     assert len(recorder.plans) >= 2 and final["max_steps"] < sized["max_steps"]
     assert result.step == final["max_steps"] == trainer.cfg.max_steps
-    assert wall < 3.0 + 1.0  # the budget, give or take a slow step and the final evaluation (unshrunk: 20 s+)
+    # The budget, give or take slow steps and the final evaluation on a busy machine: well short of
+    # the unshrunk schedule, whose 50 ms more per step would have added sized * 0.05 s.
+    assert wall < 3.0 + max(1.0, 0.5 * sized["max_steps"] * 0.05)
     # The decay still completes: the last lr is the end of the cosine of the new schedule.
     assert recorder.lrs[-1] == pytest.approx(lr_at_step(result.step - 1, peak_lr=cfg.lr, min_lr=cfg.floor_lr,
                                                         warmup_steps=final["warmup_steps"],
