@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from gptsmith.generate.decoding import sample_steps
-from gptsmith.generate.stopping import Stop, StopMatcher, StopRules
+from gptsmith.generate.stopping import Stop, StopMatcher, StopRules, token_bytes
 
 if TYPE_CHECKING:
     from gptsmith.generate.config import GenerationConfig
@@ -74,8 +74,10 @@ class TextStream:
         after the prompt), less a character the last token left incomplete. After an interrupted
         loop it also holds the text the stream was holding back for a stop that never came."""
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # not final: see above
-        if self._pieces is None:  # beam search: its tokens come all at once
-            return decoder.decode(self.tokenizer.decode_bytes(self.token_ids))
+        if self._pieces is None:  # beam search: its tokens come all at once, each after the one before
+            previous = self.prompt_ids[-1:] + self.token_ids[:-1]
+            return decoder.decode(b"".join(token_bytes(self.tokenizer, before, token)
+                                           for before, token in zip(previous, self.token_ids, strict=True)))
         matcher = self._pieces.matcher
         return decoder.decode(bytes(matcher.text[: matcher.kept_bytes(len(self.token_ids))]))
 

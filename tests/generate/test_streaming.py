@@ -124,5 +124,7 @@ def test_stream_keeps_the_spaces_of_a_word_level_tokenizer():
     tok = SimpleTokenizerV2.from_text("the cat sat on a mat .")
     ids = tok.encode("the cat sat on a mat.")
     model = scripted_model(ids[1:] + [tok.eot_id], prompt_length=1, vocab_size=tok.vocab_size)
-    text = "".join(stream_text(model, tok, ids[:1], 20, eos_id=tok.eot_id))
-    assert "the" + text == tok.decode(ids) == "the cat sat on a mat."
+    for num_beams in (1, 2):  # beam search's text comes in one piece, with the same spaces
+        stream = stream_text(model, tok, ids[:1], 20, eos_id=tok.eot_id, num_beams=num_beams)
+        text = "".join(stream)
+        assert "the" + text == "the" + stream.text == tok.decode(ids) == "the cat sat on a mat."
