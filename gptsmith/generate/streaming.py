@@ -75,7 +75,7 @@ class TextStream:
         loop it also holds the text the stream was holding back for a stop that never came."""
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # not final: see above
         if self._pieces is None:  # beam search: its tokens come all at once, each after the one before
-            previous = self.prompt_ids[-1:] + self.token_ids[:-1]
+            previous = (self.prompt_ids[-1:] + self.token_ids)[: len(self.token_ids)]
             return decoder.decode(b"".join(token_bytes(self.tokenizer, before, token)
                                            for before, token in zip(previous, self.token_ids, strict=True)))
         matcher = self._pieces.matcher
