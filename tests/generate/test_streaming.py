@@ -128,3 +128,13 @@ def test_stream_keeps_the_spaces_of_a_word_level_tokenizer():
         stream = stream_text(model, tok, ids[:1], 20, eos_id=tok.eot_id, num_beams=num_beams)
         text = "".join(stream)
         assert "the" + text == "the" + stream.text == tok.decode(ids) == "the cat sat on a mat."
+
+
+def test_an_answer_that_ends_at_once_is_empty_text_with_or_without_beams():
+    from gptsmith.data.tokenizer import SimpleTokenizerV2
+
+    tok = SimpleTokenizerV2.from_text("the cat sat")
+    model = scripted_model([tok.eot_id], prompt_length=1, vocab_size=tok.vocab_size)
+    for num_beams in (1, 2):
+        stream = stream_text(model, tok, tok.encode("the"), 5, eos_id=tok.eot_id, num_beams=num_beams)
+        assert "".join(stream) == stream.text == "" and stream.token_ids == [] and stream.stop_reason == "eos"
