@@ -163,3 +163,36 @@ def test_a_cap_over_the_context_is_refused_not_lowered_quietly(name):
     limits = server_limits(ServerSettings(**{name: 128}), 128)  # the whole context is fine
     assert getattr(limits, name) == 128
     assert getattr(server_limits(ServerSettings(**{name: 100}), 128), name) == 100
+
+
+def _streamed_logprobs(server, body) -> tuple[str, dict[str, list]]:
+    """The text and the logprobs lists (tokens, token_logprobs, text_offset) of a streamed answer."""
+    status, streamed = request(server.url, "POST", "/v1/completions", {**body, "stream": True})
+    assert status == 200, streamed
+    text, lists = "", {"tokens": [], "token_logprobs": [], "text_offset": []}
+    for event in streamed["text"].split("\n\n"):
+        if event.startswith("data: {"):
+            choice = json.loads(event.removeprefix("data: "))["choices"][0]
+            text += choice["text"]
+            for name in lists:
+                lists[name] += (choice["logprobs"] or {}).get(name, [])
+    return text, lists
+
+
+@pytest.mark.parametrize(("stop", "text", "offsets"), [
+    (None, "B🎉AB", [0, 1, 1, 1, 1, 2, 3]),  # the emoji's four tokens all start where it does
+    ("BX", "B🎉AB", [0, 1, 1, 1, 1, 2, 3]),  # each "B" is held back (it may begin "BX"), then released
+    ("🎉A", "B", [0]),  # the emoji's tokens were held back, then cut by the stop: never reported
+    ("B🎉", "", []),  # so is a first token cut by a stop
+])
+def test_streamed_logprobs_are_the_whole_answers_with_offsets_in_characters(scripted, stop, text, offsets):
+    body = {"prompt": "A", "max_tokens": 7, "temperature": 0, "logprobs": 1, "stop": stop}
+    status, whole = request(scripted.url, "POST", "/v1/completions", body)
+    assert status == 200 and whole["choices"][0]["text"] == text, whole
+    logprobs = whole["choices"][0]["logprobs"]
+    assert logprobs["text_offset"] == offsets  # characters of the text, not lengths of "�" pieces
+    assert len(logprobs["tokens"]) == whole["usage"]["completion_tokens"]
+    streamed_text, streamed = _streamed_logprobs(scripted, body)
+    assert streamed_text == text
+    for name, values in streamed.items():  # every kept token once, none cut by a stop, same offsets
+        assert values == logprobs[name], name
