@@ -235,9 +235,19 @@ def create_app(model: torch.nn.Module, tokenizer: Any, settings: ServerSettings)
         finally:
             if not choices.done:
                 cancel_all()
-        if choices.error:
-            raise APIError(500, f"generation failed: {choices.error}", type="server_error")
+        problem = failure(choices)
+        if problem is not None:
+            raise problem
         return choices.whole()
+
+    def failure(choices: Choices) -> APIError | None:
+        """Why an answer whose client is still there did not finish (None: it did)."""
+        if choices.error:
+            return APIError(500, f"generation failed: {choices.error}", type="server_error")
+        if "cancelled" in choices.finish:  # with its client there, only a shutdown cancels an answer
+            return APIError(503, "the server shut down before the answer was finished: send the request "
+                            "again once it is back", type="server_error")
+        return None
 
     async def stream(queue: asyncio.Queue, checked: CompletionRequest, choices: Choices, cancel_all):
         started: set[int] = set()
@@ -249,8 +259,9 @@ def create_app(model: torch.nn.Module, tokenizer: Any, settings: ServerSettings)
                 started.add(index)
                 if event:
                     yield event
-            if choices.error:
-                yield sse(APIError(500, f"generation failed: {choices.error}", type="server_error").body())
+            problem = failure(choices)
+            if problem is not None:  # after the text so far, an error event says the answer is not whole
+                yield sse(problem.body())
             if checked.include_usage:
                 yield choices.usage_event()
             yield DONE

@@ -116,8 +116,9 @@ class Choices:
 
 
 def _reason(reason: str | None) -> str | None:
-    """OpenAI knows "stop" and "length"; a cancelled or failed choice reports "stop"."""
-    return None if reason is None else (reason if reason in ("stop", "length") else "stop")
+    """OpenAI knows "stop" and "length". A cancelled or failed choice has none: it did not finish, and
+    the app answers an error instead (streamed: an error event after the text so far)."""
+    return reason if reason in ("stop", "length") else None
 
 
 def sse(data: dict[str, Any] | str) -> str:

@@ -9,7 +9,7 @@ import threading
 import pytest
 import torch
 from generation_helpers import ByteTokenizer, tiny_model
-from serving_helpers import API_KEY, SlowModel, request
+from serving_helpers import API_KEY, SlowModel, request, wait_until
 
 from gptsmith.device import MAX_SEED, check_seed
 from gptsmith.errors import ConfigError, GptsmithError
@@ -196,3 +196,31 @@ def test_streamed_logprobs_are_the_whole_answers_with_offsets_in_characters(scri
     assert streamed_text == text
     for name, values in streamed.items():  # every kept token once, none cut by a stop, same offsets
         assert values == logprobs[name], name
+
+
+def test_answers_still_running_when_the_grace_period_ends_are_ended_not_cut_off():
+    model, tokenizer = SlowModel(tiny_model(vocab_size=257, context_length=256), delay=0.05), ByteTokenizer()
+    model.banned = [tokenizer.eot_id]  # each answer would take 10 s: far past the grace period
+    results = {}
+
+    def ask(name: str, body: dict) -> None:
+        results[name] = request(server.url, "POST", "/v1/completions", body, key=None)
+
+    server = ServerThread(model, tokenizer, ServerSettings(max_batch=1), grace_seconds=0.5)
+    with server:  # max_batch 1: one answer runs, the other waits
+        threads = [threading.Thread(target=ask, args=(name, {"prompt": "a", "max_tokens": 200, **more}))
+                   for name, more in (("streamed", {"stream": True}), ("whole", {}))]
+        for thread in threads:
+            thread.start()
+        engine = server.app.state.engine
+        assert wait_until(lambda: engine.active == 1 and len(engine.waiting) == 1)
+    for thread in threads:  # leaving the block shut the server down
+        thread.join(30)
+    status, streamed = results["streamed"]  # read to its end: not a cut-off response
+    events = [e.removeprefix("data: ") for e in streamed["text"].split("\n\n") if e.startswith("data: ")]
+    assert status == 200 and events[-1] == "[DONE]", events[-3:]
+    error = json.loads(events[-2])["error"]
+    assert "shut down before the answer was finished" in error["message"] and error["type"] == "server_error"
+    assert all(json.loads(e)["choices"][0]["finish_reason"] is None for e in events[:-2])  # never "stop"
+    status, whole = results["whole"]
+    assert status == 503 and "shut down before the answer was finished" in whole["error"]["message"], whole
