@@ -140,8 +140,10 @@ def _request(data: dict[str, Any], prompts: list[list[int]], tokenizer: Any, lim
     stops = _stops(data.get("stop"))
     max_tokens = _optional(data, "max_tokens", int, 1, None)
     if max_tokens is not None and max_tokens > limits.max_tokens:
-        raise APIError(400, f"max_tokens is {max_tokens}; this server allows at most {limits.max_tokens} "
-                       "(its --max-tokens)", param="max_tokens")
+        cap = (f"the model's context is {limits.context_length} tokens, the prompt's included"
+               if limits.max_tokens >= limits.context_length else  # no --max-tokens: the context is the cap
+               f"this server allows at most {limits.max_tokens} (its --max-tokens)")
+        raise APIError(400, f"max_tokens is {max_tokens}; {cap}: lower max_tokens", param="max_tokens")
     params = []
     for prompt in prompts:
         room = _check_length(prompt, limits, prompt_field, max_tokens)

@@ -224,3 +224,12 @@ def test_answers_still_running_when_the_grace_period_ends_are_ended_not_cut_off(
     assert all(json.loads(e)["choices"][0]["finish_reason"] is None for e in events[:-2])  # never "stop"
     status, whole = results["whole"]
     assert status == 503 and "shut down before the answer was finished" in whole["error"]["message"], whole
+
+
+def test_max_tokens_over_the_context_names_the_context_when_no_cap_was_set(scripted, fast):
+    status, answer = request(scripted.url, "POST", "/v1/completions", {"prompt": "A", "max_tokens": 65})
+    message = answer["error"]["message"]
+    assert status == 400 and answer["error"]["param"] == "max_tokens"
+    assert "the model's context is 64 tokens" in message and "--max-tokens" not in message  # none was set
+    status, answer = request(fast.url, "POST", "/v1/completions", {"prompt": "A", "max_tokens": 201})
+    assert status == 400 and "at most 200 (its --max-tokens)" in answer["error"]["message"]  # one was
