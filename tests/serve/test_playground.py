@@ -99,3 +99,23 @@ def test_the_page_is_shipped_in_the_package():
     page = resources.files("gptsmith.serve").joinpath("static", "playground.html").read_text(encoding="utf-8")
     assert "/v1/chat/completions" in page and "<script" in page
     assert "http://" not in page and "https://" not in page  # nothing fetched from elsewhere: works offline
+
+
+def test_the_playground_works_out_of_the_box_with_a_small_context(browser):
+    """The page's default max tokens (200) is more than a 64-token model's context: it must not send it."""
+    from generation_helpers import ByteTokenizer, tiny_model
+    from selenium.webdriver.common.by import By
+
+    from gptsmith.serve.app import ServerSettings
+    from gptsmith.serve.server import ServerThread
+
+    model = tiny_model(vocab_size=257, context_length=64)
+    with ServerThread(model, ByteTokenizer(), ServerSettings(model_name="small")) as server:
+        browser.get(server.url + "/")
+        assert wait_until(lambda: "context 64" in browser.find_element(By.ID, "model").text, 10)
+        assert int(browser.find_element(By.ID, "max-tokens").get_attribute("value")) <= 32
+        browser.find_element(By.ID, "prompt").send_keys("Hello")
+        browser.find_element(By.ID, "send").click()
+        stats = browser.find_element(By.ID, "stats")
+        assert wait_until(lambda: "token" in stats.text and "…" not in stats.text, 20)
+        assert browser.find_element(By.ID, "error").text == ""  # was: max_tokens is 200 ... at most 64
