@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gptsmith.config import check_number
 from gptsmith.errors import ConfigError
 from gptsmith.generate.chat import get_template
+from gptsmith.model import memory
 from gptsmith.serve.chat_prompt import render_messages
 from gptsmith.serve.engine import Chunk, Engine, EngineStopped
 from gptsmith.serve.protocol import (
@@ -78,13 +79,30 @@ def server_limits(settings: ServerSettings, context: int) -> Limits:
                   max_batch=settings.max_batch, context_length=context)
 
 
+def check_batch_memory(model: torch.nn.Module, max_batch: int) -> None:
+    """A ``ConfigError`` naming --max-batch when a KV cache of ``max_batch`` full-context rows cannot fit
+    in the model's device's memory (nothing when it is unknown): refused at start, in one line, rather
+    than a torch allocator traceback now or an out-of-memory failure once the batch fills up."""
+    weight = next(model.parameters())
+    need = memory.generation_memory(model.cfg, max_batch, model.cfg.context_length,
+                                    bytes_per_value=weight.element_size())
+    available = memory.available_memory(weight.device)
+    if available is not None and need > available:
+        raise ConfigError(f"--max-batch {max_batch} needs about {memory.gib(need)} for the model and its KV "
+                          f"cache of {max_batch:,} rows x {model.cfg.context_length:,} tokens but only "
+                          f"{memory.gib(available)} of memory is available on {weight.device}: "
+                          "lower --max-batch")
+
+
 def create_app(model: torch.nn.Module, tokenizer: Any, settings: ServerSettings) -> FastAPI:
     """The FastAPI app serving ``model``; its engine runs while the app does (``app.state.engine``).
 
-    Raises ``ConfigError`` when a cap of ``settings`` is over the model's context (``server_limits``).
+    Raises ``ConfigError`` when a cap of ``settings`` is over the model's context (``server_limits``) or
+    its --max-batch cannot fit in memory (``check_batch_memory``).
     """
     context = model.cfg.context_length
     limits = server_limits(settings, context)
+    check_batch_memory(model, settings.max_batch)
     engine = Engine(model, tokenizer, max_batch=settings.max_batch)
 
     @contextlib.asynccontextmanager

@@ -233,3 +233,14 @@ def test_max_tokens_over_the_context_names_the_context_when_no_cap_was_set(scrip
     assert "the model's context is 64 tokens" in message and "--max-tokens" not in message  # none was set
     status, answer = request(fast.url, "POST", "/v1/completions", {"prompt": "A", "max_tokens": 201})
     assert status == 400 and "at most 200 (its --max-tokens)" in answer["error"]["message"]  # one was
+
+
+def test_a_max_batch_too_big_for_memory_is_refused_in_one_line(monkeypatch):
+    from gptsmith.model import memory
+
+    model = tiny_model(vocab_size=257, context_length=64)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 1 << 30)  # 1 GiB free, on any machine
+    create_app(model, ByteTokenizer(), ServerSettings(max_batch=16))  # a few MiB: fine
+    with pytest.raises(ConfigError, match=r"^--max-batch 1000000000 needs about .* but only 1\.0 GiB of "
+                                          r"memory is available on cpu: lower --max-batch$"):
+        create_app(model, ByteTokenizer(), ServerSettings(max_batch=10**9))  # was a torch allocator error
