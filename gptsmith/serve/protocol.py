@@ -18,7 +18,7 @@ from gptsmith.device import MAX_SEED, check_seed
 from gptsmith.errors import ConfigError, GptsmithError
 from gptsmith.serve.engine import SamplingParams
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "developer", "user", "assistant")  # developer: OpenAI's newer name for system
 MAX_STOPS = 4  # as OpenAI
 MAX_LOGPROBS = 5  # as OpenAI's completions
 
@@ -96,7 +96,7 @@ def chat_request(data: dict[str, Any], tokenizer: Any, limits: Limits, render) -
         if role not in ROLES:
             raise APIError(400, f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}",
                            param=f"messages[{i}].role")
-        checked.append((role, _content(message.get("content"), i)))
+        checked.append(("system" if role == "developer" else role, _content(message.get("content"), i)))
     if checked[-1][0] != "user":
         raise APIError(400, "the last of messages must come from the user", param="messages")
     if data.get("logprobs"):

@@ -244,3 +244,15 @@ def test_a_max_batch_too_big_for_memory_is_refused_in_one_line(monkeypatch):
     with pytest.raises(ConfigError, match=r"^--max-batch 1000000000 needs about .* but only 1\.0 GiB of "
                                           r"memory is available on cpu: lower --max-batch$"):
         create_app(model, ByteTokenizer(), ServerSettings(max_batch=10**9))  # was a torch allocator error
+
+
+def test_a_developer_message_is_a_system_message(fast):
+    """OpenAI's newer clients send the system prompt as role "developer"."""
+    answers = []
+    for role in ("system", "developer"):
+        body = {"messages": [{"role": role, "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+                "max_tokens": 8, "temperature": 0}
+        status, answer = request(fast.url, "POST", "/v1/chat/completions", body)
+        assert status == 200, answer  # was a 400: role must be one of system, user, assistant
+        answers.append((answer["choices"][0]["message"]["content"], answer["usage"]))
+    assert answers[0] == answers[1] and answers[0][1]["prompt_tokens"] == len("Be brief.\n\nHi")
