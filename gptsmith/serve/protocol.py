@@ -74,7 +74,7 @@ def completion_request(data: dict[str, Any], tokenizer: Any, limits: Limits) -> 
     prompts = _prompts(data.get("prompt"), tokenizer)
     if data.get("echo"):
         raise APIError(400, "echo is not supported (leave it out or false)", param="echo")
-    if _optional(data, "best_of", int, 1, 1) not in (None, 1):
+    if _optional(data, "best_of", int, 1, None) not in (None, 1):
         raise APIError(400, "best_of other than 1 is not supported", param="best_of")
     logprobs = _optional(data, "logprobs", int, 0, MAX_LOGPROBS)
     return _request(data, prompts, tokenizer, limits, default_max_tokens=16, logprobs=logprobs)

@@ -156,6 +156,7 @@ BAD = [
     ("/v1/completions", {"prompt": "x" * 5000}, 413, None, "--max-body-bytes"),
     ("/v1/completions", {"prompt": "x", "logit_bias": {"220": -100}}, 400, "logit_bias", "not supported"),
     ("/v1/completions", {"prompt": "x", "suffix": "end"}, 400, "suffix", "not supported"),
+    ("/v1/completions", {"prompt": "x", "best_of": 2}, 400, "best_of", "other than 1 is not supported"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
                               "tools": [{"type": "function"}]}, 400, "tools", "not supported"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
