@@ -279,8 +279,9 @@ def _optional(data: dict[str, Any], name: str, kind: type, low: float | None, hi
     ok = _is_int(value) if kind is int else (
         isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value))
     what = "an integer" if kind is int else "a number"
-    span = f" from {low:g}" if low is not None else ""  # :g is exact for the small bounds used here
-    span += f" to {high:g}" if high is not None else (" or more" if low is not None else "")
+    span = ""  # :g is exact for the small bounds used here
+    if low is not None:
+        span = f" from {low:g} to {high:g}" if high is not None else f" >= {low:g}"
     if not ok:
         raise APIError(400, f"{name} must be {what}{span}, got {value!r}", param=name)
     if (low is not None and value < low) or (high is not None and value > high):
