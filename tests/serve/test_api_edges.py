@@ -256,3 +256,19 @@ def test_a_developer_message_is_a_system_message(fast):
         assert status == 200, answer  # was a 400: role must be one of system, user, assistant
         answers.append((answer["choices"][0]["message"]["content"], answer["usage"]))
     assert answers[0] == answers[1] and answers[0][1]["prompt_tokens"] == len("Be brief.\n\nHi")
+
+
+def test_each_prompt_of_a_list_gets_the_seeds_it_would_get_alone(fast):
+    fast.model.banned = [fast.tokenizer.eot_id]  # sampled answers of full length, so they can differ
+    try:
+        def texts(body: dict) -> list[str]:
+            body = {"max_tokens": 12, "seed": 5, **body}
+            status, answer = request(fast.url, "POST", "/v1/completions", body)
+            assert status == 200, answer
+            return [choice["text"] for choice in answer["choices"]]
+
+        alone = texts({"prompt": "Hi", "n": 2})  # seeds 5 and 6
+        assert alone[0] != alone[1]
+        assert texts({"prompt": ["Hi", "Hi"], "n": 2}) == alone * 2  # not seeds 5, 6, 7, 8
+    finally:
+        fast.model.banned = []
