@@ -3,12 +3,13 @@
 Shutdown on SIGTERM or Ctrl-C is graceful: uvicorn stops accepting connections, lets running
 answers finish for up to ``grace_seconds``, then the engine ends the rest (each as a 503, or a
 stream's error event and ``[DONE]``); the app's lifespan stops the engine, and ``run_server``
-returns normally, so the command exits 0.
+returns normally, so the command exits 0. A second Ctrl-C (uvicorn's force quit) ends them at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import signal
 import socket
@@ -25,6 +26,8 @@ from gptsmith.serve.app import ServerSettings, create_app
 # How long after the grace period uvicorn itself cancels what is left: only a client that stopped
 # reading its ended answer can still hold a task then.
 BACKSTOP_SECONDS = 5.0
+# After a second Ctrl-C (uvicorn's force quit), how long the ended answers get to send their last events.
+FORCED_SECONDS = 1.0
 
 
 def _server(app: Any, host: str, port: int, grace_seconds: float, log_level: str):
@@ -36,17 +39,27 @@ def _server(app: Any, host: str, port: int, grace_seconds: float, log_level: str
     """
     import uvicorn
 
+    engine = app.state.engine
+
     class GracefulServer(uvicorn.Server):
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
             async def end_answers() -> None:
                 await asyncio.sleep(grace_seconds)
-                await asyncio.to_thread(app.state.engine.stop)
+                await asyncio.to_thread(engine.stop)
 
             ender = asyncio.create_task(end_answers())
             try:
                 await super().shutdown(sockets)
             finally:
                 ender.cancel()
+            if self.force_exit:  # a second Ctrl-C: uvicorn waited for nothing; end the answers now
+                await asyncio.to_thread(engine.stop)
+                with contextlib.suppress(TimeoutError):  # they send their last events, or exit anyway
+                    async with asyncio.timeout(FORCED_SECONDS):
+                        while self.server_state.tasks:
+                            await asyncio.sleep(0.05)
+                if not self.lifespan.shutdown_event.is_set():  # uvicorn skipped it: the app's own end
+                    await self.lifespan.shutdown()
 
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
                             timeout_graceful_shutdown=grace_seconds + BACKSTOP_SECONDS, lifespan="on")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 import torch
@@ -272,3 +273,28 @@ def test_each_prompt_of_a_list_gets_the_seeds_it_would_get_alone(fast):
         assert texts({"prompt": ["Hi", "Hi"], "n": 2}) == alone * 2  # not seeds 5, 6, 7, 8
     finally:
         fast.model.banned = []
+
+
+def test_a_second_ctrl_c_ends_the_answers_at_once_and_they_still_say_so():
+    model, tokenizer = SlowModel(tiny_model(vocab_size=257, context_length=256), delay=0.05), ByteTokenizer()
+    model.banned = [tokenizer.eot_id]
+    results = {}
+
+    def ask() -> None:
+        body = {"prompt": "a", "max_tokens": 200, "stream": True}
+        results["streamed"] = request(server.url, "POST", "/v1/completions", body, key=None)
+
+    server = ServerThread(model, tokenizer, ServerSettings(), grace_seconds=30)
+    with server:
+        reader = threading.Thread(target=ask)
+        reader.start()
+        assert wait_until(lambda: server.app.state.engine.active == 1)
+        started = time.monotonic()
+        server.server.should_exit = True  # Ctrl-C: a 30 s grace period begins
+        time.sleep(0.3)
+        server.server.force_exit = True  # Ctrl-C again: uvicorn's force quit
+        reader.join(10)
+    assert time.monotonic() - started < 5  # not the grace period, nor the 10 s answer
+    status, streamed = results["streamed"]  # was a cut-off response (and a traceback on the console)
+    events = [e.removeprefix("data: ") for e in streamed["text"].split("\n\n") if e.startswith("data: ")]
+    assert events[-1] == "[DONE]" and "shut down" in json.loads(events[-2])["error"]["message"]
