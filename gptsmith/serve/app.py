@@ -242,14 +242,15 @@ def create_app(model: torch.nn.Module, tokenizer: Any, settings: ServerSettings)
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
+            check_at = loop.time() + 1.0
             while not choices.done:
-                try:
-                    index, chunk = await asyncio.wait_for(queue.get(), timeout=1.0)
-                except TimeoutError:
-                    if await request.is_disconnected():  # nobody to answer: free the rows now
-                        raise APIError(400, "the client disconnected before the answer was ready") from None
-                    continue
-                choices.add(index, chunk)
+                with contextlib.suppress(TimeoutError):
+                    choices.add(*await asyncio.wait_for(queue.get(), timeout=1.0))
+                # Once a second, whether chunks keep coming or not: nobody to answer frees the rows now.
+                if loop.time() >= check_at:
+                    check_at = loop.time() + 1.0
+                    if await request.is_disconnected():
+                        raise APIError(400, "the client disconnected before the answer was ready")
         finally:
             if not choices.done:
                 cancel_all()

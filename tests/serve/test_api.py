@@ -213,6 +213,25 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(server):
     assert answer.choices[0].finish_reason in ("length", "stop")
 
 
+def test_a_client_that_disconnects_before_a_whole_answer_frees_its_slot(server):
+    server.model.delay = 0.02  # 200 tokens take seconds, each well within a second of the last
+    server.model.banned = [server.tokenizer.eot_id]  # and the answer does not end by itself
+    engine = server.app.state.engine
+    steps_before = engine.steps
+    try:
+        conn = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=30)
+        conn.request("POST", "/v1/completions", json.dumps({"prompt": "Hi", "max_tokens": 200}),
+                     {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
+        assert wait_until(lambda: engine.active == 1 and engine.steps - steps_before > 5)
+        conn.sock.close()  # the client gives up waiting
+        conn.close()
+        assert wait_until(lambda: engine.active == 0, timeout=10)
+        assert engine.steps - steps_before < 150  # freed long before its 200 tokens (was: never early)
+    finally:
+        server.model.delay = 0.0
+        server.model.banned = []
+
+
 @pytest.mark.parametrize(("settings", "message"), [
     ({"max_batch": 0}, "--max-batch must be a whole number >= 1, got 0"),
     ({"max_tokens": -1}, "--max-tokens must be a whole number >= 1, got -1"),
