@@ -130,6 +130,21 @@ def test_tabs_and_clear_during_an_answer_leave_it_and_the_conversation_whole(ser
         server.model.banned = []
 
 
+def test_a_chat_turn_that_fails_leaves_the_conversation_and_its_text_comes_back(server, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server.url + "/")  # no API key given: every request is refused
+    assert wait_until(lambda: "Cannot list models" in browser.find_element(By.ID, "error").text, 10)
+    browser.find_element(By.ID, "prompt").send_keys("Hello")
+    browser.find_element(By.ID, "send").click()
+    error = browser.find_element(By.ID, "error")
+    assert wait_until(lambda: "API key" in error.text, 10)
+    assert wait_until(lambda: not browser.find_element(By.ID, "send").get_attribute("disabled"), 10)
+    assert browser.execute_script("return state.messages.length") == 0  # was: Hello and an empty reply
+    assert browser.find_elements(By.CSS_SELECTOR, ".msg") == []
+    assert browser.find_element(By.ID, "prompt").get_attribute("value") == "Hello"  # to resend with a key
+
+
 def test_the_page_is_shipped_in_the_package():
     from importlib import resources
 
