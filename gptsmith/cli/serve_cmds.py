@@ -76,7 +76,10 @@ def run_serve(args: argparse.Namespace) -> int:
                               max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens,
                               max_body_bytes=args.max_body_bytes)
     model, tokenizer, config, name = load_for_generation(args)
-    settings = dataclasses.replace(settings, model_name=args.name or Path(name.rstrip("/")).name or name,
+    # The checkpoint folder's own name, however it was given ("." names the folder, not "."; a link
+    # keeps its own name: abspath does not follow it).
+    folder = Path(os.path.abspath(Path(args.checkpoint).expanduser())) if args.checkpoint else Path(name)
+    settings = dataclasses.replace(settings, model_name=args.name or folder.name or name,
                                    template=template_from_config(config))
     if args.host not in LOOPBACK and api_key is None:
         print(f"gptsmith serve: warning: listening on {args.host} without an API key: anyone who can reach "

@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gptsmith.config import check_number
 from gptsmith.errors import ConfigError
 from gptsmith.generate.chat import get_template
+from gptsmith.model import memory
 from gptsmith.serve.chat_prompt import render_messages
 from gptsmith.serve.engine import Chunk, Engine, EngineStopped
 from gptsmith.serve.protocol import (
@@ -78,13 +79,30 @@ def server_limits(settings: ServerSettings, context: int) -> Limits:
                   max_batch=settings.max_batch, context_length=context)
 
 
+def check_batch_memory(model: torch.nn.Module, max_batch: int) -> None:
+    """A ``ConfigError`` naming --max-batch when a KV cache of ``max_batch`` full-context rows cannot fit
+    in the model's device's memory (nothing when it is unknown): refused at start, in one line, rather
+    than a torch allocator traceback now or an out-of-memory failure once the batch fills up."""
+    weight = next(model.parameters())
+    need = memory.generation_memory(model.cfg, max_batch, model.cfg.context_length,
+                                    bytes_per_value=weight.element_size())
+    available = memory.available_memory(weight.device)
+    if available is not None and need > available:
+        raise ConfigError(f"--max-batch {max_batch} needs about {memory.gib(need)} for the model and its KV "
+                          f"cache of {max_batch:,} rows x {model.cfg.context_length:,} tokens but only "
+                          f"{memory.gib(available)} of memory is available on {weight.device}: "
+                          "lower --max-batch")
+
+
 def create_app(model: torch.nn.Module, tokenizer: Any, settings: ServerSettings) -> FastAPI:
     """The FastAPI app serving ``model``; its engine runs while the app does (``app.state.engine``).
 
-    Raises ``ConfigError`` when a cap of ``settings`` is over the model's context (``server_limits``).
+    Raises ``ConfigError`` when a cap of ``settings`` is over the model's context (``server_limits``) or
+    its --max-batch cannot fit in memory (``check_batch_memory``).
     """
     context = model.cfg.context_length
     limits = server_limits(settings, context)
+    check_batch_memory(model, settings.max_batch)
     engine = Engine(model, tokenizer, max_batch=settings.max_batch)
 
     @contextlib.asynccontextmanager
@@ -224,20 +242,31 @@ def create_app(model: torch.nn.Module, tokenizer: Any, settings: ServerSettings)
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
+            check_at = loop.time() + 1.0
             while not choices.done:
-                try:
-                    index, chunk = await asyncio.wait_for(queue.get(), timeout=1.0)
-                except TimeoutError:
-                    if await request.is_disconnected():  # nobody to answer: free the rows now
-                        raise APIError(400, "the client disconnected before the answer was ready") from None
-                    continue
-                choices.add(index, chunk)
+                with contextlib.suppress(TimeoutError):
+                    choices.add(*await asyncio.wait_for(queue.get(), timeout=1.0))
+                # Once a second, whether chunks keep coming or not: nobody to answer frees the rows now.
+                if loop.time() >= check_at:
+                    check_at = loop.time() + 1.0
+                    if await request.is_disconnected():
+                        raise APIError(400, "the client disconnected before the answer was ready")
         finally:
             if not choices.done:
                 cancel_all()
-        if choices.error:
-            raise APIError(500, f"generation failed: {choices.error}", type="server_error")
+        problem = failure(choices)
+        if problem is not None:
+            raise problem
         return choices.whole()
+
+    def failure(choices: Choices) -> APIError | None:
+        """Why an answer whose client is still there did not finish (None: it did)."""
+        if choices.error:
+            return APIError(500, f"generation failed: {choices.error}", type="server_error")
+        if "cancelled" in choices.finish:  # with its client there, only a shutdown cancels an answer
+            return APIError(503, "the server shut down before the answer was finished: send the request "
+                            "again once it is back", type="server_error")
+        return None
 
     async def stream(queue: asyncio.Queue, checked: CompletionRequest, choices: Choices, cancel_all):
         started: set[int] = set()
@@ -249,8 +278,9 @@ def create_app(model: torch.nn.Module, tokenizer: Any, settings: ServerSettings)
                 started.add(index)
                 if event:
                     yield event
-            if choices.error:
-                yield sse(APIError(500, f"generation failed: {choices.error}", type="server_error").body())
+            problem = failure(choices)
+            if problem is not None:  # after the text so far, an error event says the answer is not whole
+                yield sse(problem.body())
             if checked.include_usage:
                 yield choices.usage_event()
             yield DONE

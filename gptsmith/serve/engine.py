@@ -21,8 +21,10 @@ Results go back through the request's ``emit`` callback, called on the loop's th
 
 from __future__ import annotations
 
+import codecs
 import collections
 import threading
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +68,8 @@ class Chunk:
     token_id: int | None = None
     logprob: float | None = None
     top_logprobs: dict[int, float] | None = None
+    text_offset: int = 0  # with logprobs: characters of the answer's text before this token
+    shown_tokens: int = 0  # with logprobs: the answer's first tokens whose text has been emitted
     finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
     prompt_tokens: int = 0
     completion_tokens: int = 0  # tokens kept (a stop's own tokens are not counted)
@@ -85,6 +89,8 @@ class Handle:
     pieces: Any = None
     last_token: int = 0
     n_generated: int = 0
+    chars: int = 0  # with logprobs: characters the tokens so far decode to (their text offsets)
+    offset_decoder: Any = None
 
     def cancel(self) -> None:
         """The client has gone: stop generating for it (takes effect between decode steps)."""
@@ -229,6 +235,8 @@ class Engine:
         token_stops, byte_stops = normalise_stops(list(params.stop) or None, self.tokenizer)
         rules = StopRules(self.eos_id, token_stops, byte_stops, self.tokenizer)
         handle.pieces = TextPieces(rules, self.tokenizer, handle.prompt_ids[-1])
+        if params.logprobs is not None:  # the same decoding as the text's, so offsets count its characters
+            handle.offset_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def _step(self) -> None:
         try:
@@ -257,6 +265,10 @@ class Engine:
             handle.last_token = token
             text, stop = handle.pieces.push(token)
             chunk.text = text
+            if handle.offset_decoder is not None:
+                matcher = handle.pieces.matcher
+                chunk.text_offset = handle.chars
+                handle.chars += len(handle.offset_decoder.decode(bytes(matcher.text[matcher.offsets[-1]:])))
             if stop is not None:
                 done.append((row, FINISH_REASONS[stop.reason], chunk))
             elif handle.n_generated >= handle.params.max_tokens:
@@ -296,7 +308,20 @@ class Engine:
     def _emit(self, handle: Handle, chunk: Chunk) -> None:
         chunk.prompt_tokens = len(handle.prompt_ids)
         chunk.completion_tokens = len(handle.pieces.token_ids) if handle.pieces is not None else 0
+        if handle.offset_decoder is not None:
+            chunk.shown_tokens = min(_shown_tokens(handle.pieces), chunk.completion_tokens)
         try:
             handle.emit(chunk)
         except Exception:  # noqa: BLE001 (a closed client's callback must not stop the loop)
             handle.cancelled = True
+
+
+def _shown_tokens(pieces: TextPieces) -> int:
+    """How many of the new tokens have all their bytes in the text emitted so far: a token held back
+    (it may begin a stop) or cut by a stop is not, so its logprobs are not reported before its text."""
+    matcher = pieces.matcher
+    if not matcher.new:
+        return 0
+    # token k (k >= 1) starts at offsets[k], so tokens 0 .. k-1 end there; the last ends at len(text)
+    whole = bisect_right(matcher.offsets, pieces.shown) - 1
+    return whole + (len(matcher.text) <= pieces.shown)

@@ -18,7 +18,7 @@ from gptsmith.device import MAX_SEED, check_seed
 from gptsmith.errors import ConfigError, GptsmithError
 from gptsmith.serve.engine import SamplingParams
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "developer", "user", "assistant")  # developer: OpenAI's newer name for system
 MAX_STOPS = 4  # as OpenAI
 MAX_LOGPROBS = 5  # as OpenAI's completions
 
@@ -74,7 +74,7 @@ def completion_request(data: dict[str, Any], tokenizer: Any, limits: Limits) -> 
     prompts = _prompts(data.get("prompt"), tokenizer)
     if data.get("echo"):
         raise APIError(400, "echo is not supported (leave it out or false)", param="echo")
-    if _optional(data, "best_of", int, 1, 1) not in (None, 1):
+    if _optional(data, "best_of", int, 1, None) not in (None, 1):
         raise APIError(400, "best_of other than 1 is not supported", param="best_of")
     logprobs = _optional(data, "logprobs", int, 0, MAX_LOGPROBS)
     return _request(data, prompts, tokenizer, limits, default_max_tokens=16, logprobs=logprobs)
@@ -96,25 +96,26 @@ def chat_request(data: dict[str, Any], tokenizer: Any, limits: Limits, render) -
         if role not in ROLES:
             raise APIError(400, f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}",
                            param=f"messages[{i}].role")
-        checked.append((role, _content(message.get("content"), i)))
+        checked.append(("system" if role == "developer" else role, _content(message.get("content"), i)))
     if checked[-1][0] != "user":
         raise APIError(400, "the last of messages must come from the user", param="messages")
     if data.get("logprobs"):
         raise APIError(400, "logprobs are not supported for chat completions (use /v1/completions)",
                        param="logprobs")
-    if data.get("max_tokens") is None and data.get("max_completion_tokens") is not None:
-        data = {**data, "max_tokens": data["max_completion_tokens"]}
+    # OpenAI's newer name for max_tokens (chat only); errors name the field the client sent
+    newer = data.get("max_tokens") is None and data.get("max_completion_tokens") is not None
     ids, stops = render(checked)
     if not ids:  # e.g. one user message with "" or [] as content, and no template around it
         raise APIError(400, "the chat renders to an empty prompt: give the messages some content",
                        param="messages")
     return _request(data, [ids], tokenizer, limits, default_max_tokens=None, logprobs=None,
-                    prompt_field="messages", extra_stops=tuple(stops))
+                    prompt_field="messages", extra_stops=tuple(stops),
+                    max_tokens_field="max_completion_tokens" if newer else "max_tokens")
 
 
 def _request(data: dict[str, Any], prompts: list[list[int]], tokenizer: Any, limits: Limits, *,
              default_max_tokens: int | None, logprobs: int | None, prompt_field: str = "prompt",
-             extra_stops: tuple[str, ...] = ()) -> CompletionRequest:
+             extra_stops: tuple[str, ...] = (), max_tokens_field: str = "max_tokens") -> CompletionRequest:
     model = data.get("model")
     if model is not None and not isinstance(model, str):
         raise APIError(400, f"model must be a string, got {model!r}", param="model")
@@ -138,13 +139,16 @@ def _request(data: dict[str, Any], prompts: list[list[int]], tokenizer: Any, lim
                        param="stream_options")
     include_usage = _optional(options, "include_usage", bool, None, None) or False
     stops = _stops(data.get("stop"))
-    max_tokens = _optional(data, "max_tokens", int, 1, None)
+    max_tokens = _optional(data, max_tokens_field, int, 1, None)
     if max_tokens is not None and max_tokens > limits.max_tokens:
-        raise APIError(400, f"max_tokens is {max_tokens}; this server allows at most {limits.max_tokens} "
-                       "(its --max-tokens)", param="max_tokens")
+        cap = (f"the model's context is {limits.context_length} tokens, the prompt's included"
+               if limits.max_tokens >= limits.context_length else  # no --max-tokens: the context is the cap
+               f"this server allows at most {limits.max_tokens} (its --max-tokens)")
+        raise APIError(400, f"{max_tokens_field} is {max_tokens}; {cap}: lower {max_tokens_field}",
+                       param=max_tokens_field)
     params = []
     for prompt in prompts:
-        room = _check_length(prompt, limits, prompt_field, max_tokens)
+        room = _check_length(prompt, limits, prompt_field, max_tokens, max_tokens_field)
         wanted = max_tokens or min(default_max_tokens or limits.max_tokens, limits.max_tokens, room)
         for choice in range(n):
             params.append(SamplingParams(
@@ -174,7 +178,8 @@ def _refuse_unsupported(data: dict[str, Any]) -> None:
                        param="response_format")
 
 
-def _check_length(prompt: list[int], limits: Limits, field: str, max_tokens: int | None) -> int:
+def _check_length(prompt: list[int], limits: Limits, field: str, max_tokens: int | None,
+                  max_tokens_field: str = "max_tokens") -> int:
     """Tokens left for the answer; 400 when the prompt is over the cap or leaves no room."""
     if len(prompt) > limits.max_prompt_tokens:
         cap = (f"the model's context is {limits.context_length} tokens"
@@ -184,10 +189,10 @@ def _check_length(prompt: list[int], limits: Limits, field: str, max_tokens: int
                        code="context_length_exceeded")
     room = limits.context_length - len(prompt)
     if room < 1 or (max_tokens is not None and max_tokens > room):
-        asked = f" + max_tokens ({max_tokens})" if max_tokens is not None else ""
+        asked = f" + {max_tokens_field} ({max_tokens})" if max_tokens is not None else ""
         raise APIError(400, f"{field} ({len(prompt)} tokens){asked} exceeds the model's context of "
-                       f"{limits.context_length} tokens: shorten the {field} or lower max_tokens",
-                       param=field if max_tokens is None or room < 1 else "max_tokens",
+                       f"{limits.context_length} tokens: shorten the {field} or lower {max_tokens_field}",
+                       param=field if max_tokens is None or room < 1 else max_tokens_field,
                        code="context_length_exceeded")
     return room
 
@@ -277,8 +282,9 @@ def _optional(data: dict[str, Any], name: str, kind: type, low: float | None, hi
     ok = _is_int(value) if kind is int else (
         isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value))
     what = "an integer" if kind is int else "a number"
-    span = f" from {low:g}" if low is not None else ""  # :g is exact for the small bounds used here
-    span += f" to {high:g}" if high is not None else (" or more" if low is not None else "")
+    span = ""  # :g is exact for the small bounds used here
+    if low is not None:
+        span = f" from {low:g} to {high:g}" if high is not None else f" >= {low:g}"
     if not ok:
         raise APIError(400, f"{name} must be {what}{span}, got {value!r}", param=name)
     if (low is not None and value < low) or (high is not None and value > high):

@@ -31,7 +31,7 @@ class Choices:
         self.completion_tokens = [0] * n_choices
         self.prompt_tokens = prompt_tokens
         self.logprobs: list[list[Chunk]] = [[] for _ in range(n_choices)]
-        self.stream_offsets = [0] * n_choices  # where each choice's next streamed token starts
+        self.streamed_logprobs = [0] * n_choices  # tokens of each choice whose logprobs were streamed
         self.error: str | None = None
 
     @property
@@ -81,7 +81,12 @@ class Choices:
         choices) follows only when asked for, with ``stream_options: {"include_usage": true}``.
         """
         reason = _reason(chunk.finish_reason)
-        if not chunk.text and reason is None and not first:
+        # A token's logprobs go out with its text: not while it is held back (it may begin a stop, or
+        # ends inside a character), never when a stop cuts it, so the stream reports the tokens the
+        # whole answer does.
+        shown = self.logprobs[index][self.streamed_logprobs[index] : chunk.shown_tokens]
+        self.streamed_logprobs[index] += len(shown)
+        if not chunk.text and reason is None and not first and not shown:
             return None
         if self.kind == "chat.completion":
             delta: dict[str, Any] = {"role": "assistant", "content": chunk.text} if first else {}
@@ -89,11 +94,7 @@ class Choices:
                 delta["content"] = chunk.text
             choice = {"index": index, "delta": delta, "finish_reason": reason, "logprobs": None}
         else:
-            logprobs = None
-            if self.want_logprobs and chunk.token_id is not None and reason not in ("stop",):
-                # Offsets count from the start of the answer, as in the whole answer's logprobs.
-                logprobs = self._logprobs([chunk], start=self.stream_offsets[index])
-                self.stream_offsets[index] += len(logprobs["tokens"][0])
+            logprobs = self._logprobs(shown) if self.want_logprobs and shown else None
             choice = {"index": index, "text": chunk.text, "finish_reason": reason, "logprobs": logprobs}
         event = {**self._head(chunk=True), "choices": [choice]}
         if self.done:
@@ -104,23 +105,20 @@ class Choices:
         """OpenAI's usage chunk (``stream_options.include_usage``): no choices, the usage."""
         return sse({**self._head(chunk=True), "choices": [], "usage": self.usage()})
 
-    def _logprobs(self, chunks: list[Chunk], start: int = 0) -> dict[str, Any]:
-        """OpenAI's completions logprobs: tokens, their log-probabilities, alternatives, text offsets
-        (from ``start``: a streamed chunk's place in its answer)."""
-        tokens, offsets, offset = [], [], start
-        for chunk in chunks:
-            tokens.append(self.tokenizer.decode([chunk.token_id]))
-            offsets.append(offset)
-            offset += len(tokens[-1])
+    def _logprobs(self, chunks: list[Chunk]) -> dict[str, Any]:
+        """OpenAI's completions logprobs: tokens, their log-probabilities, alternatives, and where each
+        token starts in the answer's text (in characters: a token inside a character starts with it)."""
         top = [None if c.top_logprobs is None else
                {self.tokenizer.decode([t]): lp for t, lp in c.top_logprobs.items()} for c in chunks]
-        return {"tokens": tokens, "token_logprobs": [c.logprob for c in chunks], "top_logprobs": top,
-                "text_offset": offsets}
+        return {"tokens": [self.tokenizer.decode([c.token_id]) for c in chunks],
+                "token_logprobs": [c.logprob for c in chunks], "top_logprobs": top,
+                "text_offset": [c.text_offset for c in chunks]}
 
 
 def _reason(reason: str | None) -> str | None:
-    """OpenAI knows "stop" and "length"; a cancelled or failed choice reports "stop"."""
-    return None if reason is None else (reason if reason in ("stop", "length") else "stop")
+    """OpenAI knows "stop" and "length". A cancelled or failed choice has none: it did not finish, and
+    the app answers an error instead (streamed: an error event after the text so far)."""
+    return reason if reason in ("stop", "length") else None
 
 
 def sse(data: dict[str, Any] | str) -> str:

@@ -1,13 +1,15 @@
 """Running the app under uvicorn: in the foreground (``gptsmith serve``) or in a thread (tests, benchmarks).
 
 Shutdown on SIGTERM or Ctrl-C is graceful: uvicorn stops accepting connections, lets running
-answers finish for up to ``grace_seconds`` and then cancels the rest (each cancelled stream frees
-its rows); the app's lifespan then stops the engine, and ``run_server`` returns normally, so the
-command exits 0.
+answers finish for up to ``grace_seconds``, then the engine ends the rest (each as a 503, or a
+stream's error event and ``[DONE]``); the app's lifespan stops the engine, and ``run_server``
+returns normally, so the command exits 0. A second Ctrl-C (uvicorn's force quit) ends them at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import signal
 import socket
@@ -21,12 +23,47 @@ import torch
 from gptsmith.errors import GptsmithError
 from gptsmith.serve.app import ServerSettings, create_app
 
+# How long after the grace period uvicorn itself cancels what is left: only a client that stopped
+# reading its ended answer can still hold a task then.
+BACKSTOP_SECONDS = 5.0
+# After a second Ctrl-C (uvicorn's force quit), how long the ended answers get to send their last events.
+FORCED_SECONDS = 1.0
 
-def _config(app: Any, host: str, port: int, grace_seconds: float, log_level: str):
+
+def _server(app: Any, host: str, port: int, grace_seconds: float, log_level: str):
+    """uvicorn's server for ``app``, whose shutdown ends the answers still running at ``grace_seconds``.
+
+    Left to uvicorn, they would be cancelled mid-write: the client gets a cut-off response (no error,
+    no ``[DONE]``) and the console a traceback per answer. Stopping the engine instead ends each one
+    as an answer: a 503, or, streamed, an error event and ``[DONE]`` after the text so far.
+    """
     import uvicorn
 
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                          timeout_graceful_shutdown=grace_seconds, lifespan="on")
+    engine = app.state.engine
+
+    class GracefulServer(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            async def end_answers() -> None:
+                await asyncio.sleep(grace_seconds)
+                await asyncio.to_thread(engine.stop)
+
+            ender = asyncio.create_task(end_answers())
+            try:
+                await super().shutdown(sockets)
+            finally:
+                ender.cancel()
+            if self.force_exit:  # a second Ctrl-C: uvicorn waited for nothing; end the answers now
+                await asyncio.to_thread(engine.stop)
+                with contextlib.suppress(TimeoutError):  # they send their last events, or exit anyway
+                    async with asyncio.timeout(FORCED_SECONDS):
+                        while self.server_state.tasks:
+                            await asyncio.sleep(0.05)
+                if not self.lifespan.shutdown_event.is_set():  # uvicorn skipped it: the app's own end
+                    await self.lifespan.shutdown()
+
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
+                            timeout_graceful_shutdown=grace_seconds + BACKSTOP_SECONDS, lifespan="on")
+    return GracefulServer(config)
 
 
 def run_server(model: torch.nn.Module, tokenizer: Any, settings: ServerSettings, *, host: str = "127.0.0.1",
@@ -37,10 +74,7 @@ def run_server(model: torch.nn.Module, tokenizer: Any, settings: ServerSettings,
     ``on_listening(url)`` is called once the socket is bound, with the real port (``port=0`` asks
     the system for a free one).
     """
-    import uvicorn
-
-    server = uvicorn.Server(_config(create_app(model, tokenizer, settings), host, port, grace_seconds,
-                                    log_level))
+    server = _server(create_app(model, tokenizer, settings), host, port, grace_seconds, log_level)
     sock = listen(host, port)
     # uvicorn re-raises the signal it caught once it has shut down; with these handlers in place
     # that ends nothing, so a SIGTERM'd server returns (exit status 0) instead of dying by the signal.
@@ -84,12 +118,10 @@ class ServerThread:
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, settings: ServerSettings | None = None,
                  *, grace_seconds: float = 2.0) -> None:
-        import uvicorn
-
         self.app = create_app(model, tokenizer, settings or ServerSettings())
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(_config(self.app, "127.0.0.1", 0, grace_seconds, "warning"))
+        self.server = _server(self.app, "127.0.0.1", 0, grace_seconds, "warning")
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> ServerThread:

@@ -122,3 +122,19 @@ def test_serve_port_in_use_or_a_foreign_address_is_one_line(capsys, instruct_che
                  "--api-key", "k"]) == 2
     err = capsys.readouterr().err
     assert "cannot listen on 192.0.2.1:0" in err and "--host must be an address of this machine" in err
+
+
+@pytest.mark.parametrize("given", [".", "./", "../instruct", "{path}/"])
+def test_the_model_is_named_after_the_checkpoint_folder_however_it_is_given(
+        monkeypatch, instruct_checkpoint, given):
+    import gptsmith.serve.server as server
+
+    served = {}
+
+    def run_server(model, tokenizer, settings, **options) -> None:  # instead of listening
+        served["name"] = settings.model_name
+
+    monkeypatch.setattr(server, "run_server", run_server)
+    monkeypatch.chdir(instruct_checkpoint)
+    assert main(["serve", "--checkpoint", given.format(path=instruct_checkpoint)]) == 0
+    assert served["name"] == "instruct"  # was "." for --checkpoint .

@@ -135,16 +135,24 @@ BAD = [
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content",
      "content"),
     ("/v1/completions", {"prompt": "x", "model": "gpt-4"}, 404, "model", "does not exist"),
-    ("/v1/completions", {"prompt": "x", "max_tokens": -1}, 400, "max_tokens", "must be an integer"),
+    ("/v1/completions", {"prompt": "x", "max_tokens": -1}, 400, "max_tokens", "an integer >= 1, got -1"),
     ("/v1/completions", {"prompt": "x", "max_tokens": 10**9}, 400, "max_tokens", "at most 200"),
     ("/v1/completions", {"prompt": "x", "max_tokens": "5"}, 400, "max_tokens", "integer"),
+    # chat's newer name for max_tokens: errors name the field the client sent
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": "5"},
+     400, "max_completion_tokens", "max_completion_tokens must be an integer"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 201},
+     400, "max_completion_tokens", "max_completion_tokens is 201; this server allows at most 200"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x" * 100}],
+                              "max_completion_tokens": 190},
+     400, "max_completion_tokens", "or lower max_completion_tokens"),
     ("/v1/completions", {"prompt": "x", "temperature": 3}, 400, "temperature", "from 0 to 2"),
     ("/v1/completions", {"prompt": "x", "temperature": -0.5}, 400, "temperature", "from 0 to 2"),
     ("/v1/completions", {"prompt": "x", "temperature": "hot"}, 400, "temperature", "must be a number"),
     ("/v1/completions", {"prompt": "x", "temperature": True}, 400, "temperature", "must be a number"),
     ("/v1/completions", {"prompt": "x", "top_p": 1.5}, 400, "top_p", "top_p"),
     ("/v1/completions", {"prompt": "x", "n": 5}, 400, "n", "--max-batch"),
-    ("/v1/completions", {"prompt": "x", "n": 0}, 400, "n", "n must be"),
+    ("/v1/completions", {"prompt": "x", "n": 0}, 400, "n", "n must be an integer >= 1, got 0"),
     ("/v1/completions", {"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "at most 4"),
     ("/v1/completions", {"prompt": "x", "stop": [""]}, 400, "stop", "non-empty"),
     ("/v1/completions", {"prompt": "x", "seed": -1}, 400, "seed", "seed"),
@@ -156,6 +164,7 @@ BAD = [
     ("/v1/completions", {"prompt": "x" * 5000}, 413, None, "--max-body-bytes"),
     ("/v1/completions", {"prompt": "x", "logit_bias": {"220": -100}}, 400, "logit_bias", "not supported"),
     ("/v1/completions", {"prompt": "x", "suffix": "end"}, 400, "suffix", "not supported"),
+    ("/v1/completions", {"prompt": "x", "best_of": 2}, 400, "best_of", "other than 1 is not supported"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
                               "tools": [{"type": "function"}]}, 400, "tools", "not supported"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
@@ -202,6 +211,25 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(server):
         server.model.delay = 0.0
     answer = _client(server).completions.create(model="tiny", prompt="again", max_tokens=3)
     assert answer.choices[0].finish_reason in ("length", "stop")
+
+
+def test_a_client_that_disconnects_before_a_whole_answer_frees_its_slot(server):
+    server.model.delay = 0.02  # 200 tokens take seconds, each well within a second of the last
+    server.model.banned = [server.tokenizer.eot_id]  # and the answer does not end by itself
+    engine = server.app.state.engine
+    steps_before = engine.steps
+    try:
+        conn = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=30)
+        conn.request("POST", "/v1/completions", json.dumps({"prompt": "Hi", "max_tokens": 200}),
+                     {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
+        assert wait_until(lambda: engine.active == 1 and engine.steps - steps_before > 5)
+        conn.sock.close()  # the client gives up waiting
+        conn.close()
+        assert wait_until(lambda: engine.active == 0, timeout=10)
+        assert engine.steps - steps_before < 150  # freed long before its 200 tokens (was: never early)
+    finally:
+        server.model.delay = 0.0
+        server.model.banned = []
 
 
 @pytest.mark.parametrize(("settings", "message"), [

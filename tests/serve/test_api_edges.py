@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 import torch
 from generation_helpers import ByteTokenizer, tiny_model
-from serving_helpers import API_KEY, SlowModel, request
+from serving_helpers import API_KEY, SlowModel, request, wait_until
 
 from gptsmith.device import MAX_SEED, check_seed
 from gptsmith.errors import ConfigError, GptsmithError
@@ -163,3 +164,137 @@ def test_a_cap_over_the_context_is_refused_not_lowered_quietly(name):
     limits = server_limits(ServerSettings(**{name: 128}), 128)  # the whole context is fine
     assert getattr(limits, name) == 128
     assert getattr(server_limits(ServerSettings(**{name: 100}), 128), name) == 100
+
+
+def _streamed_logprobs(server, body) -> tuple[str, dict[str, list]]:
+    """The text and the logprobs lists (tokens, token_logprobs, text_offset) of a streamed answer."""
+    status, streamed = request(server.url, "POST", "/v1/completions", {**body, "stream": True})
+    assert status == 200, streamed
+    text, lists = "", {"tokens": [], "token_logprobs": [], "text_offset": []}
+    for event in streamed["text"].split("\n\n"):
+        if event.startswith("data: {"):
+            choice = json.loads(event.removeprefix("data: "))["choices"][0]
+            text += choice["text"]
+            for name in lists:
+                lists[name] += (choice["logprobs"] or {}).get(name, [])
+    return text, lists
+
+
+@pytest.mark.parametrize(("stop", "text", "offsets"), [
+    (None, "B🎉AB", [0, 1, 1, 1, 1, 2, 3]),  # the emoji's four tokens all start where it does
+    ("BX", "B🎉AB", [0, 1, 1, 1, 1, 2, 3]),  # each "B" is held back (it may begin "BX"), then released
+    ("🎉A", "B", [0]),  # the emoji's tokens were held back, then cut by the stop: never reported
+    ("B🎉", "", []),  # so is a first token cut by a stop
+])
+def test_streamed_logprobs_are_the_whole_answers_with_offsets_in_characters(scripted, stop, text, offsets):
+    body = {"prompt": "A", "max_tokens": 7, "temperature": 0, "logprobs": 1, "stop": stop}
+    status, whole = request(scripted.url, "POST", "/v1/completions", body)
+    assert status == 200 and whole["choices"][0]["text"] == text, whole
+    logprobs = whole["choices"][0]["logprobs"]
+    assert logprobs["text_offset"] == offsets  # characters of the text, not lengths of "�" pieces
+    assert len(logprobs["tokens"]) == whole["usage"]["completion_tokens"]
+    streamed_text, streamed = _streamed_logprobs(scripted, body)
+    assert streamed_text == text
+    for name, values in streamed.items():  # every kept token once, none cut by a stop, same offsets
+        assert values == logprobs[name], name
+
+
+def test_answers_still_running_when_the_grace_period_ends_are_ended_not_cut_off():
+    model, tokenizer = SlowModel(tiny_model(vocab_size=257, context_length=256), delay=0.05), ByteTokenizer()
+    model.banned = [tokenizer.eot_id]  # each answer would take 10 s: far past the grace period
+    results = {}
+
+    def ask(name: str, body: dict) -> None:
+        results[name] = request(server.url, "POST", "/v1/completions", body, key=None)
+
+    server = ServerThread(model, tokenizer, ServerSettings(max_batch=1), grace_seconds=0.5)
+    with server:  # max_batch 1: one answer runs, the other waits
+        threads = [threading.Thread(target=ask, args=(name, {"prompt": "a", "max_tokens": 200, **more}))
+                   for name, more in (("streamed", {"stream": True}), ("whole", {}))]
+        for thread in threads:
+            thread.start()
+        engine = server.app.state.engine
+        assert wait_until(lambda: engine.active == 1 and len(engine.waiting) == 1)
+    for thread in threads:  # leaving the block shut the server down
+        thread.join(30)
+    status, streamed = results["streamed"]  # read to its end: not a cut-off response
+    events = [e.removeprefix("data: ") for e in streamed["text"].split("\n\n") if e.startswith("data: ")]
+    assert status == 200 and events[-1] == "[DONE]", events[-3:]
+    error = json.loads(events[-2])["error"]
+    assert "shut down before the answer was finished" in error["message"] and error["type"] == "server_error"
+    assert all(json.loads(e)["choices"][0]["finish_reason"] is None for e in events[:-2])  # never "stop"
+    status, whole = results["whole"]
+    assert status == 503 and "shut down before the answer was finished" in whole["error"]["message"], whole
+
+
+def test_max_tokens_over_the_context_names_the_context_when_no_cap_was_set(scripted, fast):
+    status, answer = request(scripted.url, "POST", "/v1/completions", {"prompt": "A", "max_tokens": 65})
+    message = answer["error"]["message"]
+    assert status == 400 and answer["error"]["param"] == "max_tokens"
+    assert "the model's context is 64 tokens" in message and "--max-tokens" not in message  # none was set
+    status, answer = request(fast.url, "POST", "/v1/completions", {"prompt": "A", "max_tokens": 201})
+    assert status == 400 and "at most 200 (its --max-tokens)" in answer["error"]["message"]  # one was
+
+
+def test_a_max_batch_too_big_for_memory_is_refused_in_one_line(monkeypatch):
+    from gptsmith.model import memory
+
+    model = tiny_model(vocab_size=257, context_length=64)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 1 << 30)  # 1 GiB free, on any machine
+    create_app(model, ByteTokenizer(), ServerSettings(max_batch=16))  # a few MiB: fine
+    with pytest.raises(ConfigError, match=r"^--max-batch 1000000000 needs about .* but only 1\.0 GiB of "
+                                          r"memory is available on cpu: lower --max-batch$"):
+        create_app(model, ByteTokenizer(), ServerSettings(max_batch=10**9))  # was a torch allocator error
+
+
+def test_a_developer_message_is_a_system_message(fast):
+    """OpenAI's newer clients send the system prompt as role "developer"."""
+    answers = []
+    for role in ("system", "developer"):
+        body = {"messages": [{"role": role, "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+                "max_tokens": 8, "temperature": 0}
+        status, answer = request(fast.url, "POST", "/v1/chat/completions", body)
+        assert status == 200, answer  # was a 400: role must be one of system, user, assistant
+        answers.append((answer["choices"][0]["message"]["content"], answer["usage"]))
+    assert answers[0] == answers[1] and answers[0][1]["prompt_tokens"] == len("Be brief.\n\nHi")
+
+
+def test_each_prompt_of_a_list_gets_the_seeds_it_would_get_alone(fast):
+    fast.model.banned = [fast.tokenizer.eot_id]  # sampled answers of full length, so they can differ
+    try:
+        def texts(body: dict) -> list[str]:
+            body = {"max_tokens": 12, "seed": 5, **body}
+            status, answer = request(fast.url, "POST", "/v1/completions", body)
+            assert status == 200, answer
+            return [choice["text"] for choice in answer["choices"]]
+
+        alone = texts({"prompt": "Hi", "n": 2})  # seeds 5 and 6
+        assert alone[0] != alone[1]
+        assert texts({"prompt": ["Hi", "Hi"], "n": 2}) == alone * 2  # not seeds 5, 6, 7, 8
+    finally:
+        fast.model.banned = []
+
+
+def test_a_second_ctrl_c_ends_the_answers_at_once_and_they_still_say_so():
+    model, tokenizer = SlowModel(tiny_model(vocab_size=257, context_length=256), delay=0.05), ByteTokenizer()
+    model.banned = [tokenizer.eot_id]
+    results = {}
+
+    def ask() -> None:
+        body = {"prompt": "a", "max_tokens": 200, "stream": True}
+        results["streamed"] = request(server.url, "POST", "/v1/completions", body, key=None)
+
+    server = ServerThread(model, tokenizer, ServerSettings(), grace_seconds=30)
+    with server:
+        reader = threading.Thread(target=ask)
+        reader.start()
+        assert wait_until(lambda: server.app.state.engine.active == 1)
+        started = time.monotonic()
+        server.server.should_exit = True  # Ctrl-C: a 30 s grace period begins
+        time.sleep(0.3)
+        server.server.force_exit = True  # Ctrl-C again: uvicorn's force quit
+        reader.join(10)
+    assert time.monotonic() - started < 5  # not the grace period, nor the 10 s answer
+    status, streamed = results["streamed"]  # was a cut-off response (and a traceback on the console)
+    events = [e.removeprefix("data: ") for e in streamed["text"].split("\n\n") if e.startswith("data: ")]
+    assert events[-1] == "[DONE]" and "shut down" in json.loads(events[-2])["error"]["message"]

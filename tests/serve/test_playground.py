@@ -93,9 +93,81 @@ def test_playground_streams_an_answer_and_stops_it(server, browser, tmp_path):
         server.model.banned = []
 
 
+def test_tabs_and_clear_during_an_answer_leave_it_and_the_conversation_whole(server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    engine = server.app.state.engine
+    server.model.delay = 0.03
+    server.model.banned = [server.tokenizer.eot_id]  # every answer runs to its max tokens
+    try:
+        browser.get(server.url + "/")
+        browser.find_element(By.ID, "api-key").send_keys(API_KEY, Keys.TAB)
+        assert wait_until(lambda: "tiny" in browser.find_element(By.ID, "model").text, 10)
+        browser.find_element(By.ID, "tab-completion").click()
+        max_tokens = browser.find_element(By.ID, "max-tokens")
+        max_tokens.clear()
+        max_tokens.send_keys("40")
+        browser.find_element(By.ID, "prompt").send_keys("Once upon")
+        browser.find_element(By.ID, "send").click()
+        stats = browser.find_element(By.ID, "stats")
+        assert wait_until(lambda: "tokens/s" in stats.text, 10)
+        browser.find_element(By.ID, "tab-chat").click()  # while the completion streams
+        assert wait_until(lambda: "…" not in stats.text, 20)
+        assert browser.find_element(By.ID, "error").text == ""  # was: Cannot read properties of undefined
+        assert stats.text.startswith("40 tokens")  # the completion ran to its end
+        assert browser.execute_script("return state.messages.length") == 0  # and is no chat turn
+
+        browser.find_element(By.ID, "prompt").send_keys("Hello")
+        browser.find_element(By.ID, "send").click()
+        assert wait_until(lambda: len(_text(browser, ".msg.assistant .text")) >= 2, 10)
+        browser.find_element(By.ID, "clear").click()  # mid-answer: a new conversation
+        assert wait_until(lambda: engine.active == 0, 10)  # the answer stopped, its row is free
+        assert wait_until(lambda: not browser.find_element(By.ID, "send").get_attribute("disabled"), 10)
+        assert browser.execute_script("return state.messages.length") == 0  # was: the old answer in it
+    finally:
+        server.model.delay = 0.0
+        server.model.banned = []
+
+
+def test_a_chat_turn_that_fails_leaves_the_conversation_and_its_text_comes_back(server, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server.url + "/")  # no API key given: every request is refused
+    assert wait_until(lambda: "Cannot list models" in browser.find_element(By.ID, "error").text, 10)
+    browser.find_element(By.ID, "prompt").send_keys("Hello")
+    browser.find_element(By.ID, "send").click()
+    error = browser.find_element(By.ID, "error")
+    assert wait_until(lambda: "API key" in error.text, 10)
+    assert wait_until(lambda: not browser.find_element(By.ID, "send").get_attribute("disabled"), 10)
+    assert browser.execute_script("return state.messages.length") == 0  # was: Hello and an empty reply
+    assert browser.find_elements(By.CSS_SELECTOR, ".msg") == []
+    assert browser.find_element(By.ID, "prompt").get_attribute("value") == "Hello"  # to resend with a key
+
+
 def test_the_page_is_shipped_in_the_package():
     from importlib import resources
 
     page = resources.files("gptsmith.serve").joinpath("static", "playground.html").read_text(encoding="utf-8")
     assert "/v1/chat/completions" in page and "<script" in page
     assert "http://" not in page and "https://" not in page  # nothing fetched from elsewhere: works offline
+
+
+def test_the_playground_works_out_of_the_box_with_a_small_context(browser):
+    """The page's default max tokens (200) is more than a 64-token model's context: it must not send it."""
+    from generation_helpers import ByteTokenizer, tiny_model
+    from selenium.webdriver.common.by import By
+
+    from gptsmith.serve.app import ServerSettings
+    from gptsmith.serve.server import ServerThread
+
+    model = tiny_model(vocab_size=257, context_length=64)
+    with ServerThread(model, ByteTokenizer(), ServerSettings(model_name="small")) as server:
+        browser.get(server.url + "/")
+        assert wait_until(lambda: "context 64" in browser.find_element(By.ID, "model").text, 10)
+        assert int(browser.find_element(By.ID, "max-tokens").get_attribute("value")) <= 32
+        browser.find_element(By.ID, "prompt").send_keys("Hello")
+        browser.find_element(By.ID, "send").click()
+        stats = browser.find_element(By.ID, "stats")
+        assert wait_until(lambda: "token" in stats.text and "…" not in stats.text, 20)
+        assert browser.find_element(By.ID, "error").text == ""  # was: max_tokens is 200 ... at most 64
