@@ -287,7 +287,9 @@ def _text_documents(path: Path, text: str) -> Iterator[str]:
     if ENDOFTEXT in text:
         for doc in text.split(ENDOFTEXT):
             if doc.strip():
-                yield doc.strip("\n")
+                # The line break around a separator goes with it, "\r\n" as much as "\n": a Windows
+                # file's documents must not start and end with a stray "\r".
+                yield doc.strip("\r\n")
     else:
         yield text
 

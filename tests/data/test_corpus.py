@@ -41,6 +41,14 @@ def test_text_files_directories_and_globs(tmp_path):
     assert list(resolve_corpus(str(tmp_path / "br[ack]et.txt")).documents()) == ["a file, not a glob"]
 
 
+def test_a_windows_file_splits_into_the_same_documents_as_a_unix_one(tmp_path):
+    # The line break around <|endoftext|> goes with it, "\r\n" as much as "\n": no stray "\r".
+    (tmp_path / "unix.txt").write_bytes(b"first doc\n<|endoftext|>\nsecond\r\ndoc\n")
+    (tmp_path / "windows.txt").write_bytes(b"first doc\r\n<|endoftext|>\r\nsecond\r\ndoc\r\n")
+    assert list(resolve_corpus(tmp_path / "unix.txt").documents()) == ["first doc", "second\r\ndoc"]
+    assert list(resolve_corpus(tmp_path / "windows.txt").documents()) == ["first doc", "second\r\ndoc"]
+
+
 def test_named_corpus_from_data_dir(tmp_path, monkeypatch):
     (tmp_path / "mycorpus.txt").write_text("hello")
     monkeypatch.setenv("GPTSMITH_DATA_DIR", str(tmp_path))
