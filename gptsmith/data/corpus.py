@@ -174,7 +174,7 @@ def resolve_corpus(name_or_path: str | Path, text_field: str = "text") -> Corpus
             raise DataError(f"glob {spec!r} matches no files (check the pattern and the directory)")
         return _source_from_files(spec, files, text_field)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+        files = directory_text_files(path)
         if not files:
             raise DataError(f"directory {path} holds no .txt or .md files ({_what_to_pass_instead(path)})")
         return _source_from_files(spec, files, text_field)
@@ -189,6 +189,23 @@ def resolve_corpus(name_or_path: str | Path, text_field: str = "text") -> Corpus
         f"'builtin', 'hf:NAME', or a named corpus such as the-verdict found in: {where}; "
         "`gptsmith download the-verdict` fetches one when online)"
     )
+
+
+def directory_text_files(directory: Path) -> list[Path]:
+    """The ``.txt``/``.md`` files under ``directory``, sorted, through symlinked folders too (as a
+    glob's ``**`` goes; ``Path.rglob`` would drop their files without a word), each real folder
+    once, so a link back up cannot loop."""
+    files, seen = [], set()
+    for root, dirs, names in os.walk(directory, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()  # the same folders win on every run when two names lead to one
+        files += [Path(root, name) for name in names
+                  if Path(name).suffix.lower() in TEXT_SUFFIXES and Path(root, name).is_file()]
+    return sorted(files)
 
 
 def same_corpus(a: str, b: str) -> bool:

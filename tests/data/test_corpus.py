@@ -49,6 +49,17 @@ def test_a_windows_file_splits_into_the_same_documents_as_a_unix_one(tmp_path):
     assert list(resolve_corpus(tmp_path / "windows.txt").documents()) == ["first doc", "second\r\ndoc"]
 
 
+def test_a_directory_corpus_follows_symlinked_folders_once(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "linked.txt").write_text("behind a link")
+    (tmp_path / "corpus" / "own").mkdir(parents=True)
+    (tmp_path / "corpus" / "own" / "a.txt").write_text("own text")
+    (tmp_path / "corpus" / "more").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "corpus" / "own" / "up").symlink_to(tmp_path / "corpus", target_is_directory=True)  # a loop
+    source = resolve_corpus(tmp_path / "corpus")
+    assert list(source.documents()) == ["behind a link", "own text"]  # as the glob corpus/**/*.txt reads
+
+
 def test_named_corpus_from_data_dir(tmp_path, monkeypatch):
     (tmp_path / "mycorpus.txt").write_text("hello")
     monkeypatch.setenv("GPTSMITH_DATA_DIR", str(tmp_path))
