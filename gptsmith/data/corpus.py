@@ -215,6 +215,14 @@ def same_corpus(a: str, b: str) -> bool:
     return _corpus_identity(a) == _corpus_identity(b)
 
 
+def corpus_location(spec: str) -> str:
+    """``spec`` as any working directory reads it: an existing relative path or a glob made
+    absolute, a name (``builtin``, ``hf:NAME``, ``the-verdict``) as it is. A run records it, so it
+    can be resumed and evaluated from elsewhere."""
+    kind, key = _corpus_identity(spec)
+    return spec if kind == "name" else key
+
+
 def _corpus_identity(spec: str) -> tuple[str, str]:
     """What ``resolve_corpus`` would read for ``spec``, as a comparable key (no files are read)."""
     spec = str(spec)
