@@ -16,7 +16,7 @@
   ``datasets`` package.
 
 Text must be UTF-8: other bytes are an error naming the file and the byte offset (a model should
-not silently learn U+FFFD). A text file holding ``<|endoftext|>`` is split there into documents.
+not silently learn U+FFFD). A text file or record holding ``<|endoftext|>`` is split there into documents.
 """
 
 from __future__ import annotations
@@ -77,16 +77,21 @@ class CorpusSource:
             if empty:
                 shown = ", ".join(str(p) for p in empty[:3]) + (" ..." if len(empty) > 3 else "")
                 warnings.warn(f"skipped {len(empty)} empty file(s) of {self.name}: {shown}", stacklevel=2)
-        elif self.kind == "jsonl":
-            for path in self.paths:
-                yield from _jsonl_documents(path, self.text_field)
-        elif self.kind == "parquet":
-            for path in self.paths:
-                yield from _parquet_documents(path, self.text_field)
-        elif self.kind == "hf":
-            yield from hf_documents(self.name, self.text_field)
+        elif self.kind in ("jsonl", "parquet", "hf"):
+            # A record that holds <|endoftext|> is split there too, as a text file is: each document
+            # boundary gets one separator ("story.<|endoftext|>" then the next record gave two).
+            for record in self._records():
+                yield from split_at_endoftext(record)
         else:  # pragma: no cover - CorpusSource is built by resolve_corpus
             raise DataError(f"unknown corpus kind {self.kind!r}")
+
+    def _records(self) -> Iterator[str]:
+        """The texts of a .jsonl, .parquet or hf: corpus, record by record."""
+        if self.kind == "hf":
+            yield from hf_documents(self.name, self.text_field)
+        for path in self.paths:
+            reader = _jsonl_documents if self.kind == "jsonl" else _parquet_documents
+            yield from reader(path, self.text_field)
 
     def total_bytes(self) -> int | None:
         """Bytes of text (for progress bars); None when unknown without reading it all.
@@ -309,14 +314,20 @@ def _text_documents(path: Path, text: str) -> Iterator[str]:
     """The documents of one text file: the whole text, or its parts between ``<|endoftext|>``."""
     if not text.strip():
         raise DataError(f"corpus file {path} is empty (it has no text to train on)")
-    if ENDOFTEXT in text:
-        for doc in text.split(ENDOFTEXT):
-            if doc.strip():
-                # The line break around a separator goes with it, "\r\n" as much as "\n": a Windows
-                # file's documents must not start and end with a stray "\r".
-                yield doc.strip("\r\n")
-    else:
+    yield from split_at_endoftext(text)
+
+
+def split_at_endoftext(text: str) -> Iterator[str]:
+    """The documents of ``text``: the whole text, or its non-blank parts between ``<|endoftext|>``
+    (the shard puts one back between documents)."""
+    if ENDOFTEXT not in text:
         yield text
+        return
+    for doc in text.split(ENDOFTEXT):
+        if doc.strip():
+            # The line break around a separator goes with it, "\r\n" as much as "\n": a Windows
+            # file's documents must not start and end with a stray "\r".
+            yield doc.strip("\r\n")
 
 
 def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:

@@ -117,6 +117,19 @@ def test_non_utf8_bytes_name_file_and_offset(tmp_path):
     assert list(resolve_corpus(tmp_path / "bom-ok.txt").documents()) == ["hello"]
 
 
+def test_a_record_holding_endoftext_is_split_so_each_boundary_gets_one(tmp_path, word_tokenizer):
+    import json
+
+    records = ["alpha beta.<|endoftext|>", "gamma<|endoftext|>\r\ndelta", "  <|endoftext|>", "epsilon"]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": r}) + "\n" for r in records))
+    assert list(resolve_corpus(tmp_path / "c.jsonl").documents()) == [
+        "alpha beta.", "gamma", "delta", "epsilon"]
+    shard = prepare_corpus(tmp_path / "c.jsonl", tokenizer=word_tokenizer, out_dir=tmp_path / "shard")
+    ids = [int(i) for i in shard.tokens]
+    eot = word_tokenizer.eot_id
+    assert ids.count(eot) == 3 and [ids[i - 1] for i in shard.doc_starts[1:]] == [eot] * 3
+
+
 def test_jsonl_corpus_and_its_errors(tmp_path):
     good = tmp_path / "good.jsonl"
     good.write_text('{"text": "one"}\n\n{"text": "two", "id": 2}\n')
