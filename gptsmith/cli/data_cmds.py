@@ -41,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="gpt2 (default: GPT-2's BPE) or simple (word-level; its vocabulary is "
                               "every word of this corpus, saved as vocab.json in the shard)")
     prepare.add_argument("--out", default=None, metavar="DIR",
-                         help="shard directory (default: a directory in the user cache, printed at the end)")
+                         help="shard directory: new, empty or a shard (default: a directory in the user "
+                              "cache, printed at the end)")
     prepare.add_argument("--text-field", default="text", help="JSONL field / Parquet column holding the text")
     prepare.add_argument("--threads", type=int, default=None, help="encoder threads (default: all cores)")
     prepare.add_argument("--split", default="0.8,0.1,0.1", metavar="TRAIN,VAL,TEST",

@@ -7,7 +7,7 @@ import argparse
 import math
 from pathlib import Path
 
-from gptsmith.cli.train_configs import read_run_info
+from gptsmith.cli.train_configs import read_run_info, run_corpus
 from gptsmith.config import check_fraction
 from gptsmith.device import DEVICE_HELP, device_arg
 from gptsmith.errors import ConfigError
@@ -59,13 +59,13 @@ def run_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if device.type == "cpu":
         tune_cpu_allocator()  # the logits of every batch are big buffers: avoid re-faulting them
-    run_train_cfg: dict = {}
+    run_info: dict = {}
     if args.checkpoint:
         model_dir = resolve_model_dir(args.checkpoint)
         tokenizer = load_tokenizer(read_model_config(model_dir).get("tokenizer", "gpt2"), model_dir)
         for candidate in (Path(args.checkpoint), model_dir.parent.parent):
             if (candidate / "run.json").is_file():
-                run_train_cfg = read_run_info(candidate).get("train", {})
+                run_info = read_run_info(candidate)
                 break
         model = load_model_dir(model_dir, device=device)
         label = str(model_dir)
@@ -75,7 +75,8 @@ def run_eval(args: argparse.Namespace) -> int:
         cfg = GPTConfig.from_preset(args.preset, context_length=min(cfg.context_length, 256))
         tokenizer, model = load_tokenizer("gpt2"), GPTModel(cfg).to(device).eval()
         label = f"untrained {args.preset}"
-    data = args.data or run_train_cfg.get("data", "builtin")
+    run_train_cfg = run_info.get("train", {})
+    data = args.data or (run_corpus(run_info) if run_info else "builtin")
     val_fraction = args.val_fraction
     if val_fraction is None:
         val_fraction = run_train_cfg.get("val_fraction", 0.1)

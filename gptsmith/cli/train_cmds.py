@@ -16,6 +16,7 @@ from gptsmith.cli.train_configs import (
     file_values_named,
     read_run_info,
     resume_configs,
+    run_corpus,
 )
 from gptsmith.cli.train_progress import ProgressPrinter, say
 from gptsmith.device import DEVICE_HELP, TRAIN_DTYPES, device_arg, dtype_arg
@@ -159,7 +160,8 @@ def run_train(args: argparse.Namespace) -> int:
             return 0
         _check_memory(plan)  # in a second, before the corpus is tokenized or the model built
     run_dir, train_cfg = plan.run_dir, plan.train_cfg
-    train_tokens, val_tokens, data_info = _prepare_data(train_cfg, plan.tokenizer)
+    data = run_corpus(plan.run_info) if plan.found is not None else train_cfg.data
+    train_tokens, val_tokens, data_info = _prepare_data(train_cfg, plan.tokenizer, data)
     if plan.run_info.get("data_info", {}).get("checksum") not in (None, data_info["checksum"]):
         raise ConfigError(f"the corpus {train_cfg.data!r} changed since {run_dir} started (its token "
                           "checksum differs); resume needs the same data, or start a new run")
@@ -278,8 +280,11 @@ def _check_path_flags(args: argparse.Namespace) -> None:
             raise ConfigError(f"{flag_name} is empty (pass a run directory, e.g. runs/notes)")
 
 
-def _prepare_data(train_cfg: Any, tokenizer: Any) -> tuple[Any, Any, dict]:
-    """The (train, val, info) splits of the run's corpus, saying whether it is tokenized now or cached."""
+def _prepare_data(train_cfg: Any, tokenizer: Any, data: str) -> tuple[Any, Any, dict]:
+    """The (train, val, info) splits of the run's corpus, read from ``data`` (``train_cfg.data``, or
+    where a resumed run found it), saying whether it is tokenized now or cached. ``info`` records
+    the corpus's ``location``, so that the run resumes from any directory."""
+    from gptsmith.data.corpus import corpus_location
     from gptsmith.train.run import prepare_splits
 
     tokenizing = []
@@ -287,13 +292,13 @@ def _prepare_data(train_cfg: Any, tokenizer: Any) -> tuple[Any, Any, dict]:
     def on_progress(done: int, total: int | None) -> None:  # called only while tokenizing
         if not tokenizing:
             tokenizing.append(True)
-            say(f"data: {train_cfg.data} (tokenizing with {tokenizer.name}; cached for the next runs)")
+            say(f"data: {data} (tokenizing with {tokenizer.name}; cached for the next runs)")
 
-    splits = prepare_splits(train_cfg.data, tokenizer, train_cfg.val_fraction, progress=on_progress,
-                            text_field=train_cfg.text_field)
+    train_tokens, val_tokens, info = prepare_splits(data, tokenizer, train_cfg.val_fraction,
+                                                    progress=on_progress, text_field=train_cfg.text_field)
     if not tokenizing:
-        say(f"data: {train_cfg.data} (cached tokens)")
-    return splits
+        say(f"data: {data} (cached tokens)")
+    return train_tokens, val_tokens, {**info, "location": corpus_location(data)}
 
 
 def _fit(trainer: Any, progress: ProgressPrinter, run_dir: Path) -> Any:

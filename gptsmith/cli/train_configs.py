@@ -262,7 +262,8 @@ def _resume_configs(args: argparse.Namespace, run_dir: Path, run_info: dict) -> 
                               "Restore it, or start a new run") from None
     checked, changes = _asked_train_values(args)
     asked = TrainConfig.from_dict({**run_info["train"], **checked}, source=args.config or "flags")
-    if same_corpus(saved.data, asked.data):  # `notes` asks for the run's `notes/`: compare what is read
+    # `notes` asks for the run's `notes/`, and so does its absolute path from elsewhere: compare what is read.
+    if any(same_corpus(known, asked.data) for known in (saved.data, run_corpus(run_info))):
         asked = asked.replace(data=saved.data)
     fixed = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in RESUME_FIELDS]
     _refuse_differences("training settings", {k: getattr(saved, k) for k in fixed},
@@ -277,6 +278,25 @@ def _resume_configs(args: argparse.Namespace, run_dir: Path, run_info: dict) -> 
                      f"--time-budget {saved.time_budget} chose; the budget no longer applies")
     train_cfg.check()
     return model_cfg, train_cfg, notes
+
+
+def run_corpus(run_info: dict) -> str:
+    """Where to read the corpus of the run ``run_info`` (its run.json) from: the corpus as it was
+    found when the run started (``data_info.location``: a relative --data made absolute) while it
+    is still there, so the run resumes and evaluates from any directory; else its --data as given,
+    read from here (a project moved with its runs, or a run from before the location was kept)."""
+    from gptsmith.data.corpus import resolve_corpus
+
+    spec = str(run_info["train"].get("data", "builtin"))
+    info = run_info.get("data_info")
+    location = info.get("location") if isinstance(info, dict) else None
+    if not isinstance(location, str) or location == spec:
+        return spec
+    try:
+        resolve_corpus(location)
+    except GptsmithError:  # gone: the corpus as given, from here
+        return spec
+    return location
 
 
 def _change_notes(saved: Any, resumed: Any) -> list[str]:

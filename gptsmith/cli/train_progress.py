@@ -68,11 +68,18 @@ class ProgressPrinter:
                 f"{last['step_s']:.3f} s), so the schedule shrinks to {info['max_steps']:,} steps (the decay "
                 "ends at the new last step)")
         else:
-            say(f"time budget {info['budget_s']:,.0f} s: {info['measured_steps']} steps timed at "
+            budget_s, spent_s = info["budget_s"], info.get("spent_s", 0.0)
+            over = ""
+            # Too short for even one more step, evaluation and checkpoint: the run takes them, late.
+            if spent_s + info["step_s"] + info["eval_s"] + info["checkpoint_s"] > budget_s:
+                over = (f"; the timed part alone took {spent_s:.1f} s, so the run ends over its budget "
+                        "(raise --time-budget, or lower --eval-batches)")
+            budget = f"{budget_s:,.0f}" if budget_s >= 10 else f"{budget_s:g}"  # 0.5 s must not read "0 s"
+            say(f"time budget {budget} s: {info['measured_steps']} steps timed at "
                 f"{info['step_s']:.3f} s, evaluation {info['eval_s']:.1f} s, sample "
                 f"{info['sample_s']:.1f} s, checkpoint ~{info['checkpoint_s']:.1f} s -> schedule sized to "
                 f"{info['max_steps']:,} steps (warm-up {info['warmup_steps']}, cosine decay to the floor at "
-                "the last step)")
+                f"the last step){over}")
         self.said_steps = info["max_steps"]
         self._set_total(info["max_steps"])
 

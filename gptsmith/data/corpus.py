@@ -16,7 +16,7 @@
   ``datasets`` package.
 
 Text must be UTF-8: other bytes are an error naming the file and the byte offset (a model should
-not silently learn U+FFFD). A text file holding ``<|endoftext|>`` is split there into documents.
+not silently learn U+FFFD). A text file or record holding ``<|endoftext|>`` is split there into documents.
 """
 
 from __future__ import annotations
@@ -77,16 +77,21 @@ class CorpusSource:
             if empty:
                 shown = ", ".join(str(p) for p in empty[:3]) + (" ..." if len(empty) > 3 else "")
                 warnings.warn(f"skipped {len(empty)} empty file(s) of {self.name}: {shown}", stacklevel=2)
-        elif self.kind == "jsonl":
-            for path in self.paths:
-                yield from _jsonl_documents(path, self.text_field)
-        elif self.kind == "parquet":
-            for path in self.paths:
-                yield from _parquet_documents(path, self.text_field)
-        elif self.kind == "hf":
-            yield from hf_documents(self.name, self.text_field)
+        elif self.kind in ("jsonl", "parquet", "hf"):
+            # A record that holds <|endoftext|> is split there too, as a text file is: each document
+            # boundary gets one separator ("story.<|endoftext|>" then the next record gave two).
+            for record in self._records():
+                yield from split_at_endoftext(record)
         else:  # pragma: no cover - CorpusSource is built by resolve_corpus
             raise DataError(f"unknown corpus kind {self.kind!r}")
+
+    def _records(self) -> Iterator[str]:
+        """The texts of a .jsonl, .parquet or hf: corpus, record by record."""
+        if self.kind == "hf":
+            yield from hf_documents(self.name, self.text_field)
+        for path in self.paths:
+            reader = _jsonl_documents if self.kind == "jsonl" else _parquet_documents
+            yield from reader(path, self.text_field)
 
     def total_bytes(self) -> int | None:
         """Bytes of text (for progress bars); None when unknown without reading it all.
@@ -174,7 +179,7 @@ def resolve_corpus(name_or_path: str | Path, text_field: str = "text") -> Corpus
             raise DataError(f"glob {spec!r} matches no files (check the pattern and the directory)")
         return _source_from_files(spec, files, text_field)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+        files = directory_text_files(path)
         if not files:
             raise DataError(f"directory {path} holds no .txt or .md files ({_what_to_pass_instead(path)})")
         return _source_from_files(spec, files, text_field)
@@ -191,11 +196,36 @@ def resolve_corpus(name_or_path: str | Path, text_field: str = "text") -> Corpus
     )
 
 
+def directory_text_files(directory: Path) -> list[Path]:
+    """The ``.txt``/``.md`` files under ``directory``, sorted, through symlinked folders too (as a
+    glob's ``**`` goes; ``Path.rglob`` would drop their files without a word), each real folder
+    once, so a link back up cannot loop."""
+    files, seen = [], set()
+    for root, dirs, names in os.walk(directory, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()  # the same folders win on every run when two names lead to one
+        files += [Path(root, name) for name in names
+                  if Path(name).suffix.lower() in TEXT_SUFFIXES and Path(root, name).is_file()]
+    return sorted(files)
+
+
 def same_corpus(a: str, b: str) -> bool:
     """Whether corpus specs ``a`` and ``b`` name the same corpus: the same file, directory or glob
     however it is spelt (``notes`` and ``./notes/``), else the same name (``builtin``, ``hf:NAME``,
     a named corpus such as ``the-verdict``)."""
     return _corpus_identity(a) == _corpus_identity(b)
+
+
+def corpus_location(spec: str) -> str:
+    """``spec`` as any working directory reads it: an existing relative path or a glob made
+    absolute, a name (``builtin``, ``hf:NAME``, ``the-verdict``) as it is. A run records it, so it
+    can be resumed and evaluated from elsewhere."""
+    kind, key = _corpus_identity(spec)
+    return spec if kind == "name" else key
 
 
 def _corpus_identity(spec: str) -> tuple[str, str]:
@@ -284,12 +314,20 @@ def _text_documents(path: Path, text: str) -> Iterator[str]:
     """The documents of one text file: the whole text, or its parts between ``<|endoftext|>``."""
     if not text.strip():
         raise DataError(f"corpus file {path} is empty (it has no text to train on)")
-    if ENDOFTEXT in text:
-        for doc in text.split(ENDOFTEXT):
-            if doc.strip():
-                yield doc.strip("\n")
-    else:
+    yield from split_at_endoftext(text)
+
+
+def split_at_endoftext(text: str) -> Iterator[str]:
+    """The documents of ``text``: the whole text, or its non-blank parts between ``<|endoftext|>``
+    (the shard puts one back between documents)."""
+    if ENDOFTEXT not in text:
         yield text
+        return
+    for doc in text.split(ENDOFTEXT):
+        if doc.strip():
+            # The line break around a separator goes with it, "\r\n" as much as "\n": a Windows
+            # file's documents must not start and end with a stray "\r".
+            yield doc.strip("\r\n")
 
 
 def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:

@@ -27,6 +27,7 @@ import numpy as np
 from gptsmith.data.corpus import CorpusSource, resolve_corpus, safe_chunks
 from gptsmith.data.download import cache_dir
 from gptsmith.data.tokenizer import (
+    VOCAB_FILE,
     SimpleTokenizerV2,
     Tokenizer,
     get_tokenizer,
@@ -163,6 +164,7 @@ def prepare_corpus(
     name = tokenizer.name if tokenizer is not None else tokenizer_name
     out = Path(out_dir) if out_dir is not None else default_shard_dir(source, name)
     check_can_be_directory(out, "the shard directory")
+    _refuse_other_files(out)
     fingerprint = source.fingerprint()
     shard = None if force else _open_existing(out)
     if shard is not None:
@@ -263,6 +265,22 @@ def _write_shard(out: Path, source: CorpusSource, tokenizer: Tokenizer, fingerpr
     with write_errors(out / "meta.json", AGAIN):
         atomic_write_json(out / "meta.json", meta)
     return TokenShard.open(out)
+
+
+SHARD_FILES = frozenset({"tokens.bin", "docs.npy", "meta.json", VOCAB_FILE})
+
+
+def _refuse_other_files(out: Path) -> None:
+    """A shard goes into a new or empty folder, or one that holds a shard (maybe half written):
+    among other files its own would be mixed in, and replace any of the same names."""
+    if not out.is_dir():
+        return
+    others = sorted(p.name for p in out.iterdir()
+                    if p.name not in SHARD_FILES and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+    if others:
+        shown = ", ".join(others[:3]) + (" ..." if len(others) > 3 else "")
+        raise DataError(f"{out} holds other files ({shown}), not a token shard: choose a new or empty "
+                        "folder for the shard (--out)")
 
 
 def _open_existing(out: Path) -> TokenShard | None:

@@ -62,6 +62,14 @@ def join_words(pieces: Sequence[str]) -> str:
     return "".join(out)
 
 
+def _around_specials(text: str, allowed: Iterable[str]) -> list[str]:
+    """``text`` cut around the ``allowed`` special tokens, each a part of its own, so the regex
+    split never breaks one apart (nor glues one to the word beside it)."""
+    if not allowed:
+        return [text]
+    return re.split("(" + "|".join(re.escape(s) for s in sorted(allowed)) + ")", text)
+
+
 def split_words(text: str) -> list[str]:
     """The simple tokenizers' pieces of ``text``: words and punctuation, whitespace dropped."""
     return [piece for piece in (p.strip() for p in _SPLIT.split(text)) if piece]
@@ -139,7 +147,10 @@ class SimpleTokenizerV2(SimpleTokenizerV1):
         """Like ``from_text`` over several texts, read one at a time (a corpus need not fit in memory)."""
         words: set[str] = set()
         for document in documents:
-            words.update(split_words(document))
+            # Cut as encode() cuts (a record's "end.<|endoftext|>Next" holds the word "Next", which
+            # must not come out <|unk|>), so every word of the documents is in the vocabulary.
+            for part in _around_specials(document, DEFAULT_ALLOWED_SPECIAL):
+                words.update(split_words(part))
         words -= {ENDOFTEXT, UNKNOWN}
         return cls({piece: i for i, piece in enumerate(sorted(words))})
 
@@ -153,13 +164,7 @@ class SimpleTokenizerV2(SimpleTokenizerV1):
         allowed = special_set(allowed_special)
         specials = {ENDOFTEXT, UNKNOWN} - allowed
         ids: list[int] = []
-        # Cut out the allowed special tokens first so the regex split never breaks them apart.
-        if allowed:
-            pattern = "(" + "|".join(re.escape(s) for s in sorted(allowed)) + ")"
-            parts = re.split(pattern, text)
-        else:
-            parts = [text]
-        for part in parts:
+        for part in _around_specials(text, allowed):
             if part in allowed and part in self.str_to_int:
                 ids.append(self.str_to_int[part])
                 continue

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from gptsmith.storage import atomic_write_text
+from gptsmith.storage import atomic_write_bytes, atomic_write_text
 from gptsmith.train.checkpointing import storage_errors
 
 METRICS_FILE = "metrics.jsonl"
@@ -79,12 +79,15 @@ def truncate_samples(run_dir: Path, step: int) -> None:
     path = Path(run_dir) / SAMPLES_FILE
     if not path.is_file():
         return
+    # Bytes, split at "\n" only: text mode would turn a sample's "\r" into "\n", and a torn last
+    # line (a kill in the middle of a character) is not UTF-8. What is kept stays byte for byte.
     kept, keeping = [], True
-    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
-        header = SAMPLE_HEADER.match(line.rstrip("\n"))
-        if header:
-            keeping = int(header.group(1)) <= step
-        if keeping:
-            kept.append(line)
+    with storage_errors(path), path.open("rb") as handle:
+        for line in handle:
+            header = SAMPLE_HEADER.match(line.rstrip(b"\n").decode("utf-8", errors="replace"))
+            if header:
+                keeping = int(header.group(1)) <= step
+            if keeping:
+                kept.append(line)
     with storage_errors(path):
-        atomic_write_text(path, "".join(kept))
+        atomic_write_bytes(path, b"".join(kept))

@@ -88,6 +88,25 @@ def test_resume_accepts_the_runs_own_model_and_lists_what_differs(inputs, tmp_pa
     assert "differs from --resume" in one_error_line(capsys)
 
 
+def test_a_run_on_a_relative_corpus_path_resumes_and_evaluates_from_another_directory(
+        inputs, tmp_path, capsys, monkeypatch):
+    corpus, config = inputs
+    run = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
+    assert main(train_args(corpus.name, config, run, "--max-steps", "2", "--eval-every", "2")) == 0
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # where corpus.txt is not
+    capsys.readouterr()
+    resume = ["train", "--resume", str(run), "--no-progress"]
+    assert main([*resume, "--max-steps", "3"]) == 0
+    assert f"data: {corpus} (cached tokens)" in capsys.readouterr().out
+    assert main([*resume, "--max-steps", "4", "--data", str(corpus)]) == 0  # its own corpus, spelt from here
+    assert (run / "latest").read_text().strip() == "checkpoints/step-000004"
+    assert json.loads((run / "run.json").read_text())["train"]["data"] == "corpus.txt"  # as it was given
+    assert main(["eval", "--checkpoint", str(run), "--device", "cpu", "--max-batches", "1"]) == 0
+    assert f"data: {corpus}" in capsys.readouterr().out
+
+
 def test_resume_may_change_the_learning_rate_and_clipping(inputs, tmp_path, capsys):
     corpus, config = inputs
     run = tmp_path / "run"

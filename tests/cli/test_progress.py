@@ -39,3 +39,14 @@ def test_a_budgeted_run_resizes_the_bar_it_shows(terminal, monkeypatch, capsys):
         lines = [line for line in err.splitlines() if line.startswith("step ")]
         assert lines[-1].startswith("step 480/480") and 9 <= len(lines) <= 13
         assert not any("/3,000" in line for line in lines[1:])
+
+
+def test_a_budget_too_short_to_meet_says_so_and_keeps_its_decimals(capsys):
+    printer = ProgressPrinter(show_bar=False)
+    printer.on_schedule({**PLAN, "budget_s": 0.5, "spent_s": 1.2, "max_steps": 11})
+    printer.on_schedule({**PLAN, "spent_s": 3.0})  # 60 s: room for the 500 steps
+    first, second = capsys.readouterr().out.splitlines()
+    assert first.startswith("time budget 0.5 s: 10 steps timed") and first.endswith(
+        "; the timed part alone took 1.2 s, so the run ends over its budget (raise --time-budget, or lower "
+        "--eval-batches)")
+    assert second.startswith("time budget 60 s: ") and "over its budget" not in second

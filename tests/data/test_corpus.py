@@ -41,6 +41,25 @@ def test_text_files_directories_and_globs(tmp_path):
     assert list(resolve_corpus(str(tmp_path / "br[ack]et.txt")).documents()) == ["a file, not a glob"]
 
 
+def test_a_windows_file_splits_into_the_same_documents_as_a_unix_one(tmp_path):
+    # The line break around <|endoftext|> goes with it, "\r\n" as much as "\n": no stray "\r".
+    (tmp_path / "unix.txt").write_bytes(b"first doc\n<|endoftext|>\nsecond\r\ndoc\n")
+    (tmp_path / "windows.txt").write_bytes(b"first doc\r\n<|endoftext|>\r\nsecond\r\ndoc\r\n")
+    assert list(resolve_corpus(tmp_path / "unix.txt").documents()) == ["first doc", "second\r\ndoc"]
+    assert list(resolve_corpus(tmp_path / "windows.txt").documents()) == ["first doc", "second\r\ndoc"]
+
+
+def test_a_directory_corpus_follows_symlinked_folders_once(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "linked.txt").write_text("behind a link")
+    (tmp_path / "corpus" / "own").mkdir(parents=True)
+    (tmp_path / "corpus" / "own" / "a.txt").write_text("own text")
+    (tmp_path / "corpus" / "more").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "corpus" / "own" / "up").symlink_to(tmp_path / "corpus", target_is_directory=True)  # a loop
+    source = resolve_corpus(tmp_path / "corpus")
+    assert list(source.documents()) == ["behind a link", "own text"]  # as the glob corpus/**/*.txt reads
+
+
 def test_named_corpus_from_data_dir(tmp_path, monkeypatch):
     (tmp_path / "mycorpus.txt").write_text("hello")
     monkeypatch.setenv("GPTSMITH_DATA_DIR", str(tmp_path))
@@ -96,6 +115,19 @@ def test_non_utf8_bytes_name_file_and_offset(tmp_path):
         list(resolve_corpus(tmp_path / "bom.txt").documents())
     (tmp_path / "bom-ok.txt").write_bytes(b"\xef\xbb\xbfhello")
     assert list(resolve_corpus(tmp_path / "bom-ok.txt").documents()) == ["hello"]
+
+
+def test_a_record_holding_endoftext_is_split_so_each_boundary_gets_one(tmp_path, word_tokenizer):
+    import json
+
+    records = ["alpha beta.<|endoftext|>", "gamma<|endoftext|>\r\ndelta", "  <|endoftext|>", "epsilon"]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": r}) + "\n" for r in records))
+    assert list(resolve_corpus(tmp_path / "c.jsonl").documents()) == [
+        "alpha beta.", "gamma", "delta", "epsilon"]
+    shard = prepare_corpus(tmp_path / "c.jsonl", tokenizer=word_tokenizer, out_dir=tmp_path / "shard")
+    ids = [int(i) for i in shard.tokens]
+    eot = word_tokenizer.eot_id
+    assert ids.count(eot) == 3 and [ids[i - 1] for i in shard.doc_starts[1:]] == [eot] * 3
 
 
 def test_jsonl_corpus_and_its_errors(tmp_path):

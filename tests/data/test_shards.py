@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -50,6 +51,22 @@ def test_prepare_joins_documents_and_reuses_the_shard(tmp_path, word_tokenizer):
     (corpus / "2.txt").write_text("gamma, delta, epsilon")
     changed = prepare_corpus(corpus, tokenizer=word_tokenizer, out_dir=tmp_path / "shard")
     assert not changed.reused and len(changed) == 9
+
+
+def test_a_shard_is_never_written_among_other_files(tmp_path, word_tokenizer):
+    (tmp_path / "corpus.txt").write_text("alpha beta gamma")
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "meta.json").write_text('{"mine": true}')  # a user's file the shard's would replace
+    (notes / "todo.md").write_text("keep me")
+    with pytest.raises(DataError, match=r"notes holds other files \(todo.md\), not a token shard: choose"):
+        prepare_corpus(tmp_path / "corpus.txt", tokenizer=word_tokenizer, out_dir=notes, force=True)
+    assert (notes / "meta.json").read_text() == '{"mine": true}' and sorted(os.listdir(notes)) == [
+        "meta.json", "todo.md"]
+    shard_dir = tmp_path / "shard"  # a shard, even one cut short (no meta.json), is written again
+    prepare_corpus(tmp_path / "corpus.txt", tokenizer=word_tokenizer, out_dir=shard_dir)
+    (shard_dir / "meta.json").unlink()
+    assert len(prepare_corpus(tmp_path / "corpus.txt", tokenizer=word_tokenizer, out_dir=shard_dir)) == 3
 
 
 def test_prepare_the_verdict_with_gpt2(tmp_path, gpt2_tokenizer, shared_data):

@@ -77,6 +77,15 @@ def test_simple_v2_maps_unknown_words_and_keeps_endoftext():
         tokenizer.decode([99])
 
 
+def test_simple_v2_vocabulary_has_the_words_glued_to_endoftext():
+    # A .jsonl record may hold <|endoftext|> with no space around it: the vocabulary is cut as
+    # encode() cuts, so the words beside it are words of the vocabulary, never <|unk|>.
+    text = "The end.<|endoftext|>Next story"
+    tok = SimpleTokenizerV2.from_documents([text])
+    assert "Next" in tok.str_to_int and "<|endoftext|>Next" not in tok.str_to_int
+    assert tok.unk_id not in tok.encode(text) and tok.decode(tok.encode(text)).endswith("Next story")
+
+
 def test_simple_v2_special_text_that_is_not_allowed_is_unknown():
     tok = SimpleTokenizerV2.from_text("the cat")
     the, cat = tok.str_to_int["the"], tok.str_to_int["cat"]

@@ -206,6 +206,17 @@ def test_samples_after_the_resumed_step_are_dropped(tmp_path):
                     "--- step 2 (tokens seen 256)\ntext of step 2\n--- not a header\n")
 
 
+def test_samples_kept_on_resume_are_unchanged_byte_for_byte(tmp_path):
+    # A sample of a Windows corpus holds "\r" (text mode would make it "\n"), or U+2028; a kill in
+    # the middle of an append can leave a torn character behind, which is dropped with its step.
+    run_log.append_sample(tmp_path, 1, 64, "one\r two\u2028three\r\nfour")
+    kept = (tmp_path / "samples.txt").read_bytes()
+    with open(tmp_path / "samples.txt", "ab") as handle:
+        handle.write("--- step 2 (tokens seen 128)\n\u65e5".encode()[:-1])
+    run_log.truncate_samples(tmp_path, 1)
+    assert (tmp_path / "samples.txt").read_bytes() == kept
+
+
 # --- what a stopped run has to go on from -----------------------------------------------------
 
 
