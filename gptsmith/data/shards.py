@@ -44,7 +44,9 @@ from gptsmith.storage import (  # one place for writes
     write_errors,
 )
 
-SHARD_FORMAT_VERSION = 2  # 2: meta.json records the tokenizer's fingerprint
+# 2: meta.json records the tokenizer's fingerprint; 3: every format splits documents at <|endoftext|>
+# alike (CRLF text, JSONL/Parquet records), so older shards of such corpora are tokenized again.
+SHARD_FORMAT_VERSION = 3
 Progress = Callable[[int, "int | None"], None]  # (bytes of text done, total bytes or None)
 AGAIN = "prepare it again"  # what to do once a failed write's cause is fixed
 
