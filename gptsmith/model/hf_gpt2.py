@@ -149,8 +149,10 @@ def hf_config_from_gpt(cfg: GPTConfig) -> dict:
     }
 
 
-def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: GPTConfig) -> dict[str, torch.Tensor]:
-    """Rename and transpose a HF GPT-2 state dict into ``GPTModel``'s names and layouts."""
+def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: GPTConfig, *,
+                       source: str = "Hugging Face checkpoint") -> dict[str, torch.Tensor]:
+    """Rename and transpose a HF GPT-2 state dict into ``GPTModel``'s names and layouts
+    (``source`` names the checkpoint in errors)."""
     # Files saved from GPT2Model lack the "transformer." prefix; GPT2LMHeadModel's have it.
     hf = {k.removeprefix("transformer."): v for k, v in hf_state.items() if not _IGNORED.search(k)}
     state: dict[str, torch.Tensor] = {}
@@ -158,7 +160,7 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: GPTConfig) -> dic
 
     def take(hf_name: str, transpose: bool = False) -> torch.Tensor:
         if hf_name not in hf:
-            raise CheckpointError(f"Hugging Face checkpoint has no tensor {hf_name!r} (is it a GPT-2 model?)")
+            raise CheckpointError(f"{source} has no tensor {hf_name!r} (is it a GPT-2 model?)")
         used.add(hf_name)
         tensor = hf[hf_name]
         return tensor.t().contiguous() if transpose else tensor
@@ -177,16 +179,22 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: GPTConfig) -> dic
             head, state["tok_emb.weight"]
         ):
             raise CheckpointError(
-                "Hugging Face checkpoint says tie_word_embeddings=true but lm_head.weight differs from "
+                f"{source} says tie_word_embeddings=true but lm_head.weight differs from "
                 "wte.weight (set tie_word_embeddings to false in its config.json)"
             )
     elif not cfg.tie_weights:
-        raise CheckpointError("Hugging Face checkpoint has tie_word_embeddings=false but no lm_head.weight")
+        raise CheckpointError(f"{source} has tie_word_embeddings=false but no lm_head.weight")
     extra = sorted(set(hf) - used)
     if extra:
+        blocks = [name for name in extra if re.match(r"h\.\d+\.", name)]
+        # more blocks than n_layer says, or the head of another task (GPT2ForSequenceClassification's
+        # score.weight, ...), which a language model has no place for
+        why = ("n_layer in config.json may be wrong" if blocks else
+               "not a GPT-2 language model's: gptsmith imports GPT2LMHeadModel and GPT2Model weights, "
+               "not a task head")
+        shown = (blocks or extra)[:3]
         raise CheckpointError(
-            f"Hugging Face checkpoint has {len(extra)} tensor(s) gptsmith does not know, e.g. "
-            f"{', '.join(extra[:3])} (n_layer in config.json may be wrong)"
+            f"{source} has {len(extra)} tensor(s) gptsmith does not know, e.g. {', '.join(shown)} ({why})"
         )
     return state
 
@@ -244,7 +252,7 @@ def check_hf_weights(model_dir: str | Path, cfg: GPTConfig) -> None:
     else:
         source, shapes = model_dir / HF_PYTORCH_BIN, {k: v.shape for k, v in read_hf_state(model_dir).items()}
     hf = {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}
-    ours = state_dict_from_hf(hf, cfg)
+    ours = state_dict_from_hf(hf, cfg, source=str(model_dir))
     check_state_shapes(cfg, {name: tuple(t.shape) for name, t in ours.items()}, source=str(source))
 
 
@@ -256,7 +264,7 @@ def load_hf_model_dir(
     config_path = model_dir / "config.json"
     hf_config = json.loads(config_path.read_text(encoding="utf-8"))
     cfg = gpt_config_from_hf(hf_config, source=str(config_path))
-    state = state_dict_from_hf(read_hf_state(model_dir), cfg)
+    state = state_dict_from_hf(read_hf_state(model_dir), cfg, source=str(model_dir))
     return build_model(cfg, state, source=str(model_dir), device=device, dtype=dtype)
 
 

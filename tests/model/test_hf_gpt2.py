@@ -122,6 +122,23 @@ def test_hf_dir_without_weights(tmp_path):
         load_model(tmp_path)
 
 
+def test_a_task_models_head_is_refused_naming_the_directory_and_the_head(tmp_path):
+    transformers, _ = _hf_model("tied-2x4")
+    config = transformers.GPT2Config(**HF_CONFIGS["tied-2x4"], pad_token_id=0)
+    transformers.GPT2ForSequenceClassification(config).save_pretrained(tmp_path / "sentiment")
+    with pytest.raises(CheckpointError, match=r"sentiment has 1 tensor\(s\) gptsmith does not know, e\.g\. "
+                       r"score\.weight \(not a GPT-2 language model's") as caught:
+        load_model(tmp_path / "sentiment")
+    assert "n_layer" not in str(caught.value)  # the layers are fine: the head is the odd one out
+    # one block more than config.json's n_layer says: that hint still comes
+    _, hf_model = _hf_model("tied-2x4")
+    hf_model.save_pretrained(tmp_path / "deeper")
+    config = json.loads((tmp_path / "deeper" / "config.json").read_text())
+    atomic_write_json(tmp_path / "deeper" / "config.json", {**config, "n_layer": 1})
+    with pytest.raises(CheckpointError, match=r"deeper has 12 tensor\(s\).*h\.1\..*n_layer in config"):
+        load_model(tmp_path / "deeper")
+
+
 def test_hub_name_offline_is_a_clear_error(monkeypatch):
     huggingface_hub = pytest.importorskip("huggingface_hub")
     monkeypatch.delenv("GPTSMITH_OFFLINE", raising=False)  # the hub is mocked: test the online path
