@@ -136,6 +136,9 @@ def _chat_record(messages: Any, where: str) -> InstructionRecord:
     last_answer = max((i for i, m in enumerate(parsed) if m.role == "assistant"), default=None)
     if last_answer is None:
         raise DataError(f"{where} has no assistant message (nothing to learn; add the answer)")
+    if not parsed[last_answer].content.strip():  # as an Alpaca record's empty "output"
+        raise DataError(f"{where}, message {last_answer}: the last assistant message is empty (nothing to "
+                        "learn; add the answer or drop the record)")
     # Messages after the last answer have no reply to learn from: the record ends with the answer.
     return InstructionRecord(tuple(parsed[: last_answer + 1]), chat=True)
 
