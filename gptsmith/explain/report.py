@@ -33,10 +33,12 @@ from gptsmith.explain.pictures import (
     focus_picture,
     temperature_picture,
 )
-from gptsmith.explain.tokens import TokenView, simple_view, token_view
+from gptsmith.explain.tokens import TokenView, simple_view, token_view, without_controls
 from gptsmith.generate.decoding import non_finite_message
 from gptsmith.model.gpt import GPTModel
 from gptsmith.storage import atomic_write_text
+
+WHITESPACE = "\t\n\r"  # the control characters a page shows as they are (as white space)
 
 DEFAULT_MAX_TOKENS = 128  # beyond this the per-token pictures stop being readable
 
@@ -124,7 +126,7 @@ class ExplainReport:
         facts = [
             f"model: {self.model_name} ({cfg['n_layers']} layers, {cfg['n_heads']} heads, emb_dim "
             f"{cfg['emb_dim']}, vocabulary {cfg['vocab_size']:,}, context {cfg['context_length']})",
-            f"text: {self.text}",
+            f"text: {without_controls(self.text, keep=WHITESPACE)}",
         ]
         sections = [
             ("1. Tokens", html.tokens_html(self.tokens, self.simple)),
