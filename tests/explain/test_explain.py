@@ -224,6 +224,12 @@ def test_bad_input_is_one_clear_error(trained, tokenizer):
         explain(trained, tokenizer, TEXT, top_k=0)
     with pytest.raises(GptsmithError, match="layer 5 does not exist"):
         explain(trained, tokenizer, TEXT, layer=5)
+    with pytest.raises(GptsmithError, match=r"a list of words, not one string \(wrap it: \['king'\]\)"):
+        explain(trained, tokenizer, TEXT, words="king")  # not the letters k, i, n, g
+    with pytest.raises(GptsmithError, match="words must be strings, got int 1"):
+        explain(trained, tokenizer, TEXT, words=["king", 1])
+    with pytest.raises(GptsmithError, match="neighbours_of must be a word"):
+        explain(trained, tokenizer, TEXT, neighbours_of=5)
 
 
 def test_a_text_longer_than_the_context_is_cropped_with_a_note(trained, tokenizer):
