@@ -118,6 +118,17 @@ def parse_record(obj: Any, index: int, where: str | None = None) -> InstructionR
     return InstructionRecord((user, Message("assistant", fields["output"])))
 
 
+def as_records(records: Any, name: str) -> list[InstructionRecord]:
+    """``records`` as ``InstructionRecord``s: a JSON object among them (an Alpaca or chat record as
+    ``json.load`` gives it) is parsed with ``parse_record``, and checked like a file's; ``name``
+    (e.g. ``train_records``) names them in errors."""
+    if isinstance(records, str | Path | dict):
+        raise DataError(f"{name} must be a list of records, got a {type(records).__name__} (read a file's "
+                        "with load_instruction_file(path))")
+    return [r if isinstance(r, InstructionRecord) else parse_record(r, i, f"{name}[{i}]")
+            for i, r in enumerate(records)]
+
+
 def _chat_record(messages: Any, where: str) -> InstructionRecord:
     if not isinstance(messages, list) or not messages:
         raise DataError(f'{where}: "messages" must be a non-empty list of {{"role", "content"}} objects')
