@@ -73,10 +73,26 @@ _TOP_MAP = {
 _IGNORED = re.compile(r"(^|\.)attn\.(bias|masked_bias)$")
 
 
+# GPT2Config's size fields, their defaults, and the GPTConfig fields they become.
+_HF_SIZES = {"vocab_size": (50257, "vocab_size"), "n_positions": (1024, "context_length"),
+             "n_embd": (768, "emb_dim"), "n_head": (12, "n_heads"), "n_layer": (12, "n_layers")}
+
+
 def gpt_config_from_hf(hf_config: dict, *, source: str = "config.json") -> GPTConfig:
-    """Translate a Hugging Face ``GPT2Config`` dict; refuse variants our architecture cannot run."""
-    emb_dim = hf_config.get("n_embd", 768)
+    """Translate a Hugging Face ``GPT2Config`` dict; refuse variants our architecture cannot run,
+    and fields of the wrong type, naming the field as the file spells it."""
+    sizes = {}
+    for field, (default, ours) in _HF_SIZES.items():
+        value = hf_config.get(field, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CheckpointError(f"{source}: {field} must be a positive whole number, got {value!r}")
+        sizes[ours] = value
+    emb_dim, n_heads = sizes["emb_dim"], sizes["n_heads"]
+    if emb_dim % n_heads:
+        raise CheckpointError(f"{source}: n_embd {emb_dim} is not divisible by n_head {n_heads}")
     n_inner = hf_config.get("n_inner")
+    if n_inner is not None and (isinstance(n_inner, bool) or not isinstance(n_inner, int)):
+        raise CheckpointError(f"{source}: n_inner must be a whole number or null, got {n_inner!r}")
     if n_inner is not None and n_inner != 4 * emb_dim:
         raise CheckpointError(
             f"{source}: n_inner={n_inner} is not 4 * n_embd ({4 * emb_dim}); "
@@ -89,9 +105,16 @@ def gpt_config_from_hf(hf_config: dict, *, source: str = "config.json") -> GPTCo
             f"tanh GELU: {', '.join(TANH_GELUS)})"
         )
     for field in ("layer_norm_epsilon", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
-        value = hf_config.get(field)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        value = hf_config.get(field, 1e-5 if field == "layer_norm_epsilon" else None)
+        if value is None and field != "layer_norm_epsilon":
+            continue  # a dropout rate may be null (the default then)
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise CheckpointError(f"{source}: {field} must be a number, got {value!r}")
+    # GPT-2 has three dropout rates (embeddings, attention, residual); gptsmith has one,
+    # and GPT-2's files give all three the same value. The residual one is taken.
+    drop_rate = float(0.1 if hf_config.get("resid_pdrop") is None else hf_config["resid_pdrop"])
+    if not 0.0 <= drop_rate < 1.0:
+        raise CheckpointError(f"{source}: resid_pdrop must be in [0, 1), got {drop_rate!r}")
     tie = hf_config.get("tie_word_embeddings", True)
     if not isinstance(tie, bool):
         raise CheckpointError(f"{source}: tie_word_embeddings must be true or false, got {tie!r}")
@@ -103,23 +126,12 @@ def gpt_config_from_hf(hf_config: dict, *, source: str = "config.json") -> GPTCo
         ("scale_attn_by_inverse_layer_idx", False),
         ("add_cross_attention", False),
     ):
-        if hf_config.get(flag, wanted) != wanted:
-            raise CheckpointError(f"{source}: {flag}={hf_config[flag]} is not supported by gptsmith")
-    try:
-        return GPTConfig(
-            vocab_size=hf_config.get("vocab_size", 50257),
-            context_length=hf_config.get("n_positions", 1024),
-            emb_dim=emb_dim,
-            n_heads=hf_config.get("n_head", 12),
-            n_layers=hf_config.get("n_layer", 12),
-            # GPT-2 has three dropout rates (embeddings, attention, residual); gptsmith has one,
-            # and GPT-2's files give all three the same value. The residual one is taken.
-            drop_rate=float(0.1 if hf_config.get("resid_pdrop") is None else hf_config["resid_pdrop"]),
-            qkv_bias=True,
-            tie_weights=tie,
-        )
-    except ValueError as exc:
-        raise CheckpointError(f"{source}: {exc}") from None
+        value = hf_config.get(flag, wanted)
+        if not isinstance(value, bool):  # (transformers would take any non-empty string as true)
+            raise CheckpointError(f"{source}: {flag} must be true or false, got {value!r}")
+        if value != wanted:
+            raise CheckpointError(f"{source}: {flag}={str(value).lower()} is not supported by gptsmith")
+    return GPTConfig(**sizes, drop_rate=drop_rate, qkv_bias=True, tie_weights=tie)
 
 
 def hf_config_from_gpt(cfg: GPTConfig) -> dict:

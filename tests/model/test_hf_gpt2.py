@@ -108,6 +108,15 @@ def test_unsupported_hf_configs_are_refused(tmp_path):
         ({"layer_norm_epsilon": "x"}, "layer_norm_epsilon must be a number, got 'x'"),
         ({"resid_pdrop": None, "attn_pdrop": "0.1"}, "attn_pdrop must be a number"),
         ({"tie_word_embeddings": "false"}, "tie_word_embeddings must be true or false, got 'false'"),
+        ({"layer_norm_epsilon": None}, "layer_norm_epsilon must be a number, got None"),  # not a TypeError
+        # the field as the file spells it (n_layer), not GPTConfig's n_layers
+        ({"n_layer": "2"}, "config.json: n_layer must be a positive whole number, got '2'"),
+        ({"n_embd": 30}, "n_embd 30 is not divisible by n_head 4"),
+        ({"resid_pdrop": 1.5}, r"resid_pdrop must be in \[0, 1\), got 1.5"),
+        ({"n_inner": "128"}, "n_inner must be a whole number or null, got '128'"),
+        # a string is true to transformers: not the false it reads as
+        ({"scale_attn_by_inverse_layer_idx": "false"},
+         "scale_attn_by_inverse_layer_idx must be true or false, got 'false'"),
     ]:
         atomic_write_json(tmp_path / "config.json", {**config, **change})
         with pytest.raises(CheckpointError, match=message):
