@@ -17,13 +17,14 @@ from gptsmith.data.tokenizer import Tokenizer, get_tokenizer, split_words
 VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
 
 
-def _as_bytes(text: str) -> str:
-    return "<" + " ".join(f"{b:02x}" for b in text.encode("utf-8")) + ">"
+def _as_bytes(data: bytes) -> str:
+    return "<" + " ".join(f"{b:02x}" for b in data) + ">"
 
 
 def without_controls(text: str, keep: str = "") -> str:
     """``text`` with its control characters (those in ``keep`` aside) shown as their bytes, ``<1b>``."""
-    return "".join(_as_bytes(c) if c not in keep and unicodedata.category(c) == "Cc" else c for c in text)
+    return "".join(_as_bytes(c.encode("utf-8")) if c not in keep and unicodedata.category(c) == "Cc" else c
+                   for c in text)
 
 
 def visible(text: str) -> str:
@@ -44,7 +45,7 @@ def piece_text(tokenizer: Tokenizer, token_id: int) -> str:
     try:
         return visible(data.decode("utf-8"))
     except UnicodeDecodeError:
-        return "<" + " ".join(f"{b:02x}" for b in data) + ">"  # (as _as_bytes, for bytes that are no text)
+        return _as_bytes(data)
 
 
 @dataclass(frozen=True)
