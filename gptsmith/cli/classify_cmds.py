@@ -201,6 +201,7 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
 
 
 def run_classify(args: argparse.Namespace) -> int:
+    from gptsmith.finetune.class_model import encode_texts
     from gptsmith.finetune.classifier import Classifier
 
     if args.batch_size < 1:
@@ -208,6 +209,11 @@ def run_classify(args: argparse.Namespace) -> int:
     texts = _read_texts(args)
     classifier = Classifier.load(args.checkpoint, device=args.device)
     labels, probabilities = classifier.predict(texts, batch_size=args.batch_size)
+    longest = classifier.max_length
+    cut = encode_texts(texts, classifier.tokenizer, longest).truncated
+    if cut:  # as the fine-tune did: the classifier reads a text's first max_length tokens only
+        print(f"note: {cut} text(s) longer than the classifier's {longest} tokens were classified by their "
+              f"first {longest} tokens", file=sys.stderr)
     for text, label, probability in zip(texts, labels, probabilities, strict=True):
         if args.json:
             print(json.dumps({"text": text, "label": label, "probability": round(probability, 6)}))

@@ -37,7 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_model_args(exp)
     exp.add_argument("text", metavar="TEXT", help="the text to explain ('-' reads stdin)")
-    exp.add_argument("--html", type=Path, metavar="OUT.html", help="write the report with its pictures here")
+    exp.add_argument(
+        "--html", type=Path, metavar="OUT.html", help="write the report with its pictures here ('-': stdout)"
+    )
     exp.add_argument(
         "--json", type=Path, metavar="OUT.json", help="write the numbers of every picture here ('-': stdout)"
     )
@@ -115,7 +117,11 @@ def run_explain(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--words {args.words!r} has an empty word (separate words with commas: king,queen)"
             )
-    for flag, path in (("--html", args.html), ("--json", args.json)):
+    outputs = (("--html", args.html), ("--json", args.json))
+    to_stdout = [flag for flag, path in outputs if path is not None and str(path) == "-"]
+    if len(to_stdout) > 1:
+        raise ConfigError("--html - and --json - both ask for standard output: write one of them to a file")
+    for flag, path in outputs:
         if path is not None and str(path) != "-":
             check_can_be_file(path, flag, "report" + flag.replace("--", "."))  # before the work
     model, tokenizer, _, name = load_for_generation(args)
@@ -132,14 +138,13 @@ def run_explain(args: argparse.Namespace) -> int:
         seed=args.seed,
         model_name=name,
     )
-    if args.json is not None and str(args.json) == "-":
-        sys.stdout.write(report.to_json())
-        return 0
-    sys.stdout.write(report.to_text())
-    if args.html is not None:
-        print(f"wrote {report.save_html(args.html)}")
-    if args.json is not None:
-        print(f"wrote {report.save_json(args.json)}")
+    if to_stdout:  # standard output holds that document alone, so the other file's line goes to stderr
+        sys.stdout.write(report.to_html() if to_stdout == ["--html"] else report.to_json())
+    else:
+        sys.stdout.write(report.to_text())
+    for path, save in ((args.html, report.save_html), (args.json, report.save_json)):
+        if path is not None and str(path) != "-":
+            print(f"wrote {save(path)}", file=sys.stderr if to_stdout else sys.stdout)
     return 0
 
 

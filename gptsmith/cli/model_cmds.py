@@ -247,7 +247,7 @@ def run_convert(args: argparse.Namespace) -> int:
     from gptsmith.device import torch_dtype
     from gptsmith.model.checkpoint import load_model, read_model_config, resolve_model_dir, save_model
     from gptsmith.model.hf_gpt2 import export_hf
-    from gptsmith.storage import check_can_be_directory
+    from gptsmith.storage import atomic_write_bytes, check_can_be_directory
 
     out: Path = args.out
     source_path = Path(args.source).expanduser()
@@ -256,21 +256,64 @@ def run_convert(args: argparse.Namespace) -> int:
     if out.is_dir() and any(out.iterdir()) and not args.force:
         raise GptsmithError(f"--out {out} is not empty (pass --force to write into it anyway)")
     model = load_model(args.source, dtype=torch_dtype(args.dtype))
-    tokenizer = read_model_config(source_path).get("tokenizer", "gpt2") if source_path.exists() else "gpt2"
+    source_config = read_model_config(source_path) if source_path.exists() else {}
+    tokenizer = source_config.get("tokenizer", "gpt2")
     if tokenizer != "gpt2":  # carry a word-level vocabulary over (GPT-2's BPE is found by name)
         tokenizer = load_tokenizer(tokenizer, resolve_model_dir(source_path))
-    note = None
+    # What the source's config.json says beyond the weights (the instruction template that ask and
+    # chat prompt with, a classifier's labels, the fine-tune's record) goes with the model.
+    carried = {k: v for k, v in source_config.items() if k not in _NOT_CARRIED}
+    notes = []  # (on lines of their own after the summary, not spliced into it)
     if args.to == "hf":
         export_hf(model, out)
         kind = "Hugging Face GPT-2 directory (load it with GPT2LMHeadModel.from_pretrained)"
-        if tokenizer != "gpt2":  # (on its own line after the summary, not spliced into it)
-            note = (f"note: its tokenizer {tokenizer.name!r} has no Hugging Face equivalent: the ids of a "
-                    "Hugging Face tokenizer will not match the model's")
+        if tokenizer != "gpt2":
+            notes.append(f"note: its tokenizer {tokenizer.name!r} has no Hugging Face equivalent: the ids of "
+                         "a Hugging Face tokenizer will not match the model's")
+        notes += _not_exported(carried)
     else:
-        save_model(model, out, tokenizer=tokenizer, extra={"converted_from": str(args.source)})
+        head = _classifier_head(carried, source_path)
+        if head is not None:  # before config.json, which then names a head that is there
+            atomic_write_bytes(out / head.name, head.read_bytes())
+        save_model(model, out, tokenizer=tokenizer, extra={**carried, "converted_from": str(args.source)})
         kind = "gptsmith checkpoint"
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     print(f"wrote {out} as a {kind}: {model.num_parameters():,} parameters, {dtype}")
-    if note:
+    for note in notes:
         print(note, file=sys.stderr)
     return 0
+
+
+# Keys of a source's config.json that the new config.json writes itself (or that describe only the
+# source: a Hugging Face config translated on reading, what it was converted from).
+_NOT_CARRIED = {"format", "format_version", "model", "tokenizer", "dtype", "hf_config", "converted_from"}
+
+
+def _classifier_head(carried: dict, source: Path) -> Path | None:
+    """The head file of a classifier source (None for a language model), checked to be there."""
+    from gptsmith.errors import CheckpointError
+    from gptsmith.finetune.classifier import HEAD_FILE
+    from gptsmith.model.checkpoint import resolve_model_dir
+
+    section = carried.get("classifier")
+    if not isinstance(section, dict):
+        return None
+    head_spec = section.get("head")
+    name = str(head_spec.get("file", HEAD_FILE) if isinstance(head_spec, dict) else HEAD_FILE)
+    head = resolve_model_dir(source) / name
+    if Path(name).name != name or not head.is_file():
+        raise CheckpointError(f"{source} is a classifier whose head file {name} is missing: restore it "
+                              "from where the classifier was saved")
+    return head
+
+
+def _not_exported(carried: dict) -> list[str]:
+    """Notes on what a Hugging Face GPT-2 directory has no place for."""
+    notes = []
+    if isinstance(carried.get("classifier"), dict):
+        notes.append("note: the classifier's head and labels have no place in a Hugging Face GPT-2 "
+                     "directory: only its language model was exported (classify with the gptsmith one)")
+    if carried.get("instruction_template"):
+        notes.append(f"note: the model was instruction-tuned with the {carried['instruction_template']!r} "
+                     "template, which a Hugging Face directory does not record: prompt it in that template")
+    return notes

@@ -33,10 +33,12 @@ from gptsmith.explain.pictures import (
     focus_picture,
     temperature_picture,
 )
-from gptsmith.explain.tokens import TokenView, simple_view, token_view
+from gptsmith.explain.tokens import TokenView, simple_view, token_view, without_controls
 from gptsmith.generate.decoding import non_finite_message
 from gptsmith.model.gpt import GPTModel
 from gptsmith.storage import atomic_write_text
+
+WHITESPACE = "\t\n\r"  # the control characters a page shows as they are (as white space)
 
 DEFAULT_MAX_TOKENS = 128  # beyond this the per-token pictures stop being readable
 
@@ -124,7 +126,7 @@ class ExplainReport:
         facts = [
             f"model: {self.model_name} ({cfg['n_layers']} layers, {cfg['n_heads']} heads, emb_dim "
             f"{cfg['emb_dim']}, vocabulary {cfg['vocab_size']:,}, context {cfg['context_length']})",
-            f"text: {self.text}",
+            f"text: {without_controls(self.text, keep=WHITESPACE)}",
         ]
         sections = [
             ("1. Tokens", html.tokens_html(self.tokens, self.simple)),
@@ -196,6 +198,18 @@ def check_focus(focus: int | None, n_tokens: int) -> int:
     return focus % n_tokens
 
 
+def _check_words(words: Sequence[str] | None, neighbours_of: str | None) -> None:
+    """``words`` must be a list of strings (one string would be drawn letter by letter), and
+    ``neighbours_of`` a string."""
+    if isinstance(words, str):
+        raise GptsmithError(f"words takes a list of words, not one string (wrap it: [{words!r}])")
+    bad = next((w for w in words or () if not isinstance(w, str)), None)
+    if bad is not None:
+        raise GptsmithError(f"words must be strings, got {type(bad).__name__} {bad!r}")
+    if neighbours_of is not None and not isinstance(neighbours_of, str):
+        raise GptsmithError(f"neighbours_of must be a word (a str), got {type(neighbours_of).__name__}")
+
+
 @torch.no_grad()
 def explain(
     model: GPTModel,
@@ -225,6 +239,7 @@ def explain(
     check_seed(seed)
     if not isinstance(text, str):
         raise GptsmithError(f"text must be a str, got {type(text).__name__}")
+    _check_words(words, neighbours_of)
     limit = min(max_tokens, model.cfg.context_length)
     id_list, notes = encode_text(tokenizer, text, limit)
     position = check_focus(focus, len(id_list))

@@ -1,11 +1,14 @@
 """Stage 1, tokens: the text cut into the model's tokenizer pieces, and the simple word view beside it.
 
 A piece is shown with its boundaries visible: a space becomes ``␣``, a newline ``↵``, a tab ``⇥``,
-and the bytes of a character that BPE split across two tokens are shown as ``<e2 80>``.
+and the bytes of a character that BPE split across two tokens are shown as ``<e2 80>``, as are
+those of any other control character (``<1b>`` for an escape, ``<c2 92>`` for U+0092), which a
+terminal would otherwise act on and an HTML page may not hold.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,9 +17,20 @@ from gptsmith.data.tokenizer import Tokenizer, get_tokenizer, split_words
 VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
 
 
+def _as_bytes(data: bytes) -> str:
+    return "<" + " ".join(f"{b:02x}" for b in data) + ">"
+
+
+def without_controls(text: str, keep: str = "") -> str:
+    """``text`` with its control characters (those in ``keep`` aside) shown as their bytes, ``<1b>``."""
+    return "".join(_as_bytes(c.encode("utf-8")) if c not in keep and unicodedata.category(c) == "Cc" else c
+                   for c in text)
+
+
 def visible(text: str) -> str:
-    """``text`` with whitespace made visible (``" the"`` -> ``"␣the"``)."""
-    return "".join(VISIBLE.get(char, char) for char in text)
+    """``text`` with whitespace made visible (``" the"`` -> ``"␣the"``) and other control
+    characters shown as their bytes."""
+    return without_controls("".join(VISIBLE.get(char, char) for char in text))
 
 
 def piece_text(tokenizer: Tokenizer, token_id: int) -> str:
@@ -31,7 +45,7 @@ def piece_text(tokenizer: Tokenizer, token_id: int) -> str:
     try:
         return visible(data.decode("utf-8"))
     except UnicodeDecodeError:
-        return "<" + " ".join(f"{b:02x}" for b in data) + ">"
+        return _as_bytes(data)
 
 
 @dataclass(frozen=True)
@@ -63,4 +77,4 @@ def simple_view(text: str) -> TokenView:
     pieces = split_words(text)
     ids = [simple.str_to_int.get(piece, simple.unk_id) for piece in pieces]
     name = f"{simple.name} ({simple.vocab_size:,} words of the built-in corpus; id {simple.unk_id} = <|unk|>)"
-    return TokenView(name, ids, pieces)
+    return TokenView(name, ids, [visible(piece) for piece in pieces])

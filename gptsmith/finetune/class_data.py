@@ -7,7 +7,8 @@ come here):
   characters, as in the SMS spam file), ``.jsonl``/``.ndjson`` (one JSON object per line),
   ``.json`` (one JSON array of objects, or JSONL); any other extension is sniffed from the first
   line (a ``[`` means a JSON array, a ``{`` JSONL, a tab TSV, else CSV).
-- **Columns** by name when the file has a header line (JSON keys always), by 0-based number
+- **Columns** by name when the file has a header line (JSON keys always; a name is matched as
+  written, ``"0"`` included, and one that two columns share is an error), by 0-based number
   with ``header=False``. A missing column is an error that names the columns that exist; the
   text and the label must be two different columns.
 - **Rows**: a row with an empty text is skipped and counted; an empty label or a row that
@@ -112,8 +113,14 @@ def _column_index(column: str | int, header: list[str] | None, path: Path) -> in
                 "(pass e.g. --text-column 1 --label-column 0)"
             )
         return index
-    if isinstance(column, str) and column in header:
-        return header.index(column)
+    name = str(column)  # a header may name its columns "0", "1" (pandas' to_csv of unnamed columns)
+    if name in header:
+        positions = [i for i, h in enumerate(header) if h == name]
+        if len(positions) > 1:  # taking the first would read the wrong one half the time, silently
+            where = ", ".join(map(str, positions))
+            raise DataError(f"{path} has {len(positions)} columns named {name!r} (positions {where}, "
+                            "0-based): rename one of them in the header line")
+        return positions[0]
     raise DataError(
         f"{path} has no column {str(column)!r} (columns: {', '.join(repr(h) for h in header)}); "
         "pass --text-column/--label-column, or --no-header if the first line is data"

@@ -9,8 +9,9 @@ A classifier directory is a model directory like every checkpoint (``config.json
                    "head": {"file": "classifier.safetensors", "in_features": 768, "n_classes": 2}}
 
 With ``--save-adapter-only`` the directory is a LoRA adapter instead (``adapter_config.json``
-with the same ``classifier`` section, the base model's path, and ``adapter.safetensors`` with
-the adapters and the head); ``Classifier.load`` puts it on its base and merges it.
+with the same ``classifier`` section, the base model's path and a fingerprint of its weights
+(``weights_fingerprint``), and ``adapter.safetensors`` with the adapters and the head);
+``Classifier.load`` puts it on its base, refusing a base whose weights have changed, and merges it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from gptsmith.model.checkpoint import (
     read_model_config,
     resolve_model_dir,
 )
-from gptsmith.model.weights import read_safetensors
+from gptsmith.model.weights import read_safetensors, weights_fingerprint
 from gptsmith.storage import as_path, atomic_save_safetensors
 
 HEAD_FILE = "classifier.safetensors"
@@ -132,6 +133,11 @@ class Classifier:
                                   f"exists: put the base back there, or edit \"base\" in "
                                   f"{path / ADAPTER_CONFIG_FILE}")
         base = load_base(model=base_path if base_path.exists() else base_name, device=device)
+        expected = config.get("base_fingerprint")  # (None in adapters saved before it was recorded)
+        if expected is not None and weights_fingerprint(base.model) != expected:
+            raise CheckpointError(f"{path} is a LoRA adapter for the base model {base_name}, whose weights "
+                                  "have changed since the adapter was trained (retrained or overwritten): "
+                                  "put the original base back there, or fine-tune the adapter again")
         model = GPTClassifier(base.model, len(labels))
         config = load_adapter(model, path)
         extra = config["extra_tensors"]

@@ -63,6 +63,7 @@ from gptsmith.finetune.lora import (
     merge_lora,
     save_adapter,
 )
+from gptsmith.model.weights import weights_fingerprint
 from gptsmith.storage import atomic_write_text, replacing_directory
 
 METRICS_FILE = "metrics.jsonl"
@@ -231,6 +232,8 @@ def finetune_classifier(
 
     base = load_base(checkpoint, model, device=config.device)
     gpt = base.model
+    # the base's weights as the adapter expects them, taken before LoRA wraps any layer
+    base_fingerprint = weights_fingerprint(gpt) if config.save_adapter_only else None
     context = gpt.cfg.context_length
     if config.max_length is not None and config.max_length > context:
         raise ConfigError(f"--max-length {config.max_length} is longer than the model's context ({context})")
@@ -280,7 +283,8 @@ def finetune_classifier(
                 base_ref = str(base.model_dir.resolve()) if base.model_dir is not None else base.name
                 section = classifier_section(classifier, classes, max_length)
                 save_adapter(classifier, write_dir, base=base_ref, extra_tensors=head_tensors(classifier),
-                             extra_config={"classifier": section, "finetune": finetune})
+                             extra_config={"classifier": section, "finetune": finetune,
+                                           "base_fingerprint": base_fingerprint})
             else:
                 save_classifier(classifier, write_dir, labels=classes, max_length=max_length,
                                 tokenizer=base.tokenizer, finetune=finetune)

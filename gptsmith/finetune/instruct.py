@@ -40,6 +40,7 @@ from gptsmith.finetune.instruct_data import (
     IGNORE_INDEX,
     EncodedExample,
     InstructionRecord,
+    as_records,
     batches,
     encode_records,
 )
@@ -198,7 +199,7 @@ def response_loss(
     """Mean cross-entropy (nats per token) of the records' reference answers (and their closing
     ``<|endoftext|>``) given their prompts: how well ``model`` predicts the answers."""
     max_length = max_length or model.cfg.context_length
-    encoded = encode_records(records, tokenizer, template, max_length)
+    encoded = encode_records(as_records(records, "records"), tokenizer, template, max_length)
     return examples_loss(model, encoded.examples, tokenizer.eot_id, mask_prompt=True, batch_size=batch_size)
 
 
@@ -214,6 +215,7 @@ def answer_records(
     """The model's greedy answer to each record's prompt: ``{instruction, input, reference,
     answer, new_tokens, stopped}`` (``stopped``: it ended by itself, before ``max_new_tokens``)."""
     chosen = get_template(template)
+    records = as_records(records, "records")
     prompts = [chosen.prompt(record.prompt_messages) for record in records]
     answers = answer_batch(model, tokenizer, prompts, chosen, max_new_tokens=max_new_tokens,
                            batch_size=batch_size)
@@ -268,6 +270,8 @@ def finetune_instruct(
     check_vocabulary(model, tokenizer)
     callbacks = callbacks or TrainCallbacks()
     max_length = cfg.length_for(model)
+    train_records = as_records(train_records, "train_records")  # (json.load's dicts are fine too)
+    val_records = as_records(val_records, "val_records")
     if not train_records or not val_records:
         raise DataError("fine-tuning needs at least one training and one validation record")
     device = resolve_device(cfg.device)

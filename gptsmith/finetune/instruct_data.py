@@ -118,6 +118,17 @@ def parse_record(obj: Any, index: int, where: str | None = None) -> InstructionR
     return InstructionRecord((user, Message("assistant", fields["output"])))
 
 
+def as_records(records: Any, name: str) -> list[InstructionRecord]:
+    """``records`` as ``InstructionRecord``s: a JSON object among them (an Alpaca or chat record as
+    ``json.load`` gives it) is parsed with ``parse_record``, and checked like a file's; ``name``
+    (e.g. ``train_records``) names them in errors."""
+    if isinstance(records, str | Path | dict):
+        raise DataError(f"{name} must be a list of records, got a {type(records).__name__} (read a file's "
+                        "with load_instruction_file(path))")
+    return [r if isinstance(r, InstructionRecord) else parse_record(r, i, f"{name}[{i}]")
+            for i, r in enumerate(records)]
+
+
 def _chat_record(messages: Any, where: str) -> InstructionRecord:
     if not isinstance(messages, list) or not messages:
         raise DataError(f'{where}: "messages" must be a non-empty list of {{"role", "content"}} objects')
@@ -136,6 +147,9 @@ def _chat_record(messages: Any, where: str) -> InstructionRecord:
     last_answer = max((i for i, m in enumerate(parsed) if m.role == "assistant"), default=None)
     if last_answer is None:
         raise DataError(f"{where} has no assistant message (nothing to learn; add the answer)")
+    if not parsed[last_answer].content.strip():  # as an Alpaca record's empty "output"
+        raise DataError(f"{where}, message {last_answer}: the last assistant message is empty (nothing to "
+                        "learn; add the answer or drop the record)")
     # Messages after the last answer have no reply to learn from: the record ends with the answer.
     return InstructionRecord(tuple(parsed[: last_answer + 1]), chat=True)
 

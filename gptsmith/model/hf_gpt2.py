@@ -73,10 +73,26 @@ _TOP_MAP = {
 _IGNORED = re.compile(r"(^|\.)attn\.(bias|masked_bias)$")
 
 
+# GPT2Config's size fields, their defaults, and the GPTConfig fields they become.
+_HF_SIZES = {"vocab_size": (50257, "vocab_size"), "n_positions": (1024, "context_length"),
+             "n_embd": (768, "emb_dim"), "n_head": (12, "n_heads"), "n_layer": (12, "n_layers")}
+
+
 def gpt_config_from_hf(hf_config: dict, *, source: str = "config.json") -> GPTConfig:
-    """Translate a Hugging Face ``GPT2Config`` dict; refuse variants our architecture cannot run."""
-    emb_dim = hf_config.get("n_embd", 768)
+    """Translate a Hugging Face ``GPT2Config`` dict; refuse variants our architecture cannot run,
+    and fields of the wrong type, naming the field as the file spells it."""
+    sizes = {}
+    for field, (default, ours) in _HF_SIZES.items():
+        value = hf_config.get(field, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CheckpointError(f"{source}: {field} must be a positive whole number, got {value!r}")
+        sizes[ours] = value
+    emb_dim, n_heads = sizes["emb_dim"], sizes["n_heads"]
+    if emb_dim % n_heads:
+        raise CheckpointError(f"{source}: n_embd {emb_dim} is not divisible by n_head {n_heads}")
     n_inner = hf_config.get("n_inner")
+    if n_inner is not None and (isinstance(n_inner, bool) or not isinstance(n_inner, int)):
+        raise CheckpointError(f"{source}: n_inner must be a whole number or null, got {n_inner!r}")
     if n_inner is not None and n_inner != 4 * emb_dim:
         raise CheckpointError(
             f"{source}: n_inner={n_inner} is not 4 * n_embd ({4 * emb_dim}); "
@@ -89,9 +105,16 @@ def gpt_config_from_hf(hf_config: dict, *, source: str = "config.json") -> GPTCo
             f"tanh GELU: {', '.join(TANH_GELUS)})"
         )
     for field in ("layer_norm_epsilon", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
-        value = hf_config.get(field)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        value = hf_config.get(field, 1e-5 if field == "layer_norm_epsilon" else None)
+        if value is None and field != "layer_norm_epsilon":
+            continue  # a dropout rate may be null (the default then)
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise CheckpointError(f"{source}: {field} must be a number, got {value!r}")
+    # GPT-2 has three dropout rates (embeddings, attention, residual); gptsmith has one,
+    # and GPT-2's files give all three the same value. The residual one is taken.
+    drop_rate = float(0.1 if hf_config.get("resid_pdrop") is None else hf_config["resid_pdrop"])
+    if not 0.0 <= drop_rate < 1.0:
+        raise CheckpointError(f"{source}: resid_pdrop must be in [0, 1), got {drop_rate!r}")
     tie = hf_config.get("tie_word_embeddings", True)
     if not isinstance(tie, bool):
         raise CheckpointError(f"{source}: tie_word_embeddings must be true or false, got {tie!r}")
@@ -103,23 +126,12 @@ def gpt_config_from_hf(hf_config: dict, *, source: str = "config.json") -> GPTCo
         ("scale_attn_by_inverse_layer_idx", False),
         ("add_cross_attention", False),
     ):
-        if hf_config.get(flag, wanted) != wanted:
-            raise CheckpointError(f"{source}: {flag}={hf_config[flag]} is not supported by gptsmith")
-    try:
-        return GPTConfig(
-            vocab_size=hf_config.get("vocab_size", 50257),
-            context_length=hf_config.get("n_positions", 1024),
-            emb_dim=emb_dim,
-            n_heads=hf_config.get("n_head", 12),
-            n_layers=hf_config.get("n_layer", 12),
-            # GPT-2 has three dropout rates (embeddings, attention, residual); gptsmith has one,
-            # and GPT-2's files give all three the same value. The residual one is taken.
-            drop_rate=float(0.1 if hf_config.get("resid_pdrop") is None else hf_config["resid_pdrop"]),
-            qkv_bias=True,
-            tie_weights=tie,
-        )
-    except ValueError as exc:
-        raise CheckpointError(f"{source}: {exc}") from None
+        value = hf_config.get(flag, wanted)
+        if not isinstance(value, bool):  # (transformers would take any non-empty string as true)
+            raise CheckpointError(f"{source}: {flag} must be true or false, got {value!r}")
+        if value != wanted:
+            raise CheckpointError(f"{source}: {flag}={str(value).lower()} is not supported by gptsmith")
+    return GPTConfig(**sizes, drop_rate=drop_rate, qkv_bias=True, tie_weights=tie)
 
 
 def hf_config_from_gpt(cfg: GPTConfig) -> dict:
@@ -149,8 +161,10 @@ def hf_config_from_gpt(cfg: GPTConfig) -> dict:
     }
 
 
-def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: GPTConfig) -> dict[str, torch.Tensor]:
-    """Rename and transpose a HF GPT-2 state dict into ``GPTModel``'s names and layouts."""
+def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: GPTConfig, *,
+                       source: str = "Hugging Face checkpoint") -> dict[str, torch.Tensor]:
+    """Rename and transpose a HF GPT-2 state dict into ``GPTModel``'s names and layouts
+    (``source`` names the checkpoint in errors)."""
     # Files saved from GPT2Model lack the "transformer." prefix; GPT2LMHeadModel's have it.
     hf = {k.removeprefix("transformer."): v for k, v in hf_state.items() if not _IGNORED.search(k)}
     state: dict[str, torch.Tensor] = {}
@@ -158,7 +172,7 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: GPTConfig) -> dic
 
     def take(hf_name: str, transpose: bool = False) -> torch.Tensor:
         if hf_name not in hf:
-            raise CheckpointError(f"Hugging Face checkpoint has no tensor {hf_name!r} (is it a GPT-2 model?)")
+            raise CheckpointError(f"{source} has no tensor {hf_name!r} (is it a GPT-2 model?)")
         used.add(hf_name)
         tensor = hf[hf_name]
         return tensor.t().contiguous() if transpose else tensor
@@ -177,16 +191,22 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor], cfg: GPTConfig) -> dic
             head, state["tok_emb.weight"]
         ):
             raise CheckpointError(
-                "Hugging Face checkpoint says tie_word_embeddings=true but lm_head.weight differs from "
+                f"{source} says tie_word_embeddings=true but lm_head.weight differs from "
                 "wte.weight (set tie_word_embeddings to false in its config.json)"
             )
     elif not cfg.tie_weights:
-        raise CheckpointError("Hugging Face checkpoint has tie_word_embeddings=false but no lm_head.weight")
+        raise CheckpointError(f"{source} has tie_word_embeddings=false but no lm_head.weight")
     extra = sorted(set(hf) - used)
     if extra:
+        blocks = [name for name in extra if re.match(r"h\.\d+\.", name)]
+        # more blocks than n_layer says, or the head of another task (GPT2ForSequenceClassification's
+        # score.weight, ...), which a language model has no place for
+        why = ("n_layer in config.json may be wrong" if blocks else
+               "not a GPT-2 language model's: gptsmith imports GPT2LMHeadModel and GPT2Model weights, "
+               "not a task head")
+        shown = (blocks or extra)[:3]
         raise CheckpointError(
-            f"Hugging Face checkpoint has {len(extra)} tensor(s) gptsmith does not know, e.g. "
-            f"{', '.join(extra[:3])} (n_layer in config.json may be wrong)"
+            f"{source} has {len(extra)} tensor(s) gptsmith does not know, e.g. {', '.join(shown)} ({why})"
         )
     return state
 
@@ -244,7 +264,7 @@ def check_hf_weights(model_dir: str | Path, cfg: GPTConfig) -> None:
     else:
         source, shapes = model_dir / HF_PYTORCH_BIN, {k: v.shape for k, v in read_hf_state(model_dir).items()}
     hf = {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}
-    ours = state_dict_from_hf(hf, cfg)
+    ours = state_dict_from_hf(hf, cfg, source=str(model_dir))
     check_state_shapes(cfg, {name: tuple(t.shape) for name, t in ours.items()}, source=str(source))
 
 
@@ -256,7 +276,7 @@ def load_hf_model_dir(
     config_path = model_dir / "config.json"
     hf_config = json.loads(config_path.read_text(encoding="utf-8"))
     cfg = gpt_config_from_hf(hf_config, source=str(config_path))
-    state = state_dict_from_hf(read_hf_state(model_dir), cfg)
+    state = state_dict_from_hf(read_hf_state(model_dir), cfg, source=str(model_dir))
     return build_model(cfg, state, source=str(model_dir), device=device, dtype=dtype)
 
 

@@ -6,6 +6,7 @@ weights through here, so a tensor of the wrong shape is named the same way which
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -148,3 +149,19 @@ def build_model(
         model.out_head.weight = model.tok_emb.weight  # assign=True replaced tok_emb's Parameter
     model.eval()
     return model
+
+
+def weights_fingerprint(model: torch.nn.Module, samples: int = 1024) -> str:
+    """A short digest of ``model``'s weights: every tensor's name and shape, and up to ``samples`` of
+    its values taken evenly through it (as float32, so the device and a bf16 file do not matter).
+
+    What a LoRA adapter records of its base, so that one put on other weights of the same shapes (a
+    base retrained or overwritten in its folder) is caught; reading a sample keeps it cheap at any size.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // samples)][:samples].float().cpu().contiguous()
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()[:16]

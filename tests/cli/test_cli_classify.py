@@ -246,6 +246,18 @@ def test_a_text_of_file_holds_unicode_line_breaks_a_newline_ends_it(tmp_path, ca
     assert [json.loads(line)["text"] for line in capsys.readouterr().out.splitlines()] == texts
 
 
+def test_a_text_longer_than_the_classifiers_max_length_gets_a_note(tmp_path, capsys):
+    clf = random_classifier(tmp_path / "clf")  # max_length 16 tokens
+    long_text = " ".join(["win"] * 20)
+    assert main(["classify", "--checkpoint", str(clf), "--json", "see you", long_text]) == 0
+    captured = capsys.readouterr()
+    assert [json.loads(line)["text"] for line in captured.out.splitlines()] == ["see you", long_text]
+    assert captured.err.strip() == ("note: 1 text(s) longer than the classifier's 16 tokens were "
+                                    "classified by their first 16 tokens")
+    assert main(["classify", "--checkpoint", str(clf), "see you"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_an_out_that_cannot_be_written_fails_before_anything_loads(base, tmp_path, capsys, monkeypatch):
     locked = locked_folder(tmp_path / "locked", monkeypatch)
     data = write_csv(tmp_path / "sms.csv", labelled_rows(30))

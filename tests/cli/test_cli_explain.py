@@ -72,6 +72,25 @@ def test_explain_json_to_stdout_and_text_from_stdin(checkpoint, capsys, monkeypa
     assert data["text"] == TEXT and data["tokens"]["pieces"][0] == "Every"
 
 
+def test_json_on_stdout_still_writes_the_html_file_and_html_can_go_to_stdout(checkpoint, tmp_path, capsys,
+                                                                            monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where a file called "-" would appear
+    page = tmp_path / "report.html"
+    args = ["explain", "--checkpoint", str(checkpoint), "--device", "cpu", TEXT]
+    assert main([*args, "--json", "-", "--html", str(page)]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["text"] == TEXT  # stdout is the JSON alone
+    assert page.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    assert f"wrote {page}" in captured.err
+
+    numbers = tmp_path / "numbers.json"
+    assert main([*args, "--html", "-", "--json", str(numbers)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("<!DOCTYPE html>") and captured.out.rstrip().endswith("</html>")
+    assert json.loads(numbers.read_text(encoding="utf-8"))["text"] == TEXT
+    assert not (tmp_path / "-").exists()
+
+
 def test_a_long_text_is_cropped_with_a_note(checkpoint, capsys):
     assert main(["explain", "--checkpoint", str(checkpoint), "--device", "cpu", " ".join([TEXT] * 3)]) == 0
     assert "note: the text has 39 tokens; only the first 24 are explained" in capsys.readouterr().out
@@ -94,6 +113,7 @@ def test_a_long_text_is_cropped_with_a_note(checkpoint, capsys):
         (["--checkpoint", "{ckpt}", "--neighbours", " ", TEXT], "--neighbours is empty"),
         (["--checkpoint", "{ckpt}", "--html", "{tmp}", TEXT], "is a directory; give a file name, e.g. "),
         (["--checkpoint", "{ckpt}", "--json", "{tmp}/notes.txt/x.json", TEXT], "notes.txt is a file"),
+        (["--checkpoint", "{ckpt}", "--json", "-", "--html", "-", TEXT], "both ask for standard output"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(checkpoint, tmp_path, capsys, args, message):

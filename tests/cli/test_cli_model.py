@@ -178,3 +178,32 @@ def test_convert_of_a_word_level_model_notes_its_tokenizer_on_a_line_of_its_own(
     assert out.startswith("wrote ") and out.rstrip().endswith("float32") and "note" not in out
     assert err.strip() == ("note: its tokenizer 'simple' has no Hugging Face equivalent: the ids of a "
                            "Hugging Face tokenizer will not match the model's")
+
+
+def test_convert_keeps_the_instruction_template_and_the_classifier(tmp_path, capsys):
+    from classify_helpers import random_classifier
+
+    from gptsmith.finetune.classifier import Classifier
+
+    save_model(GPTModel(TINY), tmp_path / "chat", extra={"instruction_template": "chatml"})
+    out = tmp_path / "chat-bf16"
+    args = ["convert", str(tmp_path / "chat"), "--to", "gptsmith", "--out", str(out), "--dtype", "bf16"]
+    assert main(args) == 0
+    assert load_model(out).instruction_template == "chatml"  # ask and chat still prompt it in ChatML
+
+    source = random_classifier(tmp_path / "spam")
+    assert main(["convert", str(source), "--to", "gptsmith", "--out", str(tmp_path / "spam2")]) == 0
+    texts = ["win cash now", "see you at lunch"]
+    expected = Classifier.load(source, device="cpu").predict_proba(texts)
+    converted = Classifier.load(tmp_path / "spam2", device="cpu")
+    assert converted.labels == ["ham", "spam"]
+    torch.testing.assert_close(converted.predict_proba(texts), expected)
+    capsys.readouterr()
+
+    # A Hugging Face directory has no place for either: the export says so, on lines of their own.
+    for name in ("chat", "spam"):
+        hf_out = str(tmp_path / f"{name}-hf")
+        assert main(["convert", str(tmp_path / name), "--to", "hf", "--out", hf_out]) == 0
+    out, err = capsys.readouterr()
+    assert "note" not in out
+    assert "instruction-tuned with the 'chatml' template" in err and "the classifier's head and labels" in err

@@ -87,6 +87,17 @@ def test_bpe_pieces_show_their_spaces_and_ids(trained, gpt2_tokenizer):
     assert report.simple.pieces == ["Every", "effort", "moves", "you"]
 
 
+def test_control_characters_are_shown_as_their_bytes_never_passed_to_the_terminal(gpt2_tokenizer):
+    model = tiny_model(gpt2_tokenizer.vocab_size)
+    text = "red\x1b[31m\x00x\u0092y\tz"  # an escape sequence, a NUL, a C1 control (as in SMS spam), a tab
+    report = explain(model, gpt2_tokenizer, text)
+    shown = report.to_text() + report.to_html()
+    assert not [c for c in ("\x1b", "\x00", "\u0092") if c in shown]
+    assert "<1b>" in report.tokens.pieces and "<00>" in report.tokens.pieces and "⇥" in report.tokens.line()
+    assert "<c2 92>" in "".join(report.simple.pieces)
+    assert report.as_dict()["text"] == text  # the numbers keep the text exactly as given
+
+
 def test_attention_rows_sum_to_one_and_are_zero_above_the_diagonal(report):
     weights = report.attention  # (layers, heads, n, n)
     n = len(report.tokens.ids)
@@ -213,6 +224,12 @@ def test_bad_input_is_one_clear_error(trained, tokenizer):
         explain(trained, tokenizer, TEXT, top_k=0)
     with pytest.raises(GptsmithError, match="layer 5 does not exist"):
         explain(trained, tokenizer, TEXT, layer=5)
+    with pytest.raises(GptsmithError, match=r"a list of words, not one string \(wrap it: \['king'\]\)"):
+        explain(trained, tokenizer, TEXT, words="king")  # not the letters k, i, n, g
+    with pytest.raises(GptsmithError, match="words must be strings, got int 1"):
+        explain(trained, tokenizer, TEXT, words=["king", 1])
+    with pytest.raises(GptsmithError, match="neighbours_of must be a word"):
+        explain(trained, tokenizer, TEXT, neighbours_of=5)
 
 
 def test_a_text_longer_than_the_context_is_cropped_with_a_note(trained, tokenizer):

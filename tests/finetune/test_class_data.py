@@ -79,6 +79,18 @@ def test_missing_column_names_the_columns_that_exist(tmp_path):
         read_labelled(path, header=False)
 
 
+def test_header_columns_named_by_numbers_are_found_and_a_doubled_name_is_refused(tmp_path):
+    # pandas' DataFrame.to_csv of unnamed columns: an index column "", then "0", "1"
+    path = tmp_path / "pandas.csv"
+    path.write_text(",0,1\n0,ham,see you\n1,spam,WIN now\n", encoding="utf-8")
+    data = read_labelled(path, text_column=1, label_column=0)  # the CLI passes "1" as 1
+    assert (data.texts, data.labels) == (["see you", "WIN now"], ["ham", "spam"])
+    doubled = tmp_path / "doubled.csv"
+    doubled.write_text("text,label,text\na,x,b\nc,y,d\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"has 2 columns named 'text' \(positions 0, 2"):
+        read_labelled(doubled)
+
+
 def test_empty_file_single_class_and_unparsable_rows(tmp_path):
     empty = tmp_path / "empty.csv"
     empty.write_text("", encoding="utf-8")

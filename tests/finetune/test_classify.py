@@ -123,6 +123,9 @@ def test_lora_adapter_only_loads_on_its_base(tmp_path):
     with pytest.raises(CheckpointError, match="is a LoRA adapter for the base model .* no longer exists"):
         Classifier.load(out, device="cpu")
     moved.rename(base)
+    tiny_base(base, seed=1)  # the base retrained in its folder: the same shapes, other weights
+    with pytest.raises(CheckpointError, match="whose weights have changed since the adapter was trained"):
+        Classifier.load(out, device="cpu")
 
 
 @pytest.mark.parametrize("bad, message", [

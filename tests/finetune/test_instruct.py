@@ -88,6 +88,22 @@ def test_max_steps_and_bad_settings():
         finetune_instruct(model, tok, RECORDS, RECORDS[:1], diverging)
 
 
+def test_records_as_json_load_gives_them_are_parsed_and_checked():
+    tok = ByteTokenizer()
+    model = tiny_model(vocab_size=tok.vocab_size, context_length=160)
+    raw = [{"instruction": "Say hi.", "output": "hi"},
+           {"instruction": "Say no.", "input": None, "output": "no"}]
+    cfg = InstructConfig(max_steps=1, eval_every=0, sample_tokens=0, device="cpu")
+    assert finetune_instruct(model, tok, raw, raw[:1], cfg).steps == 1
+    assert response_loss(model, tok, raw, "alpaca") == response_loss(model, tok, RECORDS[:2], "alpaca")
+    assert [a["instruction"] for a in answer_records(model, tok, raw, "alpaca", max_new_tokens=1)] == \
+        ["Say hi.", "Say no."]
+    with pytest.raises(DataError, match=r'^val_records\[0\] has no "output"'):
+        finetune_instruct(model, tok, raw, [{"instruction": "x"}], cfg)
+    with pytest.raises(DataError, match="train_records must be a list of records, got a str"):
+        finetune_instruct(model, tok, "data.json", raw, cfg)
+
+
 def test_one_diverging_step_or_a_broken_base_stops_the_run():
     tok = ByteTokenizer()
     one_step = InstructConfig(max_steps=1, batch_size=2, lr=1e30, eval_every=0, sample_tokens=0,

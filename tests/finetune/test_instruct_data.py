@@ -85,6 +85,8 @@ def test_a_jsonl_record_ends_at_a_newline_not_at_other_unicode_line_breaks(tmp_p
         ('{"messages": [{"role": "bot", "content": "x"}]}',
          "record 0 (line 1), message 0: role 'bot' is not one of system, user, assistant"),
         ('{"messages": [{"role": "user", "content": "x"}]}', "has no assistant message"),
+        ('{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": " \\n"}]}',
+         "record 0 (line 1), message 1: the last assistant message is empty (nothing to learn"),
         ('{"messages": [{"role": "user"}]}', 'needs "role" and "content"'),
         ('{"messages": []}', '"messages" must be a non-empty list'),
     ],

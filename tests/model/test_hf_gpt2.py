@@ -108,6 +108,15 @@ def test_unsupported_hf_configs_are_refused(tmp_path):
         ({"layer_norm_epsilon": "x"}, "layer_norm_epsilon must be a number, got 'x'"),
         ({"resid_pdrop": None, "attn_pdrop": "0.1"}, "attn_pdrop must be a number"),
         ({"tie_word_embeddings": "false"}, "tie_word_embeddings must be true or false, got 'false'"),
+        ({"layer_norm_epsilon": None}, "layer_norm_epsilon must be a number, got None"),  # not a TypeError
+        # the field as the file spells it (n_layer), not GPTConfig's n_layers
+        ({"n_layer": "2"}, "config.json: n_layer must be a positive whole number, got '2'"),
+        ({"n_embd": 30}, "n_embd 30 is not divisible by n_head 4"),
+        ({"resid_pdrop": 1.5}, r"resid_pdrop must be in \[0, 1\), got 1.5"),
+        ({"n_inner": "128"}, "n_inner must be a whole number or null, got '128'"),
+        # a string is true to transformers: not the false it reads as
+        ({"scale_attn_by_inverse_layer_idx": "false"},
+         "scale_attn_by_inverse_layer_idx must be true or false, got 'false'"),
     ]:
         atomic_write_json(tmp_path / "config.json", {**config, **change})
         with pytest.raises(CheckpointError, match=message):
@@ -120,6 +129,23 @@ def test_hf_dir_without_weights(tmp_path):
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="neither model.safetensors nor pytorch_model.bin"):
         load_model(tmp_path)
+
+
+def test_a_task_models_head_is_refused_naming_the_directory_and_the_head(tmp_path):
+    transformers, _ = _hf_model("tied-2x4")
+    config = transformers.GPT2Config(**HF_CONFIGS["tied-2x4"], pad_token_id=0)
+    transformers.GPT2ForSequenceClassification(config).save_pretrained(tmp_path / "sentiment")
+    with pytest.raises(CheckpointError, match=r"sentiment has 1 tensor\(s\) gptsmith does not know, e\.g\. "
+                       r"score\.weight \(not a GPT-2 language model's") as caught:
+        load_model(tmp_path / "sentiment")
+    assert "n_layer" not in str(caught.value)  # the layers are fine: the head is the odd one out
+    # one block more than config.json's n_layer says: that hint still comes
+    _, hf_model = _hf_model("tied-2x4")
+    hf_model.save_pretrained(tmp_path / "deeper")
+    config = json.loads((tmp_path / "deeper" / "config.json").read_text())
+    atomic_write_json(tmp_path / "deeper" / "config.json", {**config, "n_layer": 1})
+    with pytest.raises(CheckpointError, match=r"deeper has 12 tensor\(s\).*h\.1\..*n_layer in config"):
+        load_model(tmp_path / "deeper")
 
 
 def test_hub_name_offline_is_a_clear_error(monkeypatch):
