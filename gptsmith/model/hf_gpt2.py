@@ -46,6 +46,7 @@ from gptsmith.storage import (
 
 HF_SAFETENSORS = "model.safetensors"
 HF_PYTORCH_BIN = "pytorch_model.bin"
+HF_SAFETENSORS_INDEX = "model.safetensors.index.json"  # sharded weights: which file holds each tensor
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
 
 # Our names (with {i} for the block) -> HF names, and whether the weight is Conv1D (transposed).
@@ -233,9 +234,17 @@ def state_dict_to_hf(model: GPTModel) -> dict[str, torch.Tensor]:
 
 
 def read_hf_state(model_dir: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a HF directory: model.safetensors, else pytorch_model.bin (no pickle code run)."""
+    """The tensors of a HF directory: model.safetensors, or the shards its index names (what
+    ``save_pretrained`` writes for a model over its shard size, e.g. gpt2-xl), else
+    pytorch_model.bin (no pickle code run)."""
     if (model_dir / HF_SAFETENSORS).is_file():
         return read_safetensors(model_dir / HF_SAFETENSORS)
+    shards = safetensors_shard_files(model_dir)
+    if shards:
+        state: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            state.update(read_safetensors(shard))
+        return state
     bin_path = model_dir / HF_PYTORCH_BIN
     if bin_path.is_file():
         state = load_torch_file(
@@ -246,10 +255,45 @@ def read_hf_state(model_dir: Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{bin_path} does not hold a state dict")
         return state
     if list(model_dir.glob("model-*-of-*.safetensors")):
-        raise CheckpointError(
-            f"{model_dir}: sharded checkpoints are not supported (GPT-2 files are not sharded)"
-        )
+        raise CheckpointError(f"{model_dir} has sharded weights but no {HF_SAFETENSORS_INDEX} naming them "
+                              "(copy it from where the shards came from)")
+    if list(model_dir.glob("pytorch_model-*-of-*.bin")):
+        raise CheckpointError(f"{model_dir}: sharded pytorch_model-*.bin files are not supported (save the "
+                              "model with safetensors: save_pretrained(..., safe_serialization=True))")
     raise CheckpointError(f"{model_dir} has config.json but neither {HF_SAFETENSORS} nor {HF_PYTORCH_BIN}")
+
+
+def safetensors_shard_files(model_dir: Path) -> list[Path]:
+    """The shard files ``model.safetensors.index.json`` names, in order; [] without an index.
+
+    Each tensor must sit in the file the index names (checked from the headers, without reading
+    the tensors), so a shard missing, truncated or from another save is one line naming it.
+    """
+    index_path = model_dir / HF_SAFETENSORS_INDEX
+    if not index_path.is_file():
+        return []
+    try:
+        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise TypeError
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        raise CheckpointError(f"{index_path} is not a safetensors index (JSON with a \"weight_map\" of "
+                              "tensor names to files); copy it again with its shards") from None
+    files: dict[str, list[str]] = {}
+    for name, file in weight_map.items():
+        if not isinstance(file, str) or Path(file).name != file:
+            raise CheckpointError(f"{index_path} names {file!r} for {name}: not a file name in that folder")
+        files.setdefault(file, []).append(name)
+    for file, names in files.items():
+        path = model_dir / file
+        if not path.is_file():
+            raise CheckpointError(f"{model_dir} lacks {file}, a shard its {HF_SAFETENSORS_INDEX} names "
+                                  "(copy every shard of the model)")
+        missing = sorted(set(names) - set(safetensors_shapes(path)))
+        if missing:
+            raise CheckpointError(f"{path} lacks {missing[0]}, which {HF_SAFETENSORS_INDEX} places there "
+                                  "(the shards and the index come from different saves: copy them again)")
+    return [model_dir / file for file in sorted(files)]
 
 
 def check_hf_weights(model_dir: str | Path, cfg: GPTConfig) -> None:
@@ -261,6 +305,10 @@ def check_hf_weights(model_dir: str | Path, cfg: GPTConfig) -> None:
     model_dir = Path(model_dir)
     if (model_dir / HF_SAFETENSORS).is_file():
         source, shapes = model_dir / HF_SAFETENSORS, safetensors_shapes(model_dir / HF_SAFETENSORS)
+    elif shards := safetensors_shard_files(model_dir):
+        source, shapes = model_dir / HF_SAFETENSORS_INDEX, {}
+        for shard in shards:
+            shapes.update(safetensors_shapes(shard))
     else:
         source, shapes = model_dir / HF_PYTORCH_BIN, {k: v.shape for k, v in read_hf_state(model_dir).items()}
     hf = {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}

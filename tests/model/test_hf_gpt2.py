@@ -123,6 +123,30 @@ def test_unsupported_hf_configs_are_refused(tmp_path):
             load_model(tmp_path)
 
 
+def test_sharded_safetensors_load_exactly_and_a_missing_shard_is_named(tmp_path):
+    """save_pretrained shards a model over its max_shard_size (gpt2-xl at transformers' 5 GB):
+    the index's shards load as one state dict, checked as an import checks it."""
+    from gptsmith.model.hf_gpt2 import check_hf_weights, gpt_config_from_hf
+
+    _, hf_model = _hf_model("untied-3x2")
+    hf_model.save_pretrained(tmp_path, max_shard_size="40KB")
+    shards = sorted(tmp_path.glob("model-*-of-*.safetensors"))
+    assert len(shards) > 1 and not (tmp_path / "model.safetensors").exists()
+    ids = torch.randint(0, hf_model.config.vocab_size, (1, 10))
+    torch.testing.assert_close(_logits(load_model(tmp_path), ids), _logits(hf_model, ids).logits,
+                               atol=1e-5, rtol=1e-5)
+    config = json.loads((tmp_path / "config.json").read_text())
+    check_hf_weights(tmp_path, gpt_config_from_hf(config, source="config.json"))  # what `info` runs
+
+    shards[-1].rename(tmp_path / "elsewhere.safetensors")
+    with pytest.raises(CheckpointError, match=f"lacks {shards[-1].name}, a shard its model.safetensors.index"):
+        load_model(tmp_path)
+    (tmp_path / "elsewhere.safetensors").rename(shards[-1])
+    (tmp_path / "model.safetensors.index.json").unlink()
+    with pytest.raises(CheckpointError, match="has sharded weights but no model.safetensors.index.json"):
+        load_model(tmp_path)
+
+
 def test_hf_dir_without_weights(tmp_path):
     _, hf_model = _hf_model("tied-2x4")
     hf_model.save_pretrained(tmp_path)
