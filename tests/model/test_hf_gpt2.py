@@ -139,7 +139,7 @@ def test_sharded_safetensors_load_exactly_and_a_missing_shard_is_named(tmp_path)
     check_hf_weights(tmp_path, gpt_config_from_hf(config, source="config.json"))  # what `info` runs
 
     shards[-1].rename(tmp_path / "elsewhere.safetensors")
-    with pytest.raises(CheckpointError, match=f"lacks {shards[-1].name}, a shard its model.safetensors.index"):
+    with pytest.raises(CheckpointError, match=f"lacks {shards[-1].name}, a shard its model.safetensors"):
         load_model(tmp_path)
     (tmp_path / "elsewhere.safetensors").rename(shards[-1])
     (tmp_path / "model.safetensors.index.json").unlink()
