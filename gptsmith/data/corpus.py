@@ -30,7 +30,7 @@ import platform
 import re
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gptsmith.data.download import cache_dir
@@ -157,10 +157,20 @@ def resolve_corpus(name_or_path: str | Path, text_field: str = "text") -> Corpus
     """Turn a corpus name, path, directory, glob or ``hf:NAME`` into a ``CorpusSource``.
 
     Raises ``DataError`` for a missing path, a directory without text files, or an unknown format.
+    ``text_field`` names the text of records (.jsonl, .parquet, hf:); plain text has none, so another
+    field than the default is a warning there (never silently ignored) and not part of its fingerprint.
     """
     if isinstance(name_or_path, CorpusSource):
         return name_or_path
-    spec = str(name_or_path)
+    source = _resolve_corpus(str(name_or_path), text_field)
+    if source.kind in ("text", "builtin") and text_field != "text":
+        warnings.warn(f"the text field {text_field!r} is not used: {source.name} is plain text, not "
+                      ".jsonl/.parquet/hf: records", stacklevel=2)
+        source = replace(source, text_field="text")
+    return source
+
+
+def _resolve_corpus(spec: str, text_field: str) -> CorpusSource:
     if not spec.strip():  # Path("") is the current directory: never read that by accident
         raise DataError("the corpus name is empty (pass a corpus name or path, e.g. builtin, the-verdict "
                         "or notes.txt)")

@@ -269,3 +269,13 @@ ALL_BREAKS = "a\u2028b\u2029c\x85d\x0ce\x0bf\x1cg\x1dh\x1ei\rj"  # what str.spli
 def test_text_lines_split_at_newlines_only(text, lines):
     """Unlike ``str.splitlines``, which breaks ALL_BREAKS into ten lines."""
     assert text_lines(text) == lines
+
+
+def test_a_text_field_on_plain_text_is_a_warning_not_silently_ignored(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("Plain text has no fields.\n", encoding="utf-8")
+    with pytest.warns(UserWarning, match="the text field 'body' is not used: .*notes.txt is plain text"):
+        source = resolve_corpus(path, text_field="body")
+    # Nothing to read differently, so the same shard serves it: the fingerprint ignores the field.
+    assert source.fingerprint() == resolve_corpus(path).fingerprint()
+    assert list(source.documents()) == ["Plain text has no fields.\n"]
