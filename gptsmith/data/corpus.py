@@ -231,8 +231,8 @@ def same_corpus(a: str, b: str) -> bool:
 
 
 def corpus_location(spec: str) -> str:
-    """``spec`` as any working directory reads it: an existing relative path or a glob made
-    absolute, a name (``builtin``, ``hf:NAME``, ``the-verdict``) as it is. A run records it, so it
+    """``spec`` as any working directory reads it: an existing relative path, glob or ``hf:`` folder
+    made absolute, a name (``builtin``, ``hf:NAME``, ``the-verdict``) as it is. A run records it, so it
     can be resumed and evaluated from elsewhere."""
     kind, key = _corpus_identity(spec)
     return spec if kind == "name" else key
@@ -241,7 +241,11 @@ def corpus_location(spec: str) -> str:
 def _corpus_identity(spec: str) -> tuple[str, str]:
     """What ``resolve_corpus`` would read for ``spec``, as a comparable key (no files are read)."""
     spec = str(spec)
-    if spec == "builtin" or spec.startswith("hf:"):
+    if spec.startswith("hf:"):  # a local folder of data (hf:./stories) is the same however it is spelt
+        name, colon, rest = spec[3:].partition(":")
+        local = Path(name).expanduser()
+        return ("hf", f"hf:{local.resolve()}{colon}{rest}") if name and local.exists() else ("name", spec)
+    if spec == "builtin":
         return ("name", spec)
     path = Path(spec).expanduser()
     if any(ch in spec for ch in "*?[") and not path.exists():  # (a file may be called "br[ack]et.txt")

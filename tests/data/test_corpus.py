@@ -279,3 +279,16 @@ def test_a_text_field_on_plain_text_is_a_warning_not_silently_ignored(tmp_path):
     # Nothing to read differently, so the same shard serves it: the fingerprint ignores the field.
     assert source.fingerprint() == resolve_corpus(path).fingerprint()
     assert list(source.documents()) == ["Plain text has no fields.\n"]
+
+
+def test_a_local_hf_folder_is_recorded_absolute_and_the_same_however_spelt(tmp_path, monkeypatch):
+    from gptsmith.data.corpus import corpus_location, same_corpus
+
+    root = tmp_path.resolve()
+    (root / "stories").mkdir()
+    monkeypatch.chdir(root)
+    # so a run on hf:./stories resumes from any directory (a hub name stays a name)
+    assert corpus_location("hf:./stories:validation") == f"hf:{root / 'stories'}:validation"
+    assert same_corpus("hf:./stories", f"hf:{root}/stories/")
+    assert not same_corpus("hf:./stories", "hf:x/y")
+    assert corpus_location("hf:roneneldan/TinyStories") == "hf:roneneldan/TinyStories"
