@@ -169,7 +169,7 @@ def run_finetune_classify(args: argparse.Namespace) -> int:
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
     from gptsmith.cli.stdin_text import read_stdin_prompt
-    from gptsmith.data.corpus import read_utf8, text_lines
+    from gptsmith.data.text_files import read_utf8, text_lines
 
     texts = list(args.texts)
     for number, text in enumerate(texts, start=1):

@@ -5,6 +5,8 @@
   ``get_tokenizer(name)``; the ``Tokenizer`` protocol is in ``tokenizer_protocol``, the book's
   simple word tokenizers in ``word_tokenizers`` (both also importable from ``tokenizer``).
 - ``download``: finding and fetching GPT-2's BPE files and the named corpora, offline-first.
+- ``text_files``: reading text out of files (strict UTF-8, lines, documents split at
+  ``<|endoftext|>``, .jsonl/.parquet records), shared with the fine-tuning data readers;
 - ``corpus``: what a ``--data`` argument names (a file, a folder, a built-in corpus, ``hf:`` data
   sets, read by ``hf_corpus``) as a stream of documents.
 - ``shards``: a corpus tokenized once into a memory-mapped ``tokens.bin`` with its metadata.

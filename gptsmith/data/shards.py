@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from gptsmith.data.corpus import CorpusSource, resolve_corpus, safe_chunks
+from gptsmith.data.corpus import CorpusSource, resolve_corpus
 from gptsmith.data.download import cache_dir
+from gptsmith.data.text_files import safe_chunks
 from gptsmith.data.tokenizer import (
     VOCAB_FILE,
     SimpleTokenizerV2,

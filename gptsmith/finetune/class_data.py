@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gptsmith.data.corpus import read_utf8
+from gptsmith.data.text_files import read_utf8
 from gptsmith.errors import ConfigError, DataError
 from gptsmith.finetune.records import json_objects
 from gptsmith.storage import as_path

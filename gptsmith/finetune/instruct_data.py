@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from gptsmith.data.corpus import read_utf8
+from gptsmith.data.text_files import read_utf8
 from gptsmith.errors import DataError
 from gptsmith.finetune.records import json_objects
 from gptsmith.generate.chat import ROLES, Message, PromptTemplate, get_template

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from gptsmith.data.corpus import text_lines
+from gptsmith.data.text_files import text_lines
 from gptsmith.errors import DataError
 
 

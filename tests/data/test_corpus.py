@@ -7,8 +7,9 @@ import types
 
 import pytest
 
-from gptsmith.data.corpus import builtin_documents, resolve_corpus, safe_chunks, text_lines
+from gptsmith.data.corpus import builtin_documents, resolve_corpus
 from gptsmith.data.shards import prepare_corpus
+from gptsmith.data.text_files import safe_chunks, text_lines
 from gptsmith.errors import DataError
 
 
