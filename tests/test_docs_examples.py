@@ -51,6 +51,23 @@ def test_every_stage_has_a_docs_page_linked_from_the_readme():
             assert (page.parent / target).exists(), f"{page.name}: broken link {target}"
 
 
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_anchors_and_named_source_files_resolve():
+    """A reader follows `page.md#section` links and opens the files a page names (`tests/...py`)."""
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        for target, anchor in re.findall(r"\]\(([^)#:]*)#([^)]+)\)", text):
+            linked = page.parent / target if target else page
+            headings = re.findall(r"^#+ (.+)$", linked.read_text(encoding="utf-8"), flags=re.M)
+            assert anchor in {_anchor(h) for h in headings}, f"{page.name}: broken anchor {target}#{anchor}"
+        for path in re.findall(r"`((?:tests|gptsmith|benchmarks)/[\w./-]+)`", text):
+            assert (ROOT / path).exists(), f"{page.name} names {path}, which does not exist"
+
+
 def test_every_page_has_python_examples_and_says_why_one_is_not_run():
     for page in PAGES:
         blocks = python_blocks(page)

@@ -11,7 +11,7 @@ from typing import Any
 from gptsmith.cli.finetune_cmds import add_lora_args
 from gptsmith.cli.shell import command_line
 from gptsmith.cli.train_progress import say
-from gptsmith.device import DEVICE_HELP, device_arg
+from gptsmith.device import DEVICE_HELP, TRAIN_DTYPES, device_arg, dtype_arg
 from gptsmith.errors import ConfigError, DataError
 
 FINETUNE_EPILOG = """\
@@ -73,8 +73,8 @@ def register_finetune(kinds: argparse._SubParsersAction) -> None:
                    help="steps between evaluations (default: after each epoch)")
     p.add_argument("--seed", type=int, default=123, help="seed of the split, the head and the order")
     p.add_argument("--device", default="auto", type=device_arg, help=DEVICE_HELP)
-    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
-                   help="auto = bf16 autocast where faster")
+    p.add_argument("--dtype", default="auto", type=dtype_arg(TRAIN_DTYPES), metavar="{auto,bf16,fp32}",
+                   help="auto = bf16 autocast where faster (bfloat16 and float32 work too)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_finetune_classify)
 

@@ -24,10 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog=(
             "CORPUS is one of: builtin (CPython's documentation, no download), a named corpus\n"
-            "(the-verdict, tinyshakespeare, ... looked up in $GPTSMITH_DATA_DIR, ../shared/data and\n"
-            "the cache), a text file (any suffix but .json), a directory of .txt/.md files, a glob,\n"
-            "a .jsonl (text field) or .parquet (text column) file, or hf:NAME[:SPLIT] (needs the\n"
-            "`datasets` package).\n\n"
+            "(the-verdict, tinyshakespeare, ... looked up in $GPTSMITH_DATA_DIR, $GPTSMITH_SHARED_DATA,\n"
+            "../shared/data beside the gptsmith checkout and the cache), a text file (any suffix but\n"
+            ".json), a directory of .txt/.md files, a glob, a .jsonl (text field) or .parquet (text\n"
+            "column; needs pyarrow) file, or hf:NAME, hf:NAME:SPLIT or hf:NAME:CONFIG:SPLIT (needs\n"
+            "the `datasets` package).\n\n"
             "examples:\n"
             "  gptsmith prepare                          # the built-in corpus, into the user cache\n"
             "  gptsmith prepare the-verdict --out data/verdict\n"
@@ -59,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "gpt2-bpe: GPT-2's byte-pair ranks, from tiktoken's cache, OpenAI's public URL, or (when only "
             "PyPI is reachable) the openai-whisper source package, which ships the same file; the "
             "sha256 is checked. the-verdict / tinyshakespeare: the toy corpora (needs internet). "
-            "Files go to $GPTSMITH_CACHE_DIR (default ~/.cache/gptsmith)."
+            "Files go to $GPTSMITH_CACHE_DIR (default $XDG_CACHE_HOME/gptsmith, else ~/.cache/gptsmith)."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -145,7 +146,7 @@ def run_download(args: argparse.Namespace) -> int:
         from gptsmith.data.corpus import named_corpus_dirs
         from gptsmith.data.download import cache_dir
 
-        # Where `--data NAME` would find it first ($GPTSMITH_DATA_DIR, ../shared/data), outside the cache.
+        # Where `--data NAME` would find it first (named_corpus_dirs), outside the cache.
         candidates = [directory / f"{args.what}.txt" for directory in named_corpus_dirs()]
         found = next((path for path in candidates if path.is_file()), None)
         if found is not None and not args.force and found.parent != cache_dir() / "data":

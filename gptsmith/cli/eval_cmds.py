@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--preset", help="score an untrained model of this preset (about ln(vocab_size))")
     e.add_argument("--data", help="corpus (default: the run's training data, else builtin)")
     e.add_argument("--batch-size", type=int, default=8, help="sequences per batch (default: 8)")
-    e.add_argument("--context-length", type=int, help="default: the model's (capped at 256 for --preset)")
+    e.add_argument("--context-length", type=int,
+                   help="tokens per window (default: the model's; with --preset at most 256)")
     e.add_argument("--max-batches", type=int, default=50, help="batches per split (default 50)")
     e.add_argument("--val-fraction", type=float, help="default: the run's, else 0.1")
     e.add_argument("--text-field", help="the .jsonl field / .parquet column of the text (default: the run's, "
@@ -72,7 +73,12 @@ def run_eval(args: argparse.Namespace) -> int:
     else:
         set_seed(args.seed)
         cfg = GPTConfig.from_preset(args.preset)
-        cfg = GPTConfig.from_preset(args.preset, context_length=min(cfg.context_length, 256))
+        # Untrained, the model needs only the positions it is scored on: 256 unless asked for more.
+        context_length = args.context_length or min(cfg.context_length, 256)
+        if context_length > cfg.context_length:
+            raise ConfigError(f"--context-length {context_length} exceeds the {args.preset} preset's "
+                              f"{cfg.context_length}")
+        cfg = GPTConfig.from_preset(args.preset, context_length=context_length)
         tokenizer, model = load_tokenizer("gpt2"), GPTModel(cfg).to(device).eval()
         label = f"untrained {args.preset}"
     run_train_cfg = run_info.get("train", {})

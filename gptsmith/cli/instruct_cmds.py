@@ -13,7 +13,7 @@ from gptsmith.cli.finetune_cmds import add_lora_args
 from gptsmith.cli.generate_cmds import _add_decoding_args, _add_model_args
 from gptsmith.cli.shell import command_line
 from gptsmith.cli.train_progress import say
-from gptsmith.device import DEVICE_HELP, device_arg
+from gptsmith.device import DEVICE_HELP, TRAIN_DTYPES, device_arg, dtype_arg
 from gptsmith.errors import ConfigError
 
 RESPONSES_FILE = "test_responses.json"
@@ -76,8 +76,9 @@ def register_finetune(kinds: argparse._SubParsersAction) -> None:
                    help="most new tokens per test answer (default 256)")
     p.add_argument("--seed", type=int, default=123, help="seed for shuffling and dropout (default 123)")
     p.add_argument("--device", default="auto", type=device_arg, help=DEVICE_HELP)
-    p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="auto: bf16 autocast where the device runs it faster (default)")
+    p.add_argument("--dtype", type=dtype_arg(TRAIN_DTYPES), default="auto", metavar="{auto,bf16,fp32}",
+                   help="auto: bf16 autocast where the device runs it faster (default; bfloat16 and "
+                   "float32 work too)")
     p.add_argument("--tokenizer", help="tokenizer the data is encoded with (default and only choice: the "
                    "base model's)")
     p.add_argument("--judge-url", help="OpenAI-compatible server that scores the test answers 0-100 "

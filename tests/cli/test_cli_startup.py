@@ -59,18 +59,45 @@ def test_every_verb_help_imports_no_torch():
     assert proc.stdout.strip().splitlines()[-1] == "heavy modules: []", proc.stderr
 
 
+def _dtype_options() -> dict[str, object]:
+    """Every verb's --dtype option (verb -> its argparse action), nested verbs included."""
+    import argparse
+
+    from gptsmith.cli import build_parser
+
+    found = {}
+
+    def walk(parser: argparse.ArgumentParser, prefix: list[str]) -> None:
+        for action in parser._actions:
+            if "--dtype" in action.option_strings:
+                found[" ".join(prefix)] = action
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, prefix + [name])
+
+    walk(build_parser(), [])
+    return found
+
+
 @pytest.mark.parametrize(("spelling", "canonical"), [
     ("float32", "fp32"), ("fp32", "fp32"), ("bf16", "bf16"), ("bfloat16", "bf16"), ("FP16", "fp16"),
     ("float16", "fp16")])
 def test_every_verb_accepts_both_dtype_spellings(spelling, canonical):
-    from gptsmith.cli import build_parser
+    """README: --dtype takes fp32/bf16/fp16 or PyTorch's float32/bfloat16/float16 on every verb;
+    the training verbs (no fp16) included."""
+    import argparse
 
-    parser = build_parser()
-    for argv in (["generate", "--model", "gpt2"], ["chat", "--model", "gpt2"],
-                 ["convert", "gpt2", "--to", "hf", "--out", "x"]):
-        assert parser.parse_args([*argv, "--dtype", spelling]).dtype == canonical
-    if canonical != "fp16":
-        assert parser.parse_args(["train", "--dtype", spelling]).dtype == canonical
+    options = _dtype_options()
+    training = {"train", "finetune classify", "finetune instruct"}
+    assert training | {"generate", "chat", "ask", "convert", "explain", "serve"} <= set(options)
+    for verb, action in options.items():
+        if canonical == "fp16" and verb in training:
+            with pytest.raises(argparse.ArgumentTypeError, match="not supported for training"):
+                action.type(spelling)
+            continue
+        value = action.type(spelling) if action.type else spelling
+        assert value == canonical, verb
+        assert action.choices is None or value in action.choices, verb
 
 
 def test_train_refuses_fp16_and_names_the_choices(capsys):

@@ -239,6 +239,26 @@ def test_bad_eval_flags_are_one_line_errors(tmp_path, capsys, extra, message, re
     assert err.startswith("gptsmith eval: error: ") and message in err and "Traceback" not in err
 
 
+def test_eval_of_a_preset_takes_any_context_up_to_the_presets_own(gpt2_tokenizer, tmp_path, monkeypatch,
+                                                                    capsys):
+    """--preset caps the *default* context at 256; an asked-for --context-length may go up to the
+    preset's own (gpt2-small's 1024), and beyond it the error names the preset's, not the cap."""
+    from gptsmith.model.config import PRESETS, GPTConfig
+
+    monkeypatch.setenv("GPTSMITH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setitem(PRESETS, "long", GPTConfig(context_length=512, emb_dim=16, n_heads=2, n_layers=1))
+    corpus = tmp_path / "cats.txt"
+    corpus.write_text("the cat sat on the mat. " * 600)  # ~4,200 tokens: 420 for validation
+    argv = ["eval", "--preset", "long", "--data", str(corpus), "--max-batches", "1", "--batch-size", "1",
+            "--device", "cpu"]
+    assert main([*argv, "--context-length", "300"]) == 0
+    assert "(1 batch of 1x300 tokens)" in capsys.readouterr().out
+    assert main(argv) == 0
+    assert "(1 batch of 1x256 tokens)" in capsys.readouterr().out
+    assert main([*argv, "--context-length", "513"]) == 2
+    assert "error: --context-length 513 exceeds the long preset's 512\n" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_eval_of_an_untrained_gpt2_small_is_about_ln_vocab(shared_data, gpt2_bpe_dir, monkeypatch, capsys):
     monkeypatch.setenv("GPTSMITH_GPT2_BPE", str(gpt2_bpe_dir))
