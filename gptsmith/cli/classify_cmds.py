@@ -11,7 +11,7 @@ from typing import Any
 from gptsmith.cli.finetune_cmds import add_lora_args
 from gptsmith.cli.shell import command_line
 from gptsmith.cli.train_progress import say
-from gptsmith.device import DEVICE_HELP, TRAIN_DTYPES, device_arg, dtype_arg
+from gptsmith.device import DEVICE_HELP, TRAIN_DTYPES, check_seed, device_arg, dtype_arg
 from gptsmith.errors import ConfigError, DataError
 
 FINETUNE_EPILOG = """\
@@ -142,6 +142,7 @@ def run_finetune_classify(args: argparse.Namespace) -> int:
     class Printer(_Progress, ClassifyCallbacks):
         pass
 
+    check_seed(args.seed, "--seed")  # named as the flag, before any loading
     printer = Printer(show_bar=not args.no_progress)
     try:
         result = finetune_classifier(

@@ -13,7 +13,7 @@ from gptsmith.cli.finetune_cmds import add_lora_args
 from gptsmith.cli.generate_cmds import _add_decoding_args, _add_model_args
 from gptsmith.cli.shell import command_line
 from gptsmith.cli.train_progress import say
-from gptsmith.device import DEVICE_HELP, TRAIN_DTYPES, device_arg, dtype_arg
+from gptsmith.device import DEVICE_HELP, TRAIN_DTYPES, check_seed, device_arg, dtype_arg
 from gptsmith.errors import ConfigError
 
 RESPONSES_FILE = "test_responses.json"
@@ -237,6 +237,7 @@ def run_instruct(args: argparse.Namespace) -> int:
     from gptsmith.model.checkpoint import save_model
     from gptsmith.storage import atomic_write_json, replacing_directory
 
+    check_seed(args.seed, "--seed")  # named as the flag, before any loading
     cfg = InstructConfig(template=args.template, mask_prompt=args.mask_prompt, epochs=args.epochs,
                          max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
                          weight_decay=args.weight_decay, grad_clip=args.grad_clip,

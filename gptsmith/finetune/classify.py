@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from gptsmith.config import from_dict
-from gptsmith.device import set_seed
+from gptsmith.device import check_seed, set_seed
 from gptsmith.errors import ConfigError, DataError
 from gptsmith.finetune.base import (
     StepRunner,
@@ -112,6 +112,7 @@ class ClassifyConfig:
         check_setting("lr", self.lr, above=True)
         check_setting("weight_decay", self.weight_decay)
         self.dtype = check_dtype(self.dtype)
+        check_seed(self.seed)
         self.lora()  # checks the LoRA options
         if self.trainable is not None and self.lora_rank:
             raise ConfigError("--trainable and --lora-rank are alternatives: with LoRA the adapters and the "

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from gptsmith.data.tokenizer import as_tokenizer
-from gptsmith.device import autocast, resolve_device, set_seed
+from gptsmith.device import autocast, check_seed, resolve_device, set_seed
 from gptsmith.errors import ConfigError, DataError
 from gptsmith.finetune.base import (
     StepRunner,
@@ -90,6 +90,7 @@ class InstructConfig:
         for name in ("weight_decay", "grad_clip"):
             check_setting(name, getattr(self, name))
         self.dtype = check_dtype(self.dtype)
+        check_seed(self.seed)
         self.lora()  # checks the LoRA options before any loading
 
     def lora(self) -> LoRAConfig | None:

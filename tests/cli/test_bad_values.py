@@ -30,6 +30,15 @@ def test_seeds_out_of_range_are_one_message_everywhere(seed, tmp_path, monkeypat
     assert not (tmp_path / "run").exists()
     assert main(["eval", "--preset", "tiny", "--seed", str(seed), "--data", str(corpus)]) == 2
     assert one_error_line(capsys, "eval").endswith(f"--seed {SEED_RANGE}, got {seed}")
+    # the fine-tunes and explain say it before loading anything (the base named here does not exist)
+    out = str(tmp_path / "out")
+    for argv in (["finetune", "classify", "--model", "/nonexistent", "--data", str(corpus), "--out", out],
+                 ["finetune", "instruct", "--model", "/nonexistent", "--data", str(corpus), "--out", out],
+                 ["explain", "--model", "/nonexistent", "Hello"]):
+        assert main([*argv, "--seed", str(seed)]) == 2
+        assert one_error_line(capsys, " ".join(argv[:2]) if argv[0] == "finetune" else "explain").endswith(
+            f"--seed {SEED_RANGE}, got {seed}")
+        assert not (tmp_path / "out").exists()
     with pytest.raises(ConfigError, match=f"seed {SEED_RANGE}, got {seed}"):
         set_seed(seed)
     with pytest.raises(ConfigError, match=f"seed {SEED_RANGE}, got {seed}"):
