@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Show a model's parameter count (output head tied and untied), its layers, and the memory "
             "that training it needs (weights, gradients, AdamW's two moments) at fp32 and bf16. Nothing "
-            "is allocated, so even gpt2-xl is instant."
+            "is allocated, so even gpt2-xl takes no memory and a few seconds (mostly importing torch)."
         ),
         epilog=(
             "examples:\n"
