@@ -239,7 +239,7 @@ def read_hf_state(model_dir: Path) -> dict[str, torch.Tensor]:
     pytorch_model.bin (no pickle code run)."""
     if (model_dir / HF_SAFETENSORS).is_file():
         return read_safetensors(model_dir / HF_SAFETENSORS)
-    shards = safetensors_shard_files(model_dir)
+    shards = safetensors_shards(model_dir)
     if shards:
         state: dict[str, torch.Tensor] = {}
         for shard in shards:
@@ -263,15 +263,16 @@ def read_hf_state(model_dir: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{model_dir} has config.json but neither {HF_SAFETENSORS} nor {HF_PYTORCH_BIN}")
 
 
-def safetensors_shard_files(model_dir: Path) -> list[Path]:
-    """The shard files ``model.safetensors.index.json`` names, in order; [] without an index.
+def safetensors_shards(model_dir: Path) -> dict[Path, dict[str, tuple[int, ...]]]:
+    """The shard files ``model.safetensors.index.json`` names, in order, each with the tensor shapes
+    of its header; {} without an index.
 
     Each tensor must sit in the file the index names (checked from the headers, without reading
     the tensors), so a shard missing, truncated or from another save is one line naming it.
     """
     index_path = model_dir / HF_SAFETENSORS_INDEX
     if not index_path.is_file():
-        return []
+        return {}
     try:
         weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
         if not isinstance(weight_map, dict) or not weight_map:
@@ -284,16 +285,18 @@ def safetensors_shard_files(model_dir: Path) -> list[Path]:
         if not isinstance(file, str) or Path(file).name != file:
             raise CheckpointError(f"{index_path} names {file!r} for {name}: not a file name in that folder")
         files.setdefault(file, []).append(name)
-    for file, names in files.items():
+    shards = {}
+    for file in sorted(files):
         path = model_dir / file
         if not path.is_file():
             raise CheckpointError(f"{model_dir} lacks {file}, a shard its {HF_SAFETENSORS_INDEX} names "
                                   "(copy every shard of the model)")
-        missing = sorted(set(names) - set(safetensors_shapes(path)))
+        shards[path] = safetensors_shapes(path)
+        missing = sorted(set(files[file]) - set(shards[path]))
         if missing:
             raise CheckpointError(f"{path} lacks {missing[0]}, which {HF_SAFETENSORS_INDEX} places there "
                                   "(the shards and the index come from different saves: copy them again)")
-    return [model_dir / file for file in sorted(files)]
+    return shards
 
 
 def check_hf_weights(model_dir: str | Path, cfg: GPTConfig) -> None:
@@ -305,10 +308,10 @@ def check_hf_weights(model_dir: str | Path, cfg: GPTConfig) -> None:
     model_dir = Path(model_dir)
     if (model_dir / HF_SAFETENSORS).is_file():
         source, shapes = model_dir / HF_SAFETENSORS, safetensors_shapes(model_dir / HF_SAFETENSORS)
-    elif shards := safetensors_shard_files(model_dir):
+    elif shards := safetensors_shards(model_dir):  # (their headers, read once)
         source, shapes = model_dir / HF_SAFETENSORS_INDEX, {}
-        for shard in shards:
-            shapes.update(safetensors_shapes(shard))
+        for shard_shapes in shards.values():
+            shapes.update(shard_shapes)
     else:
         source, shapes = model_dir / HF_PYTORCH_BIN, {k: v.shape for k, v in read_hf_state(model_dir).items()}
     hf = {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}
