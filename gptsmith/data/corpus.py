@@ -44,6 +44,7 @@ from gptsmith.data.text_files import (
 from gptsmith.errors import DataError
 
 TEXT_SUFFIXES = (".txt", ".md")
+RECORD_KINDS = ("jsonl", "parquet", "hf")  # corpora of records, whose text is a field (text_field)
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the gptsmith package
 
 
@@ -81,7 +82,7 @@ class CorpusSource:
             if empty:
                 shown = ", ".join(str(p) for p in empty[:3]) + (" ..." if len(empty) > 3 else "")
                 warnings.warn(f"skipped {len(empty)} empty file(s) of {self.name}: {shown}", stacklevel=2)
-        elif self.kind in ("jsonl", "parquet", "hf"):
+        elif self.kind in RECORD_KINDS:
             # A record that holds <|endoftext|> is split there too, as a text file is: each document
             # boundary gets one separator ("story.<|endoftext|>" then the next record gave two).
             for record in self._records():
@@ -105,7 +106,7 @@ class CorpusSource:
         """
         if self.kind == "builtin":
             return sum(len(d.encode("utf-8")) for d in builtin_documents())
-        if self.kind in ("jsonl", "parquet", "hf"):
+        if self.kind in RECORD_KINDS:
             return None
         return sum(p.stat().st_size for p in self.paths)
 
@@ -167,7 +168,7 @@ def resolve_corpus(name_or_path: str | Path, text_field: str = "text") -> Corpus
     if isinstance(name_or_path, CorpusSource):
         return name_or_path
     source = _resolve_corpus(str(name_or_path), text_field)
-    if source.kind in ("text", "builtin") and text_field != "text":
+    if source.kind not in RECORD_KINDS and text_field != "text":
         warnings.warn(f"the text field {text_field!r} is not used: {source.name} is plain text, not "
                       ".jsonl/.parquet/hf: records", stacklevel=2)
         source = replace(source, text_field="text")
