@@ -41,6 +41,18 @@ def _text(driver, css: str) -> str:
     return "".join(e.text for e in driver.find_elements(By.CSS_SELECTOR, css))
 
 
+def _send_completion(driver, prompt: str, *, max_tokens: int) -> None:
+    """Switch to the completion tab, set max tokens, type ``prompt`` and press send."""
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.ID, "tab-completion").click()
+    field = driver.find_element(By.ID, "max-tokens")
+    field.clear()
+    field.send_keys(str(max_tokens))
+    driver.find_element(By.ID, "prompt").send_keys(prompt)
+    driver.find_element(By.ID, "send").click()
+
+
 def _png_colours(path: Path) -> int:
     """How many distinct pixel values a PNG has (a blank page has one or two)."""
     from PIL import Image
@@ -78,12 +90,7 @@ def test_playground_streams_an_answer_and_stops_it(server, browser, tmp_path):
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and _png_colours(shot) > 20
 
         server.model.delay = 0.0
-        browser.find_element(By.ID, "tab-completion").click()
-        max_tokens = browser.find_element(By.ID, "max-tokens")
-        max_tokens.clear()
-        max_tokens.send_keys("8")
-        browser.find_element(By.ID, "prompt").send_keys("Once upon")
-        browser.find_element(By.ID, "send").click()
+        _send_completion(browser, "Once upon", max_tokens=8)
         stats = browser.find_element(By.ID, "stats")
         assert wait_until(lambda: "tokens/s" in stats.text and "…" not in stats.text, 10)
         assert browser.find_element(By.ID, "completion-output").text.startswith("Once upon")
@@ -104,12 +111,7 @@ def test_tabs_and_clear_during_an_answer_leave_it_and_the_conversation_whole(ser
         browser.get(server.url + "/")
         browser.find_element(By.ID, "api-key").send_keys(API_KEY, Keys.TAB)
         assert wait_until(lambda: "tiny" in browser.find_element(By.ID, "model").text, 10)
-        browser.find_element(By.ID, "tab-completion").click()
-        max_tokens = browser.find_element(By.ID, "max-tokens")
-        max_tokens.clear()
-        max_tokens.send_keys("40")
-        browser.find_element(By.ID, "prompt").send_keys("Once upon")
-        browser.find_element(By.ID, "send").click()
+        _send_completion(browser, "Once upon", max_tokens=40)
         stats = browser.find_element(By.ID, "stats")
         assert wait_until(lambda: "tokens/s" in stats.text, 10)
         browser.find_element(By.ID, "tab-chat").click()  # while the completion streams
