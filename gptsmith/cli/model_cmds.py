@@ -291,20 +291,11 @@ _NOT_CARRIED = {"format", "format_version", "model", "tokenizer", "dtype", "hf_c
 
 def _classifier_head(carried: dict, source: Path) -> Path | None:
     """The head file of a classifier source (None for a language model), checked to be there."""
-    from gptsmith.errors import CheckpointError
-    from gptsmith.finetune.classifier import HEAD_FILE
+    from gptsmith.finetune.classifier import head_file
     from gptsmith.model.checkpoint import resolve_model_dir
 
     section = carried.get("classifier")
-    if not isinstance(section, dict):
-        return None
-    head_spec = section.get("head")
-    name = str(head_spec.get("file", HEAD_FILE) if isinstance(head_spec, dict) else HEAD_FILE)
-    head = resolve_model_dir(source) / name
-    if Path(name).name != name or not head.is_file():
-        raise CheckpointError(f"{source} is a classifier whose head file {name} is missing: restore it "
-                              "from where the classifier was saved")
-    return head
+    return head_file(section, resolve_model_dir(source)) if isinstance(section, dict) else None
 
 
 def _not_exported(carried: dict) -> list[str]:

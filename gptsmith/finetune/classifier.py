@@ -65,6 +65,18 @@ def save_classifier(model: GPTClassifier, out: str | Path, *, labels: list[str],
                           extra={"classifier": classifier_section(model, labels, max_length)})
 
 
+def head_file(section: dict, model_dir: Path) -> Path:
+    """The head file that a classifier's config section names, in ``model_dir``; a name that is not
+    a file there is a ``CheckpointError`` (``Classifier.load`` and ``convert`` both need it)."""
+    spec = section.get("head")
+    name = str(spec.get("file", HEAD_FILE) if isinstance(spec, dict) else HEAD_FILE)
+    path = model_dir / name
+    if Path(name).name != name or not path.is_file():
+        raise CheckpointError(f"{model_dir} has a classifier config but no {name} "
+                              "(copy it from where the classifier was saved)")
+    return path
+
+
 def _check_labels(section: object, source: Path, n_classes: int | None = None) -> list[str]:
     labels = section.get("labels") if isinstance(section, dict) else None
     if not isinstance(labels, list) or len(labels) < 2 \
@@ -112,10 +124,7 @@ class Classifier:
         labels = _check_labels(section, model_dir)
         gpt = load_model_dir(model_dir, device=device, dtype=torch.float32)
         model = GPTClassifier(gpt, len(labels))
-        head_path = model_dir / str(section.get("head", {}).get("file", HEAD_FILE))
-        if not head_path.is_file():
-            raise CheckpointError(f"{model_dir} has a classifier config but no {head_path.name} "
-                                  "(copy it from where the classifier was saved)")
+        head_path = head_file(section, model_dir)
         _load_head(model, read_safetensors(head_path), head_path)
         tokenizer = load_model_tokenizer(config, model_dir, gpt.cfg.vocab_size, str(model_dir))
         return cls(model, tokenizer, labels, max_length=section.get("max_length"), dtype=dtype)
