@@ -10,9 +10,12 @@ are checked to agree before anything is timed):
 - llms_from_scratch (no cache): ``ch05.generate`` on ``ch04.GPTModel`` (re-reads the whole context
   every step);
 - gptsmith plain nn.Linear: ``generate`` with every ``FastLinear`` turned back into ``nn.Linear``;
-- gptsmith bf16: bf16 weights (``model.to(torch.bfloat16)``);
-- gptsmith int8: ``torch.ao.quantization.quantize_dynamic`` (int8 weights; activations quantized
-  on the fly); with ``--torchao`` also torchao's ``Int8WeightOnlyConfig`` (weight-only int8).
+- gptsmith bf16: bf16 weights (``model.to(torch.bfloat16)``; oneDNN's packed weights, or on CPUs
+  where oneDNN cannot run bf16, fbgemm's fp16-packed weights);
+- gptsmith int8: ``use_int8_decoding(model)`` (``--dtype int8``: fbgemm int8 weights, one scale per
+  output feature, activations quantized on the fly); for comparison torch's ``quantize_dynamic``
+  (the same kernels, one scale per matrix; deprecated), and with ``--torchao`` torchao's
+  ``Int8WeightOnlyConfig`` (weight-only int8).
 
 Figures per repeat: time to first token (a 1-token generation: prefill + one step), and decode
 tokens/s = (n - 1) / (time for n tokens - time to first token). The memory-bandwidth bound is
@@ -34,6 +37,7 @@ import torch
 from benchmarks.harness import base_parser, compare, optional_import, print_report, write_report
 from benchmarks.model_forward import lfs_config, make_hf, make_lfs, plain_linear
 from gptsmith.generate.generation import generate
+from gptsmith.model.fast_linear import use_int8_decoding
 from gptsmith.model.gpt import GPTConfig, GPTModel
 
 HIGHER = {"decode tokens/s": True, "time to first token ms": False, "% of bandwidth bound": True}
@@ -134,8 +138,9 @@ def lfs_kv_generate(model, ids: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def quantize_int8(model: GPTModel, use_torchao: bool = False) -> torch.nn.Module | None:
-    """An int8 copy of ``model``: torch's ``quantize_dynamic`` (int8 weights, activations quantized
-    on the fly; fbgemm kernels), or torchao's weight-only int8 (None when torchao is missing)."""
+    """An int8 copy of ``model`` by another route than ours (``use_int8_decoding``): torch's
+    ``quantize_dynamic`` (int8 weights, activations quantized on the fly; fbgemm kernels; one scale
+    per matrix), or torchao's weight-only int8 (None when torchao is missing)."""
     quantized = plain_linear(model)  # quantize_dynamic maps nn.Linear itself, not subclasses
     quantized.out_head.weight = torch.nn.Parameter(model.out_head.weight.detach().clone())  # untie
     if use_torchao:
@@ -192,9 +197,14 @@ def generators(model: GPTModel, variants: bool, torchao: bool) -> tuple[dict, li
         candidates["gptsmith plain"] = lambda ids, n: generate(plain, ids, n)
         bf16 = copy.deepcopy(model).to(torch.bfloat16)
         candidates["gptsmith bf16"] = lambda ids, n: generate(bf16, ids, n)
-        int8 = quantize_int8(model)
+        int8 = use_int8_decoding(copy.deepcopy(model))
         candidates["gptsmith int8"] = lambda ids, n: generate(int8, ids, n)
-        notes.append("gptsmith int8 = torch.ao.quantization.quantize_dynamic(qint8) on every Linear")
+        notes.append("gptsmith int8 = use_int8_decoding(model) (what --dtype int8 does: fbgemm int8 "
+                     "weights, one scale per output feature)")
+        int8_dynamic = quantize_int8(model)
+        candidates["gptsmith int8 quantize_dynamic"] = lambda ids, n: generate(int8_dynamic, ids, n)
+        notes.append("gptsmith int8 quantize_dynamic = torch.ao.quantization.quantize_dynamic(qint8) on "
+                     "every Linear (deprecated in torch 2.13; for comparison)")
     if torchao:
         int8_ao = quantize_int8(model, use_torchao=True)
         if int8_ao is not None:
@@ -228,7 +238,9 @@ def agreement(model_dir: str, n: int) -> str:
 
     model = load_model(model_dir)
     tokenizer = get_tokenizer("gpt2")
-    variants = {"bf16": copy.deepcopy(model).to(torch.bfloat16), "int8": quantize_int8(model)}
+    variants = {"bf16": copy.deepcopy(model).to(torch.bfloat16),
+                "int8": use_int8_decoding(copy.deepcopy(model)),
+                "int8 quantize_dynamic": quantize_int8(model)}
     lines = [f"greedy-token agreement with fp32 on {model_dir} ({n} new tokens per prompt)"]
     same = {name: [] for name in variants}
     for prompt in AGREEMENT_PROMPTS:

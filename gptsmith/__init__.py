@@ -27,6 +27,7 @@ _API = {
     "get_tokenizer": "gptsmith.data.tokenizer",
     "load_model": "gptsmith.model.checkpoint",
     "save_model": "gptsmith.model.checkpoint",
+    "use_int8_decoding": "gptsmith.model.fast_linear",
     "GenerationConfig": "gptsmith.generate.config",
     "generate": "gptsmith.generate.generation",
     "stream_text": "gptsmith.generate.generation",

@@ -26,8 +26,9 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DEVICE_HELP = "auto (default: CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps"
 # Every spelling a --dtype accepts, by its one name (the one help shows): PyTorch's and the short one.
 DTYPE_SPELLINGS = {"auto": "auto", "fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16",
-                   "fp16": "fp16", "float16": "fp16", "half": "fp16"}
+                   "fp16": "fp16", "float16": "fp16", "half": "fp16", "int8": "int8"}
 DTYPES = ("auto", "fp32", "bf16", "fp16")  # the names; "auto" means the verb's default
+DECODE_DTYPES = (*DTYPES, "int8")  # generate, chat, ask: int8 = fp32 weights, int8 copies for decoding
 TRAIN_DTYPES = ("auto", "bf16", "fp32")  # training: bf16 is autocast; fp16 would need a gradient scaler
 MAX_SEED = 2**32 - 1  # numpy's limit: the narrowest of the generators a seed goes to
 
@@ -71,6 +72,9 @@ def parse_dtype(value: str, allowed: tuple[str, ...] = DTYPES) -> str:
         also = f"; {', '.join(others[:-1])} and {others[-1]} work too" if len(others) > 1 else ""
         raise ConfigError(f"unknown dtype {value!r} (choose from {', '.join(allowed)}{also})")
     if name not in allowed:
+        if name == "int8":
+            raise ConfigError("int8 is for decoding only: --dtype int8 in generate, chat and ask, or "
+                              "use_int8_decoding(model) from Python")
         if name == "fp16":  # (only training leaves it out)
             raise ConfigError("fp16 is not supported for training (it needs a gradient scaler): "
                               "use bf16 or fp32")

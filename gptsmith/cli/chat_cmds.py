@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="example:\n  gptsmith chat --checkpoint runs/instruct --temperature 0.7",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_model_args(chat)
+    _add_model_args(chat, int8=True)
     _add_decoding_args(chat, max_new_tokens=200, temperature=0.7)
     chat.set_defaults(func=run_chat)
 

@@ -101,7 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "  echo 'Name a primary colour.' | gptsmith ask --checkpoint runs/instruct --json -",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_model_args(p)
+    _add_model_args(p, int8=True)
     p.add_argument("question", help="the question or instruction ('-' reads stdin)")
     p.add_argument("--input", default="", help="Alpaca's input field: text the instruction is about")
     p.add_argument("--template", help="prompt template (default: the model's, else alpaca)")

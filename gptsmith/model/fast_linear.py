@@ -11,7 +11,11 @@ Without autograd on the CPU (``generate``, ``stream_text``, beam search, chat, e
   strided *views* of the weight (no copy) — see ``split_one_row``; bf16 runs
   oneDNN's linear on a weight packed once into its blocked layout (``torch.ops.mkldnn``), which
   streams bf16 weights far faster than PyTorch's plain bf16 matrix-vector product (where the CPU
-  can: ``mkldnn_bf16_linear_works``; elsewhere ``F.linear``).
+  can: ``mkldnn_bf16_linear_works``); int8 decoding (``use_int8_decoding``, opt-in) multiplies by
+  an int8 copy of the weight through fbgemm.
+- **bf16 where oneDNN cannot run it** (an AVX2-only CPU, where PyTorch's bf16 products are
+  emulated), any number of rows: fbgemm's linear on a copy of the weight packed in fp16 (which holds
+  every bf16 weight of a trained model exactly), with fp32 arithmetic — ``bf16_on_fbgemm``.
 - **many rows through the output head** (prefill, scoring): the vocabulary is padded to a
   multiple of 64 (GPT-2: 50,257 -> 50,304) in a copy of the head's weight, which lets the GEMM
   run on aligned blocks; the padded columns are cut off the result (a view).
@@ -24,13 +28,19 @@ this process (fused AdamW updates weights without bumping their version counters
 ``weight.data`` bypasses the version counter: call ``clear_fast_caches(model)`` after one). The
 parameters and the state dict are ``nn.Linear``'s; the caches are neither.
 Memory cost: fp32 nothing for decoding, plus one padded copy of the output head for a multi-row
-forward (gpt2-small: 155 MB); bf16 one packed copy of every weight matrix (gpt2-small: 248 MB).
+forward (gpt2-small: 155 MB); bf16 one packed copy of every weight matrix (gpt2-small: 248 MB);
+int8 decoding one int8 copy of every matrix (gpt2-small: 124 MB).
+
+The fbgemm kernels (``quantized::linear_dynamic``, ``quantized::linear_dynamic_fp16``) are
+PyTorch's own, used by its ``quantize_dynamic``; torch 2.13 marks its quantized tensors deprecated
+(torchao is the successor), so each use is probed once and falls back to the plain path if gone.
 """
 
 from __future__ import annotations
 
 import functools
 import platform
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -54,6 +64,7 @@ class FastLinear(nn.Linear):
     """``nn.Linear`` with faster CPU inference kernels (see the module docstring); same parameters."""
 
     pad_outputs: bool = False  # pad out_features to VOCAB_MULTIPLE for multi-row inference (the head)
+    int8_decoding: bool = False  # one-row fp32 products through an int8 copy (``use_int8_decoding``)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight
@@ -61,7 +72,17 @@ class FastLinear(nn.Linear):
                 or x.device.type != "cpu" or weight.device.type != "cpu" \
                 or torch.is_autocast_enabled("cpu") or x.dtype != weight.dtype:
             return F.linear(x, weight, self.bias)
+        if weight.dtype == torch.bfloat16 and bf16_on_fbgemm():
+            packed = self._cached("fbgemm_fp16", _pack_fbgemm_fp16)
+            if packed is not None:  # None: a weight beyond fp16's range keeps F.linear
+                return _fbgemm_fp16_linear(x, packed, self.bias)
         if x.numel() == self.in_features:  # one row: a decode step
+            if self.int8_decoding and weight.dtype == torch.float32 and fbgemm_int8_linear_works():
+                packed = self._cached("int8", _pack_int8)
+                out = torch.ops.quantized.linear_dynamic(x.reshape(1, -1), packed, True)  # reduce_range
+                if self.bias is not None:
+                    out += self.bias
+                return out.reshape(*x.shape[:-1], self.out_features)
             if weight.dtype == torch.bfloat16 and mkldnn_bf16_linear_works():
                 packed = self._cached("mkldnn", _pack_mkldnn)
                 out = torch.ops.mkldnn._linear_pointwise(x.reshape(1, -1), packed, self.bias, "none", [], "")
@@ -121,6 +142,111 @@ def mkldnn_bf16_linear_works() -> bool:
     except (RuntimeError, AttributeError):
         return False
     return True
+
+
+@functools.cache
+def fbgemm_fp16_linear_works() -> bool:
+    """Whether PyTorch's fbgemm fp16-weight linear (``quantized::linear_dynamic_fp16``) runs here.
+
+    fbgemm ships in PyTorch's x86 builds and needs only AVX2 + F16C: it keeps the weight packed in
+    fp16 (half of fp32's bytes, like bf16) and converts it to fp32 block by block inside the
+    GEMM, so the arithmetic is fp32's.
+    """
+    if "fbgemm" not in torch.backends.quantized.supported_engines:
+        return False
+    try:
+        packed = torch.ops.quantized.linear_prepack_fp16(torch.zeros(16, 16), None)
+        torch.ops.quantized.linear_dynamic_fp16(torch.zeros(1, 16), packed)
+    except (RuntimeError, AttributeError):
+        return False
+    return True
+
+
+def bf16_on_fbgemm() -> bool:
+    """Whether bf16 inference products take fbgemm's fp16-packed weights (fp32 arithmetic).
+
+    Chosen where oneDNN cannot run bf16 (CPUs without AVX512-BW or AVX-NE-CONVERT, such as an
+    AVX2-only AMD EPYC), where PyTorch's own bf16 products are emulated: there the packed copy
+    decoded gpt2-small 1.5x faster per matrix than fp32 and ran a 1,024-token prompt at 0.8x fp32's
+    speed instead of ~90x slower (BENCHMARKS.md). ``BF16_ON_FBGEMM`` (True/False) overrides it.
+    """
+    if BF16_ON_FBGEMM is not None:
+        return BF16_ON_FBGEMM and fbgemm_fp16_linear_works()
+    return not mkldnn_bf16_linear_works() and fbgemm_fp16_linear_works()
+
+
+BF16_ON_FBGEMM: bool | None = None  # None: decide by the CPU (bf16_on_fbgemm)
+FP16_MAX = 65504.0  # the largest finite fp16; bf16 weights beyond it would not survive the copy
+
+
+def _pack_fbgemm_fp16(weight: torch.Tensor) -> object | None:
+    """A bf16 weight (out, in) packed for fbgemm's fp16 linear; None where a value exceeds fp16.
+
+    bf16's 8-bit significand fits in fp16's 11 bits, so every bf16 weight in fp16's range (all of a
+    trained model's) is copied exactly, except those under ~1e-5, which fp16 stores with fewer bits.
+    """
+    weight = weight.float()
+    if not torch.isfinite(weight).all() or weight.abs().max() > FP16_MAX:
+        return None
+    return torch.ops.quantized.linear_prepack_fp16(weight, None)
+
+
+def _fbgemm_fp16_linear(x: torch.Tensor, packed: object, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear`` of a bf16 input through the fp16-packed weight: fp32 arithmetic, bf16 result."""
+    out = torch.ops.quantized.linear_dynamic_fp16(x.reshape(-1, x.shape[-1]).float(), packed)
+    if bias is not None:
+        out += bias.float()  # the bias stays out of the pack, so a changed bias needs no rebuild
+    return out.to(torch.bfloat16).reshape(*x.shape[:-1], out.shape[-1])
+
+
+@functools.cache
+def fbgemm_int8_linear_works() -> bool:
+    """Whether PyTorch's fbgemm int8 linear (``quantized::linear_dynamic``) runs here (x86 CPUs)."""
+    if "fbgemm" not in torch.backends.quantized.supported_engines:
+        return False
+    try:
+        torch.ops.quantized.linear_dynamic(torch.ones(1, 16), _pack_int8(torch.ones(16, 16)), True)
+    except (RuntimeError, AttributeError):
+        return False
+    return True
+
+
+def _pack_int8(weight: torch.Tensor) -> object:
+    """The weight (out, in) rounded to int8 with one scale per output feature, packed for fbgemm.
+
+    Per-feature scales keep each row's own range (one scale for the whole matrix would flatten the
+    small rows to a few levels); the input row is quantized on each call, with one scale of its own.
+    """
+    weight = weight.float()
+    scales = (weight.abs().amax(dim=1) / 127).clamp_min(1e-12).double()  # (out,)
+    zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():  # torch 2.13 marks quantized tensors deprecated; the probe
+        warnings.simplefilter("ignore")  # (fbgemm_int8_linear_works) notices if they are removed
+        quantized = torch.quantize_per_channel(weight, scales, zero_points, 0, torch.qint8)
+    return torch.ops.quantized.linear_prepack(quantized, None)
+
+
+def use_int8_decoding(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Decode with int8 weights: each ``FastLinear`` of ``model`` multiplies one row (a decode step on
+    the CPU, no autograd) by an int8 copy of its weight, a quarter of fp32's bytes, through PyTorch's
+    fbgemm kernels; ``enabled=False`` turns it off. Returns ``model``.
+
+    Parameters, ``state_dict`` and training are untouched: the copy is made on first use, cached
+    like the other copies (rebuilt after any change to the weights) and costs one byte per weight
+    (gpt2-small: 124 MB beside the fp32 weights). Prompts (many rows) and batches of several
+    sequences keep the fp32 weights. The input row is rounded to int8 too (fbgemm's dynamic
+    quantization), so greedy tokens drift from fp32's after a while: BENCHMARKS.md measures how far.
+    Raises ``ConfigError`` where fbgemm is missing (it ships with PyTorch on x86 CPUs).
+    """
+    from gptsmith.errors import ConfigError
+
+    if enabled and not fbgemm_int8_linear_works():
+        raise ConfigError("int8 decoding needs PyTorch's fbgemm kernels, which this build or CPU lacks "
+                          "(they ship with PyTorch on x86 CPUs): use fp32 or bf16")
+    for module in model.modules():
+        if isinstance(module, FastLinear):
+            module.int8_decoding = enabled
+    return model
 
 
 def _pad_rows(weight: torch.Tensor) -> torch.Tensor:

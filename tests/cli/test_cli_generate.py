@@ -19,6 +19,7 @@ from gptsmith.errors import ConfigError
 from gptsmith.generate.chat import Conversation, format_instruction, template_from_config
 from gptsmith.generate.generation import stream_text
 from gptsmith.model.checkpoint import save_model
+from gptsmith.model.fast_linear import fbgemm_int8_linear_works
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -387,15 +388,40 @@ def test_chat_skips_a_line_that_is_not_utf8_and_goes_on(capsys, checkpoint, monk
     assert out.count("\n") == 1  # one reply: to "The module"
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_bf16_on_a_cpu_without_native_bf16_warns(capsys, checkpoint, monkeypatch, native):
+@pytest.mark.parametrize(("native", "fbgemm"), [(True, False), (False, False), (False, True)])
+def test_bf16_on_a_cpu_without_native_bf16_warns(capsys, checkpoint, monkeypatch, native, fbgemm):
     from gptsmith import device
+    from gptsmith.model import fast_linear
 
     monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: native)
+    monkeypatch.setattr(fast_linear, "bf16_on_fbgemm", lambda: fbgemm)  # fp32 arithmetic: no warning
     base = ["generate", "--checkpoint", str(checkpoint), "--max-new-tokens", "2", "--device", "cpu"]
     code, _, err = _run(capsys, *base, "--dtype", "bf16", "a")
     warning = ("gptsmith generate: warning: this CPU has no native bf16 instructions, so bf16 runs far "
                "slower than fp32 here; use --dtype fp32 (or auto)\n")
-    assert code == 0 and err == ("" if native else warning)
+    assert code == 0 and err == ("" if native or fbgemm else warning)
     code, _, err = _run(capsys, *base, "--dtype", "fp32", "a")
     assert code == 0 and err == ""
+
+
+@pytest.mark.skipif(not fbgemm_int8_linear_works(),
+                    reason="PyTorch's fbgemm int8 kernels are missing here (x86 builds have them)")
+def test_dtype_int8_decodes_through_int8_copies(capsys, checkpoint, monkeypatch):
+    import torch
+
+    from gptsmith.cli import generate_cmds
+
+    loaded = []
+    real = generate_cmds.load_for_generation
+    monkeypatch.setattr(generate_cmds, "load_for_generation",
+                        lambda args: loaded.append(real(args)) or loaded[-1])
+    code, out, err = _run(capsys, "generate", "--checkpoint", str(checkpoint), "--dtype", "int8", "--json",
+                          "--max-new-tokens", "5", "--temperature", "0", "the")
+    assert code == 0 and err == ""
+    assert len(json.loads(out)["samples"][0]["token_ids"]) == 5
+    model = loaded[0][0]
+    assert next(model.parameters()).dtype == torch.float32  # the weights stay fp32
+    assert model.out_head.int8_decoding and "int8" in model.out_head.__dict__["_fast_caches"]
+    with pytest.raises(SystemExit) as exit_info:  # decoding only: training refuses it
+        main(["train", "--dtype", "int8"])
+    assert exit_info.value.code == 2 and "int8 is for decoding only" in capsys.readouterr().err
