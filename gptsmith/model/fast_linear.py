@@ -98,7 +98,10 @@ class FastLinear(nn.Linear):
     def _cached(self, kind: str, build: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """``build(weight)``, rebuilt whenever the weight is another tensor or was changed in place."""
         weight = self.weight
-        key = (kind, weight.data_ptr(), weight._version, _optimizer_steps, weight.dtype, tuple(weight.shape),
+        # A weight made under inference_mode has no version counter (in-place changes to it are not
+        # seen: clear_fast_caches after one).
+        version = -1 if weight.is_inference() else weight._version
+        key = (kind, weight.data_ptr(), version, _optimizer_steps, weight.dtype, tuple(weight.shape),
                weight.stride())
         caches = self.__dict__.setdefault("_fast_caches", _Caches())
         hit = caches.get(kind)

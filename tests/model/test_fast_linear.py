@@ -168,3 +168,15 @@ def test_bf16_packed_weights_follow_changes():
     clear_fast_caches(model)
     with torch.inference_mode():
         assert torch.equal(layer(x), layer.bias.expand(1, 1, -1))
+
+
+def test_a_model_built_under_inference_mode_decodes():
+    # Its weights are inference tensors, which have no version counter for the cache key to read.
+    with torch.inference_mode():
+        cfg = GPTConfig(vocab_size=301, context_length=16, emb_dim=32, n_heads=4, n_layers=2)
+        model = GPTModel(cfg).eval()
+        plain = plain_copy(model)
+        assert torch.equal(generate(model, [1, 2, 3], 6), generate(plain, [1, 2, 3], 6))
+        ids = torch.tensor([[1, 2, 3, 4]])
+        torch.testing.assert_close(model(ids), plain(ids), atol=1e-6, rtol=1e-6)  # all rows: the padded head
+    assert caches(model.out_head)  # it was built and cached
