@@ -246,9 +246,14 @@ def use_int8_decoding(model: nn.Module, enabled: bool = True) -> nn.Module:
     if enabled and not fbgemm_int8_linear_works():
         raise ConfigError("int8 decoding needs PyTorch's fbgemm kernels, which this build or CPU lacks "
                           "(they ship with PyTorch on x86 CPUs): use fp32 or bf16")
-    for module in model.modules():
-        if isinstance(module, FastLinear):
-            module.int8_decoding = enabled
+    layers = [module for module in model.modules() if isinstance(module, FastLinear)]
+    dtypes = {layer.weight.dtype for layer in layers}
+    if enabled and dtypes - {torch.float32}:
+        found = ", ".join(sorted(str(dtype).removeprefix("torch.") for dtype in dtypes))
+        raise ConfigError(f"int8 decoding starts from fp32 weights, and this model's are {found}: "
+                          "call model.float() first")
+    for layer in layers:
+        layer.int8_decoding = enabled
     return model
 
 

@@ -126,3 +126,11 @@ def test_int8_decoding_without_fbgemm_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(fast_linear, "fbgemm_int8_linear_works", lambda: False)
     with pytest.raises(ConfigError, match="int8 decoding needs PyTorch's fbgemm kernels"):
         use_int8_decoding(tiny_model(vocab_size=301, context_length=32))
+
+
+@needs_fbgemm
+def test_int8_decoding_of_bf16_weights_is_refused():
+    model = tiny_model(vocab_size=301, context_length=32).to(torch.bfloat16)
+    with pytest.raises(ConfigError, match=r"this model's are bfloat16: call model.float\(\) first"):
+        use_int8_decoding(model)
+    use_int8_decoding(model.float())  # then it works
