@@ -147,6 +147,55 @@ def test_sharded_safetensors_load_exactly_and_a_missing_shard_is_named(tmp_path)
         load_model(tmp_path)
 
 
+def _to_sharded_bin(directory: Path) -> list[Path]:
+    """Rewrite a sharded safetensors save as older transformers' save_pretrained(safe_serialization=
+    False) wrote it (transformers 5 writes safetensors only): pytorch_model-0000i-of-0000n.bin
+    shards and the pytorch_model.bin.index.json naming each tensor's shard."""
+    from safetensors.torch import load_file
+
+    index = json.loads((directory / "model.safetensors.index.json").read_text())
+    renamed = {}
+    for shard in sorted(directory.glob("model-*-of-*.safetensors")):
+        renamed[shard.name] = shard.name.replace("model-", "pytorch_model-").replace(".safetensors", ".bin")
+        torch.save(load_file(shard), directory / renamed[shard.name])
+        shard.unlink()
+    index["weight_map"] = {name: renamed[file] for name, file in index["weight_map"].items()}
+    (directory / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    (directory / "model.safetensors.index.json").unlink()
+    return [directory / name for name in sorted(renamed.values())]
+
+
+@pytest.mark.parametrize("name", ["untied-3x2", "tied-2x4"])
+def test_sharded_pytorch_bins_load_exactly_and_a_missing_shard_is_named(tmp_path, name):
+    """pytorch_model.bin.index.json and its .bin shards load as sharded safetensors do: equal logits,
+    `info`'s check, and a shard missing, from another save or without the index named in one line."""
+    from gptsmith.model.hf_gpt2 import check_hf_weights, gpt_config_from_hf
+
+    _, hf_model = _hf_model(name)
+    hf_model.save_pretrained(tmp_path, max_shard_size="40KB")
+    shards = _to_sharded_bin(tmp_path)
+    assert len(shards) > 1 and not list(tmp_path.glob("*.safetensors"))
+    ids = torch.randint(0, hf_model.config.vocab_size, (2, hf_model.config.n_positions))
+    ours = load_model(tmp_path)
+    assert ours.cfg.tie_weights == hf_model.config.tie_word_embeddings
+    torch.testing.assert_close(_logits(ours, ids), _logits(hf_model, ids).logits, atol=1e-5, rtol=1e-5)
+    config = json.loads((tmp_path / "config.json").read_text())
+    check_hf_weights(tmp_path, gpt_config_from_hf(config, source="config.json"))  # what `info` runs
+
+    first = torch.load(shards[0], weights_only=True)
+    torch.save({}, shards[0])  # a shard of another save: the index places tensors it lacks
+    with pytest.raises(CheckpointError, match=f"{shards[0].name} lacks .*, which pytorch_model.bin"):
+        load_model(tmp_path)
+    torch.save(first, shards[0])
+    shards[-1].rename(tmp_path / "elsewhere.bin")
+    with pytest.raises(CheckpointError, match=f"lacks {shards[-1].name}, a shard its pytorch"):
+        load_model(tmp_path)
+    (tmp_path / "elsewhere.bin").rename(shards[-1])
+    (tmp_path / "pytorch_model.bin.index.json").unlink()
+    with pytest.raises(CheckpointError, match="has sharded weights but no pytorch_model.bin.index.json"):
+        load_model(tmp_path)
+
+
 def test_hf_dir_without_weights(tmp_path):
     _, hf_model = _hf_model("tied-2x4")
     hf_model.save_pretrained(tmp_path)
