@@ -281,11 +281,21 @@ def read_model_config(path: str | Path) -> dict:
                                   "(the file is incomplete: restore it from where the model was saved)")
         return config
     if config.get("model_type") == "gpt2":
+        from gptsmith.data.tokenizer import hf_tokenizer_mismatch
         from gptsmith.model.hf_gpt2 import gpt_config_from_hf
 
+        gpt_config = gpt_config_from_hf(config, source=str(config_path))
+        # Such a model is tokenized with GPT-2's BPE: its own tokenizer files must be GPT-2's,
+        # or its ids would be read as other text.
+        mismatch = hf_tokenizer_mismatch(model_dir)
+        if mismatch:
+            raise CheckpointError(
+                f"{model_dir} carries its own tokenizer, which is not GPT-2's ({mismatch}); gptsmith "
+                "tokenizes Hugging Face GPT-2 models with GPT-2's BPE only (use a GPT-2-tokenized model, "
+                "or move the tokenizer files out of the folder to use the weights with GPT-2's anyway)")
         return {
             "format": "hf-gpt2",
-            "model": gpt_config_from_hf(config, source=str(config_path)).to_dict(),
+            "model": gpt_config.to_dict(),
             "tokenizer": "gpt2",
             "hf_config": config,
         }

@@ -316,3 +316,57 @@ def test_greedy_tokens_equal_transformers_generate(tmp_path):
             logits = ours(next_id, cache=cache)
     assert ids.tolist() == expected.tolist()
     assert len(set(ids[0, 4:].tolist())) >= 3
+
+
+def _with_tokenizer_files(directory: Path, bpe_dir: Path) -> Path:
+    """A HF folder as save_pretrained leaves it with GPT-2's tokenizer: vocab.json + merges.txt
+    (GPT-2's encoder.json and vocab.bpe) and tokenizer.json (transformers 5 writes only that one)."""
+    transformers, hf_model = _hf_model("tied-2x4")
+    hf_model.save_pretrained(directory)
+    (directory / "vocab.json").write_bytes((bpe_dir / "encoder.json").read_bytes())
+    (directory / "merges.txt").write_bytes((bpe_dir / "vocab.bpe").read_bytes())
+    hf_tokenizer = transformers.GPT2Tokenizer(str(bpe_dir / "encoder.json"), str(bpe_dir / "vocab.bpe"))
+    hf_tokenizer.save_pretrained(directory / "hf-tokenizer")
+    (directory / "hf-tokenizer" / "tokenizer.json").rename(directory / "tokenizer.json")
+    return directory
+
+
+def test_a_folders_own_tokenizer_files_must_be_gpt2s(tmp_path, gpt2_tokenizer, gpt2_bpe_dir):
+    """A HF folder is tokenized with GPT-2's BPE: its own tokenizer files, if they differ (another
+    vocabulary, other merges, an added token, a prefix space), are refused in one line naming the
+    difference instead of being silently ignored; GPT-2's own files load as before."""
+    folder = _with_tokenizer_files(tmp_path / "hf", gpt2_bpe_dir)
+    _, hf_model = _hf_model("tied-2x4")
+    ids = torch.randint(0, hf_model.config.vocab_size, (1, 10))
+    torch.testing.assert_close(_logits(load_model(folder), ids), _logits(hf_model, ids).logits,
+                               atol=1e-5, rtol=1e-5)
+    assert read_model_config(folder)["tokenizer"] == "gpt2"
+
+    def refused(match: str) -> None:
+        with pytest.raises(CheckpointError, match=match) as caught:
+            load_model(folder)
+        assert "carries its own tokenizer, which is not GPT-2's" in str(caught.value)
+        assert "\n" not in str(caught.value)
+
+    vocab = json.loads((folder / "vocab.json").read_text())
+    vocab["hello"], vocab["Ġthe"] = vocab["Ġthe"], vocab["hello"]  # two ids swapped
+    (folder / "tokenizer.json").rename(tmp_path / "tokenizer.json")
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    refused(r"\(vocab.json/merges.txt: token 'Ġthe' is id 31373 \(GPT-2's 262\)\)")
+    (folder / "vocab.json").write_bytes((gpt2_bpe_dir / "encoder.json").read_bytes())
+    merges = (folder / "merges.txt").read_text().split("\n")
+    merges[1], merges[2] = merges[2], merges[1]  # the first two merges in the other order
+    (folder / "merges.txt").write_text("\n".join(merges))
+    refused(r"merges.txt: merge 1 \(Ġ a\) is not GPT-2's")
+    (folder / "merges.txt").write_bytes((gpt2_bpe_dir / "vocab.bpe").read_bytes())
+    load_model(folder)  # GPT-2's files again: silent
+
+    (tmp_path / "tokenizer.json").rename(folder / "tokenizer.json")
+    tokenizer_json = json.loads((folder / "tokenizer.json").read_text())
+    added = {"id": 50257, "content": "<|im_start|>", "special": True}
+    (folder / "tokenizer.json").write_text(json.dumps(
+        {**tokenizer_json, "added_tokens": tokenizer_json["added_tokens"] + [added]}))
+    refused(r"tokenizer.json: token '<\|im_start\|>' is id 50257 \(not in GPT-2's\)")
+    prefix = {**tokenizer_json["pre_tokenizer"], "add_prefix_space": True}
+    (folder / "tokenizer.json").write_text(json.dumps({**tokenizer_json, "pre_tokenizer": prefix}))
+    refused(r"\(tokenizer.json: add_prefix_space\)")
