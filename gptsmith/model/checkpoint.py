@@ -382,8 +382,8 @@ def load_model(
     """Load weights by path or name, in eval mode.
 
     ``name_or_path`` may be our model directory, a run directory, a Hugging Face GPT-2 directory
-    (config.json + model.safetensors or pytorch_model.bin), a hub name such as ``gpt2`` or
-    ``gpt2-medium``, or a GPT-2 preset name (``gpt2-small`` means hub ``gpt2``). Hub models are
+    (config.json + model.safetensors or pytorch_model.bin, or their shards), a hub name such as
+    ``gpt2`` or ``gpt2-medium``, or a GPT-2 preset name (``gpt2-small`` means hub ``gpt2``). Hub models are
     downloaded through ``huggingface_hub`` into its cache (the network is needed the first time).
     """
     if not isinstance(name_or_path, str | Path):
