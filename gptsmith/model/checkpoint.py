@@ -243,8 +243,11 @@ def load_model_tokenizer(config: dict, model_dir: Path | None, vocab_size: int, 
         raise CheckpointError(f"{name} uses its own word-level vocabulary (tokenizer {tokenizer_name!r}) "
                               f"but has no {VOCAB_FILE}: copy it from the checkpoint it was saved with")
     if tokenizer.vocab_size > vocab_size:
+        fix = ("a Hugging Face GPT-2 directory is tokenized with GPT-2's BPE, so its model was trained with "
+               "another tokenizer, which gptsmith cannot use" if config.get("format") == "hf-gpt2"
+               else 'fix "tokenizer" in its config.json')  # (an HF config.json has no such key)
         raise CheckpointError(f"{name}: tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} ids but the "
-                              f'model only {vocab_size} (fix "tokenizer" in its config.json)')
+                              f"model only {vocab_size} ({fix})")
     return tokenizer
 
 

@@ -370,3 +370,14 @@ def test_a_folders_own_tokenizer_files_must_be_gpt2s(tmp_path, gpt2_tokenizer, g
     prefix = {**tokenizer_json["pre_tokenizer"], "add_prefix_space": True}
     (folder / "tokenizer.json").write_text(json.dumps({**tokenizer_json, "pre_tokenizer": prefix}))
     refused(r"\(tokenizer.json: add_prefix_space\)")
+
+
+def test_a_hf_vocabulary_smaller_than_gpt2s_is_named_without_an_impossible_fix(tmp_path, gpt2_tokenizer):
+    """A HF directory has no "tokenizer" key to fix: the error says why GPT-2's BPE cannot serve it."""
+    from gptsmith.model.checkpoint import load_model_tokenizer
+
+    _, hf_model = _hf_model("tied-2x4")  # vocab_size 100
+    hf_model.save_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match="has 50257 ids but the model only 100") as caught:
+        load_model_tokenizer(read_model_config(tmp_path), tmp_path, 100, str(tmp_path))
+    assert "config.json" not in str(caught.value) and "trained with another tokenizer" in str(caught.value)
