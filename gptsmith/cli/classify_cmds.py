@@ -106,11 +106,14 @@ class _Progress:
         self.bar = None
 
     def on_start(self, info: dict[str, Any]) -> None:
+        from gptsmith.finetune.class_eval import escape_text  # (a label's line break stays on its line)
+
         for note in info["notes"]:
             say(f"note: {note}")
         sizes = info["sizes"]
+        classes = ", ".join(f"{escape_text(label)} ({n})" for label, n in info["counts"].items())
         say(f"data: {sizes['train']} train, {sizes['validation']} validation, {sizes['test']} test "
-                 f"texts; classes: {', '.join(f'{k} ({v})' for k, v in info['counts'].items())} in train")
+                 f"texts; classes: {classes} in train")
         lora = info["lora"]
         how = f"LoRA rank {lora['rank']} alpha {lora['alpha']:g} on {', '.join(lora['targets'])}" \
             if lora else ""

@@ -281,3 +281,16 @@ def test_plain_output_is_one_line_of_three_fields_per_text_whatever_the_text_hol
     unescape = [f[2].encode("latin-1", "backslashreplace").decode("unicode_escape") for f in fields]
     assert unescape == texts
     assert fields[0][2] == "line one\\nline two" and fields[2][2] == "C:\\\\new\\\\path"
+
+
+def test_labels_with_line_breaks_stay_on_their_lines_of_the_run_log(base, tmp_path, capsys):
+    """A label holding a newline (JSON allows it) is escaped where the run prints it: the classes
+    line and the confusion matrix keep one line per row."""
+    rows = [(text, "spam\nmail" if label == "spam" else label) for text, label in labelled_rows(12)]
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    assert _finetune(base, data, tmp_path / "out", "--epochs", "1") == 0
+    out = capsys.readouterr().out
+    assert "; classes: ham (" in out and ", spam\\nmail (" in out
+    matrix = out[out.index("true \\ predicted"):].splitlines()[:3]
+    assert matrix[0].split() == ["true", "\\", "predicted", "ham", "spam\\nmail"]
+    assert matrix[1].startswith("ham ") and matrix[2].startswith("spam\\nmail ")
