@@ -269,6 +269,12 @@ def _read_torch_weights(path: Path) -> dict[str, torch.Tensor]:
         "or convert the file on a machine where you trust its source")
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} does not hold a state dict")
+    other = next((name for name, value in state.items() if not isinstance(value, torch.Tensor)), None)
+    if other is not None:  # e.g. a training checkpoint, {"model": {...}, "step": 3}: not a tensor's shape
+        nested = isinstance(state[other], dict)
+        hint = " (a training checkpoint? save the model's state_dict() alone)" if nested else ""
+        raise CheckpointError(f"{path} is not a state dict of tensors: {other!r} holds a "
+                              f"{type(state[other]).__name__}{hint}")
     return state
 
 

@@ -381,3 +381,18 @@ def test_a_hf_vocabulary_smaller_than_gpt2s_is_named_without_an_impossible_fix(t
     with pytest.raises(CheckpointError, match="has 50257 ids but the model only 100") as caught:
         load_model_tokenizer(read_model_config(tmp_path), tmp_path, 100, str(tmp_path))
     assert "config.json" not in str(caught.value) and "trained with another tokenizer" in str(caught.value)
+
+
+def test_a_bin_holding_a_training_checkpoint_is_named_not_a_crash(tmp_path):
+    """{"model": state_dict, "step": 3} in pytorch_model.bin: `info`'s shape check crashed on it
+    (AttributeError), the load said a tensor was missing; both now say what the file holds."""
+    from gptsmith.model.hf_gpt2 import check_hf_weights, gpt_config_from_hf
+
+    _, hf_model = _hf_model("tied-2x4")
+    hf_model.save_pretrained(tmp_path)
+    torch.save({"model": dict(hf_model.state_dict()), "step": 3}, tmp_path / "pytorch_model.bin")
+    (tmp_path / "model.safetensors").unlink()
+    cfg = gpt_config_from_hf(json.loads((tmp_path / "config.json").read_text()))
+    for attempt in (lambda: check_hf_weights(tmp_path, cfg), lambda: load_model(tmp_path)):
+        with pytest.raises(CheckpointError, match="not a state dict of tensors: 'model' holds a dict"):
+            attempt()
