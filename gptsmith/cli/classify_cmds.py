@@ -83,7 +83,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``classify`` (predict with a fine-tuned classifier)."""
     p = subparsers.add_parser(
         "classify", help="label texts with a fine-tuned classifier",
-        description="Print the label and its probability for each text.",
+        description="Print the label and its probability for each text, one line per text:\n"
+        "label<TAB>probability<TAB>text, where a newline, tab or backslash in a label or text is\n"
+        "written \\n, \\t, \\\\ (other control characters \\xNN), so every line splits in three.\n"
+        "--json prints one JSON object per text instead.",
         epilog='example:\n  gptsmith classify --checkpoint models/spam "You won a prize!" "Lunch at 1?"',
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="classifier directory (or its LoRA adapter directory)")
@@ -103,11 +106,14 @@ class _Progress:
         self.bar = None
 
     def on_start(self, info: dict[str, Any]) -> None:
+        from gptsmith.finetune.class_eval import escape_text  # (a label's line break stays on its line)
+
         for note in info["notes"]:
             say(f"note: {note}")
         sizes = info["sizes"]
+        classes = ", ".join(f"{escape_text(label)} ({n})" for label, n in info["counts"].items())
         say(f"data: {sizes['train']} train, {sizes['validation']} validation, {sizes['test']} test "
-                 f"texts; classes: {', '.join(f'{k} ({v})' for k, v in info['counts'].items())} in train")
+                 f"texts; classes: {classes} in train")
         lora = info["lora"]
         how = f"LoRA rank {lora['rank']} alpha {lora['alpha']:g} on {', '.join(lora['targets'])}" \
             if lora else ""
@@ -202,6 +208,7 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
 
 
 def run_classify(args: argparse.Namespace) -> int:
+    from gptsmith.finetune.class_eval import escape_text
     from gptsmith.finetune.class_model import encode_texts
     from gptsmith.finetune.classifier import Classifier
 
@@ -219,5 +226,7 @@ def run_classify(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"text": text, "label": label, "probability": round(probability, 6)}))
         else:
-            print(f"{label}\t{probability:.3f}\t{text}")
+            # one line of three tab-separated fields, whatever the text holds: its line breaks,
+            # tabs and backslashes escaped (\n, \t, \\), as its label's
+            print(f"{escape_text(label)}\t{probability:.3f}\t{escape_text(text)}")
     return 0

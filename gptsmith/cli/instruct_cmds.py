@@ -203,9 +203,14 @@ class InstructProgress:
 
 def _load_base(args: argparse.Namespace) -> tuple[Any, Any, dict, str]:
     """(model, tokenizer, its config, name) for --checkpoint/--model, with the tokenizer checked."""
-    from gptsmith.data.tokenizer import get_tokenizer, load_tokenizer
+    from gptsmith.data.tokenizer import get_tokenizer
     from gptsmith.finetune.instruct_data import check_tokenizer_matches
-    from gptsmith.model.checkpoint import load_model, read_model_config, resolve_model_dir
+    from gptsmith.model.checkpoint import (
+        load_model,
+        load_model_tokenizer,
+        read_model_config,
+        resolve_model_dir,
+    )
 
     if args.checkpoint is not None:
         model_dir, name = resolve_model_dir(args.checkpoint), str(args.checkpoint)
@@ -217,7 +222,8 @@ def _load_base(args: argparse.Namespace) -> tuple[Any, Any, dict, str]:
     if args.tokenizer and args.tokenizer.lower() != own.lower():
         check_tokenizer_matches(own, get_tokenizer(args.tokenizer), source=name)
     model = load_model(model_dir or args.model)
-    tokenizer = load_tokenizer(own, model_dir)
+    # checked against the model as every command's is: ids it has no embedding for are refused here
+    tokenizer = load_model_tokenizer(config, model_dir, model.cfg.vocab_size, name)
     return model, tokenizer, config, name
 
 

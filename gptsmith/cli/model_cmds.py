@@ -55,7 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Convert a model to gptsmith's checkpoint format (config.json + model.safetensors) or to a "
             "Hugging Face GPT-2 directory that transformers.GPT2LMHeadModel.from_pretrained() loads. "
             "SOURCE may be a gptsmith model or run directory, a Hugging Face GPT-2 directory "
-            "(model.safetensors or pytorch_model.bin), or a hub name such as gpt2 or gpt2-medium "
+            "(model.safetensors or pytorch_model.bin, whole or in the shards an index.json names; its "
+            "tokenizer files, if any, must be GPT-2's), or a hub name such as gpt2 or gpt2-medium "
             "(downloaded into the Hugging Face cache; needs the network once)."
         ),
         epilog=(

@@ -166,6 +166,89 @@ class GPT2Tokenizer:
         return f"GPT2Tokenizer(vocab_size={self.vocab_size})"
 
 
+# The tokenizer files a Hugging Face model folder may carry beside its weights.
+HF_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "added_tokens.json")
+
+
+def _data_gym_bytes() -> dict[str, int]:
+    """GPT-2's printable stand-in for each byte in its vocab.json/merges.txt (``Ġ`` for a space)."""
+    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + n): b for n, b in enumerate(others)}}
+
+
+def hf_tokenizer_mismatch(directory: str | Path) -> str | None:
+    """How the tokenizer files of a Hugging Face model folder (``HF_TOKENIZER_FILES``) differ from
+    GPT-2's BPE, in a few words naming the file; None when they are GPT-2's or absent.
+
+    gptsmith tokenizes such a model with GPT-2's BPE, so other files (another vocabulary, other
+    merges, added tokens, a normalizer or a prefix space) would give its ids other text. Checked
+    against GPT-2's ranks (the BPE files must be at hand); cached while the files are unchanged.
+    """
+    files = tuple(Path(directory) / name for name in HF_TOKENIZER_FILES if (Path(directory) / name).is_file())
+    stamps = tuple((f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _tokenizer_mismatch(files, stamps) if files else None
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer_mismatch(files: tuple[Path, ...], stamps: tuple[tuple[int, int], ...]) -> str | None:
+    found = {f.name: f for f in files}
+    encoding = GPT2Tokenizer.from_files().encoding  # (outside the try: missing BPE files are their own error)
+    try:
+        if "tokenizer.json" in found:
+            data = json.loads(found["tokenizer.json"].read_text(encoding="utf-8"))
+            model, pre = data["model"], data.get("pre_tokenizer") or {}
+            why = (f"a {model.get('type')} model, not byte-level BPE" if model.get("type") != "BPE" else
+                   f"a {data['normalizer'].get('type')} normalizer" if data.get("normalizer") else
+                   f"a {pre.get('type')} pre-tokenizer" if pre.get("type") != "ByteLevel" else
+                   "add_prefix_space" if pre.get("add_prefix_space") else None)
+            added = {t["content"]: t["id"] for t in data.get("added_tokens") or []}
+            why = why or _bpe_mismatch(encoding, model["vocab"], model.get("merges"), added)
+            if why:
+                return f"tokenizer.json: {why}"
+        if "vocab.json" in found:
+            vocab = json.loads(found["vocab.json"].read_text(encoding="utf-8"))
+            merges = None
+            if "merges.txt" in found:  # a "#version" line, then one "first second" pair a line
+                lines = found["merges.txt"].read_text(encoding="utf-8").split("\n")
+                merges = [line for line in lines if line and not line.startswith("#version")]
+            added = json.loads(found["added_tokens.json"].read_text(encoding="utf-8")) \
+                if "added_tokens.json" in found else {}
+            why = _bpe_mismatch(encoding, vocab, merges, added)
+            if why:
+                return f"vocab.json/merges.txt: {why}"
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return f"{', '.join(found)} cannot be read as a tokenizer ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _bpe_mismatch(encoding: tiktoken.Encoding, vocab: dict, merges: list | None, added: dict) -> str | None:
+    """The first difference between a byte-level BPE (token -> id, merges as "a b" or [a, b], added
+    tokens) and GPT-2's (``encoding``), in words; None when there is none."""
+    to_byte = _data_gym_bytes()
+    if len(vocab) != GPT2_VOCAB_SIZE:
+        return f"{len(vocab)} tokens where GPT-2 has {GPT2_VOCAB_SIZE}"
+    for token, token_id in {**vocab, **added}.items():
+        try:
+            rank = encoding.encode_single_token(bytes(to_byte[char] for char in token))
+        except KeyError:
+            rank = None
+        if rank != token_id:
+            where = "not in GPT-2's" if rank is None else f"GPT-2's {rank}"
+            return f"token {token!r} is id {token_id} ({where})"
+    if merges is not None and len(merges) != GPT2_VOCAB_SIZE - 257:
+        return f"{len(merges)} merges where GPT-2 has {GPT2_VOCAB_SIZE - 257}"
+    for number, merge in enumerate(merges or []):
+        first, second = merge.split(" ") if isinstance(merge, str) else merge
+        try:
+            rank = encoding.encode_single_token(bytes(to_byte[char] for char in first + second))
+        except KeyError:
+            rank = None
+        if rank != 256 + number:
+            return f"merge {number + 1} ({first} {second}) is not GPT-2's"
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # Choosing by name
 # ---------------------------------------------------------------------------------------------

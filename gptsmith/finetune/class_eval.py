@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,15 +52,62 @@ def evaluate(model: GPTClassifier, data: EncodedTexts, *, batch_size: int = 32,
     return EvalResult(total_loss / n, float(confusion.diag().sum()) / n, n, confusion.tolist())
 
 
+_NAMED_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_text(text: str) -> str:
+    r"""``text`` on one line with no tab: a backslash, newline, carriage return or tab becomes
+    ``\\``, ``\n``, ``\r``, ``\t``, and every other control character or Unicode line break
+    (U+0085, U+2028, U+2029, ...) its ``\xNN`` or ``\uNNNN`` escape, as in a Python string.
+
+    What ``gptsmith classify`` prints and the confusion matrix shows: a text or label that spans
+    lines would otherwise split one output line in two (or a table row), and a tab would add a
+    field; the escapes read back unambiguously.
+    """
+    if text.isprintable() and "\\" not in text:  # the common case: nothing to escape
+        return text
+    out = []
+    for char in text:
+        if char in _NAMED_ESCAPES:
+            out.append(_NAMED_ESCAPES[char])
+        elif unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+            out.append(f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def display_width(text: str) -> int:
+    """How many terminal columns ``text`` takes: 2 for each East Asian wide or full-width character
+    (CJK, most emoji), 0 for combining marks and invisible format characters (a zero-width joiner),
+    1 for the rest. ``len`` counts characters, which misaligns a table of such labels."""
+    width = 0
+    for char in text:
+        if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf"):
+            continue
+        width += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+    return width
+
+
+def _pad(text: str, width: int, *, right: bool = False) -> str:
+    """``text`` padded with spaces to ``width`` display columns (on the left when ``right``)."""
+    fill = " " * max(0, width - display_width(text))
+    return fill + text if right else text + fill
+
+
 def format_confusion(confusion: list[list[int]], labels: list[str]) -> str:
-    """The confusion matrix as an aligned text table (rows: true label, columns: predicted)."""
-    names = [str(label) for label in labels]
-    width = max([len(n) for n in names] + [len(str(v)) for row in confusion for v in row] + [4])
+    """The confusion matrix as an aligned text table (rows: true label, columns: predicted).
+
+    Columns are measured in display columns (``display_width``), so wide labels (CJK, emoji) and
+    combining marks line up; a label's line breaks and tabs are shown escaped (``escape_text``).
+    """
+    names = [escape_text(str(label)) for label in labels]
+    width = max([display_width(n) for n in names] + [len(str(v)) for row in confusion for v in row] + [4])
     corner = "true \\ predicted"
-    first = max(len(corner), *(len(n) for n in names))
-    lines = [f"{corner:<{first}}  " + "  ".join(f"{n:>{width}}" for n in names)]
+    first = max(len(corner), *(display_width(n) for n in names))
+    lines = [_pad(corner, first) + "  " + "  ".join(_pad(n, width, right=True) for n in names)]
     for name, row in zip(names, confusion, strict=True):
-        lines.append(f"{name:<{first}}  " + "  ".join(f"{v:>{width}}" for v in row))
+        lines.append(_pad(name, first) + "  " + "  ".join(f"{v:>{width}}" for v in row))
     return "\n".join(lines)
 
 

@@ -243,8 +243,11 @@ def load_model_tokenizer(config: dict, model_dir: Path | None, vocab_size: int, 
         raise CheckpointError(f"{name} uses its own word-level vocabulary (tokenizer {tokenizer_name!r}) "
                               f"but has no {VOCAB_FILE}: copy it from the checkpoint it was saved with")
     if tokenizer.vocab_size > vocab_size:
+        fix = ("a Hugging Face GPT-2 directory is tokenized with GPT-2's BPE, so its model was trained with "
+               "another tokenizer, which gptsmith cannot use" if config.get("format") == "hf-gpt2"
+               else 'fix "tokenizer" in its config.json')  # (an HF config.json has no such key)
         raise CheckpointError(f"{name}: tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} ids but the "
-                              f'model only {vocab_size} (fix "tokenizer" in its config.json)')
+                              f"model only {vocab_size} ({fix})")
     return tokenizer
 
 
@@ -281,11 +284,21 @@ def read_model_config(path: str | Path) -> dict:
                                   "(the file is incomplete: restore it from where the model was saved)")
         return config
     if config.get("model_type") == "gpt2":
+        from gptsmith.data.tokenizer import hf_tokenizer_mismatch
         from gptsmith.model.hf_gpt2 import gpt_config_from_hf
 
+        gpt_config = gpt_config_from_hf(config, source=str(config_path))
+        # Such a model is tokenized with GPT-2's BPE: its own tokenizer files must be GPT-2's,
+        # or its ids would be read as other text.
+        mismatch = hf_tokenizer_mismatch(model_dir)
+        if mismatch:
+            raise CheckpointError(
+                f"{model_dir} carries its own tokenizer, which is not GPT-2's ({mismatch}); gptsmith "
+                "tokenizes Hugging Face GPT-2 models with GPT-2's BPE only (use a GPT-2-tokenized model, "
+                "or move the tokenizer files out of the folder to use the weights with GPT-2's anyway)")
         return {
             "format": "hf-gpt2",
-            "model": gpt_config_from_hf(config, source=str(config_path)).to_dict(),
+            "model": gpt_config.to_dict(),
             "tokenizer": "gpt2",
             "hf_config": config,
         }
@@ -372,8 +385,8 @@ def load_model(
     """Load weights by path or name, in eval mode.
 
     ``name_or_path`` may be our model directory, a run directory, a Hugging Face GPT-2 directory
-    (config.json + model.safetensors or pytorch_model.bin), a hub name such as ``gpt2`` or
-    ``gpt2-medium``, or a GPT-2 preset name (``gpt2-small`` means hub ``gpt2``). Hub models are
+    (config.json + model.safetensors or pytorch_model.bin, or their shards), a hub name such as
+    ``gpt2`` or ``gpt2-medium``, or a GPT-2 preset name (``gpt2-small`` means hub ``gpt2``). Hub models are
     downloaded through ``huggingface_hub`` into its cache (the network is needed the first time).
     """
     if not isinstance(name_or_path, str | Path):

@@ -266,3 +266,31 @@ def test_an_out_that_cannot_be_written_fails_before_anything_loads(base, tmp_pat
                                    "(permission denied); choose a folder you can write to")
     assert not (locked / "clf").exists()
 
+
+
+def test_plain_output_is_one_line_of_three_fields_per_text_whatever_the_text_holds(tmp_path, capsys):
+    """A text with newlines or tabs would have printed over several lines (or with more fields):
+    the plain form escapes them, and a backslash too, so the escapes read back unambiguously."""
+    clf = random_classifier(tmp_path / "clf")
+    texts = ["line one\nline two", "win\tcash", "C:\\new\\path", "free\u2028cash\r\nnow"]
+    assert main(["classify", "--checkpoint", str(clf), *texts]) == 0
+    lines = capsys.readouterr().out.split("\n")
+    assert lines[-1] == "" and len(lines[:-1]) == len(texts)
+    fields = [line.split("\t") for line in lines[:-1]]
+    assert all(len(f) == 3 and f[0] in ("ham", "spam") for f in fields)
+    unescape = [f[2].encode("latin-1", "backslashreplace").decode("unicode_escape") for f in fields]
+    assert unescape == texts
+    assert fields[0][2] == "line one\\nline two" and fields[2][2] == "C:\\\\new\\\\path"
+
+
+def test_labels_with_line_breaks_stay_on_their_lines_of_the_run_log(base, tmp_path, capsys):
+    """A label holding a newline (JSON allows it) is escaped where the run prints it: the classes
+    line and the confusion matrix keep one line per row."""
+    rows = [(text, "spam\nmail" if label == "spam" else label) for text, label in labelled_rows(12)]
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    assert _finetune(base, data, tmp_path / "out", "--epochs", "1") == 0
+    out = capsys.readouterr().out
+    assert "; classes: ham (" in out and ", spam\\nmail (" in out
+    matrix = out[out.index("true \\ predicted"):].splitlines()[:3]
+    assert matrix[0].split() == ["true", "\\", "predicted", "ham", "spam\\nmail"]
+    assert matrix[1].startswith("ham ") and matrix[2].startswith("spam\\nmail ")

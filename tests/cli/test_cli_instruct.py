@@ -193,6 +193,19 @@ def test_a_checkpoint_with_another_tokenizer_is_refused(capsys, base, data, tmp_
     assert code == 2 and "trained with tokenizer 'simple' but the data would be encoded with 'gpt2'" in err
 
 
+def test_a_tokenizer_with_more_ids_than_the_model_is_refused_before_training(capsys, data, tmp_path):
+    """As every other command checks it (load_model_tokenizer): a tokenizer whose ids the model has
+    no embeddings for is one line naming both sizes, not a deep forward error (or, when the data
+    happens to use only low ids, a run that trains with another tokenizer's ids)."""
+    tokenizer = get_tokenizer("simple")
+    model = tiny_model(vocab_size=tokenizer.vocab_size - 10, context_length=96)
+    small = save_model(model, tmp_path / "small", tokenizer=tokenizer)
+    code, _, err = _finetune(capsys, small, data, tmp_path / "out")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"has {tokenizer.vocab_size} ids but the model only {tokenizer.vocab_size - 10}" in err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [("", "is empty"), ('{"instruction": "a"}\n', 'record 0 (line 1) has no "output"'),

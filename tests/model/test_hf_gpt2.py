@@ -147,6 +147,55 @@ def test_sharded_safetensors_load_exactly_and_a_missing_shard_is_named(tmp_path)
         load_model(tmp_path)
 
 
+def _to_sharded_bin(directory: Path) -> list[Path]:
+    """Rewrite a sharded safetensors save as older transformers' save_pretrained(safe_serialization=
+    False) wrote it (transformers 5 writes safetensors only): pytorch_model-0000i-of-0000n.bin
+    shards and the pytorch_model.bin.index.json naming each tensor's shard."""
+    from safetensors.torch import load_file
+
+    index = json.loads((directory / "model.safetensors.index.json").read_text())
+    renamed = {}
+    for shard in sorted(directory.glob("model-*-of-*.safetensors")):
+        renamed[shard.name] = shard.name.replace("model-", "pytorch_model-").replace(".safetensors", ".bin")
+        torch.save(load_file(shard), directory / renamed[shard.name])
+        shard.unlink()
+    index["weight_map"] = {name: renamed[file] for name, file in index["weight_map"].items()}
+    (directory / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    (directory / "model.safetensors.index.json").unlink()
+    return [directory / name for name in sorted(renamed.values())]
+
+
+@pytest.mark.parametrize("name", ["untied-3x2", "tied-2x4"])
+def test_sharded_pytorch_bins_load_exactly_and_a_missing_shard_is_named(tmp_path, name):
+    """pytorch_model.bin.index.json and its .bin shards load as sharded safetensors do: equal logits,
+    `info`'s check, and a shard missing, from another save or without the index named in one line."""
+    from gptsmith.model.hf_gpt2 import check_hf_weights, gpt_config_from_hf
+
+    _, hf_model = _hf_model(name)
+    hf_model.save_pretrained(tmp_path, max_shard_size="40KB")
+    shards = _to_sharded_bin(tmp_path)
+    assert len(shards) > 1 and not list(tmp_path.glob("*.safetensors"))
+    ids = torch.randint(0, hf_model.config.vocab_size, (2, hf_model.config.n_positions))
+    ours = load_model(tmp_path)
+    assert ours.cfg.tie_weights == hf_model.config.tie_word_embeddings
+    torch.testing.assert_close(_logits(ours, ids), _logits(hf_model, ids).logits, atol=1e-5, rtol=1e-5)
+    config = json.loads((tmp_path / "config.json").read_text())
+    check_hf_weights(tmp_path, gpt_config_from_hf(config, source="config.json"))  # what `info` runs
+
+    first = torch.load(shards[0], weights_only=True)
+    torch.save({}, shards[0])  # a shard of another save: the index places tensors it lacks
+    with pytest.raises(CheckpointError, match=f"{shards[0].name} lacks .*, which pytorch_model.bin"):
+        load_model(tmp_path)
+    torch.save(first, shards[0])
+    shards[-1].rename(tmp_path / "elsewhere.bin")
+    with pytest.raises(CheckpointError, match=f"lacks {shards[-1].name}, a shard its pytorch"):
+        load_model(tmp_path)
+    (tmp_path / "elsewhere.bin").rename(shards[-1])
+    (tmp_path / "pytorch_model.bin.index.json").unlink()
+    with pytest.raises(CheckpointError, match="has sharded weights but no pytorch_model.bin.index.json"):
+        load_model(tmp_path)
+
+
 def test_hf_dir_without_weights(tmp_path):
     _, hf_model = _hf_model("tied-2x4")
     hf_model.save_pretrained(tmp_path)
@@ -267,3 +316,83 @@ def test_greedy_tokens_equal_transformers_generate(tmp_path):
             logits = ours(next_id, cache=cache)
     assert ids.tolist() == expected.tolist()
     assert len(set(ids[0, 4:].tolist())) >= 3
+
+
+def _with_tokenizer_files(directory: Path, bpe_dir: Path) -> Path:
+    """A HF folder as save_pretrained leaves it with GPT-2's tokenizer: vocab.json + merges.txt
+    (GPT-2's encoder.json and vocab.bpe) and tokenizer.json (transformers 5 writes only that one)."""
+    transformers, hf_model = _hf_model("tied-2x4")
+    hf_model.save_pretrained(directory)
+    (directory / "vocab.json").write_bytes((bpe_dir / "encoder.json").read_bytes())
+    (directory / "merges.txt").write_bytes((bpe_dir / "vocab.bpe").read_bytes())
+    hf_tokenizer = transformers.GPT2Tokenizer(str(bpe_dir / "encoder.json"), str(bpe_dir / "vocab.bpe"))
+    hf_tokenizer.save_pretrained(directory / "hf-tokenizer")
+    (directory / "hf-tokenizer" / "tokenizer.json").rename(directory / "tokenizer.json")
+    return directory
+
+
+def test_a_folders_own_tokenizer_files_must_be_gpt2s(tmp_path, gpt2_tokenizer, gpt2_bpe_dir):
+    """A HF folder is tokenized with GPT-2's BPE: its own tokenizer files, if they differ (another
+    vocabulary, other merges, an added token, a prefix space), are refused in one line naming the
+    difference instead of being silently ignored; GPT-2's own files load as before."""
+    folder = _with_tokenizer_files(tmp_path / "hf", gpt2_bpe_dir)
+    _, hf_model = _hf_model("tied-2x4")
+    ids = torch.randint(0, hf_model.config.vocab_size, (1, 10))
+    torch.testing.assert_close(_logits(load_model(folder), ids), _logits(hf_model, ids).logits,
+                               atol=1e-5, rtol=1e-5)
+    assert read_model_config(folder)["tokenizer"] == "gpt2"
+
+    def refused(match: str) -> None:
+        with pytest.raises(CheckpointError, match=match) as caught:
+            load_model(folder)
+        assert "carries its own tokenizer, which is not GPT-2's" in str(caught.value)
+        assert "\n" not in str(caught.value)
+
+    vocab = json.loads((folder / "vocab.json").read_text())
+    vocab["hello"], vocab["Ġthe"] = vocab["Ġthe"], vocab["hello"]  # two ids swapped
+    (folder / "tokenizer.json").rename(tmp_path / "tokenizer.json")
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    refused(r"\(vocab.json/merges.txt: token 'Ġthe' is id 31373 \(GPT-2's 262\)\)")
+    (folder / "vocab.json").write_bytes((gpt2_bpe_dir / "encoder.json").read_bytes())
+    merges = (folder / "merges.txt").read_text().split("\n")
+    merges[1], merges[2] = merges[2], merges[1]  # the first two merges in the other order
+    (folder / "merges.txt").write_text("\n".join(merges))
+    refused(r"merges.txt: merge 1 \(Ġ a\) is not GPT-2's")
+    (folder / "merges.txt").write_bytes((gpt2_bpe_dir / "vocab.bpe").read_bytes())
+    load_model(folder)  # GPT-2's files again: silent
+
+    (tmp_path / "tokenizer.json").rename(folder / "tokenizer.json")
+    tokenizer_json = json.loads((folder / "tokenizer.json").read_text())
+    added = {"id": 50257, "content": "<|im_start|>", "special": True}
+    (folder / "tokenizer.json").write_text(json.dumps(
+        {**tokenizer_json, "added_tokens": tokenizer_json["added_tokens"] + [added]}))
+    refused(r"tokenizer.json: token '<\|im_start\|>' is id 50257 \(not in GPT-2's\)")
+    prefix = {**tokenizer_json["pre_tokenizer"], "add_prefix_space": True}
+    (folder / "tokenizer.json").write_text(json.dumps({**tokenizer_json, "pre_tokenizer": prefix}))
+    refused(r"\(tokenizer.json: add_prefix_space\)")
+
+
+def test_a_hf_vocabulary_smaller_than_gpt2s_is_named_without_an_impossible_fix(tmp_path, gpt2_tokenizer):
+    """A HF directory has no "tokenizer" key to fix: the error says why GPT-2's BPE cannot serve it."""
+    from gptsmith.model.checkpoint import load_model_tokenizer
+
+    _, hf_model = _hf_model("tied-2x4")  # vocab_size 100
+    hf_model.save_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match="has 50257 ids but the model only 100") as caught:
+        load_model_tokenizer(read_model_config(tmp_path), tmp_path, 100, str(tmp_path))
+    assert "config.json" not in str(caught.value) and "trained with another tokenizer" in str(caught.value)
+
+
+def test_a_bin_holding_a_training_checkpoint_is_named_not_a_crash(tmp_path):
+    """{"model": state_dict, "step": 3} in pytorch_model.bin: `info`'s shape check crashed on it
+    (AttributeError), the load said a tensor was missing; both now say what the file holds."""
+    from gptsmith.model.hf_gpt2 import check_hf_weights, gpt_config_from_hf
+
+    _, hf_model = _hf_model("tied-2x4")
+    hf_model.save_pretrained(tmp_path)
+    torch.save({"model": dict(hf_model.state_dict()), "step": 3}, tmp_path / "pytorch_model.bin")
+    (tmp_path / "model.safetensors").unlink()
+    cfg = gpt_config_from_hf(json.loads((tmp_path / "config.json").read_text()))
+    for attempt in (lambda: check_hf_weights(tmp_path, cfg), lambda: load_model(tmp_path)):
+        with pytest.raises(CheckpointError, match="not a state dict of tensors: 'model' holds a dict"):
+            attempt()
