@@ -193,7 +193,10 @@ def hf_tokenizer_mismatch(directory: str | Path) -> str | None:
 @functools.lru_cache(maxsize=8)
 def _tokenizer_mismatch(files: tuple[Path, ...], stamps: tuple[tuple[int, int], ...]) -> str | None:
     found = {f.name: f for f in files}
-    encoding = GPT2Tokenizer.from_files().encoding  # (outside the try: missing BPE files are their own error)
+    try:
+        encoding = GPT2Tokenizer.from_files().encoding
+    except DataError:  # nothing to compare with: weights-only work (convert, info) needs no BPE files,
+        return None    # and whatever tokenizes asks for them in its own error
     try:
         if "tokenizer.json" in found:
             data = json.loads(found["tokenizer.json"].read_text(encoding="utf-8"))

@@ -396,3 +396,20 @@ def test_a_bin_holding_a_training_checkpoint_is_named_not_a_crash(tmp_path):
     for attempt in (lambda: check_hf_weights(tmp_path, cfg), lambda: load_model(tmp_path)):
         with pytest.raises(CheckpointError, match="not a state dict of tensors: 'model' holds a dict"):
             attempt()
+
+
+def test_without_gpt2_bpe_files_a_folders_tokenizer_is_not_compared(tmp_path, gpt2_bpe_dir, monkeypatch):
+    """Weights-only work (convert, info) needs no BPE files: with none at hand the folder's own
+    tokenizer cannot be compared, so it is not, instead of failing on the missing files."""
+    from gptsmith.data import tokenizer
+    from gptsmith.errors import DataError
+
+    folder = _with_tokenizer_files(tmp_path / "hf", gpt2_bpe_dir)
+    (folder / "tokenizer.json").unlink()
+    (folder / "vocab.json").write_text(json.dumps({"a": 0}))  # not GPT-2's
+
+    def no_files(cls, path=None):
+        raise DataError("GPT-2 BPE files not found")
+
+    monkeypatch.setattr(tokenizer.GPT2Tokenizer, "from_files", classmethod(no_files))
+    assert read_model_config(folder)["format"] == "hf-gpt2"
