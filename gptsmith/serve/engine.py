@@ -72,7 +72,10 @@ class Chunk:
     shown_tokens: int = 0  # with logprobs: the answer's first tokens whose text has been emitted
     finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
     prompt_tokens: int = 0
-    completion_tokens: int = 0  # tokens kept (a stop's own tokens are not counted)
+    # Every token the model generated, as OpenAI bills them: a stop sequence's tokens (whose text is
+    # cut) and the end-of-text token count, so usage is the same streamed or not, and <= max_tokens.
+    completion_tokens: int = 0
+    kept_tokens: int = 0  # the tokens whose text the answer keeps (those its logprobs report)
     error: str | None = None
 
 
@@ -307,9 +310,10 @@ class Engine:
 
     def _emit(self, handle: Handle, chunk: Chunk) -> None:
         chunk.prompt_tokens = len(handle.prompt_ids)
-        chunk.completion_tokens = len(handle.pieces.token_ids) if handle.pieces is not None else 0
+        chunk.completion_tokens = handle.n_generated
+        chunk.kept_tokens = len(handle.pieces.token_ids) if handle.pieces is not None else 0
         if handle.offset_decoder is not None:
-            chunk.shown_tokens = min(_shown_tokens(handle.pieces), chunk.completion_tokens)
+            chunk.shown_tokens = min(_shown_tokens(handle.pieces), chunk.kept_tokens)
         try:
             handle.emit(chunk)
         except Exception:  # noqa: BLE001 (a closed client's callback must not stop the loop)
