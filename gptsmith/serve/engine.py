@@ -67,7 +67,7 @@ class Chunk:
     text: str = ""
     token_id: int | None = None
     logprob: float | None = None
-    top_logprobs: dict[int, float] | None = None
+    top_logprobs: dict[int, float] | None = None  # with logprobs: the most likely tokens (maybe none)
     text_offset: int = 0  # with logprobs: characters of the answer's text before this token
     shown_tokens: int = 0  # with logprobs: the answer's first tokens whose text has been emitted
     finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
@@ -286,9 +286,8 @@ class Engine:
     def _logprobs(chunk: Chunk, logits: torch.Tensor, token: int, top: int) -> None:
         logprobs = torch.log_softmax(logits, dim=-1)  # (vocab_size,) of the model, before sampling filters
         chunk.logprob = float(logprobs[token])
-        if top > 0:
-            values, ids = torch.topk(logprobs, top)
-            chunk.top_logprobs = dict(zip(ids.tolist(), values.tolist(), strict=True))
+        values, ids = torch.topk(logprobs, top)  # top 0 (OpenAI's logprobs: 0): no alternatives, {}
+        chunk.top_logprobs = dict(zip(ids.tolist(), values.tolist(), strict=True))
 
     def _retire(self, row: int, reason: str, *, last: Chunk | None = None, error: str | None = None) -> None:
         handle = self.rows[row]

@@ -110,8 +110,7 @@ class Choices:
     def _logprobs(self, chunks: list[Chunk]) -> dict[str, Any]:
         """OpenAI's completions logprobs: tokens, their log-probabilities, alternatives, and where each
         token starts in the answer's text (in characters: a token inside a character starts with it)."""
-        top = [None if c.top_logprobs is None else
-               {self.tokenizer.decode([t]): lp for t, lp in c.top_logprobs.items()} for c in chunks]
+        top = [{self.tokenizer.decode([t]): lp for t, lp in (c.top_logprobs or {}).items()} for c in chunks]
         return {"tokens": [self.tokenizer.decode([c.token_id]) for c in chunks],
                 "token_logprobs": [c.logprob for c in chunks], "top_logprobs": top,
                 "text_offset": [c.text_offset for c in chunks]}

@@ -167,11 +167,12 @@ def test_a_cap_over_the_context_is_refused_not_lowered_quietly(name):
 
 
 def _streamed_logprobs(server, body) -> tuple[str, dict[str, list], dict[str, int]]:
-    """The text, the logprobs lists (tokens, token_logprobs, text_offset) and the usage of a streamed
-    answer."""
+    """The text, the logprobs lists (tokens, token_logprobs, top_logprobs, text_offset) and the usage
+    of a streamed answer."""
     status, streamed = request(server.url, "POST", "/v1/completions", {**body, "stream": True})
     assert status == 200, streamed
-    text, lists, usage = "", {"tokens": [], "token_logprobs": [], "text_offset": []}, {}
+    text, usage = "", {}
+    lists = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
     for event in streamed["text"].split("\n\n"):
         if event.startswith("data: {"):
             chunk = json.loads(event.removeprefix("data: "))
@@ -323,3 +324,18 @@ def test_a_second_ctrl_c_ends_the_answers_at_once_and_they_still_say_so():
     status, streamed = results["streamed"]  # was a cut-off response (and a traceback on the console)
     events = [e.removeprefix("data: ") for e in streamed["text"].split("\n\n") if e.startswith("data: ")]
     assert events[-1] == "[DONE]" and "shut down" in json.loads(events[-2])["error"]["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_logprobs_0_gives_the_chosen_tokens_logprobs_and_no_alternatives(scripted, stream):
+    """OpenAI's logprobs: 0 is the chosen tokens' logprobs with empty top_logprobs dicts (was nulls)."""
+    body = {"prompt": "A", "max_tokens": 3, "temperature": 0, "logprobs": 0}
+    if stream:
+        _, logprobs, _ = _streamed_logprobs(scripted, body)
+    else:
+        status, answer = request(scripted.url, "POST", "/v1/completions", body)
+        assert status == 200, answer
+        logprobs = answer["choices"][0]["logprobs"]
+    assert logprobs["tokens"] == ["B", "\ufffd", "\ufffd"]  # two bytes of "🎉" (their text is left out)
+    assert len(logprobs["token_logprobs"]) == 3 and all(-1e-3 < lp <= 0 for lp in logprobs["token_logprobs"])
+    assert logprobs["top_logprobs"] == [{}, {}, {}]
