@@ -68,7 +68,9 @@ def run_serve(args: argparse.Namespace) -> int:
     check_number("--port", args.port, whole=True, minimum=0)
     if args.port > 65535:
         raise ConfigError(f"--port must be at most 65535, got {args.port}")
-    api_key = args.api_key or os.environ.get("GPTSMITH_API_KEY") or None
+    # An empty --api-key (e.g. "$KEY" of an unset variable) is refused, not taken as "no key"; an empty
+    # GPTSMITH_API_KEY is unset, as usual for environment variables.
+    api_key = args.api_key if args.api_key is not None else os.environ.get("GPTSMITH_API_KEY") or None
 
     from gptsmith.cli.generate_cmds import load_for_generation
     from gptsmith.generate.chat import template_from_config

@@ -65,6 +65,13 @@ class ServerSettings:
                 check_number("--" + name.replace("_", "-"), value, whole=True, minimum=1)
         if self.template is not None:
             get_template(self.template)  # an unknown name fails now, not at the first chat request
+        key = self.api_key
+        # A key travels in an HTTP header, where spaces at its ends are dropped and only ASCII is safe: an
+        # empty or unsendable key would lock every client out (or, empty, let "Bearer " with nothing in).
+        if key is not None and (not key or key != key.strip() or not (key.isascii() and key.isprintable())):
+            raise ConfigError("--api-key (or GPTSMITH_API_KEY) must be printable ASCII, not empty and with "
+                              "no space at either end (clients send it in an HTTP header); leave it out to "
+                              "serve without a key")
         origins = self.cors_origins or ()
         origins = (origins,) if isinstance(origins, str) else tuple(origins)
         object.__setattr__(self, "cors_origins", origins)  # one origin, or any sequence of them

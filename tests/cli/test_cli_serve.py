@@ -103,6 +103,7 @@ def test_serve_answers_with_the_template_and_exits_0_on_sigterm(instruct_checkpo
     (["--max-prompt-tokens", "1000"], "--max-prompt-tokens must be at most the model's context of 128"),
     (["--max-tokens", "129"], "--max-tokens must be at most the model's context of 128 tokens, got 129"),
     (["--cors-origin", "http://localhost:3000/"], "--cors-origin must be '*' or an origin like"),
+    (["--api-key", ""], "--api-key (or GPTSMITH_API_KEY) must be printable ASCII, not empty"),  # was: no key
 ])
 def test_serve_bad_flags_are_one_line(capsys, instruct_checkpoint, flags, message):
     assert main(["serve", "--checkpoint", str(instruct_checkpoint), *flags]) == 2

@@ -265,6 +265,10 @@ def test_a_client_that_disconnects_before_a_whole_answer_frees_its_slot(server):
     ({"max_batch": 0}, "--max-batch must be a whole number >= 1, got 0"),
     ({"max_tokens": -1}, "--max-tokens must be a whole number >= 1, got -1"),
     ({"template": "vicuna"}, "unknown prompt template 'vicuna'"),
+    # a key no client can send, or an empty one ("Bearer " with nothing would have been let in)
+    ({"api_key": ""}, r"--api-key \(or GPTSMITH_API_KEY\) must be printable ASCII, not empty"),
+    ({"api_key": "s3cret "}, "no space at either end"),
+    ({"api_key": "clé"}, "printable ASCII"),
 ])
 def test_server_settings_are_checked_when_made(settings, message):
     from gptsmith.errors import ConfigError
