@@ -65,6 +65,17 @@ def request(url: str, method: str, path: str, body: Any = None, *, key: str | No
     return response.status, {"text": data.decode()}
 
 
+def exchange(url: str, method: str, path: str, headers: dict[str, str] | None = None,
+             body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers with lower-case names, raw body) of one request, for tests of the headers."""
+    conn = http.client.HTTPConnection(url.removeprefix("http://"), timeout=60)
+    conn.request(method, path, body=body, headers=headers or {})
+    response = conn.getresponse()
+    data = response.read()
+    conn.close()
+    return response.status, {name.lower(): value for name, value in response.getheaders()}, data
+
+
 def wait_until(predicate, timeout: float = 20.0) -> bool:
     """Poll ``predicate`` until it is true or ``timeout`` seconds pass; returns its last value."""
     deadline = time.monotonic() + timeout

@@ -31,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "examples:\n"
             "  gptsmith serve --checkpoint runs/main\n"
             "  gptsmith serve --model gpt2 --port 8000 --api-key s3cret --max-batch 16\n"
+            "  gptsmith serve --checkpoint runs/main --cors-origin http://localhost:3000\n"
             "  curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\\n"
             "       -d '{\"prompt\": \"The module\", \"max_tokens\": 20}'"
         ),
@@ -52,6 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="most new tokens per answer (default: the context)")
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20,
                        help="largest request body (default 1 MiB)")
+    serve.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
+                       help="let web pages of this origin (e.g. http://localhost:3000; repeatable; '*': any) "
+                            "call the API from a browser (default: none, only the playground's own)")
     serve.set_defaults(func=run_serve)
 
 
@@ -64,7 +68,9 @@ def run_serve(args: argparse.Namespace) -> int:
     check_number("--port", args.port, whole=True, minimum=0)
     if args.port > 65535:
         raise ConfigError(f"--port must be at most 65535, got {args.port}")
-    api_key = args.api_key or os.environ.get("GPTSMITH_API_KEY") or None
+    # An empty --api-key (e.g. "$KEY" of an unset variable) is refused, not taken as "no key"; an empty
+    # GPTSMITH_API_KEY is unset, as usual for environment variables.
+    api_key = args.api_key if args.api_key is not None else os.environ.get("GPTSMITH_API_KEY") or None
 
     from gptsmith.cli.generate_cmds import load_for_generation
     from gptsmith.generate.chat import template_from_config
@@ -74,7 +80,7 @@ def run_serve(args: argparse.Namespace) -> int:
     # The caps are checked here, before the model loads (ServerSettings' own checks, one wording).
     settings = ServerSettings(api_key=api_key, max_batch=args.max_batch,
                               max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens,
-                              max_body_bytes=args.max_body_bytes)
+                              max_body_bytes=args.max_body_bytes, cors_origins=tuple(args.cors_origin or ()))
     model, tokenizer, config, name = load_for_generation(args)
     # The checkpoint folder's own name, however it was given ("." names the folder, not "."; a link
     # keeps its own name: abspath does not follow it).
@@ -84,6 +90,10 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.host not in LOOPBACK and api_key is None:
         print(f"gptsmith serve: warning: listening on {args.host} without an API key: anyone who can reach "
               "this port can use the model (add --api-key)", file=sys.stderr)
+    if "*" in settings.cors_origins and api_key is None:
+        print("gptsmith serve: warning: --cors-origin '*' without an API key: any web page open in a browser "
+              "that can reach this server can use the model (add --api-key, or name the origins)",
+              file=sys.stderr)
 
     def banner(url: str) -> None:  # once listening: the real port, and no banner if it cannot listen
         print(f"gptsmith serve: {settings.model_name} at {url}/v1 (playground: {url}/); Ctrl-C to stop",

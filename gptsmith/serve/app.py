@@ -4,9 +4,10 @@
 ``create_app(model, tokenizer, settings)`` builds the FastAPI app around one ``Engine`` (started
 and stopped with the app). Safe by default: with an API key every route but ``/healthz`` and the
 static page needs ``Authorization: Bearer KEY``; bodies, prompts, ``max_tokens`` and ``n`` are
-capped; every refusal is a 4xx in OpenAI's error shape (``protocol.py``). A streamed answer is
-server-sent events ending in ``data: [DONE]``; when its client disconnects, its rows are freed
-before the next decode step.
+capped; every refusal is a 4xx in OpenAI's error shape (``protocol.py``); no CORS unless
+``ServerSettings.cors_origins`` names the web pages' origins that may call it (``--cors-origin``).
+A streamed answer is server-sent events ending in ``data: [DONE]``; when its client disconnects,
+its rows are freed before the next decode step.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import hmac
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -53,6 +56,7 @@ class ServerSettings:
     max_tokens: int | None = None  # default: the model's context
     max_body_bytes: int = 1 << 20
     template: str | None = None  # the chat template (from the checkpoint's config.json)
+    cors_origins: tuple[str, ...] = ()  # browser pages of these origins ("*": any) may call the API
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_prompt_tokens", "max_tokens", "max_body_bytes"):
@@ -61,6 +65,43 @@ class ServerSettings:
                 check_number("--" + name.replace("_", "-"), value, whole=True, minimum=1)
         if self.template is not None:
             get_template(self.template)  # an unknown name fails now, not at the first chat request
+        key = self.api_key
+        # A key travels in an HTTP header, where spaces at its ends are dropped and only ASCII is safe: an
+        # empty or unsendable key would lock every client out (or, empty, let "Bearer " with nothing in).
+        if key is not None and (not key or key != key.strip() or not (key.isascii() and key.isprintable())):
+            raise ConfigError("--api-key (or GPTSMITH_API_KEY) must be printable ASCII, not empty and with "
+                              "no space at either end (clients send it in an HTTP header); leave it out to "
+                              "serve without a key")
+        origins = self.cors_origins or ()
+        origins = (origins,) if isinstance(origins, str) else tuple(origins)
+        object.__setattr__(self, "cors_origins", origins)  # one origin, or any sequence of them
+        for origin in origins:
+            check_origin(origin)
+
+
+def check_origin(origin: str) -> None:
+    """A ``ConfigError`` unless ``origin`` is ``*`` or a browser's origin: scheme://host[:port], nothing more.
+
+    A browser sends its page's origin without a path or a trailing slash and CORS compares it
+    exactly, so "https://example.com/" would allow nothing: refused, rather than silently useless.
+    """
+    if origin != "*" and not _is_origin(origin):
+        raise ConfigError(f"--cors-origin must be '*' or an origin like https://example.com or "
+                          f"http://localhost:3000 (scheme, host and port: no path or trailing slash), "
+                          f"got {origin!r}")
+
+
+def _is_origin(origin: Any) -> bool:
+    if not isinstance(origin, str) or origin != origin.strip():
+        return False
+    try:
+        parts = urlsplit(origin)
+        port = parts.port  # a port that is not a number, or over 65535, raises
+    except ValueError:
+        return False
+    extra = parts.path or parts.query or parts.fragment or parts.username
+    return (parts.scheme in ("http", "https") and bool(parts.hostname) and not extra
+            and not (port is None and origin.endswith(":")))
 
 
 def server_limits(settings: ServerSettings, context: int) -> Limits:
@@ -116,6 +157,11 @@ def create_app(model: torch.nn.Module, tokenizer: Any, settings: ServerSettings)
     app = FastAPI(title="gptsmith", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
     app.state.settings = settings
+    if settings.cors_origins:  # opt-in: without it, a page of another origin cannot read the answers
+        # Any request header: OpenAI's browser clients send their own (x-stainless-...) besides
+        # Authorization; the key, not the origin, is what guards the API.
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["GET", "HEAD", "POST"], allow_headers=["*"])
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -126,7 +172,11 @@ def create_app(model: torch.nn.Module, tokenizer: Any, settings: ServerSettings)
         message = f"{request.method} {request.url.path}: {exc.detail}"
         if exc.status_code == 404:
             message += " (routes: /v1/models, /v1/completions, /v1/chat/completions, /healthz, /)"
-        return JSONResponse(APIError(exc.status_code, message).body(), status_code=exc.status_code)
+        elif exc.status_code == 405 and request.method == "OPTIONS" and not settings.cors_origins:
+            message += " (a browser's cross-origin preflight: start the server with --cors-origin ORIGIN)"
+        # exc.headers: a 405's Allow, which HTTP requires, naming the methods the route takes
+        return JSONResponse(APIError(exc.status_code, message).body(), status_code=exc.status_code,
+                            headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception) -> JSONResponse:
@@ -164,12 +214,13 @@ def create_app(model: torch.nn.Module, tokenizer: Any, settings: ServerSettings)
                                "(send less, or raise --max-body-bytes)")
         return parse_json(bytes(body))
 
-    @app.get("/healthz")
+    # HEAD answers as GET does, without the body (uvicorn leaves it out): monitors and link checkers use it.
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "model": settings.model_name, "active": engine.active,
                 "waiting": len(engine.waiting)}
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
     async def playground() -> HTMLResponse:
         page = resources.files("gptsmith.serve").joinpath("static", PLAYGROUND).read_text(encoding="utf-8")
         return HTMLResponse(page)
@@ -178,12 +229,12 @@ def create_app(model: torch.nn.Module, tokenizer: Any, settings: ServerSettings)
         return {"id": settings.model_name, "object": "model", "created": 0, "owned_by": "gptsmith",
                 "context_length": context}
 
-    @app.get("/v1/models")
+    @app.api_route("/v1/models", methods=["GET", "HEAD"])
     async def models(request: Request) -> dict[str, Any]:
         authorize(request)
         return {"object": "list", "data": [model_card()]}
 
-    @app.get("/v1/models/{name:path}")
+    @app.api_route("/v1/models/{name:path}", methods=["GET", "HEAD"])
     async def one_model(name: str, request: Request) -> dict[str, Any]:
         authorize(request)
         check_model(name)

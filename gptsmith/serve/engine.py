@@ -67,12 +67,15 @@ class Chunk:
     text: str = ""
     token_id: int | None = None
     logprob: float | None = None
-    top_logprobs: dict[int, float] | None = None
+    top_logprobs: dict[int, float] | None = None  # with logprobs: the most likely tokens (maybe none)
     text_offset: int = 0  # with logprobs: characters of the answer's text before this token
     shown_tokens: int = 0  # with logprobs: the answer's first tokens whose text has been emitted
     finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
     prompt_tokens: int = 0
-    completion_tokens: int = 0  # tokens kept (a stop's own tokens are not counted)
+    # Every token the model generated, as OpenAI bills them: a stop sequence's tokens (whose text is
+    # cut) and the end-of-text token count, so usage is the same streamed or not, and <= max_tokens.
+    completion_tokens: int = 0
+    kept_tokens: int = 0  # the tokens whose text the answer keeps (those its logprobs report)
     error: str | None = None
 
 
@@ -283,9 +286,8 @@ class Engine:
     def _logprobs(chunk: Chunk, logits: torch.Tensor, token: int, top: int) -> None:
         logprobs = torch.log_softmax(logits, dim=-1)  # (vocab_size,) of the model, before sampling filters
         chunk.logprob = float(logprobs[token])
-        if top > 0:
-            values, ids = torch.topk(logprobs, top)
-            chunk.top_logprobs = dict(zip(ids.tolist(), values.tolist(), strict=True))
+        values, ids = torch.topk(logprobs, top)  # top 0 (OpenAI's logprobs: 0): no alternatives, {}
+        chunk.top_logprobs = dict(zip(ids.tolist(), values.tolist(), strict=True))
 
     def _retire(self, row: int, reason: str, *, last: Chunk | None = None, error: str | None = None) -> None:
         handle = self.rows[row]
@@ -307,9 +309,10 @@ class Engine:
 
     def _emit(self, handle: Handle, chunk: Chunk) -> None:
         chunk.prompt_tokens = len(handle.prompt_ids)
-        chunk.completion_tokens = len(handle.pieces.token_ids) if handle.pieces is not None else 0
+        chunk.completion_tokens = handle.n_generated
+        chunk.kept_tokens = len(handle.pieces.token_ids) if handle.pieces is not None else 0
         if handle.offset_decoder is not None:
-            chunk.shown_tokens = min(_shown_tokens(handle.pieces), chunk.completion_tokens)
+            chunk.shown_tokens = min(_shown_tokens(handle.pieces), chunk.kept_tokens)
         try:
             handle.emit(chunk)
         except Exception:  # noqa: BLE001 (a closed client's callback must not stop the loop)

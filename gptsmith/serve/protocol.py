@@ -127,6 +127,8 @@ def _request(data: dict[str, Any], prompts: list[list[int]], tokenizer: Any, lim
     top_p = _optional(data, "top_p", float, 0.0, 1.0)
     if top_p == 0:  # OpenAI's meaning: a nucleus of only the most likely token, i.e. greedy decoding
         temperature, top_p = 0.0, None
+    # Not OpenAI's, but vLLM's and most other servers' (and gptsmith generate's --top-k): 0 or -1 is off.
+    top_k = _optional(data, "top_k", int, -1, tokenizer.vocab_size)
     n = _optional(data, "n", int, 1, None) or 1
     if n * len(prompts) > limits.max_batch:
         raise APIError(400, f"n x prompts = {n * len(prompts)} choices; this server makes at most "
@@ -155,6 +157,7 @@ def _request(data: dict[str, Any], prompts: list[list[int]], tokenizer: Any, lim
                 max_tokens=wanted,
                 temperature=1.0 if temperature is None else float(temperature),
                 top_p=None if top_p is None or top_p >= 1 else float(top_p),
+                top_k=top_k if top_k is not None and top_k > 0 else None,
                 stop=stops + extra_stops,
                 seed=None if seed is None else seed + choice,  # n choices from one seed differ
                 logprobs=logprobs,
@@ -166,12 +169,21 @@ def _request(data: dict[str, Any], prompts: list[list[int]], tokenizer: Any, lim
 # client never believes e.g. its logit_bias or JSON mode took effect. (Fields that change nothing
 # about the answer, such as user or metadata, are ignored as OpenAI's own server ignores unknowns.)
 _UNSUPPORTED = ("logit_bias", "suffix", "tools", "tool_choice", "functions", "function_call")
+# Other servers' sampling fields (vLLM's, which clients written for it send) that this one does not
+# implement: refused likewise, unless they ask for what happens anyway (the value given here).
+_EXTENSIONS = {"repetition_penalty": 1, "min_p": 0, "typical_p": 1, "min_tokens": 0, "ignore_eos": False,
+               "stop_token_ids": [], "include_stop_str_in_output": False, "use_beam_search": False}
 
 
 def _refuse_unsupported(data: dict[str, Any]) -> None:
     for name in _UNSUPPORTED:
         if data.get(name) not in (None, "", {}, [], "none", "auto"):
             raise APIError(400, f"{name} is not supported by this server (leave it out)", param=name)
+    for name, neutral in _EXTENSIONS.items():
+        value = data.get(name)
+        if value is not None and (value != neutral or isinstance(value, bool) != isinstance(neutral, bool)):
+            raise APIError(400, f"{name} is not supported by this server (leave it out, or send "
+                           f"{json.dumps(neutral)})", param=name)
     response_format = data.get("response_format")
     if response_format is not None and response_format != {"type": "text"}:
         raise APIError(400, 'response_format is not supported: only {"type": "text"} (plain text answers)',

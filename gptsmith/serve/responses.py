@@ -28,7 +28,8 @@ class Choices:
         self.want_logprobs = want_logprobs
         self.texts = [""] * n_choices
         self.finish = [None] * n_choices  # type: list[str | None]
-        self.completion_tokens = [0] * n_choices
+        self.completion_tokens = [0] * n_choices  # generated, as billed (a stop's tokens included)
+        self.kept_tokens = [0] * n_choices  # whose text is in the answer (those logprobs report)
         self.prompt_tokens = prompt_tokens
         self.logprobs: list[list[Chunk]] = [[] for _ in range(n_choices)]
         self.streamed_logprobs = [0] * n_choices  # tokens of each choice whose logprobs were streamed
@@ -42,6 +43,7 @@ class Choices:
         """Record what one step gave choice ``index``."""
         self.texts[index] += chunk.text
         self.completion_tokens[index] = chunk.completion_tokens
+        self.kept_tokens[index] = chunk.kept_tokens
         if self.want_logprobs and chunk.token_id is not None:
             self.logprobs[index].append(chunk)
         if chunk.finish_reason is not None:
@@ -67,7 +69,7 @@ class Choices:
                 choices.append({"index": i, "message": {"role": "assistant", "content": text},
                                 "finish_reason": reason, "logprobs": None})
             else:
-                kept = self.logprobs[i][: self.completion_tokens[i]]
+                kept = self.logprobs[i][: self.kept_tokens[i]]
                 choices.append({"index": i, "text": text, "finish_reason": reason,
                                 "logprobs": self._logprobs(kept) if self.want_logprobs else None})
         return {**self._head(), "choices": choices, "usage": self.usage()}
@@ -108,8 +110,7 @@ class Choices:
     def _logprobs(self, chunks: list[Chunk]) -> dict[str, Any]:
         """OpenAI's completions logprobs: tokens, their log-probabilities, alternatives, and where each
         token starts in the answer's text (in characters: a token inside a character starts with it)."""
-        top = [None if c.top_logprobs is None else
-               {self.tokenizer.decode([t]): lp for t, lp in c.top_logprobs.items()} for c in chunks]
+        top = [{self.tokenizer.decode([t]): lp for t, lp in (c.top_logprobs or {}).items()} for c in chunks]
         return {"tokens": [self.tokenizer.decode([c.token_id]) for c in chunks],
                 "token_logprobs": [c.logprob for c in chunks], "top_logprobs": top,
                 "text_offset": [c.text_offset for c in chunks]}

@@ -102,6 +102,8 @@ def test_serve_answers_with_the_template_and_exits_0_on_sigterm(instruct_checkpo
     # caps over the checkpoint's context (128) are refused once it is loaded, before listening
     (["--max-prompt-tokens", "1000"], "--max-prompt-tokens must be at most the model's context of 128"),
     (["--max-tokens", "129"], "--max-tokens must be at most the model's context of 128 tokens, got 129"),
+    (["--cors-origin", "http://localhost:3000/"], "--cors-origin must be '*' or an origin like"),
+    (["--api-key", ""], "--api-key (or GPTSMITH_API_KEY) must be printable ASCII, not empty"),  # was: no key
 ])
 def test_serve_bad_flags_are_one_line(capsys, instruct_checkpoint, flags, message):
     assert main(["serve", "--checkpoint", str(instruct_checkpoint), *flags]) == 2
@@ -138,3 +140,22 @@ def test_the_model_is_named_after_the_checkpoint_folder_however_it_is_given(
     monkeypatch.chdir(instruct_checkpoint)
     assert main(["serve", "--checkpoint", given.format(path=instruct_checkpoint)]) == 0
     assert served["name"] == "instruct"  # was "." for --checkpoint .
+
+
+@pytest.mark.parametrize(("flags", "origins", "warned"), [
+    ([], (), False),  # no CORS unless asked
+    (["--cors-origin", "http://localhost:3000", "--cors-origin", "https://example.com"],
+     ("http://localhost:3000", "https://example.com"), False),
+    (["--cors-origin", "*"], ("*",), True),  # any web page may use the model: said, as for --host
+    (["--cors-origin", "*", "--api-key", "k"], ("*",), False),
+])
+def test_cors_origins_reach_the_server(monkeypatch, capsys, instruct_checkpoint, flags, origins, warned):
+    import gptsmith.serve.server as server
+
+    served = {}
+    monkeypatch.setattr(server, "run_server", lambda model, tokenizer, settings, **options:
+                        served.setdefault("origins", settings.cors_origins))
+    monkeypatch.delenv("GPTSMITH_API_KEY", raising=False)
+    assert main(["serve", "--checkpoint", str(instruct_checkpoint), *flags]) == 0
+    assert served["origins"] == origins
+    assert ("--cors-origin '*' without an API key" in capsys.readouterr().err) == warned

@@ -73,6 +73,25 @@ def test_completion_options(fast):
     assert offsets == lp.text_offset  # counted from the answer's start, streamed or not (was [0] each)
 
 
+def test_top_k_is_honoured_and_other_servers_neutral_fields_are_taken(fast):
+    client = _client(fast)
+    fast.model.banned = [fast.tokenizer.eot_id]  # sampled answers of full length, so they can differ
+    try:
+        def text(**extra) -> str:
+            answer = client.completions.create(model="tiny", prompt="Hi", max_tokens=12, temperature=1.5,
+                                               seed=3, **extra)
+            return answer.choices[0].text
+
+        sampled = text()
+        assert text(extra_body={"top_k": 1}) == _greedy_text(fast, "Hi", 12) != sampled  # was ignored
+        assert text(extra_body={"top_k": 0}) == text(extra_body={"top_k": -1}) == sampled  # off, as vLLM's
+        neutral = {"repetition_penalty": 1.0, "min_p": 0, "min_tokens": 0, "ignore_eos": False,
+                   "stop_token_ids": [], "include_stop_str_in_output": False, "use_beam_search": False}
+        assert text(extra_body=neutral) == sampled  # what vLLM's clients send by default
+    finally:
+        fast.model.banned = []
+
+
 def test_chat_and_streaming(fast):
     client = _client(fast)
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
@@ -165,6 +184,16 @@ BAD = [
     ("/v1/completions", {"prompt": "x", "logit_bias": {"220": -100}}, 400, "logit_bias", "not supported"),
     ("/v1/completions", {"prompt": "x", "suffix": "end"}, 400, "suffix", "not supported"),
     ("/v1/completions", {"prompt": "x", "best_of": 2}, 400, "best_of", "other than 1 is not supported"),
+    ("/v1/completions", {"prompt": "x", "top_k": 258}, 400, "top_k", "an integer from -1 to 257, got 258"),
+    ("/v1/completions", {"prompt": "x", "top_k": 2.5}, 400, "top_k", "top_k must be an integer"),
+    # other servers' sampling fields that would change the answer: refused, not ignored
+    ("/v1/completions", {"prompt": "x", "repetition_penalty": 1.3}, 400, "repetition_penalty",
+     "repetition_penalty is not supported by this server (leave it out, or send 1)"),
+    ("/v1/completions", {"prompt": "x", "min_tokens": 5}, 400, "min_tokens", "not supported"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "ignore_eos": True}, 400,
+     "ignore_eos", "leave it out, or send false"),
+    ("/v1/completions", {"prompt": "x", "stop_token_ids": [10]}, 400, "stop_token_ids", "not supported"),
+    ("/v1/completions", {"prompt": "x", "min_p": 0.1}, 400, "min_p", "not supported"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
                               "tools": [{"type": "function"}]}, 400, "tools", "not supported"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
@@ -236,6 +265,10 @@ def test_a_client_that_disconnects_before_a_whole_answer_frees_its_slot(server):
     ({"max_batch": 0}, "--max-batch must be a whole number >= 1, got 0"),
     ({"max_tokens": -1}, "--max-tokens must be a whole number >= 1, got -1"),
     ({"template": "vicuna"}, "unknown prompt template 'vicuna'"),
+    # a key no client can send, or an empty one ("Bearer " with nothing would have been let in)
+    ({"api_key": ""}, r"--api-key \(or GPTSMITH_API_KEY\) must be printable ASCII, not empty"),
+    ({"api_key": "s3cret "}, "no space at either end"),
+    ({"api_key": "clé"}, "printable ASCII"),
 ])
 def test_server_settings_are_checked_when_made(settings, message):
     from gptsmith.errors import ConfigError

@@ -166,37 +166,63 @@ def test_a_cap_over_the_context_is_refused_not_lowered_quietly(name):
     assert getattr(server_limits(ServerSettings(**{name: 100}), 128), name) == 100
 
 
-def _streamed_logprobs(server, body) -> tuple[str, dict[str, list]]:
-    """The text and the logprobs lists (tokens, token_logprobs, text_offset) of a streamed answer."""
+def _streamed_logprobs(server, body) -> tuple[str, dict[str, list], dict[str, int]]:
+    """The text, the logprobs lists (tokens, token_logprobs, top_logprobs, text_offset) and the usage
+    of a streamed answer."""
     status, streamed = request(server.url, "POST", "/v1/completions", {**body, "stream": True})
     assert status == 200, streamed
-    text, lists = "", {"tokens": [], "token_logprobs": [], "text_offset": []}
+    text, usage = "", {}
+    lists = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
     for event in streamed["text"].split("\n\n"):
         if event.startswith("data: {"):
-            choice = json.loads(event.removeprefix("data: "))["choices"][0]
+            chunk = json.loads(event.removeprefix("data: "))
+            usage = chunk.get("usage") or usage
+            choice = chunk["choices"][0]
             text += choice["text"]
             for name in lists:
                 lists[name] += (choice["logprobs"] or {}).get(name, [])
-    return text, lists
+    return text, lists, usage
 
 
-@pytest.mark.parametrize(("stop", "text", "offsets"), [
-    (None, "B🎉AB", [0, 1, 1, 1, 1, 2, 3]),  # the emoji's four tokens all start where it does
-    ("BX", "B🎉AB", [0, 1, 1, 1, 1, 2, 3]),  # each "B" is held back (it may begin "BX"), then released
-    ("🎉A", "B", [0]),  # the emoji's tokens were held back, then cut by the stop: never reported
-    ("B🎉", "", []),  # so is a first token cut by a stop
+# The scripted answer to "A" is B, the four bytes of "🎉", A, B: 7 tokens, of which a stop cuts some.
+@pytest.mark.parametrize(("stop", "text", "offsets", "generated"), [
+    (None, "B🎉AB", [0, 1, 1, 1, 1, 2, 3], 7),  # the emoji's four tokens all start where it does
+    ("BX", "B🎉AB", [0, 1, 1, 1, 1, 2, 3], 7),  # each "B" is held back (it may begin "BX"), then released
+    ("🎉A", "B", [0], 6),  # the emoji's tokens were held back, then cut by the stop: never reported
+    ("B🎉", "", [], 5),  # so is a first token cut by a stop
 ])
-def test_streamed_logprobs_are_the_whole_answers_with_offsets_in_characters(scripted, stop, text, offsets):
+def test_streamed_logprobs_are_the_whole_answers_with_offsets_in_characters(scripted, stop, text, offsets,
+                                                                            generated):
     body = {"prompt": "A", "max_tokens": 7, "temperature": 0, "logprobs": 1, "stop": stop}
     status, whole = request(scripted.url, "POST", "/v1/completions", body)
     assert status == 200 and whole["choices"][0]["text"] == text, whole
     logprobs = whole["choices"][0]["logprobs"]
     assert logprobs["text_offset"] == offsets  # characters of the text, not lengths of "�" pieces
-    assert len(logprobs["tokens"]) == whole["usage"]["completion_tokens"]
-    streamed_text, streamed = _streamed_logprobs(scripted, body)
+    assert len(logprobs["tokens"]) == len(offsets)  # the kept tokens only
+    streamed_text, streamed, usage = _streamed_logprobs(scripted, body)
     assert streamed_text == text
     for name, values in streamed.items():  # every kept token once, none cut by a stop, same offsets
         assert values == logprobs[name], name
+    # usage counts every token generated, a stop's included (OpenAI bills them), streamed or not
+    assert whole["usage"]["completion_tokens"] == usage["completion_tokens"] == generated
+    assert whole["usage"] == usage
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_chat_stop_still_counts_the_tokens_it_cut(scripted, stream):
+    body = {"messages": [{"role": "user", "content": "A"}], "max_tokens": 7, "temperature": 0,
+            "stop": ["🎉"], "stream": stream}
+    status, answer = request(scripted.url, "POST", "/v1/chat/completions", body)
+    assert status == 200, answer
+    if stream:
+        chunks = [json.loads(e.removeprefix("data: ")) for e in answer["text"].split("\n\n")
+                  if e.startswith("data: {")]
+        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+        usage = chunks[-1]["usage"]
+    else:
+        text, usage = answer["choices"][0]["message"]["content"], answer["usage"]
+    assert text == "B" and usage["completion_tokens"] == 5  # B and the emoji's four tokens (was 1)
+    assert usage["total_tokens"] == usage["prompt_tokens"] + 5
 
 
 def test_answers_still_running_when_the_grace_period_ends_are_ended_not_cut_off():
@@ -298,3 +324,18 @@ def test_a_second_ctrl_c_ends_the_answers_at_once_and_they_still_say_so():
     status, streamed = results["streamed"]  # was a cut-off response (and a traceback on the console)
     events = [e.removeprefix("data: ") for e in streamed["text"].split("\n\n") if e.startswith("data: ")]
     assert events[-1] == "[DONE]" and "shut down" in json.loads(events[-2])["error"]["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_logprobs_0_gives_the_chosen_tokens_logprobs_and_no_alternatives(scripted, stream):
+    """OpenAI's logprobs: 0 is the chosen tokens' logprobs with empty top_logprobs dicts (was nulls)."""
+    body = {"prompt": "A", "max_tokens": 3, "temperature": 0, "logprobs": 0}
+    if stream:
+        _, logprobs, _ = _streamed_logprobs(scripted, body)
+    else:
+        status, answer = request(scripted.url, "POST", "/v1/completions", body)
+        assert status == 200, answer
+        logprobs = answer["choices"][0]["logprobs"]
+    assert logprobs["tokens"] == ["B", "\ufffd", "\ufffd"]  # two bytes of "🎉" (their text is left out)
+    assert len(logprobs["token_logprobs"]) == 3 and all(-1e-3 < lp <= 0 for lp in logprobs["token_logprobs"])
+    assert logprobs["top_logprobs"] == [{}, {}, {}]

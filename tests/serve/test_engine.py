@@ -71,8 +71,11 @@ def test_requests_in_a_running_batch_get_what_generate_gives_them_alone():
         ref = ref[: ref.index(tok.eot_id)] if tok.eot_id in ref else ref
         tokens = [c.token_id for c in out.chunks if c.token_id is not None]
         assert tokens[: len(ref)] == ref  # greedy and seeded sampling alike: the same tokens
-        assert out.last.completion_tokens == len(ref)
-        assert out.last.finish_reason == ("length" if len(ref) == params.max_tokens else "stop")
+        stopped = len(ref) < params.max_tokens
+        assert tokens[len(ref):] == ([tok.eot_id] if stopped else [])
+        assert out.last.finish_reason == ("stop" if stopped else "length")
+        # usage counts every token generated, the end-of-text token too; the answer keeps the rest
+        assert (out.last.completion_tokens, out.last.kept_tokens) == (len(tokens), len(ref))
         assert out.last.prompt_tokens == len(prompt)
         stream = stream_text(model, tok, prompt, params.max_tokens, temperature=params.temperature,
                              top_p=params.top_p, seed=params.seed)
@@ -99,7 +102,9 @@ def test_stop_strings_end_each_answer_as_stream_text_does():
         stream = stream_text(model, tok, prompt, 30, stop_sequences=list(params.stop))
         assert out.text == "".join(stream) and out.last.finish_reason == "stop"
         assert params.stop[0] not in out.text
-        assert out.last.completion_tokens == len(stream.token_ids)
+        generated = sum(c.token_id is not None for c in out.chunks)
+        assert out.last.kept_tokens == len(stream.token_ids) < generated  # the stop's own tokens are cut
+        assert out.last.completion_tokens == generated  # but were generated, and count (OpenAI bills them)
 
 
 def test_logprobs_are_the_models():
