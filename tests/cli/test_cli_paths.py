@@ -73,7 +73,7 @@ def test_convert_out_under_a_file(tmp_path, a_file, capsys):
 
 
 @pytest.mark.parametrize("out", ["under-a-file", "proc"])
-def test_train_out_under_a_file_or_in_proc(out, corpus, a_file, capsys):
+def test_train_out_under_a_file_or_in_proc(out, corpus, a_file, tmp_path, capsys):
     if out == "proc" and NO_PROC:
         pytest.skip("needs Linux's /proc")
     run_dir = a_file / "run" if out == "under-a-file" else Path("/proc/gptsmith-run")
@@ -83,8 +83,11 @@ def test_train_out_under_a_file_or_in_proc(out, corpus, a_file, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("gptsmith train: error: ") and err.count("\n") == 1, err
-    reason = "Not a directory" if out == "under-a-file" else "No such file or directory"
-    assert f"{run_dir} ({reason})" in err
+    if out == "under-a-file":  # refused up front: the corpus was never read nor tokenized
+        assert f"--out {run_dir} cannot be a directory: {a_file} is a file" in err
+        assert not (tmp_path / "cache" / "shards").exists()
+    else:
+        assert f"{run_dir} (No such file or directory)" in err
 
 
 def test_only_os_errors_become_one_line(monkeypatch, capsys):
