@@ -61,6 +61,35 @@ def test_a_directory_corpus_follows_symlinked_folders_once(tmp_path):
     assert list(source.documents()) == ["behind a link", "own text"]  # as the glob corpus/**/*.txt reads
 
 
+@pytest.mark.parametrize("loops", [1, 2])
+def test_a_glob_through_symlink_loops_reads_each_file_once(tmp_path, loops):
+    notes = tmp_path / "notes"
+    (notes / "sub").mkdir(parents=True)
+    (notes / "a.txt").write_text("first")
+    (notes / "sub" / "b.txt").write_text("second")
+    (notes / "alias.txt").symlink_to(notes / "a.txt")  # a second name for the same file
+    for i in range(loops):  # glob.glob walks one loop ~40 times over; two, for ever
+        (notes / "sub" / f"loop{i}").symlink_to(notes, target_is_directory=True)
+    source = resolve_corpus(str(notes / "**" / "*.txt"))
+    assert source.paths == (notes / "a.txt", notes / "sub" / "b.txt")  # sorted, each at its first name
+    assert list(source.documents()) == ["first", "second"]
+    assert resolve_corpus(notes).paths == source.paths  # the directory corpus alike
+    assert resolve_corpus(str(notes / "*" / "*.txt")).paths == (notes / "sub" / "b.txt",)
+
+
+def test_a_glob_keeps_glob_rules_for_hidden_names_and_folders(tmp_path):
+    (tmp_path / "a" / ".drafts").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "c").mkdir(parents=True)
+    (tmp_path / "a" / ".drafts" / "d.txt").write_text("hidden folder")
+    (tmp_path / "a" / ".e.txt").write_text("hidden file")
+    (tmp_path / "a" / "b" / "c" / "f.txt").write_text("deep")
+    (tmp_path / "a" / "b" / "g.md").write_text("markdown")
+    names = lambda spec: [p.relative_to(tmp_path).as_posix() for p in resolve_corpus(spec).paths]  # noqa: E731
+    assert names(str(tmp_path / "a" / "**" / "*.txt")) == ["a/b/c/f.txt"]  # as glob: no hidden names
+    assert names(str(tmp_path / "a" / "**" / ".drafts" / "*")) == ["a/.drafts/d.txt"]
+    assert names(str(tmp_path / "**" / "b" / "**")) == ["a/b/c/f.txt", "a/b/g.md"]
+
+
 def test_named_corpus_from_data_dir(tmp_path, monkeypatch):
     (tmp_path / "mycorpus.txt").write_text("hello")
     monkeypatch.setenv("GPTSMITH_DATA_DIR", str(tmp_path))
