@@ -269,11 +269,23 @@ def test_safe_chunks_give_the_same_ids_as_the_whole_text(gpt2_tokenizer, shared_
     assert sum(gpt2_tokenizer.encode_batch(pieces), []) == gpt2_tokenizer.encode(text)
 
 
+@pytest.mark.parametrize("line_end", ["\r\n", "\r"], ids=["crlf", "cr"])
+def test_windows_and_old_mac_text_splits_for_parallel_tokenization(gpt2_tokenizer, shared_data, tmp_path,
+                                                                    line_end):
+    text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:300_000].replace("\n", line_end)
+    pieces = safe_chunks(text, target_chars=5_000)
+    assert len(pieces) > 30 and "".join(pieces) == text  # split as often as the "\n" text is
+    assert sum(gpt2_tokenizer.encode_batch(pieces), []) == gpt2_tokenizer.encode(text)
+    (tmp_path / "play.txt").write_bytes(text.encode("utf-8"))  # a shard, tokenized on two threads
+    shard = prepare_corpus(tmp_path / "play.txt", out_dir=tmp_path / "shard", num_threads=2)
+    assert shard.tokens.tolist() == gpt2_tokenizer.encode(text)
+
+
 def test_safe_chunks_on_awkward_whitespace(gpt2_tokenizer):
     import random
 
-    alphabet = ["a", "Hello", " ", "  ", "\n", "\n\n", "\r\n", "\t", "\u00a0", "\u3000", "\x1c", "\u0085",
-                "'s", "'ll", "<|endoftext|>", "12", "345", ".", "!?", "é", "😀", " \n"]
+    alphabet = ["a", "Hello", " ", "  ", "\n", "\n\n", "\r\n", "\r", "\t", "\u00a0", "\u3000", "\x1c",
+                "\u0085", "'s", "'ll", "<|endoftext|>", "12", "345", ".", "!?", "é", "😀", " \n"]
     for seed in range(300):
         rng = random.Random(seed)
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 120)))
