@@ -41,6 +41,7 @@ from gptsmith.storage import (  # one place for writes
     atomic_path,
     atomic_write_json,
     check_can_be_directory,
+    check_writable,
     created_directory,
     write_errors,
 )
@@ -190,6 +191,7 @@ def prepare_corpus(
                 f"{out} holds a token shard of {meta.get('source')!r}, not of {source.name!r} "
                 "(replace it with --force, or choose another --out)"
             )
+    check_writable(out, "the shard directory")  # only now: a current shard is read from anywhere
     tokenizer = tokenizer or corpus_tokenizer(tokenizer_name, source)
 
     with created_directory(out):  # a failure (a bad file, a full disk) leaves no empty folder behind
