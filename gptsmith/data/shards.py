@@ -134,7 +134,11 @@ def corpus_tokenizer(name: str, source: str | Path | CorpusSource) -> Tokenizer:
     """The tokenizer ``name`` for training on ``source``: GPT-2's BPE, or for "simple" a word-level
     vocabulary built from the corpus itself (every word of it, so none is ``<|unk|>``)."""
     if check_corpus_tokenizer(name) == "simple":
-        return SimpleTokenizerV2.from_documents(resolve_corpus(source).documents())
+        # Quietly: the corpus is read again to tokenize it, and its warnings (empty files skipped)
+        # are given then, once, not once per reading.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return SimpleTokenizerV2.from_documents(resolve_corpus(source).documents())
     return get_tokenizer(name)
 
 
