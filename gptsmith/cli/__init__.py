@@ -61,6 +61,13 @@ class CommandParser(argparse.ArgumentParser):
             setattr(namespace, _PARSER, self)
         return namespace, extras
 
+    def missing_command(self) -> NoReturn:
+        """A verb typed without its sub-command (``gptsmith``, ``gptsmith finetune``): a usage error,
+        so the help (the commands to choose from) goes to stderr and the status is 2, not 0, so a
+        script that lost its verb fails; ``--help`` still prints it to stdout with status 0."""
+        self.print_help(sys.stderr)
+        self.exit(2)
+
     def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
                    namespace: Any = None) -> argparse.Namespace:
         # argparse says "unrecognized arguments" from the top-level parser, as `gptsmith: error`;
@@ -91,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
+        parser.missing_command()
 
     # The command as typed: `finetune classify`, not only `finetune`, in every message.
     command = " ".join(filter(None, (args.command, getattr(args, "finetune_command", None))))

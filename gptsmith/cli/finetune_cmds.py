@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     kinds = parser.add_subparsers(dest="finetune_command", metavar="KIND")
     for name in FINETUNE_MODULES:
         importlib.import_module(f"gptsmith.cli.{name}").register_finetune(kinds)
-    parser.set_defaults(func=lambda args: parser.print_help() or 0)
+    parser.set_defaults(func=lambda args: parser.missing_command())  # no KIND: a usage error
 
 
 def add_lora_args(parser: argparse.ArgumentParser, rank_help: str) -> None:

@@ -155,7 +155,7 @@ def load_for_generation(args: argparse.Namespace) -> tuple[torch.nn.Module, Any,
         warn_if_cpu_lacks_bf16(next(model.parameters()).dtype, device)
     if isinstance(config.get("classifier"), dict):  # its language-model head was not what it trained
         labels = ", ".join(map(str, config["classifier"].get("labels", [])))
-        classify = command_line("gptsmith", "classify", "--checkpoint", name)
+        classify = command_line("gptsmith", "classify", "--checkpoint", Path(name))
         warnings.warn(f"{name} is a classifier ({labels}): this runs the language model inside it, whose "
                       f"text is the base model's at best (`{classify}` gives labels)", stacklevel=2)
     return model, tokenizer, config, name

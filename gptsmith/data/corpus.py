@@ -21,6 +21,7 @@ not silently learn U+FFFD). A text file or record holding ``<|endoftext|>`` is s
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import hashlib
 import json
@@ -188,8 +189,7 @@ def _resolve_corpus(spec: str, text_field: str) -> CorpusSource:
 
     path = Path(spec).expanduser()
     if any(ch in spec for ch in "*?[") and not path.exists():  # (a file may be called "br[ack]et.txt")
-        matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
-        files = [p for p in matches if p.is_file()]
+        files = glob_files(str(path))
         if not files:
             raise DataError(f"glob {spec!r} matches no files (check the pattern and the directory)")
         return _source_from_files(spec, files, text_field)
@@ -213,19 +213,55 @@ def _resolve_corpus(spec: str, text_field: str) -> CorpusSource:
 
 def directory_text_files(directory: Path) -> list[Path]:
     """The ``.txt``/``.md`` files under ``directory``, sorted, through symlinked folders too (as a
-    glob's ``**`` goes; ``Path.rglob`` would drop their files without a word), each real folder
-    once, so a link back up cannot loop."""
-    files, seen = [], set()
-    for root, dirs, names in os.walk(directory, followlinks=True):
-        real = os.path.realpath(root)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs.sort()  # the same folders win on every run when two names lead to one
-        files += [Path(root, name) for name in names
-                  if Path(name).suffix.lower() in TEXT_SUFFIXES and Path(root, name).is_file()]
-    return sorted(files)
+    glob's ``**`` goes; ``Path.rglob`` would drop their files without a word)."""
+    return sorted(p for p in tree_files(directory) if p.suffix.lower() in TEXT_SUFFIXES)
+
+
+def tree_files(top: Path) -> Iterator[Path]:
+    """Every file under ``top``, folders in name order, into symlinked folders too, but never into
+    a folder already on the way down from ``top`` (a link back up), so a loop ends at once. A folder
+    reached twice by other links is listed twice; ``_source_from_files`` reads each file once."""
+    def walk(folder: Path, above: frozenset[str]) -> Iterator[Path]:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError:  # an unreadable folder is skipped, as os.walk and glob do
+            return
+        for entry in entries:
+            path = Path(folder, entry.name)
+            if entry.is_dir():  # (a link to a folder too)
+                real = os.path.realpath(path)
+                if real not in above:
+                    yield from walk(path, above | {real})
+            elif entry.is_file():
+                yield path
+
+    yield from walk(top, frozenset({os.path.realpath(top)}))
+
+
+def glob_files(pattern: str) -> list[Path]:
+    """The files ``pattern`` matches, sorted, as ``glob.glob(pattern, recursive=True)`` finds them,
+    but a ``**`` that meets a symlink loop (``notes/loop -> notes``) walks it once instead of ~40
+    times over (or, with two such links, for ever)."""
+    parts = Path(pattern).parts
+    if "**" not in parts:  # no recursion, so no loop to walk
+        return sorted(p for p in map(Path, glob.glob(pattern)) if p.is_file())
+    fixed = next(i for i, part in enumerate(parts) if any(ch in part for ch in "*?["))
+    base = Path(*parts[:fixed]) if fixed else Path()
+    return sorted(p for p in tree_files(base) if _parts_match(parts[fixed:], p.parts[len(base.parts):]))
+
+
+def _parts_match(pattern: tuple[str, ...], names: tuple[str, ...]) -> bool:
+    """Whether the path ``names`` (folders, then the file) matches ``pattern``'s parts as a glob's:
+    ``**`` is any number of folders, a wildcard matches within one name, and neither matches a
+    hidden name (a leading ``.``) unless the pattern's part starts with ``.`` too."""
+    if not pattern:
+        return not names
+    if pattern[0] == "**":
+        return any(_parts_match(pattern[1:], names[skip:]) for skip in range(len(names) + 1)
+                   if not any(name.startswith(".") for name in names[:skip]))
+    if not names or (names[0].startswith(".") and not pattern[0].startswith(".")):
+        return False
+    return fnmatch.fnmatchcase(names[0], pattern[0]) and _parts_match(pattern[1:], names[1:])
 
 
 def same_corpus(a: str, b: str) -> bool:
@@ -261,6 +297,12 @@ def _corpus_identity(spec: str) -> tuple[str, str]:
 
 
 def _source_from_files(spec: str, files: list[Path], text_field: str) -> CorpusSource:
+    # Each file once, at its first name: a file and a link to it (or one folder reached by two
+    # links) would put the same text in the corpus twice.
+    unique: dict[str, Path] = {}
+    for path in files:
+        unique.setdefault(os.path.realpath(path), path)
+    files = list(unique.values())
     kinds = set()
     for path in files:
         suffix = path.suffix.lower()

@@ -41,6 +41,7 @@ from gptsmith.storage import (  # one place for writes
     atomic_path,
     atomic_write_json,
     check_can_be_directory,
+    check_writable,
     created_directory,
     write_errors,
 )
@@ -133,7 +134,11 @@ def corpus_tokenizer(name: str, source: str | Path | CorpusSource) -> Tokenizer:
     """The tokenizer ``name`` for training on ``source``: GPT-2's BPE, or for "simple" a word-level
     vocabulary built from the corpus itself (every word of it, so none is ``<|unk|>``)."""
     if check_corpus_tokenizer(name) == "simple":
-        return SimpleTokenizerV2.from_documents(resolve_corpus(source).documents())
+        # Quietly: the corpus is read again to tokenize it, and its warnings (empty files skipped)
+        # are given then, once, not once per reading.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return SimpleTokenizerV2.from_documents(resolve_corpus(source).documents())
     return get_tokenizer(name)
 
 
@@ -190,6 +195,7 @@ def prepare_corpus(
                 f"{out} holds a token shard of {meta.get('source')!r}, not of {source.name!r} "
                 "(replace it with --force, or choose another --out)"
             )
+    check_writable(out, "the shard directory")  # only now: a current shard is read from anywhere
     tokenizer = tokenizer or corpus_tokenizer(tokenizer_name, source)
 
     with created_directory(out):  # a failure (a bad file, a full disk) leaves no empty folder behind

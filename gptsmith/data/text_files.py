@@ -125,10 +125,12 @@ def parquet_documents(path: Path, text_field: str) -> Iterator[str]:
                 yield check_text(text, f"{path}: column {text_field!r}")
 
 
-# Cut long texts only right after a newline that follows a non-space character and precedes one:
-# GPT-2's pre-tokenizer always has a boundary there, so encoding the pieces separately gives the
-# very same ids as encoding the whole text, and the pieces can be encoded in parallel.
-_SAFE_CUT = re.compile(r"(?<=\S\n)(?=\S)")
+# Cut long texts only at a line break between two non-space characters: right after a "\n" or a
+# lone "\r", and inside a "\r\n", between its "\r" and "\n" (GPT-2's pre-tokenizer reads "x\r\nY"
+# as "x", "\r", "\n", "Y", but a piece ending in "\r\n" as one "\r\n"). The pre-tokenizer always
+# has a boundary there, so encoding the pieces separately gives the very same ids as encoding the
+# whole text, and the pieces can be encoded in parallel; a Windows file splits like a Unix one.
+_SAFE_CUT = re.compile(r"(?<=\S[\n\r])(?=\S)|(?<=\S\r)(?=\n\S)")
 
 
 def safe_chunks(text: str, target_chars: int = 1 << 16) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,15 +47,26 @@ class TrainResult:
 
 
 @contextlib.contextmanager
-def stop_signals(trainer: Any) -> Iterator[None]:
-    """On SIGINT/SIGTERM ``trainer.request_stop`` (the step ends, a checkpoint, stop); a 2nd Ctrl-C aborts."""
+def stop_signals(trainer: Any, *, echo_s: float = 0.0) -> Iterator[None]:
+    """On SIGINT/SIGTERM ``trainer.request_stop`` (the step ends, a checkpoint, stop); a 2nd Ctrl-C aborts.
+
+    A SIGINT within ``echo_s`` seconds of the one that asked to stop is that same Ctrl-C, not a
+    second: torchrun's agent forwards to its processes every signal it gets, so each process sees
+    one Ctrl-C twice, the terminal's and the agent's, milliseconds apart (the trainer passes
+    ``echo_s`` under torchrun; without it that echo aborted the run, its checkpoint unwritten).
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    stop_signal_at: list[float] = []  # when the signal that asked to stop came
 
     def handler(signum, frame):
+        now = time.monotonic()
         if trainer.stop_requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            if not stop_signal_at or now - stop_signal_at[0] > echo_s:
+                raise KeyboardInterrupt
+            return  # the same Ctrl-C, forwarded
+        stop_signal_at[:] = [now]
         trainer.request_stop(signal.Signals(signum).name)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}

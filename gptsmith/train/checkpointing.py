@@ -134,9 +134,10 @@ def _interrupted(exc: BaseException) -> bool:
 
 def shell_word(path: str | Path) -> str:
     """``path`` as the advice in these messages prints it in a command to type: quoted for the shell
-    where it needs it (``'runs/my run'``), else as it is. (The CLI's own hints use
-    ``gptsmith.cli.shell``, which this layer may not import.)"""
-    return shlex.quote(str(path))
+    where it needs it (``'runs/my run'``), else as it is; one that starts with ``-`` as ``./-run``,
+    which no command takes for a flag. (The CLI's hints, ``gptsmith.cli.shell``, write paths with it.)"""
+    text = str(path)
+    return shlex.quote(f"./{text}" if text.startswith("-") else text)
 
 
 def no_checkpoint_message(run_dir: Path) -> str:

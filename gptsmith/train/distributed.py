@@ -13,6 +13,18 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+# How long after a Ctrl-C the same Ctrl-C may come again, forwarded by torchrun's agent (it does so
+# within milliseconds; a second Ctrl-C meant to abort comes later, and the agent kills its processes
+# anyway once its --shutdown-timeout, 30 s by default, has passed).
+SIGNAL_ECHO_S = 1.0
+
+
+def signal_echo_s() -> float:
+    """``SIGNAL_ECHO_S`` when torchrun's agent started this process, else 0: the agent forwards every
+    signal it gets, so a Ctrl-C in the terminal reaches the process twice (``stop_signals`` takes
+    the two for one). With one process too, where WORLD_SIZE is 1 and nothing is distributed."""
+    return SIGNAL_ECHO_S if "TORCHELASTIC_RUN_ID" in os.environ else 0.0
+
 
 @dataclass(frozen=True)
 class DistContext:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from gptsmith.errors import ConfigError
+from gptsmith.storage import check_can_be_directory, check_writable
 from gptsmith.train.checkpointing import (
     CHECKPOINTS,
     LOSS_PLOT,
@@ -43,16 +44,19 @@ def is_run_dir(path: str | Path) -> bool:
 
 
 def check_new_run_dir(run_dir: str | Path, *, overwrite: bool = False) -> None:
-    """Raise ``ConfigError`` unless a new run may be written to ``run_dir``.
+    """Raise ``ConfigError`` (``StorageError`` for a path that cannot be a writable folder) unless a
+    new run may be written to ``run_dir``.
 
     Only looks: nothing is deleted until ``clear_run_dir``, which the caller runs once every other
     argument has been checked, so a bad flag never costs the old run.
     """
     run_dir = Path(run_dir)
+    # A file in the way (``--out notes.txt/run``) or a folder that cannot be written: said now, not
+    # by mkdir once the corpus has been read and tokenized.
+    check_can_be_directory(run_dir, "--out")
+    check_writable(run_dir, "--out")
     if not run_dir.exists():
         return
-    if not run_dir.is_dir():
-        raise ConfigError(f"--out {run_dir} is a file (pass a directory)")
     if is_run_dir(run_dir):
         if overwrite:
             return

@@ -28,7 +28,14 @@ from gptsmith.train import run_log
 from gptsmith.train.batches import FixedBatches, WindowSampler
 from gptsmith.train.callbacks import TrainCallbacks, TrainResult, stop_signals
 from gptsmith.train.config import TrainConfig, check_trainer_inputs, parse_duration
-from gptsmith.train.distributed import DistContext, all_reduce_mean, any_rank, barrier, init_distributed
+from gptsmith.train.distributed import (
+    DistContext,
+    all_reduce_mean,
+    any_rank,
+    barrier,
+    init_distributed,
+    signal_echo_s,
+)
 from gptsmith.train.evaluation import NonFiniteLossError, evaluate, outputs_are_finite, perplexity
 from gptsmith.train.losses import cross_entropy
 from gptsmith.train.rng_state import capture_rng_state, restore_rng_state
@@ -209,7 +216,7 @@ class Trainer:
             budget = BudgetWatch(parse_duration(cfg.time_budget), clock)
             self.cfg = cfg.replace(max_steps=max(cfg.max_steps, PROBE_STEPS + 1))  # until it is sized
 
-        with stop_signals(self):
+        with stop_signals(self, echo_s=signal_echo_s()):  # torchrun sends each Ctrl-C twice
             if self.step == 0 and self.resumed_from is None:
                 result.evals.append(self._evaluate())  # the untrained baseline: about ln(vocab_size)
             eval_s = time.perf_counter() - clock

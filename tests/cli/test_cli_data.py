@@ -35,6 +35,15 @@ def test_prepare_with_the_simple_tokenizer_and_custom_split(tmp_path, capsys):
     assert "split: train 100, val 100 tokens" in capsys.readouterr().out
 
 
+def test_prepare_simple_warns_once_of_an_empty_file(tmp_path, capsys):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("the module is imported. " * 40)
+    (tmp_path / "notes" / "empty.txt").write_text("")
+    assert main(["prepare", str(tmp_path / "notes"), "--tokenizer", "simple", "--out", str(tmp_path / "s"),
+                 "--no-progress"]) == 0
+    assert capsys.readouterr().err.count("skipped 1 empty file(s) of") == 1  # (its words are read first)
+
+
 def test_prepare_simple_learns_the_corpus_words_and_saves_them(tmp_path, capsys):
     corpus = tmp_path / "c.txt"
     corpus.write_text("Quixotic zephyrs vex the jabberwock. " * 30)  # no such words in the built-in corpus

@@ -7,11 +7,14 @@ up front. Other exceptions are bugs and keep their traceback.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from classify_helpers import locked_folder
 
 from gptsmith.cli import data_cmds, main
+from gptsmith.data.corpus import CorpusSource
 from gptsmith.model.checkpoint import save_model
 from gptsmith.model.gpt import GPTConfig, GPTModel
 
@@ -73,7 +76,7 @@ def test_convert_out_under_a_file(tmp_path, a_file, capsys):
 
 
 @pytest.mark.parametrize("out", ["under-a-file", "proc"])
-def test_train_out_under_a_file_or_in_proc(out, corpus, a_file, capsys):
+def test_train_out_under_a_file_or_in_proc(out, corpus, a_file, tmp_path, capsys):
     if out == "proc" and NO_PROC:
         pytest.skip("needs Linux's /proc")
     run_dir = a_file / "run" if out == "under-a-file" else Path("/proc/gptsmith-run")
@@ -83,8 +86,36 @@ def test_train_out_under_a_file_or_in_proc(out, corpus, a_file, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("gptsmith train: error: ") and err.count("\n") == 1, err
-    reason = "Not a directory" if out == "under-a-file" else "No such file or directory"
-    assert f"{run_dir} ({reason})" in err
+    if out == "under-a-file":  # refused up front: the corpus was never read nor tokenized
+        assert f"--out {run_dir} cannot be a directory: {a_file} is a file" in err
+        assert not (tmp_path / "cache" / "shards").exists()
+    else:
+        assert f"{run_dir} (No such file or directory)" in err
+
+
+@pytest.mark.parametrize("verb", ["prepare", "train"])
+def test_an_out_in_a_folder_nobody_may_write_is_refused_before_the_corpus_is_read(verb, corpus, tmp_path,
+                                                                                   monkeypatch, capsys):
+    out = locked_folder(tmp_path / "locked", monkeypatch) / "out"
+    read = []
+    monkeypatch.setattr(CorpusSource, "documents", lambda self: read.append(self) or iter(["text"]))
+    argv = (["prepare", str(corpus), "--out", str(out)] if verb == "prepare" else
+            ["train", "--data", str(corpus), "--preset", "tiny", "--max-steps", "1", "--out", str(out)])
+    assert main([*argv, "--tokenizer", "simple", "--no-progress"]) == 2
+    err = _one_line_error(capsys, verb)
+    assert f"{out} cannot be created: {tmp_path / 'locked'} is not writable (permission denied)" in err
+    assert read == [] and not out.exists()  # said before the corpus was read for its vocabulary
+
+
+def test_a_current_shard_in_a_folder_nobody_may_write_is_still_reused(corpus, tmp_path, monkeypatch, capsys):
+    shard = tmp_path / "shard"
+    argv = ["prepare", str(corpus), "--tokenizer", "simple", "--out", str(shard), "--no-progress"]
+    assert main(argv) == 0
+    real_access = os.access  # as root on a read-only file system: nothing may be written there
+    monkeypatch.setattr(os, "access", lambda path, mode: not mode & os.W_OK and real_access(path, mode))
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"shard reused (corpus unchanged): {shard}" in out, out
 
 
 def test_only_os_errors_become_one_line(monkeypatch, capsys):

@@ -45,3 +45,17 @@ def test_train_hints_run_as_printed_for_an_out_with_a_space(tmp_path, monkeypatc
     assert hinted_command(resume_advice(out), "continue with: ") == resume  # after Ctrl-C, from the library
     assert main([*resume[1:], "--max-steps", "3", "--no-progress"]) == 0
     assert "`gptsmith train --out 'my run' --overwrite`" in no_checkpoint_message(Path("my run"))
+
+
+def test_a_run_directory_starting_with_a_dash_is_hinted_as_a_path_not_a_flag(tmp_path, monkeypatch, capsys):
+    assert command_line("gptsmith", "train", "--resume", Path("-run")) == "gptsmith train --resume ./-run"
+    assert "`gptsmith train --out ./-run --overwrite`" in no_checkpoint_message(Path("-run"))
+    monkeypatch.setenv("GPTSMITH_CACHE_DIR", str(tmp_path / "cache"))
+    corpus, config = write_cli_inputs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    argv = train_args(corpus, config, "OUT", "--max-steps", "2")
+    argv[argv.index("--out"):argv.index("OUT") + 1] = ["--out=-run"]  # `--out -run` reads as two flags
+    assert main(argv) == 0
+    generate = hinted_command(capsys.readouterr().out, "generate with: ")
+    assert generate[:4] == ["gptsmith", "generate", "--checkpoint", "./-run"]
+    assert main([*generate[1:], "--max-new-tokens", "2"]) == 0  # the hint, pasted, works

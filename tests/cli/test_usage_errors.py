@@ -55,3 +55,13 @@ def test_the_parsed_arguments_carry_nothing_of_the_parser():
     args = build_parser().parse_args(["generate", "--model", "gpt2", "hi"])
     assert all(not name.startswith("_") for name in vars(args))  # commands save vars(args) as settings
     assert args.prompt == "hi" and args.model == "gpt2"
+
+
+@pytest.mark.parametrize("argv", [[], ["finetune"]])
+def test_a_missing_command_is_a_usage_error_with_the_help_on_stderr(capsys, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2 and captured.out == ""  # a script that lost its verb fails
+    assert captured.err.startswith(f"usage: gptsmith {' '.join(argv)}".rstrip())
+    assert ("train" if not argv else "classify") in captured.err  # the commands to choose from

@@ -61,6 +61,35 @@ def test_a_directory_corpus_follows_symlinked_folders_once(tmp_path):
     assert list(source.documents()) == ["behind a link", "own text"]  # as the glob corpus/**/*.txt reads
 
 
+@pytest.mark.parametrize("loops", [1, 2])
+def test_a_glob_through_symlink_loops_reads_each_file_once(tmp_path, loops):
+    notes = tmp_path / "notes"
+    (notes / "sub").mkdir(parents=True)
+    (notes / "a.txt").write_text("first")
+    (notes / "sub" / "b.txt").write_text("second")
+    (notes / "alias.txt").symlink_to(notes / "a.txt")  # a second name for the same file
+    for i in range(loops):  # glob.glob walks one loop ~40 times over; two, for ever
+        (notes / "sub" / f"loop{i}").symlink_to(notes, target_is_directory=True)
+    source = resolve_corpus(str(notes / "**" / "*.txt"))
+    assert source.paths == (notes / "a.txt", notes / "sub" / "b.txt")  # sorted, each at its first name
+    assert list(source.documents()) == ["first", "second"]
+    assert resolve_corpus(notes).paths == source.paths  # the directory corpus alike
+    assert resolve_corpus(str(notes / "*" / "*.txt")).paths == (notes / "sub" / "b.txt",)
+
+
+def test_a_glob_keeps_glob_rules_for_hidden_names_and_folders(tmp_path):
+    (tmp_path / "a" / ".drafts").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "c").mkdir(parents=True)
+    (tmp_path / "a" / ".drafts" / "d.txt").write_text("hidden folder")
+    (tmp_path / "a" / ".e.txt").write_text("hidden file")
+    (tmp_path / "a" / "b" / "c" / "f.txt").write_text("deep")
+    (tmp_path / "a" / "b" / "g.md").write_text("markdown")
+    names = lambda spec: [p.relative_to(tmp_path).as_posix() for p in resolve_corpus(spec).paths]  # noqa: E731
+    assert names(str(tmp_path / "a" / "**" / "*.txt")) == ["a/b/c/f.txt"]  # as glob: no hidden names
+    assert names(str(tmp_path / "a" / "**" / ".drafts" / "*")) == ["a/.drafts/d.txt"]
+    assert names(str(tmp_path / "**" / "b" / "**")) == ["a/b/c/f.txt", "a/b/g.md"]
+
+
 def test_named_corpus_from_data_dir(tmp_path, monkeypatch):
     (tmp_path / "mycorpus.txt").write_text("hello")
     monkeypatch.setenv("GPTSMITH_DATA_DIR", str(tmp_path))
@@ -240,11 +269,23 @@ def test_safe_chunks_give_the_same_ids_as_the_whole_text(gpt2_tokenizer, shared_
     assert sum(gpt2_tokenizer.encode_batch(pieces), []) == gpt2_tokenizer.encode(text)
 
 
+@pytest.mark.parametrize("line_end", ["\r\n", "\r"], ids=["crlf", "cr"])
+def test_windows_and_old_mac_text_splits_for_parallel_tokenization(gpt2_tokenizer, shared_data, tmp_path,
+                                                                    line_end):
+    text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:300_000].replace("\n", line_end)
+    pieces = safe_chunks(text, target_chars=5_000)
+    assert len(pieces) > 30 and "".join(pieces) == text  # split as often as the "\n" text is
+    assert sum(gpt2_tokenizer.encode_batch(pieces), []) == gpt2_tokenizer.encode(text)
+    (tmp_path / "play.txt").write_bytes(text.encode("utf-8"))  # a shard, tokenized on two threads
+    shard = prepare_corpus(tmp_path / "play.txt", out_dir=tmp_path / "shard", num_threads=2)
+    assert shard.tokens.tolist() == gpt2_tokenizer.encode(text)
+
+
 def test_safe_chunks_on_awkward_whitespace(gpt2_tokenizer):
     import random
 
-    alphabet = ["a", "Hello", " ", "  ", "\n", "\n\n", "\r\n", "\t", "\u00a0", "\u3000", "\x1c", "\u0085",
-                "'s", "'ll", "<|endoftext|>", "12", "345", ".", "!?", "é", "😀", " \n"]
+    alphabet = ["a", "Hello", " ", "  ", "\n", "\n\n", "\r\n", "\r", "\t", "\u00a0", "\u3000", "\x1c",
+                "\u0085", "'s", "'ll", "<|endoftext|>", "12", "345", ".", "!?", "é", "😀", " \n"]
     for seed in range(300):
         rng = random.Random(seed)
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 120)))

@@ -10,11 +10,18 @@ gradient all-reduce and accumulation (no_sync) are right.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from training_helpers import make_trainer, tiny_config
+
+from gptsmith.train import distributed
+from gptsmith.train.callbacks import TrainCallbacks
 
 TESTS_DIR = Path(__file__).resolve().parents[1]  # tests/, where training_helpers.py lives
 
@@ -113,3 +120,78 @@ def test_a_budgeted_two_process_run_shrinks_on_every_rank_alike(tmp_path):
     if sized * 0.05 > 4.0:  # as sized, the slow rank's 50 ms per step alone would overrun the budget
         assert plan["resized"] and plan["max_steps"] < sized
         assert json.loads((tmp_path / "run" / "run.json").read_text())["time_budget"] == plan
+
+
+class CtrlC(TrainCallbacks):
+    """Sends this process SIGINT at step 2: once, or twice ``gap_s`` apart (the terminal's Ctrl-C,
+    then torchrun's agent forwarding it)."""
+
+    def __init__(self, twice_after_s: float | None = None):
+        self.twice_after_s = twice_after_s
+
+    def on_step(self, info):
+        if info["step"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler runs before the next line
+            if self.twice_after_s is not None:
+                time.sleep(self.twice_after_s)
+                os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_under_torchrun_a_ctrl_c_forwarded_by_its_agent_still_stops_with_a_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")  # as torchrun starts each process
+    trainer = make_trainer(tmp_path / "run", tiny_config(max_steps=6), callbacks=CtrlC(twice_after_s=0.01))
+    try:
+        result = trainer.fit()
+    except KeyboardInterrupt:  # (not raised on: pytest would stop every test there)
+        pytest.fail("the agent's copy of the Ctrl-C aborted the run, as a second Ctrl-C")
+    assert result.stopped == "interrupted" and result.step == 2
+    assert (tmp_path / "run" / "latest").read_text().strip() == "checkpoints/step-000002"
+
+
+@pytest.mark.parametrize("torchrun", [False, True])
+def test_a_second_ctrl_c_still_aborts(tmp_path, monkeypatch, torchrun):
+    if torchrun:  # later than the echo of the first: a second Ctrl-C, meant to abort
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+        monkeypatch.setattr(distributed, "SIGNAL_ECHO_S", 0.05)
+    trainer = make_trainer(tmp_path / "run", tiny_config(max_steps=6), callbacks=CtrlC(twice_after_s=0.1))
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the ranks in Linux's /proc")
+def test_ctrl_c_under_torchrun_stops_every_rank_with_a_checkpoint(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the module is imported and the name is bound to it. " * 400)
+    run = tmp_path / "run"
+    env = {**os.environ, "GPTSMITH_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "gptsmith", "train", "--data", str(corpus), "--tokenizer", "simple", "--preset", "tiny",
+               "--context-length", "16", "--batch-size", "2", "--max-steps", "100000", "--eval-every", "0",
+               "--device", "cpu", "--out", str(run), "--no-progress"]
+    agent = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not ((run / "metrics.jsonl").is_file() and '"train"' in (run / "metrics.jsonl").read_text()):
+            assert agent.poll() is None and time.monotonic() < deadline, agent.communicate()
+            time.sleep(0.2)
+        # Ctrl-C: the terminal signals every process; torchrun's agent forwards it to each rank again,
+        # a moment later (sent here 50 ms apart, so each rank sees two signals, not one).
+        for rank in _children(agent.pid):
+            os.kill(rank, signal.SIGINT)
+        time.sleep(0.05)
+        agent.send_signal(signal.SIGINT)
+        out, err = agent.communicate(timeout=120)
+    finally:
+        if agent.poll() is None:
+            os.killpg(agent.pid, signal.SIGKILL)
+    stopped = [line for line in out.splitlines() if line.startswith("stopped at step")]
+    assert len(stopped) == 1, out + err  # rank 0 says where it stopped, once
+    step = int(stopped[0].split()[3])
+    assert (run / "latest").read_text().strip() == f"checkpoints/step-{step:06d}"
+    assert "KeyboardInterrupt" not in err and "gptsmith train: interrupted" not in err, err  # no abort
