@@ -42,6 +42,7 @@ import functools
 import platform
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -78,10 +79,8 @@ class FastLinear(nn.Linear):
                 return _fbgemm_fp16_linear(x, packed, self.bias)
         if x.numel() == self.in_features:  # one row: a decode step
             if self.int8_decoding and weight.dtype == torch.float32 and fbgemm_int8_linear_works():
-                packed = self._cached("int8", _pack_int8)
+                packed = self._cached("int8", _pack_int8, with_bias=True)  # a separate add cost ~20 us
                 out = torch.ops.quantized.linear_dynamic(x.reshape(1, -1), packed, True)  # reduce_range
-                if self.bias is not None:
-                    out += self.bias
                 return out.reshape(*x.shape[:-1], self.out_features)
             if weight.dtype == torch.bfloat16 and mkldnn_bf16_linear_works():
                 packed = self._cached("mkldnn", _pack_mkldnn)
@@ -95,21 +94,30 @@ class FastLinear(nn.Linear):
             return F.linear(x, padded, bias)[..., : self.out_features]  # (..., out_features), a view
         return F.linear(x, weight, self.bias)
 
-    def _cached(self, kind: str, build: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """``build(weight)``, rebuilt whenever the weight is another tensor or was changed in place."""
+    def _cached(self, kind: str, build: Callable, with_bias: bool = False) -> Any:
+        """``build(weight)`` (``build(weight, bias)`` ``with_bias``), rebuilt whenever the weight (or
+        that bias) is another tensor or was changed in place."""
         weight = self.weight
-        # A weight made under inference_mode has no version counter (in-place changes to it are not
-        # seen: clear_fast_caches after one).
-        version = -1 if weight.is_inference() else weight._version
-        key = (kind, weight.data_ptr(), version, _optimizer_steps, weight.dtype, tuple(weight.shape),
+        key = (kind, *_tensor_key(weight), _optimizer_steps, weight.dtype, tuple(weight.shape),
                weight.stride())
+        bias = self.bias if with_bias else None
+        if bias is not None:
+            key += _tensor_key(bias)
         caches = self.__dict__.setdefault("_fast_caches", _Caches())
         hit = caches.get(kind)
         if hit is None or hit[0] != key:
             caches.pop(kind, None)  # free the stale copy before building the new one
             with torch.no_grad():
-                caches[kind] = (key, build(weight.detach()))
+                built = build(weight.detach(), None if bias is None else bias.detach()) if with_bias \
+                    else build(weight.detach())
+                caches[kind] = (key, built)
         return caches[kind][1]
+
+
+def _tensor_key(tensor: torch.Tensor) -> tuple[int, int]:
+    """Where a tensor's data is and how often it was changed in place. A tensor made under
+    inference_mode has no version counter (-1: an in-place change to it needs clear_fast_caches)."""
+    return tensor.data_ptr(), -1 if tensor.is_inference() else tensor._version
 
 
 class _Caches(dict):
@@ -214,7 +222,7 @@ def fbgemm_int8_linear_works() -> bool:
     return True
 
 
-def _pack_int8(weight: torch.Tensor) -> object:
+def _pack_int8(weight: torch.Tensor, bias: torch.Tensor | None = None) -> object:
     """The weight (out, in) rounded to int8 with one scale per output feature, packed for fbgemm.
 
     Per-feature scales keep each row's own range (one scale for the whole matrix would flatten the
@@ -226,7 +234,7 @@ def _pack_int8(weight: torch.Tensor) -> object:
     with warnings.catch_warnings():  # torch 2.13 marks quantized tensors deprecated; the probe
         warnings.simplefilter("ignore")  # (fbgemm_int8_linear_works) notices if they are removed
         quantized = torch.quantize_per_channel(weight, scales, zero_points, 0, torch.qint8)
-    return torch.ops.quantized.linear_prepack(quantized, None)
+    return torch.ops.quantized.linear_prepack(quantized, None if bias is None else bias.float())
 
 
 def use_int8_decoding(model: nn.Module, enabled: bool = True) -> nn.Module:

@@ -134,3 +134,16 @@ def test_int8_decoding_of_bf16_weights_is_refused():
     with pytest.raises(ConfigError, match=r"this model's are bfloat16: call model.float\(\) first"):
         use_int8_decoding(model)
     use_int8_decoding(model.float())  # then it works
+
+
+@needs_fbgemm
+def test_int8_copy_follows_a_change_of_the_bias_alone():
+    torch.manual_seed(0)
+    layer = use_int8_decoding(torch.nn.Sequential(FastLinear(32, 40)))[0]
+    x = torch.randn(1, 32)
+    with torch.inference_mode():
+        before = layer(x)
+    with torch.no_grad():
+        layer.bias.add_(1.0)  # the bias is packed with the int8 weight: the pack must be rebuilt
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), before + 1.0, atol=1e-4, rtol=1e-4)
