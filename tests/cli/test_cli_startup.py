@@ -108,8 +108,12 @@ def test_train_refuses_fp16_and_names_the_choices(capsys):
                                        "gptsmith train --help)\n")
     with pytest.raises(SystemExit):
         main(["generate", "--model", "gpt2", "--dtype", "fp64"])
-    assert ("--dtype: unknown dtype 'fp64' (choose from auto, fp32, bf16, fp16; float32, bfloat16 and "
-            "float16 work too)") in capsys.readouterr().err
+    assert ("--dtype: unknown dtype 'fp64' (choose from auto, fp32, bf16, fp16, int8; float32, bfloat16 "
+            "and float16 work too)") in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve", "--model", "gpt2", "--dtype", "int8"])  # int8 is for the verbs that decode one text
+    assert "--dtype: int8 is for decoding only: --dtype int8 in generate, chat and ask" in \
+        capsys.readouterr().err
 
 
 def test_progress_goes_to_stderr_as_plain_lines_when_it_is_not_a_terminal(tmp_path, monkeypatch, capsys):
