@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     import torch
 
 DTYPE_HELP = "weights dtype: fp32, bf16 or fp16 (float32, bfloat16, float16 work too; default: as saved)"
-INT8_HELP = "; int8: fp32 weights, decoded through int8 copies (CPU only; ~2x faster, close to fp32's tokens)"
+INT8_HELP = ("; int8: fp32 weights, decoded through int8 copies (CPU only; ~1.8x faster, close to fp32's "
+             "tokens)")
 # GenerationConfig's fields and the flags that set them, so its messages can name the flags.
 FLAG_OF_FIELD = {
     "max_new_tokens": "--max-new-tokens", "temperature": "--temperature", "top_k": "--top-k",
