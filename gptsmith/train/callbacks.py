@@ -75,3 +75,21 @@ def stop_signals(trainer: Any, *, echo_s: float = 0.0) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+        if echo_s > 0 and stop_signal_at:  # a tiny model can stop and save before the echo comes
+            late = _late_echo_handler(stop_signal_at[0], echo_s, previous[signal.SIGINT])
+            signal.signal(signal.SIGINT, late)
+
+
+def _late_echo_handler(first_at: float, echo_s: float, old: Any) -> Any:
+    """A SIGINT handler that drops the echo of the Ctrl-C that stopped the run (within ``echo_s``
+    of ``first_at``) and otherwise does what ``old`` did, so that echo, arriving once the run has
+    saved and left ``stop_signals``, does not turn a clean stop into "interrupted"."""
+    def handler(signum, frame):
+        if time.monotonic() - first_at <= echo_s or old == signal.SIG_IGN:
+            return
+        if callable(old):
+            old(signum, frame)
+            return
+        raise KeyboardInterrupt
+
+    return handler

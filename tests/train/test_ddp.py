@@ -148,6 +148,26 @@ def test_under_torchrun_a_ctrl_c_forwarded_by_its_agent_still_stops_with_a_check
     assert (tmp_path / "run" / "latest").read_text().strip() == "checkpoints/step-000002"
 
 
+def test_under_torchrun_an_echo_after_the_run_saved_and_returned_is_dropped(tmp_path, monkeypatch):
+    # A tiny model stops and saves within milliseconds: the agent's copy can come after fit().
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    monkeypatch.setattr(distributed, "SIGNAL_ECHO_S", 0.5)
+    trainer = make_trainer(tmp_path / "run", tiny_config(max_steps=6), callbacks=CtrlC())
+    try:
+        result = trainer.fit()
+        assert result.stopped == "interrupted" and result.step == 2
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # the echo, late
+        except KeyboardInterrupt:
+            pytest.fail("the agent's late copy of the Ctrl-C interrupted a run that had stopped cleanly")
+        time.sleep(0.6)
+        with pytest.raises(KeyboardInterrupt):  # a real second Ctrl-C, later, still interrupts
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.mark.parametrize("torchrun", [False, True])
 def test_a_second_ctrl_c_still_aborts(tmp_path, monkeypatch, torchrun):
     if torchrun:  # later than the echo of the first: a second Ctrl-C, meant to abort
