@@ -126,17 +126,13 @@ def test_unsupported_hf_configs_are_refused(tmp_path):
 def test_sharded_safetensors_load_exactly_and_a_missing_shard_is_named(tmp_path):
     """save_pretrained shards a model over its max_shard_size (gpt2-xl at transformers' 5 GB):
     the index's shards load as one state dict, checked as an import checks it."""
-    from gptsmith.model.hf_gpt2 import check_hf_weights, gpt_config_from_hf
 
     _, hf_model = _hf_model("untied-3x2")
     hf_model.save_pretrained(tmp_path, max_shard_size="40KB")
     shards = sorted(tmp_path.glob("model-*-of-*.safetensors"))
     assert len(shards) > 1 and not (tmp_path / "model.safetensors").exists()
     ids = torch.randint(0, hf_model.config.vocab_size, (1, 10))
-    torch.testing.assert_close(_logits(load_model(tmp_path), ids), _logits(hf_model, ids).logits,
-                               atol=1e-5, rtol=1e-5)
-    config = json.loads((tmp_path / "config.json").read_text())
-    check_hf_weights(tmp_path, gpt_config_from_hf(config, source="config.json"))  # what `info` runs
+    _loads_exactly(tmp_path, hf_model, ids)
 
     shards[-1].rename(tmp_path / "elsewhere.safetensors")
     with pytest.raises(CheckpointError, match=f"lacks {shards[-1].name}, a shard its model.safetensors"):
@@ -145,6 +141,17 @@ def test_sharded_safetensors_load_exactly_and_a_missing_shard_is_named(tmp_path)
     (tmp_path / "model.safetensors.index.json").unlink()
     with pytest.raises(CheckpointError, match="has sharded weights but no model.safetensors.index.json"):
         load_model(tmp_path)
+
+
+def _loads_exactly(directory: Path, hf_model, ids: torch.Tensor):
+    """Load ``directory``: its logits on ``ids`` equal transformers', and `info`'s weight check passes."""
+    from gptsmith.model.hf_gpt2 import check_hf_weights, gpt_config_from_hf
+
+    ours = load_model(directory)
+    torch.testing.assert_close(_logits(ours, ids), _logits(hf_model, ids).logits, atol=1e-5, rtol=1e-5)
+    config = json.loads((directory / "config.json").read_text())
+    check_hf_weights(directory, gpt_config_from_hf(config, source="config.json"))  # what `info` runs
+    return ours
 
 
 def _to_sharded_bin(directory: Path) -> list[Path]:
@@ -169,18 +176,14 @@ def _to_sharded_bin(directory: Path) -> list[Path]:
 def test_sharded_pytorch_bins_load_exactly_and_a_missing_shard_is_named(tmp_path, name):
     """pytorch_model.bin.index.json and its .bin shards load as sharded safetensors do: equal logits,
     `info`'s check, and a shard missing, from another save or without the index named in one line."""
-    from gptsmith.model.hf_gpt2 import check_hf_weights, gpt_config_from_hf
 
     _, hf_model = _hf_model(name)
     hf_model.save_pretrained(tmp_path, max_shard_size="40KB")
     shards = _to_sharded_bin(tmp_path)
     assert len(shards) > 1 and not list(tmp_path.glob("*.safetensors"))
     ids = torch.randint(0, hf_model.config.vocab_size, (2, hf_model.config.n_positions))
-    ours = load_model(tmp_path)
+    ours = _loads_exactly(tmp_path, hf_model, ids)
     assert ours.cfg.tie_weights == hf_model.config.tie_word_embeddings
-    torch.testing.assert_close(_logits(ours, ids), _logits(hf_model, ids).logits, atol=1e-5, rtol=1e-5)
-    config = json.loads((tmp_path / "config.json").read_text())
-    check_hf_weights(tmp_path, gpt_config_from_hf(config, source="config.json"))  # what `info` runs
 
     first = torch.load(shards[0], weights_only=True)
     torch.save({}, shards[0])  # a shard of another save: the index places tensors it lacks
