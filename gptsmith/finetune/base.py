@@ -33,7 +33,6 @@ from gptsmith.data.tokenizer import Tokenizer
 from gptsmith.device import autocast, parse_dtype, resolve_autocast_dtype, resolve_device, tune_cpu_allocator
 from gptsmith.errors import CheckpointError, ConfigError, NonFiniteError, StorageError
 from gptsmith.model.checkpoint import (
-    CONFIG_FILE,
     load_model,
     load_model_dir,
     load_model_tokenizer,
@@ -42,6 +41,7 @@ from gptsmith.model.checkpoint import (
     save_model,
 )
 from gptsmith.model.gpt import GPTModel
+from gptsmith.model.run_dir import CONFIG_FILE
 from gptsmith.storage import check_can_be_directory, check_writable
 from gptsmith.train.evaluation import NonFiniteLossError, outputs_are_finite
 from gptsmith.train.schedule import build_optimizer, lr_at_step

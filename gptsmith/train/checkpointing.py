@@ -32,7 +32,8 @@ from typing import Any
 import torch
 
 from gptsmith.errors import CheckpointError, ConfigError, StorageError
-from gptsmith.model.checkpoint import (  # noqa: F401 (CHECKPOINTS, read_pointer: part of this module's API)
+from gptsmith.model.checkpoint import read_model_config, save_model
+from gptsmith.model.run_dir import (  # noqa: F401 (CHECKPOINTS, read_pointer: part of this module's API)
     CHECKPOINTS,
     CONFIG_FILE,
     MODEL_FILES,
@@ -41,9 +42,7 @@ from gptsmith.model.checkpoint import (  # noqa: F401 (CHECKPOINTS, read_pointer
     complete_checkpoints,
     incomplete_checkpoint_message,
     incomplete_latest,
-    read_model_config,
     read_pointer,
-    save_model,
 )
 from gptsmith.model.weights import load_torch_file, read_safetensors
 from gptsmith.storage import atomic_torch_save, atomic_write_text, write_failure_reason
