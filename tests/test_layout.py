@@ -80,3 +80,4 @@ def test_the_public_api_is_importable_without_torch_until_used():
 
     for name in names:
         assert getattr(gptsmith, name) is not None
+

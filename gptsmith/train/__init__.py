@@ -3,11 +3,14 @@
 The loop knows nothing of the model's internals: it feeds (inputs, targets) windows of token ids,
 minimises next-token cross-entropy and reports through ``TrainCallbacks`` hooks. Lowest first:
 
-- ``config``: ``TrainConfig``; ``evaluation``: the loss, ``evaluate`` and perplexity;
+- ``config``: ``TrainConfig``; ``losses``: next-token cross-entropy a few rows at a time (the
+  CPU's cache-sized chunks); ``evaluation``: the loss, ``evaluate`` and perplexity;
   ``callbacks``: the hooks and ``TrainResult``; ``schedule``: AdamW groups, warm-up + cosine;
 - ``batches``: resumable batch order over sliding windows; ``distributed``: torchrun/DDP helpers;
 - ``rng_state``: every generator's state, saved with a checkpoint for an exact resume;
 - ``checkpointing`` and ``run_dir``: run directories, checkpoints with exact resume, pruning;
+  ``run_log``: ``metrics.jsonl`` and ``samples.txt``, cut back to the checkpoint on resume;
+- ``time_budget``: sizing the schedule so that a run ends within ``--time-budget``;
 - ``plots``: loss curves; ``recipes``: named training set-ups;
 - ``trainer``: the ``Trainer`` loop (accumulation, clipping, autocast, evaluation, samples, clean
   stops on Ctrl-C/SIGTERM and on a non-finite loss);
