@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import sys
 import types
 
@@ -147,9 +149,48 @@ def test_non_utf8_bytes_name_file_and_offset(tmp_path):
     assert list(resolve_corpus(tmp_path / "bom-ok.txt").documents()) == ["hello"]
 
 
-def test_a_record_holding_endoftext_is_split_so_each_boundary_gets_one(tmp_path, word_tokenizer):
-    import json
+def test_nul_bytes_are_refused_and_utf16_without_a_byte_order_mark_is_named(tmp_path):
+    """A NUL is valid UTF-8 but never text: UTF-16 without a BOM was read as "H\\0e\\0l\\0..." garbage."""
+    text = "Hello world, a plain English line.\n" * 5
+    (tmp_path / "le.txt").write_bytes(text.encode("utf-16-le"))
+    with pytest.raises(DataError, match=r"le.txt is not text: a NUL byte at offset 1 .*UTF-16 .*without a "
+                       r"byte-order mark.*iconv -f utf-16le"):
+        list(resolve_corpus(tmp_path / "le.txt").documents())
+    (tmp_path / "be.txt").write_bytes(text.encode("utf-16-be"))
+    with pytest.raises(DataError, match=r"offset 0 .*iconv -f utf-16be"):
+        list(resolve_corpus(tmp_path / "be.txt").documents())
+    (tmp_path / "stray.txt").write_bytes(text.encode() + b"\0" + text.encode())
+    with pytest.raises(DataError, match=r"stray.txt is not text: a NUL byte at offset 175 \(remove the NUL"):
+        list(resolve_corpus(tmp_path / "stray.txt").documents())
+    # JSONL: json.loads read the bytes of a UTF-16 line as UTF-16 (big-endian: garbage documents;
+    # little-endian: a UnicodeDecodeError traceback at the line's "\n").
+    lines = "".join(json.dumps({"text": f"story {i}"}) + "\n" for i in range(3))
+    for order in ("le", "be"):
+        (tmp_path / f"{order}.jsonl").write_bytes(lines.encode(f"utf-16-{order}"))
+        with pytest.raises(DataError, match=rf"{order}.jsonl:1 is not text: a NUL byte at offset \d of the "
+                           rf"line .*iconv -f utf-16{order}"):
+            list(resolve_corpus(tmp_path / f"{order}.jsonl").documents())
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + lines.encode())  # a UTF-8 BOM is still fine
+    assert list(resolve_corpus(tmp_path / "bom.jsonl").documents()) == ["story 0", "story 1", "story 2"]
 
+
+def test_the_conversion_hint_fits_the_bytes(tmp_path):
+    def error(name: str, data: bytes) -> str:
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(DataError) as info:
+            list(resolve_corpus(tmp_path / name).documents())
+        return str(info.value)
+
+    # Windows' curly quotes are Latin-1 control codes: converting from Latin-1 would keep them so.
+    assert "iconv -f cp1252 -t utf-8" in error("win.txt", "\u201cquoted\u201d caf\u00e9".encode("cp1252"))
+    assert "iconv -f latin1 -t utf-8" in error("latin.txt", "caf\u00e9 cr\u00e8me".encode("latin-1"))
+    # One broken byte in UTF-8 text: converting all of it from Latin-1 would garble its "é"s.
+    broken = "caf\u00e9 na\u00efve cr\u00e8me ".encode() + b"\xff" + "r\u00e9sum\u00e9".encode()
+    assert "the rest of it is UTF-8" in error("broken.txt", broken)
+    assert "it is gzip-compressed: decompress it first" in error("c.txt.gz", gzip.compress(b"some text"))
+
+
+def test_a_record_holding_endoftext_is_split_so_each_boundary_gets_one(tmp_path, word_tokenizer):
     records = ["alpha beta.<|endoftext|>", "gamma<|endoftext|>\r\ndelta", "  <|endoftext|>", "epsilon"]
     (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": r}) + "\n" for r in records))
     assert list(resolve_corpus(tmp_path / "c.jsonl").documents()) == [
