@@ -92,6 +92,22 @@ def test_a_glob_keeps_glob_rules_for_hidden_names_and_folders(tmp_path):
     assert names(str(tmp_path / "**" / "b" / "**")) == ["a/b/c/f.txt", "a/b/g.md"]
 
 
+def test_a_directory_skips_hidden_files_and_folders_as_a_glob_does(tmp_path):
+    """.git/, Jupyter's .ipynb_checkpoints/ (a second copy of each note) and hidden drafts were read."""
+    notes = tmp_path / ".notes"  # the directory named may itself be hidden
+    for folder in (".git", ".ipynb_checkpoints", "sub"):
+        (notes / folder).mkdir(parents=True)
+    (notes / "a.txt").write_text("the note")
+    (notes / ".ipynb_checkpoints" / "a-checkpoint.txt").write_text("the note")
+    (notes / ".git" / "description.txt").write_text("Unnamed repository")
+    (notes / "sub" / ".draft.md").write_text("not yet")
+    (notes / "sub" / "b.md").write_text("another note")
+    assert list(resolve_corpus(notes).documents()) == ["the note", "another note"]
+    assert resolve_corpus(notes).paths == resolve_corpus(str(notes / "**" / "*.*")).paths
+    checkpoints = notes / ".ipynb_checkpoints"  # named itself, a hidden folder is read
+    assert resolve_corpus(checkpoints).paths == (checkpoints / "a-checkpoint.txt",)
+
+
 def test_named_corpus_from_data_dir(tmp_path, monkeypatch):
     (tmp_path / "mycorpus.txt").write_text("hello")
     monkeypatch.setenv("GPTSMITH_DATA_DIR", str(tmp_path))
