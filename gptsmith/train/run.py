@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from gptsmith.config import check_fraction
-from gptsmith.data.tokenizer import as_tokenizer
+from gptsmith.data.tokenizer import as_tokenizer, tokenizer_kind
+from gptsmith.errors import ConfigError
 from gptsmith.train.config import TrainConfig
 from gptsmith.train.trainer import Trainer
 
@@ -28,8 +29,17 @@ def prepare_splits(
     ``text_field``: the field or column of a .jsonl/.parquet corpus that holds the text.
 
     The validation split is the last ``val_fraction`` of the corpus (snapped to a document
-    boundary when there are several documents), so it is never trained on.
+    boundary when there are several documents), so it is never trained on. ``tokenizer`` is an
+    object, or the name "gpt2"; a word-level tokenizer is passed as the object that knows the
+    corpus's words (``gptsmith.data.shards.corpus_tokenizer("simple", data)``).
     """
+    if isinstance(tokenizer, str) and tokenizer_kind(tokenizer) == "simple":
+        # By name, a word-level tokenizer has the built-in corpus's words: about 30% of other English
+        # would be <|unk|>, silently (the CLI's --tokenizer simple learns them from the corpus).
+        raise ConfigError(f"prepare_splits: the tokenizer {tokenizer!r} by name knows only the built-in "
+                          f"corpus's words: pass the one learnt from {data!r}, "
+                          f"corpus_tokenizer('simple', {str(data)!r}) from gptsmith.data.shards "
+                          "(and the same object to train)")
     tokenizer = as_tokenizer(tokenizer)
     check_fraction("val_fraction", val_fraction)
     from gptsmith.data.corpus import resolve_corpus
