@@ -82,8 +82,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="with --resume: if the latest checkpoint is corrupt, use the newest good one")
     p.add_argument("--max-steps", type=int, help=f"optimizer steps (default: {d['max_steps']})")
     p.add_argument("--time-budget", metavar="DURATION",
-                   help="train for this long instead of --max-steps (e.g. 90s, 10m, 1.5h): the first steps "
-                   "are timed and the schedule (warm-up, cosine decay) sized to end, evaluations and "
+                   help="train for this long instead of --max-steps (e.g. 90s, 10m, 1.5h, 1h30m): the first "
+                   "steps are timed and the schedule (warm-up, cosine decay) sized to end, evaluations and "
                    "checkpoints included, within it; run.json records the steps chosen")
     p.add_argument("--batch-size", type=int,
                    help=f"sequences per micro-batch, per process (default: {d['batch_size']})")
