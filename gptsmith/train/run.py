@@ -4,6 +4,7 @@ token shard) and cuts it into train/validation tokens; ``train`` runs the ``Trai
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,8 @@ def prepare_splits(
     text_field: str = "text",
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Tokenize corpus ``data`` (cached as a token shard) and cut it into (train, val, info).
-    ``text_field``: the field or column of a .jsonl/.parquet corpus that holds the text.
+    ``text_field``: the field or column of a .jsonl/.parquet corpus that holds the text;
+    ``cache_dir``: the folder of the shards, one per corpus and tokenizer (default: the user cache's).
 
     The validation split is the last ``val_fraction`` of the corpus (snapped to a document
     boundary when there are several documents), so it is never trained on. ``tokenizer`` is an
@@ -43,11 +45,14 @@ def prepare_splits(
     tokenizer = as_tokenizer(tokenizer)
     check_fraction("val_fraction", val_fraction)
     from gptsmith.data.corpus import resolve_corpus
-    from gptsmith.data.shards import prepare_corpus
+    from gptsmith.data.shards import default_shard_dir, prepare_corpus
     from gptsmith.data.windows import split_tokens
 
     source = resolve_corpus(data, text_field=text_field)
-    shard = prepare_corpus(source, tokenizer.name, out_dir=cache_dir, progress=progress, tokenizer=tokenizer)
+    # A cache holds a shard per corpus and tokenizer, named as in the user cache: used as the shard's
+    # own folder, a second corpus was refused there ("holds a token shard of ...").
+    out_dir = None if cache_dir is None else Path(cache_dir) / default_shard_dir(source, tokenizer.name).name
+    shard = prepare_corpus(source, tokenizer.name, out_dir=out_dir, progress=progress, tokenizer=tokenizer)
     splits = split_tokens(shard, (1.0 - val_fraction, val_fraction))
     info = {"data": data, "source": shard.meta.get("source"), "n_tokens": len(shard.tokens),
             "n_train_tokens": len(splits["train"]), "n_val_tokens": len(splits["val"]),
