@@ -40,6 +40,7 @@ def run_eval(args: argparse.Namespace) -> int:
     """``gptsmith eval``: loss and perplexity of a checkpoint (or an untrained preset) per split."""
     import torch
 
+    from gptsmith.data.corpus import RECORD_KINDS, resolve_corpus
     from gptsmith.data.tokenizer import load_tokenizer
     from gptsmith.data.windows import count_windows
     from gptsmith.device import check_seed, resolve_device, set_seed, tune_cpu_allocator
@@ -88,6 +89,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if val_fraction is None:
         val_fraction = run_train_cfg.get("val_fraction", 0.1)
     text_field = args.text_field or run_train_cfg.get("text_field", "text")
+    if args.text_field is None and args.data and resolve_corpus(data).kind not in RECORD_KINDS:
+        text_field = "text"  # the run's field is for its records: plain text has none (no warning)
     train_tokens, val_tokens, _ = prepare_splits(data, tokenizer, val_fraction, text_field=text_field)
     context_length = args.context_length or model.cfg.context_length
     if context_length > model.cfg.context_length:
