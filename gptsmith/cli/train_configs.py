@@ -192,8 +192,12 @@ def _build_configs(args: argparse.Namespace) -> tuple[Any, Any]:
     flags = flag_values(args)
     if "max_steps" in flags and "time_budget" in flags:
         raise ConfigError("give --max-steps or --time-budget, not both (the budget chooses the steps)")
-    asked = {**config_train, **flags}
-    if "max_steps" in asked and "time_budget" not in asked:  # steps asked for replace a recipe's budget
+    if "max_steps" in config_train and "time_budget" in config_train:
+        raise ConfigError(f"{args.config}: give train.max_steps or train.time_budget, not both (the budget "
+                          "chooses the steps)")
+    # Steps asked for replace a recipe's budget, and a file's when --max-steps asks for them (a flag
+    # wins over the file: the file's budget silently outranked --max-steps); --time-budget wins over both.
+    if "max_steps" in flags or ("max_steps" in config_train and "time_budget" not in flags):
         train_over.pop("time_budget", None)
     data = flags.get("data", train_over.get("data"))
     if data != recipe["train"].get("data") and "sample_prompt" not in {**config_train, **flags}:
