@@ -124,12 +124,12 @@ def jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
     seen = texts = 0
     with path.open("rb") as handle:
         for line_no, raw in enumerate(handle, start=1):
-            if line_no == 1:
-                raw = raw.removeprefix(codecs.BOM_UTF8)  # a leading byte-order mark is dropped
             if not raw.strip():
                 continue
             try:
                 line = raw.decode("utf-8")
+                if line_no == 1:  # a leading byte-order mark is dropped (offsets still count it)
+                    line = line.removeprefix("\ufeff")
             except UnicodeDecodeError as exc:
                 raise DataError(
                     f"{path}:{line_no} is not UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start} "
@@ -138,6 +138,8 @@ def jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
             # The decoded line, not the bytes: json.loads guesses UTF-16/32 from NUL bytes, and read
             # a UTF-16 file's lines as garbage or failed with a traceback.
             check_no_nul(raw, f"{path}:{line_no}", " of the line")
+            if not line.strip():  # (a byte-order mark alone)
+                continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
