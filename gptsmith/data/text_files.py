@@ -149,8 +149,10 @@ def jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
                 keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
                 raise DataError(f"{path}:{line_no}: no field {text_field!r} (found: {keys}; pick the text's "
                                 "field with --text-field)")
-            text = check_text(record[text_field], f"{path}:{line_no}: field {text_field!r}")
             seen += 1
+            if record[text_field] is None:  # a record without text, as an empty or null Parquet cell
+                continue
+            text = check_text(record[text_field], f"{path}:{line_no}: field {text_field!r}")
             if text:  # (whitespace stays: it is text, and shards' checksums depend on it)
                 texts += bool(text.strip())
                 yield text

@@ -231,9 +231,13 @@ def test_jsonl_corpus_and_its_errors(tmp_path):
     (tmp_path / "latin.jsonl").write_bytes(b'{"text": "one"}\n{"text": "caf\xe9"}\n')
     with pytest.raises(DataError, match=r"latin.jsonl:2 is not UTF-8: byte 0xe9 at offset 13 of the line"):
         list(resolve_corpus(tmp_path / "latin.jsonl").documents())
-    (tmp_path / "blank.jsonl").write_text('{"text": ""}\n{"text": "  \\n "}\n')
-    with pytest.raises(DataError, match=r"blank.jsonl has 2 line\(s\) but every 'text' is blank"):
+    (tmp_path / "blank.jsonl").write_text('{"text": ""}\n{"text": "  \\n "}\n{"text": null}\n')
+    with pytest.raises(DataError, match=r"blank.jsonl has 3 line\(s\) but every 'text' is blank"):
         list(resolve_corpus(tmp_path / "blank.jsonl").documents())
+    # A null text is a record without text, skipped as an empty one (and as a null Parquet cell): it
+    # stopped the whole corpus with "holds NoneType values, not text".
+    (tmp_path / "null.jsonl").write_text('{"text": "one"}\n{"text": null}\n{"text": "two"}\n')
+    assert list(resolve_corpus(tmp_path / "null.jsonl").documents()) == ["one", "two"]
 
 
 def test_a_lone_surrogate_escape_in_jsonl_becomes_the_replacement_character(tmp_path, word_tokenizer):
