@@ -75,7 +75,10 @@ class CommandParser(argparse.ArgumentParser):
         namespace, extras = self.parse_known_args(args, namespace)
         parser = vars(namespace).pop(_PARSER, self)
         if extras:
-            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+            # `--data notes/*.txt` unquoted: the shell passes every file, and all but one are left over.
+            glob = ("; they are files: did the shell expand a glob? quote it, e.g. 'notes/*.txt', or pass "
+                    "their folder" if all(os.path.exists(extra) for extra in extras) else "")
+            parser.error(f"unrecognized arguments: {' '.join(extras)}{glob}")
         return namespace
 
 

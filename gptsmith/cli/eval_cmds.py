@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import warnings
 from pathlib import Path
 
 from gptsmith.cli.train_configs import read_run_info, run_corpus
@@ -39,6 +40,7 @@ def run_eval(args: argparse.Namespace) -> int:
     """``gptsmith eval``: loss and perplexity of a checkpoint (or an untrained preset) per split."""
     import torch
 
+    from gptsmith.data.corpus import RECORD_KINDS, resolve_corpus
     from gptsmith.data.tokenizer import load_tokenizer
     from gptsmith.data.windows import count_windows
     from gptsmith.device import check_seed, resolve_device, set_seed, tune_cpu_allocator
@@ -87,11 +89,14 @@ def run_eval(args: argparse.Namespace) -> int:
     if val_fraction is None:
         val_fraction = run_train_cfg.get("val_fraction", 0.1)
     text_field = args.text_field or run_train_cfg.get("text_field", "text")
+    if args.text_field is None and args.data and resolve_corpus(data).kind not in RECORD_KINDS:
+        text_field = "text"  # the run's field is for its records: plain text has none (no warning)
     train_tokens, val_tokens, _ = prepare_splits(data, tokenizer, val_fraction, text_field=text_field)
     context_length = args.context_length or model.cfg.context_length
     if context_length > model.cfg.context_length:
         raise ConfigError(f"--context-length {context_length} exceeds the model's {model.cfg.context_length}")
     print(f"model: {label} ({model.num_parameters() / 1e6:.1f}M parameters); data: {data}")
+    _note_unknown_words(tokenizer, data, train_tokens, val_tokens)
     for split, tokens in (("train", train_tokens), ("val", val_tokens)):
         n_windows = count_windows(len(tokens), context_length, context_length)
         if n_windows == 0:
@@ -112,3 +117,19 @@ def run_eval(args: argparse.Namespace) -> int:
     print(f"(an untrained model scores about ln(vocab_size) = ln({model.cfg.vocab_size}) = "
           f"{math.log(model.cfg.vocab_size):.2f})")
     return 0
+
+
+def _note_unknown_words(tokenizer: object, data: str, *splits: object) -> None:
+    """Say how much of ``data`` a word-level tokenizer read as ``<|unk|>``: words its vocabulary lacks
+    (text it was not learnt from) all become that one easy token, which flatters the loss."""
+    import numpy as np
+
+    unk_id = getattr(tokenizer, "unk_id", None)
+    n_tokens = sum(len(part) for part in splits)
+    if unk_id is None or not n_tokens:
+        return
+    share = sum(int(np.count_nonzero(np.asarray(part) == unk_id)) for part in splits) / n_tokens
+    if share >= 0.01:
+        warnings.warn(f"{100 * share:.0f}% of the tokens of {data} are <|unk|> (words the model's "
+                      "vocabulary lacks): predicting <|unk|> counts as right, so the loss looks better "
+                      "than the model is", stacklevel=2)

@@ -16,7 +16,7 @@ from gptsmith.cli.train_configs import (
     file_values_named,
     read_run_info,
     resume_configs,
-    run_corpus,
+    resume_corpus,
 )
 from gptsmith.cli.train_progress import ProgressPrinter, say
 from gptsmith.device import DEVICE_HELP, TRAIN_DTYPES, device_arg, dtype_arg
@@ -34,7 +34,8 @@ examples:
 On --resume only --max-steps, --device, --eval-every, --checkpoint-every, --sample-every,
 --keep-last, --lr, --min-lr and --grad-clip may change (the last three apply from the resumed
 step on, the schedule rebuilt with them: no longer an exact continuation); everything else is
-read from RUN_DIR/run.json, and other flags must ask for the run's own values. Ctrl-C or SIGTERM stops
+read from RUN_DIR/run.json, and other flags must ask for the run's own values (--data may name where
+a corpus that has moved is now: its tokens are checked). Ctrl-C or SIGTERM stops
 after the current step with a checkpoint (exit status 130); a second Ctrl-C aborts at once, dropping
 a checkpoint half written. A new best validation loss is always checkpointed; RUN_DIR/best names it.
 """
@@ -82,8 +83,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="with --resume: if the latest checkpoint is corrupt, use the newest good one")
     p.add_argument("--max-steps", type=int, help=f"optimizer steps (default: {d['max_steps']})")
     p.add_argument("--time-budget", metavar="DURATION",
-                   help="train for this long instead of --max-steps (e.g. 90s, 10m, 1.5h): the first steps "
-                   "are timed and the schedule (warm-up, cosine decay) sized to end, evaluations and "
+                   help="train for this long instead of --max-steps (e.g. 90s, 10m, 1.5h, 1h30m): the first "
+                   "steps are timed and the schedule (warm-up, cosine decay) sized to end, evaluations and "
                    "checkpoints included, within it; run.json records the steps chosen")
     p.add_argument("--batch-size", type=int,
                    help=f"sequences per micro-batch, per process (default: {d['batch_size']})")
@@ -160,7 +161,7 @@ def run_train(args: argparse.Namespace) -> int:
             return 0
         _check_memory(plan)  # in a second, before the corpus is tokenized or the model built
     run_dir, train_cfg = plan.run_dir, plan.train_cfg
-    data = run_corpus(plan.run_info) if plan.found is not None else train_cfg.data
+    data = resume_corpus(plan.run_info, train_cfg, run_dir) if plan.found is not None else train_cfg.data
     train_tokens, val_tokens, data_info = _prepare_data(train_cfg, plan.tokenizer, data)
     if plan.run_info.get("data_info", {}).get("checksum") not in (None, data_info["checksum"]):
         raise ConfigError(f"the corpus {train_cfg.data!r} changed since {run_dir} started (its token "

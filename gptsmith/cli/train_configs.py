@@ -192,8 +192,12 @@ def _build_configs(args: argparse.Namespace) -> tuple[Any, Any]:
     flags = flag_values(args)
     if "max_steps" in flags and "time_budget" in flags:
         raise ConfigError("give --max-steps or --time-budget, not both (the budget chooses the steps)")
-    asked = {**config_train, **flags}
-    if "max_steps" in asked and "time_budget" not in asked:  # steps asked for replace a recipe's budget
+    if "max_steps" in config_train and "time_budget" in config_train:
+        raise ConfigError(f"{args.config}: give train.max_steps or train.time_budget, not both (the budget "
+                          "chooses the steps)")
+    # Steps asked for replace a recipe's budget, and a file's when --max-steps asks for them (a flag
+    # wins over the file: the file's budget silently outranked --max-steps); --time-budget wins over both.
+    if "max_steps" in flags or ("max_steps" in config_train and "time_budget" not in flags):
         train_over.pop("time_budget", None)
     data = flags.get("data", train_over.get("data"))
     if data != recipe["train"].get("data") and "sample_prompt" not in {**config_train, **flags}:
@@ -263,14 +267,23 @@ def _resume_configs(args: argparse.Namespace, run_dir: Path, run_info: dict) -> 
     checked, changes = _asked_train_values(args)
     asked = TrainConfig.from_dict({**run_info["train"], **checked}, source=args.config or "flags")
     # `notes` asks for the run's `notes/`, and so does its absolute path from elsewhere: compare what is read.
+    moved_to = None
     if any(same_corpus(known, asked.data) for known in (saved.data, run_corpus(run_info))):
         asked = asked.replace(data=saved.data)
+    elif args.data is not None and _corpus_gone(run_info):
+        # The run's corpus is no longer where it was: --data says where it is now. The tokens'
+        # checksum in run.json, checked once it is read, proves that it is the same corpus.
+        moved_to, asked = args.data, asked.replace(data=saved.data)
     fixed = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in RESUME_FIELDS]
     _refuse_differences("training settings", {k: getattr(saved, k) for k in fixed},
                         {k: getattr(asked, k) for k in fixed}, run_dir,
                         "only " + ", ".join(flag(k) for k in RESUME_FIELDS) + " can change")
     train_cfg = saved.replace(**{k: v for k, v in changes.items() if k in RESUME_FIELDS})
     notes = _change_notes(saved, train_cfg)
+    if moved_to is not None:
+        train_cfg = train_cfg.replace(data=moved_to)
+        notes.append(f"note: the corpus {saved.data} has moved: reading it from {moved_to} (its tokens "
+                     "must be the run's: checked)")
     if saved.time_budget is not None and train_cfg.max_steps != saved.max_steps:
         # An explicit --max-steps replaces the sized schedule. (Not .replace: it keeps a None's old value.)
         train_cfg = dataclasses.replace(train_cfg, time_budget=None)
@@ -278,6 +291,37 @@ def _resume_configs(args: argparse.Namespace, run_dir: Path, run_info: dict) -> 
                      f"--time-budget {saved.time_budget} chose; the budget no longer applies")
     train_cfg.check()
     return model_cfg, train_cfg, notes
+
+
+def _corpus_gone(run_info: dict) -> bool:
+    """Whether the corpus of the run ``run_info`` cannot be read where run.json says it is, while its
+    tokens' checksum is known (so that a corpus found elsewhere can be checked to be the same)."""
+    from gptsmith.data.corpus import resolve_corpus
+
+    info = run_info.get("data_info")
+    if not isinstance(info, dict) or not info.get("checksum"):
+        return False
+    try:
+        resolve_corpus(run_corpus(run_info))
+    except GptsmithError:
+        return True
+    return False
+
+
+def resume_corpus(run_info: dict, train_cfg: Any, run_dir: Path) -> str:
+    """Where a resumed run reads its corpus: ``run_corpus``'s answer, or where ``--data`` says the
+    corpus has moved to; a corpus that is gone is an error that says how to point to it."""
+    from gptsmith.data.corpus import resolve_corpus
+
+    if train_cfg.data != run_info["train"].get("data", "builtin"):  # moved (see _resume_configs)
+        return train_cfg.data
+    data = run_corpus(run_info)
+    try:
+        resolve_corpus(data, text_field=train_cfg.text_field)
+    except GptsmithError as exc:
+        raise type(exc)(f"cannot resume {run_dir}: {exc}; if the corpus has moved, pass where it is now "
+                        "with --data (its tokens are checked against the run's)") from None
+    return data
 
 
 def run_corpus(run_info: dict) -> str:

@@ -213,8 +213,11 @@ def _resolve_corpus(spec: str, text_field: str) -> CorpusSource:
 
 def directory_text_files(directory: Path) -> list[Path]:
     """The ``.txt``/``.md`` files under ``directory``, sorted, through symlinked folders too (as a
-    glob's ``**`` goes; ``Path.rglob`` would drop their files without a word)."""
-    return sorted(p for p in tree_files(directory) if p.suffix.lower() in TEXT_SUFFIXES)
+    glob's ``**`` goes; ``Path.rglob`` would drop their files without a word), and, as a glob's
+    ``**/*.txt``, none with a hidden name below it: what ``.git/``, Jupyter's ``.ipynb_checkpoints/``
+    (a second copy of each note) or a hidden draft holds is not the corpus the user sees."""
+    return sorted(p for p in tree_files(directory) if p.suffix.lower() in TEXT_SUFFIXES
+                  and not any(name.startswith(".") for name in p.relative_to(directory).parts))
 
 
 def tree_files(top: Path) -> Iterator[Path]:

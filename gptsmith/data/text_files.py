@@ -20,11 +20,38 @@ def read_utf8(path: Path) -> str:
     data = path.read_bytes()
     bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0  # a leading BOM is dropped
     try:
-        return data[bom:].decode("utf-8")
+        text = data[bom:].decode("utf-8")
     except UnicodeDecodeError as exc:
         offset = bom + exc.start  # an offset into the file, BOM included
         raise DataError(f"{path} is not UTF-8: byte 0x{data[offset]:02x} at offset {offset} "
                         f"({convert_hint(data)})") from None
+    check_no_nul(data, str(path))
+    return text
+
+
+def check_no_nul(data: bytes, where: str, of: str = "") -> None:
+    """Refuse text holding a NUL byte. It is valid UTF-8, but no text has one: UTF-16 without a
+    byte-order mark (``"H\\0e\\0"``) or a binary file would otherwise be read as garbage, silently."""
+    offset = data.find(b"\0")
+    if offset < 0:
+        return
+    hint = _utf16_hint(data)
+    if hint is None and data[:8192].count(0) < 80:  # a stray NUL or a few in text
+        hint = "remove the NUL bytes, e.g. `tr -d '\\000' < IN > OUT`"
+    hint = hint or "it looks like a binary file, not text: pass a text file"
+    raise DataError(f"{where} is not text: a NUL byte at offset {offset}{of} ({hint})")
+
+
+def _utf16_hint(data: bytes) -> str | None:
+    """The conversion of ``data`` if it looks like UTF-16 without a byte-order mark, else None: UTF-16
+    of mostly ASCII text has a NUL in every other byte (the high byte of each character)."""
+    sample = data[:8192]
+    for start, order in ((1, "utf-16le"), (0, "utf-16be")):
+        half = sample[start::2]
+        if half.count(0) > 0.6 * len(half) and sample[1 - start::2].count(0) < 0.1 * len(half):
+            return (f"it looks like UTF-16 text without a byte-order mark: convert it, e.g. "
+                    f"`iconv -f {order} -t utf-8 IN > OUT`")
+    return None
 
 
 def text_lines(text: str) -> list[str]:
@@ -42,13 +69,39 @@ def text_lines(text: str) -> list[str]:
     return [line.removesuffix("\r") for line in lines]
 
 
+# The first bytes of compressed files, which are read as text only once decompressed.
+_COMPRESSED = {
+    b"\x1f\x8b": ("gzip", "gunzip -k FILE.gz"),
+    b"BZh": ("bzip2", "bunzip2 -k FILE.bz2"),
+    b"\xfd7zXZ\x00": ("xz", "unxz -k FILE.xz"),
+    b"\x28\xb5\x2f\xfd": ("zstd", "unzstd FILE.zst"),
+    b"PK\x03\x04": ("zip", "unzip FILE.zip"),
+}
+
+
+_C1_BYTES = bytes(range(0x80, 0xA0))  # control codes in Latin-1; curly quotes, dashes, € in Windows-1252
+
+
 def convert_hint(data: bytes) -> str:
     """How to make UTF-8 of a file that starts with ``data``: from UTF-16 if it starts with a UTF-16
-    byte-order mark, nothing for a binary file, else from Latin-1 (the usual single-byte case)."""
+    byte-order mark or looks like UTF-16 without one, nothing for a binary file, nothing but the
+    broken bytes for a file that is mostly UTF-8, else from Windows-1252 or Latin-1."""
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return "it starts with a UTF-16 byte-order mark: convert it, e.g. `iconv -f utf-16 -t utf-8 IN > OUT`"
-    if b"\0" in data[:8192]:  # NUL bytes: a binary file (an archive, weights, an image), not text
-        return "it looks like a binary file, not text: pass a text file"
+    for magic, (kind, command) in _COMPRESSED.items():
+        if data.startswith(magic):
+            return f"it is {kind}-compressed: decompress it first, e.g. `{command}`, and pass the text"
+    if b"\0" in data[:8192]:  # NUL bytes: UTF-16 text without a byte-order mark, or a binary file
+        return _utf16_hint(data) or "it looks like a binary file, not text: pass a text file"
+    # (Counted at C speed, on the first MiB: a hint must not take a minute on a 1 GB file.)
+    text = data[: 1 << 20].decode("utf-8", errors="replace")
+    broken = text.count("\ufffd")
+    if len(text) - len(text.encode("ascii", "ignore")) - broken > broken:
+        # Converting all of it from a single-byte encoding would garble its UTF-8 characters.
+        return ("the rest of it is UTF-8: fix those bytes, or drop every broken one, e.g. "
+                "`iconv -f utf-8 -t utf-8 -c IN > OUT`")
+    if len(data.translate(None, _C1_BYTES)) < len(data):  # Latin-1's control codes: Windows' quotes, dashes
+        return "convert the file, e.g. `iconv -f cp1252 -t utf-8 IN > OUT`"
     return "convert the file, e.g. `iconv -f latin1 -t utf-8 IN > OUT`"
 
 
@@ -79,14 +132,21 @@ def jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
             if not raw.strip():
                 continue
             try:
-                raw.decode("utf-8")
+                line = raw.decode("utf-8")
+                if line_no == 1:  # a leading byte-order mark is dropped (offsets still count it)
+                    line = line.removeprefix("\ufeff")
             except UnicodeDecodeError as exc:
                 raise DataError(
                     f"{path}:{line_no} is not UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start} "
-                    f"of the line ({convert_hint(raw if line_no == 1 else b'')})"
+                    f"of the line ({convert_hint(raw)})"
                 ) from None
+            # The decoded line, not the bytes: json.loads guesses UTF-16/32 from NUL bytes, and read
+            # a UTF-16 file's lines as garbage or failed with a traceback.
+            check_no_nul(raw, f"{path}:{line_no}", " of the line")
+            if not line.strip():  # (a byte-order mark alone)
+                continue
             try:
-                record = json.loads(raw)
+                record = json.loads(line)
             except json.JSONDecodeError as exc:
                 message = f"{path}:{line_no}: not valid JSON ({exc}); each line must be one object"
                 raise DataError(message) from None
@@ -94,8 +154,10 @@ def jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
                 keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
                 raise DataError(f"{path}:{line_no}: no field {text_field!r} (found: {keys}; pick the text's "
                                 "field with --text-field)")
-            text = check_text(record[text_field], f"{path}:{line_no}: field {text_field!r}")
             seen += 1
+            if record[text_field] is None:  # a record without text, as an empty or null Parquet cell
+                continue
+            text = check_text(record[text_field], f"{path}:{line_no}: field {text_field!r}")
             if text:  # (whitespace stays: it is text, and shards' checksums depend on it)
                 texts += bool(text.strip())
                 yield text

@@ -11,18 +11,30 @@ from gptsmith.config import check_fraction, from_dict, replace
 from gptsmith.device import DTYPE_SPELLINGS, TRAIN_DTYPES, check_seed, parse_device, parse_dtype
 from gptsmith.errors import ConfigError, DataError
 
-_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+# Each unit's spellings: "90s", "90 sec", "10m", "10 min", "1.5h", "2 hours", or parts in a row ("1h30m").
+_UNITS = {"s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0,
+          "m": 60.0, "min": 60.0, "mins": 60.0, "minute": 60.0, "minutes": 60.0,
+          "h": 3600.0, "hr": 3600.0, "hrs": 3600.0, "hour": 3600.0, "hours": 3600.0}
+_NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
+_PART = re.compile(rf"{_NUMBER}\s*([a-z]+)\s*")
 
 
 def parse_duration(value: Any, *, name: str = "--time-budget") -> float:
-    """Seconds from ``600``, ``"600"``, ``"90s"``, ``"10m"`` or ``"1.5h"`` (must be > 0)."""
+    """Seconds from ``600``, ``"600"``, ``"90s"``, ``"10m"``, ``"1.5h"``, ``"2 hours"`` or
+    ``"1h30m"`` (must be > 0)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     else:
-        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)\s*", str(value).lower())
-        if match is None:
-            raise ConfigError(f"{name} must be a duration like 90s, 10m or 1.5h, got {value!r}")
-        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+        text = str(value).strip().lower()
+        bare = re.fullmatch(_NUMBER, text)  # a plain number is seconds
+        parts = _PART.findall(text)
+        units = [_UNITS.get(unit) for _, unit in parts]
+        if bare is not None:
+            seconds = float(bare.group(1))
+        elif parts and not _PART.sub("", text) and None not in units and len(set(units)) == len(units):
+            seconds = sum(float(number) * _UNITS[unit] for number, unit in parts)  # (each unit once)
+        else:
+            raise ConfigError(f"{name} must be a duration like 90s, 10m, 1.5h or 1h30m, got {value!r}")
     if not math.isfinite(seconds) or seconds <= 0:
         raise ConfigError(f"{name} must be a positive duration, got {value!r}")
     return seconds

@@ -134,3 +134,25 @@ def test_a_vocab_size_in_the_file_must_be_the_tokenizers(inputs, tmp_path, capsy
     config.write_text(tiny + "  device: gpu\n")
     assert main(resume) == 2
     assert one_error_line(capsys).startswith(f"{config}: train.device: unknown device 'gpu' (choose from ")
+
+
+def test_max_steps_on_the_command_line_replaces_a_files_time_budget(inputs, tmp_path, capsys):
+    """Flags win over the file, --max-steps too: the file's budget silently outranked it (a run
+    asked for 1 step trained for the file's hour)."""
+    from gptsmith.cli import build_parser
+    from gptsmith.cli.train_configs import build_configs
+
+    corpus, config = inputs
+    config.write_text(config.read_text() + "  time_budget: 1h\n", encoding="utf-8")
+
+    def train_cfg(*extra: str):
+        args = build_parser().parse_args(train_args(corpus, config, tmp_path / "run", *extra))
+        return build_configs(args)[1]
+
+    assert train_cfg("--max-steps", "1").time_budget is None and train_cfg("--max-steps", "1").max_steps == 1
+    assert train_cfg().time_budget == "1h"  # the file's budget, when no flag says otherwise
+    assert train_cfg("--time-budget", "2m").time_budget == "2m"
+    config.write_text(config.read_text() + "  max_steps: 5\n", encoding="utf-8")  # both in the file
+    assert main(train_args(corpus, config, tmp_path / "run")) == 2
+    assert one_error_line(capsys) == (f"{config}: give train.max_steps or train.time_budget, not both (the "
+                                      "budget chooses the steps)")

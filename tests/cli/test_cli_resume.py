@@ -107,6 +107,31 @@ def test_a_run_on_a_relative_corpus_path_resumes_and_evaluates_from_another_dire
     assert f"data: {corpus}" in capsys.readouterr().out
 
 
+def test_a_run_whose_corpus_has_moved_resumes_from_where_data_says_it_is_now(inputs, tmp_path, capsys):
+    """A corpus moved (or renamed) after the run started could not be resumed at all: without --data it
+    was not found, and --data NEW was refused as another corpus. Its tokens' checksum decides."""
+    corpus, config = inputs
+    run = tmp_path / "run"
+    assert main(train_args(corpus, config, run, "--max-steps", "2", "--eval-every", "2")) == 0
+    moved = tmp_path / "archive" / "my corpus.txt"
+    moved.parent.mkdir()
+    corpus.rename(moved)
+    capsys.readouterr()
+    resume = ["train", "--resume", str(run), "--no-progress"]
+    assert main([*resume, "--max-steps", "3"]) == 2
+    assert one_error_line(capsys).endswith("if the corpus has moved, pass where it is now with --data (its "
+                                           "tokens are checked against the run's)")
+    other = tmp_path / "other.txt"
+    other.write_text(moved.read_text() + "\nOne more line.", encoding="utf-8")
+    assert main([*resume, "--max-steps", "3", "--data", str(other)]) == 2  # not the same tokens
+    assert "changed since" in one_error_line(capsys)
+    assert main([*resume, "--max-steps", "3", "--data", str(moved)]) == 0
+    assert f"note: the corpus {corpus} has moved: reading it from {moved}" in capsys.readouterr().out
+    assert json.loads((run / "run.json").read_text())["train"]["data"] == str(moved)
+    assert main([*resume, "--max-steps", "4"]) == 0  # from its new place from now on
+    assert (run / "latest").read_text().strip() == "checkpoints/step-000004"
+
+
 def test_resume_may_change_the_learning_rate_and_clipping(inputs, tmp_path, capsys):
     corpus, config = inputs
     run = tmp_path / "run"

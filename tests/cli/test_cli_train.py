@@ -61,6 +61,38 @@ def test_train_eval_and_resume_from_the_command_line(inputs, tmp_path, capsys):
     assert (run / "latest").read_text().strip() == "checkpoints/step-000025"
 
 
+def test_eval_on_text_a_word_level_vocabulary_lacks_says_how_much_is_unk(inputs, tmp_path, capsys):
+    """Words a simple tokenizer never learnt all become <|unk|>, one easy token: the loss was printed
+    as if the model understood the text."""
+    corpus, config = inputs
+    run = tmp_path / "run"
+    assert main(train_args(corpus, config, run, "--max-steps", "1")) == 0
+    unseen = tmp_path / "unseen.txt"
+    unseen.write_text("Zyx qwv plorf the module. " * 200 + "\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run), "--data", str(unseen), "--max-batches", "1"]) == 0
+    err = capsys.readouterr().err
+    assert f"gptsmith eval: warning: 50% of the tokens of {unseen} are <|unk|> (words the model's " \
+        "vocabulary lacks)" in err
+    assert main(["eval", "--checkpoint", str(run), "--max-batches", "1"]) == 0  # its own corpus: every word
+    assert "<|unk|>" not in capsys.readouterr().err
+
+
+def test_eval_of_a_jsonl_run_on_plain_text_does_not_warn_of_the_runs_text_field(inputs, tmp_path, capsys):
+    """The run's --text-field was applied to any --data: plain text warned of a field nobody gave."""
+    corpus, config = inputs
+    records = tmp_path / "records.jsonl"
+    parts = corpus.read_text().split("\n\n")
+    records.write_text("".join(json.dumps({"body": part}) + "\n" for part in parts))
+    run = tmp_path / "run"
+    assert main(train_args(records, config, run, "--max-steps", "1", "--text-field", "body")) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run), "--data", str(corpus), "--max-batches", "1"]) == 0
+    assert "text field" not in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(run), "--max-batches", "1"]) == 0  # its own records: 'body'
+    assert f"data: {records}" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

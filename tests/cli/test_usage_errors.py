@@ -35,6 +35,16 @@ def test_a_usage_error_is_one_line_naming_the_command_and_its_help(capsys, argv,
     assert _usage_error(capsys, argv) == f"{line} (see {verb} --help)"
 
 
+def test_files_left_over_suggest_quoting_a_glob_the_shell_expanded(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (tmp_path / name).write_text("text")
+    for argv in (["prepare", "a.txt", "b.txt", "c.txt"], ["train", "--data", "a.txt", "b.txt", "c.txt"]):
+        assert _usage_error(capsys, argv).endswith(
+            "error: unrecognized arguments: b.txt c.txt; they are files: did the shell expand a glob? quote "
+            f"it, e.g. 'notes/*.txt', or pass their folder (see gptsmith {argv[0]} --help)")
+
+
 def test_an_unknown_command_points_to_the_top_level_help(capsys):
     line = _usage_error(capsys, ["genrate", "--model", "gpt2"])
     assert line.startswith("gptsmith: error: argument COMMAND: invalid choice: 'genrate' (choose from ")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import sys
 import types
 
@@ -90,6 +92,22 @@ def test_a_glob_keeps_glob_rules_for_hidden_names_and_folders(tmp_path):
     assert names(str(tmp_path / "**" / "b" / "**")) == ["a/b/c/f.txt", "a/b/g.md"]
 
 
+def test_a_directory_skips_hidden_files_and_folders_as_a_glob_does(tmp_path):
+    """.git/, Jupyter's .ipynb_checkpoints/ (a second copy of each note) and hidden drafts were read."""
+    notes = tmp_path / ".notes"  # the directory named may itself be hidden
+    for folder in (".git", ".ipynb_checkpoints", "sub"):
+        (notes / folder).mkdir(parents=True)
+    (notes / "a.txt").write_text("the note")
+    (notes / ".ipynb_checkpoints" / "a-checkpoint.txt").write_text("the note")
+    (notes / ".git" / "description.txt").write_text("Unnamed repository")
+    (notes / "sub" / ".draft.md").write_text("not yet")
+    (notes / "sub" / "b.md").write_text("another note")
+    assert list(resolve_corpus(notes).documents()) == ["the note", "another note"]
+    assert resolve_corpus(notes).paths == resolve_corpus(str(notes / "**" / "*.*")).paths
+    checkpoints = notes / ".ipynb_checkpoints"  # named itself, a hidden folder is read
+    assert resolve_corpus(checkpoints).paths == (checkpoints / "a-checkpoint.txt",)
+
+
 def test_named_corpus_from_data_dir(tmp_path, monkeypatch):
     (tmp_path / "mycorpus.txt").write_text("hello")
     monkeypatch.setenv("GPTSMITH_DATA_DIR", str(tmp_path))
@@ -147,9 +165,48 @@ def test_non_utf8_bytes_name_file_and_offset(tmp_path):
     assert list(resolve_corpus(tmp_path / "bom-ok.txt").documents()) == ["hello"]
 
 
-def test_a_record_holding_endoftext_is_split_so_each_boundary_gets_one(tmp_path, word_tokenizer):
-    import json
+def test_nul_bytes_are_refused_and_utf16_without_a_byte_order_mark_is_named(tmp_path):
+    """A NUL is valid UTF-8 but never text: UTF-16 without a BOM was read as "H\\0e\\0l\\0..." garbage."""
+    text = "Hello world, a plain English line.\n" * 5
+    (tmp_path / "le.txt").write_bytes(text.encode("utf-16-le"))
+    with pytest.raises(DataError, match=r"le.txt is not text: a NUL byte at offset 1 .*UTF-16 .*without a "
+                       r"byte-order mark.*iconv -f utf-16le"):
+        list(resolve_corpus(tmp_path / "le.txt").documents())
+    (tmp_path / "be.txt").write_bytes(text.encode("utf-16-be"))
+    with pytest.raises(DataError, match=r"offset 0 .*iconv -f utf-16be"):
+        list(resolve_corpus(tmp_path / "be.txt").documents())
+    (tmp_path / "stray.txt").write_bytes(text.encode() + b"\0" + text.encode())
+    with pytest.raises(DataError, match=r"stray.txt is not text: a NUL byte at offset 175 \(remove the NUL"):
+        list(resolve_corpus(tmp_path / "stray.txt").documents())
+    # JSONL: json.loads read the bytes of a UTF-16 line as UTF-16 (big-endian: garbage documents;
+    # little-endian: a UnicodeDecodeError traceback at the line's "\n").
+    lines = "".join(json.dumps({"text": f"story {i}"}) + "\n" for i in range(3))
+    for order in ("le", "be"):
+        (tmp_path / f"{order}.jsonl").write_bytes(lines.encode(f"utf-16-{order}"))
+        with pytest.raises(DataError, match=rf"{order}.jsonl:1 is not text: a NUL byte at offset \d of the "
+                           rf"line .*iconv -f utf-16{order}"):
+            list(resolve_corpus(tmp_path / f"{order}.jsonl").documents())
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + lines.encode())  # a UTF-8 BOM is still fine
+    assert list(resolve_corpus(tmp_path / "bom.jsonl").documents()) == ["story 0", "story 1", "story 2"]
 
+
+def test_the_conversion_hint_fits_the_bytes(tmp_path):
+    def error(name: str, data: bytes) -> str:
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(DataError) as info:
+            list(resolve_corpus(tmp_path / name).documents())
+        return str(info.value)
+
+    # Windows' curly quotes are Latin-1 control codes: converting from Latin-1 would keep them so.
+    assert "iconv -f cp1252 -t utf-8" in error("win.txt", "\u201cquoted\u201d caf\u00e9".encode("cp1252"))
+    assert "iconv -f latin1 -t utf-8" in error("latin.txt", "caf\u00e9 cr\u00e8me".encode("latin-1"))
+    # One broken byte in UTF-8 text: converting all of it from Latin-1 would garble its "é"s.
+    broken = "caf\u00e9 na\u00efve cr\u00e8me ".encode() + b"\xff" + "r\u00e9sum\u00e9".encode()
+    assert "the rest of it is UTF-8" in error("broken.txt", broken)
+    assert "it is gzip-compressed: decompress it first" in error("c.txt.gz", gzip.compress(b"some text"))
+
+
+def test_a_record_holding_endoftext_is_split_so_each_boundary_gets_one(tmp_path, word_tokenizer):
     records = ["alpha beta.<|endoftext|>", "gamma<|endoftext|>\r\ndelta", "  <|endoftext|>", "epsilon"]
     (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": r}) + "\n" for r in records))
     assert list(resolve_corpus(tmp_path / "c.jsonl").documents()) == [
@@ -174,9 +231,13 @@ def test_jsonl_corpus_and_its_errors(tmp_path):
     (tmp_path / "latin.jsonl").write_bytes(b'{"text": "one"}\n{"text": "caf\xe9"}\n')
     with pytest.raises(DataError, match=r"latin.jsonl:2 is not UTF-8: byte 0xe9 at offset 13 of the line"):
         list(resolve_corpus(tmp_path / "latin.jsonl").documents())
-    (tmp_path / "blank.jsonl").write_text('{"text": ""}\n{"text": "  \\n "}\n')
-    with pytest.raises(DataError, match=r"blank.jsonl has 2 line\(s\) but every 'text' is blank"):
+    (tmp_path / "blank.jsonl").write_text('{"text": ""}\n{"text": "  \\n "}\n{"text": null}\n')
+    with pytest.raises(DataError, match=r"blank.jsonl has 3 line\(s\) but every 'text' is blank"):
         list(resolve_corpus(tmp_path / "blank.jsonl").documents())
+    # A null text is a record without text, skipped as an empty one (and as a null Parquet cell): it
+    # stopped the whole corpus with "holds NoneType values, not text".
+    (tmp_path / "null.jsonl").write_text('{"text": "one"}\n{"text": null}\n{"text": "two"}\n')
+    assert list(resolve_corpus(tmp_path / "null.jsonl").documents()) == ["one", "two"]
 
 
 def test_a_lone_surrogate_escape_in_jsonl_becomes_the_replacement_character(tmp_path, word_tokenizer):

@@ -152,6 +152,7 @@ def test_input_embeddings_add_positions():
 
 
 def test_a_tokenizer_can_be_named(tmp_path):
+    from gptsmith.data.shards import corpus_tokenizer
     from gptsmith.data.tokenizer import get_tokenizer
     from gptsmith.train.run import prepare_splits
 
@@ -163,7 +164,14 @@ def test_a_tokenizer_can_be_named(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(named, given, strict=True))
     corpus = tmp_path / "c.txt"
     corpus.write_text(text, encoding="utf-8")
-    train_tokens, _, info = prepare_splits(str(corpus), "simple", cache_dir=str(tmp_path / "cache"))
+    # A word-level tokenizer by name knows the built-in corpus's words, not the corpus's: it was
+    # used silently, and "delta" (say) became <|unk|>; the one learnt from the corpus is asked for.
+    with pytest.raises(ConfigError, match=r"the tokenizer 'simple' by name knows only the built-in corpus's "
+                       r"words: pass the one learnt from .*c.txt', corpus_tokenizer\('simple', '.*c.txt'\)"):
+        prepare_splits(str(corpus), "simple", cache_dir=str(tmp_path / "cache"))
+    learnt = corpus_tokenizer("simple", corpus)
+    train_tokens, _, info = prepare_splits(str(corpus), learnt, cache_dir=str(tmp_path / "cache"))
     assert info["tokenizer"] == "simple" and len(train_tokens) > 0
+    assert learnt.unk_id not in {int(i) for i in train_tokens}
     with pytest.raises(DataError, match="tokenizer must be a tokenizer .* or its name, got int"):
         create_dataloader(text, tokenizer=5)

@@ -21,12 +21,15 @@ from gptsmith.train.time_budget import MARGIN, size_schedule
 
 
 @pytest.mark.parametrize(("text", "seconds"), [(600, 600.0), ("600", 600.0), ("90s", 90.0), ("10m", 600.0),
-                                               ("1.5h", 5400.0), (" 2M ", 120.0)])
+                                               ("1.5h", 5400.0), (" 2M ", 120.0),
+                                               # common spellings that were refused
+                                               ("1h30m", 5400.0), ("1m 30s", 90.0), ("2min", 120.0),
+                                               ("45 sec", 45.0), ("2 hours", 7200.0)])
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("bad", ["10x", "", "-5m", "0", "m", True])
+@pytest.mark.parametrize("bad", ["10x", "", "-5m", "0", "m", True, "1m2m", "1h30", "inf", "1h-30m"])
 def test_bad_durations_are_config_errors(bad):
     with pytest.raises(ConfigError, match="--time-budget"):
         parse_duration(bad)
