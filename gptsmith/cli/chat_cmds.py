@@ -36,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_chat(args: argparse.Namespace) -> int:
     from gptsmith.cli.stdin_text import bad_byte, keep_undecodable_bytes
+    from gptsmith.device import MAX_SEED
     from gptsmith.generate.chat import Conversation, template_from_config
     from gptsmith.generate.generation import stream_text
 
@@ -85,7 +86,9 @@ def run_chat(args: argparse.Namespace) -> int:
                   f"the reply: the model sees only its last part, {cropped} token(s) cut)", file=sys.stderr)
         pieces = []
         try:
-            turn_seed = None if seed is None else seed + turn
+            # Turn i samples with --seed + i, wrapping past the largest seed: a conversation has no
+            # set length, so --seed 4294967295 must not end it at the second message.
+            turn_seed = None if seed is None else (seed + turn) % (MAX_SEED + 1)
             for piece in stream_text(model, tokenizer, ids, max_new_tokens, seed=turn_seed, **options):
                 pieces.append(piece)
                 print(piece, end="", flush=True)

@@ -313,6 +313,20 @@ def test_chat_ends_on_ctrl_d_and_keeps_the_conversation(capsys, instruct_checkpo
     assert first != second  # the second turn sees the first one in its context
 
 
+def test_chat_seeds_wrap_past_the_largest_seed(capsys, checkpoint, monkeypatch):
+    """Turn i samples with --seed + i; at the largest seed the second turn wraps to seed 0 instead of
+    ending the conversation with an out-of-range seed."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO("The module\n/reset\nThe module\n"))
+    sampled = ("--temperature", "1", "--max-new-tokens", "4")
+    code, out, err = _run(capsys, "chat", "--checkpoint", str(checkpoint), *sampled, "--seed", "4294967295")
+    assert code == 0, err
+    first, second = out.splitlines()
+    assert "error" not in err
+    monkeypatch.setattr(sys, "stdin", io.StringIO("The module\n"))
+    code, out, _ = _run(capsys, "chat", "--checkpoint", str(checkpoint), *sampled, "--seed", "0")
+    assert code == 0 and out.splitlines() == [second]  # the second turn was seeded with 0
+
+
 @pytest.mark.slow
 def test_chat_in_a_subprocess(checkpoint):
     result = subprocess.run(
