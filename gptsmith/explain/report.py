@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from gptsmith.data.tokenizer import Tokenizer
+from gptsmith.data.tokenizer import Tokenizer, as_tokenizer
 from gptsmith.device import check_seed
 from gptsmith.errors import GptsmithError, NonFiniteError
 from gptsmith.explain import html, text
@@ -213,7 +213,7 @@ def _check_words(words: Sequence[str] | None, neighbours_of: str | None) -> None
 @torch.no_grad()
 def explain(
     model: GPTModel,
-    tokenizer: Tokenizer,
+    tokenizer: Tokenizer | str,
     text: str,
     *,
     words: Sequence[str] | None = None,
@@ -237,6 +237,7 @@ def explain(
     """
     _check_options(model, top_k, max_tokens, layer)
     check_seed(seed)
+    tokenizer = as_tokenizer(tokenizer)  # a name ("gpt2") works too, as in generate
     if not isinstance(text, str):
         raise GptsmithError(f"text must be a str, got {type(text).__name__}")
     _check_words(words, neighbours_of)

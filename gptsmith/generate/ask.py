@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from gptsmith.config import check_number
+from gptsmith.data.tokenizer import as_tokenizer
 from gptsmith.errors import ConfigError, GptsmithError
 from gptsmith.generate.chat import Message, PromptTemplate, get_template
 from gptsmith.generate.generation import _checked_config, generate, stream_text, text_to_token_ids
@@ -65,6 +66,7 @@ def stream_answer(
     the question would slide out of the model's view. A question that leaves no room at all, its
     template and input included, raises ``ConfigError``: cropping it would answer another question.
     """
+    tokenizer = as_tokenizer(tokenizer)  # a name ("gpt2") works too
     chosen = model_template(model, template)
     options = _with_template_stops(chosen, options)
     _checked_config(model, tokenizer, max_new_tokens=max_new_tokens, **options)  # a bad option first
@@ -129,6 +131,7 @@ def answer_batch(
     than the context keeps its most recent tokens.
     """
     check_number("batch_size", batch_size, whole=True, minimum=1)
+    tokenizer = as_tokenizer(tokenizer)  # a name ("gpt2") works too, as in generate and ask
     chosen = get_template(template)
     context = model.cfg.context_length
     answers: list[Answer] = []

@@ -232,6 +232,15 @@ def test_bad_input_is_one_clear_error(trained, tokenizer):
         explain(trained, tokenizer, TEXT, neighbours_of=5)
 
 
+def test_a_tokenizer_may_be_given_by_name():
+    from gptsmith.data.tokenizer import get_tokenizer
+
+    words = get_tokenizer("simple")
+    model = tiny_model(words.vocab_size)
+    by_name = explain(model, "simple", TEXT)  # was "simple".encode(TEXT): LookupError, unknown encoding
+    assert by_name.tokens.ids == explain(model, words, TEXT).tokens.ids == words.encode(TEXT)
+
+
 def test_a_text_longer_than_the_context_is_cropped_with_a_note(trained, tokenizer):
     long_text = " ".join([TEXT] * 3)  # 39 tokens, context 24
     report = explain(trained, tokenizer, long_text, focus=-1)

@@ -12,7 +12,7 @@ from generation_helpers import ByteTokenizer, tiny_model
 from gptsmith.data.tokenizer import get_tokenizer
 from gptsmith.data.windows import SlidingWindowDataset
 from gptsmith.errors import ConfigError, GptsmithError
-from gptsmith.generate.ask import ask, stream_answer
+from gptsmith.generate.ask import answer_batch, ask, question_prompt, stream_answer
 from gptsmith.generate.generation import generate, stream_text, text_to_token_ids, token_ids_to_text
 
 
@@ -90,6 +90,10 @@ def test_unknown_options_are_named_and_tokenizer_names_work(model):
     model = tiny_model(vocab_size=words.vocab_size, context_length=32)
     assert "".join(stream_text(model, "simple", "The", 3)) == "".join(stream_text(model, words, "The", 3))
     assert token_ids_to_text([5, 6], "simple") == words.decode([5, 6])
+    assert ask(model, "simple", "The", max_new_tokens=3) == ask(model, words, "The", max_new_tokens=3)
+    prompts = [question_prompt("alpaca", "The")]  # was str.encode("gpt2"): LookupError, unknown encoding
+    assert answer_batch(model, "simple", prompts, "alpaca", max_new_tokens=3) == answer_batch(
+        model, words, prompts, "alpaca", max_new_tokens=3)
     with pytest.raises(GptsmithError, match="tokenizer must be a tokenizer .* or its name, got int"):
         text_to_token_ids("hi", 5)
     with pytest.raises(GptsmithError, match="text must be a str, got NoneType"):
