@@ -113,7 +113,7 @@ def run_explain(args: argparse.Namespace) -> int:
     for flag, value in (("the text", args.text), ("--words", args.words), ("--neighbours", args.neighbours)):
         check_utf8_arg(flag, value)
     text = read_stdin_prompt() if args.text == "-" else args.text
-    if not text.strip():
+    if not text:  # white space alone is text to GPT-2 (" " and "\n" are tokens): explain decides
         raise ConfigError('the text is empty: give some text to explain, e.g. "Every effort moves you"')
     words = None
     if args.words is not None:

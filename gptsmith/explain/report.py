@@ -174,7 +174,8 @@ def encode_text(tokenizer: Tokenizer, text: str, limit: int) -> tuple[list[int],
     """The ids of ``text``, cropped to the first ``limit`` (with a note saying so)."""
     ids = tokenizer.encode(text)
     if not ids:
-        what = "empty" if not text.strip() else "only whitespace the tokenizer drops"
+        what = ("empty" if not text else "only white space, which the tokenizer drops" if not text.strip()
+                else "only characters the tokenizer drops")
         raise GptsmithError(f'the text is {what}: give some text to explain, e.g. "Every effort moves you"')
     notes = []
     if len(ids) > limit:

@@ -96,11 +96,19 @@ def test_a_long_text_is_cropped_with_a_note(checkpoint, capsys):
     assert "note: the text has 39 tokens; only the first 24 are explained" in capsys.readouterr().out
 
 
+def test_white_space_is_text_to_gpt2(tmp_path, capsys, gpt2_tokenizer):
+    """A word tokenizer drops white space (above: an error), but GPT-2 has tokens for it."""
+    model = save_model(tiny_model(gpt2_tokenizer.vocab_size), tmp_path / "bpe", tokenizer="gpt2")
+    assert main(["explain", "--checkpoint", str(model), "--device", "cpu", " \n\n"]) == 0
+    out = capsys.readouterr().out  # was: "the text is empty", exit 2
+    assert "1. Tokens: 2 gpt2 tokens" in out and "ids: 220 628" in out
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--checkpoint", "{ckpt}", ""], "the text is empty"),
-        (["--checkpoint", "{ckpt}", "   "], "the text is empty"),
+        (["--checkpoint", "{ckpt}", "   "], "the text is only white space, which the tokenizer drops"),
         (
             ["--checkpoint", "{ckpt}", "--focus", "40", TEXT],
             "focus position 40 is not in the text: it has 13",
