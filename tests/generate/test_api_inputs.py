@@ -185,3 +185,12 @@ def test_numpy_scalars_and_torch_dtypes_are_whole_numbers_and_dtypes(model):
     same = generate(model, [1, 2], 4, stop_sequences=[np.int64(7), torch.tensor(8), torch.tensor([9, 10])],
                     eos_id=96)
     assert same.shape[0] == 1
+    # numpy's numbers as decoding options: were refused ("must be an integer, got np.int64(4)") or,
+    # as a seed, torch.Generator's TypeError
+    numpy_options = {"temperature": np.float32(0.8), "top_k": np.int64(20), "top_p": np.float32(0.9),
+                     "repetition_penalty": np.float64(1.1), "seed": np.int64(5)}
+    python_options = {key: value.item() for key, value in numpy_options.items()}
+    assert torch.equal(generate(model, [1, 2], np.int64(4), **numpy_options),
+                       generate(model, [1, 2], 4, **python_options))
+    assert torch.equal(generate(model, [1, 2], 4, num_beams=np.int64(2), length_penalty=np.float32(0.5)),
+                       generate(model, [1, 2], 4, num_beams=2, length_penalty=0.5))
