@@ -6,6 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+# explain()'s keywords whose messages a user of the command should read as its flags.
+EXPLAIN_FLAGS = {"top_k": "--top-k", "max_tokens": "--max-tokens"}
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``explain`` and ``plot``."""
@@ -101,7 +104,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from gptsmith.cli.generate_cmds import load_for_generation
+    from gptsmith.cli.generate_cmds import _in_flag_terms, load_for_generation
     from gptsmith.cli.stdin_text import check_utf8_arg, read_stdin_prompt
     from gptsmith.device import check_seed
     from gptsmith.errors import ConfigError
@@ -129,20 +132,23 @@ def run_explain(args: argparse.Namespace) -> int:
     for flag, path in outputs:
         if path is not None and str(path) != "-":
             check_can_be_file(path, flag, "report" + flag.replace("--", "."))  # before the work
+    if args.max_tokens < 1:  # the rest needs the model (top_k vs its vocabulary): checked by explain
+        raise ConfigError(f"--max-tokens must be at least 1, got {args.max_tokens}")
     model, tokenizer, _, name = load_for_generation(args)
-    report = explain(
-        model,
-        tokenizer,
-        text,
-        words=words,
-        neighbours_of=args.neighbours,
-        focus=args.focus,
-        layer=args.layer,
-        top_k=args.top_k,
-        max_tokens=args.max_tokens,
-        seed=args.seed,
-        model_name=name,
-    )
+    with _in_flag_terms(EXPLAIN_FLAGS):  # "--top-k must be ...", as the user typed it, not "top_k"
+        report = explain(
+            model,
+            tokenizer,
+            text,
+            words=words,
+            neighbours_of=args.neighbours,
+            focus=args.focus,
+            layer=args.layer,
+            top_k=args.top_k,
+            max_tokens=args.max_tokens,
+            seed=args.seed,
+            model_name=name,
+        )
     if to_stdout:  # standard output holds that document alone, so the other file's line goes to stderr
         sys.stdout.write(report.to_html() if to_stdout == ["--html"] else report.to_json())
     else:
