@@ -100,6 +100,21 @@ def test_unknown_options_are_named_and_tokenizer_names_work(model):
         text_to_token_ids(None, tokenizer)
 
 
+def test_ask_reads_one_stop_sequence_as_generate_does():
+    """A lone string is one stop sequence, not one per letter; a lone id is one stop (was a TypeError)."""
+    tokenizer = ByteTokenizer()
+    model = tiny_model(vocab_size=tokenizer.vocab_size, context_length=200)  # bytes: Alpaca's are many
+    plain = stream_answer(model, tokenizer, "Hi", max_new_tokens=6)
+    answer, ids = "".join(plain), plain.token_ids
+    letter = next(chr(i) for i in ids[1:] if i < 128)  # a character of the answer, after its first
+    never = letter + "\0\0"  # in the answer as a letter, never as a whole
+    stream = stream_answer(model, tokenizer, "Hi", max_new_tokens=6, stop_sequences=never)
+    assert "".join(stream) == answer and stream.stop_reason == "max_new_tokens"  # was cut at the letter
+    by_id = stream_answer(model, tokenizer, "Hi", max_new_tokens=6, stop_sequences=ids[1])
+    "".join(by_id)
+    assert by_id.stop_reason == "stop_sequence" and by_id.token_ids == ids[: ids.index(ids[1])]
+
+
 def test_decoding_and_windows_refuse_float_ids():
     tokenizer = get_tokenizer("simple")
     with pytest.raises(GptsmithError, match="token_ids must be integer token ids, got an array of torch"):
