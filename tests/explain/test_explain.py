@@ -98,6 +98,16 @@ def test_control_characters_are_shown_as_their_bytes_never_passed_to_the_termina
     assert report.as_dict()["text"] == text  # the numbers keep the text exactly as given
 
 
+def test_direction_marks_are_shown_as_their_bytes_not_left_to_reorder_the_pieces(gpt2_tokenizer):
+    model = tiny_model(gpt2_tokenizer.vocab_size)
+    text = "abc \u202edef\u2066 ghi \u200f"  # right-to-left override, isolate, mark: all invisible
+    report = explain(model, gpt2_tokenizer, text)
+    shown = report.to_text() + report.to_html()
+    assert not [c for c in ("\u202e", "\u2066", "\u200f") if c in shown]  # were shown as they are
+    assert "<e2 80 ae>" in "".join(report.simple.pieces) and "&lt;e2 80 ae&gt;" in report.to_html()
+    assert report.as_dict()["text"] == text
+
+
 def test_attention_rows_sum_to_one_and_are_zero_above_the_diagonal(report):
     weights = report.attention  # (layers, heads, n, n)
     n = len(report.tokens.ids)
