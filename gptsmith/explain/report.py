@@ -10,6 +10,7 @@ write it atomically).
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,11 @@ class ExplainReport:
             ]
             if self.compare.random_losses:
                 self._pictures.append(compare_picture(self.compare, labels))
+            missing = sorted(set().union(*(p.missing_glyphs for p in self._pictures)))
+            if missing:  # one line for the report, not matplotlib's one per label and picture
+                shown = "".join(missing[:10]) + ("…" if len(missing) > 10 else "")
+                warnings.warn(f"the pictures' font has no glyph for {len(missing)} character(s) ({shown}): "
+                              "they are drawn as empty boxes (the page's tables show them)", stacklevel=2)
         return self._pictures
 
     def as_dict(self) -> dict:

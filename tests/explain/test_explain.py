@@ -98,6 +98,21 @@ def test_control_characters_are_shown_as_their_bytes_never_passed_to_the_termina
     assert report.as_dict()["text"] == text  # the numbers keep the text exactly as given
 
 
+def test_characters_the_font_lacks_are_one_warning_for_the_report(gpt2_tokenizer):
+    import warnings
+
+    model = tiny_model(gpt2_tokenizer.vocab_size)
+    report = explain(model, gpt2_tokenizer, "日本語のテキスト 中文")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report.pictures()
+        report.to_html()  # drawn once: no second warning
+    messages = [str(w.message) for w in caught]
+    assert len(messages) <= 1, messages  # matplotlib's own: 24, one per label laid out, per picture
+    if messages:  # (none where a font with these characters is installed)
+        assert messages[0].startswith("the pictures' font has no glyph for ") and "中" in messages[0]
+
+
 def test_direction_marks_are_shown_as_their_bytes_not_left_to_reorder_the_pieces(gpt2_tokenizer):
     model = tiny_model(gpt2_tokenizer.vocab_size)
     text = "abc \u202edef\u2066 ghi \u200f"  # right-to-left override, isolate, mark: all invisible
