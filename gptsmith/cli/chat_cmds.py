@@ -85,15 +85,23 @@ def run_chat(args: argparse.Namespace) -> int:
             print(f"(message too long for the context of {model.cfg.context_length} tokens with room for "
                   f"the reply: the model sees only its last part, {cropped} token(s) cut)", file=sys.stderr)
         pieces = []
+        # The reply ends where the context is full, as ask's does: past it the window would slide
+        # and the model lose the start of the conversation (its template's header included).
+        room = min(max_new_tokens, model.cfg.context_length - len(ids))
+        stream = None
         try:
             # Turn i samples with --seed + i, wrapping past the largest seed: a conversation has no
             # set length, so --seed 4294967295 must not end it at the second message.
             turn_seed = None if seed is None else (seed + turn) % (MAX_SEED + 1)
-            for piece in stream_text(model, tokenizer, ids, max_new_tokens, seed=turn_seed, **options):
+            stream = stream_text(model, tokenizer, ids, room, seed=turn_seed, **options)
+            for piece in stream:
                 pieces.append(piece)
                 print(piece, end="", flush=True)
         except KeyboardInterrupt:
             print(" [interrupted]", end="", file=sys.stderr)
         print(flush=True)
+        if stream is not None and room < max_new_tokens and stream.stop_reason == "max_new_tokens":
+            print(f"(reply cut after {room} tokens: the context of {model.cfg.context_length} is full; "
+                  "/reset starts over with all of it)", file=sys.stderr)
         conversation.add(message, "".join(pieces).rstrip())
         turn += 1

@@ -392,6 +392,27 @@ def test_alpaca_template(simple_tokenizer):
         template_from_config({"instruction_template": "vicuna"})
 
 
+def test_chat_replies_stop_where_the_context_is_full(capsys, checkpoint, monkeypatch):
+    """Context 48, --max-new-tokens 40: a reply may not slide the conversation out of view."""
+    import importlib
+
+    generation = importlib.import_module("gptsmith.generate.generation")  # gptsmith.generate: the function
+    seen = []
+
+    def recording(model, tokenizer, prompt, max_new_tokens, **options):
+        seen.append((len(prompt), max_new_tokens))
+        return stream_text(model, tokenizer, prompt, max_new_tokens, **options)
+
+    monkeypatch.setattr(generation, "stream_text", recording)
+    message = "The module imports the class and the function from the module of the class\n"  # 15 words
+    monkeypatch.setattr(sys, "stdin", io.StringIO(message * 2))
+    code, out, err = _run(capsys, "chat", "--checkpoint", str(checkpoint), "--max-new-tokens", "40",
+                          "--temperature", "0", "--stop", "never")
+    assert code == 0 and len(seen) == 2
+    assert all(n_prompt + n_new == 48 for n_prompt, n_new in seen), seen  # were 15 + 40 each
+    assert "(reply cut after " in err and "the context of 48 is full" in err
+
+
 def test_chat_skips_a_line_that_is_not_utf8_and_goes_on(capsys, checkpoint, monkeypatch):
     # Strict decoding, as in a UTF-8 locale, where input() would raise UnicodeDecodeError.
     piped = io.TextIOWrapper(io.BytesIO(b"caf\xe9\nThe module\n"), encoding="utf-8")
