@@ -10,6 +10,7 @@ write it atomically).
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -104,8 +105,13 @@ class ExplainReport:
         }
 
     def to_json(self) -> str:
-        """``as_dict()`` as a JSON document."""
-        return json.dumps(self.as_dict(), ensure_ascii=False) + "\n"
+        """``as_dict()`` as a JSON document (strict JSON: a number that overflowed is null)."""
+        data = self.as_dict()
+        try:
+            text = json.dumps(data, ensure_ascii=False, allow_nan=False)
+        except ValueError:  # a perplexity of exp(loss > 709) is inf, which JSON cannot hold (jq refuses it)
+            text = json.dumps(_finite_or_none(data), ensure_ascii=False, allow_nan=False)
+        return text + "\n"
 
     def to_text(self) -> str:
         """A compact plain-text summary of every stage (what ``gptsmith explain`` prints)."""
@@ -150,6 +156,17 @@ class ExplainReport:
     def save_json(self, path: str | Path) -> Path:
         """Write ``to_json()`` to ``path`` atomically."""
         return atomic_write_text(path, self.to_json())
+
+
+def _finite_or_none(value: object) -> object:
+    """``value`` with every float that is not finite (inf, nan) replaced by None, at any depth."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_none(item) for item in value]
+    return value
 
 
 def _rounded(weights: torch.Tensor) -> list:

@@ -202,6 +202,22 @@ def test_json_holds_the_numbers_behind_every_picture(report):
     assert data["attention"]["focus"]["position"] == n - 1
 
 
+def test_json_is_strict_when_a_perplexity_overflows(tokenizer):
+    model = tiny_model(tokenizer.vocab_size)
+    with torch.no_grad():
+        model.final_norm.scale.mul_(1e4)  # finite logits, but a loss far above 709: exp(loss) is inf
+    report = explain(model, tokenizer, TEXT)
+    assert report.next_token.perplexity == math.inf and "perplexity inf" in report.to_text()
+
+    def refuse(constant):  # what JSON.parse and jq do with Python's Infinity
+        raise ValueError(f"not JSON: {constant}")
+
+    data = json.loads(report.to_json(), parse_constant=refuse)  # was: ..."perplexity": Infinity...
+    assert data["next_token"]["perplexity"] is None
+    assert data["random_vs_trained"]["trained_perplexity"] is None
+    assert data["next_token"]["loss"] == pytest.approx(report.next_token.loss)
+
+
 def test_text_summary_names_every_stage(report):
     text = report.to_text()
     for stage in ("1. Tokens", "2. Embeddings", "3. Attention", "4. Next token", "5. Random versus trained"):
