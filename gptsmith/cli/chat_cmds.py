@@ -62,6 +62,7 @@ def run_chat(args: argparse.Namespace) -> int:
         except EOFError:
             print(file=sys.stderr)
             return 0
+        message = message.removesuffix("\r")  # a line of a CRLF file: its end, not part of the message
         command = message.strip()
         if not command:
             continue

@@ -392,6 +392,19 @@ def test_alpaca_template(simple_tokenizer):
         template_from_config({"instruction_template": "vicuna"})
 
 
+def test_chat_reads_a_crlf_file_as_its_lines(capsys, tmp_path, monkeypatch, gpt2_tokenizer):
+    model = tiny_model(vocab_size=gpt2_tokenizer.vocab_size, context_length=32)
+    directory = save_model(model, tmp_path / "gpt2-tiny", tokenizer="gpt2")  # "\r" is a token of its own
+    replies = []
+    for text in ("The module\nThe class\n", "The module\r\nThe class\r\n"):
+        monkeypatch.setattr(sys, "stdin", io.StringIO(text, newline=""))  # input() keeps the \r, as piped
+        code, out, _ = _run(capsys, "chat", "--checkpoint", str(directory), "--temperature", "0",
+                            "--max-new-tokens", "5")
+        assert code == 0
+        replies.append(out)
+    assert replies[0] == replies[1]  # the \r was part of each message
+
+
 def test_chat_replies_stop_where_the_context_is_full(capsys, checkpoint, monkeypatch):
     """Context 48, --max-new-tokens 40: a reply may not slide the conversation out of view."""
     import importlib
