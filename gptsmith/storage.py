@@ -225,9 +225,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto ``path``.
 
     Readers therefore see either the old file or the complete new one, never half a file, even
-    if the process is killed mid-write. On an exception the temporary file is removed.
+    if the process is killed mid-write. On an exception the temporary file is removed. A symbolic
+    link keeps pointing where it did (its target is replaced); a device or a pipe (``/dev/null``,
+    ``/dev/stdout``) is written to once the temporary file is complete.
     """
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():  # follows links: /dev/stdout too
+        with _written_through(path) as tmp:
+            yield tmp
+        return
+    if path.is_symlink():  # replace the file it points to, not the link with a file of its own
+        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -250,6 +258,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+@contextmanager
+def _written_through(path: Path) -> Iterator[Path]:
+    """Yield a temporary path; on success copy it into ``path``, a device, pipe or socket
+    (``/dev/null``, ``/dev/stdout``) that is written to, never replaced: renaming a file onto it
+    would swap the device for a plain file (as root), or fail in a folder like /dev."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp")  # the system's temp folder
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as source, open(path, "wb") as target:
+            shutil.copyfileobj(source, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -36,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_chat(args: argparse.Namespace) -> int:
     from gptsmith.cli.stdin_text import bad_byte, keep_undecodable_bytes
+    from gptsmith.device import MAX_SEED
     from gptsmith.generate.chat import Conversation, template_from_config
     from gptsmith.generate.generation import stream_text
 
@@ -61,6 +62,7 @@ def run_chat(args: argparse.Namespace) -> int:
         except EOFError:
             print(file=sys.stderr)
             return 0
+        message = message.removesuffix("\r")  # a line of a CRLF file: its end, not part of the message
         command = message.strip()
         if not command:
             continue
@@ -84,13 +86,23 @@ def run_chat(args: argparse.Namespace) -> int:
             print(f"(message too long for the context of {model.cfg.context_length} tokens with room for "
                   f"the reply: the model sees only its last part, {cropped} token(s) cut)", file=sys.stderr)
         pieces = []
+        # The reply ends where the context is full, as ask's does: past it the window would slide
+        # and the model lose the start of the conversation (its template's header included).
+        room = min(max_new_tokens, model.cfg.context_length - len(ids))
+        stream = None
         try:
-            turn_seed = None if seed is None else seed + turn
-            for piece in stream_text(model, tokenizer, ids, max_new_tokens, seed=turn_seed, **options):
+            # Turn i samples with --seed + i, wrapping past the largest seed: a conversation has no
+            # set length, so --seed 4294967295 must not end it at the second message.
+            turn_seed = None if seed is None else (seed + turn) % (MAX_SEED + 1)
+            stream = stream_text(model, tokenizer, ids, room, seed=turn_seed, **options)
+            for piece in stream:
                 pieces.append(piece)
                 print(piece, end="", flush=True)
         except KeyboardInterrupt:
             print(" [interrupted]", end="", file=sys.stderr)
         print(flush=True)
+        if stream is not None and room < max_new_tokens and stream.stop_reason == "max_new_tokens":
+            print(f"(reply cut after {room} tokens: the context of {model.cfg.context_length} is full; "
+                  "/reset starts over with all of it)", file=sys.stderr)
         conversation.add(message, "".join(pieces).rstrip())
         turn += 1

@@ -6,6 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+# explain()'s keywords whose messages a user of the command should read as its flags.
+EXPLAIN_FLAGS = {"top_k": "--top-k", "max_tokens": "--max-tokens"}
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``explain`` and ``plot``."""
@@ -101,16 +104,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from gptsmith.cli.generate_cmds import load_for_generation
-    from gptsmith.cli.stdin_text import read_stdin_prompt
+    from gptsmith.cli.generate_cmds import _in_flag_terms, load_for_generation
+    from gptsmith.cli.stdin_text import check_utf8_arg, read_stdin_prompt
     from gptsmith.device import check_seed
     from gptsmith.errors import ConfigError
     from gptsmith.explain.report import explain
     from gptsmith.storage import check_can_be_file
 
     check_seed(args.seed, "--seed")
+    # Not UTF-8 (lone surrogates from argv): refused, as generate does, not explained as U+FFFD.
+    for flag, value in (("the text", args.text), ("--words", args.words), ("--neighbours", args.neighbours)):
+        check_utf8_arg(flag, value)
     text = read_stdin_prompt() if args.text == "-" else args.text
-    if not text.strip():
+    if not text:  # white space alone is text to GPT-2 (" " and "\n" are tokens): explain decides
         raise ConfigError('the text is empty: give some text to explain, e.g. "Every effort moves you"')
     words = None
     if args.words is not None:
@@ -126,20 +132,23 @@ def run_explain(args: argparse.Namespace) -> int:
     for flag, path in outputs:
         if path is not None and str(path) != "-":
             check_can_be_file(path, flag, "report" + flag.replace("--", "."))  # before the work
+    if args.max_tokens < 1:  # the rest needs the model (top_k vs its vocabulary): checked by explain
+        raise ConfigError(f"--max-tokens must be at least 1, got {args.max_tokens}")
     model, tokenizer, _, name = load_for_generation(args)
-    report = explain(
-        model,
-        tokenizer,
-        text,
-        words=words,
-        neighbours_of=args.neighbours,
-        focus=args.focus,
-        layer=args.layer,
-        top_k=args.top_k,
-        max_tokens=args.max_tokens,
-        seed=args.seed,
-        model_name=name,
-    )
+    with _in_flag_terms(EXPLAIN_FLAGS):  # "--top-k must be ...", as the user typed it, not "top_k"
+        report = explain(
+            model,
+            tokenizer,
+            text,
+            words=words,
+            neighbours_of=args.neighbours,
+            focus=args.focus,
+            layer=args.layer,
+            top_k=args.top_k,
+            max_tokens=args.max_tokens,
+            seed=args.seed,
+            model_name=name,
+        )
     if to_stdout:  # standard output holds that document alone, so the other file's line goes to stderr
         sys.stdout.write(report.to_html() if to_stdout == ["--html"] else report.to_json())
     else:

@@ -185,25 +185,26 @@ def _decoding_options(args: argparse.Namespace, **more: Any) -> dict[str, Any]:
     return options
 
 
-def _flag_terms(message: str) -> str:
-    """A library message with ``generate``'s keyword names as this command's flags.
+def _flag_terms(message: str, flags: dict[str, str] = FLAG_OF_FIELD) -> str:
+    """A library message with ``generate``'s keyword names (or those of ``flags``) as this
+    command's flags.
 
     ``use num_beams=1`` becomes ``use --num-beams 1`` and ``top_k`` becomes ``--top-k``: the
     library speaks Python, a user of the command types flags.
     """
-    for field, flag in FLAG_OF_FIELD.items():
+    for field, flag in flags.items():
         message = re.sub(rf"\b{field}=(\w+)", rf"{flag} \1", message)
         message = re.sub(rf"\b{field}\b", flag, message)
     return message
 
 
 @contextlib.contextmanager
-def _in_flag_terms() -> Iterator[None]:
+def _in_flag_terms(flags: dict[str, str] = FLAG_OF_FIELD) -> Iterator[None]:
     """Re-raise a decoding option's error (same class) with its message in flag terms."""
     try:
         yield
     except GptsmithError as exc:
-        raise type(exc)(_flag_terms(str(exc))) from None
+        raise type(exc)(_flag_terms(str(exc), flags)) from None
 
 
 def _warn_of_unused_sampling_flags(args: argparse.Namespace) -> None:

@@ -114,11 +114,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_ask(args: argparse.Namespace) -> int:
-    from gptsmith.cli.generate_cmds import _check_for_model, _decoding_options, load_for_generation
-    from gptsmith.cli.stdin_text import read_stdin_prompt
+    from gptsmith.cli.generate_cmds import (
+        _check_for_model,
+        _decoding_options,
+        _warn_of_unused_sampling_flags,
+        load_for_generation,
+    )
+    from gptsmith.cli.stdin_text import check_utf8_arg, read_stdin_prompt
     from gptsmith.generate.ask import model_template, stream_answer
     from gptsmith.generate.chat import get_template
 
+    # argv bytes that are not UTF-8 arrive as lone surrogates, which the tokenizer would turn into
+    # U+FFFD without a word: refused, as generate refuses them in its prompt.
+    check_utf8_arg("the question", args.question)
+    check_utf8_arg("--input", args.input)
     question = read_stdin_prompt() if args.question == "-" else args.question
     if not question.strip():
         raise ConfigError("the question is empty (give it as an argument, or '-' to read stdin)")
@@ -127,6 +136,7 @@ def run_ask(args: argparse.Namespace) -> int:
     options = _decoding_options(args)
     model, tokenizer, config, name = load_for_generation(args)
     _check_for_model(options, model, tokenizer)
+    _warn_of_unused_sampling_flags(args)  # --top-k/--top-p under greedy decoding: as generate and chat say
     template = model_template(model, args.template or config.get("instruction_template"))
     max_new_tokens = options.pop("max_new_tokens")
     start = time.perf_counter()

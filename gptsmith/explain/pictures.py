@@ -9,8 +9,10 @@ global figure state, no window ever opened).
 from __future__ import annotations
 
 import io
+import re
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,7 @@ class Picture:
     png: bytes
     width: int
     height: int
+    missing_glyphs: frozenset[str] = field(default=frozenset())  # characters drawn as empty boxes
 
 
 def draw(name: str, title: str, caption: str, size: tuple[int, int], paint: Callable[[Any], None]) -> Picture:
@@ -43,11 +46,25 @@ def draw(name: str, title: str, caption: str, size: tuple[int, int], paint: Call
     width, height = size
     figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     FigureCanvasAgg(figure)
-    paint(figure)
     buffer = io.BytesIO()
-    # No "Software" entry: the default names matplotlib's web site, and the report carries no URLs.
-    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
-    return Picture(name, title, caption, buffer.getvalue(), width, height)
+    # Matplotlib warns of a character its font lacks every time it lays a label out (24 lines for
+    # a short Japanese text): collected here, and said once for the whole report (ExplainReport).
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        paint(figure)
+        # No "Software" entry: the default names matplotlib's web site, and the report carries no URLs.
+        figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    missing = set()
+    for warning in caught:
+        glyph = _MISSING_GLYPH.search(str(warning.message))
+        if glyph:
+            missing.add(chr(int(glyph.group(1))))
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return Picture(name, title, caption, buffer.getvalue(), width, height, frozenset(missing))
+
+
+_MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from font")
 
 
 def _tick_labels(ax: Any, labels: Sequence[str], axis: str, most: int = 40) -> None:

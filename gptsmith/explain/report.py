@@ -10,13 +10,15 @@ write it atomically).
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from gptsmith.data.tokenizer import Tokenizer
+from gptsmith.data.tokenizer import Tokenizer, as_tokenizer
 from gptsmith.device import check_seed
 from gptsmith.errors import GptsmithError, NonFiniteError
 from gptsmith.explain import html, text
@@ -75,6 +77,11 @@ class ExplainReport:
             ]
             if self.compare.random_losses:
                 self._pictures.append(compare_picture(self.compare, labels))
+            missing = sorted(set().union(*(p.missing_glyphs for p in self._pictures)))
+            if missing:  # one line for the report, not matplotlib's one per label and picture
+                shown = "".join(missing[:10]) + ("…" if len(missing) > 10 else "")
+                warnings.warn(f"the pictures' font has no glyph for {len(missing)} character(s) ({shown}): "
+                              "they are drawn as empty boxes (the page's tables show them)", stacklevel=2)
         return self._pictures
 
     def as_dict(self) -> dict:
@@ -98,8 +105,13 @@ class ExplainReport:
         }
 
     def to_json(self) -> str:
-        """``as_dict()`` as a JSON document."""
-        return json.dumps(self.as_dict(), ensure_ascii=False) + "\n"
+        """``as_dict()`` as a JSON document (strict JSON: a number that overflowed is null)."""
+        data = self.as_dict()
+        try:
+            text = json.dumps(data, ensure_ascii=False, allow_nan=False)
+        except ValueError:  # a perplexity of exp(loss > 709) is inf, which JSON cannot hold (jq refuses it)
+            text = json.dumps(_finite_or_none(data), ensure_ascii=False, allow_nan=False)
+        return text + "\n"
 
     def to_text(self) -> str:
         """A compact plain-text summary of every stage (what ``gptsmith explain`` prints)."""
@@ -146,6 +158,17 @@ class ExplainReport:
         return atomic_write_text(path, self.to_json())
 
 
+def _finite_or_none(value: object) -> object:
+    """``value`` with every float that is not finite (inf, nan) replaced by None, at any depth."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_none(item) for item in value]
+    return value
+
+
 def _rounded(weights: torch.Tensor) -> list:
     return torch.round(weights, decimals=5).tolist()
 
@@ -174,7 +197,8 @@ def encode_text(tokenizer: Tokenizer, text: str, limit: int) -> tuple[list[int],
     """The ids of ``text``, cropped to the first ``limit`` (with a note saying so)."""
     ids = tokenizer.encode(text)
     if not ids:
-        what = "empty" if not text.strip() else "only whitespace the tokenizer drops"
+        what = ("empty" if not text else "only white space, which the tokenizer drops" if not text.strip()
+                else "only characters the tokenizer drops")
         raise GptsmithError(f'the text is {what}: give some text to explain, e.g. "Every effort moves you"')
     notes = []
     if len(ids) > limit:
@@ -213,7 +237,7 @@ def _check_words(words: Sequence[str] | None, neighbours_of: str | None) -> None
 @torch.no_grad()
 def explain(
     model: GPTModel,
-    tokenizer: Tokenizer,
+    tokenizer: Tokenizer | str,
     text: str,
     *,
     words: Sequence[str] | None = None,
@@ -237,6 +261,7 @@ def explain(
     """
     _check_options(model, top_k, max_tokens, layer)
     check_seed(seed)
+    tokenizer = as_tokenizer(tokenizer)  # a name ("gpt2") works too, as in generate
     if not isinstance(text, str):
         raise GptsmithError(f"text must be a str, got {type(text).__name__}")
     _check_words(words, neighbours_of)

@@ -3,7 +3,8 @@
 A piece is shown with its boundaries visible: a space becomes ``␣``, a newline ``↵``, a tab ``⇥``,
 and the bytes of a character that BPE split across two tokens are shown as ``<e2 80>``, as are
 those of any other control character (``<1b>`` for an escape, ``<c2 92>`` for U+0092), which a
-terminal would otherwise act on and an HTML page may not hold.
+terminal would otherwise act on and an HTML page may not hold, and of a direction mark
+(``<e2 80 ae>`` for U+202E), which would reorder the pieces on the screen.
 """
 
 from __future__ import annotations
@@ -21,9 +22,16 @@ def _as_bytes(data: bytes) -> str:
     return "<" + " ".join(f"{b:02x}" for b in data) + ">"
 
 
+# The invisible marks that reorder how the text after them is displayed (U+202E shows it right to
+# left): passed on, they would rearrange the pieces on the screen, so they are shown as bytes too.
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def without_controls(text: str, keep: str = "") -> str:
-    """``text`` with its control characters (those in ``keep`` aside) shown as their bytes, ``<1b>``."""
-    return "".join(_as_bytes(c.encode("utf-8")) if c not in keep and unicodedata.category(c) == "Cc" else c
+    """``text`` with its control characters and direction marks (those in ``keep`` aside) shown as
+    their bytes, ``<1b>``, ``<e2 80 ae>``."""
+    return "".join(_as_bytes(c.encode("utf-8"))
+                   if c not in keep and (unicodedata.category(c) == "Cc" or c in BIDI_CONTROLS) else c
                    for c in text)
 
 

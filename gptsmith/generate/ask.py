@@ -20,9 +20,11 @@ from typing import Any
 import torch
 
 from gptsmith.config import check_number
+from gptsmith.data.tokenizer import as_tokenizer
 from gptsmith.errors import ConfigError, GptsmithError
 from gptsmith.generate.chat import Message, PromptTemplate, get_template
 from gptsmith.generate.generation import _checked_config, generate, stream_text, text_to_token_ids
+from gptsmith.generate.stopping import normalise_stops
 from gptsmith.generate.streaming import TextStream
 
 DEFAULT_TEMPLATE = "alpaca"
@@ -41,9 +43,12 @@ def question_prompt(template: str | PromptTemplate, question: str, input_text: s
     return get_template(template).prompt([Message("user", question, input_text)])
 
 
-def _with_template_stops(template: PromptTemplate, options: dict[str, Any]) -> dict[str, Any]:
-    stops = list(options.get("stop_sequences") or []) + list(template.stop_sequences)
-    return {**options, "stop_sequences": stops}
+def _with_template_stops(template: PromptTemplate, options: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
+    """``options`` with the template's end-of-turn texts added to the caller's stop sequences, read
+    as ``generate`` reads them (one string is one stop, not a stop per letter; one id is one stop)."""
+    token_stops, byte_stops = normalise_stops(options.get("stop_sequences"), tokenizer)
+    texts = [stop.decode("utf-8") for stop in byte_stops]  # they were str: decoding gives them back
+    return {**options, "stop_sequences": [*token_stops, *texts, *template.stop_sequences]}
 
 
 def stream_answer(
@@ -65,8 +70,9 @@ def stream_answer(
     the question would slide out of the model's view. A question that leaves no room at all, its
     template and input included, raises ``ConfigError``: cropping it would answer another question.
     """
+    tokenizer = as_tokenizer(tokenizer)  # a name ("gpt2") works too
     chosen = model_template(model, template)
-    options = _with_template_stops(chosen, options)
+    options = _with_template_stops(chosen, options, tokenizer)
     _checked_config(model, tokenizer, max_new_tokens=max_new_tokens, **options)  # a bad option first
     prompt = question_prompt(chosen, question, input_text)
     ids = text_to_token_ids(prompt, tokenizer)  # (1, n_prompt), encoded once
@@ -129,6 +135,7 @@ def answer_batch(
     than the context keeps its most recent tokens.
     """
     check_number("batch_size", batch_size, whole=True, minimum=1)
+    tokenizer = as_tokenizer(tokenizer)  # a name ("gpt2") works too, as in generate and ask
     chosen = get_template(template)
     context = model.cfg.context_length
     answers: list[Answer] = []

@@ -7,6 +7,7 @@ they can all take it without importing each other.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,16 @@ class GenerationConfig:
     length_penalty: float = 1.0
 
     def __post_init__(self) -> None:
+        # numpy's scalars are numbers too (as for every other setting): held as Python's, which
+        # torch.Generator.manual_seed and the checks below take (np.int64 seeds were a TypeError).
+        for name in ("max_new_tokens", "top_k", "num_beams", "seed", "eos_id"):
+            value = getattr(self, name)
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool | int):
+                object.__setattr__(self, name, int(value))
+        for name in ("temperature", "top_p", "repetition_penalty", "length_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, numbers.Real) and not isinstance(value, bool | int | float):
+                object.__setattr__(self, name, float(value))
         _check_int("max_new_tokens", self.max_new_tokens, 0, "use 0 or more new tokens")
         _check_number("temperature", self.temperature)
         if self.temperature < 0:

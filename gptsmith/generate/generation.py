@@ -24,6 +24,7 @@ and the window keeps sliding as text is generated. ``stream_text`` yields text a
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -193,9 +194,11 @@ def _check_mask(mask: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         raise GptsmithError(
             f"attention_mask shape {tuple(mask.shape)} != token_ids shape {tuple(ids.shape)} (match them)"
         )
-    mask = mask.long()
+    # Checked before the cast to integers, which would cut 0.5 to 0: a token silently taken for padding.
     if bool(((mask != 0) & (mask != 1)).any()):
-        raise GptsmithError("attention_mask must hold only 1 (token) and 0 (padding)")
+        raise GptsmithError("attention_mask must hold only 1 (token) and 0 (padding), got "
+                            f"{mask.unique().tolist()}")
+    mask = mask.long()
     if bool((mask[:, 1:] < mask[:, :-1]).any()):
         raise GptsmithError("attention_mask must describe left padding (zeros before the tokens of each row)")
     if bool((mask.sum(dim=1) == 0).any()):
@@ -252,7 +255,13 @@ def generate(
     cfg = _checked_config(model, tokenizer, also=GENERATE_ONLY, max_new_tokens=max_new_tokens, **options)
     stops = _stop_rules(cfg, tokenizer)
     start_id = cfg.eos_id if cfg.eos_id is not None else getattr(tokenizer, "eot_id", None)
-    pad = pad_id if pad_id is not None else (cfg.eos_id or 0)
+    if pad_id is not None:  # a float would be cut to another id, a string fail inside torch.tensor
+        vocab_size = model.cfg.vocab_size
+        whole = isinstance(pad_id, numbers.Integral) and not isinstance(pad_id, bool)
+        if not whole or not 0 <= pad_id < vocab_size:
+            raise ConfigError(f"pad_id must be a token id of the model's vocabulary (0..{vocab_size - 1}), "
+                              f"got {pad_id!r}")
+    pad = int(pad_id) if pad_id is not None else (cfg.eos_id or 0)
     ids, mask = _prepare_prompt(model, token_ids, attention_mask, start_id, pad)
 
     was_training = model.training

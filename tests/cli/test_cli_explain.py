@@ -96,19 +96,28 @@ def test_a_long_text_is_cropped_with_a_note(checkpoint, capsys):
     assert "note: the text has 39 tokens; only the first 24 are explained" in capsys.readouterr().out
 
 
+def test_white_space_is_text_to_gpt2(tmp_path, capsys, gpt2_tokenizer):
+    """A word tokenizer drops white space (above: an error), but GPT-2 has tokens for it."""
+    model = save_model(tiny_model(gpt2_tokenizer.vocab_size), tmp_path / "bpe", tokenizer="gpt2")
+    assert main(["explain", "--checkpoint", str(model), "--device", "cpu", " \n\n"]) == 0
+    out = capsys.readouterr().out  # was: "the text is empty", exit 2
+    assert "1. Tokens: 2 gpt2 tokens" in out and "ids: 220 628" in out
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--checkpoint", "{ckpt}", ""], "the text is empty"),
-        (["--checkpoint", "{ckpt}", "   "], "the text is empty"),
+        (["--checkpoint", "{ckpt}", "   "], "the text is only white space, which the tokenizer drops"),
         (
             ["--checkpoint", "{ckpt}", "--focus", "40", TEXT],
             "focus position 40 is not in the text: it has 13",
         ),
         (["--checkpoint", "{ckpt}", "--focus", "-14", TEXT], "focus position -14 is not in the text"),
         (["--checkpoint", "{ckpt}", "--words", "king,,man", TEXT], "--words 'king,,man' has an empty word"),
-        (["--checkpoint", "{ckpt}", "--top-k", "0", TEXT], "top_k must be at least 1"),
-        (["--checkpoint", "{ckpt}", "--top-k", "60000", TEXT], "and at most the vocabulary size"),
+        (["--checkpoint", "{ckpt}", "--top-k", "0", TEXT], "--top-k must be at least 1"),
+        (["--checkpoint", "{ckpt}", "--max-tokens", "0", TEXT], "--max-tokens must be at least 1, got 0"),
+        (["--checkpoint", "{ckpt}", "--top-k", "60000", TEXT], "--top-k must be at least 1 and at most"),
         (["--checkpoint", "{missing}", TEXT], "checkpoint not found"),
         (["--checkpoint", "{ckpt}", "--neighbours", " ", TEXT], "--neighbours is empty"),
         (["--checkpoint", "{ckpt}", "--html", "{tmp}", TEXT], "is a directory; give a file name, e.g. "),

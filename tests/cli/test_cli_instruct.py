@@ -304,6 +304,15 @@ def test_ask_bad_input(capsys, tuned):
                             r"model's context is 96: no room is left for an answer \(shorten it\)\n", err)
 
 
+def test_ask_warns_that_greedy_decoding_ignores_top_k_and_top_p(capsys, base):
+    ask = ["ask", "--checkpoint", base, "--max-new-tokens", 2, "--top-k", 5]
+    code, _, err = _run(capsys, *ask, "Hi")
+    assert code == 0 and err == ("gptsmith ask: warning: --top-k shape sampling only and --temperature 0 "
+                                 "decodes greedily, so they have no effect (add --temperature 0.8, say)\n")
+    code, _, err = _run(capsys, *ask, "--temperature", 0.8, "Hi")
+    assert code == 0 and err == ""
+
+
 def test_progress_of_training_and_judging_goes_to_stderr_as_plain_lines(capsys, base, data, tmp_path):
     with stub_judge(["60", "80"]) as url:
         code, log, err = _run(capsys, "finetune", "instruct", "--checkpoint", base, "--data", data, "--out",

@@ -98,6 +98,31 @@ def test_control_characters_are_shown_as_their_bytes_never_passed_to_the_termina
     assert report.as_dict()["text"] == text  # the numbers keep the text exactly as given
 
 
+def test_characters_the_font_lacks_are_one_warning_for_the_report(gpt2_tokenizer):
+    import warnings
+
+    model = tiny_model(gpt2_tokenizer.vocab_size)
+    report = explain(model, gpt2_tokenizer, "日本語のテキスト 中文")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report.pictures()
+        report.to_html()  # drawn once: no second warning
+    messages = [str(w.message) for w in caught]
+    assert len(messages) <= 1, messages  # matplotlib's own: 24, one per label laid out, per picture
+    if messages:  # (none where a font with these characters is installed)
+        assert messages[0].startswith("the pictures' font has no glyph for ") and "中" in messages[0]
+
+
+def test_direction_marks_are_shown_as_their_bytes_not_left_to_reorder_the_pieces(gpt2_tokenizer):
+    model = tiny_model(gpt2_tokenizer.vocab_size)
+    text = "abc \u202edef\u2066 ghi \u200f"  # right-to-left override, isolate, mark: all invisible
+    report = explain(model, gpt2_tokenizer, text)
+    shown = report.to_text() + report.to_html()
+    assert not [c for c in ("\u202e", "\u2066", "\u200f") if c in shown]  # were shown as they are
+    assert "<e2 80 ae>" in "".join(report.simple.pieces) and "&lt;e2 80 ae&gt;" in report.to_html()
+    assert report.as_dict()["text"] == text
+
+
 def test_attention_rows_sum_to_one_and_are_zero_above_the_diagonal(report):
     weights = report.attention  # (layers, heads, n, n)
     n = len(report.tokens.ids)
@@ -177,6 +202,22 @@ def test_json_holds_the_numbers_behind_every_picture(report):
     assert data["attention"]["focus"]["position"] == n - 1
 
 
+def test_json_is_strict_when_a_perplexity_overflows(tokenizer):
+    model = tiny_model(tokenizer.vocab_size)
+    with torch.no_grad():
+        model.final_norm.scale.mul_(1e4)  # finite logits, but a loss far above 709: exp(loss) is inf
+    report = explain(model, tokenizer, TEXT)
+    assert report.next_token.perplexity == math.inf and "perplexity inf" in report.to_text()
+
+    def refuse(constant):  # what JSON.parse and jq do with Python's Infinity
+        raise ValueError(f"not JSON: {constant}")
+
+    data = json.loads(report.to_json(), parse_constant=refuse)  # was: ..."perplexity": Infinity...
+    assert data["next_token"]["perplexity"] is None
+    assert data["random_vs_trained"]["trained_perplexity"] is None
+    assert data["next_token"]["loss"] == pytest.approx(report.next_token.loss)
+
+
 def test_text_summary_names_every_stage(report):
     text = report.to_text()
     for stage in ("1. Tokens", "2. Embeddings", "3. Attention", "4. Next token", "5. Random versus trained"):
@@ -230,6 +271,15 @@ def test_bad_input_is_one_clear_error(trained, tokenizer):
         explain(trained, tokenizer, TEXT, words=["king", 1])
     with pytest.raises(GptsmithError, match="neighbours_of must be a word"):
         explain(trained, tokenizer, TEXT, neighbours_of=5)
+
+
+def test_a_tokenizer_may_be_given_by_name():
+    from gptsmith.data.tokenizer import get_tokenizer
+
+    words = get_tokenizer("simple")
+    model = tiny_model(words.vocab_size)
+    by_name = explain(model, "simple", TEXT)  # was "simple".encode(TEXT): LookupError, unknown encoding
+    assert by_name.tokens.ids == explain(model, words, TEXT).tokens.ids == words.encode(TEXT)
 
 
 def test_a_text_longer_than_the_context_is_cropped_with_a_note(trained, tokenizer):

@@ -12,7 +12,7 @@ from generation_helpers import ByteTokenizer, tiny_model
 from gptsmith.data.tokenizer import get_tokenizer
 from gptsmith.data.windows import SlidingWindowDataset
 from gptsmith.errors import ConfigError, GptsmithError
-from gptsmith.generate.ask import ask, stream_answer
+from gptsmith.generate.ask import answer_batch, ask, question_prompt, stream_answer
 from gptsmith.generate.generation import generate, stream_text, text_to_token_ids, token_ids_to_text
 
 
@@ -90,10 +90,29 @@ def test_unknown_options_are_named_and_tokenizer_names_work(model):
     model = tiny_model(vocab_size=words.vocab_size, context_length=32)
     assert "".join(stream_text(model, "simple", "The", 3)) == "".join(stream_text(model, words, "The", 3))
     assert token_ids_to_text([5, 6], "simple") == words.decode([5, 6])
+    assert ask(model, "simple", "The", max_new_tokens=3) == ask(model, words, "The", max_new_tokens=3)
+    prompts = [question_prompt("alpaca", "The")]  # was str.encode("gpt2"): LookupError, unknown encoding
+    assert answer_batch(model, "simple", prompts, "alpaca", max_new_tokens=3) == answer_batch(
+        model, words, prompts, "alpaca", max_new_tokens=3)
     with pytest.raises(GptsmithError, match="tokenizer must be a tokenizer .* or its name, got int"):
         text_to_token_ids("hi", 5)
     with pytest.raises(GptsmithError, match="text must be a str, got NoneType"):
         text_to_token_ids(None, tokenizer)
+
+
+def test_ask_reads_one_stop_sequence_as_generate_does():
+    """A lone string is one stop sequence, not one per letter; a lone id is one stop (was a TypeError)."""
+    tokenizer = ByteTokenizer()
+    model = tiny_model(vocab_size=tokenizer.vocab_size, context_length=200)  # bytes: Alpaca's are many
+    plain = stream_answer(model, tokenizer, "Hi", max_new_tokens=6)
+    answer, ids = "".join(plain), plain.token_ids
+    letter = next(chr(i) for i in ids[1:] if i < 128)  # a character of the answer, after its first
+    never = letter + "\0\0"  # in the answer as a letter, never as a whole
+    stream = stream_answer(model, tokenizer, "Hi", max_new_tokens=6, stop_sequences=never)
+    assert "".join(stream) == answer and stream.stop_reason == "max_new_tokens"  # was cut at the letter
+    by_id = stream_answer(model, tokenizer, "Hi", max_new_tokens=6, stop_sequences=ids[1])
+    "".join(by_id)
+    assert by_id.stop_reason == "stop_sequence" and by_id.token_ids == ids[: ids.index(ids[1])]
 
 
 def test_decoding_and_windows_refuse_float_ids():
@@ -181,3 +200,12 @@ def test_numpy_scalars_and_torch_dtypes_are_whole_numbers_and_dtypes(model):
     same = generate(model, [1, 2], 4, stop_sequences=[np.int64(7), torch.tensor(8), torch.tensor([9, 10])],
                     eos_id=96)
     assert same.shape[0] == 1
+    # numpy's numbers as decoding options: were refused ("must be an integer, got np.int64(4)") or,
+    # as a seed, torch.Generator's TypeError
+    numpy_options = {"temperature": np.float32(0.8), "top_k": np.int64(20), "top_p": np.float32(0.9),
+                     "repetition_penalty": np.float64(1.1), "seed": np.int64(5)}
+    python_options = {key: value.item() for key, value in numpy_options.items()}
+    assert torch.equal(generate(model, [1, 2], np.int64(4), **numpy_options),
+                       generate(model, [1, 2], 4, **python_options))
+    assert torch.equal(generate(model, [1, 2], 4, num_beams=np.int64(2), length_penalty=np.float32(0.5)),
+                       generate(model, [1, 2], 4, num_beams=2, length_penalty=0.5))

@@ -158,6 +158,17 @@ def test_bad_attention_mask(model):
         generate(model, ids, 3, attention_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]))
     with pytest.raises(GptsmithError, match="shape"):
         generate(model, ids, 3, attention_mask=torch.ones(2, 2))
+    half = torch.tensor([[1.0, 1.0, 1.0], [0.5, 1.0, 1.0]])  # was cut to 0: token 7 taken for padding
+    with pytest.raises(GptsmithError, match=r"only 1 \(token\) and 0 \(padding\), got \[0.5, 1.0\]"):
+        generate(model, ids, 3, attention_mask=half)
+    assert torch.equal(generate(model, ids, 3, attention_mask=torch.ones(2, 3)), generate(model, ids, 3))
+
+
+@pytest.mark.parametrize("pad_id", [-5, 10**6, 1.5, "x", True])
+def test_pad_id_must_be_a_token_id_of_the_vocabulary(model, pad_id):
+    # were: an error about the text's tokenizer, an id cut from 1.5 to 1, a ValueError from torch
+    with pytest.raises(ConfigError, match=r"^pad_id must be a token id of the model's vocabulary \(0\.\."):
+        generate(model, [[1, 2], [3]], 2, pad_id=pad_id)
 
 
 # --- sampling ------------------------------------------------------------------------------------
