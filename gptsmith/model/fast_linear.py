@@ -91,7 +91,9 @@ class FastLinear(nn.Linear):
         elif self.pad_outputs and self.out_features % VOCAB_MULTIPLE:
             padded = self._cached("padded", _pad_rows)
             bias = None if self.bias is None else F.pad(self.bias, (0, padded.shape[0] - self.out_features))
-            return F.linear(x, padded, bias)[..., : self.out_features]  # (..., out_features), a view
+            return _many_rows(x, padded, bias)[..., : self.out_features]  # (..., out_features), a view
+        else:
+            return _many_rows(x, weight, self.bias)
         return F.linear(x, weight, self.bias)
 
     def _cached(self, kind: str, build: Callable, with_bias: bool = False) -> Any:
@@ -327,6 +329,44 @@ def _one_row_on_all_threads(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
         rest = F.linear(x.reshape(1, in_features), weight[split:], None if bias is None else bias[split:])
         out = torch.cat([out, rest], dim=1)
     return out.reshape(*x.shape[:-1], out_features)
+
+
+def _many_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear`` of several rows (a prompt, a scoring batch): oneDNN's GEMM where it is chosen
+    (``gemm_on_onednn``), on the weight as it is (nothing packed or copied), else PyTorch's own."""
+    if weight.dtype != torch.float32 or not x.numel() or not gemm_on_onednn():
+        return F.linear(x, weight, bias)
+    out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), weight, bias, "none", [], "")
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def gemm_on_onednn() -> bool:
+    """Whether fp32 products of several rows (prompts, scoring) take oneDNN's GEMM instead of MKL's.
+
+    Measured (BENCHMARKS.md, "An AVX2-only host"): on an AMD EPYC, oneDNN ran the 49 products of a
+    1,024-token gpt2-small prompt faster than MKL, which PyTorch's ``F.linear`` calls; Intel CPUs
+    keep MKL, tuned for them. So oneDNN on non-Intel x86 CPUs where it runs (``onednn_fp32_gemm_works``);
+    ``GEMM_ON_ONEDNN`` (True/False) overrides the choice.
+    """
+    if GEMM_ON_ONEDNN is not None:
+        return GEMM_ON_ONEDNN and onednn_fp32_gemm_works()
+    return _cpu_vendor() != "GenuineIntel" and onednn_fp32_gemm_works()
+
+
+GEMM_ON_ONEDNN: bool | None = None  # None: decide by the CPU (gemm_on_onednn)
+
+
+@functools.cache
+def onednn_fp32_gemm_works() -> bool:
+    """Whether oneDNN's linear (``torch.ops.mkldnn._linear_pointwise``) runs fp32 here, correctly."""
+    if not torch.backends.mkldnn.is_available() or platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        x, weight, bias = torch.ones(2, 16), torch.ones(8, 16), torch.ones(8)
+        out = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    except (RuntimeError, AttributeError):
+        return False
+    return bool((out == 17).all())
 
 
 def clear_fast_caches(model: nn.Module) -> None:
