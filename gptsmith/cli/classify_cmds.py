@@ -176,11 +176,12 @@ def run_finetune_classify(args: argparse.Namespace) -> int:
 
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
-    from gptsmith.cli.stdin_text import read_stdin_prompt
+    from gptsmith.cli.stdin_text import check_utf8_arg, read_stdin_prompt
     from gptsmith.data.text_files import read_utf8, text_lines
 
     texts = list(args.texts)
     for number, text in enumerate(texts, start=1):
+        check_utf8_arg(f"text {number} of the arguments", text)
         if not text.strip():
             raise ConfigError(f"text {number} of the arguments is empty: there is nothing to classify")
     if args.file is not None:

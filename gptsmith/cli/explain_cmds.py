@@ -102,13 +102,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_explain(args: argparse.Namespace) -> int:
     from gptsmith.cli.generate_cmds import load_for_generation
-    from gptsmith.cli.stdin_text import read_stdin_prompt
+    from gptsmith.cli.stdin_text import check_utf8_arg, read_stdin_prompt
     from gptsmith.device import check_seed
     from gptsmith.errors import ConfigError
     from gptsmith.explain.report import explain
     from gptsmith.storage import check_can_be_file
 
     check_seed(args.seed, "--seed")
+    for what, text in (("the text", args.text), ("--words", args.words), ("--neighbours", args.neighbours)):
+        check_utf8_arg(what, text)
     text = read_stdin_prompt() if args.text == "-" else args.text
     if not text.strip():
         raise ConfigError('the text is empty: give some text to explain, e.g. "Every effort moves you"')

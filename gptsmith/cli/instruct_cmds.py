@@ -115,10 +115,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_ask(args: argparse.Namespace) -> int:
     from gptsmith.cli.generate_cmds import _check_for_model, _decoding_options, load_for_generation
-    from gptsmith.cli.stdin_text import read_stdin_prompt
+    from gptsmith.cli.stdin_text import check_utf8_arg, read_stdin_prompt
     from gptsmith.generate.ask import model_template, stream_answer
     from gptsmith.generate.chat import get_template
 
+    check_utf8_arg("the question", args.question)
+    check_utf8_arg("--input", args.input)
     question = read_stdin_prompt() if args.question == "-" else args.question
     if not question.strip():
         raise ConfigError("the question is empty (give it as an argument, or '-' to read stdin)")
