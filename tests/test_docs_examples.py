@@ -92,6 +92,14 @@ def test_docs_shell_commands_name_real_verbs(page, capsys):
     capsys.readouterr()
 
 
+def test_explain_page_names_every_symbol_a_token_piece_shows():
+    """docs/explain.md says how each whitespace character is drawn in a token piece."""
+    from gptsmith.explain.tokens import VISIBLE
+
+    page = (ROOT / "docs" / "explain.md").read_text(encoding="utf-8")
+    assert all(f"`{symbol}`" in page for symbol in VISIBLE.values()), sorted(VISIBLE.values())
+
+
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory, request) -> Path:
     """A user's working directory: runs/main and models/gpt2 hold a tiny model; ../shared/data."""

@@ -99,3 +99,39 @@ def test_readme_python_examples_import_what_exists():
         if statement.endswith("("):  # a multi-line import: check its module at least
             statement = statement[: -len(" import (")].replace("from ", "import ")
         exec(statement, {})  # raises ImportError if a path or a name is wrong
+
+
+def test_the_names_the_readme_says_import_gptsmith_gives_are_its_all():
+    """The README lists `import gptsmith`'s names; a name added to __all__ is added there too."""
+    import gptsmith
+
+    listing = README.split("`import gptsmith` gives the names used most:", 1)[1]
+    listing = listing.split("(`gptsmith.__all__`)")[0]
+    listed = set(re.findall(r"`(\w+)`", listing))
+    assert listed == set(gptsmith.__all__) - {"__version__"}
+
+
+# The commands behind the error lines the README quotes: (argv, files to create first).
+_QUOTED_ERRORS = {
+    "prepare": (["prepare", "missing.txt"], []),
+    "train": (["train", "--out", "notes.txt/run"], ["notes.txt"]),
+    "generate": (["generate", "--checkpoint", "runs/main", "--max-new-tokens", "ten"], []),
+}
+
+
+def test_the_error_lines_the_readme_quotes_are_what_the_cli_prints(tmp_path, monkeypatch, capsys):
+    """Each `gptsmith VERB: error: ...` the README shows is the line that command prints ((...) elides)."""
+    quoted = [" ".join(q.split()) for q in re.findall(r"`(gptsmith [a-z]+: error: [^`]+)`", README)]
+    assert sorted(q.split(":")[0].split()[1] for q in quoted) == sorted(_QUOTED_ERRORS)
+    monkeypatch.chdir(tmp_path)
+    for quote in quoted:
+        argv, files = _QUOTED_ERRORS[quote.split(":")[0].split()[1]]
+        for name in files:
+            (tmp_path / name).write_text("a file, not a folder\n")
+        try:  # a usage error exits from argparse; a library error is main's return value
+            status = main(argv)
+        except SystemExit as exc:
+            status = exc.code
+        printed = capsys.readouterr().err.strip()
+        assert status == 2
+        assert re.fullmatch(re.escape(quote).replace(re.escape("(...)"), r"\(.*\)"), printed), printed

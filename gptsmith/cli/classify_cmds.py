@@ -84,8 +84,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "classify", help="label texts with a fine-tuned classifier",
         description="Print the label and its probability for each text, one line per text:\n"
-        "label<TAB>probability<TAB>text, where a newline, tab or backslash in a label or text is\n"
-        "written \\n, \\t, \\\\ (other control characters \\xNN), so every line splits in three.\n"
+        "label<TAB>probability<TAB>text, where a newline, carriage return, tab or backslash in a\n"
+        "label or text is written \\n, \\r, \\t, \\\\ (any other control character or Unicode line\n"
+        "break \\xNN or \\uNNNN, as in a Python string), so every line splits in three.\n"
         "--json prints one JSON object per text instead.",
         epilog='example:\n  gptsmith classify --checkpoint models/spam "You won a prize!" "Lunch at 1?"',
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -175,11 +176,12 @@ def run_finetune_classify(args: argparse.Namespace) -> int:
 
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
-    from gptsmith.cli.stdin_text import read_stdin_prompt
+    from gptsmith.cli.stdin_text import check_utf8_arg, read_stdin_prompt
     from gptsmith.data.text_files import read_utf8, text_lines
 
     texts = list(args.texts)
     for number, text in enumerate(texts, start=1):
+        check_utf8_arg(f"text {number} of the arguments", text)
         if not text.strip():
             raise ConfigError(f"text {number} of the arguments is empty: there is nothing to classify")
     if args.file is not None:

@@ -160,9 +160,12 @@ def run_explain(args: argparse.Namespace) -> int:
 
 
 def run_plot(args: argparse.Namespace) -> int:
+    from gptsmith.cli.stdin_text import check_utf8_arg
     from gptsmith.storage import check_can_be_file
     from gptsmith.train.plots import plot_runs
 
+    for label in args.label or []:
+        check_utf8_arg("--label", label)
     check_can_be_file(args.out, "--out", "curves.png")
     print(f"wrote {plot_runs(args.runs, args.out, labels=args.label)}")
     return 0

@@ -327,7 +327,7 @@ def is_adapter_dir(path: str | Path) -> bool:
 
 def read_adapter(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """The ``adapter_config.json`` and tensors that ``save_adapter`` wrote to ``directory``."""
-    from safetensors.torch import load_file
+    from gptsmith.model.weights import read_safetensors
 
     directory = Path(directory)
     config_path = directory / ADAPTER_CONFIG_FILE
@@ -339,12 +339,9 @@ def read_adapter(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
         raise CheckpointError(f"cannot parse {config_path}: {exc} (the file is corrupt)") from None
     if not isinstance(config, dict) or config.get("format") != ADAPTER_FORMAT or "lora" not in config:
         raise CheckpointError(f"{config_path} is not a gptsmith LoRA adapter config")
-    try:
-        tensors = load_file(str(directory / ADAPTER_WEIGHTS_FILE), device="cpu")
-    except Exception as exc:  # missing, truncated or corrupt file
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"cannot read {directory / ADAPTER_WEIGHTS_FILE}: {reason}") from None
-    return config, tensors
+    # The one reader of weight files: a missing or damaged file is named, and a folder name that
+    # is not UTF-8 (which safetensors cannot open) is read all the same.
+    return config, read_safetensors(directory / ADAPTER_WEIGHTS_FILE)
 
 
 def load_adapter(model: nn.Module, directory: str | Path) -> dict:

@@ -147,6 +147,13 @@ def resolve_model_dir(path: str | Path) -> Path:
         raise CheckpointError(
             f"{path} has {WEIGHTS_FILE} but no {CONFIG_FILE} (copy the config.json saved with it)"
         )
+    # finetune/lora.py's ADAPTER_CONFIG_FILE (a higher layer): what `finetune classify
+    # --save-adapter-only` writes, which only `classify` loads, on top of the base it names.
+    if (path / "adapter_config.json").is_file():
+        raise CheckpointError(
+            f"{path} is a LoRA adapter, not a model directory: only `gptsmith classify` loads it "
+            "(on top of its base); for a model of its own, fine-tune again without --save-adapter-only"
+        )
     raise CheckpointError(
         f"{path} is not a model directory: no {CONFIG_FILE} (expected config.json + model.safetensors, "
         f"or a run directory with a `{LATEST_FILE}` file)"

@@ -57,12 +57,25 @@ def load_torch_file(path: str | Path, *, damaged: str, code_fix: str) -> Any:
         raise CheckpointError(f"cannot read {path}: {reason} ({damaged})") from None
 
 
+def _utf8_path(path: Path) -> bool:
+    """Whether ``path`` is valid UTF-8 (not holding undecodable bytes as lone surrogates)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     """All tensors of a safetensors file on the CPU; a truncated or corrupt file is a CheckpointError."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load, load_file
 
     path = Path(path)
     try:
+        if not _utf8_path(path):
+            # safetensors opens only UTF-8 paths; a folder name with other bytes (written fine by
+            # save_model) is read through Python instead, at the cost of one copy in memory.
+            return load(path.read_bytes())
         return load_file(str(path), device="cpu")
     except Exception as exc:  # safetensors raises SafetensorError/OSError/ValueError for bad files
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -155,6 +155,9 @@ def plot_runs(
                 f"run directory {run_dir} {what} (pass a directory written by `gptsmith train`)"
             )
         label = labels[index] if labels is not None else (run_dir.resolve().name or str(run_dir))
+        # A folder name may hold bytes that are not UTF-8 (lone surrogates here), which the
+        # legend's font cannot draw: show them as U+FFFD, as a terminal would.
+        label = label.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         while label in runs:
             label += "'"
         records = read_metrics(run_dir)

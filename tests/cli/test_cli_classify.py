@@ -144,6 +144,19 @@ def test_help_has_an_example(capsys):
     assert "gptsmith finetune classify --checkpoint" in text and "--lora-rank" in text
 
 
+def test_classify_help_names_every_escape_the_output_uses(capsys):
+    """--help says how a text's line breaks are written; each escape it names is the one printed."""
+    from gptsmith.finetune.class_eval import escape_text
+
+    with pytest.raises(SystemExit):
+        main(["classify", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for char in "\n\r\t\\":
+        assert escape_text(char) in text, f"--help does not say {char!r} is written {escape_text(char)}"
+    assert escape_text("\x01") == "\\x01" and "\\xNN" in text
+    assert escape_text("\u2028") == "\\u2028" and "\\uNNNN" in text
+
+
 def test_progress_goes_to_stderr_as_plain_lines_when_not_a_terminal(base, tmp_path, capsys):
     data = write_tsv_label_first(tmp_path / "sms.tsv", labelled_rows(30))
     code = main(["finetune", "classify", "--checkpoint", str(base), "--data", str(data), "--out",

@@ -212,6 +212,19 @@ def test_plot_bad_input_is_one_line_and_exit_2(tmp_path, capsys, what):
     assert expected.get(what, "") in err[0]
 
 
+def test_plot_labels_that_are_not_utf8(tmp_path, capsys):
+    """A run folder whose name is not UTF-8 is drawn (U+FFFD in its label); such a --label is one line."""
+    run = tmp_path / "caf\udce9"  # how Python hands over a folder name holding the byte 0xe9
+    _write_run(run, 10, 256, 1e-3)
+    assert main(["plot", str(run), "--out", str(tmp_path / "a.png")]) == 0
+    assert _png_size(tmp_path / "a.png") == (800, 960)
+    capsys.readouterr()
+    assert main(["plot", str(run), "--label", "b\udce9d", "--out", str(tmp_path / "b.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "gptsmith plot: error: --label is not UTF-8: byte 0xe9" in err
+    assert not (tmp_path / "b.png").exists()
+
+
 def test_plot_writes_the_format_its_name_asks_for_and_skips_damaged_lines(tmp_path):
     _write_run(tmp_path / "run", 10, 256, 1e-3)
     with open(tmp_path / "run" / "metrics.jsonl", "ab") as metrics:

@@ -137,6 +137,20 @@ def test_adapter_round_trip_on_its_base(tmp_path):
     assert not lora_layers(other) and all(p.requires_grad for p in other.parameters())  # left as it was
 
 
+def test_adapter_in_a_folder_whose_name_is_not_utf8_loads(tmp_path):
+    base = tiny_model()
+    model = copy.deepcopy(base)
+    apply_lora(model, LoRAConfig(rank=2))
+    _train_steps(model, _ids())
+    where = tmp_path / "caf\udce9"  # how Python hands over a folder name holding the byte 0xe9
+    save_adapter(model, where, base="tiny-base")
+    fresh = copy.deepcopy(base)
+    load_adapter(fresh, where)
+    ids = _ids(seed=7)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(ids), model(ids), rtol=0, atol=0)
+
+
 def test_tied_head_cannot_be_a_target():
     model = GPTModel(GPTConfig(vocab_size=50, context_length=8, emb_dim=16, n_heads=2, n_layers=1))
     with pytest.raises(ConfigError, match="shares its weight"):

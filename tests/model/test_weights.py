@@ -97,6 +97,26 @@ def test_directory_without_config_is_a_clear_error(tmp_path):
         load_model(tmp_path / "nope")
 
 
+def test_a_model_in_a_folder_whose_name_is_not_utf8_loads(tmp_path):
+    """save_model writes such a folder (e.g. `train --out` with a latin-1 name); it must load back,
+    not be called truncated or corrupt."""
+    model = GPTModel(TINY).eval()
+    where = tmp_path / "caf\udce9"  # how Python hands over a name holding the byte 0xe9
+    save_model(model, where)
+    loaded = load_model(where)
+    ids = torch.tensor([[1, 2, 3]])
+    torch.testing.assert_close(loaded(ids), model(ids), rtol=0, atol=0)
+
+
+def test_a_lora_adapter_directory_is_named_as_such(tmp_path):
+    """`finetune classify --save-adapter-only` writes adapter files, no config.json: say what it is."""
+    (tmp_path / "adapter_config.json").write_text("{}")
+    (tmp_path / "adapter.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="is a LoRA adapter, not a model directory: only "
+                                              "`gptsmith classify` loads it"):
+        load_model(tmp_path)
+
+
 def test_shape_mismatch_names_tensor_and_both_shapes(tmp_path):
     save_model(GPTModel(TINY), tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
