@@ -146,10 +146,6 @@ def test_progress_goes_to_stderr_as_plain_lines_when_it_is_not_a_terminal(tmp_pa
     (["explain", "--model", "/nonexistent", "--words", "king,\udce9", "hi"], "--words"),
     (["explain", "--model", "/nonexistent", "--neighbours", "\udce9", "hi"], "--neighbours"),
     (["train", "--prompt", "\udce9t\udce9", "--data", "/nonexistent", "--out", "/nonexistent/r"], "--prompt"),
-    (["ask", "--model", "/nonexistent", "caf\udce9?"], "the question"),
-    (["ask", "--model", "/nonexistent", "--input", "caf\udce9", "Fix it."], "--input"),
-    (["explain", "--model", "/nonexistent", "caf\udce9"], "the text"),
-    (["explain", "--model", "/nonexistent", "--words", "king,caf\udce9", "hi"], "--words"),
     (["classify", "--checkpoint", "/nonexistent", "ok", "caf\udce9"], "text 2 of the arguments"),
 ])
 def test_text_in_argv_must_be_utf8_as_on_stdin(argv, what, capsys):
