@@ -84,6 +84,8 @@ def _late_echo_handler(first_at: float, echo_s: float, old: Any) -> Any:
     """A SIGINT handler that drops the echo of the Ctrl-C that stopped the run (within ``echo_s``
     of ``first_at``) and otherwise does what ``old`` did, so that echo, arriving once the run has
     saved and left ``stop_signals``, does not turn a clean stop into "interrupted"."""
+    old = getattr(old, "after_echo", old)  # an earlier run's: its echo window is over by now
+
     def handler(signum, frame):
         if time.monotonic() - first_at <= echo_s or old == signal.SIG_IGN:
             return
@@ -92,4 +94,5 @@ def _late_echo_handler(first_at: float, echo_s: float, old: Any) -> Any:
             return
         raise KeyboardInterrupt
 
+    handler.after_echo = old  # what a later run's handler falls back to, never a chain of them
     return handler

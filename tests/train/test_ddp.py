@@ -21,7 +21,7 @@ import pytest
 from training_helpers import make_trainer, tiny_config
 
 from gptsmith.train import distributed
-from gptsmith.train.callbacks import TrainCallbacks
+from gptsmith.train.callbacks import TrainCallbacks, _late_echo_handler
 
 TESTS_DIR = Path(__file__).resolve().parents[1]  # tests/, where training_helpers.py lives
 
@@ -152,6 +152,9 @@ def test_under_torchrun_an_echo_after_the_run_saved_and_returned_is_dropped(tmp_
     # A tiny model stops and saves within milliseconds: the agent's copy can come after fit().
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
     monkeypatch.setattr(distributed, "SIGNAL_ECHO_S", 0.5)
+    # An earlier run's echo handler (the test before) must not drop the second Ctrl-C either: it
+    # is chained in, as a notebook's second training run would chain it.
+    signal.signal(signal.SIGINT, _late_echo_handler(time.monotonic(), 30.0, signal.default_int_handler))
     trainer = make_trainer(tmp_path / "run", tiny_config(max_steps=6), callbacks=CtrlC())
     try:
         result = trainer.fit()
