@@ -135,6 +135,10 @@ def answer_batch(
     than the context keeps its most recent tokens.
     """
     check_number("batch_size", batch_size, whole=True, minimum=1)
+    if isinstance(prompts, str) or not all(isinstance(prompt, str) for prompt in prompts):
+        got = "one str (it would be read letter by letter)" if isinstance(prompts, str) else \
+            f"an item of type {type(next(p for p in prompts if not isinstance(p, str))).__name__}"
+        raise GptsmithError(f"answer_batch takes a list of prompt strings, got {got}: pass [prompt]")
     tokenizer = as_tokenizer(tokenizer)  # a name ("gpt2") works too, as in generate and ask
     chosen = get_template(template)
     context = model.cfg.context_length

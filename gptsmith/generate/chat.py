@@ -165,12 +165,12 @@ def template_from_config(config: dict[str, Any]) -> str | None:
     name = config.get("instruction_template")
     if name is None:
         return None
-    if name not in TEMPLATES:
+    if str(name).lower() not in TEMPLATES:  # as get_template reads names: "Alpaca" is "alpaca"
         raise ConfigError(
             f"checkpoint names instruction_template {name!r}, which gptsmith does not know "
             f"(known: {', '.join(TEMPLATES)})"
         )
-    return name
+    return str(name).lower()
 
 
 class ConversationPrompt(NamedTuple):

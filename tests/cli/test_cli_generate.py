@@ -374,6 +374,7 @@ def test_alpaca_template(simple_tokenizer):
     assert "### Input:\nred" in format_instruction("Rhyme.", "red")
     assert template_from_config({"instruction_template": "alpaca"}) == "alpaca"
     assert template_from_config({}) is None
+    assert template_from_config({"instruction_template": "ChatML"}) == "chatml"  # as get_template reads it
     with pytest.raises(ConfigError, match="does not know"):
         template_from_config({"instruction_template": "vicuna"})
 

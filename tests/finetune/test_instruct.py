@@ -196,6 +196,10 @@ def test_batched_answers_equal_answers_alone():
     assert empty.new_tokens <= 3 and "<|endoftext|>" not in empty.text
     with pytest.raises(GptsmithError, match="batch_size must be a whole number >= 1, got -1"):
         answer_batch(model, tok, prompts, "alpaca", batch_size=-1)
+    with pytest.raises(GptsmithError, match="list of prompt strings, got one str"):
+        answer_batch(model, tok, "Hi", "alpaca")  # was three prompts: "H", "i"... letter by letter
+    with pytest.raises(GptsmithError, match="got an item of type int"):
+        answer_batch(model, tok, ["Hi", 3], "alpaca")
     with pytest.raises(GptsmithError, match="question must be a str, got NoneType"):
         ask(model, tok, None)
     stream = stream_answer(model, tok, "Hi", max_new_tokens=10_000)  # past the context: capped
