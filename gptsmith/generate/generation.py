@@ -76,6 +76,11 @@ def _checked_config(model: torch.nn.Module, tokenizer: Any, *, also: Sequence[st
                             f"of {vocab_size}: use the tokenizer the model was trained with")
     cfg = dataclasses.replace(cfg, eos_id=eos_id)
     cfg.check_model(model)
+    token_stops, _ = normalise_stops(cfg.stop_sequences, tokenizer)
+    outside = [token for stop in token_stops for token in stop if not 0 <= token < model.cfg.vocab_size]
+    if outside:  # it could never match: the stop would be ignored without a word
+        raise ConfigError(f"stop sequence token id {outside[0]} is outside the model's vocabulary of "
+                          f"{model.cfg.vocab_size} (ids 0..{model.cfg.vocab_size - 1})")
     return cfg
 
 

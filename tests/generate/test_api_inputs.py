@@ -57,6 +57,11 @@ def test_stop_sequences_must_be_integer_ids_or_text(model):
         generate(model, [1, 2], 3, stop_sequences=[[4.5]])
     with pytest.raises(GptsmithError, match="stop_sequences must be a list"):
         generate(model, [1, 2], 3, stop_sequences=5.0)
+    vocab = model.cfg.vocab_size  # an id past it could never match: the stop was ignored silently
+    with pytest.raises(GptsmithError, match=f"stop sequence token id {vocab} is outside the model's"):
+        generate(model, [1, 2], 3, stop_sequences=[[1, vocab]])
+    with pytest.raises(GptsmithError, match="outside the model's vocabulary"):
+        generate(model, [1, 2], 3, stop_sequences=vocab + 5, num_beams=2)
 
 
 @pytest.mark.parametrize("decode", [
