@@ -146,22 +146,33 @@ def run_ask(args: argparse.Namespace) -> int:
         print(f"note: the context leaves {stream.cfg.max_new_tokens} tokens after the question; the answer "
               f"stops there (not at --max-new-tokens {max_new_tokens})", file=sys.stderr)
     pieces, first_token_s = [], None
-    for piece in stream:
-        first_token_s = first_token_s or time.perf_counter() - start
-        pieces.append(piece)
-        if not args.json:
-            print(piece, end="", flush=True)
+    interrupt: KeyboardInterrupt | None = None
+    try:
+        for piece in stream:
+            first_token_s = first_token_s or time.perf_counter() - start
+            pieces.append(piece)
+            if not args.json:
+                print(piece, end="", flush=True)
+    except KeyboardInterrupt as exc:
+        if not args.json:  # the answer so far is on the screen: end its line before "interrupted"
+            print(flush=True)
+            raise
+        interrupt = exc  # --json prints the answer so far first, as generate --json does
     seconds = time.perf_counter() - start
     if not args.json:
         print(flush=True)
         return 0
     print(json.dumps({
         "model": name, "template": template.name, "question": question, "input": args.input,
-        "answer": "".join(pieces), "stop_reason": stream.stop_reason,  # as printed without --json
+        # interrupted: also the text held back for a possible stop, so it matches the token count
+        "answer": stream.text if interrupt else "".join(pieces),
+        "stop_reason": "interrupted" if interrupt else stream.stop_reason,  # as printed without --json
         "prompt_tokens": len(stream.prompt_ids), "answer_tokens": len(stream.token_ids),
         "seconds": round(seconds, 4), "first_token_seconds": round(first_token_s or seconds, 4),
         "tokens_per_s": round(len(stream.token_ids) / seconds, 2) if seconds > 0 else None,
     }))
+    if interrupt:
+        raise interrupt  # then `main` says "interrupted" and exits with 130
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Ctrl-C in the middle of `gptsmith generate`: what was generated is not lost, and the exit status
+"""Ctrl-C in the middle of `gptsmith generate` or `ask`: what was generated is not lost, and the exit status
 is the one every command gives an interrupt (130)."""
 
 from __future__ import annotations
@@ -62,4 +62,32 @@ def test_plain_text_on_ctrl_c_ends_its_line_and_exits_130(capsys, checkpoint, mo
     interrupt_decoding(monkeypatch, after_tokens=3)
     code, out, err = _generate(capsys, checkpoint)
     assert code == 130 and err == "gptsmith generate: interrupted\n"
+    assert out.endswith("\n") and whole.startswith(out[:-1]) and len(out) < len(whole)
+
+
+def _ask(capsys, checkpoint: Path, *flags: str) -> tuple[int, str, str]:
+    code = main(["ask", "--checkpoint", str(checkpoint), "--max-new-tokens", "8", "--stop", "zzz", *flags,
+                 "What is the module?"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_ask_json_prints_the_partial_answer_on_ctrl_c(capsys, checkpoint, monkeypatch):
+    code, out, _ = _ask(capsys, checkpoint, "--json")
+    assert code == 0
+    whole = json.loads(out)
+    assert whole["answer_tokens"] > 3, "the model must answer past the interrupt for this test"
+    interrupt_decoding(monkeypatch, after_tokens=3)
+    code, out, err = _ask(capsys, checkpoint, "--json")  # printed nothing at all before
+    assert code == 130 and err.endswith("gptsmith ask: interrupted\n")
+    result = json.loads(out)
+    assert result["stop_reason"] == "interrupted" and result["answer_tokens"] == 3
+    assert result["question"] == "What is the module?" and whole["answer"].startswith(result["answer"])
+
+
+def test_ask_plain_text_on_ctrl_c_ends_its_line(capsys, checkpoint, monkeypatch):
+    whole = _ask(capsys, checkpoint)[1]
+    interrupt_decoding(monkeypatch, after_tokens=3)
+    code, out, err = _ask(capsys, checkpoint)
+    assert code == 130 and err.endswith("gptsmith ask: interrupted\n")
     assert out.endswith("\n") and whole.startswith(out[:-1]) and len(out) < len(whole)
