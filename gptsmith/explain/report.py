@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -214,6 +215,9 @@ def check_focus(focus: int | None, n_tokens: int) -> int:
     """The position ``focus`` names (default: the last token; negative counts from the end)."""
     if focus is None:
         return n_tokens - 1
+    if isinstance(focus, bool) or not isinstance(focus, numbers.Integral):  # True was position 1
+        raise GptsmithError(f"focus must be a token position (a whole number), got {focus!r:.40}")
+    focus = int(focus)  # (numpy's integers too)
     if not -n_tokens <= focus < n_tokens:
         raise GptsmithError(
             f"focus position {focus} is not in the text: it has {n_tokens} tokens "

@@ -262,6 +262,9 @@ def test_bad_input_is_one_clear_error(trained, tokenizer):
         explain(trained, tokenizer, "")
     with pytest.raises(GptsmithError, match=r"focus position 99 is not in the text: it has 13 tokens"):
         explain(trained, tokenizer, TEXT, focus=99)
+    for focus in (True, 1.5, "2"):  # True was position 1; "2" a TypeError traceback
+        with pytest.raises(GptsmithError, match="focus must be a token position"):
+            explain(trained, tokenizer, TEXT, focus=focus)
     with pytest.raises(GptsmithError, match="top_k"):
         explain(trained, tokenizer, TEXT, top_k=0)
     with pytest.raises(GptsmithError, match="layer 5 does not exist"):
