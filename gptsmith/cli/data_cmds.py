@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     prepare.add_argument("corpus", nargs="?", default="builtin", metavar="CORPUS",
                          help="what to tokenize (default: builtin)")
-    prepare.add_argument("--tokenizer", default="gpt2", choices=["gpt2", "simple"],
+    prepare.add_argument("--tokenizer", default="gpt2", type=str.lower, choices=["gpt2", "simple"],
                          help="gpt2 (default: GPT-2's BPE) or simple (word-level; its vocabulary is "
                               "every word of this corpus, saved as vocab.json in the shard)")
     prepare.add_argument("--out", default=None, metavar="DIR",

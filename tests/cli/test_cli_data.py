@@ -30,7 +30,7 @@ def test_prepare_writes_then_reuses(tmp_path, capsys, gpt2_tokenizer):
 def test_prepare_with_the_simple_tokenizer_and_custom_split(tmp_path, capsys):
     corpus = tmp_path / "c.txt"
     corpus.write_text("the module is imported. " * 40)
-    assert main(["prepare", str(corpus), "--tokenizer", "simple", "--out", str(tmp_path / "s"),
+    assert main(["prepare", str(corpus), "--tokenizer", "Simple", "--out", str(tmp_path / "s"),  # any case
                  "--split", "0.5,0.5", "--no-progress"]) == 0
     assert "split: train 100, val 100 tokens" in capsys.readouterr().out
 
