@@ -32,6 +32,7 @@ from gptsmith.config import check_number
 from gptsmith.data.tokenizer import Tokenizer
 from gptsmith.device import autocast, parse_dtype, resolve_autocast_dtype, resolve_device, tune_cpu_allocator
 from gptsmith.errors import CheckpointError, ConfigError, NonFiniteError, StorageError
+from gptsmith.finetune.lora import ADAPTER_CONFIG_FILE
 from gptsmith.model.checkpoint import (
     load_model,
     load_model_dir,
@@ -68,11 +69,14 @@ def load_base(checkpoint: str | Path | None = None, model: str | Path | None = N
     """
     if (checkpoint is None) == (model is None):
         raise ConfigError("give exactly one base model: --checkpoint DIR or --model NAME_OR_DIR")
-    device = resolve_device(str(device)) if isinstance(device, str) or device is None else device
+    # (None is "auto": str(None) was the unknown device 'None')
+    device = resolve_device("auto" if device is None else device) if not isinstance(device, torch.device) \
+        else device
     if checkpoint is not None:
         path = Path(checkpoint).expanduser()
-        if path.exists() and path.is_dir() and not any(
-                (path / f).is_file() for f in (CONFIG_FILE, "latest", "model.safetensors")):
+        # (resolve_model_dir names the rest: an adapter folder as one, a weights file without config)
+        known = (CONFIG_FILE, "latest", "model.safetensors", ADAPTER_CONFIG_FILE)
+        if path.exists() and path.is_dir() and not any((path / f).is_file() for f in known):
             raise CheckpointError(f"--checkpoint {path} is not a model directory: it has no {CONFIG_FILE} "
                                   "(pass the folder written by `gptsmith train` or a fine-tune)")
         model_dir = resolve_model_dir(path)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from gptsmith.errors import CheckpointError, ConfigError
+from gptsmith.finetune.base import load_base
 from gptsmith.finetune.lora import (
     LoRAConfig,
     LoRALinear,
@@ -135,6 +136,9 @@ def test_adapter_round_trip_on_its_base(tmp_path):
     with pytest.raises(CheckpointError, match=r"has shape \(3, 32\), the model needs \(3, 48\)"):
         load_adapter(other, tmp_path / "adapter")
     assert not lora_layers(other) and all(p.requires_grad for p in other.parameters())  # left as it was
+    # Fine-tuning on top of an adapter folder names it as one (it said "not a model directory")
+    with pytest.raises(CheckpointError, match="is a LoRA adapter, not a model directory"):
+        load_base(checkpoint=tmp_path / "adapter")
 
 
 def test_adapter_in_a_folder_whose_name_is_not_utf8_loads(tmp_path):
