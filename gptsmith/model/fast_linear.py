@@ -90,13 +90,12 @@ class FastLinear(nn.Linear):
                 return out.reshape(*x.shape[:-1], self.out_features)
             if weight.dtype == torch.float32 and split_one_row():
                 return _one_row_on_all_threads(x, weight, self.bias)
-        elif self.pad_outputs and self.out_features % VOCAB_MULTIPLE:
+            return F.linear(x, weight, self.bias)  # one row that none of these kernels takes
+        if self.pad_outputs and self.out_features % VOCAB_MULTIPLE:
             padded = self._cached("padded", _pad_rows)
             bias = None if self.bias is None else F.pad(self.bias, (0, padded.shape[0] - self.out_features))
             return _many_rows(x, padded, bias)[..., : self.out_features]  # (..., out_features), a view
-        else:
-            return _many_rows(x, weight, self.bias)
-        return F.linear(x, weight, self.bias)
+        return _many_rows(x, weight, self.bias)
 
     def _cached(self, kind: str, build: Callable, with_bias: bool = False) -> Any:
         """``build(weight)`` (``build(weight, bias)`` ``with_bias``), rebuilt whenever the weight (or
@@ -369,8 +368,7 @@ def onednn_fp32_gemm_works() -> bool:
     if not torch.backends.mkldnn.is_available() or platform.machine().lower() not in ("x86_64", "amd64"):
         return False
     try:
-        x, weight, bias = torch.ones(2, 16), torch.ones(8, 16), torch.ones(8)
-        out = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        out = _onednn_linear(torch.ones(2, 16), torch.ones(8, 16), torch.ones(8))
     except (RuntimeError, AttributeError):
         return False
     return bool((out == 17).all())
