@@ -61,12 +61,18 @@ class ProgressPrinter:
     def on_schedule(self, info: dict) -> None:
         if info.get("resized"):
             last = info["resized"][-1]
-            if self.said_steps is not None and info["max_steps"] > 0.9 * self.said_steps:
-                self._set_total(info["max_steps"])  # a small shrink after a printed one: the bar says it
+            said = self.said_steps
+            if said is not None and 0.9 * said < info["max_steps"] < 1.1 * said:
+                self._set_total(info["max_steps"])  # a small change after a printed size: the bar says it
                 return
-            say(f"time budget: behind schedule at step {last['at_step']:,} (steps take "
-                f"{last['step_s']:.3f} s), so the schedule shrinks to {info['max_steps']:,} steps (the decay "
-                "ends at the new last step)")
+            if said is not None and info["max_steps"] > said:
+                say(f"time budget: ahead of schedule at step {last['at_step']:,} (steps take "
+                    f"{last['step_s']:.3f} s), so the schedule grows to {info['max_steps']:,} steps (the "
+                    "decay ends at the new last step)")
+            else:
+                say(f"time budget: behind schedule at step {last['at_step']:,} (steps take "
+                    f"{last['step_s']:.3f} s), so the schedule shrinks to {info['max_steps']:,} steps (the "
+                    "decay ends at the new last step)")
         else:
             budget_s, spent_s = info["budget_s"], info.get("spent_s", 0.0)
             over = ""

@@ -15,14 +15,19 @@ once, at the start of a new run:
    decay completes inside the budget;
 5. after every step (every ``RECHECK_EVERY`` steps when distributed) the rest of the schedule
    is checked against the clock, at the pace measured when sizing or, once ``RECENT_STEPS`` steps
-   are timed since, at their median: when the machine got slower (another job started, the
-   laptop throttled) and the rest would no longer fit, ``max_steps`` shrinks to what does. A
-   short burst of slow steps costs the run only the time it took (the clock sees it; the pace
-   does not).
-   The cosine then decays from where it is to its floor at the new last step (the learning rate
-   steps down once). It never grows again.
+   are timed since, at their median. When the machine got slower (another job started, the
+   laptop throttled) and the rest would no longer fit, ``max_steps`` shrinks to what does. When
+   the steps got faster than the first ones (caches, the allocator and the CPU's clock settle
+   after the probe: on a 2-core EPYC a 10-minute run sized from its first steps ended 11% early),
+   so that the run would end with more than ``EARLY_MARGIN`` of the budget unused, ``max_steps``
+   grows to fill it. Either way the new ``max_steps`` leaves the full ``MARGIN`` in reserve, so a
+   steady pace settles after one change. A short burst of slow steps costs the run only the time
+   it took (the clock sees it; the pace does not).
+   The cosine then reaches its floor at the new last step: the learning rate steps down once (a
+   shrink) or up a little (a growth, from a later point of a longer cosine), and the decay
+   completes inside the budget either way.
 
-The chosen figures go into run.json (``time_budget``; a shrink adds ``resized`` and
+The chosen figures go into run.json (``time_budget``; a resize adds ``resized`` and
 ``sized_max_steps``) and the train config's ``max_steps``; a resumed run reads them back and keeps
 the schedule (it is never sized again, and its clock is not checked: the budget belonged to the
 first run).
@@ -46,6 +51,7 @@ from gptsmith.train.distributed import all_reduce_mean, all_reduce_min, any_rank
 PROBE_STEPS = 10  # steps timed before sizing (the first one, which warms caches up, is not counted)
 MARGIN = 0.05  # fraction of the budget kept in reserve against slower steps later on
 LATE_MARGIN = 0.02  # the reserve when re-checking (less than MARGIN: a run on time never shrinks)
+EARLY_MARGIN = 0.08  # a run that would leave more than this unused grows (more than MARGIN: nor grows)
 RECENT_STEPS = 100  # step times whose median becomes the pace (a burst of slow steps is not a trend)
 RECHECK_EVERY = 10  # steps between re-checks when distributed (each one is a collective)
 
@@ -205,7 +211,7 @@ class BudgetWatch:
         self.last_step_end: float | None = None
 
     def after_step(self, trainer: Any, seconds: float, eval_s: float) -> None:
-        """Record one step; size the schedule once the probe is done, later shrink it if late."""
+        """Record one step; size the schedule once the probe is done, later keep it to the pace."""
         now = time.perf_counter()
         if self.probe_times is not None:
             # Timed as the re-checks time them (callbacks and logging included), so a run that
@@ -226,37 +232,38 @@ class BudgetWatch:
             self.recent.append(now - self.last_step_end)
         self.last_step_end = now
         if not trainer.dist.enabled or trainer.step % RECHECK_EVERY == 0:
-            shrink_if_late(trainer, self.deadline - now, list(self.recent))
+            resize_to_pace(trainer, self.deadline - now, list(self.recent))
 
 
-def shrink_if_late(trainer: Any, remaining_s: float, recent_step_s: list[float]) -> bool:
-    """Shrink a sized run's ``max_steps`` when its rest no longer fits in ``remaining_s`` (less
-    ``LATE_MARGIN``), to what fits with the full ``MARGIN`` again (so a steady slowdown shrinks it
-    a few times, not at every step). The pace is the plan's step time until ``recent_step_s`` holds
-    ``RECENT_STEPS`` steps, then their median. Returns whether it shrank; run.json and
-    ``on_schedule`` say so."""
+def resize_to_pace(trainer: Any, remaining_s: float, recent_step_s: list[float]) -> bool:
+    """Resize a sized run's ``max_steps`` to the pace of its steps: shrink it when the rest no
+    longer fits in ``remaining_s`` (less ``LATE_MARGIN``), grow it when the rest would leave more
+    than ``EARLY_MARGIN`` of the budget unused (only at a measured pace, not the probe's), in both
+    cases to what fits with the full ``MARGIN``, so a steady pace settles after one change. The
+    pace is the plan's step time until ``recent_step_s`` holds ``RECENT_STEPS`` steps, then their
+    median. Returns whether it resized; run.json and ``on_schedule`` say so."""
     plan = trainer.run_info.get("time_budget")
     if not plan or trainer.step >= trainer.cfg.max_steps:
         return False
     cfg = trainer.cfg
-    step_s = statistics.median(recent_step_s) if len(recent_step_s) >= RECENT_STEPS else plan["step_s"]
-
-    def steps_that_fit(reserve: float) -> int:
-        fits = size_schedule(
-            remaining_s=remaining_s - reserve * plan["budget_s"], done_steps=trainer.step, step_s=step_s,
-            eval_s=plan["eval_s"], sample_s=plan["sample_s"], checkpoint_s=plan["checkpoint_s"],
-            eval_every=cfg.eval_every, sample_every=cfg.sample_every, checkpoint_every=cfg.checkpoint_every,
-        )
-        # Every process must stop at the same step: they take the smallest answer.
-        agreed = all_reduce_min(torch.tensor(fits, dtype=torch.float64, device=trainer.device), trainer.dist)
-        return int(agreed)
-
-    if steps_that_fit(LATE_MARGIN) >= cfg.max_steps:
+    measured = len(recent_step_s) >= RECENT_STEPS
+    step_s = statistics.median(recent_step_s) if measured else plan["step_s"]
+    reserves = (LATE_MARGIN, MARGIN, EARLY_MARGIN)
+    fits = [size_schedule(
+        remaining_s=remaining_s - reserve * plan["budget_s"], done_steps=trainer.step, step_s=step_s,
+        eval_s=plan["eval_s"], sample_s=plan["sample_s"], checkpoint_s=plan["checkpoint_s"],
+        eval_every=cfg.eval_every, sample_every=cfg.sample_every, checkpoint_every=cfg.checkpoint_every,
+    ) for reserve in reserves]
+    # Every process must stop at the same step: they take the smallest answers (one collective).
+    agreed = all_reduce_min(torch.tensor(fits, dtype=torch.float64, device=trainer.device), trainer.dist)
+    fit_late, fit_margin, fit_early = (int(n) for n in agreed.tolist())
+    late = fit_late < cfg.max_steps
+    early = measured and fit_early > cfg.max_steps
+    if not (late or early):
         return False
-    fits = steps_that_fit(MARGIN)
     plan.setdefault("sized_max_steps", plan["max_steps"])  # what the first sizing chose
     plan.setdefault("resized", []).append({"at_step": trainer.step, "step_s": round(step_s, 6),
-                                           "max_steps": fits})
-    plan.update(max_steps=fits, warmup_steps=warmup_within(cfg.warmup_steps, trainer.step, fits))
+                                           "max_steps": fit_margin})
+    plan.update(max_steps=fit_margin, warmup_steps=warmup_within(cfg.warmup_steps, trainer.step, fit_margin))
     apply_plan(trainer, plan)
     return True

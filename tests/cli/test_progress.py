@@ -50,3 +50,15 @@ def test_a_budget_too_short_to_meet_says_so_and_keeps_its_decimals(capsys):
         "; the timed part alone took 1.2 s, so the run ends over its budget (raise --time-budget, or lower "
         "--eval-batches)")
     assert second.startswith("time budget 60 s: ") and "over its budget" not in second
+
+
+def test_the_command_line_says_a_big_growth_and_lets_the_bar_show_small_changes(capsys):
+    printer = ProgressPrinter(show_bar=False)
+    printer.on_schedule(PLAN)  # 500 steps
+    changes = []
+    for at_step, steps in ((110, 530), (120, 600), (300, 590)):  # 6% (quiet), 20% (said), 2% (quiet)
+        changes.append({"at_step": at_step, "step_s": 0.08, "max_steps": steps})
+        printer.on_schedule({**PLAN, "max_steps": steps, "resized": list(changes)})
+    out = capsys.readouterr().out
+    assert out.count("ahead of schedule") == 1 and "behind schedule" not in out
+    assert "ahead of schedule at step 120 (steps take 0.080 s), so the schedule grows to 600 steps" in out

@@ -78,7 +78,7 @@ def test_a_budget_sizes_the_schedule_and_the_decay_completes(tmp_path):
         done_steps=plan["measured_steps"], step_s=plan["step_s"], eval_s=plan["eval_s"],
         sample_s=plan["sample_s"], checkpoint_s=plan["checkpoint_s"], eval_every=50, sample_every=None,
         checkpoint_every=None)) <= 1
-    final = recorder.plans[-1]  # the same plan unless the machine got slower and it shrank
+    final = recorder.plans[-1]  # the same plan unless the steps got slower or faster and it resized
     assert result.stopped == "max_steps" and result.step == final["max_steps"] == trainer.cfg.max_steps
     assert plan["step_s"] > 0 and plan["eval_s"] > 0 and plan["checkpoint_s"] > 0
     # The lr of the last step is the end of the cosine: the decay completed.

@@ -12,7 +12,7 @@ import torch
 from gptsmith.train import time_budget
 from gptsmith.train.config import TrainConfig
 from gptsmith.train.distributed import DistContext
-from gptsmith.train.time_budget import MARGIN, BudgetWatch
+from gptsmith.train.time_budget import EARLY_MARGIN, MARGIN, RECENT_STEPS, BudgetWatch
 
 BUDGET_S = 600.0
 EVAL_S = 2.0  # one evaluation (the baseline before step 1, and the final one)
@@ -87,6 +87,29 @@ def test_a_run_that_slows_down_for_good_shrinks_and_still_ends_in_time(monkeypat
     assert trainer.plans[-1]["sized_max_steps"] == sized
     assert 0.85 * BUDGET_S <= ended <= BUDGET_S  # late, so shrunk, but not cut far short
     assert trainer.cfg.warmup_steps <= trainer.step
+
+
+def test_a_run_whose_steps_get_faster_grows_and_fills_its_budget(monkeypatch):
+    # The probe's steps are slow (cold caches, a CPU clocking up), the rest 20% faster: sized from
+    # the probe, the run would end ~15% early (it did on a 2-core EPYC, 11% of 10 minutes unused).
+    trainer, ended = simulate(monkeypatch, lambda n: 0.12 if n < 0 else 0.1)
+    sized = trainer.plans[0]["max_steps"]
+    assert len(trainer.plans) == 2  # grown once, at the first measured pace, then steady
+    grown = trainer.plans[-1]["resized"][0]
+    assert grown["max_steps"] > sized
+    assert grown["at_step"] >= trainer.plans[0]["measured_steps"] + RECENT_STEPS  # at a measured pace
+    assert trainer.plans[-1]["sized_max_steps"] == sized
+    assert trainer.step == grown["max_steps"] == trainer.cfg.max_steps
+    assert (1 - MARGIN) * BUDGET_S - 1.0 <= ended <= BUDGET_S
+    assert trainer.cfg.warmup_steps == 20  # the warm-up is not touched
+
+
+def test_a_run_a_little_faster_than_sized_keeps_its_schedule(monkeypatch):
+    # Ending up to EARLY_MARGIN early is within the reserve's dead band: no resize back and forth.
+    faster = 1 - (EARLY_MARGIN - MARGIN) / 2  # ends with ~6.5% of the budget unused
+    trainer, ended = simulate(monkeypatch, lambda n: 0.1 if n < 0 else 0.1 * faster)
+    assert len(trainer.plans) == 1
+    assert ended <= (1 - MARGIN) * BUDGET_S
 
 
 @pytest.mark.parametrize("step_s", [0.01, 0.5, 5.0])
