@@ -30,7 +30,11 @@ def both(logits, targets, **kwargs):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_loss_and_gradient_match_torch(dtype, smoothing, reduction):
+@pytest.mark.parametrize("in_place", [True, False])
+def test_loss_and_gradient_match_torch(dtype, smoothing, reduction, in_place, monkeypatch):
+    if not in_place:  # the spare buffer a torch whose softmax cannot run in place would get
+        monkeypatch.setattr(losses, "softmax_in_place_works", lambda: False)
+    assert losses.softmax_in_place_works() is in_place  # torch 2.4-2.13 can
     torch.manual_seed(0)
     logits = (torch.randn(30, 101) * 4).to(dtype)
     targets = torch.randint(0, 101, (30,))
@@ -41,6 +45,19 @@ def test_loss_and_gradient_match_torch(dtype, smoothing, reduction):
     tolerance = 1e-6 if dtype == torch.float32 else 1e-2  # bf16: one rounding of each gradient
     torch.testing.assert_close(our_grad.float(), ref_grad.float(), rtol=tolerance, atol=tolerance * 1e-2)
     assert our_grad[[3, 17, 29]].abs().sum() == 0  # ignored rows get no gradient
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_target_whose_probability_underflows_still_gets_its_exact_loss(dtype):
+    # The loss comes from the target's probability, which float32 cannot hold below ~1e-38: such a
+    # row (a loss over ~69 nats, e.g. a diverging run) is computed from its logits instead.
+    logits = torch.zeros(20, 101, dtype=dtype)
+    targets = torch.arange(20)
+    logits[4, 4] = logits[11, 11] = -150.0  # probability ~e^-155: zero in float32
+    logits[7, 3] = 120.0  # the row's max far above its target's logit
+    (ours, our_grad), (ref, ref_grad) = both(logits, targets, label_smoothing=0.1)
+    assert torch.isfinite(ours) and ours.item() == pytest.approx(ref.item(), rel=1e-5)
+    torch.testing.assert_close(our_grad.float(), ref_grad.float(), rtol=1e-2, atol=1e-6)
 
 
 def test_a_large_vocabulary_in_one_call_and_a_bad_reduction():
@@ -109,3 +126,12 @@ def test_under_no_grad_no_gradient_buffer_is_made(monkeypatch):
     assert not made
     cross_entropy(logits, torch.randint(0, 101, (12,)))
     assert made  # with autograd on, the gradient is made in the forward pass
+
+
+def test_the_in_place_softmax_check_leaves_the_global_random_state_alone():
+    # It runs at a run's first loss: drawing from torch's generator there would change the data
+    # order and dropout of a fresh process, and a resumed run would no longer match (it did).
+    losses.softmax_in_place_works.cache_clear()
+    before = torch.get_rng_state()
+    assert losses.softmax_in_place_works()
+    assert torch.equal(torch.get_rng_state(), before)
