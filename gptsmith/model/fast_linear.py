@@ -6,8 +6,9 @@ Without autograd on the CPU (``generate``, ``stream_text``, beam search, chat, e
 
 - **one row** (a decode step: one vector times every weight matrix, bound by how fast the
   weights stream from memory): fp32 keeps PyTorch's own product (MKL) on Intel CPUs, where it
-  already streams from every core; elsewhere (measured on an AMD EPYC, where it ran on one thread)
-  it cuts the output features into one part per thread and computes them as one ``baddbmm`` over
+  already streams from every core; on other x86 CPUs with AVX-512 it runs oneDNN's linear on the
+  weight as it is (``one_row_on_onednn``); elsewhere (measured on an AMD EPYC, where MKL's ran on
+  one thread) it cuts the output features into one part per thread and computes them as one ``baddbmm`` over
   strided *views* of the weight (no copy) — see ``split_one_row``; bf16 runs
   oneDNN's linear on a weight packed once into its blocked layout (``torch.ops.mkldnn``), which
   streams bf16 weights far faster than PyTorch's plain bf16 matrix-vector product (where the CPU
@@ -87,6 +88,9 @@ class FastLinear(nn.Linear):
             if weight.dtype == torch.bfloat16 and mkldnn_bf16_linear_works():
                 packed = self._cached("mkldnn", _pack_mkldnn)
                 out = torch.ops.mkldnn._linear_pointwise(x.reshape(1, -1), packed, self.bias, "none", [], "")
+                return out.reshape(*x.shape[:-1], self.out_features)
+            if weight.dtype == torch.float32 and one_row_on_onednn():
+                out = _onednn_linear(x.reshape(1, -1), weight, self.bias)
                 return out.reshape(*x.shape[:-1], self.out_features)
             if weight.dtype == torch.float32 and split_one_row():
                 return _one_row_on_all_threads(x, weight, self.bias)
@@ -288,6 +292,24 @@ def split_one_row() -> bool:
 
 
 SPLIT_ONE_ROW: bool | None = None  # None: decide by the CPU (split_one_row)
+
+
+def one_row_on_onednn() -> bool:
+    """Whether fp32 one-row products take oneDNN's linear (ahead of ``split_one_row``'s choice).
+
+    Measured (BENCHMARKS.md, "A Zen 5 host"): on an AMD EPYC with AVX-512 the 49 one-row products
+    of a gpt2-small decode step took 15.4-15.9 ms through oneDNN, 17.2-17.3 ms split over the
+    threads and 31-35 ms through MKL. So oneDNN on non-Intel x86 CPUs with AVX-512 where it runs;
+    AVX2-only CPUs keep the split (oneDNN's one-row product is untried there) and Intel CPUs MKL's.
+    ``ONE_ROW_ON_ONEDNN`` (True/False) overrides the choice.
+    """
+    if ONE_ROW_ON_ONEDNN is not None:
+        return ONE_ROW_ON_ONEDNN and onednn_fp32_gemm_works()
+    return (_cpu_vendor() != "GenuineIntel" and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+            and onednn_fp32_gemm_works())
+
+
+ONE_ROW_ON_ONEDNN: bool | None = None  # None: decide by the CPU (one_row_on_onednn)
 
 
 @functools.cache

@@ -29,15 +29,22 @@ def caches(layer: FastLinear) -> dict:
     return layer.__dict__.get("_fast_caches", {})
 
 
+def choose_one_row_kernel(monkeypatch, kernel: str) -> None:
+    """fp32 one-row products through oneDNN, split over the threads, or ``F.linear``."""
+    monkeypatch.setattr(fast_linear, "ONE_ROW_ON_ONEDNN", kernel == "onednn")
+    monkeypatch.setattr(fast_linear, "SPLIT_ONE_ROW", kernel == "split")
+
+
 @pytest.mark.parametrize("onednn", [True, False])
-@pytest.mark.parametrize("split", [True, False])
+@pytest.mark.parametrize("one_row", ["onednn", "split", "plain"])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize(("in_features", "out_features", "bias", "pad"), [
     (16, 50, True, False), (16, 50, False, True), (40, 16, True, False), (8, 97, False, True),
     (8, 5, True, True),
 ])
-def test_fast_linear_equals_linear(monkeypatch, onednn, split, threads, in_features, out_features, bias, pad):
-    monkeypatch.setattr(fast_linear, "SPLIT_ONE_ROW", split)  # both one-row fp32 kernels
+def test_fast_linear_equals_linear(monkeypatch, onednn, one_row, threads, in_features, out_features, bias,
+                                   pad):
+    choose_one_row_kernel(monkeypatch, one_row)  # the three one-row fp32 kernels
     monkeypatch.setattr(fast_linear, "GEMM_ON_ONEDNN", onednn)  # both GEMMs of several rows
     torch.manual_seed(0)
     linear = torch.nn.Linear(in_features, out_features, bias=bias)
@@ -63,6 +70,7 @@ def test_fast_linear_equals_linear(monkeypatch, onednn, split, threads, in_featu
 
 
 def test_one_row_kernel_follows_the_cpu(monkeypatch):
+    monkeypatch.setattr(fast_linear, "ONE_ROW_ON_ONEDNN", False)  # (oneDNN's turn: the next test)
     monkeypatch.setattr(fast_linear, "_cpu_vendor", lambda: "AuthenticAMD")
     assert split_one_row()  # MKL's product ran on one thread on an AMD EPYC
     monkeypatch.setattr(fast_linear, "_cpu_vendor", lambda: "GenuineIntel")
@@ -79,6 +87,28 @@ def test_one_row_kernel_follows_the_cpu(monkeypatch):
     with torch.inference_mode():
         fast(torch.randn(1, 8))
     assert calls == [1]  # the split only when chosen
+
+
+def test_one_row_on_onednn_follows_the_cpu(monkeypatch):
+    monkeypatch.setattr(fast_linear, "ONE_ROW_ON_ONEDNN", None)
+    monkeypatch.setattr(fast_linear, "onednn_fp32_gemm_works", lambda: True)
+    monkeypatch.setattr(fast_linear, "_cpu_vendor", lambda: "AuthenticAMD")
+    for capability, chosen in (("AVX512", True), ("AVX2", False), ("DEFAULT", False)):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        assert fast_linear.one_row_on_onednn() is chosen  # oneDNN on an AVX-512 EPYC, the split on AVX2
+    monkeypatch.setattr(fast_linear, "_cpu_vendor", lambda: "GenuineIntel")
+    assert not fast_linear.one_row_on_onednn()  # MKL's own on Intel CPUs
+    calls = []
+    real = fast_linear._onednn_linear
+    spy = lambda *args: calls.append(args[0].shape) or real(*args)  # noqa: E731
+    monkeypatch.setattr(fast_linear, "_onednn_linear", spy)
+    fast = FastLinear(8, 20)
+    for chosen in (True, False):
+        monkeypatch.setattr(fast_linear, "ONE_ROW_ON_ONEDNN", chosen)
+        with torch.inference_mode():
+            out = fast(torch.randn(1, 1, 8))
+        assert out.shape == (1, 1, 20)
+    assert calls == [(1, 8)]  # oneDNN only when chosen
 
 
 def test_gemm_of_several_rows_follows_the_cpu(monkeypatch):
@@ -117,9 +147,9 @@ def test_bf16_one_row_matches_linear(monkeypatch, onednn):
     assert ("mkldnn" in caches(fast)) == onednn  # packed only where oneDNN can run it
 
 
-@pytest.mark.parametrize("split", [True, False])
-def test_greedy_tokens_identical_to_the_plain_path(monkeypatch, split):
-    monkeypatch.setattr(fast_linear, "SPLIT_ONE_ROW", split)
+@pytest.mark.parametrize("one_row", ["onednn", "split", "plain"])
+def test_greedy_tokens_identical_to_the_plain_path(monkeypatch, one_row):
+    choose_one_row_kernel(monkeypatch, one_row)
     model = tiny_model(vocab_size=301, context_length=64)  # 301: the head is padded to 320
     plain = plain_copy(model)
     prompts = [[5, 17, 42], [7, 7, 8, 9, 200, 3]]
