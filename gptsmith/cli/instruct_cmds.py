@@ -12,7 +12,7 @@ from typing import Any
 from gptsmith.cli.finetune_cmds import add_lora_args
 from gptsmith.cli.generate_cmds import _add_decoding_args, _add_model_args
 from gptsmith.cli.shell import command_line
-from gptsmith.cli.train_progress import say
+from gptsmith.cli.train_progress import plural, say
 from gptsmith.device import DEVICE_HELP, TRAIN_DTYPES, check_seed, device_arg, dtype_arg
 from gptsmith.errors import ConfigError
 
@@ -193,7 +193,8 @@ class InstructProgress:
 
         say(f"fine-tuning {info['trainable']:,} of {info['parameters']:,} parameters on {info['device']} "
             f"({info['dtype']}); {info['train_examples']} training and {info['val_examples']} validation "
-            f"records, {info['steps_per_epoch']} steps per epoch, {info['max_steps']} steps")
+            f"records, {plural(info['steps_per_epoch'], 'step')} per epoch, "
+            f"{plural(info['max_steps'], 'step')}")
         if info["truncated"]:
             length = info["max_length"]
             limit = (f"the model's context ({length} tokens)" if length >= info["context_length"]

@@ -18,7 +18,7 @@ from gptsmith.cli.train_configs import (
     resume_configs,
     resume_corpus,
 )
-from gptsmith.cli.train_progress import ProgressPrinter, say
+from gptsmith.cli.train_progress import ProgressPrinter, plural, say
 from gptsmith.device import DEVICE_HELP, TRAIN_DTYPES, device_arg, dtype_arg
 from gptsmith.errors import ConfigError
 
@@ -262,7 +262,8 @@ def _report(result: Any, run_dir: Path, train_cfg: Any) -> int:
         say(f"continue with: {command_line('gptsmith', 'train', '--resume', run_dir)}")
         return 130
     best = f", best val loss {result.best_val_loss:.3f}" if result.best_val_loss is not None else ""
-    say(f"done: {result.step} steps, {result.tokens_seen:,} tokens{best}; run directory {run_dir}")
+    say(f"done: {plural(result.step, 'step')}, {plural(result.tokens_seen, 'token')}{best}; run directory "
+        f"{run_dir}")
     prompt = train_cfg.sample_prompt or "Your prompt"
     say(f"generate with: {command_line('gptsmith', 'generate', '--checkpoint', run_dir, prompt)}")
     return 0

@@ -23,6 +23,11 @@ def say(message: str) -> None:
         tqdm.write(message, file=sys.stdout)
 
 
+def plural(count: int, noun: str) -> str:
+    """``count`` and ``noun``, with an s unless it is one: ``1 step``, ``2 steps``, ``1,000 steps``."""
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
+
+
 class ProgressPrinter:
     """Shows the progress (step, loss, lr, tokens seen, tokens/s) and prints evals and samples."""
 
@@ -81,11 +86,11 @@ class ProgressPrinter:
                 over = (f"; the timed part alone took {spent_s:.1f} s, so the run ends over its budget "
                         "(raise --time-budget, or lower --eval-batches)")
             budget = f"{budget_s:,.0f}" if budget_s >= 10 else f"{budget_s:g}"  # 0.5 s must not read "0 s"
-            say(f"time budget {budget} s: {info['measured_steps']} steps timed at "
+            say(f"time budget {budget} s: {plural(info['measured_steps'], 'step')} timed at "
                 f"{info['step_s']:.3f} s, evaluation {info['eval_s']:.1f} s, sample "
                 f"{info['sample_s']:.1f} s, checkpoint ~{info['checkpoint_s']:.1f} s -> schedule sized to "
-                f"{info['max_steps']:,} steps (warm-up {info['warmup_steps']}, cosine decay to the floor at "
-                f"the last step){over}")
+                f"{plural(info['max_steps'], 'step')} (warm-up {info['warmup_steps']}, cosine decay to the "
+                f"floor at the last step){over}")
         self.said_steps = info["max_steps"]
         self._set_total(info["max_steps"])
 

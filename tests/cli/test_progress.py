@@ -62,3 +62,13 @@ def test_the_command_line_says_a_big_growth_and_lets_the_bar_show_small_changes(
     out = capsys.readouterr().out
     assert out.count("ahead of schedule") == 1 and "behind schedule" not in out
     assert "ahead of schedule at step 120 (steps take 0.080 s), so the schedule grows to 600 steps" in out
+
+
+def test_counts_of_one_are_singular(capsys):
+    from gptsmith.cli.train_progress import plural
+
+    assert [plural(n, "step") for n in (0, 1, 2, 1000)] == ["0 steps", "1 step", "2 steps", "1,000 steps"]
+    printer = ProgressPrinter(show_bar=False)
+    printer.on_schedule({**PLAN, "measured_steps": 1, "max_steps": 1})  # was "1 steps timed", "1 steps"
+    out = capsys.readouterr().out
+    assert "1 step timed at" in out and "schedule sized to 1 step (" in out

@@ -122,13 +122,14 @@ def test_time_budget_from_the_command_line(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     info = json.loads((run / "run.json").read_text())
     steps = info["time_budget"]["max_steps"]
-    assert "schedule sized to" in out and f"done: {steps} steps" in out
+    assert "schedule sized to" in out and f"done: {steps:,} steps" in out
     if not info["time_budget"].get("resized"):  # (a busy machine may have slowed the steps down)
         assert f"schedule sized to {steps:,} steps" in out
     # --max-steps on resume replaces the sized schedule: the run goes on to it (it trained 0 steps)
     assert main(["train", "--resume", str(run), "--max-steps", str(steps + 3), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert f"--max-steps {steps + 3} replaces the {steps} steps" in out and f"done: {steps + 3} steps" in out
+    assert f"--max-steps {steps + 3} replaces the {steps} steps" in out
+    assert f"done: {steps + 3:,} steps" in out
     assert main(train_args(corpus, config, tmp_path / "x", "--time-budget", "2s", "--max-steps", "9")) == 2
     assert "--max-steps or --time-budget, not both" in capsys.readouterr().err
     assert main(train_args(corpus, config, tmp_path / "y", "--time-budget", "ten")) == 2
