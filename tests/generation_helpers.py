@@ -130,13 +130,21 @@ def interrupt_decoding(monkeypatch, after_tokens: int, *, decode: int = 1) -> No
     from gptsmith.generate.decoding import DecodeState
 
     real = DecodeState.next_logits
-    steps: dict[int, int] = {}  # decoding (by id of its DecodeState) -> tokens asked for so far
+    # Each decoding and the tokens it asked for so far. The states themselves are kept (not their
+    # ids): a finished state's id can be reused by the next one, which then counted as the same
+    # decoding and was never interrupted (a flaky failure of the second sample's Ctrl-C test).
+    decodings: list = []
+    steps: list[int] = []
 
     def next_logits(self):
-        steps.setdefault(id(self), 0)
-        if len(steps) == decode and steps[id(self)] == after_tokens:
+        index = next((i for i, state in enumerate(decodings) if state is self), None)
+        if index is None:
+            decodings.append(self)
+            steps.append(0)
+            index = len(decodings) - 1
+        if len(decodings) == decode and steps[index] == after_tokens:
             raise KeyboardInterrupt
-        steps[id(self)] += 1
+        steps[index] += 1
         return real(self)
 
     monkeypatch.setattr(DecodeState, "next_logits", next_logits)
