@@ -7,6 +7,8 @@
 - ``dropout``: ``Dropout``, the same function as ``nn.Dropout`` with a faster mask on the CPU;
 - ``fast_linear``: ``FastLinear``, the ``nn.Linear`` every layer uses, with faster CPU inference
   kernels (one-row products, bf16 through oneDNN or fbgemm, opt-in int8 decoding, a padded head);
+- ``fbgemm``: PyTorch's fbgemm kernels that ``FastLinear`` uses (bf16 weights packed in fp16,
+  int8 weights), each probed once;
 - ``attention``: the teaching ladder (self-attention step by step, causal, multi-head as a
   wrapper) beside the fused multi-head attention every caller gets, and the KV cache; tests prove
   each rung equal to the fused path.

@@ -35,15 +35,13 @@ forward (gpt2-small: 155 MB); bf16 one packed copy of every weight matrix (gpt2-
 int8 decoding one int8 copy of every matrix (gpt2-small: 124 MB).
 
 The fbgemm kernels (``quantized::linear_dynamic``, ``quantized::linear_dynamic_fp16``) are
-PyTorch's own, used by its ``quantize_dynamic``; torch 2.13 marks its quantized tensors deprecated
-(torchao is the successor), so each use is probed once and falls back to the plain path if gone.
+PyTorch's own, used by its ``quantize_dynamic``; their packing and probes are in ``fbgemm.py``.
 """
 
 from __future__ import annotations
 
 import functools
 import platform
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +49,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from gptsmith.model.fbgemm import (
+    fbgemm_fp16_linear,
+    fbgemm_fp16_linear_works,
+    fbgemm_int8_linear_works,
+    pack_fbgemm_fp16,
+    pack_int8,
+)
 
 VOCAB_MULTIPLE = 64  # the output head's rows are padded to a multiple of this for multi-row forwards
 _optimizer_steps = 0  # every optimizer.step() in this process (the hook below); part of each cache key
@@ -77,12 +83,12 @@ class FastLinear(nn.Linear):
                 or torch.is_autocast_enabled("cpu") or x.dtype != weight.dtype:
             return F.linear(x, weight, self.bias)
         if weight.dtype == torch.bfloat16 and bf16_on_fbgemm():
-            packed = self._cached("fbgemm_fp16", _pack_fbgemm_fp16)
+            packed = self._cached("fbgemm_fp16", pack_fbgemm_fp16)
             if packed is not None:  # None: a weight beyond fp16's range keeps F.linear
-                return _fbgemm_fp16_linear(x, packed, self.bias)
+                return fbgemm_fp16_linear(x, packed, self.bias)
         if x.numel() == self.in_features:  # one row: a decode step
             if self.int8_decoding and weight.dtype == torch.float32 and fbgemm_int8_linear_works():
-                packed = self._cached("int8", _pack_int8, with_bias=True)  # a separate add cost ~20 us
+                packed = self._cached("int8", pack_int8, with_bias=True)  # a separate add cost ~20 us
                 out = torch.ops.quantized.linear_dynamic(x.reshape(1, -1), packed, True)  # reduce_range
                 return out.reshape(*x.shape[:-1], self.out_features)
             if weight.dtype == torch.bfloat16 and mkldnn_bf16_linear_works():
@@ -162,24 +168,6 @@ def mkldnn_bf16_linear_works() -> bool:
     return True
 
 
-@functools.cache
-def fbgemm_fp16_linear_works() -> bool:
-    """Whether PyTorch's fbgemm fp16-weight linear (``quantized::linear_dynamic_fp16``) runs here.
-
-    fbgemm ships in PyTorch's x86 builds and needs only AVX2 + F16C: it keeps the weight packed in
-    fp16 (half of fp32's bytes, like bf16) and converts it to fp32 block by block inside the
-    GEMM, so the arithmetic is fp32's.
-    """
-    if "fbgemm" not in torch.backends.quantized.supported_engines:
-        return False
-    try:
-        packed = torch.ops.quantized.linear_prepack_fp16(torch.zeros(16, 16), None)
-        torch.ops.quantized.linear_dynamic_fp16(torch.zeros(1, 16), packed)
-    except (RuntimeError, AttributeError):
-        return False
-    return True
-
-
 def bf16_on_fbgemm() -> bool:
     """Whether bf16 inference products take fbgemm's fp16-packed weights (fp32 arithmetic).
 
@@ -194,54 +182,6 @@ def bf16_on_fbgemm() -> bool:
 
 
 BF16_ON_FBGEMM: bool | None = None  # None: decide by the CPU (bf16_on_fbgemm)
-FP16_MAX = 65504.0  # the largest finite fp16; bf16 weights beyond it would not survive the copy
-
-
-def _pack_fbgemm_fp16(weight: torch.Tensor) -> object | None:
-    """A bf16 weight (out, in) packed for fbgemm's fp16 linear; None where a value exceeds fp16.
-
-    bf16's 8-bit significand fits in fp16's 11 bits, so every bf16 weight in fp16's range (all of a
-    trained model's) is copied exactly, except those under ~1e-5, which fp16 stores with fewer bits.
-    """
-    weight = weight.float()
-    if not torch.isfinite(weight).all() or weight.abs().max() > FP16_MAX:
-        return None
-    return torch.ops.quantized.linear_prepack_fp16(weight, None)
-
-
-def _fbgemm_fp16_linear(x: torch.Tensor, packed: object, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear`` of a bf16 input through the fp16-packed weight: fp32 arithmetic, bf16 result."""
-    out = torch.ops.quantized.linear_dynamic_fp16(x.reshape(-1, x.shape[-1]).float(), packed)
-    if bias is not None:
-        out += bias.float()  # the bias stays out of the pack, so a changed bias needs no rebuild
-    return out.to(torch.bfloat16).reshape(*x.shape[:-1], out.shape[-1])
-
-
-@functools.cache
-def fbgemm_int8_linear_works() -> bool:
-    """Whether PyTorch's fbgemm int8 linear (``quantized::linear_dynamic``) runs here (x86 CPUs)."""
-    if "fbgemm" not in torch.backends.quantized.supported_engines:
-        return False
-    try:
-        torch.ops.quantized.linear_dynamic(torch.ones(1, 16), _pack_int8(torch.ones(16, 16)), True)
-    except (RuntimeError, AttributeError):
-        return False
-    return True
-
-
-def _pack_int8(weight: torch.Tensor, bias: torch.Tensor | None = None) -> object:
-    """The weight (out, in) rounded to int8 with one scale per output feature, packed for fbgemm.
-
-    Per-feature scales keep each row's own range (one scale for the whole matrix would flatten the
-    small rows to a few levels); the input row is quantized on each call, with one scale of its own.
-    """
-    weight = weight.float()
-    scales = (weight.abs().amax(dim=1) / 127).clamp_min(1e-12).double()  # (out,)
-    zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
-    with warnings.catch_warnings():  # torch 2.13 marks quantized tensors deprecated; the probe
-        warnings.simplefilter("ignore")  # (fbgemm_int8_linear_works) notices if they are removed
-        quantized = torch.quantize_per_channel(weight, scales, zero_points, 0, torch.qint8)
-    return torch.ops.quantized.linear_prepack(quantized, None if bias is None else bias.float())
 
 
 def use_int8_decoding(model: nn.Module, enabled: bool = True) -> nn.Module:
@@ -305,11 +245,18 @@ def one_row_on_onednn() -> bool:
     """
     if ONE_ROW_ON_ONEDNN is not None:
         return ONE_ROW_ON_ONEDNN and onednn_fp32_gemm_works()
-    return (_cpu_vendor() != "GenuineIntel" and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-            and onednn_fp32_gemm_works())
+    avx512 = _cpu_capability().startswith("AVX512")
+    return _cpu_vendor() != "GenuineIntel" and avx512 and onednn_fp32_gemm_works()
 
 
 ONE_ROW_ON_ONEDNN: bool | None = None  # None: decide by the CPU (one_row_on_onednn)
+
+
+@functools.cache
+def _cpu_capability() -> str:
+    """PyTorch's name for the vector instructions it uses here (``AVX512``, ``AVX2``...), read once:
+    the one-row choice asks on every decode step's every product."""
+    return torch.backends.cpu.get_cpu_capability()
 
 
 @functools.cache

@@ -94,7 +94,7 @@ def test_one_row_on_onednn_follows_the_cpu(monkeypatch):
     monkeypatch.setattr(fast_linear, "onednn_fp32_gemm_works", lambda: True)
     monkeypatch.setattr(fast_linear, "_cpu_vendor", lambda: "AuthenticAMD")
     for capability, chosen in (("AVX512", True), ("AVX2", False), ("DEFAULT", False)):
-        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        monkeypatch.setattr(fast_linear, "_cpu_capability", lambda c=capability: c)
         assert fast_linear.one_row_on_onednn() is chosen  # oneDNN on an AVX-512 EPYC, the split on AVX2
     monkeypatch.setattr(fast_linear, "_cpu_vendor", lambda: "GenuineIntel")
     assert not fast_linear.one_row_on_onednn()  # MKL's own on Intel CPUs
