@@ -102,6 +102,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--label-smoothing", type=float,
                    help="share of each target's probability spread over the whole vocabulary in the "
                    f"training loss; keeps unseen tokens possible (default: {d['label_smoothing']})")
+    p.add_argument("--trim-vocab", action=argparse.BooleanOptionalAction, default=None,
+                   help="compute the head only for the tokens the training split uses; the others share "
+                   "one row (about 2x faster steps on a small corpus; from scratch only; default: "
+                   f"{d['trim_vocab']}, or the recipe's)")
     p.add_argument("--grad-clip", type=float, help=f"max gradient norm, 0 = off (default: {d['grad_clip']})")
     p.add_argument("--target-batch-tokens", type=int,
                    help="accumulate gradients until a step sees this many tokens (default: no accumulation)")

@@ -44,6 +44,10 @@ class ProgressPrinter:
         say(f"model: {info['parameters'] / 1e6:.1f}M parameters on {info['device']} ({info['dtype']}, "
             f"{info['world_size']} process(es)); {info['tokens_per_step']:,} tokens per step "
             f"({info['accum_steps']} micro-batch(es))")
+        if info.get("trim_vocab"):
+            trim = info["trim_vocab"]
+            say(f"head trained on the {trim['used_tokens']:,} tokens the training split uses; the other "
+                f"{trim['vocab_size'] - trim['used_tokens']:,} share one row (--no-trim-vocab: all rows)")
         if self.show_bar and rank() == 0:
             self.bar = Progress(info["max_steps"], initial=info["start_step"], unit="step")
 

@@ -181,6 +181,7 @@ class GPTModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         last_token_only: bool = False,
+        head_rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits over the vocabulary for each position of ``token_ids`` (batch, n_tokens).
 
@@ -190,6 +191,8 @@ class GPTModel(nn.Module):
         - ``position_ids``: (batch, n_tokens) positions to embed; default: n_cached, n_cached+1, ...
         - ``last_token_only``: compute the head only for the last position (generation), giving
           (batch, 1, vocab_size) — the head is the biggest matmul of a small model.
+        - ``head_rows``: token ids (n_rows,) whose logits alone are computed, in that order, giving
+          (batch, n_tokens, n_rows) — training on the tokens a corpus uses (train/vocab_trim.py).
         """
         self._check_input(token_ids, cache, position_ids)
         batch, n_tokens = token_ids.shape
@@ -215,6 +218,8 @@ class GPTModel(nn.Module):
         if last_token_only:
             x = x[:, -1:, :]
         x = self.final_norm(x)
+        if head_rows is not None:
+            return F.linear(x, self.out_head.weight.index_select(0, head_rows))  # (batch, n_tokens, n_rows)
         return self.out_head(x)  # (batch, n_tokens, vocab_size)
 
     def _check_input(

@@ -63,6 +63,9 @@ class TrainConfig:
     # target's probability over the whole vocabulary, so tokens the corpus never shows are not
     # driven towards zero probability (see docs/train.md, "Recipes").
     label_smoothing: float = 0.0
+    # From scratch only: the head's rows for tokens the training split never contains share one row,
+    # and steps compute logits for the used tokens alone (~2x faster on a small corpus; vocab_trim.py).
+    trim_vocab: bool = False
     betas: tuple[float, float] = (0.9, 0.95)
     # "adamw", or "muon": Muon for the transformer's matrices and AdamW for the rest (schedule.py)
     optimizer: str = "adamw"
@@ -103,6 +106,8 @@ class TrainConfig:
         for name in ("data", "text_field", "tokenizer", "sample_prompt"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"{flag(name)} must be a string, got {getattr(self, name)!r}")
+        if not isinstance(self.trim_vocab, bool):
+            raise ConfigError(f"{flag('trim_vocab')} must be true or false, got {self.trim_vocab!r}")
         if not isinstance(self.compile, bool):
             raise ConfigError(f"{flag('compile')} must be true or false, got {self.compile!r}")
         if not isinstance(self.extra, dict):

@@ -42,6 +42,7 @@ from gptsmith.train.rng_state import capture_rng_state, restore_rng_state
 from gptsmith.train.run_dir import divergence_advice, environment_info, replace_old_run
 from gptsmith.train.schedule import build_optimizer, load_optimizer_state, lr_at_step
 from gptsmith.train.time_budget import PROBE_STEPS, BudgetWatch, recorded_plan
+from gptsmith.train.vocab_trim import TrimmedVocab
 
 
 class Trainer:
@@ -101,6 +102,16 @@ class Trainer:
         set_seed(cfg.seed)
         self.sampler = WindowSampler(train_tokens, self.context_length, cfg.batch_size, seed=cfg.seed,
                                      rank=self.dist.rank, world_size=self.dist.world_size)
+        # Tokens the training split never holds share one head row (vocab_trim.py): tied here and
+        # after every optimizer step; None when trimming is off or the corpus uses every token.
+        self.trimmed_vocab: TrimmedVocab | None = None
+        if cfg.trim_vocab:
+            self.trimmed_vocab = TrimmedVocab.from_tokens(train_tokens, model.cfg.vocab_size)
+        if self.trimmed_vocab is not None:
+            self.trimmed_vocab = self.trimmed_vocab.to(self.device)
+            self.trimmed_vocab.tie_rows(self.model.out_head.weight)
+            self.run_info["trim_vocab"] = {"used_tokens": self.trimmed_vocab.n_used,
+                                           "vocab_size": self.trimmed_vocab.vocab_size}
         val_windows = count_windows(len(val_tokens), self.context_length, self.context_length)
         if val_windows == 0:
             raise DataError(
@@ -209,6 +220,7 @@ class Trainer:
                 "world_size": self.dist.world_size,
                 "dtype": "bf16 autocast" if self.amp_dtype else "fp32", "resumed_from": self.resumed_from,
                 "parameters": sum(p.numel() for p in self.model.parameters()),
+                "trim_vocab": self.run_info.get("trim_vocab"),
             })
         clock = time.perf_counter()  # a --time-budget counts from here
         budget = None  # a new budgeted run's clock (time_budget.py)
@@ -270,9 +282,7 @@ class Trainer:
                 sync = self.train_model.no_sync()
             with sync:
                 with autocast(self.device, self.amp_dtype):
-                    logits = self.train_model(inputs)  # (batch, n_tokens, vocab_size)
-                    loss = cross_entropy(logits.flatten(0, 1), targets.flatten(),
-                                         label_smoothing=cfg.label_smoothing)
+                    loss = self._loss(inputs, targets)
                 (loss / self.accum_steps).backward()
             loss_sum += loss.detach()
         mean_loss = all_reduce_mean(loss_sum / self.accum_steps, self.dist).item()
@@ -284,10 +294,21 @@ class Trainer:
             if not math.isfinite(grad_norm):
                 self._raise_non_finite("training gradient norm", grad_norm, lr)
         self.optimizer.step()
+        if self.trimmed_vocab is not None:
+            self.trimmed_vocab.tie_rows(self.model.out_head.weight)
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.tokens_seen += self.tokens_per_step
         return mean_loss, lr, grad_norm, time.perf_counter() - started
+
+    def _loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training loss of one micro-batch: inputs and targets (batch, n_tokens)."""
+        smoothing = self.cfg.label_smoothing
+        if self.trimmed_vocab is None:
+            logits = self.train_model(inputs)  # (batch, n_tokens, vocab_size)
+            return cross_entropy(logits.flatten(0, 1), targets.flatten(), label_smoothing=smoothing)
+        logits = self.train_model(inputs, head_rows=self.trimmed_vocab.rows)  # (batch, n_tokens, n_used + 1)
+        return self.trimmed_vocab.cross_entropy(logits.flatten(0, 1), targets.flatten(), smoothing)
 
     def _raise_non_finite(self, what: str, value: float, lr: float, *, updated: bool = False) -> None:
         when = (f"after the update of step {self.step}; stopped without saving" if updated

@@ -34,13 +34,14 @@ from training_helpers import make_trainer, tiny_config
 torch.set_num_threads(1)  # two processes share two cores
 world = int(os.environ.get("WORLD_SIZE", "1"))
 cfg = tiny_config(batch_size=4 // world, max_steps=6, eval_every=3, target_batch_tokens=4 * 32 * 2,
-                  optimizer=os.environ["TEST_OPTIMIZER"])
+                  optimizer=os.environ["TEST_OPTIMIZER"], trim_vocab=os.environ["TEST_TRIM"] == "1")
 run_dir = sys.argv[2] if len(sys.argv) > 2 else None
 trainer = make_trainer(run_dir, cfg)
 result = trainer.fit()
 if trainer.dist.is_main:
     with open(sys.argv[1], "w") as f:
         json.dump({{"losses": result.losses, "val": [e["val_loss"] for e in result.evals],
+                   "trimmed": trainer.trimmed_vocab is not None,
                    "accum": trainer.accum_steps, "world": trainer.dist.world_size}}, f)
 from gptsmith.train.distributed import shutdown
 shutdown(trainer.dist)
@@ -51,9 +52,12 @@ shutdown(trainer.dist)
 # all-reduce (1.1e-5 measured over these 6 steps); a wrong data split or a missing all-reduce moves
 # the losses by far more.
 @pytest.mark.slow
-@pytest.mark.parametrize("optimizer, tolerance", [("adamw", 1e-5), ("muon", 1e-4)])
-def test_two_process_ddp_matches_one_process(tmp_path, monkeypatch, optimizer, tolerance):
+# With trim_vocab, every rank computes the same used tokens and re-ties the same rows.
+@pytest.mark.parametrize("optimizer, tolerance, trim", [("adamw", 1e-5, False), ("muon", 1e-4, False),
+                                                        ("adamw", 1e-5, True)])
+def test_two_process_ddp_matches_one_process(tmp_path, monkeypatch, optimizer, tolerance, trim):
     monkeypatch.setenv("TEST_OPTIMIZER", optimizer)
+    monkeypatch.setenv("TEST_TRIM", "1" if trim else "0")
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER.format(tests_dir=str(TESTS_DIR)), encoding="utf-8")
     single, double = tmp_path / "single.json", tmp_path / "ddp.json"
@@ -66,6 +70,7 @@ def test_two_process_ddp_matches_one_process(tmp_path, monkeypatch, optimizer, t
     one, two = json.loads(single.read_text()), json.loads(double.read_text())
     assert (one["world"], two["world"]) == (1, 2)
     assert one["accum"] == two["accum"] == 2  # accumulation + no_sync exercised in both
+    assert one["trimmed"] == two["trimmed"] == trim
     assert two["losses"] == pytest.approx(one["losses"], rel=tolerance, abs=tolerance)
     assert two["val"] == pytest.approx(one["val"], rel=tolerance, abs=tolerance)
     assert one["losses"][-1] < one["losses"][0]
