@@ -109,7 +109,7 @@ class Trainer:
             self.trimmed_vocab = TrimmedVocab.from_tokens(train_tokens, model.cfg.vocab_size)
         if self.trimmed_vocab is not None:
             self.trimmed_vocab = self.trimmed_vocab.to(self.device)
-            self.trimmed_vocab.tie_rows(self.model.out_head.weight)
+            self.trimmed_vocab.zero_rows(self.model.out_head.weight)  # a resumed run loads its own
             self.run_info["trim_vocab"] = {"used_tokens": self.trimmed_vocab.n_used,
                                            "vocab_size": self.trimmed_vocab.vocab_size}
         val_windows = count_windows(len(val_tokens), self.context_length, self.context_length)

@@ -102,6 +102,15 @@ def test_a_trimmed_run_learns_keeps_the_unused_rows_tied_and_scores_as_it_traine
     assert trimmed.item() == pytest.approx(calc_loss_loader([(inputs, targets)], model), rel=1e-5)
 
 
+def test_a_new_trimmed_run_starts_the_unused_rows_at_zero_and_keeps_the_used_ones():
+    torch.manual_seed(1)  # as make_trainer does before building its model
+    before = GPTModel(TINY).out_head.weight.detach().clone()
+    trainer = make_trainer(cfg=tiny_config(trim_vocab=True), tokens=trimmed_tokens())
+    weight, unused = trainer.model.out_head.weight.detach(), trainer.trimmed_vocab.unused
+    assert bool((weight[unused] == 0).all())
+    assert torch.equal(weight[~unused], before[~unused])
+
+
 def test_trim_vocab_is_off_by_default_and_changes_nothing_then():
     plain = make_trainer(cfg=tiny_config(max_steps=4), tokens=trimmed_tokens())
     assert plain.trimmed_vocab is None and "trim_vocab" not in plain.run_info
