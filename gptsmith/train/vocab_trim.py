@@ -35,14 +35,21 @@ COUNT_CHUNK = 1 << 24  # tokens counted at a time (a memmapped corpus is never r
 
 
 def used_token_ids(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
-    """The sorted ids in ``tokens`` (a flat array, possibly a memmap), checked against ``vocab_size``."""
+    """The sorted ids in ``tokens`` (a flat array, possibly a memmap), checked against ``vocab_size``.
+
+    Counted a chunk at a time, and it stops early once every id has been seen (a large corpus).
+    """
     used = np.zeros(vocab_size, dtype=bool)
     for start in range(0, len(tokens), COUNT_CHUNK):
         chunk = np.asarray(tokens[start:start + COUNT_CHUNK])
-        if chunk.size and (chunk.min() < 0 or chunk.max() >= vocab_size):
+        if chunk.size == 0:
+            continue
+        if chunk.min() < 0 or chunk.max() >= vocab_size:
             raise DataError(f"the training tokens hold ids outside 0..{vocab_size - 1}, the model's "
                             "vocabulary (use a model whose vocab_size covers the tokenizer's)")
-        used[np.unique(chunk)] = True
+        used |= np.bincount(chunk, minlength=vocab_size) > 0
+        if used.all():
+            break
     return np.flatnonzero(used)
 
 

@@ -23,6 +23,12 @@ def test_used_token_ids_are_the_sorted_ids_present_counted_in_chunks(monkeypatch
     assert used_token_ids(tokens, 10).tolist() == [0, 1, 5, 9]
 
 
+def test_counting_stops_once_every_id_is_seen(monkeypatch):
+    monkeypatch.setattr(vocab_trim, "COUNT_CHUNK", 10)
+    tokens = np.concatenate([np.arange(10), [99]])  # never read: the first chunk already uses them all
+    assert used_token_ids(tokens, 10).tolist() == list(range(10))
+
+
 def test_ids_beyond_the_vocabulary_name_the_model_vocabulary():
     with pytest.raises(DataError, match=r"outside 0\.\.9.*vocab_size"):
         used_token_ids(np.array([1, 10]), 10)
