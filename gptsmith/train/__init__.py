@@ -11,6 +11,7 @@ minimises next-token cross-entropy and reports through ``TrainCallbacks`` hooks.
 - ``checkpointing`` and ``run_dir``: run directories, checkpoints with exact resume, pruning;
   ``run_log``: ``metrics.jsonl`` and ``samples.txt``, cut back to the checkpoint on resume;
 - ``time_budget``: sizing the schedule so that a run ends within ``--time-budget``;
+  ``vocab_trim``: the head computed only for the tokens the training split uses (``--trim-vocab``);
 - ``plots``: loss curves; ``recipes``: named training set-ups;
 - ``trainer``: the ``Trainer`` loop (accumulation, clipping, autocast, evaluation, samples, clean
   stops on Ctrl-C/SIGTERM and on a non-finite loss);

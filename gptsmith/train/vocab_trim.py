@@ -12,10 +12,10 @@ together, and AdamW runs on the-verdict ended 0.3 nats worse (6.60 against 6.31;
 The logit of every unused token is then the same number ``z``, their total share of the softmax
 is ``n_unused * exp(z)``, and the full-vocabulary loss, label smoothing included, comes exactly
 from the used tokens' logits and ``z``: the model trained and the model saved are one ordinary
-GPT whose evaluation, generation and export see all 50,257 rows. On a 2-core Zen 5 CPU the
-default recipe's 500 steps took 0.71 instead of 1.34 minutes (val 3.169 against 3.176), and
-tinyshakespeare's tiny preset ran 1,500 steps in 2.72 instead of 3.97 minutes (val 4.744 against
-4.759; BENCHMARKS.md, "Train").
+GPT whose evaluation, generation and export see all 50,257 rows. On a 2-core Zen 5 CPU the main
+job (`gptsmith train`, 500 steps) took 52 instead of 84 seconds (best val loss 3.370 against
+3.382), and tinyshakespeare's tiny preset ran 1,500 steps in 2.72 instead of 3.97 minutes (val
+4.744 against 4.759; BENCHMARKS.md, "A Zen 5 host").
 
 Only for a model trained from scratch (``TrainConfig.trim_vocab``, the recipes' setting): tying
 the unused rows overwrites whatever they held, which in pretrained weights is knowledge.

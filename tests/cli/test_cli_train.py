@@ -61,6 +61,27 @@ def test_train_eval_and_resume_from_the_command_line(inputs, tmp_path, capsys):
     assert (run / "latest").read_text().strip() == "checkpoints/step-000025"
 
 
+@pytest.mark.parametrize("flags, trimmed", [([], True), (["--no-trim-vocab"], False)])
+def test_the_default_recipe_trains_the_head_on_the_corpus_tokens_unless_asked_not_to(inputs, tmp_path, capsys,
+                                                                                     flags, trimmed):
+    import torch
+
+    corpus, config = inputs
+    run = tmp_path / "run"
+    assert main(train_args(corpus, config, run, "--max-steps", "3", *flags)) == 0
+    out = capsys.readouterr().out
+    info = json.loads((run / "run.json").read_text())
+    assert info["train"]["trim_vocab"] is trimmed and ("head trained on the" in out) is trimmed
+    weight = load_model(run).out_head.weight.detach()
+    distinct_rows = torch.unique(weight, dim=0).shape[0]
+    if trimmed:  # the saved model: one row per used token, and one shared by all the others
+        used, vocab_size = info["trim_vocab"]["used_tokens"], info["trim_vocab"]["vocab_size"]
+        assert f"the {used:,} tokens the training split uses; the other {vocab_size - used:,} share" in out
+        assert used < vocab_size == weight.shape[0] and distinct_rows == used + 1
+    else:
+        assert "trim_vocab" not in info and distinct_rows == weight.shape[0]
+
+
 def test_eval_on_text_a_word_level_vocabulary_lacks_says_how_much_is_unk(inputs, tmp_path, capsys):
     """Words a simple tokenizer never learnt all become <|unk|>, one easy token: the loss was printed
     as if the model understood the text."""
