@@ -3,6 +3,8 @@ loss exactly, the unused rows stay tied, and a trimmed run learns and resumes ex
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -90,9 +92,11 @@ def trimmed_tokens() -> np.ndarray:
     return tokens
 
 
-def test_a_trimmed_run_learns_keeps_the_unused_rows_tied_and_scores_as_it_trained():
+@pytest.mark.parametrize("tie_weights", [True, False])  # untied: the head's rows only
+def test_a_trimmed_run_learns_keeps_the_unused_rows_tied_and_scores_as_it_trained(tie_weights):
+    model_cfg = dataclasses.replace(TINY, tie_weights=tie_weights)
     trainer = make_trainer(cfg=tiny_config(trim_vocab=True, max_steps=30, eval_every=30),
-                           tokens=trimmed_tokens())
+                           tokens=trimmed_tokens(), model_cfg=model_cfg)
     trim = trainer.trimmed_vocab
     assert trim is not None and trainer.run_info["trim_vocab"] == {"used_tokens": trim.n_used,
                                                                    "vocab_size": VOCAB}
