@@ -104,7 +104,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    f"training loss; keeps unseen tokens possible (default: {d['label_smoothing']})")
     p.add_argument("--trim-vocab", action=argparse.BooleanOptionalAction, default=None,
                    help="compute the head only for the tokens the training split uses; the others share "
-                   "one row (about 2x faster steps on a small corpus; from scratch only; default: "
+                   "one row (up to ~2x faster steps on a small corpus; from scratch only; default: "
                    f"{d['trim_vocab']}, or the recipe's)")
     p.add_argument("--grad-clip", type=float, help=f"max gradient norm, 0 = off (default: {d['grad_clip']})")
     p.add_argument("--target-batch-tokens", type=int,
