@@ -59,7 +59,9 @@ class TrimmedVocab:
 
     rows: torch.Tensor  # (n_used + 1,) token ids: the used ones, sorted, then shared_id
     column: torch.Tensor  # (vocab_size,) each token's column in the trimmed logits; unused -> n_used
-    unused: torch.Tensor  # (vocab_size,) bool, True for the tokens that share the row
+    # (n_unused,) ids of the tokens that share the row, shared_id first: indexing by ids, not by a
+    # mask, keeps the per-step copy free of a device sync on a GPU (a mask's nonzero() needs one)
+    unused: torch.Tensor
     shared_id: int
     vocab_size: int
 
@@ -69,9 +71,10 @@ class TrimmedVocab:
         used = torch.from_numpy(used_token_ids(tokens, vocab_size)).long()
         if len(used) == vocab_size:
             return None
-        unused = torch.ones(vocab_size, dtype=torch.bool)
-        unused[used] = False
-        shared_id = int(torch.nonzero(unused)[0])
+        is_unused = torch.ones(vocab_size, dtype=torch.bool)
+        is_unused[used] = False
+        unused = torch.nonzero(is_unused).squeeze(1)
+        shared_id = int(unused[0])
         column = torch.full((vocab_size,), len(used), dtype=torch.long)
         column[used] = torch.arange(len(used))
         return cls(torch.cat([used, torch.tensor([shared_id])]), column, unused, shared_id, vocab_size)
@@ -82,7 +85,7 @@ class TrimmedVocab:
 
     @property
     def n_unused(self) -> int:
-        return self.vocab_size - self.n_used
+        return len(self.unused)
 
     def to(self, device: torch.device) -> TrimmedVocab:
         return TrimmedVocab(self.rows.to(device), self.column.to(device), self.unused.to(device),

@@ -44,6 +44,7 @@ def test_rows_and_columns_map_used_tokens_then_the_shared_row():
     trim = TrimmedVocab.from_tokens(np.array([7, 2, 7, 4]), 8)
     assert trim.rows.tolist() == [2, 4, 7, 0]  # used ids, then the lowest unused id
     assert (trim.shared_id, trim.n_used, trim.n_unused) == (0, 3, 5)
+    assert trim.unused.tolist() == [0, 1, 3, 5, 6]
     assert trim.column[torch.tensor([2, 4, 7, 0, 5])].tolist() == [0, 1, 2, 3, 3]
 
 
@@ -116,9 +117,10 @@ def test_a_new_trimmed_run_starts_the_unused_rows_at_zero_and_keeps_the_used_one
     torch.manual_seed(1)  # as make_trainer does before building its model
     before = GPTModel(TINY).out_head.weight.detach().clone()
     trainer = make_trainer(cfg=tiny_config(trim_vocab=True), tokens=trimmed_tokens())
-    weight, unused = trainer.model.out_head.weight.detach(), trainer.trimmed_vocab.unused
-    assert bool((weight[unused] == 0).all())
-    assert torch.equal(weight[~unused], before[~unused])
+    weight, trim = trainer.model.out_head.weight.detach(), trainer.trimmed_vocab
+    assert bool((weight[trim.unused] == 0).all())
+    used = trim.rows[:-1]
+    assert torch.equal(weight[used], before[used]) and trim.n_used + trim.n_unused == VOCAB
 
 
 def test_trim_vocab_is_off_by_default_and_changes_nothing_then():
