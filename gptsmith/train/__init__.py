@@ -4,7 +4,8 @@ The loop knows nothing of the model's internals: it feeds (inputs, targets) wind
 minimises next-token cross-entropy and reports through ``TrainCallbacks`` hooks. Lowest first:
 
 - ``config``: ``TrainConfig``; ``losses``: next-token cross-entropy a few rows at a time (the
-  CPU's cache-sized chunks); ``evaluation``: the loss, ``evaluate`` and perplexity;
+  CPU's cache-sized chunks); ``evaluation``: the loss, ``evaluate``, perplexity and the periodic
+  sample's text;
   ``callbacks``: the hooks and ``TrainResult``; ``schedule``: AdamW groups, warm-up + cosine;
 - ``batches``: resumable batch order over sliding windows; ``distributed``: torchrun/DDP helpers;
 - ``rng_state``: every generator's state, saved with a checkpoint for an exact resume;

@@ -1,8 +1,10 @@
-"""Loss and evaluation: next-token cross-entropy over a batch or a loader, and perplexity."""
+"""Loss and evaluation: next-token cross-entropy over a batch or a loader, perplexity, and the
+sample continuation a run prints at its evaluations."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -89,6 +91,26 @@ def outputs_are_finite(model: torch.nn.Module, batches, *, device: torch.device 
             return bool(torch.isfinite(model(inputs.to(dev))).all())
     finally:
         model.train(was_training)
+
+
+def sample_text(model: torch.nn.Module, tokenizer: Any, cfg: Any, *, step: int, context_length: int,
+                device: torch.device) -> str:
+    """The sample continuation of ``cfg.sample_prompt`` at ``step`` (``cfg``: a ``TrainConfig``), in
+    eval mode, with a private seed: sampling must not move the global RNG, or a resumed run would
+    differ. It ends at <|endoftext|>, as ``gptsmith generate`` does (the tokenizer names it)."""
+    from gptsmith.generate.generation import generate
+
+    ids = tokenizer.encode(cfg.sample_prompt)[-context_length:] or [tokenizer.eot_id]
+    prompt = torch.tensor([ids], device=device)
+    max_new = max(0, min(cfg.sample_tokens, model.cfg.context_length - prompt.shape[1]))
+    was_training = model.training
+    model.eval()
+    try:
+        out = generate(model, prompt, max_new, temperature=cfg.sample_temperature, top_k=cfg.sample_top_k,
+                       seed=cfg.seed + step, tokenizer=tokenizer)
+    finally:
+        model.train(was_training)
+    return tokenizer.decode(out[0].tolist())
 
 
 def perplexity(loss: float) -> float:

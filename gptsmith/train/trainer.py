@@ -36,13 +36,19 @@ from gptsmith.train.distributed import (
     init_distributed,
     signal_echo_s,
 )
-from gptsmith.train.evaluation import NonFiniteLossError, evaluate, outputs_are_finite, perplexity
+from gptsmith.train.evaluation import (
+    NonFiniteLossError,
+    evaluate,
+    outputs_are_finite,
+    perplexity,
+    sample_text,
+)
 from gptsmith.train.losses import cross_entropy
 from gptsmith.train.rng_state import capture_rng_state, restore_rng_state
 from gptsmith.train.run_dir import divergence_advice, environment_info, replace_old_run
 from gptsmith.train.schedule import build_optimizer, load_optimizer_state, lr_at_step
 from gptsmith.train.time_budget import PROBE_STEPS, BudgetWatch, recorded_plan
-from gptsmith.train.vocab_trim import TrimmedVocab
+from gptsmith.train.vocab_trim import start_trimmed_vocab
 
 
 class Trainer:
@@ -102,14 +108,11 @@ class Trainer:
         set_seed(cfg.seed)
         self.sampler = WindowSampler(train_tokens, self.context_length, cfg.batch_size, seed=cfg.seed,
                                      rank=self.dist.rank, world_size=self.dist.world_size)
-        # Tokens the training split never holds share one head row (vocab_trim.py): tied here and
-        # after every optimizer step; None when trimming is off or the corpus uses every token.
-        self.trimmed_vocab: TrimmedVocab | None = None
-        if cfg.trim_vocab:
-            self.trimmed_vocab = TrimmedVocab.from_tokens(train_tokens, model.cfg.vocab_size)
+        # Tokens the training split never holds share one head row (vocab_trim.py), re-tied after
+        # every optimizer step; None when trimming is off or the corpus uses every token.
+        self.trimmed_vocab = (start_trimmed_vocab(self.model, train_tokens, self.device)
+                              if cfg.trim_vocab else None)
         if self.trimmed_vocab is not None:
-            self.trimmed_vocab = self.trimmed_vocab.to(self.device)
-            self.trimmed_vocab.zero_rows(self.model.out_head.weight)  # a resumed run loads its own
             self.run_info["trim_vocab"] = {"used_tokens": self.trimmed_vocab.n_used,
                                            "vocab_size": self.trimmed_vocab.vocab_size}
         val_windows = count_windows(len(val_tokens), self.context_length, self.context_length)
@@ -362,22 +365,8 @@ class Trainer:
 
     def _sample_text(self) -> str:
         """The sample continuation of the prompt at this step (nothing written, global RNG untouched)."""
-        from gptsmith.generate.generation import generate
-
-        cfg = self.cfg
-        ids = self.tokenizer.encode(cfg.sample_prompt)[-self.context_length:] or [self.tokenizer.eot_id]
-        prompt = torch.tensor([ids], device=self.device)
-        max_new = max(0, min(cfg.sample_tokens, self.model.cfg.context_length - prompt.shape[1]))
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            # A private seed: sampling must not move the global RNG, or a resumed run would differ.
-            # It ends at <|endoftext|>, as `gptsmith generate` does (the tokenizer names it).
-            out = generate(self.model, prompt, max_new, temperature=cfg.sample_temperature,
-                           top_k=cfg.sample_top_k, seed=cfg.seed + self.step, tokenizer=self.tokenizer)
-        finally:
-            self.model.train(was_training)
-        return self.tokenizer.decode(out[0].tolist())
+        return sample_text(self.model, self.tokenizer, self.cfg, step=self.step,
+                           context_length=self.context_length, device=self.device)
 
     def _save_checkpoint(self) -> None:
         # Checked on every rank (their weights are identical), so under DDP all of them stop together.

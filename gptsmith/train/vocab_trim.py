@@ -117,3 +117,16 @@ class TrimmedVocab:
             mean_logit = (used.sum(dim=-1) + self.n_unused * shared) / self.vocab_size
             loss = (1 - label_smoothing) * loss + label_smoothing * (lse - mean_logit)
         return loss.mean()
+
+
+def start_trimmed_vocab(model: torch.nn.Module, train_tokens: np.ndarray,
+                        device: torch.device) -> TrimmedVocab | None:
+    """The trimmed vocabulary of a run of ``model`` (a ``GPTModel``) on ``train_tokens``, on
+    ``device``, with the model's unused head rows set to zero (a resumed run then loads its own);
+    ``None`` when the tokens use the whole vocabulary."""
+    trimmed = TrimmedVocab.from_tokens(train_tokens, model.cfg.vocab_size)
+    if trimmed is None:
+        return None
+    trimmed = trimmed.to(device)
+    trimmed.zero_rows(model.out_head.weight)
+    return trimmed
