@@ -285,8 +285,8 @@ def _resume_configs(args: argparse.Namespace, run_dir: Path, run_info: dict) -> 
         notes.append(f"note: the corpus {saved.data} has moved: reading it from {moved_to} (its tokens "
                      "must be the run's: checked)")
     if saved.time_budget is not None and train_cfg.max_steps != saved.max_steps:
-        # An explicit --max-steps replaces the sized schedule. (Not .replace: it keeps a None's old value.)
-        train_cfg = dataclasses.replace(train_cfg, time_budget=None)
+        # An explicit --max-steps replaces the sized schedule.
+        train_cfg = train_cfg.replace(time_budget=None)
         notes.append(f"note: --max-steps {train_cfg.max_steps} replaces the {saved.max_steps} steps that "
                      f"--time-budget {saved.time_budget} chose; the budget no longer applies")
     train_cfg.check()

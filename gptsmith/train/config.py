@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gptsmith.config import check_fraction, from_dict, replace
+from gptsmith.config import check_fraction, from_dict
 from gptsmith.device import DTYPE_SPELLINGS, TRAIN_DTYPES, check_seed, parse_device, parse_dtype
 from gptsmith.errors import ConfigError, DataError
 
@@ -186,10 +186,9 @@ class TrainConfig:
         return from_dict(cls, data, source=source)
 
     def replace(self, **overrides: Any) -> TrainConfig:
-        cfg = replace(self, **overrides)
-        if isinstance(cfg.betas, list):
-            cfg.betas = tuple(cfg.betas)
-        return cfg
+        """A copy with ``overrides`` applied, ``None`` included (``replace(time_budget=None)`` turns
+        the budget off); an unknown field is an error that lists the known ones."""
+        return TrainConfig.from_dict({**asdict(self), **overrides}, source="overrides")
 
 
 def check_trainer_inputs(cfg: Any, train_tokens: Any, val_tokens: Any) -> None:

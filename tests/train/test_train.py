@@ -113,6 +113,33 @@ def test_window_sampler_covers_each_window_once_per_epoch_and_resumes():
     assert torch.equal(clone.next_batch()[0], expected)  # straddles into epoch 1 the same way
 
 
+def test_later_epochs_shift_the_window_grid():
+    context, n_windows = 8, 10
+    tokens = np.arange(context * n_windows + 1)
+    sampler = WindowSampler(tokens, context, 1, seed=5)
+    epochs: list[list[int]] = [[] for _ in range(4)]
+    while True:
+        start = int(sampler.next_batch()[0][0, 0])
+        if sampler.epoch == 4:
+            break
+        epochs[sampler.epoch].append(start)
+    assert sorted(epochs[0]) == [i * context for i in range(n_windows)]  # epoch 0: the plain grid
+    offsets = set()
+    for starts in epochs[1:]:
+        offset = starts[0] % context
+        # One shifted grid per epoch, each window once; a shifted grid has room for one fewer.
+        assert sorted(starts) == [offset + i * context for i in range(len(starts))]
+        assert len(starts) == (n_windows if offset == 0 else n_windows - 1)
+        offsets.add(offset)
+    assert offsets != {0}  # seed 5 shifts at least one of epochs 1-3
+
+
+def test_a_split_of_one_window_keeps_its_grid():
+    tokens = np.arange(8 + 1)
+    sampler = WindowSampler(tokens, 8, 1, seed=0)
+    assert [int(sampler.next_batch()[0][0, 0]) for _ in range(5)] == [0] * 5
+
+
 def test_ranks_split_the_global_batch():
     tokens = np.arange(8 * 20 + 1)
     whole = WindowSampler(tokens, 8, 4, seed=3).next_batch()[0]
@@ -169,6 +196,15 @@ def test_bad_values_are_clear_errors():
     for smoothing in (-0.1, 1.0):
         with pytest.raises(ConfigError, match="--label-smoothing must be >= 0 and < 1"):
             tiny_config(label_smoothing=smoothing).check()
+
+
+def test_replace_applies_none_like_any_value_and_names_unknown_fields():
+    budgeted = TrainConfig(time_budget="10m", betas=(0.8, 0.9))
+    plain = budgeted.replace(time_budget=None, max_steps=7)
+    assert (plain.time_budget, plain.max_steps, plain.betas) == (None, 7, (0.8, 0.9))
+    assert budgeted.time_budget == "10m"  # a copy
+    with pytest.raises(ConfigError, match="max_step"):
+        budgeted.replace(max_step=7)
 
 
 def test_batch_or_context_larger_than_the_data_is_a_clear_error():
