@@ -2,10 +2,14 @@
 
 The training split is cut into non-overlapping windows of ``context_length + 1`` tokens (inputs
 are the first ``context_length``, targets the same window shifted by one). Each epoch visits
-every window once, in an order drawn from ``numpy.random.default_rng([seed, epoch])`` — so the
-order depends only on (seed, epoch), and the sampler's whole state is two integers,
-``(epoch, position)``, which a checkpoint stores. Resuming restores them and the next batch is
-exactly the one the uninterrupted run would have drawn.
+every window once, in an order drawn from ``numpy.random.default_rng([seed, epoch])``. The first
+epoch's windows start at token 0; every later epoch shifts the whole grid by an offset drawn from
+the same generator (0 .. context_length-1), so a run of many passes sees each token in new
+company and at a new position instead of the same windows again (on tinyshakespeare's 10-minute
+recipe, ~9 passes: BENCHMARKS.md, "Window offsets"). Order and offset depend only on
+(seed, epoch), so the sampler's whole state is two integers, ``(epoch, position)``, which a
+checkpoint stores. Resuming restores them and the next batch is exactly the one the
+uninterrupted run would have drawn.
 
 For data-parallel training each step draws one *global* batch of ``batch_size * world_size``
 windows; rank ``r`` takes rows ``r*batch_size .. (r+1)*batch_size-1`` and reads only those
@@ -58,13 +62,19 @@ class WindowSampler:
                 f"(batch_size {batch_size} x {world_size} process(es)); lower --batch-size or "
                 "--context-length, or use a larger corpus"
             )
-        self.windows = training_windows(tokens, context_length)
         self.epoch = 0
         self.position = 0
-        self._order = self._epoch_order(0)
+        self._start_epoch(0)
 
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(self.n_windows)
+    def _start_epoch(self, epoch: int) -> None:
+        """This epoch's windows (the grid shifted by its offset) and the order it visits them in."""
+        rng = np.random.default_rng([self.seed, epoch])
+        offset = int(rng.integers(self.context_length)) if epoch > 0 else 0
+        if count_windows(len(self.tokens) - offset, self.context_length, self.context_length) == 0:
+            offset = 0  # a split of one window has no room to shift
+        # A shifted grid loses the tail that no longer fits: one window fewer, at most.
+        self.windows = training_windows(self.tokens[offset:], self.context_length)
+        self._order = rng.permutation(len(self.windows))
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position, "n_windows": self.n_windows}
@@ -77,7 +87,7 @@ class WindowSampler:
             )
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
-        self._order = self._epoch_order(self.epoch)
+        self._start_epoch(self.epoch)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's (inputs, targets) of the next global batch, each (batch_size, context_length)."""
@@ -85,11 +95,11 @@ class WindowSampler:
         picked = []
         needed = global_batch
         while needed:  # a batch may straddle two epochs
-            if self.position == self.n_windows:
+            if self.position == len(self._order):
                 self.epoch += 1
                 self.position = 0
-                self._order = self._epoch_order(self.epoch)
-            take = min(needed, self.n_windows - self.position)
+                self._start_epoch(self.epoch)
+            take = min(needed, len(self._order) - self.position)
             picked.append(self._order[self.position : self.position + take])
             self.position += take
             needed -= take
