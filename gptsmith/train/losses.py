@@ -35,20 +35,47 @@ def cross_entropy(
     label_smoothing: float = 0.0,
     ignore_index: int = IGNORE_INDEX,
     reduction: str = "mean",
+    column_counts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``F.cross_entropy(logits.float(), targets, ...)`` for (n_rows, vocab) logits, computed in float32.
 
     ``reduction`` is ``"mean"`` (over the targets that are not ``ignore_index``) or ``"sum"``.
     Any logits dtype is accepted; the gradient comes back in the logits' dtype.
+
+    ``column_counts`` (vocab,), when given, says how many tokens of the full vocabulary share each
+    column's logit (the trimmed head of ``vocab_trim.py``: 1 for each used token, the number of
+    unused tokens for their shared column): the loss is then the full vocabulary's, with the
+    softmax and the label smoothing spread over ``column_counts.sum()`` tokens, and a target names
+    one token of its column.
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     if logits.device.type != "cpu" or logits.dim() != 2:
+        if column_counts is not None:
+            return _shared_columns_cross_entropy(logits.float(), targets, column_counts, label_smoothing,
+                                                 ignore_index, reduction)
         return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing,
                                ignore_index=ignore_index, reduction=reduction)
     # Decided here: inside the Function's forward, grad mode is always off.
     want_grad = torch.is_grad_enabled() and logits.requires_grad
-    return _ChunkedCrossEntropy.apply(logits, targets, label_smoothing, ignore_index, reduction, want_grad)
+    return _ChunkedCrossEntropy.apply(logits, targets, label_smoothing, ignore_index, reduction, want_grad,
+                                      column_counts)
+
+
+def _shared_columns_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, column_counts: torch.Tensor,
+                                  label_smoothing: float, ignore_index: int, reduction: str) -> torch.Tensor:
+    """``cross_entropy`` with ``column_counts`` from whole-tensor operations (GPUs; the CPU chunks)."""
+    counts = column_counts.to(logits.dtype)
+    valid = targets != ignore_index
+    safe_targets = targets.masked_fill(~valid, 0)
+    # A column of c tokens adds c x exp(logit): log c added to its logit.
+    log_sum_exp = torch.logsumexp(logits + counts.log(), dim=-1)
+    per_row = log_sum_exp - logits.gather(1, safe_targets[:, None]).squeeze(1)
+    if label_smoothing:  # the uniform part: the mean of -log p over every token of the vocabulary
+        per_row = ((1 - label_smoothing) * per_row
+                   + label_smoothing * (log_sum_exp - logits @ counts / counts.sum()))
+    total = per_row.masked_fill(~valid, 0.0).sum()
+    return total / valid.sum().clamp(min=1) if reduction == "mean" else total
 
 
 @functools.cache
@@ -72,8 +99,17 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float,
-                ignore_index: int, reduction: str, want_grad: bool) -> torch.Tensor:
+                ignore_index: int, reduction: str, want_grad: bool,
+                column_counts: torch.Tensor | None) -> torch.Tensor:
         n_rows, vocab = logits.shape
+        # Shared columns (``cross_entropy``'s ``column_counts``): log(count) added to each logit
+        # makes the softmax the columns' shares; the smoothing spreads over every token.
+        counts = log_counts = None
+        n_tokens = vocab  # the tokens the smoothing spreads over
+        if column_counts is not None:
+            counts = column_counts.float()
+            log_counts = counts.log()
+            n_tokens = float(counts.sum())
         valid = targets != ignore_index
         safe_targets = targets.masked_fill(~valid, 0)
         count = valid.sum()
@@ -89,32 +125,43 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         # amax, sub_, exp_ and sum, whose exp_ alone took longer; a spare buffer where it cannot be.
         spare = None if softmax_in_place_works() else torch.empty_like(chunk)
         picked = logits.gather(1, safe_targets[:, None]).squeeze(1).float()  # the target's logit
+        picked_shifted = picked if log_counts is None else picked + log_counts[safe_targets]  # as softmaxed
         target_probs = torch.empty(n_rows, dtype=torch.float32)
         for start in range(0, n_rows, chunk_rows):
             rows = slice(start, start + chunk_rows)
             x = chunk[: min(chunk_rows, n_rows - start)]
             x.copy_(logits[rows])  # (chunk_rows, vocab) float32, in cache from here on
             if label_smoothing:
-                torch.sum(x, -1, out=row_sums[rows])
+                if counts is None:
+                    torch.sum(x, -1, out=row_sums[rows])
+                else:
+                    torch.mv(x, counts, out=row_sums[rows])
+            if log_counts is not None:
+                x.add_(log_counts)
             x = torch.softmax(x, -1, out=x if spare is None else spare[: x.shape[0]])
             # log p(target) = logit(target) - log-sum-exp: the log-sum-exp from the target's probability.
             torch.gather(x, 1, safe_targets[rows, None], out=target_probs[rows, None])
-            log_sum_exp[rows] = picked[rows] - target_probs[rows].log()
+            log_sum_exp[rows] = picked_shifted[rows] - target_probs[rows].log()
             if grad is not None:
                 scale = row_scale[rows]
                 x.mul_(scale[:, None])  # softmax × row scale
-                if label_smoothing:
-                    x.sub_((label_smoothing / vocab) * scale[:, None])
+                if label_smoothing and counts is None:
+                    x.sub_((label_smoothing / n_tokens) * scale[:, None])
+                elif label_smoothing:  # each column's share of the smoothing: its tokens' count
+                    x.addr_(scale, counts, alpha=-label_smoothing / n_tokens)
                 x.scatter_add_(1, safe_targets[rows, None], (-(1 - label_smoothing) * scale)[:, None])
                 grad[rows].copy_(x)
         # A target whose probability is below float32's normal range (a loss over ~69 nats) gives no
         # exact logarithm: those rows' log-sum-exp directly (their gradient, the softmax, is exact).
         lost = (target_probs < 1e-30) & valid
         if lost.any():
-            log_sum_exp[lost] = torch.logsumexp(logits[lost].float(), -1)
+            lost_logits = logits[lost].float()
+            if log_counts is not None:
+                lost_logits += log_counts
+            log_sum_exp[lost] = torch.logsumexp(lost_logits, -1)
         per_row = log_sum_exp - picked
         if label_smoothing:  # the uniform part: mean over the vocabulary of -log p
-            per_row = (1 - label_smoothing) * per_row + label_smoothing * (log_sum_exp - row_sums / vocab)
+            per_row = (1 - label_smoothing) * per_row + label_smoothing * (log_sum_exp - row_sums / n_tokens)
         per_row = per_row.masked_fill(~valid, 0.0)
         if grad is not None:
             ctx.save_for_backward(grad)
@@ -129,4 +176,4 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         factor = float(grad_output)  # the loss is a scalar
         if factor != 1.0:  # e.g. a loss divided by the accumulation steps
             grad = grad * factor  # a Python float: the scale is not rounded to the gradient's dtype
-        return grad.to(ctx.logits_dtype), None, None, None, None, None
+        return grad.to(ctx.logits_dtype), None, None, None, None, None, None

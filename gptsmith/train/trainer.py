@@ -7,7 +7,6 @@ checkpoints, exact resume, data parallelism and clean stops. ``config``, ``callb
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from pathlib import Path
@@ -44,10 +43,10 @@ from gptsmith.train.evaluation import (
     sample_text,
 )
 from gptsmith.train.losses import cross_entropy
-from gptsmith.train.rng_state import capture_rng_state, restore_rng_state
 from gptsmith.train.run_dir import divergence_advice, environment_info, replace_old_run
-from gptsmith.train.schedule import build_optimizer, load_optimizer_state, lr_at_step
+from gptsmith.train.schedule import build_optimizer, lr_at_step
 from gptsmith.train.time_budget import PROBE_STEPS, BudgetWatch, recorded_plan
+from gptsmith.train.training_state import capture_training_state, restore_training_state
 from gptsmith.train.vocab_trim import start_trimmed_vocab
 
 
@@ -170,17 +169,8 @@ class Trainer:
             problems.append(message)
         path = loaded["path"]
         ckpt.check_model_config(loaded["config"]["model"], self.model.cfg.to_dict(), path)
-        state = loaded["state"]
-        ckpt.check_global_batch(state, path, self.tokens_per_step, self.dist.world_size)
+        restore_training_state(self, loaded["state"], path)
         ckpt.load_checkpoint_weights(self.model, loaded["weights"], path)
-        load_optimizer_state(self.optimizer, state["optimizer"], name=self.cfg.optimizer, source=path)
-        self.sampler.load_state_dict(state["data"])
-        restore_rng_state(state["rng"])
-        self.step = int(state["step"])
-        self.tokens_seen = int(state["tokens_seen"])
-        self.best_val_loss = state.get("best_val_loss")
-        self.best_step = state.get("best_step")
-        self.last_val_loss = state.get("last_val_loss")
         self.last_checkpoint = self.resumed_from = path
         plan = recorded_plan(self.run_dir / ckpt.RUN_FILE)
         if self.cfg.time_budget is not None and plan:  # a budgeted run resumes its sized schedule
@@ -377,20 +367,7 @@ class Trainer:
             self._raise_non_finite("the model's output", float("nan"), self._current_lr(), updated=True)
         if self.run_dir is None or not self.dist.is_main:
             return
-        state = {
-            "step": self.step,
-            "tokens_seen": self.tokens_seen,
-            "optimizer": self.optimizer.state_dict(),
-            "data": self.sampler.state_dict(),
-            "rng": capture_rng_state(),
-            "best_val_loss": self.best_val_loss,
-            "best_step": self.best_step,
-            "last_val_loss": self.last_val_loss,
-            "world_size": self.dist.world_size,
-            "tokens_per_step": self.tokens_per_step,  # the global batch, checked on resume
-            "train_config": json.dumps(to_dict(self.cfg)),
-        }
-        path = ckpt.save_checkpoint(self.run_dir, self.model, state, step=self.step,
+        path = ckpt.save_checkpoint(self.run_dir, self.model, capture_training_state(self), step=self.step,
                                     tokenizer=self.tokenizer or self.cfg.tokenizer,
                                     extra={"tokens_seen": self.tokens_seen, "val_loss": self.last_val_loss})
         best = ckpt.checkpoint_name(self.best_step) if self.best_step is not None else None

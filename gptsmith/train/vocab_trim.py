@@ -23,13 +23,13 @@ the unused rows overwrites whatever they held, which in pretrained weights is kn
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from gptsmith.errors import DataError
+from gptsmith.train.losses import cross_entropy
 
 COUNT_CHUNK = 1 << 24  # tokens counted at a time (a memmapped corpus is never read whole)
 
@@ -106,17 +106,16 @@ class TrimmedVocab:
         """Mean full-vocabulary cross-entropy (as ``F.cross_entropy(..., label_smoothing=...)`` over
         all ``vocab_size`` tokens) from the trimmed logits (n_rows, n_used + 1) of a model whose
         unused rows are tied, for targets (n_rows,) given as token ids."""
-        logits = logits.float()
-        used, shared = logits[:, :-1], logits[:, -1]  # (n_rows, n_used), (n_rows,)
-        # Every unused token has the logit `shared`: together they add n_unused * exp(shared).
-        lse = torch.logaddexp(torch.logsumexp(used, dim=-1), shared + math.log(self.n_unused))
-        target_logit = logits.gather(1, self.column[targets].unsqueeze(1)).squeeze(1)
-        loss = lse - target_logit
-        if label_smoothing:
-            # The smoothed target's share: the mean of -log p over the whole vocabulary.
-            mean_logit = (used.sum(dim=-1) + self.n_unused * shared) / self.vocab_size
-            loss = (1 - label_smoothing) * loss + label_smoothing * (lse - mean_logit)
-        return loss.mean()
+        # Every unused token has the shared column's logit: that column counts n_unused tokens.
+        return cross_entropy(logits, self.column[targets], label_smoothing=label_smoothing,
+                             column_counts=self.column_counts)
+
+    @property
+    def column_counts(self) -> torch.Tensor:
+        """(n_used + 1,) how many tokens each trimmed column stands for: 1, ..., 1, n_unused."""
+        counts = torch.ones(len(self.rows), device=self.rows.device)
+        counts[-1] = self.n_unused
+        return counts
 
 
 def start_trimmed_vocab(model: torch.nn.Module, train_tokens: np.ndarray,

@@ -135,3 +135,30 @@ def test_the_in_place_softmax_check_leaves_the_global_random_state_alone():
     before = torch.get_rng_state()
     assert losses.softmax_in_place_works()
     assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.parametrize("path", ["chunks", "whole tensors"])  # the CPU's, and the GPU's fallback
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_shared_columns_give_the_loss_and_gradient_of_the_expanded_vocabulary(path, smoothing, reduction):
+    # 101 columns, the last standing for 400 tokens with its logit: a 500-token vocabulary.
+    torch.manual_seed(0)
+    counts = torch.ones(101)
+    counts[-1] = 400
+    logits = torch.randn(30, 101) * 4
+    logits[5, 7] = -150.0  # a target whose probability underflows float32 (computed from its logits)
+    targets = torch.randint(0, 100, (30,))
+    targets[5], targets[8] = 7, 100  # row 8's target is one of the 400 tokens of the shared column
+    targets[[3, 17]] = IGNORE_INDEX
+    expanded = torch.cat([logits, logits[:, -1:].expand(30, 399)], dim=1).detach().requires_grad_(True)
+    reference = F.cross_entropy(expanded, targets, label_smoothing=smoothing, reduction=reduction)
+    reference.backward()
+    x = logits.clone().requires_grad_(True)
+    if path == "chunks":
+        ours = cross_entropy(x, targets, label_smoothing=smoothing, reduction=reduction, column_counts=counts)
+    else:
+        ours = losses._shared_columns_cross_entropy(x, targets, counts, smoothing, IGNORE_INDEX, reduction)
+    ours.backward()
+    assert ours.item() == pytest.approx(reference.item(), rel=1e-5)
+    expected_grad = torch.cat([expanded.grad[:, :100], expanded.grad[:, 100:].sum(1, keepdim=True)], dim=1)
+    torch.testing.assert_close(x.grad, expected_grad, rtol=1e-4, atol=1e-6)
