@@ -7,9 +7,11 @@ minimises next-token cross-entropy and reports through ``TrainCallbacks`` hooks.
   CPU's cache-sized chunks); ``evaluation``: the loss, ``evaluate``, perplexity and the periodic
   sample's text;
   ``callbacks``: the hooks and ``TrainResult``; ``schedule``: AdamW groups, warm-up + cosine;
-- ``batches``: resumable batch order over sliding windows; ``distributed``: torchrun/DDP helpers;
+- ``batches``: resumable batch order over windows cut differently each epoch;
+  ``distributed``: torchrun/DDP helpers;
 - ``rng_state``: every generator's state, saved with a checkpoint for an exact resume;
 - ``checkpointing`` and ``run_dir``: run directories, checkpoints with exact resume, pruning;
+  ``training_state``: what a checkpoint stores beside the weights, and putting it back;
   ``run_log``: ``metrics.jsonl`` and ``samples.txt``, cut back to the checkpoint on resume;
 - ``time_budget``: sizing the schedule so that a run ends within ``--time-budget``;
   ``vocab_trim``: the head computed only for the tokens the training split uses (``--trim-vocab``);

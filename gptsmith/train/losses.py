@@ -15,6 +15,11 @@ run in place, and each row's log-sum-exp comes from its target's probability: on
 EPYC the loss of a 1,024-row batch took 27-30 ms instead of 40-46 with separate max, exp and sum
 passes (``torch.exp`` alone was slower than the whole softmax). On GPUs (many small
 kernels would be slow there) it is ``F.cross_entropy``.
+
+The trimmed head of ``vocab_trim.py`` (one column standing for every token the corpus never uses)
+takes the same path, told how many tokens each column stands for (``column_counts``): 8.5 ms for
+its 1,024 x 11,266 logits of the tinyshakespeare recipe, where the same loss written with slices
+of the logits took 42 ms (each slice's gradient is a zero-filled buffer of the logits' size).
 """
 
 from __future__ import annotations
