@@ -23,6 +23,7 @@ the unused rows overwrites whatever they held, which in pretrained weights is kn
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,9 +111,10 @@ class TrimmedVocab:
         return cross_entropy(logits, self.column[targets], label_smoothing=label_smoothing,
                              column_counts=self.column_counts)
 
-    @property
+    @functools.cached_property
     def column_counts(self) -> torch.Tensor:
-        """(n_used + 1,) how many tokens each trimmed column stands for: 1, ..., 1, n_unused."""
+        """(n_used + 1,) how many tokens each trimmed column stands for: 1, ..., 1, n_unused (made
+        once, not on every training step)."""
         counts = torch.ones(len(self.rows), device=self.rows.device)
         counts[-1] = self.n_unused
         return counts
