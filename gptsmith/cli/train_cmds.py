@@ -99,6 +99,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="adamw, or muon: Muon for the transformer's matrices and AdamW for embeddings, "
                    "head, biases and norms (PyTorch >= 2.9; lower loss in the same steps on small "
                    f"models; default: {d['optimizer']}, or the recipe's)")
+    p.add_argument("--muon-ns-steps", type=int,
+                   help="with --optimizer muon: Newton-Schulz iterations per update; fewer are faster and "
+                   f"orthogonalise less exactly (default: {d['muon_ns_steps']}, or the recipe's)")
     p.add_argument("--label-smoothing", type=float,
                    help="share of each target's probability spread over the whole vocabulary in the "
                    f"training loss; keeps unseen tokens possible (default: {d['label_smoothing']})")

@@ -30,6 +30,7 @@ TRAIN_FLAGS = {
     "batch_size": "batch_size",
     "lr": "lr", "min_lr": "min_lr", "warmup_steps": "warmup_steps", "weight_decay": "weight_decay",
     "label_smoothing": "label_smoothing", "optimizer": "optimizer", "trim_vocab": "trim_vocab",
+    "muon_ns_steps": "muon_ns_steps",
     "grad_clip": "grad_clip", "target_batch_tokens": "target_batch_tokens", "eval_every": "eval_every",
     "eval_batches": "eval_batches", "checkpoint_every": "checkpoint_every", "keep_last": "keep_last",
     "sample_every": "sample_every", "prompt": "sample_prompt", "seed": "seed", "device": "device",

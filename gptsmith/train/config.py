@@ -69,6 +69,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     # "adamw", or "muon": Muon for the transformer's matrices and AdamW for the rest (schedule.py)
     optimizer: str = "adamw"
+    muon_ns_steps: int = 5  # with optimizer="muon": Newton-Schulz iterations per update (fewer = faster)
     grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
     eval_every: int = 50  # steps between evaluations (0 = only at the end)
     eval_batches: int = 10  # batches per split per evaluation
@@ -113,7 +114,7 @@ class TrainConfig:
         if not isinstance(self.extra, dict):
             raise ConfigError(f"{flag('extra')} must be a mapping of notes, got {self.extra!r}")
         positive("lr", self.lr)
-        for name in ("batch_size", "max_steps", "eval_batches", "keep_last"):
+        for name in ("batch_size", "max_steps", "eval_batches", "keep_last", "muon_ns_steps"):
             positive(name, getattr(self, name), whole=True)
         for name in ("context_length", "target_batch_tokens"):
             if getattr(self, name) is not None:
@@ -144,6 +145,9 @@ class TrainConfig:
             raise ConfigError(f"{flag('betas')} must be two numbers in [0, 1), e.g. [0.9, 0.95], "
                               f"got {betas!r}")
         self.betas = tuple(betas)
+        if self.muon_ns_steps >= 100:  # torch.optim.Muon's own limit, said before training starts
+            raise ConfigError(f"{flag('muon_ns_steps')} must be below 100 (5 is torch's default), "
+                              f"got {self.muon_ns_steps}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"{flag('optimizer')} must be one of {', '.join(OPTIMIZERS)}, "
                               f"got {self.optimizer!r}")

@@ -69,17 +69,18 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(
     model: nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95),
-    optimizer: str = "adamw",
+    optimizer: str = "adamw", muon_ns_steps: int = 5,
 ) -> torch.optim.AdamW | MuonAdamW:
     """The optimizer called ``optimizer`` (``OPTIMIZERS``) over ``model``'s parameters.
 
     ``"adamw"``: AdamW over ``param_groups``, fused into one kernel where the device supports it
     (a whole tiny-preset training step on a 2-core EPYC CPU, torch 2.13, was 1.6x faster with it
     than with ``foreach`` in fp32, 1.1x under bf16 autocast; it exists for CPU, CUDA and MPS,
-    elsewhere ``foreach`` is the fast path). ``"muon"``: ``MuonAdamW``.
+    elsewhere ``foreach`` is the fast path). ``"muon"``: ``MuonAdamW`` (``muon_ns_steps``: its
+    Newton-Schulz iterations).
     """
     if optimizer == "muon":
-        return MuonAdamW(model, lr=lr, weight_decay=weight_decay, betas=betas)
+        return MuonAdamW(model, lr=lr, weight_decay=weight_decay, betas=betas, ns_steps=muon_ns_steps)
     if optimizer != "adamw":
         raise ConfigError(f"unknown optimizer {optimizer!r} (known: {', '.join(OPTIMIZERS)})")
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, **_adamw_kernel(model))
@@ -130,10 +131,15 @@ class MuonAdamW:
     ``torch.optim.Muon`` orthogonalises in bf16, which a CPU without native bf16 instructions
     emulates: on an AVX2-only AMD EPYC that took 700 ms of a 1.6 s tiny-preset step, against 44 ms
     in fp32. There (``newton_schulz_in_fp32``) the same iteration runs in fp32.
+
+    ``ns_steps``: Newton-Schulz iterations per update (torch's default 5). They are most of Muon's
+    cost: on the tinyshakespeare recipe's 64 small matrices, 32 of a 36 ms step on a 2-core Zen 5
+    CPU, near its bf16 peak. Three leave the update less exactly orthogonal (its small singular
+    values below 1) and cost 24 ms; in a 10-minute budget the steps saved paid (BENCHMARKS.md).
     """
 
     def __init__(self, model: nn.Module, *, lr: float, weight_decay: float,
-                 betas: tuple[float, float] = (0.9, 0.95)) -> None:
+                 betas: tuple[float, float] = (0.9, 0.95), ns_steps: int = 5) -> None:
         muon_class = getattr(torch.optim, "Muon", None)
         if muon_class is None:
             raise ConfigError(f"--optimizer muon needs PyTorch 2.9 or later (torch.optim.Muon); this is "
@@ -144,7 +150,8 @@ class MuonAdamW:
                               "embeddings and head (use --optimizer adamw)")
         in_muon = {id(p) for p in matrices}
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in in_muon]
-        self.muon = muon_class(matrices, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
+        self.muon = muon_class(matrices, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw",
+                               ns_steps=ns_steps)
         self.fp32_newton_schulz = newton_schulz_in_fp32(matrices[0].device)
         # Embeddings, head, biases and norms: never decayed (``param_groups`` says why).
         self.adamw = torch.optim.AdamW([{"params": rest, "weight_decay": 0.0}], lr=lr, betas=betas,

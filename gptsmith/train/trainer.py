@@ -127,7 +127,8 @@ class Trainer:
         self.val_eval = FixedBatches(val_tokens, self.context_length, eval_batch, cfg.eval_batches)
 
         self.optimizer = build_optimizer(self.model, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                         betas=tuple(cfg.betas), optimizer=cfg.optimizer)
+                                         betas=tuple(cfg.betas), optimizer=cfg.optimizer,
+                                         muon_ns_steps=cfg.muon_ns_steps)
         self.train_model: torch.nn.Module = self.model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel

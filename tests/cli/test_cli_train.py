@@ -129,6 +129,7 @@ def test_eval_of_a_jsonl_run_on_plain_text_does_not_warn_of_the_runs_text_field(
         (["--grad-clip", "-1"], "--grad-clip must be >= 0"),
         (["--label-smoothing", "1"], "--label-smoothing must be >= 0 and < 1, got 1.0"),
         (["--keep-last", "0"], "--keep-last must be > 0"),
+        (["--muon-ns-steps", "0"], "--muon-ns-steps must be > 0, got 0"),
         (["--eval-batches", "0"], "--eval-batches must be > 0"),
         (["--val-fraction", "1.5"], "--val-fraction must be more than 0 and less than 1"),
         (["--fallback"], "--fallback only applies with --resume RUN_DIR"),

@@ -79,6 +79,27 @@ def test_without_torch_muon_recipes_fall_back_to_adamw_and_asking_for_muon_is_cl
         build_optimizer(GPTModel(TINY), lr=1e-3, weight_decay=0.0, optimizer="muon")
 
 
+def test_fewer_newton_schulz_steps_orthogonalise_less_exactly(tmp_path):
+    """``muon_ns_steps`` reaches torch's Muon: the same gradient, stepped with 3 iterations
+    instead of 5, gives an update whose singular values are spread wider (less orthogonal)."""
+    trainer = make_trainer(tmp_path / "run", tiny_config(max_steps=1, optimizer="muon", muon_ns_steps=3))
+    assert {g["ns_steps"] for g in trainer.optimizer.muon.param_groups} == {3}
+    spreads = {}
+    for ns_steps in (3, 5):
+        torch.manual_seed(0)
+        model = GPTModel(TINY)
+        optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.0, optimizer="muon",
+                                    muon_ns_steps=ns_steps)
+        matrix = model.trf_blocks[0].ff.layers[0].weight
+        before = matrix.detach().clone()
+        torch.manual_seed(1)
+        (model(torch.randint(0, TINY.vocab_size, (8, 16))).float().square().mean() * 1e3).backward()
+        optimizer.step()
+        singular_values = torch.linalg.svdvals(matrix.detach() - before)
+        spreads[ns_steps] = (singular_values.max() / singular_values.min()).item()
+    assert spreads[5] < spreads[3]
+
+
 def test_training_with_muon_lowers_the_loss(tmp_path):
     result = make_trainer(tmp_path / "run", tiny_config(max_steps=30, eval_every=30, optimizer="muon")).fit()
     assert result.losses[-1] < result.losses[0] - 1.0

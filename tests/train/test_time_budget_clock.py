@@ -106,7 +106,7 @@ def test_a_run_whose_steps_get_faster_grows_and_fills_its_budget(monkeypatch):
 
 def test_a_run_a_little_faster_than_sized_keeps_its_schedule(monkeypatch):
     # Ending up to EARLY_MARGIN early is within the reserve's dead band: no resize back and forth.
-    faster = 1 - (EARLY_MARGIN - MARGIN) / 2  # ends with ~6.5% of the budget unused
+    faster = 1 - (EARLY_MARGIN - MARGIN) / 2  # ends between MARGIN and EARLY_MARGIN unused
     trainer, ended = simulate(monkeypatch, lambda n: 0.1 if n < 0 else 0.1 * faster)
     assert len(trainer.plans) == 1
     assert ended <= (1 - MARGIN) * BUDGET_S

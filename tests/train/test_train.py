@@ -196,6 +196,10 @@ def test_bad_values_are_clear_errors():
     for smoothing in (-0.1, 1.0):
         with pytest.raises(ConfigError, match="--label-smoothing must be >= 0 and < 1"):
             tiny_config(label_smoothing=smoothing).check()
+    with pytest.raises(ConfigError, match="--muon-ns-steps must be > 0"):
+        tiny_config(muon_ns_steps=0).check()
+    with pytest.raises(ConfigError, match="--muon-ns-steps must be below 100"):
+        tiny_config(muon_ns_steps=100).check()
 
 
 def test_replace_applies_none_like_any_value_and_names_unknown_fields():
