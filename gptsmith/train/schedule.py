@@ -135,7 +135,8 @@ class MuonAdamW:
     ``ns_steps``: Newton-Schulz iterations per update (torch's default 5). They are most of Muon's
     cost: on the tinyshakespeare recipe's 64 small matrices, 32 of a 36 ms step on a 2-core Zen 5
     CPU, near its bf16 peak. Three leave the update less exactly orthogonal (its small singular
-    values below 1) and cost 24 ms; in a 10-minute budget the steps saved paid (BENCHMARKS.md).
+    values below 1) and cost 24 ms, but trained worse per step by about what they save
+    (docs/train.md), so the recipes keep 5.
     """
 
     def __init__(self, model: nn.Module, *, lr: float, weight_decay: float,
