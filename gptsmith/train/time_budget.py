@@ -49,7 +49,7 @@ import torch
 from gptsmith.train.distributed import all_reduce_mean, all_reduce_min, any_rank
 
 PROBE_STEPS = 10  # steps timed before sizing (the first one, which warms caches up, is not counted)
-# Every step re-checks the rest against the clock (time_budget.py's 5.), so the reserves can be
+# Every step re-checks the rest against the clock (5. above), so the reserves can be
 # small: with 5% / 2% / 8% a 10-minute recipe run ended with 4-7% of its budget unused.
 MARGIN = 0.03  # fraction of the budget kept in reserve against slower steps later on
 LATE_MARGIN = 0.01  # the reserve when re-checking (less than MARGIN: a run on time never shrinks)
