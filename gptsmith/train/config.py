@@ -40,6 +40,7 @@ def parse_duration(value: Any, *, name: str = "--time-budget") -> float:
     return seconds
 
 OPTIMIZERS = ("adamw", "muon")  # build_optimizer (schedule.py) makes each
+MUON_NS_STEPS = 5  # Muon's Newton-Schulz iterations unless told otherwise (torch.optim.Muon's default)
 
 
 @dataclass
@@ -69,7 +70,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     # "adamw", or "muon": Muon for the transformer's matrices and AdamW for the rest (schedule.py)
     optimizer: str = "adamw"
-    muon_ns_steps: int = 5  # with optimizer="muon": Newton-Schulz iterations per update (fewer = faster)
+    muon_ns_steps: int = MUON_NS_STEPS  # with optimizer="muon": Newton-Schulz iterations (fewer = faster)
     grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
     eval_every: int = 50  # steps between evaluations (0 = only at the end)
     eval_batches: int = 10  # batches per split per evaluation

@@ -19,7 +19,7 @@ from torch import nn
 
 from gptsmith.device import cpu_has_fast_bf16
 from gptsmith.errors import CheckpointError, ConfigError
-from gptsmith.train.config import OPTIMIZERS
+from gptsmith.train.config import MUON_NS_STEPS, OPTIMIZERS
 
 
 def lr_at_step(step: int, *, peak_lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> float:
@@ -69,7 +69,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(
     model: nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95),
-    optimizer: str = "adamw", muon_ns_steps: int = 5,
+    optimizer: str = "adamw", muon_ns_steps: int = MUON_NS_STEPS,
 ) -> torch.optim.AdamW | MuonAdamW:
     """The optimizer called ``optimizer`` (``OPTIMIZERS``) over ``model``'s parameters.
 
@@ -140,7 +140,7 @@ class MuonAdamW:
     """
 
     def __init__(self, model: nn.Module, *, lr: float, weight_decay: float,
-                 betas: tuple[float, float] = (0.9, 0.95), ns_steps: int = 5) -> None:
+                 betas: tuple[float, float] = (0.9, 0.95), ns_steps: int = MUON_NS_STEPS) -> None:
         muon_class = getattr(torch.optim, "Muon", None)
         if muon_class is None:
             raise ConfigError(f"--optimizer muon needs PyTorch 2.9 or later (torch.optim.Muon); this is "
